@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# scripts/dev.sh: the two commands of the README.
+#
+#   scripts/dev.sh demo   install what is missing, build, install, start a
+#                         throwaway cluster under .demo/ with dalgo preloaded
+#                         and sample data loaded; prints how to connect
+#   scripts/dev.sh test   install what is missing, build, install, run the
+#                         whole suite (pg_regress + pgTAP + TAP) on temporary
+#                         instances; ends with "N passed, N failed"
+#   scripts/dev.sh stop   stop the demo cluster
+#
+# PostgreSQL refuses to run as root, so when invoked as root the clusters
+# run as the "postgres" OS user.
+set -euo pipefail
+
+PGVER=15
+PGBIN=/usr/lib/postgresql/$PGVER/bin
+export PG_CONFIG=$PGBIN/pg_config
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PACKAGES=(postgresql-$PGVER postgresql-server-dev-$PGVER postgresql-$PGVER-pgtap
+		  libipc-run-perl make gcc rsync)
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# Install the Debian packages the build and the tests need, if any is missing.
+ensure_packages() {
+	local missing=()
+	for p in "${PACKAGES[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	log "installing ${missing[*]}"
+	local sudo=()
+	[ "$(id -u)" -eq 0 ] || sudo=(sudo)
+	"${sudo[@]}" apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Build the extension and install it into the server's directories.
+build_install() {
+	log "building dalgo"
+	make -C "$ROOT" -s -j"$(nproc)"
+	local sudo=()
+	[ "$(id -u)" -eq 0 ] || [ -w "$($PG_CONFIG --pkglibdir)" ] || sudo=(sudo)
+	"${sudo[@]}" make -C "$ROOT" -s install >/dev/null
+}
+
+# Run a command as the cluster owner: postgres when we are root, else ourselves.
+as_owner() {
+	if [ "$(id -u)" -eq 0 ]; then
+		su postgres -s /bin/bash -c "$(printf '%q ' "$@")"
+	else
+		"$@"
+	fi
+}
+
+# Print the first free TCP port at or above $1 on the loopback interface.
+free_port() {
+	local p=$1
+	while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
+	echo "$p"
+}
+
+# Copy the tree to a scratch directory the cluster owner can write in.
+scratch_copy() {
+	local dir
+	dir=$(mktemp -d /tmp/dalgo-test.XXXXXX)
+	rsync -a --exclude .git --exclude .demo --exclude results --exclude 'tmp_check*' "$ROOT"/ "$dir"/
+	[ "$(id -u)" -eq 0 ] && chown -R postgres: "$dir"
+	chmod 755 "$dir"
+	echo "$dir"
+}
+
+cmd_test() {
+	ensure_packages
+	build_install
+	local dir out rc=0
+	dir=$(scratch_copy)
+	out=$dir/test-output.txt
+	log "running the suite in $dir"
+	as_owner make -C "$dir" -s installcheck PG_CONFIG="$PG_CONFIG" > >(tee "$out") 2>&1 || rc=$?
+	sleep 0.2
+	if [ -s "$dir/regression.diffs" ]; then
+		log "differences (also in $dir/regression.diffs):"
+		cat "$dir/regression.diffs"
+	fi
+	local passed failed
+	# pg_regress: one "ok"/"FAILED" line per test; prove: "Files=N, Tests=M" plus failures.
+	passed=$(grep -cE '^(ok|test) .*\.\.\. ok|^ok [0-9]+ +[-+] ' "$out" || true)
+	failed=$(grep -cE '\.\.\. FAILED|^not ok [0-9]+ +[-+] ' "$out" || true)
+	local tap_ok tap_bad
+	tap_ok=$(grep -E '^t/.*\.pl \.+ ok|^test/t/.*\.pl \.+ ok' "$out" | wc -l || true)
+	tap_bad=$(grep -E '\.pl \.+ (Failed|Dubious)|\.pl \.+ *$' "$out" | wc -l || true)
+	passed=$((passed + tap_ok))
+	failed=$((failed + tap_bad))
+	[ "$rc" -ne 0 ] && [ "$failed" -eq 0 ] && failed=1
+	echo "$passed passed, $failed failed"
+	[ "$rc" -eq 0 ] && [ "$failed" -eq 0 ]
+}
+
+DEMO=$ROOT/.demo
+
+# The demo cluster lives under .demo/; when the owner cannot reach the
+# checkout (a home directory closed to others), .demo links to /tmp.
+demo_datadir() {
+	if [ ! -e "$DEMO" ]; then
+		if [ "$(id -u)" -eq 0 ] && ! su postgres -s /bin/bash -c "test -x $(printf %q "$ROOT")"; then
+			ln -s "$(mktemp -d /tmp/dalgo-demo.XXXXXX)" "$DEMO"
+		else
+			mkdir -p "$DEMO"
+		fi
+	fi
+	[ "$(id -u)" -eq 0 ] && chown -R postgres: "$(readlink -f "$DEMO")"
+	echo "$(readlink -f "$DEMO")"
+}
+
+cmd_demo() {
+	ensure_packages
+	build_install
+	local dir port
+	dir=$(demo_datadir)
+	if [ -f "$dir/port" ] && as_owner "$PGBIN/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+		port=$(cat "$dir/port")
+		log "demo cluster already running on port $port"
+	else
+		rm -rf "$dir/data"
+		port=$(free_port 54330)
+		as_owner "$PGBIN/initdb" -D "$dir/data" -U postgres -A trust --no-instructions >/dev/null
+		as_owner bash -c "cat '$ROOT/test/postgresql.conf' >> '$dir/data/postgresql.conf'; echo $port > '$dir/port'"
+		as_owner "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+			-o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null
+		as_owner "$PGBIN/psql" -q -X -h "$dir" -p "$port" -U postgres -d postgres \
+			-v ON_ERROR_STOP=1 -f "$ROOT/test/fixtures/demo.sql"
+	fi
+	cat <<EOT
+
+dalgo demo cluster is running (data in $dir/data, log in $dir/server.log).
+Connect with:
+
+    psql -h 127.0.0.1 -p $port -U postgres -d dalgo_demo
+
+Try:  \\dt dalgo.*
+Stop: scripts/dev.sh stop
+EOT
+}
+
+cmd_stop() {
+	local dir
+	dir=$(readlink -f "$DEMO" 2>/dev/null || true)
+	[ -n "$dir" ] && [ -d "$dir/data" ] || { log "no demo cluster"; return 0; }
+	as_owner "$PGBIN/pg_ctl" -D "$dir/data" -m fast stop || true
+}
+
+case "${1:-}" in
+	test) cmd_test ;;
+	demo) cmd_demo ;;
+	stop) cmd_stop ;;
+	*) echo "usage: scripts/dev.sh demo|test|stop" >&2; exit 2 ;;
+esac
