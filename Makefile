@@ -7,12 +7,18 @@ EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).co
 MODULE_big = dalgo
 OBJS = \
 	src/dalgo.o \
+	src/identity.o \
+	src/jwt.o \
+	src/membership.o \
 	src/next_run.o \
+	src/tables.o \
 	src/updated_at.o
 
 # Install-script fragments, in dependency order.
 SQL_FRAGMENTS = \
-	sql/schema.sql
+	sql/schema.sql \
+	sql/identity.sql \
+	sql/rls.sql
 
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
 DATA = $(filter-out $(DATA_built) $(SQL_FRAGMENTS), $(wildcard sql/$(EXTENSION)--*--*.sql))
@@ -24,11 +30,19 @@ REGRESS = \
 	tenant_references \
 	updated_at \
 	schedule_checks \
+	identity_sources \
+	identity_scope \
+	membership \
+	membership_cache \
+	rls_attacks \
+	rls_plan \
 	install_lifecycle
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \
 	--load-extension=pgtap \
+	--load-extension=pgcrypto \
+	--load-extension=dblink \
 	--load-extension=dalgo
 
 # TAP tests (PostgreSQL::Test::Cluster): crash and restart behaviour.

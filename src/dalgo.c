@@ -15,8 +15,6 @@
 
 PG_MODULE_MAGIC;
 
-void		_PG_init(void);
-
 /* Define dalgo's settings; refuse to load outside shared_preload_libraries. */
 void
 _PG_init(void)
@@ -26,6 +24,9 @@ _PG_init(void)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("dalgo must be loaded via shared_preload_libraries"),
 				 errhint("Add dalgo to shared_preload_libraries in postgresql.conf and restart the server.")));
+
+	dalgo_identity_init();
+	dalgo_membership_init();
 
 	MarkGUCPrefixReserved("dalgo");
 }

@@ -12,8 +12,13 @@
 
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "fmgr.h"
 #include "pgtime.h"
+#include "utils/fmgroids.h"
+#include "utils/relcache.h"
+#include "utils/snapshot.h"
+#include "utils/uuid.h"
 
 #if PG_VERSION_NUM < 150000
 #error "dalgo requires PostgreSQL 15 or later"
@@ -21,6 +26,48 @@
 
 /* Schema that holds every dalgo object; the extension is not relocatable. */
 #define DALGO_SCHEMA "dalgo"
+
+/* Ranks of dalgo.member_role, in ascending privilege; 0 means no role. */
+typedef enum DalgoRole
+{
+	DALGO_ROLE_NONE = 0,
+	DALGO_ROLE_VIEWER,
+	DALGO_ROLE_MEMBER,
+	DALGO_ROLE_ADMIN,
+	DALGO_ROLE_OWNER
+} DalgoRole;
+
+#define DALGO_NUM_ROLES 4
+
+/* dalgo.c */
+extern void _PG_init(void);
+
+/* tables.c */
+extern Oid	dalgo_namespace_oid(void);
+extern Oid	dalgo_relation_oid(const char *relname);
+extern AttrNumber dalgo_attnum(Oid relid, const char *colname);
+extern Snapshot dalgo_latest_snapshot(void);
+extern SysScanDesc dalgo_begin_uuid_scan(Relation rel, Oid indexid, AttrNumber attnum,
+										 const pg_uuid_t *value, ScanKeyData *key,
+										 Snapshot snapshot);
+
+/* identity.c */
+extern void dalgo_identity_init(void);
+extern bool dalgo_current_user_id(pg_uuid_t *result);
+extern bool dalgo_parse_uuid(const char *str, size_t len, pg_uuid_t *result);
+extern bool dalgo_user_is_active(const pg_uuid_t *user_id, bool *is_superadmin,
+								 Snapshot snapshot);
+
+/* jwt.c */
+extern bool dalgo_json_depth_ok(const char *json, size_t len, int max_depth);
+extern bool dalgo_json_top_fields(const char *json, size_t len, int nfields,
+								  const char *const *names, char **values,
+								  bool *is_string);
+extern bool dalgo_jwt_verify_hs256(const char *token, const char *secret,
+								   pg_uuid_t *subject);
+
+/* membership.c */
+extern void dalgo_membership_init(void);
 
 /* next_run.c */
 extern pg_tz *dalgo_lookup_timezone(const char *name);

@@ -4,7 +4,7 @@
 \i test/fixtures/tap_setup.sql
 BEGIN;
 \i test/fixtures/two_orgs.sql
-SELECT plan(25);
+SELECT plan(26);
 
 -- organization_id is filled from the parent when omitted.
 INSERT INTO dalgo.source_schemas (id, source_id, column_name, column_type, column_order)
@@ -82,9 +82,13 @@ SELECT is((SELECT count(*) FROM dalgo.transformation_versions WHERE transformati
 	+ (SELECT count(*) FROM dalgo.outputs WHERE transformation_id = '55555555-0000-4000-8000-0000000000a1')
 	+ (SELECT count(*) FROM dalgo.schedules WHERE id = '88888888-0000-4000-8000-000000000002'),
 	0::bigint, 'deleting a transformation deletes its versions, outputs and their schedules');
-DELETE FROM dalgo.users WHERE id = '11111111-0000-4000-8000-000000000003';
-SELECT is((SELECT count(*) FROM dalgo.organization_members WHERE user_id = '11111111-0000-4000-8000-000000000003'),
+DELETE FROM dalgo.users WHERE id = '11111111-0000-4000-8000-000000000002';
+SELECT is((SELECT count(*) FROM dalgo.organization_members WHERE user_id = '11111111-0000-4000-8000-000000000002'),
 	0::bigint, 'deleting a user deletes their memberships');
+SELECT throws_ok($$DELETE FROM dalgo.users WHERE id = '11111111-0000-4000-8000-000000000001'$$, '23514', NULL,
+	'a user who is the last owner of an organization cannot be deleted');
+INSERT INTO dalgo.organization_members (organization_id, user_id, role)
+	VALUES ('22222222-0000-4000-8000-0000000000a0', '11111111-0000-4000-8000-000000000003', 'owner');
 INSERT INTO dalgo.refresh_tokens (user_id, token_hash, expires_at)
 	VALUES ('11111111-0000-4000-8000-000000000001', 'h1', now() + interval '1 day');
 INSERT INTO dalgo.sources (organization_id, name, source_type, created_by_id)

@@ -1,0 +1,82 @@
+/*
+ * tables.c
+ *		Direct access to dalgo's own tables from C: relation and index OIDs
+ *		resolved through the dalgo namespace, never through search_path, and
+ *		index lookups that read the heap directly.
+ *
+ * Identity and membership checks read users, organizations and
+ * organization_members this way.  Row-level security is applied by the
+ * query rewriter, so these scans see the rows as they are, without policy
+ * recursion and without depending on the caller's privileges or
+ * search_path.
+ */
+#include "dalgo.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
+
+/* Return the OID of the dalgo schema, or raise if the extension is missing. */
+Oid
+dalgo_namespace_oid(void)
+{
+	Oid			nsp = get_namespace_oid(DALGO_SCHEMA, true);
+
+	if (!OidIsValid(nsp))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("schema \"%s\" does not exist", DALGO_SCHEMA),
+				 errhint("Run CREATE EXTENSION dalgo in this database.")));
+	return nsp;
+}
+
+/* Return the OID of relation dalgo.<relname> (a table or an index). */
+Oid
+dalgo_relation_oid(const char *relname)
+{
+	Oid			relid = get_relname_relid(relname, dalgo_namespace_oid());
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation \"%s.%s\" does not exist", DALGO_SCHEMA, relname),
+				 errhint("The dalgo extension may be damaged; reinstall it.")));
+	return relid;
+}
+
+/* Return the attribute number of a column that must exist. */
+AttrNumber
+dalgo_attnum(Oid relid, const char *colname)
+{
+	AttrNumber	attnum = get_attnum(relid, colname);
+
+	if (attnum == InvalidAttrNumber)
+		elog(ERROR, "column \"%s\" of relation %u does not exist", colname, relid);
+	return attnum;
+}
+
+/*
+ * Register and return a snapshot of the latest committed state (plus this
+ * transaction's own earlier commands), for authorization reads.  Taken
+ * after pending invalidations were accepted, it is never older than the
+ * change an invalidation announced, whatever the isolation level.  The
+ * caller unregisters it.
+ */
+Snapshot
+dalgo_latest_snapshot(void)
+{
+	return RegisterSnapshot(GetLatestSnapshot());
+}
+
+/* Start a scan of rel whose uuid column attnum equals *value, through index indexid. */
+SysScanDesc
+dalgo_begin_uuid_scan(Relation rel, Oid indexid, AttrNumber attnum,
+					  const pg_uuid_t *value, ScanKeyData *key, Snapshot snapshot)
+{
+	ScanKeyInit(key, attnum, BTEqualStrategyNumber, F_UUID_EQ,
+				UUIDPGetDatum(value));
+	return systable_beginscan(rel, indexid, OidIsValid(indexid), snapshot, 1, key);
+}
