@@ -6,19 +6,22 @@ EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).co
 
 MODULE_big = dalgo
 OBJS = \
+	src/audit.o \
 	src/dalgo.o \
 	src/identity.o \
 	src/jwt.o \
 	src/membership.o \
 	src/next_run.o \
 	src/tables.o \
-	src/updated_at.o
+	src/updated_at.o \
+	src/uuid_v7.o
 
 # Install-script fragments, in dependency order.
 SQL_FRAGMENTS = \
 	sql/schema.sql \
 	sql/identity.sql \
-	sql/rls.sql
+	sql/rls.sql \
+	sql/audit.sql
 
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
 DATA = $(filter-out $(DATA_built) $(SQL_FRAGMENTS), $(wildcard sql/$(EXTENSION)--*--*.sql))
@@ -36,6 +39,8 @@ REGRESS = \
 	membership_cache \
 	rls_attacks \
 	rls_plan \
+	audit_trail \
+	audit_foreign_table \
 	install_lifecycle
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
@@ -43,6 +48,7 @@ REGRESS_OPTS = --inputdir=test \
 	--load-extension=pgtap \
 	--load-extension=pgcrypto \
 	--load-extension=dblink \
+	--load-extension=postgres_fdw \
 	--load-extension=dalgo
 
 # TAP tests (PostgreSQL::Test::Cluster): crash and restart behaviour.

@@ -510,8 +510,6 @@ COMMENT ON COLUMN dalgo.audit_logs.organization_id IS 'Organization the change b
 COMMENT ON COLUMN dalgo.audit_logs.user_id IS 'Acting user (dalgo.current_user_id()); NULL for service work; deliberately not a foreign key';
 CREATE INDEX audit_logs_organization_id_idx ON dalgo.audit_logs (organization_id, created_at);
 COMMENT ON INDEX dalgo.audit_logs_organization_id_idx IS 'Tenant index: an organization''s trail in time order';
-CREATE INDEX audit_logs_user_id_idx ON dalgo.audit_logs (user_id);
-COMMENT ON INDEX dalgo.audit_logs_user_id_idx IS 'A user''s actions';
 CREATE INDEX audit_logs_action_idx ON dalgo.audit_logs (action);
 COMMENT ON INDEX dalgo.audit_logs_action_idx IS 'Audit filtering by action';
 

@@ -27,6 +27,7 @@ _PG_init(void)
 
 	dalgo_identity_init();
 	dalgo_membership_init();
+	dalgo_audit_init();
 
 	MarkGUCPrefixReserved("dalgo");
 }

@@ -18,6 +18,8 @@
 #include "utils/fmgroids.h"
 #include "utils/relcache.h"
 #include "utils/snapshot.h"
+#include "utils/date.h"
+#include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 #if PG_VERSION_NUM < 150000
@@ -46,6 +48,7 @@ extern void _PG_init(void);
 extern Oid	dalgo_namespace_oid(void);
 extern Oid	dalgo_relation_oid(const char *relname);
 extern AttrNumber dalgo_attnum(Oid relid, const char *colname);
+extern Oid	dalgo_relation_owner(Oid relid);
 extern Snapshot dalgo_latest_snapshot(void);
 extern SysScanDesc dalgo_begin_uuid_scan(Relation rel, Oid indexid, AttrNumber attnum,
 										 const pg_uuid_t *value, ScanKeyData *key,
@@ -66,10 +69,29 @@ extern bool dalgo_json_top_fields(const char *json, size_t len, int nfields,
 extern bool dalgo_jwt_verify_hs256(const char *token, const char *secret,
 								   pg_uuid_t *subject);
 
+/* audit.c */
+extern void dalgo_audit_init(void);
+
 /* membership.c */
 extern void dalgo_membership_init(void);
 
+/* uuid_v7.c */
+extern void dalgo_uuid_v7(pg_uuid_t *result);
+
 /* next_run.c */
+typedef enum DalgoFrequency
+{
+	DALGO_FREQ_HOURLY,
+	DALGO_FREQ_DAILY,
+	DALGO_FREQ_WEEKLY,
+	DALGO_FREQ_MONTHLY
+} DalgoFrequency;
+
 extern pg_tz *dalgo_lookup_timezone(const char *name);
+extern pg_tz *dalgo_require_timezone(const char *name);
+extern DalgoFrequency dalgo_frequency_from_label(const char *label);
+extern void dalgo_check_run_at_day(DalgoFrequency freq, bool day_isnull, int day);
+extern TimestampTz dalgo_next_run(DalgoFrequency freq, TimeADT at, int day, pg_tz *tz,
+								  TimestampTz after);
 
 #endif							/* DALGO_H */

@@ -17,6 +17,8 @@
 #include "access/table.h"
 #include "catalog/namespace.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
+#include "catalog/pg_class.h"
 #include "utils/snapmgr.h"
 
 /* Return the OID of the dalgo schema, or raise if the extension is missing. */
@@ -79,4 +81,18 @@ dalgo_begin_uuid_scan(Relation rel, Oid indexid, AttrNumber attnum,
 	ScanKeyInit(key, attnum, BTEqualStrategyNumber, F_UUID_EQ,
 				UUIDPGetDatum(value));
 	return systable_beginscan(rel, indexid, OidIsValid(indexid), snapshot, 1, key);
+}
+
+/* Return the owner of a relation. */
+Oid
+dalgo_relation_owner(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
 }
