@@ -12,16 +12,21 @@ OBJS = \
 	src/jwt.o \
 	src/membership.o \
 	src/next_run.o \
+	src/recipe_emit.o \
+	src/recipe_parse.o \
+	src/recipe_resolve.o \
 	src/tables.o \
 	src/updated_at.o \
-	src/uuid_v7.o
+	src/uuid_v7.o \
+	src/warehouse.o
 
 # Install-script fragments, in dependency order.
 SQL_FRAGMENTS = \
 	sql/schema.sql \
 	sql/identity.sql \
 	sql/rls.sql \
-	sql/audit.sql
+	sql/audit.sql \
+	sql/recipes.sql
 
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
 DATA = $(filter-out $(DATA_built) $(SQL_FRAGMENTS), $(wildcard sql/$(EXTENSION)--*--*.sql))

@@ -28,6 +28,8 @@ _PG_init(void)
 	dalgo_identity_init();
 	dalgo_membership_init();
 	dalgo_audit_init();
+	dalgo_recipe_init();
+	dalgo_warehouse_init();
 
 	MarkGUCPrefixReserved("dalgo");
 }

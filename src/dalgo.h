@@ -18,7 +18,9 @@
 #include "utils/fmgroids.h"
 #include "utils/relcache.h"
 #include "utils/snapshot.h"
+#include "nodes/pg_list.h"
 #include "utils/date.h"
+#include "utils/jsonb.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
@@ -74,6 +76,14 @@ extern void dalgo_audit_init(void);
 
 /* membership.c */
 extern void dalgo_membership_init(void);
+extern bool dalgo_caller_may(const pg_uuid_t *org, DalgoRole min_role);
+
+/* recipe_emit.c */
+extern void dalgo_recipe_init(void);
+extern char *dalgo_compile_recipe_text(const pg_uuid_t *org, Jsonb *recipe, List **dependencies);
+
+/* warehouse.c */
+extern void dalgo_warehouse_init(void);
 
 /* uuid_v7.c */
 extern void dalgo_uuid_v7(pg_uuid_t *result);

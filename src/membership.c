@@ -30,7 +30,9 @@
 #include "catalog/pg_enum.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "miscadmin.h"
 #include "storage/sinval.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
@@ -44,6 +46,7 @@ PG_FUNCTION_INFO_V1(dalgo_is_org_admin);
 PG_FUNCTION_INFO_V1(dalgo_org_role);
 PG_FUNCTION_INFO_V1(dalgo_current_org_ids);
 PG_FUNCTION_INFO_V1(dalgo_membership_changed);
+PG_FUNCTION_INFO_V1(dalgo_caller_may_sql);
 
 typedef struct MembershipEntry
 {
@@ -399,4 +402,35 @@ void
 dalgo_membership_init(void)
 {
 	CacheRegisterRelcacheCallback(membership_relcache_callback, (Datum) 0);
+}
+
+/*
+ * May the caller act in org with at least min_role?  With an identity, its
+ * role decides; without one, only a login that is a superuser or a member
+ * of dalgo_service (service work) may.  SQL: dalgo.caller_may().
+ */
+bool
+dalgo_caller_may(const pg_uuid_t *org, DalgoRole min_role)
+{
+	Oid			service;
+
+	if (ensure_cache())
+		return role_in(org) >= min_role;
+	if (superuser_arg(GetSessionUserId()))
+		return true;
+	service = get_role_oid("dalgo_service", true);
+	return OidIsValid(service) && has_privs_of_role(GetSessionUserId(), service);
+}
+
+/* SQL: dalgo.caller_may(org uuid, min_role member_role). */
+Datum
+dalgo_caller_may_sql(PG_FUNCTION_ARGS)
+{
+	DalgoRole	min_role;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_BOOL(false);
+	(void) ensure_cache();
+	min_role = role_argument(PG_GETARG_DATUM(1));
+	PG_RETURN_BOOL(dalgo_caller_may(PG_GETARG_UUID_P(0), min_role));
 }

@@ -49,12 +49,12 @@ WITH u AS (UPDATE dalgo.transformations SET name = 'pwned' WHERE organization_id
 	SELECT is(count(*), 0::bigint, 'UPDATE of B''s transformation touches nothing') FROM u;
 WITH d AS (DELETE FROM dalgo.outputs WHERE id = '66666666-0000-4000-8000-0000000000b1' RETURNING 1)
 	SELECT is(count(*), 0::bigint, 'DELETE of B''s output touches nothing') FROM d;
-SELECT throws_ok($$INSERT INTO dalgo.transformations (organization_id, name, recipe) VALUES ('22222222-0000-4000-8000-0000000000b0', 'x', '{}')$$,
+SELECT throws_ok($$INSERT INTO dalgo.transformations (organization_id, name, recipe) VALUES ('22222222-0000-4000-8000-0000000000b0', 'x', '{"version": 1, "source": {"table": "visits"}, "steps": []}')$$,
 	'42501', NULL, 'INSERT into B is refused');
 SELECT throws_ok($$UPDATE dalgo.transformations SET organization_id = '22222222-0000-4000-8000-0000000000b0' WHERE organization_id = '22222222-0000-4000-8000-0000000000a0'$$,
 	'42501', NULL, 'moving a row to B is refused');
 SELECT throws_ok($$INSERT INTO dalgo.transformations (id, organization_id, name, recipe)
-	VALUES ('55555555-0000-4000-8000-0000000000b1', '22222222-0000-4000-8000-0000000000a0', 'x', '{}')
+	VALUES ('55555555-0000-4000-8000-0000000000b1', '22222222-0000-4000-8000-0000000000a0', 'x', '{"version": 1, "source": {"table": "visits"}, "steps": []}')
 	ON CONFLICT (id) DO UPDATE SET name = 'pwned'$$,
 	'42501', NULL, 'INSERT ... ON CONFLICT DO UPDATE onto B''s row is refused');
 SELECT throws_ok($$INSERT INTO dalgo.outputs (organization_id, transformation_id, name)
@@ -63,7 +63,7 @@ SELECT throws_ok($$INSERT INTO dalgo.outputs (organization_id, transformation_id
 WITH d AS (DELETE FROM dalgo.transformations WHERE organization_id = :B RETURNING id)
 	SELECT is(count(*), 0::bigint, 'a data-modifying CTE deletes nothing of B') FROM d;
 SELECT throws_ok($$WITH i AS (INSERT INTO dalgo.transformations (organization_id, name, recipe)
-	VALUES ('22222222-0000-4000-8000-0000000000b0', 'x', '{}') RETURNING id) SELECT count(*) FROM i$$,
+	VALUES ('22222222-0000-4000-8000-0000000000b0', 'x', '{"version": 1, "source": {"table": "visits"}, "steps": []}') RETURNING id) SELECT count(*) FROM i$$,
 	'42501', NULL, 'a data-modifying CTE cannot insert into B');
 SELECT throws_ok($$INSERT INTO dalgo.sync_runs (source_id) VALUES ('33333333-0000-4000-8000-0000000000b1')$$,
 	'42501', NULL, 'a child of B''s source is refused');
@@ -75,12 +75,12 @@ SELECT is((SELECT name FROM dalgo.transformations WHERE id = '55555555-0000-4000
 -- Viewers read only; members edit transformations, not sources.
 :as_viewer_a
 SELECT is((SELECT count(*) FROM dalgo.transformations), 1::bigint, 'a viewer reads');
-SELECT throws_ok($$INSERT INTO dalgo.transformations (organization_id, name, recipe) VALUES ('22222222-0000-4000-8000-0000000000a0', 'v', '{}')$$,
+SELECT throws_ok($$INSERT INTO dalgo.transformations (organization_id, name, recipe) VALUES ('22222222-0000-4000-8000-0000000000a0', 'v', '{"version": 1, "source": {"table": "visits"}, "steps": []}')$$,
 	'42501', NULL, 'a viewer cannot create a transformation');
 WITH u AS (UPDATE dalgo.transformations SET name = 'v' RETURNING 1)
 	SELECT is(count(*), 0::bigint, 'a viewer cannot edit a transformation') FROM u;
 :as_member_a
-SELECT lives_ok($$INSERT INTO dalgo.transformations (organization_id, name, recipe) VALUES ('22222222-0000-4000-8000-0000000000a0', 'm', '{}')$$,
+SELECT lives_ok($$INSERT INTO dalgo.transformations (organization_id, name, recipe) VALUES ('22222222-0000-4000-8000-0000000000a0', 'm', '{"version": 1, "source": {"table": "visits"}, "steps": []}')$$,
 	'a member creates a transformation');
 SELECT throws_ok($$INSERT INTO dalgo.sources (organization_id, name, source_type) VALUES ('22222222-0000-4000-8000-0000000000a0', 's', 'csv')$$,
 	'42501', NULL, 'a member cannot create a source');

@@ -19,7 +19,7 @@ INSERT INTO dalgo.warehouse_tables (id, warehouse_connection_id, table_name, sou
 SELECT is((SELECT organization_id FROM dalgo.warehouse_tables WHERE id = '77777777-0000-4000-8000-000000000003'),
 	'22222222-0000-4000-8000-0000000000a0'::uuid, 'warehouse_tables.organization_id filled from the connection');
 INSERT INTO dalgo.transformation_versions (id, transformation_id, version_number, recipe)
-	VALUES ('77777777-0000-4000-8000-000000000004', '55555555-0000-4000-8000-0000000000a1', 1, '{}');
+	VALUES ('77777777-0000-4000-8000-000000000004', '55555555-0000-4000-8000-0000000000a1', 99, '{}');
 SELECT is((SELECT organization_id FROM dalgo.transformation_versions WHERE id = '77777777-0000-4000-8000-000000000004'),
 	'22222222-0000-4000-8000-0000000000a0'::uuid, 'transformation_versions.organization_id filled from the transformation');
 INSERT INTO dalgo.transformation_runs (id, transformation_id) VALUES ('77777777-0000-4000-8000-000000000005', '55555555-0000-4000-8000-0000000000b1');
@@ -42,7 +42,7 @@ SELECT throws_ok($$INSERT INTO dalgo.warehouse_tables (warehouse_connection_id, 
 	VALUES ('44444444-0000-4000-8000-0000000000a1', 'x', '55555555-0000-4000-8000-0000000000b1')$$,
 	'23503', NULL, 'warehouse_tables -> another organization''s transformation');
 SELECT throws_ok($$INSERT INTO dalgo.transformation_versions (organization_id, transformation_id, version_number, recipe)
-	VALUES ('22222222-0000-4000-8000-0000000000a0', '55555555-0000-4000-8000-0000000000b1', 1, '{}')$$,
+	VALUES ('22222222-0000-4000-8000-0000000000a0', '55555555-0000-4000-8000-0000000000b1', 99, '{}')$$,
 	'23503', NULL, 'transformation_versions -> another organization''s transformation');
 SELECT throws_ok($$INSERT INTO dalgo.transformation_runs (organization_id, transformation_id)
 	VALUES ('22222222-0000-4000-8000-0000000000b0', '55555555-0000-4000-8000-0000000000a1')$$,

@@ -1,0 +1,326 @@
+-- recipes.sql: the recipe compiler, the per-organization warehouse, and the
+-- transformation engine (versions, dependency graph, runs, previews).
+
+CREATE FUNCTION dalgo.compile_recipe(organization_id uuid, recipe jsonb) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_compile_recipe'
+	LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION dalgo.compile_recipe(uuid, jsonb) IS
+	'Compile a JSON recipe (see the recipe contract) into one SELECT over the organization''s warehouse; errors are 22023 and name the step, its type and the field';
+
+CREATE FUNCTION dalgo.warehouse_execute(organization_id uuid, sql text) RETURNS bigint
+	AS 'MODULE_PATHNAME', 'dalgo_warehouse_execute'
+	LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION dalgo.warehouse_execute(uuid, text) IS
+	'Internal: run a command as the organization''s warehouse role (search_path pinned, dalgo.statement_timeout); returns rows processed';
+
+CREATE FUNCTION dalgo.warehouse_query(organization_id uuid, sql text, row_limit integer) RETURNS SETOF jsonb
+	AS 'MODULE_PATHNAME', 'dalgo_warehouse_query'
+	LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION dalgo.warehouse_query(uuid, text, integer) IS
+	'Internal: the rows of a query as jsonb, run as the organization''s warehouse role; row_limit 0 only parse-analyzes it';
+
+CREATE FUNCTION dalgo.caller_may(organization_id uuid, min_role dalgo.member_role) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'dalgo_caller_may_sql'
+	LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION dalgo.caller_may(uuid, dalgo.member_role) IS
+	'True if the caller may act in the organization with min_role: the signed-in user''s role, or, without an identity, a login that is a superuser or dalgo_service';
+
+CREATE FUNCTION dalgo.warehouse_schema(organization_id uuid) RETURNS text
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	hex text := replace(organization_id::text, '-', '');
+	schema_name text := 'org_' || hex;
+	role_name text := 'dalgo_wh_' || hex;
+BEGIN
+	IF organization_id IS NULL THEN
+		RAISE EXCEPTION 'organization_id is required' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(organization_id, 'viewer')
+	   OR NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = warehouse_schema.organization_id AND o.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
+		EXECUTE format('CREATE ROLE %I NOLOGIN NOINHERIT', role_name);
+		EXECUTE format('COMMENT ON ROLE %I IS %L', role_name, 'dalgo: owns the warehouse of organization ' || organization_id);
+	END IF;
+	IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = schema_name) THEN
+		EXECUTE format('CREATE SCHEMA %I AUTHORIZATION %I', schema_name, role_name);
+		EXECUTE format('REVOKE ALL ON SCHEMA %I FROM PUBLIC', schema_name);
+		EXECUTE format('COMMENT ON SCHEMA %I IS %L', schema_name, 'dalgo: warehouse of organization ' || organization_id);
+	END IF;
+	INSERT INTO dalgo.warehouse_connections (organization_id, database_name, is_connected, last_connected_at)
+		SELECT warehouse_schema.organization_id, current_database(), true, now()
+		WHERE NOT EXISTS (SELECT FROM dalgo.warehouse_connections w
+						  WHERE w.organization_id = warehouse_schema.organization_id AND w.deleted_at IS NULL);
+	RETURN schema_name;
+END
+$$;
+COMMENT ON FUNCTION dalgo.warehouse_schema(uuid) IS
+	'The organization''s warehouse schema (org_<id>, owned by role dalgo_wh_<id>), created with its warehouse_connections row on first use';
+
+CREATE FUNCTION dalgo.create_warehouse_for_connection() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM dalgo.warehouse_schema(NEW.organization_id);
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo.create_warehouse_for_connection() IS 'AFTER INSERT trigger on warehouse_connections: creates the warehouse schema';
+CREATE TRIGGER create_warehouse AFTER INSERT ON dalgo.warehouse_connections
+	FOR EACH ROW WHEN (NEW.deleted_at IS NULL) EXECUTE FUNCTION dalgo.create_warehouse_for_connection();
+COMMENT ON TRIGGER create_warehouse ON dalgo.warehouse_connections IS 'A warehouse connection creates its warehouse schema';
+
+CREATE FUNCTION dalgo.register_warehouse_table(organization_id uuid, table_name text, source_id uuid,
+											   transformation_id uuid, row_count bigint)
+	RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	rel regclass := to_regclass(format('%I.%I', schema_name, table_name));
+	conn uuid;
+	info jsonb;
+BEGIN
+	SELECT id INTO conn FROM dalgo.warehouse_connections w
+	WHERE w.organization_id = register_warehouse_table.organization_id AND w.deleted_at IS NULL;
+	SELECT coalesce(jsonb_agg(jsonb_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
+												 'nullable', NOT a.attnotnull) ORDER BY a.attnum), '[]')
+	INTO info FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
+	UPDATE dalgo.warehouse_tables w SET row_count = register_warehouse_table.row_count,
+		size_bytes = pg_total_relation_size(rel), schema_info = info, last_updated_at = now(),
+		source_id = register_warehouse_table.source_id, transformation_id = register_warehouse_table.transformation_id
+	WHERE w.warehouse_connection_id = conn AND w.table_name = register_warehouse_table.table_name AND w.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		INSERT INTO dalgo.warehouse_tables (organization_id, warehouse_connection_id, table_name, source_id,
+											transformation_id, row_count, size_bytes, schema_info, last_updated_at)
+		VALUES (register_warehouse_table.organization_id, conn, register_warehouse_table.table_name,
+				register_warehouse_table.source_id, register_warehouse_table.transformation_id,
+				register_warehouse_table.row_count, pg_total_relation_size(rel), info, now());
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.register_warehouse_table(uuid, text, uuid, uuid, bigint) IS
+	'Internal: record a warehouse table''s row count, size and columns in warehouse_tables';
+
+-- ---------------------------------------------------------------------------
+-- Versions and the dependency graph
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION dalgo.recipe_dependencies(recipe jsonb) RETURNS uuid[]
+	LANGUAGE sql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT coalesce(array_agg(DISTINCT (v #>> '{}')::uuid), '{}')
+		  FROM jsonb_path_query(recipe, 'strict $.**.transformation_id') v
+		  WHERE jsonb_typeof(v) = 'string' $$;
+COMMENT ON FUNCTION dalgo.recipe_dependencies(jsonb) IS 'Ids of the transformations a recipe reads (source, join and union inputs)';
+
+CREATE FUNCTION dalgo.transformation_upstream(transformation_id uuid)
+	RETURNS TABLE (id uuid, depth integer)
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+		WITH RECURSIVE up(id, depth) AS (
+			SELECT d, 1 FROM dalgo.transformations t, unnest(dalgo.recipe_dependencies(t.recipe)) d
+			WHERE t.id = transformation_upstream.transformation_id
+			UNION ALL
+			SELECT d, up.depth + 1 FROM up JOIN dalgo.transformations t ON t.id = up.id,
+				unnest(dalgo.recipe_dependencies(t.recipe)) d
+			WHERE up.depth < 100)
+		SELECT id, max(depth) FROM up GROUP BY id ORDER BY max(depth) DESC, id
+	$$;
+COMMENT ON FUNCTION dalgo.transformation_upstream(uuid) IS
+	'The transformations a transformation reads, directly or not, deepest first (the order to run them in)';
+
+CREATE FUNCTION dalgo.check_recipe_sql(organization_id uuid, sql text) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	msg text;
+BEGIN
+	IF NOT dalgo.caller_may(organization_id, 'member') THEN
+		RAISE EXCEPTION 'saving a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo.warehouse_schema(organization_id);
+	BEGIN
+		PERFORM * FROM dalgo.warehouse_query(organization_id, sql, 0);
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+		RAISE EXCEPTION 'recipe does not type-check: %', msg USING ERRCODE = 'invalid_parameter_value';
+	END;
+END
+$$;
+COMMENT ON FUNCTION dalgo.check_recipe_sql(uuid, text) IS 'Internal: parse-analyze compiled recipe SQL in the organization''s warehouse';
+
+CREATE FUNCTION dalgo.transformation_before_save() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	deps uuid[];
+BEGIN
+	IF TG_OP = 'UPDATE' AND NEW.recipe IS NOT DISTINCT FROM OLD.recipe THEN
+		NEW.current_version := OLD.current_version;
+		RETURN NEW;
+	END IF;
+	PERFORM dalgo.check_recipe_sql(NEW.organization_id, dalgo.compile_recipe(NEW.organization_id, NEW.recipe));
+	deps := dalgo.recipe_dependencies(NEW.recipe);
+	IF NEW.id = ANY (deps) OR EXISTS (
+		WITH RECURSIVE walk(id) AS (
+			SELECT unnest(deps)
+			UNION
+			SELECT d FROM walk JOIN dalgo.transformations t ON t.id = walk.id,
+				unnest(dalgo.recipe_dependencies(t.recipe)) d)
+		SELECT FROM walk WHERE walk.id = NEW.id) THEN
+		RAISE EXCEPTION 'recipe: transformation % would depend on itself (a dependency cycle)', NEW.id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NEW.output_table_name IS NOT NULL AND EXISTS (
+		SELECT FROM dalgo.sources s WHERE s.organization_id = NEW.organization_id AND s.deleted_at IS NULL
+		AND s.warehouse_table_name = NEW.output_table_name) THEN
+		RAISE EXCEPTION 'output table "%" is a source''s warehouse table', NEW.output_table_name
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	NEW.current_version := CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE OLD.current_version + 1 END;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo.transformation_before_save() IS
+	'BEFORE trigger on transformations: a new or changed recipe must compile and type-check, must not create a cycle, and bumps current_version';
+CREATE TRIGGER before_save BEFORE INSERT OR UPDATE ON dalgo.transformations
+	FOR EACH ROW EXECUTE FUNCTION dalgo.transformation_before_save();
+COMMENT ON TRIGGER before_save ON dalgo.transformations IS 'Validates recipes and numbers versions';
+
+CREATE FUNCTION dalgo.transformation_record_version() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	INSERT INTO dalgo.transformation_versions (organization_id, transformation_id, version_number, recipe,
+											   generated_sql, created_by_id, change_description)
+	VALUES (NEW.organization_id, NEW.id, NEW.current_version, NEW.recipe,
+			dalgo.compile_recipe(NEW.organization_id, NEW.recipe), dalgo.current_user_id(),
+			nullif(current_setting('dalgo.change_description'), ''));
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo.transformation_record_version() IS
+	'AFTER trigger on transformations: records a transformation_versions row for each new recipe (change_description from the setting dalgo.change_description)';
+CREATE TRIGGER record_version AFTER INSERT OR UPDATE OF recipe ON dalgo.transformations
+	FOR EACH ROW WHEN (NEW.current_version > 0) EXECUTE FUNCTION dalgo.transformation_record_version();
+COMMENT ON TRIGGER record_version ON dalgo.transformations IS 'Records versions';
+
+-- ---------------------------------------------------------------------------
+-- Runs and previews
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION dalgo.run_transformation(transformation_id uuid, with_upstream boolean DEFAULT false)
+	RETURNS uuid
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t dalgo.transformations;
+	run_id uuid;
+	sql text;
+	schema_name text;
+	build_name text;
+	n bigint;
+	up record;
+	err text;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x
+	WHERE x.id = run_transformation.transformation_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(t.organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'transformation % does not exist', transformation_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(t.organization_id, 'member') THEN
+		RAISE EXCEPTION 'running a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF t.output_table_name IS NULL THEN
+		RAISE EXCEPTION 'transformation % has no output_table_name', transformation_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF with_upstream THEN
+		FOR up IN SELECT * FROM dalgo.transformation_upstream(t.id) LOOP
+			PERFORM dalgo.run_transformation(up.id, false);
+		END LOOP;
+	END IF;
+
+	schema_name := dalgo.warehouse_schema(t.organization_id);
+	INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
+										   triggered_by_id)
+	VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id())
+	RETURNING id INTO run_id;
+	BEGIN
+		sql := dalgo.compile_recipe(t.organization_id, t.recipe);
+		-- Build under a private name, then swap: readers never see a half-built table,
+		-- and a failure leaves the previous output as it was.
+		build_name := '_dalgo_build_' || replace(run_id::text, '-', '');
+		n := dalgo.warehouse_execute(t.organization_id, format('CREATE TABLE %I.%I AS %s', schema_name, build_name, sql));
+		PERFORM dalgo.warehouse_execute(t.organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, t.output_table_name));
+		PERFORM dalgo.warehouse_execute(t.organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, t.output_table_name));
+		PERFORM dalgo.register_warehouse_table(t.organization_id, t.output_table_name, NULL, t.id, n);
+		UPDATE dalgo.transformations x SET last_run_at = now() WHERE x.id = t.id;
+		UPDATE dalgo.transformation_runs r SET status = 'success', completed_at = clock_timestamp(),
+			rows_affected = least(n, 2147483647), executed_sql = sql
+		WHERE r.id = run_id;
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
+		UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
+			error_message = err, executed_sql = sql
+		WHERE r.id = run_id;
+		RAISE WARNING 'transformation run % failed: %', run_id, err;
+	END;
+	RETURN run_id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.run_transformation(uuid, boolean) IS
+	'Build a transformation''s output table (atomic swap) and record the run; with_upstream runs what it reads first. Members and above. A failure is recorded on the run row, reported as a WARNING, and leaves the previous output intact';
+
+CREATE FUNCTION dalgo.preview_recipe(organization_id uuid, recipe jsonb, row_limit integer DEFAULT 50)
+	RETURNS SETOF jsonb
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT dalgo.caller_may(organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF row_limit IS NULL OR row_limit < 1 OR row_limit > 10000 THEN
+		RAISE EXCEPTION 'row_limit must be between 1 and 10000' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM dalgo.warehouse_schema(organization_id);
+	RETURN QUERY SELECT * FROM dalgo.warehouse_query(organization_id, dalgo.compile_recipe(organization_id, recipe), row_limit);
+END
+$$;
+COMMENT ON FUNCTION dalgo.preview_recipe(uuid, jsonb, integer) IS
+	'The first row_limit rows of a recipe''s result, as jsonb, for the editor''s live preview; members of the organization only; runs in the organization''s warehouse';
+
+CREATE FUNCTION dalgo.read_warehouse_table(organization_id uuid, table_name text, row_limit integer DEFAULT 100)
+	RETURNS SETOF jsonb
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT * FROM dalgo.preview_recipe(organization_id,
+		jsonb_build_object('version', 1, 'source', jsonb_build_object('table', table_name), 'steps', '[]'::jsonb), row_limit) $$;
+COMMENT ON FUNCTION dalgo.read_warehouse_table(uuid, text, integer) IS 'The rows of one of the organization''s warehouse tables, for its members';
+
+REVOKE ALL ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo.warehouse_execute(uuid, text),
+	dalgo.warehouse_query(uuid, text, integer), dalgo.caller_may(uuid, dalgo.member_role),
+	dalgo.warehouse_schema(uuid), dalgo.create_warehouse_for_connection(),
+	dalgo.register_warehouse_table(uuid, text, uuid, uuid, bigint), dalgo.recipe_dependencies(jsonb),
+	dalgo.transformation_upstream(uuid), dalgo.check_recipe_sql(uuid, text), dalgo.transformation_before_save(),
+	dalgo.transformation_record_version(), dalgo.run_transformation(uuid, boolean),
+	dalgo.preview_recipe(uuid, jsonb, integer), dalgo.read_warehouse_table(uuid, text, integer)
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo.caller_may(uuid, dalgo.member_role),
+	dalgo.warehouse_schema(uuid), dalgo.recipe_dependencies(jsonb), dalgo.transformation_upstream(uuid),
+	dalgo.check_recipe_sql(uuid, text), dalgo.run_transformation(uuid, boolean),
+	dalgo.preview_recipe(uuid, jsonb, integer), dalgo.read_warehouse_table(uuid, text, integer)
+	TO dalgo_authenticated, dalgo_service;

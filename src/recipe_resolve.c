@@ -1,0 +1,362 @@
+/*
+ * recipe_resolve.c
+ *		Names in a recipe, resolved inside the organization's own warehouse
+ *		only: sources, transformations and tables become relations of schema
+ *		org_<id>, and column lists come from the catalog.  Also the checks
+ *		that need PostgreSQL's own parser (types, regular expressions, the raw
+ *		SQL step), each run in a subtransaction so that a bad input becomes a
+ *		recipe error rather than a parser error.
+ */
+#include "recipe.h"
+
+#include "access/relation.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "parser/parse_type.h"
+#include "parser/parser.h"
+#include "regex/regex.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/plancache.h"
+#include "utils/rel.h"
+#include "utils/resowner.h"
+
+/* The warehouse schema of an organization: org_ followed by its id in hex. */
+char *
+recipe_warehouse_schema_name(const pg_uuid_t *org)
+{
+	static const char hex[] = "0123456789abcdef";
+	char	   *name = palloc(4 + 2 * UUID_LEN + 1);
+
+	memcpy(name, "org_", 4);
+	for (int i = 0; i < UUID_LEN; i++)
+	{
+		name[4 + 2 * i] = hex[org->data[i] >> 4];
+		name[5 + 2 * i] = hex[org->data[i] & 0xF];
+	}
+	name[4 + 2 * UUID_LEN] = '\0';
+	return name;
+}
+
+/* A new column descriptor. */
+RecipeColumn *
+recipe_new_column(const char *name, Oid type, int32 typmod)
+{
+	RecipeColumn *c = palloc(sizeof(RecipeColumn));
+
+	c->name = pstrdup(name);
+	c->type = type;
+	c->typmod = typmod;
+	return c;
+}
+
+/* The column called name, or NULL. */
+RecipeColumn *
+recipe_find_column(List *columns, const char *name)
+{
+	ListCell   *lc;
+
+	foreach(lc, columns)
+		if (strcmp(((RecipeColumn *) lfirst(lc))->name, name) == 0)
+			return lfirst(lc);
+	return NULL;
+}
+
+/* The column called name, or an error with the available columns. */
+RecipeColumn *
+recipe_require_column(RecipeCompiler *rc, const char *field, const char *name)
+{
+	RecipeColumn *c = recipe_find_column(rc->columns, name);
+
+	if (c == NULL)
+		recipe_column_error(rc, field, name);
+	return c;
+}
+
+/* A new output name must not collide with an existing column. */
+void
+recipe_check_new_name(RecipeCompiler *rc, List *columns, const char *field, const char *name)
+{
+	if (recipe_find_column(columns, name) != NULL)
+		recipe_error(rc, field, "column \"%s\" already exists", name);
+}
+
+/* Look up a uuid-keyed name in a dalgo table of this organization, as the caller sees it. */
+static char *
+lookup_owned_name(RecipeCompiler *rc, const char *field, const char *what, const char *query,
+				  const char *idtext)
+{
+	pg_uuid_t	id;
+	Oid			types[2] = {UUIDOID, UUIDOID};
+	Datum		values[2];
+	char	   *result = NULL;
+	int			rc_spi;
+
+	if (!dalgo_parse_uuid(idtext, strlen(idtext), &id))
+		recipe_error(rc, field, "\"%s\" is not a uuid", idtext);
+	values[0] = UUIDPGetDatum(&id);
+	values[1] = UUIDPGetDatum(&rc->org);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	rc_spi = SPI_execute_with_args(query, 2, types, values, NULL, true, 1);
+	if (rc_spi == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		char	   *name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (name != NULL)
+			result = MemoryContextStrdup(TopTransactionContext, name);
+	}
+	SPI_finish();
+	if (result == NULL)
+		recipe_error(rc, field, "unknown %s %s in this organization (or it has no warehouse table yet)",
+					 what, idtext);
+	return pstrdup(result);
+}
+
+/*
+ * Resolve a source ({"source_id"}, {"transformation_id"} or {"table"}) to
+ * a relation of the organization's warehouse; returns it as SQL and its
+ * columns from the catalog.
+ */
+char *
+recipe_source_relation(RecipeCompiler *rc, JsonbValue *source, const char *field, List **columns)
+{
+	static const char *const keys[] = {"source_id", "transformation_id", "table", NULL};
+	JsonbContainer *obj = recipe_object(rc, source, field);
+	JsonbValue *sid = recipe_get(obj, "source_id");
+	JsonbValue *tid = recipe_get(obj, "transformation_id");
+	JsonbValue *tbl = recipe_get(obj, "table");
+	char	   *fkey;
+	char	   *table;
+	Oid			nsp;
+	Oid			relid;
+	Relation	rel;
+	TupleDesc	desc;
+	StringInfoData sql;
+
+	recipe_check_keys(rc, obj, field, keys);
+	if ((sid != NULL) + (tid != NULL) + (tbl != NULL) != 1)
+		recipe_error(rc, field, "a source has exactly one of \"source_id\", \"transformation_id\" and \"table\"");
+
+	if (sid != NULL)
+	{
+		fkey = psprintf("%s.source_id", field);
+		table = lookup_owned_name(rc, fkey, "source", "SELECT warehouse_table_name FROM dalgo.sources"
+								  " WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL",
+								  recipe_string(rc, sid, fkey));
+	}
+	else if (tid != NULL)
+	{
+		pg_uuid_t  *dep = palloc(sizeof(pg_uuid_t));
+		char	   *idtext;
+
+		fkey = psprintf("%s.transformation_id", field);
+		idtext = recipe_string(rc, tid, fkey);
+		table = lookup_owned_name(rc, fkey, "transformation", "SELECT output_table_name FROM dalgo.transformations"
+								  " WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL", idtext);
+		(void) dalgo_parse_uuid(idtext, strlen(idtext), dep);
+		rc->dependencies = lappend(rc->dependencies, dep);
+	}
+	else
+	{
+		fkey = psprintf("%s.table", field);
+		table = recipe_name(rc, tbl, fkey);
+	}
+
+	nsp = get_namespace_oid(rc->schema, true);
+	relid = OidIsValid(nsp) ? get_relname_relid(table, nsp) : InvalidOid;
+	if (!OidIsValid(relid))
+		recipe_error(rc, fkey, "unknown table \"%s\" in the organization's warehouse", table);
+
+	rel = relation_open(relid, AccessShareLock);
+	if (rel->rd_rel->relkind != RELKIND_RELATION && rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE &&
+		rel->rd_rel->relkind != RELKIND_VIEW && rel->rd_rel->relkind != RELKIND_MATVIEW &&
+		rel->rd_rel->relkind != RELKIND_FOREIGN_TABLE)
+		recipe_error(rc, fkey, "\"%s\" is not a table or view", table);
+	desc = RelationGetDescr(rel);
+	*columns = NIL;
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped)
+			*columns = lappend(*columns, recipe_new_column(NameStr(att->attname), att->atttypid, att->atttypmod));
+	}
+	relation_close(rel, AccessShareLock);
+
+	initStringInfo(&sql);
+	recipe_append_ident(&sql, rc->schema);
+	appendStringInfoChar(&sql, '.');
+	recipe_append_ident(&sql, table);
+	return sql.data;
+}
+
+typedef void (*guarded_fn) (void *arg);
+
+/* Run fn in a subtransaction; an error in it becomes a recipe error for field. */
+static void
+run_guarded(RecipeCompiler *rc, const char *field, const char *what, guarded_fn fn, void *arg)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		recipe_error(rc, field, "%s: %s", what, edata->message);
+	}
+	PG_END_TRY();
+}
+
+typedef struct TypeArg
+{
+	const char *str;
+	Oid			type;
+	int32		typmod;
+} TypeArg;
+
+/* Guarded: parse a type name. */
+static void
+parse_type_guarded(void *arg)
+{
+	TypeArg    *t = arg;
+
+	parseTypeString(t->str, &t->type, &t->typmod, false);
+}
+
+/* Resolve a type name with the parser's own type-name parsing; returns its canonical spelling. */
+char *
+recipe_parse_type(RecipeCompiler *rc, const char *field, const char *typestr, Oid *type, int32 *typmod)
+{
+	TypeArg		t = {typestr, InvalidOid, -1};
+
+	if (typestr[0] == '\0' || strlen(typestr) > 200)
+		recipe_error(rc, field, "invalid type name \"%s\"", typestr);
+	run_guarded(rc, field, psprintf("invalid type \"%s\"", typestr), parse_type_guarded, &t);
+	if (get_typtype(t.type) == TYPTYPE_PSEUDO)
+		recipe_error(rc, field, "type \"%s\" cannot be used here", typestr);
+	*type = t.type;
+	*typmod = t.typmod;
+	return format_type_with_typemod(t.type, t.typmod);
+}
+
+/* Guarded: compile a regular expression. */
+static void
+check_regex_guarded(void *arg)
+{
+	(void) RE_compile_and_cache(cstring_to_text((const char *) arg), REG_ADVANCED, DEFAULT_COLLATION_OID);
+}
+
+/* A regular expression must compile. */
+void
+recipe_check_regex(RecipeCompiler *rc, const char *field, const char *pattern)
+{
+	run_guarded(rc, field, "invalid regular expression", check_regex_guarded, unconstify(char *, pattern));
+}
+
+typedef struct AnalyzeArg
+{
+	const char *sql;
+	List	   *columns;
+} AnalyzeArg;
+
+/* Guarded: parse-analyze a query and collect its output columns. */
+static void
+analyze_guarded(void *arg)
+{
+	AnalyzeArg *a = arg;
+	SPIPlanPtr	plan;
+	List	   *sources;
+	TupleDesc	desc;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	plan = SPI_prepare(a->sql, 0, NULL);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare the query: %s", SPI_result_code_string(SPI_result));
+	sources = SPI_plan_get_plan_sources(plan);
+	desc = ((CachedPlanSource *) linitial(sources))->resultDesc;
+	a->columns = NIL;
+	for (int i = 0; desc != NULL && i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+
+		a->columns = lappend(a->columns, recipe_new_column(NameStr(att->attname), att->atttypid, att->atttypmod));
+		MemoryContextSwitchTo(old);
+	}
+	SPI_freeplan(plan);
+	SPI_finish();
+}
+
+/*
+ * Learn the exact names and types of CTE _s<cte> by parse-analyzing the
+ * query so far, with search_path pinned.  Only union (when a type is not
+ * tracked) and the raw sql step need this.
+ */
+void
+recipe_analyze_output(RecipeCompiler *rc, int cte)
+{
+	AnalyzeArg	a;
+	StringInfoData q;
+	ListCell   *lc;
+	int			save_nestlevel;
+
+	initStringInfo(&q);
+	appendStringInfo(&q, "%s\nSELECT * FROM _s%d", rc->sql.data, cte);
+	a.sql = q.data;
+	a.columns = NIL;
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	run_guarded(rc, NULL, "the steps so far do not type-check", analyze_guarded, &a);
+	AtEOXact_GUC(true, save_nestlevel);
+	rc->columns = NIL;
+	foreach(lc, a.columns)
+	{
+		RecipeColumn *c = lfirst(lc);
+
+		rc->columns = lappend(rc->columns, recipe_new_column(c->name, c->type, c->typmod));
+	}
+}
+
+/* Guarded: the raw SQL must parse as exactly one SELECT. */
+static void
+check_raw_guarded(void *arg)
+{
+	List	   *stmts = raw_parser((const char *) arg, RAW_PARSE_DEFAULT);
+
+	if (list_length(stmts) != 1 || !IsA(((RawStmt *) linitial(stmts))->stmt, SelectStmt))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("it must be a single SELECT")));
+}
+
+/* The raw sql step's statement must parse as a single SELECT. */
+void
+recipe_check_raw_select(RecipeCompiler *rc, const char *field, const char *sql)
+{
+	run_guarded(rc, field, "invalid SQL", check_raw_guarded, unconstify(char *, sql));
+}
