@@ -46,6 +46,10 @@ REGRESS = \
 	rls_plan \
 	audit_trail \
 	audit_foreign_table \
+	recipe_compile \
+	recipe_errors \
+	recipe_runs \
+	recipe_fuzz \
 	install_lifecycle
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \

@@ -38,7 +38,7 @@ recipe_error(RecipeCompiler *rc, const char *field, const char *fmt,...)
 		appendStringInfo(&where, "recipe step %d (%s)", rc->step, rc->steptype ? rc->steptype : "?");
 	else
 		appendStringInfoString(&where, "recipe");
-	if (field != NULL)
+	if (field != NULL && field[0] != '\0')
 		appendStringInfo(&where, " %s", field);
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -315,7 +315,7 @@ recipe_append_condition(RecipeCompiler *rc, StringInfo buf, JsonbValue *v, const
 	{
 		if (value != NULL)
 			recipe_error(rc, fval, "\"%s\" takes no value", op);
-		appendStringInfo(buf, "%s %s", c.data, op[3] == 'n' ? "IS NOT NULL" : "IS NULL");
+		appendStringInfo(buf, "%s %s", c.data, strcmp(op, "is_null") == 0 ? "IS NULL" : "IS NOT NULL");
 	}
 	else if (strcmp(op, "contains") == 0)
 	{

@@ -225,7 +225,9 @@ run_guarded(RecipeCompiler *rc, const char *field, const char *what, guarded_fn 
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
-		recipe_error(rc, field, "%s: %s", what, edata->message);
+		if (what != NULL)
+			recipe_error(rc, field, "%s: %s", what, edata->message);
+		recipe_error(rc, field, "%s", edata->message);
 	}
 	PG_END_TRY();
 }
@@ -273,7 +275,7 @@ check_regex_guarded(void *arg)
 void
 recipe_check_regex(RecipeCompiler *rc, const char *field, const char *pattern)
 {
-	run_guarded(rc, field, "invalid regular expression", check_regex_guarded, unconstify(char *, pattern));
+	run_guarded(rc, field, NULL, check_regex_guarded, unconstify(char *, pattern));
 }
 
 typedef struct AnalyzeArg
