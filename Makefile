@@ -15,6 +15,7 @@ OBJS = \
 	src/recipe_emit.o \
 	src/recipe_parse.o \
 	src/recipe_resolve.o \
+	src/scheduler.o \
 	src/tables.o \
 	src/updated_at.o \
 	src/uuid_v7.o \

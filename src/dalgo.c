@@ -30,6 +30,7 @@ _PG_init(void)
 	dalgo_audit_init();
 	dalgo_recipe_init();
 	dalgo_warehouse_init();
+	dalgo_scheduler_init();
 
 	MarkGUCPrefixReserved("dalgo");
 }

@@ -82,6 +82,10 @@ extern bool dalgo_caller_may(const pg_uuid_t *org, DalgoRole min_role);
 extern void dalgo_recipe_init(void);
 extern char *dalgo_compile_recipe_text(const pg_uuid_t *org, Jsonb *recipe, List **dependencies);
 
+/* scheduler.c */
+extern void dalgo_scheduler_init(void);
+extern char *dalgo_csv_dir;
+
 /* warehouse.c */
 extern void dalgo_warehouse_init(void);
 

@@ -105,6 +105,36 @@ CREATE POLICY p ON bench.items FOR SELECT TO dalgo_authenticated
 SELECT count(*) AS member_rows FROM bench.items \gset
 SELECT bench.run_queries('dalgo: = ANY((SELECT current_org_ids()))', '') \g /dev/null
 RESET ROLE;
+
+-- The main figure, interleaved: superuser and member take turns, 31 times each.
+CREATE FUNCTION bench.interleaved(q_super text, q_member text, runs int)
+	RETURNS TABLE (superuser_ms numeric, member_ms numeric) LANGUAGE plpgsql AS $$
+DECLARE
+	t0 timestamptz;
+	s numeric[] := '{}';
+	m numeric[] := '{}';
+BEGIN
+	PERFORM set_config('dalgo.user_id', 'bbbbbbbb-0000-4000-8000-000000000001', true);
+	EXECUTE q_super;
+	FOR i IN 1..runs LOOP
+		t0 := clock_timestamp();
+		EXECUTE q_super;
+		s := s || (extract(epoch FROM clock_timestamp() - t0) * 1000)::numeric;
+		EXECUTE 'SET LOCAL ROLE dalgo_authenticated';
+		t0 := clock_timestamp();
+		EXECUTE q_member;
+		m := m || (extract(epoch FROM clock_timestamp() - t0) * 1000)::numeric;
+		EXECUTE 'RESET ROLE';
+	END LOOP;
+	RETURN QUERY SELECT (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x) FROM unnest(s) x)::numeric(12, 3),
+						(SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x) FROM unnest(m) x)::numeric(12, 3);
+END $$;
+SELECT 'SELECT count(*) FROM bench.items WHERE organization_id = ANY (''' || array_agg(organization_id)::text || '''::uuid[])' AS q_super
+FROM dalgo.organization_members WHERE user_id = 'bbbbbbbb-0000-4000-8000-000000000001' \gset
+BEGIN;
+SELECT superuser_ms, member_ms, round(member_ms / superuser_ms, 2) AS ratio
+FROM bench.interleaved(:'q_super', 'SELECT count(*) FROM bench.items', 31) \gset main_
+COMMIT;
 DROP POLICY p ON bench.items;
 
 CREATE POLICY p ON bench.items FOR SELECT TO dalgo_authenticated
@@ -130,6 +160,7 @@ DROP POLICY p ON bench.items;
 
 \echo
 \echo 'rows visible to the member:' :member_rows
+\echo 'main figure, count(*) median of 31 interleaved runs: superuser' :main_superuser_ms 'ms, member' :main_member_ms 'ms, ratio' :main_ratio '(target <= 1.2)'
 \echo
 SELECT r.policy, r.query, r.median_ms,
 	   round(r.median_ms / NULLIF(s.median_ms, 0), 2) AS ratio_to_superuser
