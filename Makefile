@@ -8,6 +8,7 @@ MODULE_big = dalgo
 OBJS = \
 	src/audit.o \
 	src/dalgo.o \
+	src/dispatch.o \
 	src/identity.o \
 	src/jwt.o \
 	src/membership.o \
@@ -27,7 +28,8 @@ SQL_FRAGMENTS = \
 	sql/identity.sql \
 	sql/rls.sql \
 	sql/audit.sql \
-	sql/recipes.sql
+	sql/recipes.sql \
+	sql/scheduler.sql
 
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
 DATA = $(filter-out $(DATA_built) $(SQL_FRAGMENTS), $(wildcard sql/$(EXTENSION)--*--*.sql))
@@ -51,6 +53,9 @@ REGRESS = \
 	recipe_errors \
 	recipe_runs \
 	recipe_fuzz \
+	next_run \
+	scheduler_runs \
+	scheduler_live \
 	install_lifecycle
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \

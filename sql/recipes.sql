@@ -220,48 +220,28 @@ COMMENT ON TRIGGER record_version ON dalgo.transformations IS 'Records versions'
 -- Runs and previews
 -- ---------------------------------------------------------------------------
 
-CREATE FUNCTION dalgo.run_transformation(transformation_id uuid, with_upstream boolean DEFAULT false)
-	RETURNS uuid
-	LANGUAGE plpgsql SECURITY DEFINER
+CREATE FUNCTION dalgo.build_transformation(transformation_id uuid, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	t dalgo.transformations;
-	run_id uuid;
 	sql text;
 	schema_name text;
-	build_name text;
+	build_name text := '_dalgo_build_' || replace(run_id::text, '-', '');
 	n bigint;
-	up record;
 	err text;
 BEGIN
-	SELECT * INTO t FROM dalgo.transformations x
-	WHERE x.id = run_transformation.transformation_id AND x.deleted_at IS NULL;
-	IF NOT FOUND OR NOT dalgo.caller_may(t.organization_id, 'viewer') THEN
-		RAISE EXCEPTION 'transformation % does not exist', transformation_id USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	IF NOT dalgo.caller_may(t.organization_id, 'member') THEN
-		RAISE EXCEPTION 'running a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
-	END IF;
-	IF t.output_table_name IS NULL THEN
-		RAISE EXCEPTION 'transformation % has no output_table_name', transformation_id USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	IF with_upstream THEN
-		FOR up IN SELECT * FROM dalgo.transformation_upstream(t.id) LOOP
-			PERFORM dalgo.run_transformation(up.id, false);
-		END LOOP;
-	END IF;
-
-	schema_name := dalgo.warehouse_schema(t.organization_id);
-	INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
-										   triggered_by_id)
-	VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id())
-	RETURNING id INTO run_id;
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = build_transformation.transformation_id;
+	UPDATE dalgo.transformation_runs r SET version_number = t.current_version WHERE r.id = run_id;
 	BEGIN
+		IF t.output_table_name IS NULL THEN
+			RAISE EXCEPTION 'transformation % has no output_table_name', t.id USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		schema_name := dalgo.warehouse_schema(t.organization_id);
 		sql := dalgo.compile_recipe(t.organization_id, t.recipe);
 		-- Build under a private name, then swap: readers never see a half-built table,
 		-- and a failure leaves the previous output as it was.
-		build_name := '_dalgo_build_' || replace(run_id::text, '-', '');
 		n := dalgo.warehouse_execute(t.organization_id, format('CREATE TABLE %I.%I AS %s', schema_name, build_name, sql));
 		PERFORM dalgo.warehouse_execute(t.organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, t.output_table_name));
 		PERFORM dalgo.warehouse_execute(t.organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, t.output_table_name));
@@ -277,6 +257,39 @@ BEGIN
 		WHERE r.id = run_id;
 		RAISE WARNING 'transformation run % failed: %', run_id, err;
 	END;
+END
+$$;
+COMMENT ON FUNCTION dalgo.build_transformation(uuid, uuid) IS
+	'Internal: build a transformation''s output for an existing run row (atomic swap) and record the outcome on it';
+
+CREATE FUNCTION dalgo.run_transformation(transformation_id uuid, with_upstream boolean DEFAULT false)
+	RETURNS uuid
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t dalgo.transformations;
+	run_id uuid;
+	up record;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x
+	WHERE x.id = run_transformation.transformation_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(t.organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'transformation % does not exist', transformation_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(t.organization_id, 'member') THEN
+		RAISE EXCEPTION 'running a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF with_upstream THEN
+		FOR up IN SELECT * FROM dalgo.transformation_upstream(t.id) LOOP
+			PERFORM dalgo.run_transformation(up.id, false);
+		END LOOP;
+	END IF;
+	INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
+										   triggered_by_id)
+	VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id())
+	RETURNING id INTO run_id;
+	PERFORM dalgo.build_transformation(t.id, run_id);
 	RETURN run_id;
 END
 $$;
@@ -316,7 +329,7 @@ REVOKE ALL ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo.warehouse_execut
 	dalgo.warehouse_schema(uuid), dalgo.create_warehouse_for_connection(),
 	dalgo.register_warehouse_table(uuid, text, uuid, uuid, bigint), dalgo.recipe_dependencies(jsonb),
 	dalgo.transformation_upstream(uuid), dalgo.check_recipe_sql(uuid, text), dalgo.transformation_before_save(),
-	dalgo.transformation_record_version(), dalgo.run_transformation(uuid, boolean),
+	dalgo.transformation_record_version(), dalgo.run_transformation(uuid, boolean), dalgo.build_transformation(uuid, uuid),
 	dalgo.preview_recipe(uuid, jsonb, integer), dalgo.read_warehouse_table(uuid, text, integer)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo.caller_may(uuid, dalgo.member_role),

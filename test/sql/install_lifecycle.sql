@@ -30,4 +30,5 @@ CREATE EXTENSION dalgo;
 SELECT count(*) AS tables_after_recreate FROM pg_tables WHERE schemaname = 'dalgo';
 DROP TABLE public.keep_me;
 \connect :regress_db
-DROP DATABASE dalgo_second;
+-- dalgo's scheduler is connected to every database with dalgo: FORCE ends it.
+DROP DATABASE dalgo_second WITH (FORCE);

@@ -1,0 +1,542 @@
+-- scheduler.sql: schedule time arithmetic, the run lifecycle the background
+-- workers drive (claim, start, execute, fail, recover, expire, purge), the
+-- connector protocol, and the functions to run schedules by hand.
+
+CREATE FUNCTION dalgo.next_run(frequency dalgo.schedule_frequency, run_at_time time, run_at_day integer,
+							   timezone text, after timestamptz)
+	RETURNS timestamptz
+	AS 'MODULE_PATHNAME', 'dalgo_next_run_sql'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text, timestamptz) IS
+	'The first slot of a schedule strictly after "after": local dates in the time zone, DST gaps run at the gap''s end, repeated times run once at their second occurrence, monthly days clamp to the month''s end';
+
+CREATE FUNCTION dalgo.wake_scheduler() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'dalgo_wake_scheduler'
+	LANGUAGE C;
+COMMENT ON FUNCTION dalgo.wake_scheduler() IS 'Statement trigger on schedules: wakes this database''s scheduler';
+
+CREATE FUNCTION dalgo.wake_launcher() RETURNS void
+	AS 'MODULE_PATHNAME', 'dalgo_wake_launcher'
+	LANGUAGE C;
+COMMENT ON FUNCTION dalgo.wake_launcher() IS 'Ask the launcher to start this database''s scheduler now (CREATE EXTENSION calls it)';
+
+CREATE FUNCTION dalgo.scheduler_status()
+	RETURNS TABLE (database_oid oid, dalgo_installed boolean, worker_pid integer, last_tick timestamptz,
+				   due integer, running integer, runs_started bigint, last_error text)
+	AS 'MODULE_PATHNAME', 'dalgo_scheduler_status'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION dalgo.scheduler_status() IS
+	'Per database the launcher knows: whether dalgo is installed, the scheduler''s pid, its last tick, due and running counts, runs started, and the last error';
+
+-- next_run_at follows the schedule's definition.
+CREATE FUNCTION dalgo.schedule_before_save() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT NEW.is_active OR NEW.deleted_at IS NOT NULL THEN
+		NEW.next_run_at := NULL;
+	ELSIF TG_OP = 'INSERT' OR NEW.next_run_at IS NULL
+		  OR (NEW.frequency, NEW.run_at_time, NEW.run_at_day, NEW.timezone)
+			 IS DISTINCT FROM (OLD.frequency, OLD.run_at_time, OLD.run_at_day, OLD.timezone) THEN
+		NEW.next_run_at := dalgo.next_run(NEW.frequency, NEW.run_at_time, NEW.run_at_day, NEW.timezone, now());
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo.schedule_before_save() IS
+	'BEFORE trigger on schedules: keeps next_run_at current on insert, on a change of frequency, time, day or zone, and when is_active or deleted_at change';
+CREATE TRIGGER before_save BEFORE INSERT OR UPDATE ON dalgo.schedules
+	FOR EACH ROW EXECUTE FUNCTION dalgo.schedule_before_save();
+COMMENT ON TRIGGER before_save ON dalgo.schedules IS 'Keeps next_run_at current';
+CREATE TRIGGER wake_scheduler AFTER INSERT OR UPDATE OR DELETE ON dalgo.schedules
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.wake_scheduler();
+COMMENT ON TRIGGER wake_scheduler ON dalgo.schedules IS 'A change to schedules wakes the scheduler';
+
+-- ---------------------------------------------------------------------------
+-- The run lifecycle
+-- ---------------------------------------------------------------------------
+
+-- Claim due schedules: lock with SKIP LOCKED, advance next_run_at past "at"
+-- (missed slots run once), skip a schedule whose previous run is still going,
+-- and create the run row.  run_kind: 'o' output refresh, 's' in-database sync,
+-- 'connector' (queued for a connector, NOTIFY dalgo_sync), 'skipped'.
+CREATE FUNCTION dalgo.claim_due_schedules(at timestamptz, max_runs integer, only_schedule uuid DEFAULT NULL)
+	RETURNS TABLE (schedule_id uuid, run_kind text, run_id uuid)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s dalgo.schedules;
+	src dalgo.sources;
+	out dalgo.outputs;
+	busy boolean;
+	det jsonb;
+	rid uuid;
+BEGIN
+	IF max_runs <= 0 THEN
+		RETURN;
+	END IF;
+	FOR s IN SELECT * FROM dalgo.schedules x
+			 WHERE x.is_active AND x.deleted_at IS NULL AND x.next_run_at <= at
+			   AND (only_schedule IS NULL OR x.id = only_schedule)
+			 ORDER BY x.next_run_at LIMIT max_runs FOR UPDATE SKIP LOCKED
+	LOOP
+		det := jsonb_build_object('schedule_id', s.id, 'attempt', 1,
+								  'lag_ms', round(extract(epoch FROM clock_timestamp() - s.next_run_at) * 1000));
+		UPDATE dalgo.schedules x SET last_run_at = at,
+			next_run_at = dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, greatest(at, s.next_run_at))
+		WHERE x.id = s.id;
+		schedule_id := s.id;
+		IF s.source_id IS NOT NULL THEN
+			SELECT * INTO src FROM dalgo.sources x WHERE x.id = s.source_id;
+			busy := EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.source_id = s.source_id
+							AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL);
+			IF busy THEN
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, started_at, completed_at, error_message, details)
+				VALUES (s.organization_id, s.source_id, 'failed', clock_timestamp(), clock_timestamp(),
+						'skipped: the previous run of this schedule is still going', det || '{"skipped": true}')
+				RETURNING id INTO rid;
+				run_kind := 'skipped';
+			ELSE
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, details)
+				VALUES (s.organization_id, s.source_id, 'pending', det) RETURNING id INTO rid;
+				IF src.source_type IN ('google_sheets', 'api') THEN
+					PERFORM pg_notify('dalgo_sync', rid::text);
+					run_kind := 'connector';
+				ELSE
+					run_kind := 's';
+				END IF;
+			END IF;
+		ELSE
+			SELECT * INTO out FROM dalgo.outputs x WHERE x.id = s.output_id;
+			busy := EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.transformation_id = out.transformation_id
+							AND r.status IN ('pending', 'running') AND r.details->>'schedule_id' = s.id::text);
+			INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, started_at, completed_at,
+												   error_message, details)
+			VALUES (s.organization_id, out.transformation_id, CASE WHEN busy THEN 'failed' ELSE 'pending' END::dalgo.run_status,
+					CASE WHEN busy THEN clock_timestamp() END, CASE WHEN busy THEN clock_timestamp() END,
+					CASE WHEN busy THEN 'skipped: the previous run of this schedule is still going' END,
+					det || CASE WHEN busy THEN '{"skipped": true}'::jsonb ELSE '{}'::jsonb END)
+			RETURNING id INTO rid;
+			run_kind := CASE WHEN busy THEN 'skipped' ELSE 'o' END;
+		END IF;
+		run_id := rid;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo.claim_due_schedules(timestamptz, integer, uuid) IS
+	'Internal: claim up to max_runs due schedules (FOR UPDATE SKIP LOCKED), advance them and create their run rows';
+
+CREATE FUNCTION dalgo.start_scheduled_run(run_kind text, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF run_kind = 's' THEN
+		UPDATE dalgo.sync_runs r SET status = 'running', started_at = clock_timestamp(),
+			details = r.details || jsonb_build_object('runner_pid', pg_backend_pid())
+		WHERE r.id = run_id;
+	ELSE
+		UPDATE dalgo.transformation_runs r SET status = 'running', started_at = clock_timestamp(),
+			details = r.details || jsonb_build_object('runner_pid', pg_backend_pid())
+		WHERE r.id = run_id;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.start_scheduled_run(text, uuid) IS 'Internal: mark a claimed run running (committed before it executes)';
+
+CREATE FUNCTION dalgo.fail_scheduled_run(run_kind text, run_id uuid, message text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF run_kind = 's' THEN
+		UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = message
+		WHERE r.id = run_id;
+	ELSE
+		UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = message
+		WHERE r.id = run_id;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.fail_scheduled_run(text, uuid, text) IS 'Internal: record a run''s failure';
+
+-- The relation a postgres source syncs from: config {"relation": "schema.table"}
+-- or {"schema": ..., "table": ...}; never dalgo's own schema.
+CREATE FUNCTION dalgo.source_relation(config jsonb) RETURNS text
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	parts text[];
+	rel text;
+BEGIN
+	IF config ? 'relation' THEN
+		parts := parse_ident(config->>'relation');
+	ELSIF config ? 'table' THEN
+		parts := ARRAY[coalesce(config->>'schema', 'public'), config->>'table'];
+	ELSE
+		RAISE EXCEPTION 'a postgres source needs config.relation (or config.schema and config.table)'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF array_length(parts, 1) = 1 THEN
+		parts := ARRAY['public'] || parts;
+	END IF;
+	IF array_length(parts, 1) <> 2 OR parts[1] IN ('dalgo', 'pg_catalog', 'information_schema') OR parts[1] LIKE 'pg\_%' THEN
+		RAISE EXCEPTION 'source relation "%" is not allowed', array_to_string(parts, '.')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	rel := format('%I.%I', parts[1], parts[2]);
+	IF to_regclass(rel) IS NULL THEN
+		RAISE EXCEPTION 'source relation % does not exist', rel USING ERRCODE = 'undefined_table';
+	END IF;
+	RETURN rel;
+END
+$$;
+COMMENT ON FUNCTION dalgo.source_relation(jsonb) IS 'Internal: the relation a postgres source reads, from its config';
+
+-- Swap a freshly built warehouse table in under its real name.
+CREATE FUNCTION dalgo.swap_warehouse_table(organization_id uuid, build_name text, table_name text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+BEGIN
+	PERFORM dalgo.warehouse_execute(organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, table_name));
+	PERFORM dalgo.warehouse_execute(organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, table_name));
+END
+$$;
+COMMENT ON FUNCTION dalgo.swap_warehouse_table(uuid, text, text) IS 'Internal: replace a warehouse table by a freshly built one, atomically';
+
+-- An in-database sync: postgres sources copy a table, view or foreign table the
+-- organization's warehouse role may read; csv sources load a file under dalgo.csv_dir.
+CREATE FUNCTION dalgo.sync_source(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	src dalgo.sources;
+	schema_name text;
+	build_name text := '_dalgo_sync_' || replace(run_id::text, '-', '');
+	target text;
+	n bigint;
+	path text;
+	header text;
+	cols text;
+BEGIN
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = run_id;
+	SELECT * INTO src FROM dalgo.sources x WHERE x.id = r.source_id AND x.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'the source of run % no longer exists', run_id;
+	END IF;
+	schema_name := dalgo.warehouse_schema(src.organization_id);
+	target := coalesce(src.warehouse_table_name, 'source_' || left(replace(src.id::text, '-', ''), 12));
+	IF src.source_type = 'postgres' THEN
+		-- Read as the warehouse role: it sees only what it was granted.
+		n := dalgo.warehouse_execute(src.organization_id,
+			format('CREATE TABLE %I.%I AS SELECT * FROM %s', schema_name, build_name, dalgo.source_relation(src.config)));
+	ELSIF src.source_type = 'csv' THEN
+		path := dalgo.csv_path(src.config->>'path');
+		header := split_part(pg_read_file(path, 0, 65536), E'\n', 1);
+		SELECT string_agg(format('%I text', trim(both '"' FROM trim(c))), ', ') INTO cols
+		FROM unnest(string_to_array(rtrim(header, E'\r'), ',')) c;
+		IF cols IS NULL THEN
+			RAISE EXCEPTION 'csv file % has no header line', src.config->>'path' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		PERFORM dalgo.warehouse_execute(src.organization_id, format('CREATE TABLE %I.%I (%s)', schema_name, build_name, cols));
+		EXECUTE format('COPY %I.%I FROM %L WITH (FORMAT csv, HEADER true)', schema_name, build_name, path);
+		GET DIAGNOSTICS n = ROW_COUNT;
+	ELSE
+		RAISE EXCEPTION '% sources are synced by a connector', src.source_type;
+	END IF;
+	PERFORM dalgo.swap_warehouse_table(src.organization_id, build_name, target);
+	PERFORM dalgo.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
+
+	-- source_schemas: columns, types, order and nullability of what was synced.
+	DELETE FROM dalgo.source_schemas x WHERE x.source_id = src.id;
+	INSERT INTO dalgo.source_schemas (organization_id, source_id, column_name, column_type, column_order, is_nullable)
+	SELECT src.organization_id, src.id, a.attname, format_type(a.atttypid, a.atttypmod), a.attnum, NOT a.attnotnull
+	FROM pg_attribute a
+	WHERE a.attrelid = to_regclass(format('%I.%I', schema_name, target)) AND a.attnum > 0 AND NOT a.attisdropped;
+	IF src.source_type = 'postgres' THEN
+		UPDATE dalgo.source_schemas x SET is_nullable = NOT a.attnotnull
+		FROM pg_attribute a
+		WHERE x.source_id = src.id AND a.attrelid = dalgo.source_relation(src.config)::regclass
+		  AND a.attname = x.column_name;
+	END IF;
+
+	UPDATE dalgo.sources x SET last_synced_at = now(), warehouse_table_name = target WHERE x.id = src.id;
+	UPDATE dalgo.sync_runs x SET status = 'success', completed_at = clock_timestamp(), rows_synced = least(n, 2147483647)
+	WHERE x.id = run_id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.sync_source(uuid) IS 'Internal: an in-database sync of a postgres or csv source into its warehouse table';
+
+-- An output refresh: the transformation (and what it reads), then the destination.
+CREATE FUNCTION dalgo.refresh_output(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.transformation_runs;
+	o dalgo.outputs;
+	t dalgo.transformations;
+	schema_name text;
+	dest text;
+	kind text;
+BEGIN
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+	SELECT * INTO o FROM dalgo.outputs x WHERE x.id = (SELECT output_id FROM dalgo.schedules WHERE id = (r.details->>'schedule_id')::uuid);
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = r.transformation_id;
+	FOR t IN SELECT x.* FROM dalgo.transformation_upstream(r.transformation_id) u JOIN dalgo.transformations x ON x.id = u.id LOOP
+		PERFORM dalgo.run_transformation(t.id, false);
+	END LOOP;
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = r.transformation_id;
+	PERFORM dalgo.build_transformation(t.id, run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+	IF r.status <> 'success' THEN
+		RETURN;
+	END IF;
+	schema_name := 'org_' || replace(o.organization_id::text, '-', '');
+	kind := coalesce(o.destination_config->>'type', 'table');
+	dest := coalesce(o.destination_config->>'name', t.output_table_name);
+	IF kind = 'view' THEN
+		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+			schema_name, dest, schema_name, t.output_table_name));
+	ELSIF kind = 'table' AND dest <> t.output_table_name THEN
+		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
+			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
+		PERFORM dalgo.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
+	ELSIF kind NOT IN ('table', 'view') THEN
+		RAISE EXCEPTION 'unknown destination type "%" (use table or view)', kind USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.refresh_output(uuid) IS
+	'Internal: run an output''s transformation with its upstream, then refresh destination_config ({"type": "table"|"view", "name": ...})';
+
+CREATE FUNCTION dalgo.execute_scheduled_run(run_kind text, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF run_kind = 's' THEN
+		PERFORM dalgo.sync_source(run_id);
+	ELSIF run_kind = 'o' THEN
+		PERFORM dalgo.refresh_output(run_id);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.execute_scheduled_run(text, uuid) IS 'Internal: execute a claimed run (what a run worker does)';
+
+CREATE FUNCTION dalgo.recover_interrupted_runs() RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+	m integer;
+	live integer[] := ARRAY(SELECT pid FROM pg_stat_activity WHERE backend_type = 'dalgo run' OR pid = pg_backend_pid());
+BEGIN
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = 'the server restarted while the run was in progress'
+	FROM dalgo.sources s
+	WHERE s.id = r.source_id AND s.source_type IN ('postgres', 'csv') AND r.status IN ('pending', 'running')
+	  AND r.details ? 'schedule_id' AND NOT coalesce((r.details->>'runner_pid')::integer = ANY (live), false);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = 'the server restarted while the run was in progress'
+	WHERE r.status IN ('pending', 'running') AND r.details ? 'schedule_id'
+	  AND NOT coalesce((r.details->>'runner_pid')::integer = ANY (live), false);
+	GET DIAGNOSTICS m = ROW_COUNT;
+	RETURN n + m;
+END
+$$;
+COMMENT ON FUNCTION dalgo.recover_interrupted_runs() IS
+	'Mark scheduled runs that no live run worker owns (a crash or restart interrupted them) as failed; the scheduler calls it when it starts';
+
+CREATE FUNCTION dalgo.expire_connector_runs(timeout_seconds integer) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+BEGIN
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = format('no connector claimed the run within %s seconds', timeout_seconds)
+	WHERE r.status = 'pending' AND r.created_at < now() - make_interval(secs => timeout_seconds)
+	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.id = r.source_id AND s.source_type IN ('google_sheets', 'api'));
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo.expire_connector_runs(integer) IS 'Mark connector runs nobody claimed in time as failed';
+
+CREATE FUNCTION dalgo.purge_run_history(days integer) RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+	m bigint;
+BEGIN
+	DELETE FROM dalgo.sync_runs WHERE status IN ('success', 'failed') AND completed_at < now() - make_interval(days => days);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	DELETE FROM dalgo.transformation_runs WHERE status IN ('success', 'failed') AND completed_at < now() - make_interval(days => days);
+	GET DIAGNOSTICS m = ROW_COUNT;
+	RETURN n + m;
+END
+$$;
+COMMENT ON FUNCTION dalgo.purge_run_history(integer) IS 'Delete finished runs older than the given number of days (dalgo.run_history_days)';
+
+-- ---------------------------------------------------------------------------
+-- Running by hand
+-- ---------------------------------------------------------------------------
+
+-- Execute claimed runs here and now, each in a subtransaction (the worker's
+-- code path without the worker).
+CREATE FUNCTION dalgo.execute_claimed(claimed_runs uuid[], kinds text[]) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	msg text;
+	n integer := 0;
+BEGIN
+	FOR i IN 1..coalesce(array_length(claimed_runs, 1), 0) LOOP
+		CONTINUE WHEN kinds[i] NOT IN ('s', 'o');
+		PERFORM dalgo.start_scheduled_run(kinds[i], claimed_runs[i]);
+		BEGIN
+			PERFORM dalgo.execute_scheduled_run(kinds[i], claimed_runs[i]);
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+			PERFORM dalgo.fail_scheduled_run(kinds[i], claimed_runs[i], msg);
+		END;
+		n := n + 1;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo.execute_claimed(uuid[], text[]) IS 'Internal: execute claimed runs in this session';
+
+CREATE FUNCTION dalgo.run_due_schedules(at timestamptz DEFAULT now()) RETURNS integer
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ids uuid[];
+	kinds text[];
+BEGIN
+	IF dalgo.current_user_id() IS NOT NULL OR NOT pg_has_role(session_user, 'dalgo_service', 'MEMBER') THEN
+		RAISE EXCEPTION 'run_due_schedules is for dalgo_service and superusers' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT array_agg(c.run_id), array_agg(c.run_kind) INTO ids, kinds FROM dalgo.claim_due_schedules(at, 1000) c;
+	PERFORM dalgo.execute_claimed(ids, kinds);
+	RETURN (SELECT count(*) FROM unnest(kinds) k WHERE k IN ('s', 'o', 'connector'));
+END
+$$;
+COMMENT ON FUNCTION dalgo.run_due_schedules(timestamptz) IS
+	'Claim every schedule due at "at" and run it synchronously, through the scheduler''s own claim and run code; returns the runs started (skips not counted). dalgo_service and superusers';
+
+CREATE FUNCTION dalgo.run_schedule_now(schedule_id uuid) RETURNS uuid
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s dalgo.schedules;
+	c record;
+BEGIN
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = run_schedule_now.schedule_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(s.organization_id, 'admin') THEN
+		RAISE EXCEPTION 'schedule % does not exist or you are not an admin of its organization', schedule_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Make it due now and claim it like the scheduler would (a concurrent claim wins the lock).
+	PERFORM FROM dalgo.schedules x WHERE x.id = s.id FOR UPDATE;
+	UPDATE dalgo.schedules x SET next_run_at = clock_timestamp(), is_active = true WHERE x.id = s.id;
+	SELECT * INTO c FROM dalgo.claim_due_schedules(clock_timestamp(), 1, s.id);
+	PERFORM dalgo.execute_claimed(ARRAY[c.run_id], ARRAY[c.run_kind]);
+	UPDATE dalgo.schedules x SET is_active = s.is_active,
+		next_run_at = CASE WHEN s.is_active THEN dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, now()) END
+	WHERE x.id = s.id;
+	RETURN c.run_id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.run_schedule_now(uuid) IS 'Run a schedule now, synchronously (admins of its organization); returns the run id';
+
+-- ---------------------------------------------------------------------------
+-- The connector protocol
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION dalgo.claim_sync_run() RETURNS dalgo.sync_runs
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+BEGIN
+	SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+	WHERE x.status = 'pending' AND s.source_type IN ('google_sheets', 'api') AND x.deleted_at IS NULL
+	ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
+	UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
+	RETURN r;
+END
+$$;
+COMMENT ON FUNCTION dalgo.claim_sync_run() IS
+	'Connector protocol: claim the oldest pending connector sync run (SKIP LOCKED) and mark it running; NULL when there is none';
+
+CREATE FUNCTION dalgo.complete_sync_run(run_id uuid, rows_synced integer, error_message text DEFAULT NULL,
+										details jsonb DEFAULT '{}')
+	RETURNS dalgo.sync_runs
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+BEGIN
+	UPDATE dalgo.sync_runs x SET status = CASE WHEN complete_sync_run.error_message IS NULL THEN 'success' ELSE 'failed' END::dalgo.run_status,
+		completed_at = clock_timestamp(), rows_synced = complete_sync_run.rows_synced,
+		error_message = complete_sync_run.error_message, details = x.details || coalesce(complete_sync_run.details, '{}')
+	WHERE x.id = run_id AND x.status = 'running'
+	RETURNING * INTO r;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'sync run % is not running (claim it first)', run_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF r.status = 'success' THEN
+		UPDATE dalgo.sources s SET last_synced_at = now() WHERE s.id = r.source_id;
+	END IF;
+	RETURN r;
+END
+$$;
+COMMENT ON FUNCTION dalgo.complete_sync_run(uuid, integer, text, jsonb) IS
+	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails)';
+
+CREATE FUNCTION dalgo.csv_path(relative_path text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_csv_path'
+	LANGUAGE C STABLE;
+COMMENT ON FUNCTION dalgo.csv_path(text) IS 'Internal: resolve a csv source''s path under dalgo.csv_dir; paths that leave it are refused';
+
+REVOKE ALL ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text, timestamptz),
+	dalgo.wake_scheduler(), dalgo.wake_launcher(), dalgo.scheduler_status(), dalgo.schedule_before_save(),
+	dalgo.claim_due_schedules(timestamptz, integer, uuid), dalgo.start_scheduled_run(text, uuid),
+	dalgo.fail_scheduled_run(text, uuid, text), dalgo.source_relation(jsonb), dalgo.swap_warehouse_table(uuid, text, text),
+	dalgo.sync_source(uuid), dalgo.refresh_output(uuid), dalgo.execute_scheduled_run(text, uuid),
+	dalgo.recover_interrupted_runs(), dalgo.expire_connector_runs(integer), dalgo.purge_run_history(integer),
+	dalgo.execute_claimed(uuid[], text[]), dalgo.run_due_schedules(timestamptz), dalgo.run_schedule_now(uuid),
+	dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb), dalgo.csv_path(text)
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text, timestamptz)
+	TO dalgo_authenticated, dalgo_service, dalgo_anon;
+GRANT EXECUTE ON FUNCTION dalgo.run_schedule_now(uuid) TO dalgo_authenticated, dalgo_service;
+GRANT EXECUTE ON FUNCTION dalgo.run_due_schedules(timestamptz), dalgo.scheduler_status(),
+	dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb) TO dalgo_service;
+
+SELECT dalgo.wake_launcher();
