@@ -71,9 +71,23 @@ scratch_copy() {
 	echo "$dir"
 }
 
+# The code must also compile warning-free with clang (the server headers need
+# -Wno-ignored-attributes there); builds in a scratch copy.
+clang_check() {
+	local cc dir
+	cc=$(command -v clang-14 || command -v clang || true)
+	[ -n "$cc" ] || { log "clang not found; skipping the clang build"; return 0; }
+	dir=$(mktemp -d /tmp/dalgo-clang.XXXXXX)
+	rsync -a --exclude .git --exclude .demo --exclude '*.o' --exclude '*.so' --exclude '*.bc' "$ROOT"/ "$dir"/
+	log "building with $(basename "$cc")"
+	make -C "$dir" -s -j"$(nproc)" CC="$cc" CFLAGS="-O2 -g -fPIC -Wno-ignored-attributes" with_llvm=no >/dev/null
+	rm -rf "$dir"
+}
+
 cmd_test() {
 	ensure_packages
 	build_install
+	clang_check
 	local dir out rc=0
 	dir=$(scratch_copy)
 	out=$dir/test-output.txt

@@ -129,6 +129,41 @@ $$;
 COMMENT ON FUNCTION dalgo.claim_due_schedules(timestamptz, integer, uuid) IS
 	'Internal: claim up to max_runs due schedules (FOR UPDATE SKIP LOCKED), advance them and create their run rows';
 
+-- Take the oldest pending in-database run (SKIP LOCKED) and mark it running;
+-- run workers loop on this until nothing is left.
+CREATE FUNCTION dalgo.take_pending_run(OUT run_kind text, OUT run_id uuid)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	SELECT 's', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+	WHERE r.status = 'pending' AND s.source_type IN ('postgres', 'csv') AND r.details ? 'schedule_id'
+	ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
+	IF NOT FOUND THEN
+		SELECT 'o', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
+		WHERE r.status = 'pending' AND r.details ? 'schedule_id'
+		ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED;
+	END IF;
+	IF run_id IS NOT NULL THEN
+		PERFORM dalgo.start_scheduled_run(run_kind, run_id);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.take_pending_run() IS 'Internal: a run worker takes the oldest pending in-database run and marks it running';
+
+CREATE FUNCTION dalgo.pending_runs() RETURNS integer
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT (SELECT count(*) FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+				  WHERE r.status = 'pending' AND s.source_type IN ('postgres', 'csv') AND r.details ? 'schedule_id')::integer
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.status = 'pending' AND r.details ? 'schedule_id')::integer $$;
+COMMENT ON FUNCTION dalgo.pending_runs() IS 'Internal: in-database runs waiting for a run worker';
+
+CREATE INDEX sync_runs_active_idx ON dalgo.sync_runs (created_at) WHERE status IN ('pending', 'running');
+COMMENT ON INDEX dalgo.sync_runs_active_idx IS 'Pending and running sync runs: the run queue and the one-run-at-a-time check';
+CREATE INDEX transformation_runs_active_idx ON dalgo.transformation_runs (created_at) WHERE status IN ('pending', 'running');
+COMMENT ON INDEX dalgo.transformation_runs_active_idx IS 'Pending and running transformation runs: the run queue and the one-run-at-a-time check';
+
 CREATE FUNCTION dalgo.start_scheduled_run(run_kind text, run_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
@@ -346,19 +381,19 @@ BEGIN
 	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
 		error_message = 'the server restarted while the run was in progress'
 	FROM dalgo.sources s
-	WHERE s.id = r.source_id AND s.source_type IN ('postgres', 'csv') AND r.status IN ('pending', 'running')
+	WHERE s.id = r.source_id AND s.source_type IN ('postgres', 'csv') AND r.status = 'running'
 	  AND r.details ? 'schedule_id' AND NOT coalesce((r.details->>'runner_pid')::integer = ANY (live), false);
 	GET DIAGNOSTICS n = ROW_COUNT;
 	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
 		error_message = 'the server restarted while the run was in progress'
-	WHERE r.status IN ('pending', 'running') AND r.details ? 'schedule_id'
+	WHERE r.status = 'running' AND r.details ? 'schedule_id'
 	  AND NOT coalesce((r.details->>'runner_pid')::integer = ANY (live), false);
 	GET DIAGNOSTICS m = ROW_COUNT;
 	RETURN n + m;
 END
 $$;
 COMMENT ON FUNCTION dalgo.recover_interrupted_runs() IS
-	'Mark scheduled runs that no live run worker owns (a crash or restart interrupted them) as failed; the scheduler calls it when it starts';
+	'Mark scheduled runs left running by no live run worker (a crash or restart interrupted them) as failed; the scheduler calls it when it starts (pending runs simply wait for a worker)';
 
 CREATE FUNCTION dalgo.expire_connector_runs(timeout_seconds integer) RETURNS integer
 	LANGUAGE plpgsql
@@ -527,6 +562,7 @@ COMMENT ON FUNCTION dalgo.csv_path(text) IS 'Internal: resolve a csv source''s p
 REVOKE ALL ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text, timestamptz),
 	dalgo.wake_scheduler(), dalgo.wake_launcher(), dalgo.scheduler_status(), dalgo.schedule_before_save(),
 	dalgo.claim_due_schedules(timestamptz, integer, uuid), dalgo.start_scheduled_run(text, uuid),
+	dalgo.take_pending_run(), dalgo.pending_runs(),
 	dalgo.fail_scheduled_run(text, uuid, text), dalgo.source_relation(jsonb), dalgo.swap_warehouse_table(uuid, text, text),
 	dalgo.sync_source(uuid), dalgo.refresh_output(uuid), dalgo.execute_scheduled_run(text, uuid),
 	dalgo.recover_interrupted_runs(), dalgo.expire_connector_runs(integer), dalgo.purge_run_history(integer),

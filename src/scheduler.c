@@ -11,15 +11,18 @@
  *	 dalgo scheduler  one per database: sleeps on its latch until the earliest
  *					  next_run_at (at most a second; a change to schedules wakes
  *					  it), claims due schedules with FOR UPDATE SKIP LOCKED
- *					  (dalgo.claim_due_schedules), and starts a run worker for
- *					  each, up to dalgo.max_concurrent_runs in the cluster.  On
+ *					  (dalgo.claim_due_schedules), which leaves their runs
+ *					  pending, and starts run workers for them, up to
+ *					  dalgo.max_concurrent_runs in the cluster.  On
  *					  start it marks runs a crash interrupted as failed.  An
  *					  error in a tick is recorded and the loop goes on.
- *	 dalgo run		  one per run: marks the run running (committed, so a crash
+ *	 dalgo run		  a pool of run workers: each takes the oldest pending run
+ *					  (SKIP LOCKED), marks it running (committed, so a crash
  *					  leaves a trace to recover), executes it under
- *					  dalgo.run_timeout, and records a failure in a fresh
- *					  transaction.  A failing or hanging run never stops the
- *					  scheduler or other runs.
+ *					  dalgo.run_timeout, records a failure in a fresh
+ *					  transaction, and takes the next until none is left.  A
+ *					  failing or hanging run never stops the scheduler or other
+ *					  runs.
  *
  * Shared memory holds each database's scheduler (pid, latch, last tick,
  * counts, last error) for dalgo.scheduler_status() and for waking it, and
@@ -350,17 +353,10 @@ record_error(const char *msg)
 	SpinLockRelease(&shared->mutex);
 }
 
-typedef struct ClaimedRun
-{
-	char		kind;
-	pg_uuid_t	run_id;
-} ClaimedRun;
-
-/* Start a run worker for a claimed run; false if no worker slot is free. */
+/* Start one run worker for this database; false if no run slot or worker is free. */
 static bool
-start_run_worker(ClaimedRun *run)
+start_run_worker(void)
 {
-	char		extra[1 + UUID_LEN + sizeof(int)];
 	int			slot = -1;
 	BackgroundWorkerHandle *handle;
 
@@ -376,12 +372,7 @@ start_run_worker(ClaimedRun *run)
 	SpinLockRelease(&shared->mutex);
 	if (slot < 0)
 		return false;
-
-	/* bgw_extra: the kind, the run id, the run slot. */
-	extra[0] = run->kind;
-	memcpy(extra + 1, run->run_id.data, UUID_LEN);
-	memcpy(extra + 1 + UUID_LEN, &slot, sizeof(int));
-	if (!start_worker("dalgo run", "dalgo_run_main", MyDatabaseId, extra, sizeof(extra), true, &handle))
+	if (!start_worker("dalgo run", "dalgo_run_main", MyDatabaseId, (char *) &slot, sizeof(int), true, &handle))
 	{
 		SpinLockAcquire(&shared->mutex);
 		shared->runs[slot].in_use = false;
@@ -391,20 +382,33 @@ start_run_worker(ClaimedRun *run)
 	return true;
 }
 
+/* Run workers of this database that are going. */
+static int
+database_running(void)
+{
+	int			n = 0;
+
+	SpinLockAcquire(&shared->mutex);
+	for (int i = 0; i < DALGO_MAX_RUNS; i++)
+		if (shared->runs[i].in_use && shared->runs[i].dboid == MyDatabaseId)
+			n++;
+	SpinLockRelease(&shared->mutex);
+	return n;
+}
+
 /*
- * One tick: claim what is due (within the concurrency cap), time out
- * unclaimed connector runs, purge old history now and then.  Returns the
- * milliseconds to sleep.
+ * One tick: claim what is due (its runs wait as pending rows), time out
+ * unclaimed connector runs, purge old history now and then.  Sets how many
+ * runs wait for a worker; returns the milliseconds to sleep.
  */
 static long
-scheduler_tick(List **claimed, TimestampTz *last_purge)
+scheduler_tick(int *pending, TimestampTz *last_purge)
 {
 	long		sleep_ms = 1000;
-	int			free_runs = Max(0, dalgo_max_concurrent_runs - cluster_running());
 	int			rc;
 	int			due = 0;
 
-	*claimed = NIL;
+	*pending = 0;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -422,28 +426,15 @@ scheduler_tick(List **claimed, TimestampTz *last_purge)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	rc = SPI_execute(psprintf("SELECT run_kind, run_id FROM dalgo.claim_due_schedules(pg_catalog.now(), %d)", free_runs),
-					 false, 0);
+	rc = SPI_execute("SELECT count(*) FROM dalgo.claim_due_schedules(pg_catalog.now(), 1000)", false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "claim_due_schedules failed: %s", SPI_result_code_string(rc));
-	for (uint64 i = 0; i < SPI_processed; i++)
+	rc = SPI_execute("SELECT dalgo.pending_runs()", false, 0);
+	if (rc == SPI_OK_SELECT && SPI_processed == 1)
 	{
-		char	   *kind = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		char	   *id = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-		ClaimedRun *run = palloc(sizeof(ClaimedRun));
+		bool		isnull;
 
-		MemoryContextSwitchTo(old);
-		if (strcmp(kind, "connector") == 0 || strcmp(kind, "skipped") == 0)
-		{
-			pfree(run);
-			continue;
-		}
-		run->kind = kind[0];
-		(void) dalgo_parse_uuid(id, strlen(id), &run->run_id);
-		old = MemoryContextSwitchTo(TopMemoryContext);
-		*claimed = lappend(*claimed, run);
-		MemoryContextSwitchTo(old);
+		*pending = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	}
 
 	SPI_execute(psprintf("SELECT dalgo.expire_connector_runs(%d)", dalgo_connector_timeout), false, 0);
@@ -453,9 +444,11 @@ scheduler_tick(List **claimed, TimestampTz *last_purge)
 		*last_purge = GetCurrentTimestamp();
 	}
 
-	rc = SPI_execute("SELECT count(*) FILTER (WHERE next_run_at <= pg_catalog.now()),"
-					 " GREATEST(0, LEAST(1000, (EXTRACT(EPOCH FROM min(next_run_at) - pg_catalog.clock_timestamp()) * 1000)::int))"
-					 " FROM dalgo.schedules WHERE is_active AND deleted_at IS NULL", true, 1);
+	/* Both halves use the partial index on next_run_at of active, live schedules. */
+	rc = SPI_execute("SELECT (SELECT count(*) FROM dalgo.schedules WHERE is_active AND deleted_at IS NULL"
+					 " AND next_run_at <= pg_catalog.now()),"
+					 " GREATEST(0, LEAST(1000, (EXTRACT(EPOCH FROM (SELECT min(next_run_at) FROM dalgo.schedules"
+					 " WHERE is_active AND deleted_at IS NULL) - pg_catalog.clock_timestamp()) * 1000)::int))", true, 1);
 	if (rc == SPI_OK_SELECT && SPI_processed == 1)
 	{
 		bool		isnull;
@@ -475,8 +468,8 @@ scheduler_tick(List **claimed, TimestampTz *last_purge)
 	my_slot->last_tick = GetCurrentTimestamp();
 	my_slot->due = due;
 	SpinLockRelease(&shared->mutex);
-	/* Due schedules left unclaimed for want of a free run slot: look again soon. */
-	if (due > 0 && free_runs == 0)
+	/* Runs still waiting for a worker: look again soon. */
+	if (*pending > 0)
 		sleep_ms = Min(sleep_ms, 100);
 	return sleep_ms;
 }
@@ -523,7 +516,7 @@ dalgo_scheduler_main(Datum arg)
 	for (;;)
 	{
 		MemoryContext loopcxt = CurrentMemoryContext;
-		List	   *claimed = NIL;
+		int			pending = 0;
 		long		sleep_ms = 1000;
 
 		CHECK_FOR_INTERRUPTS();
@@ -549,7 +542,7 @@ dalgo_scheduler_main(Datum arg)
 				run_in_transaction("SELECT dalgo.recover_interrupted_runs()");
 				recovered = true;
 			}
-			sleep_ms = scheduler_tick(&claimed, &last_purge);
+			sleep_ms = scheduler_tick(&pending, &last_purge);
 		}
 		PG_CATCH();
 		{
@@ -568,18 +561,20 @@ dalgo_scheduler_main(Datum arg)
 		}
 		PG_END_TRY();
 
+		/* Start workers for the waiting runs, within the cluster's cap. */
 		{
-			ListCell   *lc;
+			int			wanted = pending - database_running();
 			int			started = 0;
 
-			foreach(lc, claimed)
+			while (wanted-- > 0 && cluster_running() < dalgo_max_concurrent_runs)
 			{
-				if (start_run_worker(lfirst(lc)))
-					started++;
-				else
-					record_error("could not start a run worker (raise max_worker_processes); the run stays pending");
+				if (!start_run_worker())
+				{
+					record_error("could not start a run worker (raise max_worker_processes); the runs stay pending");
+					break;
+				}
+				started++;
 			}
-			list_free_deep(claimed);
 			SpinLockAcquire(&shared->mutex);
 			my_slot->runs_started += started;
 			my_slot->running = 0;
@@ -617,35 +612,42 @@ run_exit(int code, Datum arg)
 	SpinLockRelease(&shared->mutex);
 }
 
-/* Run worker main: one scheduled run. */
-void
-dalgo_run_main(Datum arg)
+/* Take the next pending run; false when there is none. */
+static bool
+take_run(char *kind, char *idtext)
 {
-	Oid			dboid = DatumGetObjectId(arg);
-	char		kind = MyBgworkerEntry->bgw_extra[0];
-	pg_uuid_t	run_id;
-	char	   *idtext;
+	bool		found = false;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT run_kind, run_id FROM dalgo.take_pending_run() WHERE run_id IS NOT NULL", false, 0) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		*kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)[0];
+		strlcpy(idtext, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), UUID_LEN * 2 + 5);
+		found = true;
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return found;
+}
+
+/* Execute one taken run; a failure is recorded in a fresh transaction. */
+static void
+execute_run(char kind, const char *idtext)
+{
 	MemoryContext cxt = CurrentMemoryContext;
 
-	memcpy(run_id.data, MyBgworkerEntry->bgw_extra + 1, UUID_LEN);
-	memcpy(&my_run_slot, MyBgworkerEntry->bgw_extra + 1 + UUID_LEN, sizeof(int));
-	before_shmem_exit(run_exit, (Datum) 0);
-	SpinLockAcquire(&shared->mutex);
-	if (my_run_slot >= 0 && my_run_slot < DALGO_MAX_RUNS)
-		shared->runs[my_run_slot].pid = MyProcPid;
-	SpinLockRelease(&shared->mutex);
-
-	setup_signals();
-	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
-	pgstat_report_appname("dalgo run");
-	idtext = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&run_id)));
-
-	run_in_transaction(psprintf("SELECT dalgo.start_scheduled_run('%c', '%s')", kind, idtext));
 	PG_TRY();
 	{
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, psprintf("dalgo run %s", idtext));
 		if (dalgo_run_timeout > 0)
 			enable_timeout_after(STATEMENT_TIMEOUT, dalgo_run_timeout);
 		if (SPI_connect() != SPI_OK_CONNECT)
@@ -671,8 +673,49 @@ dalgo_run_main(Datum arg)
 		RESUME_INTERRUPTS();
 		run_in_transaction(psprintf("SELECT dalgo.fail_scheduled_run('%c', '%s', %s)", kind, idtext,
 									quote_literal_cstr(edata->message)));
+		FreeErrorData(edata);
 	}
 	PG_END_TRY();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* Run worker main: take pending runs of this database until none is left. */
+void
+dalgo_run_main(Datum arg)
+{
+	Oid			dboid = DatumGetObjectId(arg);
+	MemoryContext runcxt;
+
+	memcpy(&my_run_slot, MyBgworkerEntry->bgw_extra, sizeof(int));
+	before_shmem_exit(run_exit, (Datum) 0);
+	SpinLockAcquire(&shared->mutex);
+	if (my_run_slot >= 0 && my_run_slot < DALGO_MAX_RUNS)
+		shared->runs[my_run_slot].pid = MyProcPid;
+	SpinLockRelease(&shared->mutex);
+
+	setup_signals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	pgstat_report_appname("dalgo run");
+	runcxt = AllocSetContextCreate(TopMemoryContext, "dalgo run", ALLOCSET_DEFAULT_SIZES);
+
+	for (;;)
+	{
+		char		kind;
+		char		idtext[UUID_LEN * 2 + 5];
+		MemoryContext old;
+
+		CHECK_FOR_INTERRUPTS();
+		reload_if_needed();
+		old = MemoryContextSwitchTo(runcxt);
+		if (!take_run(&kind, idtext))
+		{
+			MemoryContextSwitchTo(old);
+			break;
+		}
+		execute_run(kind, idtext);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(runcxt);
+	}
 	proc_exit(0);
 }
 

@@ -3,7 +3,8 @@
 # cluster with dalgo preloaded, and print their figures.
 #
 #   NAME.sql  is run with psql against a fresh database "bench";
-#   NAME.sh   is run with PGHOST/PGPORT/PGDATABASE/PGUSER exported.
+#   NAME.sh   is run with PGHOST/PGPORT/PGDATABASE/PGUSER exported;
+#   NAME.conf, if present, is appended to the cluster's postgresql.conf.
 #
 # Build and install dalgo first (scripts/dev.sh test or demo does both).
 # As root, the cluster runs as the postgres OS user.
@@ -36,6 +37,11 @@ synchronous_commit = off
 jit = off
 ${BENCH_EXTRA_CONF:-}
 CONF"
+for name in "$@"; do
+	if [ -f "$HERE/$name.conf" ]; then
+		as_owner bash -c "cat '$HERE/$name.conf' >> '$dir/data/postgresql.conf'"
+	fi
+done
 as_owner "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null
 export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres PGDATABASE=bench
 "$PGBIN/psql" -q -X -d postgres -c "CREATE DATABASE bench"
