@@ -13,12 +13,12 @@ COMMENT ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text
 CREATE FUNCTION dalgo.wake_scheduler() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'dalgo_wake_scheduler'
 	LANGUAGE C;
-COMMENT ON FUNCTION dalgo.wake_scheduler() IS 'Statement trigger on schedules: wakes this database''s scheduler';
+COMMENT ON FUNCTION dalgo.wake_scheduler() IS 'Statement trigger on schedules: wakes this database''s scheduler when the transaction commits';
 
 CREATE FUNCTION dalgo.wake_launcher() RETURNS void
 	AS 'MODULE_PATHNAME', 'dalgo_wake_launcher'
 	LANGUAGE C;
-COMMENT ON FUNCTION dalgo.wake_launcher() IS 'Ask the launcher to start this database''s scheduler now (CREATE EXTENSION calls it)';
+COMMENT ON FUNCTION dalgo.wake_launcher() IS 'Ask the launcher to start this database''s scheduler once the transaction commits (CREATE EXTENSION calls it)';
 
 CREATE FUNCTION dalgo.scheduler_status()
 	RETURNS TABLE (database_oid oid, dalgo_installed boolean, worker_pid integer, last_tick timestamptz,

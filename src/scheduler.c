@@ -724,39 +724,65 @@ dalgo_run_main(Datum arg)
  * ---------------------------------------------------------------------------
  */
 
-/* SQL: dalgo.wake_scheduler(): wake this database's scheduler (a schedule changed). */
-Datum
-dalgo_wake_scheduler(PG_FUNCTION_ARGS)
+/* Wake-ups requested by this transaction, delivered when it commits. */
+static bool wake_scheduler_at_commit = false;
+static bool wake_launcher_at_commit = false;
+static bool wake_callback_registered = false;
+
+/* At commit, deliver the wake-ups: the woken process then sees the change. */
+static void
+wake_xact_callback(XactEvent event, void *arg)
 {
 	SchedulerSlot *slot;
 
-	if (shared == NULL)
-		PG_RETURN_VOID();
-	SpinLockAcquire(&shared->mutex);
-	slot = db_slot(MyDatabaseId, false);
-	if (slot != NULL && slot->latch != NULL)
-		SetLatch(slot->latch);
-	SpinLockRelease(&shared->mutex);
+	if (event == XACT_EVENT_COMMIT && shared != NULL &&
+		(wake_scheduler_at_commit || wake_launcher_at_commit))
+	{
+		SpinLockAcquire(&shared->mutex);
+		slot = db_slot(MyDatabaseId, false);
+		if (wake_scheduler_at_commit && slot != NULL && slot->latch != NULL)
+			SetLatch(slot->latch);
+		if (wake_launcher_at_commit)
+		{
+			if (slot != NULL)
+				slot->absent_since = 0;
+			if (shared->launcher_latch != NULL)
+				SetLatch(shared->launcher_latch);
+		}
+		SpinLockRelease(&shared->mutex);
+	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
+		wake_scheduler_at_commit = wake_launcher_at_commit = false;
+}
+
+/* Ask for a wake-up at commit. */
+static void
+request_wake(bool *flag)
+{
+	if (!wake_callback_registered)
+	{
+		RegisterXactCallback(wake_xact_callback, NULL);
+		wake_callback_registered = true;
+	}
+	*flag = true;
+}
+
+/* SQL: dalgo.wake_scheduler(): wake this database's scheduler when the transaction commits. */
+Datum
+dalgo_wake_scheduler(PG_FUNCTION_ARGS)
+{
+	request_wake(&wake_scheduler_at_commit);
 	if (CALLED_AS_TRIGGER(fcinfo))
 		return PointerGetDatum(NULL);
 	PG_RETURN_VOID();
 }
 
-/* SQL: dalgo.wake_launcher(): look for this database at once (the extension was created). */
+/* SQL: dalgo.wake_launcher(): look for this database once the transaction commits (CREATE EXTENSION). */
 Datum
 dalgo_wake_launcher(PG_FUNCTION_ARGS)
 {
-	SchedulerSlot *slot;
-
-	if (shared == NULL)
-		PG_RETURN_VOID();
-	SpinLockAcquire(&shared->mutex);
-	slot = db_slot(MyDatabaseId, false);
-	if (slot != NULL)
-		slot->absent_since = 0;
-	if (shared->launcher_latch != NULL)
-		SetLatch(shared->launcher_latch);
-	SpinLockRelease(&shared->mutex);
+	request_wake(&wake_launcher_at_commit);
 	PG_RETURN_VOID();
 }
 

@@ -55,7 +55,8 @@ typedef struct WarehouseContext
 	Oid			save_userid;
 	int			save_sec;
 	int			save_nestlevel;
-	bool		had_timeout;
+	bool		armed;			/* we armed our own statement timeout */
+	bool		had_timeout;	/* the caller's timeout, re-armed afterwards */
 	TimestampTz timeout_at;
 } WarehouseContext;
 
@@ -70,9 +71,13 @@ enter_warehouse(const pg_uuid_t *org, WarehouseContext *wc)
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	SetUserIdAndSecContext(role, wc->save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	/* The earlier deadline wins: ours, or one the caller already runs under. */
 	wc->had_timeout = get_timeout_active(STATEMENT_TIMEOUT);
 	wc->timeout_at = wc->had_timeout ? get_timeout_finish_time(STATEMENT_TIMEOUT) : 0;
-	if (dalgo_statement_timeout > 0)
+	wc->armed = dalgo_statement_timeout > 0 &&
+		(!wc->had_timeout ||
+		 wc->timeout_at > TimestampTzPlusMilliseconds(GetCurrentTimestamp(), dalgo_statement_timeout));
+	if (wc->armed)
 		enable_timeout_after(STATEMENT_TIMEOUT, dalgo_statement_timeout);
 }
 
@@ -80,10 +85,12 @@ enter_warehouse(const pg_uuid_t *org, WarehouseContext *wc)
 static void
 restore_timeout(WarehouseContext *wc)
 {
-	if (dalgo_statement_timeout > 0)
-		disable_timeout(STATEMENT_TIMEOUT, false);
+	if (!wc->armed)
+		return;
+	disable_timeout(STATEMENT_TIMEOUT, false);
 	if (wc->had_timeout)
 		enable_timeout_at(STATEMENT_TIMEOUT, wc->timeout_at);
+	wc->armed = false;
 }
 
 /* Undo enter_warehouse (on error, transaction abort restores the user and settings). */
