@@ -220,6 +220,20 @@ COMMENT ON TRIGGER record_version ON dalgo.transformations IS 'Records versions'
 -- Runs and previews
 -- ---------------------------------------------------------------------------
 
+-- Swap a freshly built warehouse table in under its real name.
+CREATE FUNCTION dalgo.swap_warehouse_table(organization_id uuid, build_name text, table_name text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+BEGIN
+	PERFORM dalgo.warehouse_execute(organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, table_name));
+	PERFORM dalgo.warehouse_execute(organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, table_name));
+END
+$$;
+COMMENT ON FUNCTION dalgo.swap_warehouse_table(uuid, text, text) IS 'Internal: replace a warehouse table by a freshly built one, atomically';
+
 CREATE FUNCTION dalgo.build_transformation(transformation_id uuid, run_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
@@ -243,8 +257,7 @@ BEGIN
 		-- Build under a private name, then swap: readers never see a half-built table,
 		-- and a failure leaves the previous output as it was.
 		n := dalgo.warehouse_execute(t.organization_id, format('CREATE TABLE %I.%I AS %s', schema_name, build_name, sql));
-		PERFORM dalgo.warehouse_execute(t.organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, t.output_table_name));
-		PERFORM dalgo.warehouse_execute(t.organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, t.output_table_name));
+		PERFORM dalgo.swap_warehouse_table(t.organization_id, build_name, t.output_table_name);
 		PERFORM dalgo.register_warehouse_table(t.organization_id, t.output_table_name, NULL, t.id, n);
 		UPDATE dalgo.transformations x SET last_run_at = now() WHERE x.id = t.id;
 		UPDATE dalgo.transformation_runs r SET status = 'success', completed_at = clock_timestamp(),
@@ -330,6 +343,7 @@ REVOKE ALL ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo.warehouse_execut
 	dalgo.register_warehouse_table(uuid, text, uuid, uuid, bigint), dalgo.recipe_dependencies(jsonb),
 	dalgo.transformation_upstream(uuid), dalgo.check_recipe_sql(uuid, text), dalgo.transformation_before_save(),
 	dalgo.transformation_record_version(), dalgo.run_transformation(uuid, boolean), dalgo.build_transformation(uuid, uuid),
+	dalgo.swap_warehouse_table(uuid, text, text),
 	dalgo.preview_recipe(uuid, jsonb, integer), dalgo.read_warehouse_table(uuid, text, integer)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo.caller_may(uuid, dalgo.member_role),

@@ -232,20 +232,6 @@ END
 $$;
 COMMENT ON FUNCTION dalgo.source_relation(jsonb) IS 'Internal: the relation a postgres source reads, from its config';
 
--- Swap a freshly built warehouse table in under its real name.
-CREATE FUNCTION dalgo.swap_warehouse_table(organization_id uuid, build_name text, table_name text) RETURNS void
-	LANGUAGE plpgsql
-	SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	schema_name text := 'org_' || replace(organization_id::text, '-', '');
-BEGIN
-	PERFORM dalgo.warehouse_execute(organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, table_name));
-	PERFORM dalgo.warehouse_execute(organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, table_name));
-END
-$$;
-COMMENT ON FUNCTION dalgo.swap_warehouse_table(uuid, text, text) IS 'Internal: replace a warehouse table by a freshly built one, atomically';
-
 -- An in-database sync: postgres sources copy a table, view or foreign table the
 -- organization's warehouse role may read; csv sources load a file under dalgo.csv_dir.
 CREATE FUNCTION dalgo.sync_source(run_id uuid) RETURNS void
@@ -563,7 +549,7 @@ REVOKE ALL ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, t
 	dalgo.wake_scheduler(), dalgo.wake_launcher(), dalgo.scheduler_status(), dalgo.schedule_before_save(),
 	dalgo.claim_due_schedules(timestamptz, integer, uuid), dalgo.start_scheduled_run(text, uuid),
 	dalgo.take_pending_run(), dalgo.pending_runs(),
-	dalgo.fail_scheduled_run(text, uuid, text), dalgo.source_relation(jsonb), dalgo.swap_warehouse_table(uuid, text, text),
+	dalgo.fail_scheduled_run(text, uuid, text), dalgo.source_relation(jsonb),
 	dalgo.sync_source(uuid), dalgo.refresh_output(uuid), dalgo.execute_scheduled_run(text, uuid),
 	dalgo.recover_interrupted_runs(), dalgo.expire_connector_runs(integer), dalgo.purge_run_history(integer),
 	dalgo.execute_claimed(uuid[], text[]), dalgo.run_due_schedules(timestamptz), dalgo.run_schedule_now(uuid),

@@ -104,6 +104,21 @@ emit_drop(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 	rc->columns = kept;
 }
 
+/* A {column: value} map must name at least one column, and only existing ones. */
+static void
+require_mapped_columns(RecipeCompiler *rc, JsonbContainer *map, const char *verb)
+{
+	JsonbIterator *it = JsonbIteratorInit(map);
+	JsonbValue	k;
+	JsonbIteratorToken tok;
+
+	if (JsonContainerSize(map) == 0)
+		recipe_error(rc, "columns", "needs at least one column to %s", verb);
+	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+		if (tok == WJB_KEY)
+			(void) recipe_require_column(rc, "columns", pnstrdup(k.val.string.val, k.val.string.len));
+}
+
 /* rename: {old: new}, each in its original position. */
 static void
 emit_rename(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
@@ -111,20 +126,8 @@ emit_rename(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 	JsonbContainer *map = recipe_object(rc, recipe_get(step, "columns"), "columns");
 	List	   *result = NIL;
 	ListCell   *lc;
-	int			renamed = 0;
 
-	if (JsonContainerSize(map) == 0)
-		recipe_error(rc, "columns", "needs at least one column to rename");
-	/* every key must be an existing column */
-	{
-		JsonbIterator *it = JsonbIteratorInit(map);
-		JsonbValue	k;
-		JsonbIteratorToken tok;
-
-		while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
-			if (tok == WJB_KEY)
-				(void) recipe_require_column(rc, "columns", pnstrdup(k.val.string.val, k.val.string.len));
-	}
+	require_mapped_columns(rc, map, "rename");
 	appendStringInfoString(out, "SELECT ");
 	foreach(lc, rc->columns)
 	{
@@ -142,7 +145,6 @@ emit_rename(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 			name = recipe_name(rc, to, f);
 			appendStringInfoString(out, " AS ");
 			recipe_append_ident(out, name);
-			renamed++;
 		}
 		if (recipe_find_column(result, name) != NULL)
 			recipe_error(rc, "columns", "column \"%s\" would appear twice", name);
@@ -160,17 +162,7 @@ emit_cast(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 	List	   *result = NIL;
 	ListCell   *lc;
 
-	if (JsonContainerSize(map) == 0)
-		recipe_error(rc, "columns", "needs at least one column to cast");
-	{
-		JsonbIterator *it = JsonbIteratorInit(map);
-		JsonbValue	k;
-		JsonbIteratorToken tok;
-
-		while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
-			if (tok == WJB_KEY)
-				(void) recipe_require_column(rc, "columns", pnstrdup(k.val.string.val, k.val.string.len));
-	}
+	require_mapped_columns(rc, map, "cast");
 	appendStringInfoString(out, "SELECT ");
 	foreach(lc, rc->columns)
 	{
