@@ -154,6 +154,7 @@ Connect with:
     psql -h 127.0.0.1 -p $port -U postgres -d dalgo_demo
 
 Try:  \\dt dalgo.*
+      SELECT * FROM dalgo.read_warehouse_table('00000000-0000-4000-b000-000000000001', 'totals');
 Stop: scripts/dev.sh stop
 EOT
 }
