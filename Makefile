@@ -43,6 +43,7 @@ REGRESS = \
 	schedule_checks \
 	identity_sources \
 	identity_scope \
+	identity_fuzz \
 	membership \
 	membership_cache \
 	rls_attacks \
