@@ -556,7 +556,7 @@ REVOKE ALL ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, t
 	dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb), dalgo.csv_path(text)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text, timestamptz)
-	TO dalgo_authenticated, dalgo_service, dalgo_anon;
+	TO dalgo_authenticated, dalgo_service;
 GRANT EXECUTE ON FUNCTION dalgo.run_schedule_now(uuid) TO dalgo_authenticated, dalgo_service;
 GRANT EXECUTE ON FUNCTION dalgo.run_due_schedules(timestamptz), dalgo.scheduler_status(),
 	dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb) TO dalgo_service;
