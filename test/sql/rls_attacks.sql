@@ -27,7 +27,7 @@ UPDATE dalgo.warehouse_connections SET access_token_encrypted = 'enc:secret';
 \set as_admin_a 'RESET ROLE; SET LOCAL dalgo.user_id = ''11111111-0000-4000-8000-000000000006''; SET LOCAL ROLE dalgo_authenticated;'
 \set as_nobody 'RESET ROLE; SET LOCAL dalgo.user_id = ''''; SET LOCAL ROLE dalgo_authenticated;'
 \set as_super 'RESET ROLE; SET LOCAL dalgo.user_id = '''';'
-SELECT plan(64);
+SELECT plan(66);
 SELECT is_empty($$SELECT relname FROM pg_class WHERE relnamespace = 'dalgo'::regnamespace AND relkind = 'r'
 	AND NOT (relrowsecurity AND relforcerowsecurity)$$, 'row-level security is enabled and forced on every dalgo table');
 
@@ -186,6 +186,9 @@ RESET search_path;
 :as_super
 SET LOCAL ROLE dalgo_anon;
 SELECT throws_ok($$SELECT count(*) FROM dalgo.sources$$, '42501', NULL, 'dalgo_anon has no table access');
+SELECT throws_ok($$SELECT dalgo.compile_recipe('22222222-0000-4000-8000-0000000000a0', '{}')$$, '42501', NULL,
+	'dalgo_anon cannot call the other functions');
+SELECT throws_ok($$SELECT dalgo.authenticate('not-a-token')$$, '28000', 'authentication failed', 'but may try to sign in');
 RESET ROLE;
 
 SELECT * FROM finish();
