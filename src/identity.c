@@ -295,17 +295,25 @@ identity_xact_callback(XactEvent event, void *arg)
 	}
 }
 
-/* Subtransaction abort: an identity set inside it is forgotten. */
+/*
+ * Subtransactions: an identity set inside one that aborts is forgotten; one
+ * set inside one that commits now belongs to its parent.
+ */
 static void
 identity_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 						  SubTransactionId parentSubid, void *arg)
 {
-	if (event == SUBXACT_EVENT_ABORT_SUB && xact_identity.set &&
-		xact_identity_level >= GetCurrentTransactionNestLevel())
+	int			level = GetCurrentTransactionNestLevel();
+
+	if (!xact_identity.set || xact_identity_level < level)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
 	{
 		memset(&xact_identity, 0, sizeof(xact_identity));
 		xact_identity_is_session = false;
 	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+		xact_identity_level = level - 1;
 }
 
 /* Utility hook: DISCARD ALL and RESET ALL also forget a verified identity. */

@@ -39,6 +39,12 @@ SAVEPOINT s;
 SELECT dalgo.authenticate(:'token') IS NOT NULL AS authenticated_in_savepoint;
 ROLLBACK TO SAVEPOINT s;
 SELECT dalgo.current_user_id() IS NULL AS gone_after_rollback_to_savepoint;
+SAVEPOINT a;
+SELECT dalgo.authenticate(:'token') IS NOT NULL AS authenticated_in_released_savepoint;
+RELEASE SAVEPOINT a;
+SAVEPOINT b;
+ROLLBACK TO SAVEPOINT b;
+SELECT dalgo.current_user_id() IS NOT NULL AS kept_after_a_sibling_rolls_back;
 COMMIT;
 \echo '-- session => true lasts until sign_out(), DISCARD ALL or RESET ALL'
 SELECT dalgo.authenticate(:'token', true) IS NOT NULL AS authenticated;
