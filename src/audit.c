@@ -140,6 +140,7 @@ typedef struct AuditSink
 	AuditConfig *cfg;
 	MemoryContext cxt;			/* where the slots live */
 	Relation	rel;
+	TupleDesc	desc;			/* unpinned copy of audit_logs' descriptor, for the slots */
 	EState	   *estate;
 	ResultRelInfo *rri;
 	BulkInsertState bistate;
@@ -634,6 +635,7 @@ open_sink(AuditSink *sink, AuditConfig *cfg, const char *action)
 	sink->cxt = CurrentMemoryContext;
 	sink->rel = table_open(dalgo_relation_oid("audit_logs"), RowExclusiveLock);
 	desc = RelationGetDescr(sink->rel);
+	sink->desc = CreateTupleDescCopy(desc);
 	for (int i = 0; i < AL_NCOLUMNS; i++)
 	{
 		int			attnum = SPI_fnumber(desc, audit_log_columns[i]);
@@ -725,7 +727,7 @@ add_row(AuditSink *sink, TupleTableSlot *row, Jsonb *details)
 	{
 		MemoryContext old = MemoryContextSwitchTo(sink->cxt);
 
-		sink->slots[sink->n] = MakeSingleTupleTableSlot(RelationGetDescr(sink->rel), &TTSOpsVirtual);
+		sink->slots[sink->n] = MakeSingleTupleTableSlot(sink->desc, &TTSOpsVirtual);
 		MemoryContextSwitchTo(old);
 	}
 	slot = sink->slots[sink->n];
