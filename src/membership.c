@@ -297,18 +297,25 @@ ensure_cache(void)
 	return has_user;
 }
 
-/* The caller's role in org, or NONE. */
+/* The cached role in org, or NONE; ensure_cache() must have run. */
 static DalgoRole
-role_in(const pg_uuid_t *org)
+cached_role(const pg_uuid_t *org)
 {
 	MembershipEntry key;
 	MembershipEntry *found;
 
-	if (!ensure_cache() || cache.nentries == 0)
+	if (cache.nentries == 0)
 		return DALGO_ROLE_NONE;
 	key.org = *org;
 	found = bsearch(&key, cache.entries, cache.nentries, sizeof(MembershipEntry), entry_cmp);
 	return found ? found->role : DALGO_ROLE_NONE;
+}
+
+/* The caller's role in org, or NONE. */
+static DalgoRole
+role_in(const pg_uuid_t *org)
+{
+	return ensure_cache() ? cached_role(org) : DALGO_ROLE_NONE;
 }
 
 /* Rank of a member_role argument; the cache must be resolved first. */
@@ -333,7 +340,7 @@ dalgo_is_org_member(PG_FUNCTION_ARGS)
 	if (!ensure_cache())
 		PG_RETURN_BOOL(false);
 	min_role = role_argument(PG_GETARG_DATUM(1));
-	PG_RETURN_BOOL(role_in(PG_GETARG_UUID_P(0)) >= min_role);
+	PG_RETURN_BOOL(cached_role(PG_GETARG_UUID_P(0)) >= min_role);
 }
 
 /* SQL: dalgo.is_org_admin(org uuid): admin or owner. */
@@ -415,7 +422,7 @@ dalgo_caller_may(const pg_uuid_t *org, DalgoRole min_role)
 	Oid			service;
 
 	if (ensure_cache())
-		return role_in(org) >= min_role;
+		return cached_role(org) >= min_role;
 	if (superuser_arg(GetSessionUserId()))
 		return true;
 	service = get_role_oid("dalgo_service", true);
