@@ -330,15 +330,15 @@ scheduler_exit(int code, Datum arg)
 	SpinLockRelease(&shared->mutex);
 }
 
-/* Runs currently going in the whole cluster. */
+/* Run workers going in one database, or in the whole cluster (InvalidOid). */
 static int
-cluster_running(void)
+runs_going(Oid dboid)
 {
 	int			n = 0;
 
 	SpinLockAcquire(&shared->mutex);
 	for (int i = 0; i < DALGO_MAX_RUNS; i++)
-		if (shared->runs[i].in_use)
+		if (shared->runs[i].in_use && (dboid == InvalidOid || shared->runs[i].dboid == dboid))
 			n++;
 	SpinLockRelease(&shared->mutex);
 	return n;
@@ -380,20 +380,6 @@ start_run_worker(void)
 		return false;
 	}
 	return true;
-}
-
-/* Run workers of this database that are going. */
-static int
-database_running(void)
-{
-	int			n = 0;
-
-	SpinLockAcquire(&shared->mutex);
-	for (int i = 0; i < DALGO_MAX_RUNS; i++)
-		if (shared->runs[i].in_use && shared->runs[i].dboid == MyDatabaseId)
-			n++;
-	SpinLockRelease(&shared->mutex);
-	return n;
 }
 
 /*
@@ -563,10 +549,11 @@ dalgo_scheduler_main(Datum arg)
 
 		/* Start workers for the waiting runs, within the cluster's cap. */
 		{
-			int			wanted = pending - database_running();
+			int			wanted = pending - runs_going(MyDatabaseId);
 			int			started = 0;
+			int			running;
 
-			while (wanted-- > 0 && cluster_running() < dalgo_max_concurrent_runs)
+			while (wanted-- > 0 && runs_going(InvalidOid) < dalgo_max_concurrent_runs)
 			{
 				if (!start_run_worker())
 				{
@@ -575,12 +562,10 @@ dalgo_scheduler_main(Datum arg)
 				}
 				started++;
 			}
+			running = runs_going(MyDatabaseId);
 			SpinLockAcquire(&shared->mutex);
 			my_slot->runs_started += started;
-			my_slot->running = 0;
-			for (int i = 0; i < DALGO_MAX_RUNS; i++)
-				if (shared->runs[i].in_use && shared->runs[i].dboid == MyDatabaseId)
-					my_slot->running++;
+			my_slot->running = running;
 			SpinLockRelease(&shared->mutex);
 		}
 
