@@ -57,6 +57,13 @@ COMMENT ON TRIGGER wake_scheduler ON dalgo.schedules IS 'A change to schedules w
 -- The run lifecycle
 -- ---------------------------------------------------------------------------
 
+-- Which sources an external connector syncs (the rest sync in the database).
+CREATE FUNCTION dalgo.is_connector_source(source_type dalgo.source_type) RETURNS boolean
+	LANGUAGE sql IMMUTABLE PARALLEL SAFE
+	AS $$ SELECT source_type OPERATOR(pg_catalog.=) ANY ('{google_sheets,api}'::dalgo.source_type[]) $$;
+COMMENT ON FUNCTION dalgo.is_connector_source(dalgo.source_type) IS
+	'True for sources an external connector syncs (google_sheets, api); postgres and csv sources sync in the database';
+
 -- Claim due schedules: lock with SKIP LOCKED, advance next_run_at past "at"
 -- (missed slots run once), skip a schedule whose previous run is still going,
 -- and create the run row.  run_kind: 'o' output refresh, 's' in-database sync,
@@ -101,7 +108,7 @@ BEGIN
 			ELSE
 				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, details)
 				VALUES (s.organization_id, s.source_id, 'pending', det) RETURNING id INTO rid;
-				IF src.source_type IN ('google_sheets', 'api') THEN
+				IF dalgo.is_connector_source(src.source_type) THEN
 					PERFORM pg_notify('dalgo_sync', rid::text);
 					run_kind := 'connector';
 				ELSE
@@ -137,7 +144,7 @@ CREATE FUNCTION dalgo.take_pending_run(OUT run_kind text, OUT run_id uuid)
 AS $$
 BEGIN
 	SELECT 's', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
-	WHERE r.status = 'pending' AND s.source_type IN ('postgres', 'csv') AND r.details ? 'schedule_id'
+	WHERE r.status = 'pending' AND NOT dalgo.is_connector_source(s.source_type) AND r.details ? 'schedule_id'
 	ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
 	IF NOT FOUND THEN
 		SELECT 'o', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
@@ -155,7 +162,7 @@ CREATE FUNCTION dalgo.pending_runs() RETURNS integer
 	LANGUAGE sql STABLE
 	SET search_path = pg_catalog, pg_temp
 	AS $$ SELECT (SELECT count(*) FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
-				  WHERE r.status = 'pending' AND s.source_type IN ('postgres', 'csv') AND r.details ? 'schedule_id')::integer
+				  WHERE r.status = 'pending' AND NOT dalgo.is_connector_source(s.source_type) AND r.details ? 'schedule_id')::integer
 			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.status = 'pending' AND r.details ? 'schedule_id')::integer $$;
 COMMENT ON FUNCTION dalgo.pending_runs() IS 'Internal: in-database runs waiting for a run worker';
 
@@ -245,6 +252,7 @@ DECLARE
 	build_name text := '_dalgo_sync_' || replace(run_id::text, '-', '');
 	target text;
 	n bigint;
+	relation text;
 	path text;
 	header text;
 	cols text;
@@ -258,8 +266,9 @@ BEGIN
 	target := coalesce(src.warehouse_table_name, 'source_' || left(replace(src.id::text, '-', ''), 12));
 	IF src.source_type = 'postgres' THEN
 		-- Read as the warehouse role: it sees only what it was granted.
+		relation := dalgo.source_relation(src.config);
 		n := dalgo.warehouse_execute(src.organization_id,
-			format('CREATE TABLE %I.%I AS SELECT * FROM %s', schema_name, build_name, dalgo.source_relation(src.config)));
+			format('CREATE TABLE %I.%I AS SELECT * FROM %s', schema_name, build_name, relation));
 	ELSIF src.source_type = 'csv' THEN
 		path := dalgo.csv_path(src.config->>'path');
 		header := split_part(pg_read_file(path, 0, 65536), E'\n', 1);
@@ -283,10 +292,10 @@ BEGIN
 	SELECT src.organization_id, src.id, a.attname, format_type(a.atttypid, a.atttypmod), a.attnum, NOT a.attnotnull
 	FROM pg_attribute a
 	WHERE a.attrelid = to_regclass(format('%I.%I', schema_name, target)) AND a.attnum > 0 AND NOT a.attisdropped;
-	IF src.source_type = 'postgres' THEN
+	IF relation IS NOT NULL THEN
 		UPDATE dalgo.source_schemas x SET is_nullable = NOT a.attnotnull
 		FROM pg_attribute a
-		WHERE x.source_id = src.id AND a.attrelid = dalgo.source_relation(src.config)::regclass
+		WHERE x.source_id = src.id AND a.attrelid = relation::regclass
 		  AND a.attname = x.column_name;
 	END IF;
 
@@ -367,7 +376,7 @@ BEGIN
 	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
 		error_message = 'the server restarted while the run was in progress'
 	FROM dalgo.sources s
-	WHERE s.id = r.source_id AND s.source_type IN ('postgres', 'csv') AND r.status = 'running'
+	WHERE s.id = r.source_id AND NOT dalgo.is_connector_source(s.source_type) AND r.status = 'running'
 	  AND r.details ? 'schedule_id' AND NOT coalesce((r.details->>'runner_pid')::integer = ANY (live), false);
 	GET DIAGNOSTICS n = ROW_COUNT;
 	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
@@ -391,7 +400,7 @@ BEGIN
 	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
 		error_message = format('no connector claimed the run within %s seconds', timeout_seconds)
 	WHERE r.status = 'pending' AND r.created_at < now() - make_interval(secs => timeout_seconds)
-	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.id = r.source_id AND s.source_type IN ('google_sheets', 'api'));
+	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.id = r.source_id AND dalgo.is_connector_source(s.source_type));
 	GET DIAGNOSTICS n = ROW_COUNT;
 	RETURN n;
 END
@@ -502,7 +511,7 @@ DECLARE
 	r dalgo.sync_runs;
 BEGIN
 	SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
-	WHERE x.status = 'pending' AND s.source_type IN ('google_sheets', 'api') AND x.deleted_at IS NULL
+	WHERE x.status = 'pending' AND dalgo.is_connector_source(s.source_type) AND x.deleted_at IS NULL
 	ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
 	IF NOT FOUND THEN
 		RETURN NULL;
