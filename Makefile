@@ -31,8 +31,14 @@ SQL_FRAGMENTS = \
 	sql/recipes.sql \
 	sql/scheduler.sql
 
+# The install script of the version under work is generated; the install
+# scripts of released versions are frozen under sql/ (sql/dalgo--0.1.0.sql)
+# and the upgrade chain (sql/dalgo--A--B.sql) is written by hand: every
+# change to an installed object goes into the fragment and into the upgrade
+# script of the version under work.  test/t/upgrade_equals_fresh.pl proves
+# that the two agree.
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
-DATA = $(filter-out $(DATA_built) $(SQL_FRAGMENTS), $(wildcard sql/$(EXTENSION)--*--*.sql))
+DATA = $(filter-out $(DATA_built) $(SQL_FRAGMENTS), $(wildcard sql/$(EXTENSION)--*.sql))
 
 # pg_regress tests: one file per capability under test/sql, expected output
 # under ./expected, run on a temporary instance with dalgo preloaded.

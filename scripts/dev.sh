@@ -14,7 +14,9 @@
 set -euo pipefail
 
 PGVER=15
-PGBIN=/usr/lib/postgresql/$PGVER/bin
+# PGBIN may point at another (relocated) copy of PostgreSQL 15, so that
+# several checkouts can build and test side by side.
+PGBIN=${PGBIN:-/usr/lib/postgresql/$PGVER/bin}
 export PG_CONFIG=$PGBIN/pg_config
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PACKAGES=(postgresql-$PGVER postgresql-server-dev-$PGVER postgresql-$PGVER-pgtap
