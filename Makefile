@@ -63,7 +63,9 @@ REGRESS = \
 	next_run \
 	scheduler_runs \
 	scheduler_live \
-	install_lifecycle
+	install_lifecycle \
+	warehouse_privilege_escape \
+	warehouse_setting_isolation
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \
