@@ -20,7 +20,8 @@ OBJS = \
 	src/tables.o \
 	src/updated_at.o \
 	src/uuid_v7.o \
-	src/warehouse.o
+	src/warehouse.o \
+	src/warehouse_names.o
 
 # Install-script fragments, in dependency order.
 SQL_FRAGMENTS = \
@@ -65,7 +66,10 @@ REGRESS = \
 	scheduler_live \
 	install_lifecycle \
 	warehouse_privilege_escape \
-	warehouse_setting_isolation
+	warehouse_setting_isolation \
+	recipe_dependency_smuggling \
+	warehouse_table_ownership \
+	warehouse_adoption
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \
