@@ -142,7 +142,8 @@ COMMENT ON FUNCTION dalgo.transformation_upstream(uuid) IS
 CREATE FUNCTION dalgo.warehouse_table_claimant(organization_id uuid, table_name text, source_id uuid,
 												transformation_id uuid, output_id uuid) RETURNS text
 	AS 'MODULE_PATHNAME', 'dalgo_warehouse_table_claimant'
-	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE
+	SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION dalgo.warehouse_table_claimant(uuid, text, uuid, uuid, uuid) IS
 	'Internal: which other live source, transformation or output of the organization claims a warehouse table name (NULL if none); serialized per organization and read from the latest committed rows';
 
