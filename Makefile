@@ -13,6 +13,7 @@ OBJS = \
 	src/jwt.o \
 	src/membership.o \
 	src/next_run.o \
+	src/quota.o \
 	src/recipe_emit.o \
 	src/recipe_parse.o \
 	src/recipe_resolve.o \
@@ -29,7 +30,8 @@ SQL_FRAGMENTS = \
 	sql/rls.sql \
 	sql/audit.sql \
 	sql/recipes.sql \
-	sql/scheduler.sql
+	sql/scheduler.sql \
+	sql/quotas.sql
 
 # The install script of the version under work is generated; the install
 # scripts of released versions are frozen under sql/ (sql/dalgo--0.1.0.sql)
@@ -63,6 +65,7 @@ REGRESS = \
 	next_run \
 	scheduler_runs \
 	scheduler_live \
+	organization_quotas \
 	install_lifecycle
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \

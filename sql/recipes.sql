@@ -257,6 +257,7 @@ BEGIN
 		-- Build under a private name, then swap: readers never see a half-built table,
 		-- and a failure leaves the previous output as it was.
 		n := dalgo.warehouse_execute(t.organization_id, format('CREATE TABLE %I.%I AS %s', schema_name, build_name, sql));
+		PERFORM dalgo.check_warehouse_quota(t.organization_id, t.output_table_name);
 		PERFORM dalgo.swap_warehouse_table(t.organization_id, build_name, t.output_table_name);
 		PERFORM dalgo.register_warehouse_table(t.organization_id, t.output_table_name, NULL, t.id, n);
 		UPDATE dalgo.transformations x SET last_run_at = now() WHERE x.id = t.id;
@@ -293,14 +294,16 @@ BEGIN
 	IF NOT dalgo.caller_may(t.organization_id, 'member') THEN
 		RAISE EXCEPTION 'running a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
 	END IF;
+	PERFORM dalgo.check_run_quota(t.organization_id);
 	IF with_upstream THEN
 		FOR up IN SELECT * FROM dalgo.transformation_upstream(t.id) LOOP
 			PERFORM dalgo.run_transformation(up.id, false);
 		END LOOP;
 	END IF;
 	INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
-										   triggered_by_id)
-	VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id())
+										   triggered_by_id, details)
+	VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id(),
+			jsonb_build_object('runner_pid', pg_backend_pid()))
 	RETURNING id INTO run_id;
 	PERFORM dalgo.build_transformation(t.id, run_id);
 	RETURN run_id;

@@ -283,6 +283,7 @@ BEGIN
 	ELSE
 		RAISE EXCEPTION '% sources are synced by a connector', src.source_type;
 	END IF;
+	PERFORM dalgo.check_warehouse_quota(src.organization_id, target);
 	PERFORM dalgo.swap_warehouse_table(src.organization_id, build_name, target);
 	PERFORM dalgo.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
 
@@ -355,6 +356,9 @@ CREATE FUNCTION dalgo.execute_scheduled_run(run_kind text, run_id uuid) RETURNS 
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM dalgo.check_run_quota(CASE WHEN run_kind = 's'
+		THEN (SELECT r.organization_id FROM dalgo.sync_runs r WHERE r.id = run_id)
+		ELSE (SELECT r.organization_id FROM dalgo.transformation_runs r WHERE r.id = run_id) END);
 	IF run_kind = 's' THEN
 		PERFORM dalgo.sync_source(run_id);
 	ELSIF run_kind = 'o' THEN

@@ -74,6 +74,9 @@ extern bool dalgo_jwt_verify_hs256(const char *token, const char *secret,
 /* audit.c */
 extern void dalgo_audit_init(void);
 
+/* quota.c */
+extern void dalgo_quota_init(void);
+
 /* membership.c */
 extern void dalgo_membership_init(void);
 extern bool dalgo_caller_may(const pg_uuid_t *org, DalgoRole min_role);
