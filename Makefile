@@ -63,6 +63,10 @@ REGRESS = \
 	next_run \
 	scheduler_runs \
 	scheduler_live \
+	run_forgery \
+	run_queue_fairness \
+	csv_tenant_isolation \
+	output_view_refresh \
 	install_lifecycle
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
