@@ -141,81 +141,6 @@ END
 $$;
 COMMENT ON FUNCTION dalgo.sync_source(uuid) IS 'Internal: an in-database sync of a postgres or csv source into its warehouse table';
 
-CREATE OR REPLACE FUNCTION dalgo.refresh_output(run_id uuid) RETURNS void
-	LANGUAGE plpgsql
-	SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	r dalgo.transformation_runs;
-	o dalgo.outputs;
-	t dalgo.transformations;
-	v record;
-	rebuilt uuid[];
-	dropped jsonb := '[]';
-	schema_name text;
-	dest text;
-	kind text;
-BEGIN
-	PERFORM dalgo.verify_scheduled_run('o', run_id);
-	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
-	SELECT * INTO o FROM dalgo.outputs x
-	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
-	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
-	schema_name := 'org_' || replace(o.organization_id::text, '-', '');
-	kind := coalesce(o.destination_config->>'type', 'table');
-	dest := coalesce(o.destination_config->>'name', t.output_table_name);
-	IF kind NOT IN ('table', 'view') THEN
-		RAISE EXCEPTION 'unknown destination type "%" (use table or view)', kind USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	IF kind = 'view' AND dest = t.output_table_name THEN
-		RAISE EXCEPTION 'a view destination needs a name other than the transformation''s table "%"', dest
-			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
-	END IF;
-
-	rebuilt := ARRAY[t.id] || ARRAY(SELECT u.id FROM dalgo.transformation_upstream(t.id) u);
-	FOR v IN SELECT coalesce(x.destination_config->>'name', y.output_table_name) AS view_name, y.output_table_name AS table_name
-			 FROM dalgo.outputs x JOIN dalgo.transformations y ON y.id = x.transformation_id
-			 WHERE x.organization_id = o.organization_id AND y.organization_id = o.organization_id
-			   AND x.deleted_at IS NULL AND x.destination_config->>'type' = 'view'
-			   AND x.transformation_id = ANY (rebuilt) AND y.output_table_name IS NOT NULL
-	LOOP
-		IF EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-				   WHERE n.nspname = schema_name AND c.relname = v.view_name AND c.relkind = 'v') THEN
-			PERFORM dalgo.warehouse_execute(o.organization_id, format('DROP VIEW %I.%I', schema_name, v.view_name));
-			dropped := dropped || jsonb_build_object('view_name', v.view_name, 'table_name', v.table_name);
-		END IF;
-	END LOOP;
-
-	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
-		PERFORM dalgo.run_transformation(v.id, false);
-	END LOOP;
-	PERFORM dalgo.build_transformation(t.id, run_id);
-	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
-
-	-- The views dropped above, again over the (new, or on failure the old) tables.
-	FOR v IN SELECT * FROM jsonb_to_recordset(dropped) AS d(view_name text, table_name text) LOOP
-		IF to_regclass(format('%I.%I', schema_name, v.table_name)) IS NOT NULL THEN
-			PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
-				schema_name, v.view_name, schema_name, v.table_name));
-		END IF;
-	END LOOP;
-	IF r.status <> 'success' THEN
-		RETURN;
-	END IF;
-	IF kind = 'view' THEN
-		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
-			schema_name, dest, schema_name, t.output_table_name));
-	ELSIF dest <> t.output_table_name THEN
-		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
-			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
-		PERFORM dalgo.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
-	END IF;
-	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
-END
-$$;
-COMMENT ON FUNCTION dalgo.refresh_output(uuid) IS
-	'Internal: run an output''s transformation with its upstream, then refresh destination_config ({"type": "table"|"view", "name": ...}); output views over rebuilt tables are dropped and created again around the swap';
-
 CREATE OR REPLACE FUNCTION dalgo.claim_sync_run() RETURNS dalgo.sync_runs
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
@@ -398,6 +323,121 @@ END
 $$;
 COMMENT ON FUNCTION dalgo.claim_due_schedules(timestamptz, integer, uuid) IS
 	'Internal: claim up to max_runs due schedules (FOR UPDATE SKIP LOCKED), advance them and create their run rows';
+
+
+-- runs: output views are dropped and created again around the swaps of a refresh (item 9.18)
+
+CREATE FUNCTION dalgo.drop_output_views(organization_id uuid, table_names text[]) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	v record;
+	dropped jsonb := '[]';
+BEGIN
+	FOR v IN SELECT DISTINCT coalesce(x.destination_config->>'name', y.output_table_name) AS view_name,
+					y.output_table_name AS table_name
+			 FROM dalgo.outputs x JOIN dalgo.transformations y ON y.id = x.transformation_id
+			 WHERE x.organization_id = drop_output_views.organization_id
+			   AND y.organization_id = drop_output_views.organization_id
+			   AND x.deleted_at IS NULL AND x.destination_config->>'type' = 'view'
+			   AND y.output_table_name = ANY (table_names)
+	LOOP
+		IF v.view_name <> v.table_name AND EXISTS (
+				SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+				WHERE n.nspname = schema_name AND c.relname = v.view_name AND c.relkind = 'v') THEN
+			PERFORM dalgo.warehouse_execute(organization_id, format('DROP VIEW %I.%I', schema_name, v.view_name));
+			dropped := dropped || jsonb_build_object('view_name', v.view_name, 'table_name', v.table_name);
+		END IF;
+	END LOOP;
+	RETURN dropped;
+END
+$$;
+COMMENT ON FUNCTION dalgo.drop_output_views(uuid, text[]) IS
+	'Internal: drop the organization''s output views over the given warehouse tables before they are swapped; returns what restore_output_views needs';
+
+CREATE FUNCTION dalgo.restore_output_views(organization_id uuid, dropped jsonb) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	v record;
+BEGIN
+	FOR v IN SELECT * FROM jsonb_to_recordset(dropped) AS d(view_name text, table_name text) LOOP
+		IF to_regclass(format('%I.%I', schema_name, v.table_name)) IS NOT NULL THEN
+			PERFORM dalgo.warehouse_execute(organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+				schema_name, v.view_name, schema_name, v.table_name));
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo.restore_output_views(uuid, jsonb) IS
+	'Internal: create again, over the (new) tables, the output views drop_output_views dropped';
+
+REVOKE ALL ON FUNCTION dalgo.drop_output_views(uuid, text[]), dalgo.restore_output_views(uuid, jsonb) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dalgo.refresh_output(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.transformation_runs;
+	o dalgo.outputs;
+	t dalgo.transformations;
+	v record;
+	dropped jsonb;
+	schema_name text;
+	dest text;
+	kind text;
+BEGIN
+	PERFORM dalgo.verify_scheduled_run('o', run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+	SELECT * INTO o FROM dalgo.outputs x
+	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
+	schema_name := 'org_' || replace(o.organization_id::text, '-', '');
+	kind := coalesce(o.destination_config->>'type', 'table');
+	dest := coalesce(o.destination_config->>'name', t.output_table_name);
+	IF kind NOT IN ('table', 'view') THEN
+		RAISE EXCEPTION 'unknown destination type "%" (use table or view)', kind USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'view' AND dest = t.output_table_name THEN
+		RAISE EXCEPTION 'a view destination needs a name other than the transformation''s table "%"', dest
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
+	END IF;
+
+	-- The tables this refresh swaps: the transformation's and its upstream's.
+	dropped := dalgo.drop_output_views(o.organization_id, ARRAY(
+		SELECT y.output_table_name FROM dalgo.transformations y
+		WHERE y.organization_id = o.organization_id AND y.output_table_name IS NOT NULL
+		  AND (y.id = t.id OR y.id IN (SELECT u.id FROM dalgo.transformation_upstream(t.id) u))));
+
+	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
+		PERFORM dalgo.run_transformation(v.id, false);
+	END LOOP;
+	PERFORM dalgo.build_transformation(t.id, run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+
+	-- The views dropped above, again over the (new, or on failure the old) tables.
+	PERFORM dalgo.restore_output_views(o.organization_id, dropped);
+	IF r.status <> 'success' THEN
+		RETURN;
+	END IF;
+	IF kind = 'view' THEN
+		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+			schema_name, dest, schema_name, t.output_table_name));
+	ELSIF dest <> t.output_table_name THEN
+		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
+			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
+		PERFORM dalgo.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
+	END IF;
+	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.refresh_output(uuid) IS
+	'Internal: run an output''s transformation with its upstream, then refresh destination_config ({"type": "table"|"view", "name": ...}); output views over rebuilt tables are dropped and created again around the swap';
 
 
 -- runs: the dalgo_sync notification carries no run id (item 9.9)

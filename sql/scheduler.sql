@@ -399,13 +399,66 @@ END
 $$;
 COMMENT ON FUNCTION dalgo.sync_source(uuid) IS 'Internal: an in-database sync of a postgres or csv source into its warehouse table';
 
+-- Views over a warehouse table block its swap (DROP TABLE): the
+-- organization's live output views (destination type view) over the given
+-- tables are dropped before a swap and created again after it, in the same
+-- transaction, so readers wait and never miss them.  drop_output_views
+-- returns what restore_output_views needs.
+CREATE FUNCTION dalgo.drop_output_views(organization_id uuid, table_names text[]) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	v record;
+	dropped jsonb := '[]';
+BEGIN
+	FOR v IN SELECT DISTINCT coalesce(x.destination_config->>'name', y.output_table_name) AS view_name,
+					y.output_table_name AS table_name
+			 FROM dalgo.outputs x JOIN dalgo.transformations y ON y.id = x.transformation_id
+			 WHERE x.organization_id = drop_output_views.organization_id
+			   AND y.organization_id = drop_output_views.organization_id
+			   AND x.deleted_at IS NULL AND x.destination_config->>'type' = 'view'
+			   AND y.output_table_name = ANY (table_names)
+	LOOP
+		IF v.view_name <> v.table_name AND EXISTS (
+				SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+				WHERE n.nspname = schema_name AND c.relname = v.view_name AND c.relkind = 'v') THEN
+			PERFORM dalgo.warehouse_execute(organization_id, format('DROP VIEW %I.%I', schema_name, v.view_name));
+			dropped := dropped || jsonb_build_object('view_name', v.view_name, 'table_name', v.table_name);
+		END IF;
+	END LOOP;
+	RETURN dropped;
+END
+$$;
+COMMENT ON FUNCTION dalgo.drop_output_views(uuid, text[]) IS
+	'Internal: drop the organization''s output views over the given warehouse tables before they are swapped; returns what restore_output_views needs';
+
+CREATE FUNCTION dalgo.restore_output_views(organization_id uuid, dropped jsonb) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	v record;
+BEGIN
+	FOR v IN SELECT * FROM jsonb_to_recordset(dropped) AS d(view_name text, table_name text) LOOP
+		IF to_regclass(format('%I.%I', schema_name, v.table_name)) IS NOT NULL THEN
+			PERFORM dalgo.warehouse_execute(organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+				schema_name, v.view_name, schema_name, v.table_name));
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo.restore_output_views(uuid, jsonb) IS
+	'Internal: create again, over the (new) tables, the output views drop_output_views dropped';
+
 -- An output refresh: the transformation (and what it reads), then the
 -- destination.  Output, transformation and organization come from the run's
 -- schedule, after verify_scheduled_run checked that the run row agrees.
 -- A view destination depends on the table it reads, and a swap drops that
 -- table: the organization's output views over the tables this refresh
--- rebuilds are dropped first and created again afterwards, in the same
--- transaction (readers wait, and never miss them).
+-- rebuilds are dropped first and created again afterwards.
 CREATE FUNCTION dalgo.refresh_output(run_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
@@ -415,8 +468,7 @@ DECLARE
 	o dalgo.outputs;
 	t dalgo.transformations;
 	v record;
-	rebuilt uuid[];
-	dropped jsonb := '[]';
+	dropped jsonb;
 	schema_name text;
 	dest text;
 	kind text;
@@ -437,19 +489,11 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
 	END IF;
 
-	rebuilt := ARRAY[t.id] || ARRAY(SELECT u.id FROM dalgo.transformation_upstream(t.id) u);
-	FOR v IN SELECT coalesce(x.destination_config->>'name', y.output_table_name) AS view_name, y.output_table_name AS table_name
-			 FROM dalgo.outputs x JOIN dalgo.transformations y ON y.id = x.transformation_id
-			 WHERE x.organization_id = o.organization_id AND y.organization_id = o.organization_id
-			   AND x.deleted_at IS NULL AND x.destination_config->>'type' = 'view'
-			   AND x.transformation_id = ANY (rebuilt) AND y.output_table_name IS NOT NULL
-	LOOP
-		IF EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-				   WHERE n.nspname = schema_name AND c.relname = v.view_name AND c.relkind = 'v') THEN
-			PERFORM dalgo.warehouse_execute(o.organization_id, format('DROP VIEW %I.%I', schema_name, v.view_name));
-			dropped := dropped || jsonb_build_object('view_name', v.view_name, 'table_name', v.table_name);
-		END IF;
-	END LOOP;
+	-- The tables this refresh swaps: the transformation's and its upstream's.
+	dropped := dalgo.drop_output_views(o.organization_id, ARRAY(
+		SELECT y.output_table_name FROM dalgo.transformations y
+		WHERE y.organization_id = o.organization_id AND y.output_table_name IS NOT NULL
+		  AND (y.id = t.id OR y.id IN (SELECT u.id FROM dalgo.transformation_upstream(t.id) u))));
 
 	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
 		PERFORM dalgo.run_transformation(v.id, false);
@@ -458,12 +502,7 @@ BEGIN
 	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
 
 	-- The views dropped above, again over the (new, or on failure the old) tables.
-	FOR v IN SELECT * FROM jsonb_to_recordset(dropped) AS d(view_name text, table_name text) LOOP
-		IF to_regclass(format('%I.%I', schema_name, v.table_name)) IS NOT NULL THEN
-			PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
-				schema_name, v.view_name, schema_name, v.table_name));
-		END IF;
-	END LOOP;
+	PERFORM dalgo.restore_output_views(o.organization_id, dropped);
 	IF r.status <> 'success' THEN
 		RETURN;
 	END IF;
@@ -754,7 +793,8 @@ REVOKE ALL ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, t
 	dalgo.recover_interrupted_runs(), dalgo.expire_connector_runs(integer), dalgo.purge_run_history(integer),
 	dalgo.execute_claimed(uuid[], text[]), dalgo.run_due_schedules(timestamptz), dalgo.run_schedule_now(uuid),
 	dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb), dalgo.csv_path(uuid, text),
-	dalgo.verify_scheduled_run(text, uuid), dalgo.check_csv_source()
+	dalgo.verify_scheduled_run(text, uuid), dalgo.check_csv_source(),
+	dalgo.drop_output_views(uuid, text[]), dalgo.restore_output_views(uuid, jsonb)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text, timestamptz)
 	TO dalgo_authenticated, dalgo_service;
