@@ -66,6 +66,10 @@ REGRESS = \
 	scheduler_runs \
 	scheduler_live \
 	organization_quotas \
+	run_forgery \
+	run_queue_fairness \
+	csv_tenant_isolation \
+	output_view_refresh \
 	install_lifecycle
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \

@@ -198,7 +198,7 @@ CREATE TRIGGER before_save BEFORE INSERT OR UPDATE ON dalgo.transformations
 COMMENT ON TRIGGER before_save ON dalgo.transformations IS 'Validates recipes and numbers versions';
 
 CREATE FUNCTION dalgo.transformation_record_version() RETURNS trigger
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
