@@ -54,6 +54,7 @@ REGRESS = \
 	membership_cache \
 	rls_attacks \
 	rls_plan \
+	api_grants \
 	audit_trail \
 	audit_foreign_table \
 	recipe_compile \

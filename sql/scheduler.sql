@@ -562,8 +562,10 @@ REVOKE ALL ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, t
 	dalgo.sync_source(uuid), dalgo.refresh_output(uuid), dalgo.execute_scheduled_run(text, uuid),
 	dalgo.recover_interrupted_runs(), dalgo.expire_connector_runs(integer), dalgo.purge_run_history(integer),
 	dalgo.execute_claimed(uuid[], text[]), dalgo.run_due_schedules(timestamptz), dalgo.run_schedule_now(uuid),
-	dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb), dalgo.csv_path(text)
+	dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb), dalgo.csv_path(text),
+	dalgo.is_connector_source(dalgo.source_type)
 	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.is_connector_source(dalgo.source_type) TO dalgo_authenticated, dalgo_service;
 GRANT EXECUTE ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text, timestamptz)
 	TO dalgo_authenticated, dalgo_service;
 GRANT EXECUTE ON FUNCTION dalgo.run_schedule_now(uuid) TO dalgo_authenticated, dalgo_service;
