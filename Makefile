@@ -45,6 +45,7 @@ DATA = $(filter-out $(DATA_built) $(SQL_FRAGMENTS), $(wildcard sql/$(EXTENSION)-
 REGRESS = \
 	schema_shape \
 	tenant_references \
+	tenant_move_refused \
 	updated_at \
 	schedule_checks \
 	identity_sources \
