@@ -53,6 +53,8 @@ REGRESS = \
 	identity_fuzz \
 	membership \
 	membership_cache \
+	membership_privilege_escalation \
+	membership_fuzz \
 	rls_attacks \
 	rls_plan \
 	api_grants \
