@@ -53,6 +53,8 @@ REGRESS = \
 	identity_fuzz \
 	membership \
 	membership_cache \
+	membership_cache_load_failure \
+	membership_cache_replica \
 	membership_privilege_escalation \
 	membership_fuzz \
 	rls_attacks \

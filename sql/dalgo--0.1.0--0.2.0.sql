@@ -155,3 +155,9 @@ END
 $$;
 COMMENT ON FUNCTION dalgo.guard_membership() IS
 	'BEFORE row trigger on organization_members: only owners add, grant, revoke, restore or remove the owner role, nobody raises their own role or grants one above their own (restoring a membership grants its role), memberships never move, and an organization keeps at least one live owner (checked under the organization''s row lock against the latest committed state)';
+
+-- member: the membership cache invalidation fires on logical-replication
+-- subscribers too
+ALTER TABLE dalgo.users ENABLE ALWAYS TRIGGER membership_changed;
+ALTER TABLE dalgo.organizations ENABLE ALWAYS TRIGGER membership_changed;
+ALTER TABLE dalgo.organization_members ENABLE ALWAYS TRIGGER membership_changed;

@@ -88,6 +88,12 @@ CREATE TRIGGER membership_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE O
 COMMENT ON TRIGGER membership_changed ON dalgo.users IS 'Invalidates membership caches';
 COMMENT ON TRIGGER membership_changed ON dalgo.organizations IS 'Invalidates membership caches';
 COMMENT ON TRIGGER membership_changed ON dalgo.organization_members IS 'Invalidates membership caches';
+-- Also on a logical-replication subscriber, whose apply worker runs with
+-- session_replication_role = replica: a replicated change must invalidate
+-- the subscriber's caches too.
+ALTER TABLE dalgo.users ENABLE ALWAYS TRIGGER membership_changed;
+ALTER TABLE dalgo.organizations ENABLE ALWAYS TRIGGER membership_changed;
+ALTER TABLE dalgo.organization_members ENABLE ALWAYS TRIGGER membership_changed;
 
 -- ---------------------------------------------------------------------------
 -- Role protection

@@ -57,7 +57,8 @@ typedef struct MembershipEntry
 
 typedef struct MembershipCache
 {
-	bool		valid;			/* cleared by the relcache callback */
+	bool		valid;			/* set only after a complete load */
+	uint64		generation;		/* bumped by every relevant invalidation */
 	bool		has_user;		/* built for a user (else: no identity) */
 	pg_uuid_t	user;
 	int			nentries;
@@ -79,7 +80,10 @@ membership_relcache_callback(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == cache.users_relid ||
 		relid == cache.orgs_relid || relid == cache.members_relid)
+	{
 		cache.valid = false;
+		cache.generation++;
+	}
 }
 
 /* Order entries by organization id. */
@@ -281,19 +285,27 @@ ensure_cache(void)
 		return has_user;
 
 	/*
-	 * Mark valid before reading: an invalidation that arrives while the
-	 * tables are being read clears the flag again, and the load repeats.
+	 * The cache is valid only once a load has completed with no invalidation
+	 * arriving meanwhile.  A load that fails (a timeout, a cancel, out of
+	 * memory) leaves it invalid, so the next call loads it again; one that
+	 * an invalidation overtook is repeated.
 	 */
-	do
+	for (;;)
 	{
-		cache.valid = true;
-		resolve_oids();
-		cache.has_user = has_user;
-		cache.user = user;
+		uint64		generation;
+
+		cache.valid = false;
 		cache.nentries = 0;
+		generation = cache.generation;
+		resolve_oids();
 		if (has_user)
 			load_memberships(&user);
-	} while (!cache.valid);
+		if (cache.generation == generation)
+			break;
+	}
+	cache.has_user = has_user;
+	cache.user = user;
+	cache.valid = true;
 
 	return has_user;
 }
