@@ -161,3 +161,20 @@ COMMENT ON FUNCTION dalgo.guard_membership() IS
 ALTER TABLE dalgo.users ENABLE ALWAYS TRIGGER membership_changed;
 ALTER TABLE dalgo.organizations ENABLE ALWAYS TRIGGER membership_changed;
 ALTER TABLE dalgo.organization_members ENABLE ALWAYS TRIGGER membership_changed;
+
+-- member: row triggers invalidate the membership cache on a logical-replication
+-- subscriber (its apply worker fires row triggers only)
+CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.users
+	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.organizations
+	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.organization_members
+	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+ALTER TABLE dalgo.users ENABLE REPLICA TRIGGER membership_replicated;
+ALTER TABLE dalgo.organizations ENABLE REPLICA TRIGGER membership_replicated;
+ALTER TABLE dalgo.organization_members ENABLE REPLICA TRIGGER membership_replicated;
+COMMENT ON TRIGGER membership_replicated ON dalgo.users IS 'Invalidates membership caches for rows a logical-replication apply worker writes';
+COMMENT ON TRIGGER membership_replicated ON dalgo.organizations IS 'Invalidates membership caches for rows a logical-replication apply worker writes';
+COMMENT ON TRIGGER membership_replicated ON dalgo.organization_members IS 'Invalidates membership caches for rows a logical-replication apply worker writes';
+COMMENT ON FUNCTION dalgo.membership_changed() IS
+	'AFTER statement (and, for logical-replication apply, row) trigger on users, organizations and organization_members: invalidates every backend''s membership cache (this transaction''s next statement, other sessions at commit)';

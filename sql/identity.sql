@@ -77,7 +77,7 @@ CREATE FUNCTION dalgo.membership_changed() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'dalgo_membership_changed'
 	LANGUAGE C;
 COMMENT ON FUNCTION dalgo.membership_changed() IS
-	'AFTER statement trigger on users, organizations and organization_members: invalidates every backend''s membership cache (this transaction''s next statement, other sessions at commit)';
+	'AFTER statement (and, for logical-replication apply, row) trigger on users, organizations and organization_members: invalidates every backend''s membership cache (this transaction''s next statement, other sessions at commit)';
 
 CREATE TRIGGER membership_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dalgo.users
 	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
@@ -94,6 +94,21 @@ COMMENT ON TRIGGER membership_changed ON dalgo.organization_members IS 'Invalida
 ALTER TABLE dalgo.users ENABLE ALWAYS TRIGGER membership_changed;
 ALTER TABLE dalgo.organizations ENABLE ALWAYS TRIGGER membership_changed;
 ALTER TABLE dalgo.organization_members ENABLE ALWAYS TRIGGER membership_changed;
+-- The apply worker fires row triggers only (statement triggers fire for the
+-- initial table copy and TRUNCATE): a row trigger, enabled only in replica
+-- mode, so it costs nothing on the origin.
+CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.users
+	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.organizations
+	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.organization_members
+	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+ALTER TABLE dalgo.users ENABLE REPLICA TRIGGER membership_replicated;
+ALTER TABLE dalgo.organizations ENABLE REPLICA TRIGGER membership_replicated;
+ALTER TABLE dalgo.organization_members ENABLE REPLICA TRIGGER membership_replicated;
+COMMENT ON TRIGGER membership_replicated ON dalgo.users IS 'Invalidates membership caches for rows a logical-replication apply worker writes';
+COMMENT ON TRIGGER membership_replicated ON dalgo.organizations IS 'Invalidates membership caches for rows a logical-replication apply worker writes';
+COMMENT ON TRIGGER membership_replicated ON dalgo.organization_members IS 'Invalidates membership caches for rows a logical-replication apply worker writes';
 
 -- ---------------------------------------------------------------------------
 -- Role protection

@@ -1,17 +1,22 @@
 -- membership_cache_replica: the triggers that invalidate membership caches
--- fire on a logical-replication subscriber too (ENABLE ALWAYS), whose apply
--- worker writes with session_replication_role = replica; a replicated
--- revocation therefore takes effect at once.
+-- fire on a logical-replication subscriber too, whose apply worker writes
+-- with session_replication_role = replica and fires row triggers only: the
+-- statement triggers are ENABLE ALWAYS, and row triggers ENABLE REPLICA
+-- (test/t/membership_cache_subscriber.pl replicates for real).
 \set ECHO none
 \i test/fixtures/tap_setup.sql
 BEGIN;
 \i test/fixtures/two_orgs.sql
-SELECT plan(4);
+SELECT plan(5);
 
 SELECT set_eq($$SELECT c.relname::text || ':' || t.tgenabled::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
 	WHERE t.tgname = 'membership_changed' AND c.relnamespace = 'dalgo'::regnamespace$$,
 	ARRAY['users:A', 'organizations:A', 'organization_members:A'],
 	'the membership_changed triggers are ENABLE ALWAYS');
+SELECT set_eq($$SELECT c.relname::text || ':' || t.tgenabled::text || ':' || (t.tgtype & 1)::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+	WHERE t.tgname = 'membership_replicated' AND c.relnamespace = 'dalgo'::regnamespace$$,
+	ARRAY['users:R:1', 'organizations:R:1', 'organization_members:R:1'],
+	'row triggers for the apply worker fire in replica mode only');
 
 SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-000000000002';
 SELECT is(dalgo.is_org_member('22222222-0000-4000-8000-0000000000a0'), true, 'a member before the change');
