@@ -47,6 +47,7 @@ DATA = $(filter-out $(DATA_built) $(SQL_FRAGMENTS), $(wildcard sql/$(EXTENSION)-
 REGRESS = \
 	schema_shape \
 	tenant_references \
+	tenant_move_refused \
 	updated_at \
 	schedule_checks \
 	identity_sources \
@@ -54,8 +55,13 @@ REGRESS = \
 	identity_fuzz \
 	membership \
 	membership_cache \
+	membership_cache_load_failure \
+	membership_cache_replica \
+	membership_privilege_escalation \
+	membership_fuzz \
 	rls_attacks \
 	rls_plan \
+	api_grants \
 	audit_trail \
 	audit_foreign_table \
 	recipe_compile \

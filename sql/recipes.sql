@@ -159,7 +159,7 @@ $$;
 COMMENT ON FUNCTION dalgo.check_recipe_sql(uuid, text) IS 'Internal: parse-analyze compiled recipe SQL in the organization''s warehouse';
 
 CREATE FUNCTION dalgo.transformation_before_save() RETURNS trigger
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -351,6 +351,6 @@ REVOKE ALL ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo.warehouse_execut
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo.caller_may(uuid, dalgo.member_role),
 	dalgo.warehouse_schema(uuid), dalgo.recipe_dependencies(jsonb), dalgo.transformation_upstream(uuid),
-	dalgo.check_recipe_sql(uuid, text), dalgo.run_transformation(uuid, boolean),
+	dalgo.run_transformation(uuid, boolean),
 	dalgo.preview_recipe(uuid, jsonb, integer), dalgo.read_warehouse_table(uuid, text, integer)
 	TO dalgo_authenticated, dalgo_service;
