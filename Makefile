@@ -50,11 +50,17 @@ REGRESS = \
 	identity_sources \
 	identity_scope \
 	identity_fuzz \
+	identity_pooling \
+	token_confusion \
+	claims_trust \
+	claims_encoding \
+	secret_settings \
 	membership \
 	membership_cache \
 	rls_attacks \
 	rls_plan \
 	audit_trail \
+	audit_actor_capture \
 	audit_foreign_table \
 	recipe_compile \
 	recipe_errors \
