@@ -2,14 +2,14 @@
 -- force when the statement started.  Changing the identity while a
 -- data-modifying statement runs (sign_out() or authenticate() in a WITH
 -- that updates, set_config() of dalgo.user_id or of trusted claims, a
--- trigger, TRUNCATE) is refused, at any nesting level; between statements
--- it is allowed, and a caught error does not leave the guard on.
+-- trigger, COPY FROM, TRUNCATE) is refused, at any nesting level; between
+-- statements it is allowed, and a caught error does not leave the guard on.
 \set ECHO none
 \i test/fixtures/tap_setup.sql
 BEGIN;
 \i test/fixtures/two_orgs.sql
 \i test/fixtures/jwt.sql
-SELECT plan(21);
+SELECT plan(22);
 \set A1 '''33333333-0000-4000-8000-0000000000a1'''
 \set OWNER_A '''11111111-0000-4000-8000-000000000001'''
 \set MEMBER_A '''11111111-0000-4000-8000-000000000002'''
@@ -76,6 +76,9 @@ DROP TRIGGER sneaky ON dalgo.outputs;
 CREATE TEMP TABLE scratch (n int);
 CREATE TRIGGER sneaky BEFORE TRUNCATE ON scratch FOR EACH STATEMENT EXECUTE FUNCTION pg_temp.sign_out_trigger();
 SELECT throws_ok($$TRUNCATE scratch$$, '25000', NULL, 'sign_out() in a TRUNCATE trigger is refused');
+DROP TRIGGER sneaky ON scratch;
+CREATE TRIGGER sneaky BEFORE INSERT ON scratch FOR EACH ROW EXECUTE FUNCTION pg_temp.sign_out_trigger();
+SELECT throws_ok($$COPY scratch FROM PROGRAM 'echo 1'$$, '25000', NULL, 'sign_out() in a trigger fired by COPY FROM is refused');
 DROP TRIGGER sneaky ON scratch;
 
 -- dalgo.user_id and trusted claims.

@@ -72,6 +72,13 @@ COMMIT;
 CREATE FUNCTION pg_temp.as_b() RETURNS uuid LANGUAGE sql
 	SET dalgo.user_id = '11111111-0000-4000-8000-0000000000e2' AS 'SELECT dalgo.current_user_id()';
 SELECT pg_temp.as_b() AS inside_function, dalgo.current_user_id() AS after_it;
+\echo '-- a default from ALTER ROLE ... SET counts in no transaction of a new session'
+ALTER ROLE CURRENT_USER IN DATABASE :"DBNAME" SET dalgo.user_id = '11111111-0000-4000-8000-0000000000e1';
+SELECT dblink_connect('pooled', format('dbname=%s port=%s host=%s', current_database(), current_setting('port'),
+	split_part(current_setting('unix_socket_directories'), ',', 1))) AS connected;
+SELECT x AS new_session_identity FROM dblink('pooled', $$SELECT coalesce(dalgo.current_user_id()::text, 'none')$$) AS t(x text);
+SELECT dblink_disconnect('pooled') AS disconnected;
+ALTER ROLE CURRENT_USER IN DATABASE :"DBNAME" RESET dalgo.user_id;
 RESET request.jwt.claims;
 RESET dalgo.claims_authenticators;
 RESET dalgo.jwt_secret;
