@@ -53,6 +53,11 @@ REGRESS = \
 	identity_sources \
 	identity_scope \
 	identity_fuzz \
+	identity_pooling \
+	token_confusion \
+	claims_trust \
+	claims_encoding \
+	secret_settings \
 	membership \
 	membership_cache \
 	membership_cache_load_failure \
@@ -63,6 +68,7 @@ REGRESS = \
 	rls_plan \
 	api_grants \
 	audit_trail \
+	audit_actor_capture \
 	audit_foreign_table \
 	recipe_compile \
 	recipe_errors \

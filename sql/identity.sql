@@ -34,18 +34,18 @@ CREATE FUNCTION dalgo.current_user_id() RETURNS uuid
 	AS 'MODULE_PATHNAME', 'dalgo_current_user_id_sql'
 	LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION dalgo.current_user_id() IS
-	'The caller''s user id: from dalgo.authenticate(), else the dalgo.user_id setting, else request.jwt.claims->>''sub'' when dalgo.trust_jwt_claims is on; NULL when there is none or it is malformed';
+	'The caller''s user id: from dalgo.authenticate(), else the dalgo.user_id setting, else request.jwt.claims->>''sub'' when session_user is listed in dalgo.claims_authenticators; settings count only in the transaction that set them; NULL when there is none or it is malformed';
 
 CREATE FUNCTION dalgo.authenticate(token text, session boolean DEFAULT false) RETURNS uuid
 	AS 'MODULE_PATHNAME', 'dalgo_authenticate'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION dalgo.authenticate(text, boolean) IS
-	'Verify an HS256 JWT signed with dalgo.jwt_secret (exp required, nbf honoured, sub = an active user) and make its subject the caller''s identity for this transaction, or the session if session is true; any failure raises 28000 "authentication failed"';
+	'Verify an HS256 JWT signed with dalgo.jwt_secret (exp required, nbf honoured, no crit header, aud and iss checked when dalgo.jwt_audience and dalgo.jwt_issuer are set, sub = an active user) and make its subject the caller''s identity for this transaction; session => true is refused (0A000); any failure raises 28000 "authentication failed"';
 
 CREATE FUNCTION dalgo.sign_out() RETURNS void
 	AS 'MODULE_PATHNAME', 'dalgo_sign_out'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION dalgo.sign_out() IS 'Forget any identity set by dalgo.authenticate() (DISCARD ALL and RESET ALL do the same)';
+COMMENT ON FUNCTION dalgo.sign_out() IS 'Forget the identity set by dalgo.authenticate() in this transaction (RESET ALL does the same); refused while a data-modifying statement runs';
 
 -- ---------------------------------------------------------------------------
 -- Membership

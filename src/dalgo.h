@@ -64,11 +64,26 @@ extern bool dalgo_user_is_active(const pg_uuid_t *user_id, bool *is_superadmin,
 								 Snapshot snapshot);
 
 /* jwt.c */
+
+/* One top-level field of a JSON object, as dalgo_json_fields() found it. */
+typedef struct DalgoJsonField
+{
+	int			count;			/* times the key appears at the top level */
+	char	   *value;			/* scalar text, NULL for an object or array */
+	bool		is_string;		/* the scalar is a JSON string */
+	bool		is_array;		/* the value is an array */
+	List	   *elements;		/* for an array: its string elements */
+	bool		elements_ok;	/* for an array: every element is a string */
+} DalgoJsonField;
+
 extern bool dalgo_json_depth_ok(const char *json, size_t len, int max_depth);
+extern bool dalgo_json_fields(const char *json, size_t len, int nfields,
+							  const char *const *names, DalgoJsonField *fields);
 extern bool dalgo_json_top_fields(const char *json, size_t len, int nfields,
 								  const char *const *names, char **values,
 								  bool *is_string);
 extern bool dalgo_jwt_verify_hs256(const char *token, const char *secret,
+								   const char *audience, const char *issuer,
 								   pg_uuid_t *subject);
 
 /* audit.c */

@@ -15,23 +15,24 @@ SELECT is(dblink_connect('locker', format('dbname=%s port=%s host=%s', current_d
 -- The other session holds organization_members, so loading the cache times out.
 SELECT dblink_exec('locker', 'BEGIN') \g /dev/null
 SELECT dblink_exec('locker', 'LOCK TABLE dalgo.organization_members IN ACCESS EXCLUSIVE MODE') \g /dev/null
-SET lock_timeout = '200ms';
-SET dalgo.user_id = '11111111-0000-4000-8000-0000000000d1';
+BEGIN;
+SET LOCAL lock_timeout = '200ms';
+SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-0000000000d1';
 SELECT throws_ok($$SELECT dalgo.is_org_member('22222222-0000-4000-8000-0000000000d0')$$,
 	'55P03', NULL, 'loading the membership cache fails with a lock timeout');
 SELECT throws_ok($$SELECT dalgo.current_org_ids()$$,
 	'55P03', NULL, 'and fails again while the lock is held (it is not answered from an empty cache)');
 SELECT dblink_exec('locker', 'ROLLBACK') \g /dev/null
-RESET lock_timeout;
+SET LOCAL lock_timeout = 0;
 
 -- Nothing changed membership meanwhile, so no invalidation came: only a
 -- cache that was left invalid is loaded again.
 SELECT is(dalgo.is_org_member('22222222-0000-4000-8000-0000000000d0', 'admin'), true,
 	'the next call loads the cache and sees the membership');
 SELECT is(dalgo.current_org_ids(), ARRAY['22222222-0000-4000-8000-0000000000d0']::uuid[], 'current_org_ids too');
+COMMIT;
 
 SELECT * FROM finish();
 SELECT dblink_disconnect('locker') \g /dev/null
-RESET dalgo.user_id;
 DELETE FROM dalgo.organizations WHERE id = '22222222-0000-4000-8000-0000000000d0';
 DELETE FROM dalgo.users WHERE id = '11111111-0000-4000-8000-0000000000d1';

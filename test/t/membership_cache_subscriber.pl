@@ -36,25 +36,26 @@ $sub->wait_for_subscription_sync($pub, 'dalgo_membership');
 
 # A long-lived session on the subscriber, acting for the user.
 my $s = $sub->background_psql('postgres');
-$s->query_safe("SET dalgo.user_id = '$user'");
-is($s->query_safe("SELECT dalgo.org_role('$org')"), 'admin', 'the subscriber knows the replicated membership');
+# The identity lasts one transaction: each check sets it again.
+sub as_user { my ($sql) = @_; return $s->query_safe("BEGIN; SET LOCAL dalgo.user_id = '$user'; $sql; COMMIT;"); }
+is(as_user("SELECT dalgo.org_role('$org')"), 'admin', 'the subscriber knows the replicated membership');
 
 $pub->safe_psql('postgres', "UPDATE dalgo.organization_members SET deleted_at = now() WHERE user_id = '$user'");
 $pub->wait_for_catchup('dalgo_membership');
-is($s->query_safe("SELECT dalgo.is_org_member('$org')"), 'f', 'a replicated revocation is seen at the next statement');
+is(as_user("SELECT dalgo.is_org_member('$org')"), 'f', 'a replicated revocation is seen at the next statement');
 
 $pub->safe_psql('postgres', "UPDATE dalgo.organization_members SET deleted_at = NULL, role = 'viewer' WHERE user_id = '$user'");
 $pub->wait_for_catchup('dalgo_membership');
-is($s->query_safe("SELECT dalgo.org_role('$org')"), 'viewer', 'a replicated restore and demotion too');
+is(as_user("SELECT dalgo.org_role('$org')"), 'viewer', 'a replicated restore and demotion too');
 
 $pub->safe_psql('postgres', "UPDATE dalgo.organizations SET deleted_at = now() WHERE id = '$org'");
 $pub->wait_for_catchup('dalgo_membership');
-is($s->query_safe("SELECT dalgo.is_org_member('$org')"), 'f', 'a replicated organization deletion too');
+is(as_user("SELECT dalgo.is_org_member('$org')"), 'f', 'a replicated organization deletion too');
 
 $pub->safe_psql('postgres', "UPDATE dalgo.organizations SET deleted_at = NULL WHERE id = '$org'");
 $pub->safe_psql('postgres', "UPDATE dalgo.users SET is_active = false WHERE id = '$user'");
 $pub->wait_for_catchup('dalgo_membership');
-is($s->query_safe("SELECT dalgo.is_org_member('$org')"), 'f', 'a replicated deactivation of the user too');
+is(as_user("SELECT dalgo.is_org_member('$org')"), 'f', 'a replicated deactivation of the user too');
 
 $s->quit;
 $sub->stop;
