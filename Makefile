@@ -16,6 +16,7 @@ OBJS = \
 	src/recipe_emit.o \
 	src/recipe_parse.o \
 	src/recipe_resolve.o \
+	src/redact.o \
 	src/scheduler.o \
 	src/tables.o \
 	src/updated_at.o \
@@ -28,6 +29,7 @@ SQL_FRAGMENTS = \
 	sql/identity.sql \
 	sql/rls.sql \
 	sql/audit.sql \
+	sql/secrets.sql \
 	sql/recipes.sql \
 	sql/scheduler.sql
 
@@ -56,6 +58,8 @@ REGRESS = \
 	rls_plan \
 	audit_trail \
 	audit_foreign_table \
+	audit_redaction \
+	audit_cache \
 	recipe_compile \
 	recipe_errors \
 	recipe_runs \
