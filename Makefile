@@ -60,6 +60,7 @@ REGRESS = \
 	audit_foreign_table \
 	audit_redaction \
 	audit_cache \
+	secrets_not_readable \
 	recipe_compile \
 	recipe_errors \
 	recipe_runs \
