@@ -185,9 +185,7 @@ typedef struct AuditSink
 	BulkInsertState bistate;
 	TupleTableSlot *slots[AUDIT_BATCH_ROWS];
 	/* INSERT writer */
-	SPIPlanPtr	plan;
-	Oid			save_userid;
-	int			save_sec;
+	SPIPlanPtr	plan;			/* prepared at the first flush */
 	/* the queue */
 	Datum		common[AL_NCOLUMNS];	/* values shared by every row */
 	bool		common_null[AL_NCOLUMNS];
@@ -795,33 +793,9 @@ open_sink(AuditSink *sink, AuditConfig *cfg, const char *action)
 
 	sink->cfg = cfg;
 	sink->cxt = CurrentMemoryContext;
-	sink->batchcxt = AllocSetContextCreate(CurrentMemoryContext, "dalgo audit batch",
-										   ALLOCSET_DEFAULT_SIZES);
-	sink->rel = relation_open(dalgo_relation_oid("audit_logs"), RowExclusiveLock);
-	sink->direct = audit_logs_direct_ok(sink->rel);
 	sink->n = 0;
-	if (sink->direct)
-	{
-		sink->estate = CreateExecutorState();
-		sink->rri = makeNode(ResultRelInfo);
-		InitResultRelInfo(sink->rri, sink->rel, 0, NULL, 0);
-		ExecOpenIndices(sink->rri, false);
-		sink->bistate = NULL;
-	}
-	else
-	{
-		MemoryContext old = CurrentMemoryContext;
 
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		MemoryContextSwitchTo(old);
-		/* Run as audit_logs' owner; an error restores the caller with the (sub)transaction. */
-		GetUserIdAndSecContext(&sink->save_userid, &sink->save_sec);
-		SetUserIdAndSecContext(RelationGetForm(sink->rel)->relowner,
-							   sink->save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-		sink->plan = prepare_insert();
-	}
-
+	/* What every row shares, taken as the caller (before any change of user). */
 	memset(sink->common_null, true, sizeof(sink->common_null));
 	if (dalgo_current_user_id(actor))
 	{
@@ -838,6 +812,28 @@ open_sink(AuditSink *sink, AuditConfig *cfg, const char *action)
 	sink->common[AL_UPDATED_AT] = sink->common[AL_CREATED_AT];
 	sink->common_null[AL_ACTION] = sink->common_null[AL_RESOURCE_TYPE] = false;
 	sink->common_null[AL_CREATED_AT] = sink->common_null[AL_UPDATED_AT] = false;
+
+	sink->batchcxt = AllocSetContextCreate(CurrentMemoryContext, "dalgo audit batch",
+										   ALLOCSET_DEFAULT_SIZES);
+	sink->rel = relation_open(dalgo_relation_oid("audit_logs"), RowExclusiveLock);
+	sink->direct = audit_logs_direct_ok(sink->rel);
+	if (sink->direct)
+	{
+		sink->estate = CreateExecutorState();
+		sink->rri = makeNode(ResultRelInfo);
+		InitResultRelInfo(sink->rri, sink->rel, 0, NULL, 0);
+		ExecOpenIndices(sink->rri, false);
+		sink->bistate = NULL;
+	}
+	else
+	{
+		MemoryContext old = CurrentMemoryContext;
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		MemoryContextSwitchTo(old);
+		sink->plan = NULL;
+	}
 }
 
 /* Write the queued rows directly: heap (several at once when there are several), then indexes. */
@@ -884,12 +880,24 @@ flush_direct(AuditSink *sink)
 	}
 }
 
-/* Write the queued rows through the prepared INSERT. */
+/*
+ * Write the queued rows through the prepared INSERT, as audit_logs' owner.
+ * Only the INSERT runs as the owner (with whatever triggers the owner put on
+ * audit_logs): the rows' details were built as the caller.  An error
+ * restores the caller's identity with the (sub)transaction.
+ */
 static void
 flush_insert(AuditSink *sink)
 {
 	char		nulls[AL_NCOLUMNS];
+	Oid			save_userid;
+	int			save_sec;
 
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(RelationGetForm(sink->rel)->relowner,
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	if (sink->plan == NULL)
+		sink->plan = prepare_insert();
 	for (int i = 0; i < sink->n; i++)
 	{
 		int			rc;
@@ -910,6 +918,7 @@ flush_insert(AuditSink *sink)
 					 errdetail("The INSERT wrote " UINT64_FORMAT " rows instead of one.", SPI_processed),
 					 errhint("A rule or trigger on dalgo.audit_logs may be suppressing inserts.")));
 	}
+	SetUserIdAndSecContext(save_userid, save_sec);
 }
 
 /* Write the queued rows and free their memory. */
@@ -945,10 +954,7 @@ close_sink(AuditSink *sink)
 		FreeExecutorState(sink->estate);
 	}
 	else
-	{
-		SetUserIdAndSecContext(sink->save_userid, sink->save_sec);
 		SPI_finish();
-	}
 	relation_close(sink->rel, NoLock);
 	MemoryContextDelete(sink->batchcxt);
 }

@@ -58,6 +58,15 @@ is(write_rows(1), '1', 'added column with a default: one row');
 is(write_rows(2000), '2000', 'and a 2,000-row statement (two batches)');
 is($node->safe_psql('postgres', sprintf($last, q{note || ' ' || action || ' ' || (organization_id IS NOT NULL) || ' ' || (resource_id IS NOT NULL) || ' ' || (created_at = updated_at)})),
 	'dflt insert true true true', 'the new column holds its default; the known columns are filled');
+# An ordinary role, without any right on schema dalgo, writes through the INSERT writer too.
+$node->safe_psql('postgres', q{
+	CREATE ROLE app NOLOGIN;
+	GRANT INSERT, SELECT ON public.items TO app;
+	SET ROLE app;
+	INSERT INTO public.items (n) VALUES (5);
+	RESET ROLE});
+is($node->safe_psql('postgres', q{SELECT note FROM dalgo.audit_logs WHERE details->>'n' = '5'}), 'dflt',
+	'a role with no right on schema dalgo is audited through the INSERT writer');
 still_up('column with a default');
 
 # 2. A NOT NULL column with a default.
