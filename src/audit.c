@@ -197,6 +197,7 @@ typedef struct AuditSink
 static HTAB *audit_configs = NULL;
 static AuditConfig *retired_configs = NULL;
 static int	audit_depth = 0;		/* firings under way in this backend */
+static bool audit_sweep_needed = false;	/* some configuration is invalid or retired */
 static bool purge_in_progress = false;
 
 /* True if name appears in the NULL-terminated list. */
@@ -221,7 +222,10 @@ audit_relcache_callback(Datum arg, Oid relid)
 	hash_seq_init(&status, audit_configs);
 	while ((e = hash_seq_search(&status)) != NULL)
 		if (relid == InvalidOid || e->cfg->relid == relid)
+		{
 			e->cfg->valid = false;
+			audit_sweep_needed = true;
+		}
 }
 
 /* Syscache callback on schemas: a renamed schema changes resource_type. */
@@ -237,7 +241,10 @@ audit_namespace_callback(Datum arg, int cacheid, uint32 hashvalue)
 	while ((e = hash_seq_search(&status)) != NULL)
 		if (hashvalue == 0 ||
 			GetSysCacheHashValue1(NAMESPACEOID, ObjectIdGetDatum(e->cfg->nspid)) == hashvalue)
+		{
 			e->cfg->valid = false;
+			audit_sweep_needed = true;
+		}
 }
 
 /*
@@ -250,6 +257,7 @@ free_invalid_configs(void)
 	HASH_SEQ_STATUS status;
 	AuditConfigEntry *e;
 
+	audit_sweep_needed = false;
 	while (retired_configs != NULL)
 	{
 		AuditConfig *next = retired_configs->next_retired;
@@ -400,7 +408,7 @@ audit_config(TriggerData *trigdata)
 		CacheRegisterRelcacheCallback(audit_relcache_callback, (Datum) 0);
 		CacheRegisterSyscacheCallback(NAMESPACEOID, audit_namespace_callback, (Datum) 0);
 	}
-	if (audit_depth == 1)
+	if (audit_depth == 1 && audit_sweep_needed)
 		free_invalid_configs();
 
 	e = hash_search(audit_configs, &tgoid, HASH_FIND, NULL);
@@ -415,6 +423,7 @@ audit_config(TriggerData *trigdata)
 		/* A firing under way may still use the old one: free it later. */
 		e->cfg->next_retired = retired_configs;
 		retired_configs = e->cfg;
+		audit_sweep_needed = true;
 	}
 	e->cfg = cfg;
 	return cfg;
