@@ -183,15 +183,16 @@ typedef struct AuditSink
 	EState	   *estate;
 	ResultRelInfo *rri;
 	BulkInsertState bistate;
-	TupleTableSlot *slots[AUDIT_BATCH_ROWS];
+	TupleTableSlot **slots;		/* AUDIT_BATCH_ROWS, made as needed */
 	/* INSERT writer */
 	SPIPlanPtr	plan;			/* prepared at the first flush */
 	/* the queue */
 	Datum		common[AL_NCOLUMNS];	/* values shared by every row */
 	bool		common_null[AL_NCOLUMNS];
 	int			n;
-	Datum		values[AUDIT_BATCH_ROWS][AL_NCOLUMNS];
-	bool		nulls[AUDIT_BATCH_ROWS][AL_NCOLUMNS];
+	int			capacity;		/* rows values and nulls have room for */
+	Datum		(*values)[AL_NCOLUMNS];
+	bool		(*nulls)[AL_NCOLUMNS];
 } AuditSink;
 
 static HTAB *audit_configs = NULL;
@@ -803,6 +804,10 @@ open_sink(AuditSink *sink, AuditConfig *cfg, const char *action)
 	sink->cfg = cfg;
 	sink->cxt = CurrentMemoryContext;
 	sink->n = 0;
+	/* Most statements change a row or a few: the queue grows as needed. */
+	sink->capacity = 8;
+	sink->values = palloc(sizeof(*sink->values) * sink->capacity);
+	sink->nulls = palloc(sizeof(*sink->nulls) * sink->capacity);
 
 	/* What every row shares, taken as the caller (before any change of user). */
 	memset(sink->common_null, true, sizeof(sink->common_null));
@@ -833,6 +838,7 @@ open_sink(AuditSink *sink, AuditConfig *cfg, const char *action)
 		InitResultRelInfo(sink->rri, sink->rel, 0, NULL, 0);
 		ExecOpenIndices(sink->rri, false);
 		sink->bistate = NULL;
+		sink->slots = palloc0(sizeof(TupleTableSlot *) * AUDIT_BATCH_ROWS);
 	}
 	else
 	{
@@ -991,11 +997,19 @@ static void
 add_row(AuditSink *sink, TupleTableSlot *row, Jsonb *details)
 {
 	AuditConfig *cfg = sink->cfg;
-	Datum	   *values = sink->values[sink->n];
-	bool	   *nulls = sink->nulls[sink->n];
+	Datum	   *values;
+	bool	   *nulls;
 	pg_uuid_t  *id = MemoryContextAlloc(sink->batchcxt, sizeof(pg_uuid_t));
 	Jsonb	   *copy = MemoryContextAlloc(sink->batchcxt, VARSIZE(details));
 
+	if (sink->n == sink->capacity)
+	{
+		sink->capacity = Min(sink->capacity * 4, AUDIT_BATCH_ROWS);
+		sink->values = repalloc(sink->values, sizeof(*sink->values) * sink->capacity);
+		sink->nulls = repalloc(sink->nulls, sizeof(*sink->nulls) * sink->capacity);
+	}
+	values = sink->values[sink->n];
+	nulls = sink->nulls[sink->n];
 	memcpy(values, sink->common, sizeof(sink->common));
 	memcpy(nulls, sink->common_null, sizeof(sink->common_null));
 	dalgo_uuid_v7(id);
