@@ -17,6 +17,7 @@ OBJS = \
 	src/recipe_emit.o \
 	src/recipe_parse.o \
 	src/recipe_resolve.o \
+	src/redact.o \
 	src/scheduler.o \
 	src/tables.o \
 	src/updated_at.o \
@@ -29,6 +30,7 @@ SQL_FRAGMENTS = \
 	sql/identity.sql \
 	sql/rls.sql \
 	sql/audit.sql \
+	sql/secrets.sql \
 	sql/recipes.sql \
 	sql/scheduler.sql \
 	sql/quotas.sql
@@ -70,6 +72,9 @@ REGRESS = \
 	audit_trail \
 	audit_actor_capture \
 	audit_foreign_table \
+	audit_redaction \
+	audit_cache \
+	secrets_not_readable \
 	recipe_compile \
 	recipe_errors \
 	recipe_runs \

@@ -92,6 +92,12 @@ extern void dalgo_audit_init(void);
 /* quota.c */
 extern void dalgo_quota_init(void);
 
+/* redact.c: the one redaction of secrets (keys, URLs, key=value, Bearer) */
+#define DALGO_REDACTED "[redacted]"
+extern bool dalgo_secret_key(const char *key, int len);
+extern char *dalgo_redact_text(const char *str, int len, int *newlen);
+extern Jsonb *dalgo_redact_jsonb(Jsonb *in, bool keys);
+
 /* membership.c */
 extern void dalgo_membership_init(void);
 extern bool dalgo_caller_may(const pg_uuid_t *org, DalgoRole min_role);

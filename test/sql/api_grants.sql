@@ -34,7 +34,9 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$
 		'dalgo.next_run(dalgo.schedule_frequency,time without time zone,integer,text,timestamp with time zone)',
 		'dalgo.run_schedule_now(uuid)', 'dalgo.is_connector_source(dalgo.source_type)',
 		-- quotas
-		'dalgo.quota_usage(uuid)'],
+		'dalgo.quota_usage(uuid)',
+		-- secrets: a source's config without them, and the redaction itself
+		'dalgo.source_config(uuid)', 'dalgo.redact(jsonb)', 'dalgo.redact(text)'],
 	'dalgo_authenticated executes exactly the documented end-user API');
 
 SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
@@ -51,7 +53,7 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 		-- service work
 		'dalgo.purge_audit_logs(interval)', 'dalgo.run_due_schedules(timestamp with time zone)',
 		'dalgo.scheduler_status()', 'dalgo.claim_sync_run()', 'dalgo.complete_sync_run(uuid,integer,text,jsonb)',
-		'dalgo.quota_usage(uuid)'],
+		'dalgo.quota_usage(uuid)', 'dalgo.redact(jsonb)', 'dalgo.redact(text)'],
 	'dalgo_service executes exactly the documented service API');
 
 SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p,
