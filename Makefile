@@ -13,9 +13,11 @@ OBJS = \
 	src/jwt.o \
 	src/membership.o \
 	src/next_run.o \
+	src/quota.o \
 	src/recipe_emit.o \
 	src/recipe_parse.o \
 	src/recipe_resolve.o \
+	src/redact.o \
 	src/scheduler.o \
 	src/tables.o \
 	src/updated_at.o \
@@ -29,8 +31,10 @@ SQL_FRAGMENTS = \
 	sql/identity.sql \
 	sql/rls.sql \
 	sql/audit.sql \
+	sql/secrets.sql \
 	sql/recipes.sql \
-	sql/scheduler.sql
+	sql/scheduler.sql \
+	sql/quotas.sql
 
 # The install script of the version under work is generated; the install
 # scripts of released versions are frozen under sql/ (sql/dalgo--0.1.0.sql)
@@ -46,17 +50,32 @@ DATA = $(filter-out $(DATA_built) $(SQL_FRAGMENTS), $(wildcard sql/$(EXTENSION)-
 REGRESS = \
 	schema_shape \
 	tenant_references \
+	tenant_move_refused \
 	updated_at \
 	schedule_checks \
 	identity_sources \
 	identity_scope \
 	identity_fuzz \
+	identity_pooling \
+	token_confusion \
+	claims_trust \
+	claims_encoding \
+	secret_settings \
 	membership \
 	membership_cache \
+	membership_cache_load_failure \
+	membership_cache_replica \
+	membership_privilege_escalation \
+	membership_fuzz \
 	rls_attacks \
 	rls_plan \
+	api_grants \
 	audit_trail \
+	audit_actor_capture \
 	audit_foreign_table \
+	audit_redaction \
+	audit_cache \
+	secrets_not_readable \
 	recipe_compile \
 	recipe_errors \
 	recipe_runs \
@@ -64,6 +83,11 @@ REGRESS = \
 	next_run \
 	scheduler_runs \
 	scheduler_live \
+	organization_quotas \
+	run_forgery \
+	run_queue_fairness \
+	csv_tenant_isolation \
+	output_view_refresh \
 	install_lifecycle \
 	warehouse_privilege_escape \
 	warehouse_setting_isolation \

@@ -8,6 +8,8 @@
 #                         whole suite (pg_regress + pgTAP + TAP) on temporary
 #                         instances; ends with "N passed, N failed"
 #   scripts/dev.sh stop   stop the demo cluster
+#   scripts/dev.sh reference
+#                         regenerate docs/reference.md from a fresh install
 #
 # PostgreSQL refuses to run as root, so when invoked as root the clusters
 # run as the "postgres" OS user.
@@ -168,9 +170,31 @@ cmd_stop() {
 	as_owner "$PGBIN/pg_ctl" -D "$dir/data" -m fast stop || true
 }
 
+# Regenerate docs/reference.md from the catalog of a fresh install.
+cmd_reference() {
+	ensure_packages
+	build_install
+	local dir port
+	dir=$(mktemp -d /tmp/dalgo-ref.XXXXXX)
+	[ "$(id -u)" -eq 0 ] && chown postgres: "$dir"
+	port=$(free_port 54400)
+	as_owner "$PGBIN/initdb" -D "$dir/data" -U postgres -A trust --no-instructions >/dev/null
+	as_owner bash -c "cat '$ROOT/test/postgresql.conf' >> '$dir/data/postgresql.conf'"
+	as_owner "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+		-o "-p $port -k $dir -c listen_addresses=''" start >/dev/null
+	as_owner "$PGBIN/psql" -q -X -h "$dir" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 \
+		-c 'CREATE EXTENSION dalgo' >/dev/null
+	as_owner "$PGBIN/psql" -q -X -h "$dir" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 \
+		-f - < "$ROOT/scripts/reference.sql" > "$ROOT/docs/reference.md"
+	as_owner "$PGBIN/pg_ctl" -D "$dir/data" -m fast stop >/dev/null
+	rm -rf "$dir"
+	log "wrote docs/reference.md"
+}
+
 case "${1:-}" in
 	test) cmd_test ;;
 	demo) cmd_demo ;;
 	stop) cmd_stop ;;
-	*) echo "usage: scripts/dev.sh demo|test|stop" >&2; exit 2 ;;
+	reference) cmd_reference ;;
+	*) echo "usage: scripts/dev.sh demo|test|stop|reference" >&2; exit 2 ;;
 esac

@@ -6,6 +6,1241 @@
 -- 0.1.0 database updated with this script equals a fresh 0.2.0 install.
 \echo Use "ALTER EXTENSION dalgo UPDATE TO '0.2.0'" to load this file. \quit
 
+-- quota: quotas per organization (sql/quotas.sql, src/quota.c)
+CREATE OR REPLACE FUNCTION dalgo.run_transformation(transformation_id uuid, with_upstream boolean DEFAULT false)
+	RETURNS uuid
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t dalgo.transformations;
+	run_id uuid;
+	up record;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x
+	WHERE x.id = run_transformation.transformation_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(t.organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'transformation % does not exist', transformation_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(t.organization_id, 'member') THEN
+		RAISE EXCEPTION 'running a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo.check_run_quota(t.organization_id);
+	IF with_upstream THEN
+		FOR up IN SELECT * FROM dalgo.transformation_upstream(t.id) LOOP
+			PERFORM dalgo.run_transformation(up.id, false);
+		END LOOP;
+	END IF;
+	INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
+										   triggered_by_id, details)
+	VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id(),
+			jsonb_build_object('runner_pid', pg_backend_pid()))
+	RETURNING id INTO run_id;
+	PERFORM dalgo.build_transformation(t.id, run_id);
+	RETURN run_id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.run_transformation(uuid, boolean) IS
+	'Build a transformation''s output table (atomic swap) and record the run; with_upstream runs what it reads first. Members and above. A failure is recorded on the run row, reported as a WARNING, and leaves the previous output intact';
+
+CREATE OR REPLACE FUNCTION dalgo.build_transformation(transformation_id uuid, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t dalgo.transformations;
+	sql text;
+	schema_name text;
+	build_name text := '_dalgo_build_' || replace(run_id::text, '-', '');
+	n bigint;
+	err text;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = build_transformation.transformation_id;
+	UPDATE dalgo.transformation_runs r SET version_number = t.current_version WHERE r.id = run_id;
+	BEGIN
+		IF t.output_table_name IS NULL THEN
+			RAISE EXCEPTION 'transformation % has no output_table_name', t.id USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		schema_name := dalgo.warehouse_schema(t.organization_id);
+		sql := dalgo.compile_recipe(t.organization_id, t.recipe);
+		-- Build under a private name, then swap: readers never see a half-built table,
+		-- and a failure leaves the previous output as it was.
+		n := dalgo.warehouse_execute(t.organization_id, format('CREATE TABLE %I.%I AS %s', schema_name, build_name, sql));
+		PERFORM dalgo.check_warehouse_quota(t.organization_id, t.output_table_name);
+		PERFORM dalgo.swap_warehouse_table(t.organization_id, build_name, t.output_table_name);
+		PERFORM dalgo.register_warehouse_table(t.organization_id, t.output_table_name, NULL, t.id, n);
+		UPDATE dalgo.transformations x SET last_run_at = now() WHERE x.id = t.id;
+		UPDATE dalgo.transformation_runs r SET status = 'success', completed_at = clock_timestamp(),
+			rows_affected = least(n, 2147483647), executed_sql = sql
+		WHERE r.id = run_id;
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
+		UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
+			error_message = err, executed_sql = sql
+		WHERE r.id = run_id;
+		RAISE WARNING 'transformation run % failed: %', run_id, err;
+	END;
+END
+$$;
+COMMENT ON FUNCTION dalgo.build_transformation(uuid, uuid) IS
+	'Internal: build a transformation''s output for an existing run row (atomic swap) and record the outcome on it';
+
+CREATE OR REPLACE FUNCTION dalgo.execute_scheduled_run(run_kind text, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM dalgo.check_run_quota(CASE WHEN run_kind = 's'
+		THEN (SELECT r.organization_id FROM dalgo.sync_runs r WHERE r.id = run_id)
+		ELSE (SELECT r.organization_id FROM dalgo.transformation_runs r WHERE r.id = run_id) END);
+	IF run_kind = 's' THEN
+		PERFORM dalgo.sync_source(run_id);
+	ELSIF run_kind = 'o' THEN
+		PERFORM dalgo.refresh_output(run_id);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.execute_scheduled_run(text, uuid) IS 'Internal: execute a claimed run (what a run worker does)';
+
+CREATE OR REPLACE FUNCTION dalgo.sync_source(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	src dalgo.sources;
+	schema_name text;
+	build_name text := '_dalgo_sync_' || replace(run_id::text, '-', '');
+	target text;
+	n bigint;
+	relation text;
+	path text;
+	header text;
+	cols text;
+BEGIN
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = run_id;
+	SELECT * INTO src FROM dalgo.sources x WHERE x.id = r.source_id AND x.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'the source of run % no longer exists', run_id;
+	END IF;
+	schema_name := dalgo.warehouse_schema(src.organization_id);
+	target := coalesce(src.warehouse_table_name, 'source_' || left(replace(src.id::text, '-', ''), 12));
+	IF src.source_type = 'postgres' THEN
+		-- Read as the warehouse role: it sees only what it was granted.
+		relation := dalgo.source_relation(src.config);
+		n := dalgo.warehouse_execute(src.organization_id,
+			format('CREATE TABLE %I.%I AS SELECT * FROM %s', schema_name, build_name, relation));
+	ELSIF src.source_type = 'csv' THEN
+		path := dalgo.csv_path(src.config->>'path');
+		header := split_part(pg_read_file(path, 0, 65536), E'\n', 1);
+		SELECT string_agg(format('%I text', trim(both '"' FROM trim(c))), ', ') INTO cols
+		FROM unnest(string_to_array(rtrim(header, E'\r'), ',')) c;
+		IF cols IS NULL THEN
+			RAISE EXCEPTION 'csv file % has no header line', src.config->>'path' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		PERFORM dalgo.warehouse_execute(src.organization_id, format('CREATE TABLE %I.%I (%s)', schema_name, build_name, cols));
+		EXECUTE format('COPY %I.%I FROM %L WITH (FORMAT csv, HEADER true)', schema_name, build_name, path);
+		GET DIAGNOSTICS n = ROW_COUNT;
+	ELSE
+		RAISE EXCEPTION '% sources are synced by a connector', src.source_type;
+	END IF;
+	PERFORM dalgo.check_warehouse_quota(src.organization_id, target);
+	PERFORM dalgo.swap_warehouse_table(src.organization_id, build_name, target);
+	PERFORM dalgo.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
+
+	-- source_schemas: columns, types, order and nullability of what was synced.
+	DELETE FROM dalgo.source_schemas x WHERE x.source_id = src.id;
+	INSERT INTO dalgo.source_schemas (organization_id, source_id, column_name, column_type, column_order, is_nullable)
+	SELECT src.organization_id, src.id, a.attname, format_type(a.atttypid, a.atttypmod), a.attnum, NOT a.attnotnull
+	FROM pg_attribute a
+	WHERE a.attrelid = to_regclass(format('%I.%I', schema_name, target)) AND a.attnum > 0 AND NOT a.attisdropped;
+	IF relation IS NOT NULL THEN
+		UPDATE dalgo.source_schemas x SET is_nullable = NOT a.attnotnull
+		FROM pg_attribute a
+		WHERE x.source_id = src.id AND a.attrelid = relation::regclass
+		  AND a.attname = x.column_name;
+	END IF;
+
+	UPDATE dalgo.sources x SET last_synced_at = now(), warehouse_table_name = target WHERE x.id = src.id;
+	UPDATE dalgo.sync_runs x SET status = 'success', completed_at = clock_timestamp(), rows_synced = least(n, 2147483647)
+	WHERE x.id = run_id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.sync_source(uuid) IS 'Internal: an in-database sync of a postgres or csv source into its warehouse table';
+
+CREATE FUNCTION dalgo.organization_quota(organization_id uuid, quota text) RETURNS bigint
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT nullif(coalesce(
+		(SELECT (o.settings->'quotas'->>quota)::numeric::bigint FROM dalgo.organizations o
+		 WHERE o.id = organization_quota.organization_id AND o.settings->'quotas' ? quota),
+		CASE quota
+			WHEN 'warehouse_bytes' THEN pg_size_bytes(current_setting('dalgo.quota_warehouse_size'))
+			WHEN 'concurrent_runs' THEN current_setting('dalgo.quota_concurrent_runs')::bigint
+			WHEN 'runs_per_hour' THEN current_setting('dalgo.quota_runs_per_hour')::bigint
+			WHEN 'run_seconds' THEN extract(epoch FROM current_setting('dalgo.quota_run_seconds')::interval)::bigint
+		END), 0)
+$$;
+COMMENT ON FUNCTION dalgo.organization_quota(uuid, text) IS
+	'Internal: an organization''s limit for one quota (its settings->''quotas'' override, else the dalgo.quota_* default); NULL means no limit';
+
+-- What an organization uses now, quota by quota.
+CREATE FUNCTION dalgo.organization_usage(organization_id uuid, OUT quota text, OUT used bigint, OUT quota_limit bigint)
+	RETURNS SETOF record
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid := organization_usage.organization_id;
+BEGIN
+	quota := 'warehouse_bytes';
+	used := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
+					  WHERE c.relnamespace = to_regnamespace('org_' || replace(org::text, '-', ''))
+						AND c.relkind IN ('r', 'm', 'p')), 0);
+	quota_limit := dalgo.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'concurrent_runs';
+	used := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running')
+		  + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running');
+	quota_limit := dalgo.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'runs_per_hour';
+	used := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
+			 AND NOT r.details ? 'skipped')
+		  + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
+			 AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped');
+	quota_limit := dalgo.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'run_seconds';
+	used := NULL;
+	quota_limit := dalgo.organization_quota(org, quota);
+	RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION dalgo.organization_usage(uuid) IS
+	'Internal: an organization''s usage and limit for each quota (see dalgo.quota_usage)';
+
+CREATE FUNCTION dalgo.quota_usage(organization_id uuid, OUT quota text, OUT used bigint, OUT quota_limit bigint)
+	RETURNS SETOF record
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT dalgo.caller_may(quota_usage.organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', quota_usage.organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	RETURN QUERY SELECT * FROM dalgo.organization_usage(quota_usage.organization_id);
+END
+$$;
+COMMENT ON FUNCTION dalgo.quota_usage(uuid) IS
+	'An organization''s quotas: for each, what it uses now and its limit (NULL: no limit); its members only. run_seconds has no "used" figure';
+
+-- Refuse a run that would take the organization past a quota.  The runs
+-- this backend is executing (a scheduled run's own row, an outer
+-- run_transformation) are not counted: an upstream run is part of the run
+-- that asked for it.
+CREATE FUNCTION dalgo.check_run_quota(organization_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid := check_run_quota.organization_id;
+	me text := pg_backend_pid()::text;
+	lim bigint;
+	n bigint;
+BEGIN
+	lim := dalgo.organization_quota(org, 'concurrent_runs');
+	IF lim IS NOT NULL THEN
+		n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
+			  AND r.details->>'runner_pid' IS DISTINCT FROM me)
+		   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running'
+			  AND r.details->>'runner_pid' IS DISTINCT FROM me);
+		IF n >= lim THEN
+			RAISE EXCEPTION 'quota concurrent_runs exceeded: % runs of the organization are in progress, the limit is %', n, lim
+				USING ERRCODE = 'configuration_limit_exceeded',
+					  HINT = 'Wait for a run to finish; a superuser can raise the quota.';
+		END IF;
+	END IF;
+	lim := dalgo.organization_quota(org, 'runs_per_hour');
+	IF lim IS NOT NULL THEN
+		n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
+			  AND NOT r.details ? 'skipped' AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
+		   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
+			  AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped'
+			  AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me));
+		IF n >= lim THEN
+			RAISE EXCEPTION 'quota runs_per_hour exceeded: the organization started % runs in the last hour, the limit is %', n, lim
+				USING ERRCODE = 'configuration_limit_exceeded',
+					  HINT = 'Try again later; a superuser can raise the quota.';
+		END IF;
+	END IF;
+	PERFORM dalgo.check_warehouse_quota(org, NULL);
+END
+$$;
+COMMENT ON FUNCTION dalgo.check_run_quota(uuid) IS
+	'Internal: refuse a run that would exceed the organization''s concurrent_runs, runs_per_hour or warehouse_bytes quota';
+
+-- Refuse when the warehouse is at or over its size quota.  replacing names
+-- the table a swap is about to replace: it no longer counts.
+CREATE FUNCTION dalgo.check_warehouse_quota(organization_id uuid, replacing text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid := check_warehouse_quota.organization_id;
+	lim bigint := dalgo.organization_quota(org, 'warehouse_bytes');
+	ns oid;
+	n bigint;
+BEGIN
+	IF lim IS NULL THEN
+		RETURN;
+	END IF;
+	ns := to_regnamespace('org_' || replace(org::text, '-', ''));
+	n := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
+				   WHERE c.relnamespace = ns AND c.relkind IN ('r', 'm', 'p')
+					 AND c.relname IS DISTINCT FROM replacing), 0);
+	IF n > lim OR (replacing IS NULL AND n >= lim) THEN
+		RAISE EXCEPTION 'quota warehouse_bytes exceeded: the warehouse % % bytes, the limit is %',
+			CASE WHEN replacing IS NULL THEN 'holds' ELSE 'would hold' END, n, lim
+			USING ERRCODE = 'configuration_limit_exceeded',
+				  HINT = 'Drop tables or outputs the organization no longer needs; a superuser can raise the quota.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.check_warehouse_quota(uuid, text) IS
+	'Internal: refuse when the organization''s warehouse is over its warehouse_bytes quota (not counting the table a swap replaces)';
+
+-- Only superusers set or change an organization's quotas, and only to
+-- known quotas with whole, non-negative figures.
+CREATE FUNCTION dalgo.guard_organization_quotas() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	q jsonb := NEW.settings->'quotas';
+	k text;
+	v jsonb;
+BEGIN
+	IF TG_OP = 'UPDATE' AND q IS NOT DISTINCT FROM OLD.settings->'quotas' THEN
+		RETURN NEW;
+	END IF;
+	IF q IS NULL THEN
+		IF TG_OP = 'INSERT' THEN
+			RETURN NEW;
+		END IF;
+	END IF;
+	IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+		RAISE EXCEPTION 'only a superuser can change an organization''s quotas'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'organizations.settings->''quotas'' sets the limits of a shared server.';
+	END IF;
+	IF q IS NULL THEN
+		RETURN NEW;
+	END IF;
+	IF jsonb_typeof(q) <> 'object' THEN
+		RAISE EXCEPTION 'settings->''quotas'' must be an object' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR k, v IN SELECT * FROM jsonb_each(q) LOOP
+		IF k NOT IN ('warehouse_bytes', 'concurrent_runs', 'runs_per_hour', 'run_seconds') THEN
+			RAISE EXCEPTION 'unknown quota "%"', k USING ERRCODE = 'invalid_parameter_value',
+				HINT = 'Quotas are warehouse_bytes, concurrent_runs, runs_per_hour and run_seconds.';
+		END IF;
+		IF jsonb_typeof(v) <> 'number' OR v::text::numeric < 0 OR v::text::numeric <> trunc(v::text::numeric)
+		   OR v::text::numeric > 9223372036854775807 THEN
+			RAISE EXCEPTION 'quota "%" must be a whole number of at least 0 (0: no limit), not %', k, v
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+	END LOOP;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo.guard_organization_quotas() IS
+	'BEFORE INSERT OR UPDATE row trigger on organizations: only superusers set settings->''quotas'', to known quotas and valid figures';
+CREATE TRIGGER guard_organization_quotas BEFORE INSERT OR UPDATE OF settings ON dalgo.organizations
+	FOR EACH ROW EXECUTE FUNCTION dalgo.guard_organization_quotas();
+COMMENT ON TRIGGER guard_organization_quotas ON dalgo.organizations IS 'Quotas are set by superusers only';
+
+REVOKE ALL ON FUNCTION dalgo.organization_quota(uuid, text), dalgo.organization_usage(uuid), dalgo.quota_usage(uuid),
+	dalgo.check_run_quota(uuid), dalgo.check_warehouse_quota(uuid, text), dalgo.guard_organization_quotas()
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.quota_usage(uuid) TO dalgo_authenticated, dalgo_service;
+
+-- runs: run and version rows are written only by dalgo's own code (item 9.3)
+REVOKE INSERT, UPDATE, DELETE ON dalgo.source_schemas, dalgo.sync_runs, dalgo.warehouse_tables,
+	dalgo.transformation_versions, dalgo.transformation_runs FROM dalgo_authenticated;
+REVOKE INSERT, UPDATE, DELETE ON dalgo.sync_runs, dalgo.transformation_runs, dalgo.transformation_versions
+	FROM dalgo_service;
+DROP POLICY tenant_insert ON dalgo.source_schemas;
+DROP POLICY tenant_update ON dalgo.source_schemas;
+DROP POLICY tenant_delete ON dalgo.source_schemas;
+DROP POLICY tenant_insert ON dalgo.sync_runs;
+DROP POLICY tenant_update ON dalgo.sync_runs;
+DROP POLICY tenant_delete ON dalgo.sync_runs;
+DROP POLICY tenant_insert ON dalgo.warehouse_tables;
+DROP POLICY tenant_update ON dalgo.warehouse_tables;
+DROP POLICY tenant_delete ON dalgo.warehouse_tables;
+DROP POLICY tenant_insert ON dalgo.transformation_versions;
+DROP POLICY tenant_update ON dalgo.transformation_versions;
+DROP POLICY tenant_insert ON dalgo.transformation_runs;
+DROP POLICY tenant_update ON dalgo.transformation_runs;
+DROP POLICY tenant_delete ON dalgo.transformation_runs;
+ALTER FUNCTION dalgo.transformation_record_version() SECURITY DEFINER;
+
+CREATE FUNCTION dalgo.verify_scheduled_run(run_kind text, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	det jsonb;
+	run_org uuid;
+	run_source uuid;
+	run_transformation uuid;
+	sid uuid;
+	s dalgo.schedules;
+	agree boolean := false;
+BEGIN
+	IF run_kind = 's' THEN
+		SELECT r.details, r.organization_id, r.source_id INTO det, run_org, run_source
+		FROM dalgo.sync_runs r WHERE r.id = run_id;
+	ELSIF run_kind = 'o' THEN
+		SELECT r.details, r.organization_id, r.transformation_id INTO det, run_org, run_transformation
+		FROM dalgo.transformation_runs r WHERE r.id = run_id;
+	END IF;
+	BEGIN
+		sid := (det->>'schedule_id')::uuid;
+	EXCEPTION WHEN invalid_text_representation THEN
+		sid := NULL;
+	END;
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = sid;
+	IF FOUND AND s.organization_id = run_org THEN
+		IF run_kind = 's' THEN
+			agree := s.source_id = run_source
+				AND EXISTS (SELECT FROM dalgo.sources x WHERE x.id = run_source AND x.organization_id = run_org);
+		ELSE
+			agree := EXISTS (SELECT FROM dalgo.outputs o JOIN dalgo.transformations t ON t.id = o.transformation_id
+							 WHERE o.id = s.output_id AND o.organization_id = run_org AND t.organization_id = run_org
+							   AND t.id = run_transformation);
+		END IF;
+	END IF;
+	IF NOT coalesce(agree, false) THEN
+		RAISE EXCEPTION 'run % was refused: it does not match its schedule', run_id
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'A scheduled run must name the schedule that created it, and schedule, source or output, transformation and run must belong to one organization.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.verify_scheduled_run(text, uuid) IS
+	'Internal: refuse a run row whose schedule, source or output, transformation and organization do not agree (a forged row); sync_source and refresh_output call it first';
+
+REVOKE ALL ON FUNCTION dalgo.verify_scheduled_run(text, uuid) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dalgo.sync_source(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	src dalgo.sources;
+	schema_name text;
+	build_name text := '_dalgo_sync_' || replace(run_id::text, '-', '');
+	target text;
+	n bigint;
+	relation text;
+	path text;
+	header text;
+	cols text;
+BEGIN
+	PERFORM dalgo.verify_scheduled_run('s', run_id);
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = run_id;
+	SELECT * INTO src FROM dalgo.sources x WHERE x.id = r.source_id AND x.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'the source of run % no longer exists', run_id;
+	END IF;
+	schema_name := dalgo.warehouse_schema(src.organization_id);
+	target := coalesce(src.warehouse_table_name, 'source_' || left(replace(src.id::text, '-', ''), 12));
+	IF src.source_type = 'postgres' THEN
+		-- Read as the warehouse role: it sees only what it was granted.
+		relation := dalgo.source_relation(src.config);
+		n := dalgo.warehouse_execute(src.organization_id,
+			format('CREATE TABLE %I.%I AS SELECT * FROM %s', schema_name, build_name, relation));
+	ELSIF src.source_type = 'csv' THEN
+		path := dalgo.csv_path(src.organization_id, src.config->>'path');
+		header := split_part(pg_read_file(path, 0, 65536), E'\n', 1);
+		SELECT string_agg(format('%I text', trim(both '"' FROM trim(c))), ', ') INTO cols
+		FROM unnest(string_to_array(rtrim(header, E'\r'), ',')) c;
+		IF cols IS NULL THEN
+			RAISE EXCEPTION 'csv file % has no header line', src.config->>'path' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		PERFORM dalgo.warehouse_execute(src.organization_id, format('CREATE TABLE %I.%I (%s)', schema_name, build_name, cols));
+		EXECUTE format('COPY %I.%I FROM %L WITH (FORMAT csv, HEADER true)', schema_name, build_name, path);
+		GET DIAGNOSTICS n = ROW_COUNT;
+	ELSE
+		RAISE EXCEPTION '% sources are synced by a connector', src.source_type;
+	END IF;
+	PERFORM dalgo.swap_warehouse_table(src.organization_id, build_name, target);
+	PERFORM dalgo.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
+
+	-- source_schemas: columns, types, order and nullability of what was synced.
+	DELETE FROM dalgo.source_schemas x WHERE x.source_id = src.id;
+	INSERT INTO dalgo.source_schemas (organization_id, source_id, column_name, column_type, column_order, is_nullable)
+	SELECT src.organization_id, src.id, a.attname, format_type(a.atttypid, a.atttypmod), a.attnum, NOT a.attnotnull
+	FROM pg_attribute a
+	WHERE a.attrelid = to_regclass(format('%I.%I', schema_name, target)) AND a.attnum > 0 AND NOT a.attisdropped;
+	IF relation IS NOT NULL THEN
+		UPDATE dalgo.source_schemas x SET is_nullable = NOT a.attnotnull
+		FROM pg_attribute a
+		WHERE x.source_id = src.id AND a.attrelid = relation::regclass
+		  AND a.attname = x.column_name;
+	END IF;
+
+	UPDATE dalgo.sources x SET last_synced_at = now(), warehouse_table_name = target WHERE x.id = src.id;
+	UPDATE dalgo.sync_runs x SET status = 'success', completed_at = clock_timestamp(), rows_synced = least(n, 2147483647)
+	WHERE x.id = run_id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.sync_source(uuid) IS 'Internal: an in-database sync of a postgres or csv source into its warehouse table';
+
+CREATE OR REPLACE FUNCTION dalgo.claim_sync_run() RETURNS dalgo.sync_runs
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	org uuid;
+BEGIN
+	FOR org IN
+		SELECT x.organization_id FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status IN ('pending', 'running') AND dalgo.is_connector_source(s.source_type) AND x.deleted_at IS NULL
+		GROUP BY x.organization_id
+		HAVING bool_or(x.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
+				 x.organization_id
+	LOOP
+		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo.is_connector_source(s.source_type)
+		  AND x.deleted_at IS NULL
+		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
+		IF FOUND THEN
+			UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
+			RETURN r;
+		END IF;
+	END LOOP;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo.claim_sync_run() IS
+	'Connector protocol: claim a pending connector sync run (SKIP LOCKED; the organization with the fewest running, then the oldest) and mark it running; NULL when there is none';
+
+CREATE OR REPLACE FUNCTION dalgo.complete_sync_run(run_id uuid, rows_synced integer, error_message text DEFAULT NULL,
+										details jsonb DEFAULT '{}')
+	RETURNS dalgo.sync_runs
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+BEGIN
+	UPDATE dalgo.sync_runs x SET status = CASE WHEN complete_sync_run.error_message IS NULL THEN 'success' ELSE 'failed' END::dalgo.run_status,
+		completed_at = clock_timestamp(), rows_synced = complete_sync_run.rows_synced,
+		error_message = complete_sync_run.error_message, details = x.details || coalesce(complete_sync_run.details, '{}')
+	WHERE x.id = run_id AND x.status = 'running'
+	RETURNING * INTO r;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'sync run % is not running (claim it first)', run_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF r.status = 'success' THEN
+		UPDATE dalgo.sources s SET last_synced_at = now() WHERE s.id = r.source_id;
+	END IF;
+	RETURN r;
+END
+$$;
+COMMENT ON FUNCTION dalgo.complete_sync_run(uuid, integer, text, jsonb) IS
+	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails)';
+
+
+-- runs: a fair run queue between organizations (item 9.3)
+
+CREATE OR REPLACE FUNCTION dalgo.take_pending_run(OUT run_kind text, OUT run_id uuid)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+BEGIN
+	FOR org IN
+		WITH queued AS (
+			SELECT r.organization_id, r.status, r.created_at
+			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+			WHERE r.status IN ('pending', 'running') AND NOT dalgo.is_connector_source(s.source_type)
+			  AND r.details ? 'schedule_id'
+			UNION ALL
+			SELECT r.organization_id, r.status, r.created_at FROM dalgo.transformation_runs r
+			WHERE r.status IN ('pending', 'running') AND r.details ? 'schedule_id')
+		SELECT q.organization_id FROM queued q
+		GROUP BY q.organization_id
+		HAVING bool_or(q.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE q.status = 'running'), min(q.created_at) FILTER (WHERE q.status = 'pending'),
+				 q.organization_id
+	LOOP
+		SELECT 's', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo.is_connector_source(s.source_type)
+		  AND r.details ? 'schedule_id'
+		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
+		IF NOT FOUND THEN
+			SELECT 'o', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
+			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ? 'schedule_id'
+			ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED;
+		END IF;
+		EXIT WHEN run_id IS NOT NULL;
+	END LOOP;
+	IF run_id IS NOT NULL THEN
+		PERFORM dalgo.start_scheduled_run(run_kind, run_id);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.take_pending_run() IS
+	'Internal: a run worker takes a pending in-database run and marks it running: the organization with the fewest running runs first, then the one waiting longest';
+
+CREATE OR REPLACE FUNCTION dalgo.claim_due_schedules(at timestamptz, max_runs integer, only_schedule uuid DEFAULT NULL)
+	RETURNS TABLE (schedule_id uuid, run_kind text, run_id uuid)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s dalgo.schedules;
+	src dalgo.sources;
+	out dalgo.outputs;
+	busy boolean;
+	det jsonb;
+	rid uuid;
+BEGIN
+	IF max_runs <= 0 THEN
+		RETURN;
+	END IF;
+	-- Fair between organizations: each organization's oldest due schedule
+	-- first, then each one's second, and so on, so that one organization's
+	-- backlog never holds another's due schedule back to a later tick.  The
+	-- due test is repeated on x: a row another claimer committed in between is
+	-- re-checked after its lock.
+	FOR s IN SELECT * FROM dalgo.schedules x
+			 WHERE x.is_active AND x.deleted_at IS NULL AND x.next_run_at <= at
+			   AND (only_schedule IS NULL OR x.id = only_schedule)
+			   AND x.id IN (SELECT d.id FROM (
+						SELECT y.id, y.next_run_at,
+							   row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
+						FROM dalgo.schedules y
+						WHERE y.is_active AND y.deleted_at IS NULL AND y.next_run_at <= at
+						  AND (only_schedule IS NULL OR y.id = only_schedule)) d
+					ORDER BY d.turn, d.next_run_at LIMIT max_runs)
+			 ORDER BY x.next_run_at FOR UPDATE SKIP LOCKED
+	LOOP
+		det := jsonb_build_object('schedule_id', s.id, 'attempt', 1,
+								  'lag_ms', round(extract(epoch FROM clock_timestamp() - s.next_run_at) * 1000));
+		UPDATE dalgo.schedules x SET last_run_at = at,
+			next_run_at = dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, greatest(at, s.next_run_at))
+		WHERE x.id = s.id;
+		schedule_id := s.id;
+		IF s.source_id IS NOT NULL THEN
+			SELECT * INTO src FROM dalgo.sources x WHERE x.id = s.source_id;
+			busy := EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.source_id = s.source_id
+							AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL);
+			IF busy THEN
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, started_at, completed_at, error_message, details)
+				VALUES (s.organization_id, s.source_id, 'failed', clock_timestamp(), clock_timestamp(),
+						'skipped: the previous run of this schedule is still going', det || '{"skipped": true}')
+				RETURNING id INTO rid;
+				run_kind := 'skipped';
+			ELSE
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, details)
+				VALUES (s.organization_id, s.source_id, 'pending', det) RETURNING id INTO rid;
+				IF dalgo.is_connector_source(src.source_type) THEN
+					-- Anyone can LISTEN: the payload is empty, connectors learn
+					-- the work from claim_sync_run().
+					PERFORM pg_notify('dalgo_sync', '');
+					run_kind := 'connector';
+				ELSE
+					run_kind := 's';
+				END IF;
+			END IF;
+		ELSE
+			SELECT * INTO out FROM dalgo.outputs x WHERE x.id = s.output_id;
+			busy := EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.transformation_id = out.transformation_id
+							AND r.status IN ('pending', 'running') AND r.details->>'schedule_id' = s.id::text);
+			INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, started_at, completed_at,
+												   error_message, details)
+			VALUES (s.organization_id, out.transformation_id, CASE WHEN busy THEN 'failed' ELSE 'pending' END::dalgo.run_status,
+					CASE WHEN busy THEN clock_timestamp() END, CASE WHEN busy THEN clock_timestamp() END,
+					CASE WHEN busy THEN 'skipped: the previous run of this schedule is still going' END,
+					det || CASE WHEN busy THEN '{"skipped": true}'::jsonb ELSE '{}'::jsonb END)
+			RETURNING id INTO rid;
+			run_kind := CASE WHEN busy THEN 'skipped' ELSE 'o' END;
+		END IF;
+		run_id := rid;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo.claim_due_schedules(timestamptz, integer, uuid) IS
+	'Internal: claim up to max_runs due schedules (FOR UPDATE SKIP LOCKED), advance them and create their run rows';
+
+
+-- runs: output views are dropped and created again around the swaps of a refresh (item 9.18)
+
+CREATE FUNCTION dalgo.drop_output_views(organization_id uuid, table_names text[]) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	v record;
+	dropped jsonb := '[]';
+BEGIN
+	FOR v IN SELECT DISTINCT coalesce(x.destination_config->>'name', y.output_table_name) AS view_name,
+					y.output_table_name AS table_name
+			 FROM dalgo.outputs x JOIN dalgo.transformations y ON y.id = x.transformation_id
+			 WHERE x.organization_id = drop_output_views.organization_id
+			   AND y.organization_id = drop_output_views.organization_id
+			   AND x.deleted_at IS NULL AND x.destination_config->>'type' = 'view'
+			   AND y.output_table_name = ANY (table_names)
+	LOOP
+		IF v.view_name <> v.table_name AND EXISTS (
+				SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+				WHERE n.nspname = schema_name AND c.relname = v.view_name AND c.relkind = 'v') THEN
+			PERFORM dalgo.warehouse_execute(organization_id, format('DROP VIEW %I.%I', schema_name, v.view_name));
+			dropped := dropped || jsonb_build_object('view_name', v.view_name, 'table_name', v.table_name);
+		END IF;
+	END LOOP;
+	RETURN dropped;
+END
+$$;
+COMMENT ON FUNCTION dalgo.drop_output_views(uuid, text[]) IS
+	'Internal: drop the organization''s output views over the given warehouse tables before they are swapped; returns what restore_output_views needs';
+
+CREATE FUNCTION dalgo.restore_output_views(organization_id uuid, dropped jsonb) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	v record;
+BEGIN
+	FOR v IN SELECT * FROM jsonb_to_recordset(dropped) AS d(view_name text, table_name text) LOOP
+		IF to_regclass(format('%I.%I', schema_name, v.table_name)) IS NOT NULL THEN
+			PERFORM dalgo.warehouse_execute(organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+				schema_name, v.view_name, schema_name, v.table_name));
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo.restore_output_views(uuid, jsonb) IS
+	'Internal: create again, over the (new) tables, the output views drop_output_views dropped';
+
+REVOKE ALL ON FUNCTION dalgo.drop_output_views(uuid, text[]), dalgo.restore_output_views(uuid, jsonb) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dalgo.refresh_output(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.transformation_runs;
+	o dalgo.outputs;
+	t dalgo.transformations;
+	v record;
+	dropped jsonb;
+	schema_name text;
+	dest text;
+	kind text;
+BEGIN
+	PERFORM dalgo.verify_scheduled_run('o', run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+	SELECT * INTO o FROM dalgo.outputs x
+	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
+	schema_name := 'org_' || replace(o.organization_id::text, '-', '');
+	kind := coalesce(o.destination_config->>'type', 'table');
+	dest := coalesce(o.destination_config->>'name', t.output_table_name);
+	IF kind NOT IN ('table', 'view') THEN
+		RAISE EXCEPTION 'unknown destination type "%" (use table or view)', kind USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'view' AND dest = t.output_table_name THEN
+		RAISE EXCEPTION 'a view destination needs a name other than the transformation''s table "%"', dest
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
+	END IF;
+
+	-- The tables this refresh swaps: the transformation's and its upstream's.
+	dropped := dalgo.drop_output_views(o.organization_id, ARRAY(
+		SELECT y.output_table_name FROM dalgo.transformations y
+		WHERE y.organization_id = o.organization_id AND y.output_table_name IS NOT NULL
+		  AND (y.id = t.id OR y.id IN (SELECT u.id FROM dalgo.transformation_upstream(t.id) u))));
+
+	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
+		PERFORM dalgo.run_transformation(v.id, false);
+	END LOOP;
+	PERFORM dalgo.build_transformation(t.id, run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+
+	-- The views dropped above, again over the (new, or on failure the old) tables.
+	PERFORM dalgo.restore_output_views(o.organization_id, dropped);
+	IF r.status <> 'success' THEN
+		RETURN;
+	END IF;
+	IF kind = 'view' THEN
+		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+			schema_name, dest, schema_name, t.output_table_name));
+	ELSIF dest <> t.output_table_name THEN
+		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
+			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
+		PERFORM dalgo.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
+	END IF;
+	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.refresh_output(uuid) IS
+	'Internal: run an output''s transformation with its upstream, then refresh destination_config ({"type": "table"|"view", "name": ...}); output views over rebuilt tables are dropped and created again around the swap';
+
+
+-- runs: the dalgo_sync notification carries no run id (item 9.9)
+-- (claim_due_schedules above sends it with an empty payload)
+
+-- runs: csv sources read only their organization's directory csv_dir/org_<hex id>/ (item 9.5)
+DROP FUNCTION dalgo.csv_path(text);
+
+CREATE FUNCTION dalgo.csv_path(organization_id uuid, relative_path text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_csv_path_org'
+	LANGUAGE C STABLE;
+COMMENT ON FUNCTION dalgo.csv_path(uuid, text) IS
+	'Internal: the canonical path of a readable csv file under dalgo.csv_dir/org_<hex id>/; ".." and absolute paths are refused, and a missing file and a path that leaves the directory give one error';
+
+-- A csv source's path is checked when the source is saved, and again at sync time.
+CREATE FUNCTION dalgo.check_csv_source() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.source_type <> 'csv' OR NEW.deleted_at IS NOT NULL OR NOT coalesce(NEW.config ? 'path', false) THEN
+		RETURN NEW;
+	END IF;
+	IF TG_OP = 'UPDATE' AND OLD.source_type = 'csv' AND OLD.deleted_at IS NULL
+	   AND (NEW.organization_id, NEW.config->'path') IS NOT DISTINCT FROM (OLD.organization_id, OLD.config->'path') THEN
+		RETURN NEW;
+	END IF;
+	IF jsonb_typeof(NEW.config->'path') <> 'string' THEN
+		RAISE EXCEPTION 'a csv source''s config.path must be a string' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- With csv sources disabled only the form of the path can be checked.
+	IF current_setting('dalgo.csv_dir') = '' THEN
+		IF NEW.config->>'path' = '' OR NEW.config->>'path' LIKE '/%' OR '..' = ANY (string_to_array(NEW.config->>'path', '/')) THEN
+			RAISE EXCEPTION 'csv path "%" must be relative to the organization''s csv directory and must not contain ".."',
+				NEW.config->>'path' USING ERRCODE = 'insufficient_privilege';
+		END IF;
+	ELSE
+		PERFORM dalgo.csv_path(NEW.organization_id, NEW.config->>'path');
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo.check_csv_source() IS
+	'BEFORE trigger on sources: a csv source''s config.path must be a readable file in its organization''s csv directory (dalgo.csv_dir/org_<hex id>/)';
+CREATE TRIGGER check_csv_source BEFORE INSERT OR UPDATE ON dalgo.sources
+	FOR EACH ROW WHEN (NEW.source_type = 'csv') EXECUTE FUNCTION dalgo.check_csv_source();
+COMMENT ON TRIGGER check_csv_source ON dalgo.sources IS 'A csv source reads only its organization''s csv directory';
+
+REVOKE ALL ON FUNCTION dalgo.csv_path(uuid, text), dalgo.check_csv_source() FROM PUBLIC;
+
+-- merge (runs + quota): the final definitions of functions that both changed
+CREATE OR REPLACE FUNCTION dalgo.build_transformation(transformation_id uuid, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t dalgo.transformations;
+	sql text;
+	schema_name text;
+	build_name text := '_dalgo_build_' || replace(run_id::text, '-', '');
+	n bigint;
+	err text;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = build_transformation.transformation_id;
+	UPDATE dalgo.transformation_runs r SET version_number = t.current_version WHERE r.id = run_id;
+	BEGIN
+		IF t.output_table_name IS NULL THEN
+			RAISE EXCEPTION 'transformation % has no output_table_name', t.id USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		schema_name := dalgo.warehouse_schema(t.organization_id);
+		sql := dalgo.compile_recipe(t.organization_id, t.recipe);
+		-- Build under a private name, then swap: readers never see a half-built table,
+		-- and a failure leaves the previous output as it was.
+		n := dalgo.warehouse_execute(t.organization_id, format('CREATE TABLE %I.%I AS %s', schema_name, build_name, sql));
+		PERFORM dalgo.check_warehouse_quota(t.organization_id, t.output_table_name);
+		PERFORM dalgo.swap_warehouse_table(t.organization_id, build_name, t.output_table_name);
+		PERFORM dalgo.register_warehouse_table(t.organization_id, t.output_table_name, NULL, t.id, n);
+		UPDATE dalgo.transformations x SET last_run_at = now() WHERE x.id = t.id;
+		UPDATE dalgo.transformation_runs r SET status = 'success', completed_at = clock_timestamp(),
+			rows_affected = least(n, 2147483647), executed_sql = sql
+		WHERE r.id = run_id;
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
+		UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
+			error_message = err, executed_sql = sql
+		WHERE r.id = run_id;
+		RAISE WARNING 'transformation run % failed: %', run_id, err;
+	END;
+END
+$$;
+COMMENT ON FUNCTION dalgo.build_transformation(uuid, uuid) IS
+	'Internal: build a transformation''s output for an existing run row (atomic swap) and record the outcome on it';
+
+CREATE OR REPLACE FUNCTION dalgo.sync_source(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	src dalgo.sources;
+	schema_name text;
+	build_name text := '_dalgo_sync_' || replace(run_id::text, '-', '');
+	target text;
+	n bigint;
+	relation text;
+	path text;
+	header text;
+	cols text;
+BEGIN
+	PERFORM dalgo.verify_scheduled_run('s', run_id);
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = run_id;
+	SELECT * INTO src FROM dalgo.sources x WHERE x.id = r.source_id AND x.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'the source of run % no longer exists', run_id;
+	END IF;
+	schema_name := dalgo.warehouse_schema(src.organization_id);
+	target := coalesce(src.warehouse_table_name, 'source_' || left(replace(src.id::text, '-', ''), 12));
+	IF src.source_type = 'postgres' THEN
+		-- Read as the warehouse role: it sees only what it was granted.
+		relation := dalgo.source_relation(src.config);
+		n := dalgo.warehouse_execute(src.organization_id,
+			format('CREATE TABLE %I.%I AS SELECT * FROM %s', schema_name, build_name, relation));
+	ELSIF src.source_type = 'csv' THEN
+		path := dalgo.csv_path(src.organization_id, src.config->>'path');
+		header := split_part(pg_read_file(path, 0, 65536), E'\n', 1);
+		SELECT string_agg(format('%I text', trim(both '"' FROM trim(c))), ', ') INTO cols
+		FROM unnest(string_to_array(rtrim(header, E'\r'), ',')) c;
+		IF cols IS NULL THEN
+			RAISE EXCEPTION 'csv file % has no header line', src.config->>'path' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		PERFORM dalgo.warehouse_execute(src.organization_id, format('CREATE TABLE %I.%I (%s)', schema_name, build_name, cols));
+		EXECUTE format('COPY %I.%I FROM %L WITH (FORMAT csv, HEADER true)', schema_name, build_name, path);
+		GET DIAGNOSTICS n = ROW_COUNT;
+	ELSE
+		RAISE EXCEPTION '% sources are synced by a connector', src.source_type;
+	END IF;
+	PERFORM dalgo.check_warehouse_quota(src.organization_id, target);
+	PERFORM dalgo.swap_warehouse_table(src.organization_id, build_name, target);
+	PERFORM dalgo.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
+
+	-- source_schemas: columns, types, order and nullability of what was synced.
+	DELETE FROM dalgo.source_schemas x WHERE x.source_id = src.id;
+	INSERT INTO dalgo.source_schemas (organization_id, source_id, column_name, column_type, column_order, is_nullable)
+	SELECT src.organization_id, src.id, a.attname, format_type(a.atttypid, a.atttypmod), a.attnum, NOT a.attnotnull
+	FROM pg_attribute a
+	WHERE a.attrelid = to_regclass(format('%I.%I', schema_name, target)) AND a.attnum > 0 AND NOT a.attisdropped;
+	IF relation IS NOT NULL THEN
+		UPDATE dalgo.source_schemas x SET is_nullable = NOT a.attnotnull
+		FROM pg_attribute a
+		WHERE x.source_id = src.id AND a.attrelid = relation::regclass
+		  AND a.attname = x.column_name;
+	END IF;
+
+	UPDATE dalgo.sources x SET last_synced_at = now(), warehouse_table_name = target WHERE x.id = src.id;
+	UPDATE dalgo.sync_runs x SET status = 'success', completed_at = clock_timestamp(), rows_synced = least(n, 2147483647)
+	WHERE x.id = run_id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.sync_source(uuid) IS 'Internal: an in-database sync of a postgres or csv source into its warehouse table';
+
+CREATE OR REPLACE FUNCTION dalgo.execute_scheduled_run(run_kind text, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM dalgo.check_run_quota(CASE WHEN run_kind = 's'
+		THEN (SELECT r.organization_id FROM dalgo.sync_runs r WHERE r.id = run_id)
+		ELSE (SELECT r.organization_id FROM dalgo.transformation_runs r WHERE r.id = run_id) END);
+	IF run_kind = 's' THEN
+		PERFORM dalgo.sync_source(run_id);
+	ELSIF run_kind = 'o' THEN
+		PERFORM dalgo.refresh_output(run_id);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.execute_scheduled_run(text, uuid) IS 'Internal: execute a claimed run (what a run worker does)';
+
+
+-- member: EXECUTE grants follow the documented API: check_recipe_sql is
+-- internal (its trigger caller runs as definer), is_connector_source is not
+-- PUBLIC's
+ALTER FUNCTION dalgo.transformation_before_save() SECURITY DEFINER;
+REVOKE EXECUTE ON FUNCTION dalgo.check_recipe_sql(uuid, text) FROM dalgo_authenticated, dalgo_service;
+REVOKE ALL ON FUNCTION dalgo.is_connector_source(dalgo.source_type) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.is_connector_source(dalgo.source_type) TO dalgo_authenticated, dalgo_service;
+
+-- member: a row never moves to another organization
+CREATE FUNCTION dalgo.refuse_tenant_move() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'dalgo_refuse_tenant_move'
+	LANGUAGE C;
+REVOKE ALL ON FUNCTION dalgo.refuse_tenant_move() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.refuse_tenant_move() IS
+	'BEFORE UPDATE row trigger for tenant tables: a row''s organization (the column named by the trigger argument, default organization_id) is fixed when it is created; changing it is refused (42501), whoever runs the update';
+
+-- A row never moves to another organization: every table with a tenant
+-- column refuses a change of organization_id (audit_logs is append-only
+-- already).
+DO $$
+DECLARE
+	t text;
+BEGIN
+	FOR t IN SELECT c.relname FROM pg_catalog.pg_class c
+			 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = 'organization_id' AND NOT a.attisdropped
+			 WHERE c.relnamespace = 'dalgo'::regnamespace AND c.relkind = 'r' AND c.relname <> 'audit_logs'
+			 ORDER BY c.relname
+	LOOP
+		EXECUTE format('CREATE TRIGGER tenant_fixed BEFORE UPDATE ON dalgo.%I '
+					   'FOR EACH ROW EXECUTE FUNCTION dalgo.refuse_tenant_move()', t);
+		EXECUTE format('COMMENT ON TRIGGER tenant_fixed ON dalgo.%I IS %L',
+					   t, 'A row never moves to another organization');
+	END LOOP;
+END
+$$;
+
+-- member: a removed owner's membership is restored only by an owner; nobody
+-- grants a role above their own; the last-owner check counts owners under a
+-- fresh snapshot after the organization's lock (REPEATABLE READ races)
+CREATE FUNCTION dalgo.live_owner_count(organization_id uuid, except_membership uuid) RETURNS integer
+	AS 'MODULE_PATHNAME', 'dalgo_live_owner_count'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION dalgo.live_owner_count(uuid, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.live_owner_count(uuid, uuid) IS
+	'Internal (guard_membership): live owner memberships of active, live users in the organization, but except_membership, counted under a fresh snapshot (the latest committed state), whatever the isolation level';
+
+CREATE OR REPLACE FUNCTION dalgo.guard_membership() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	org uuid;
+	my_role dalgo.member_role;
+	old_role dalgo.member_role;
+	new_role dalgo.member_role;
+	was_live boolean := false;
+	is_live boolean := false;
+	grants boolean;
+	first_owner boolean := false;
+BEGIN
+	IF TG_OP = 'UPDATE' AND (NEW.organization_id <> OLD.organization_id OR NEW.user_id <> OLD.user_id) THEN
+		RAISE EXCEPTION 'a membership cannot be moved to another organization or user'
+			USING ERRCODE = 'insufficient_privilege', HINT = 'Remove it and add a new membership.';
+	END IF;
+
+	-- The row before and after: a role held while live.
+	IF TG_OP = 'DELETE' THEN
+		org := OLD.organization_id;
+	ELSE
+		org := NEW.organization_id;
+		new_role := NEW.role;
+		is_live := NEW.deleted_at IS NULL;
+	END IF;
+	IF TG_OP <> 'INSERT' THEN
+		old_role := OLD.role;
+		was_live := OLD.deleted_at IS NULL;
+	END IF;
+	-- Does the change hand out a role the row did not give before?  An
+	-- insert, a restore (deleted_at back to NULL) and a raise all do.
+	grants := is_live AND (NOT was_live OR new_role > old_role);
+
+	-- What the acting user may do (service work without an identity is not limited here).
+	IF me IS NOT NULL THEN
+		my_role := dalgo.org_role(org);
+		-- The first owner of a new organization, which has no live members yet.
+		IF TG_OP = 'INSERT' AND new_role = 'owner' AND NEW.user_id = me THEN
+			first_owner := NOT EXISTS (SELECT FROM dalgo.organization_members m
+									   WHERE m.organization_id = org AND m.deleted_at IS NULL);
+		END IF;
+		IF NOT first_owner THEN
+			-- Nobody raises their own role, also not by restoring an old membership.
+			IF grants AND NEW.user_id = me AND (my_role IS NULL OR new_role > my_role) THEN
+				RAISE EXCEPTION 'you cannot raise your own role'
+					USING ERRCODE = 'insufficient_privilege';
+			END IF;
+			-- Owner rows are an owner's: adding, granting, revoking, restoring, removing.
+			IF my_role IS DISTINCT FROM 'owner' THEN
+				IF TG_OP = 'INSERT' AND new_role = 'owner' THEN
+					RAISE EXCEPTION 'only an owner can add an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND (new_role = 'owner' OR old_role = 'owner') AND new_role <> old_role THEN
+					RAISE EXCEPTION 'only an owner can grant or revoke the owner role'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND old_role = 'owner' AND was_live AND NOT is_live THEN
+					RAISE EXCEPTION 'only an owner can remove an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND new_role = 'owner' AND is_live AND NOT was_live THEN
+					RAISE EXCEPTION 'only an owner can restore an owner''s membership'
+						USING ERRCODE = 'insufficient_privilege',
+							  HINT = 'Restoring an owner row grants the owner role.';
+				ELSIF TG_OP = 'DELETE' AND old_role = 'owner' THEN
+					RAISE EXCEPTION 'only an owner can remove an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				END IF;
+			END IF;
+			-- Nobody hands out a role above their own.
+			IF grants AND (my_role IS NULL OR new_role > my_role) THEN
+				RAISE EXCEPTION 'you cannot grant a role above your own'
+					USING ERRCODE = 'insufficient_privilege',
+						  DETAIL = pg_catalog.format('Your role is %s; the membership would give %s.',
+													 coalesce(my_role::text, 'none'), new_role);
+			END IF;
+		END IF;
+	END IF;
+
+	-- An organization never loses its last owner (whoever acts).
+	IF was_live AND old_role = 'owner' AND NOT (is_live AND new_role = 'owner') THEN
+		-- Every owner removal locks the organization row, so they run one
+		-- at a time; the count then reads the latest committed state, not
+		-- this transaction's snapshot, so a removal committed while we
+		-- waited is seen under REPEATABLE READ and SERIALIZABLE too.
+		-- A deleted organization (its members cascading away) has no row left.
+		PERFORM FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL FOR NO KEY UPDATE;
+		IF FOUND AND dalgo.live_owner_count(org, OLD.id) = 0 THEN
+			RAISE EXCEPTION 'cannot remove the last owner of organization %', org
+				USING ERRCODE = 'check_violation',
+					  HINT = 'Make another member an owner first, or delete the organization.';
+		END IF;
+	END IF;
+
+	IF TG_OP = 'DELETE' THEN
+		RETURN OLD;
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo.guard_membership() IS
+	'BEFORE row trigger on organization_members: only owners add, grant, revoke, restore or remove the owner role, nobody raises their own role or grants one above their own (restoring a membership grants its role), memberships never move, and an organization keeps at least one live owner (checked under the organization''s row lock against the latest committed state)';
+
+-- member: the membership cache invalidation fires on logical-replication
+-- subscribers too
+ALTER TABLE dalgo.users ENABLE ALWAYS TRIGGER membership_changed;
+ALTER TABLE dalgo.organizations ENABLE ALWAYS TRIGGER membership_changed;
+ALTER TABLE dalgo.organization_members ENABLE ALWAYS TRIGGER membership_changed;
+
+-- member: row triggers invalidate the membership cache on a logical-replication
+-- subscriber (its apply worker fires row triggers only)
+CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.users
+	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.organizations
+	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.organization_members
+	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+ALTER TABLE dalgo.users ENABLE REPLICA TRIGGER membership_replicated;
+ALTER TABLE dalgo.organizations ENABLE REPLICA TRIGGER membership_replicated;
+ALTER TABLE dalgo.organization_members ENABLE REPLICA TRIGGER membership_replicated;
+COMMENT ON TRIGGER membership_replicated ON dalgo.users IS 'Invalidates membership caches for rows a logical-replication apply worker writes';
+COMMENT ON TRIGGER membership_replicated ON dalgo.organizations IS 'Invalidates membership caches for rows a logical-replication apply worker writes';
+COMMENT ON TRIGGER membership_replicated ON dalgo.organization_members IS 'Invalidates membership caches for rows a logical-replication apply worker writes';
+COMMENT ON FUNCTION dalgo.membership_changed() IS
+	'AFTER statement (and, for logical-replication apply, row) trigger on users, organizations and organization_members: invalidates every backend''s membership cache (this transaction''s next statement, other sessions at commit)';
+
+-- ident: identity lasts one transaction, claims are trusted from named
+-- authenticators only, tokens may be bound to an audience and issuer
+COMMENT ON FUNCTION dalgo.current_user_id() IS
+	'The caller''s user id: from dalgo.authenticate(), else the dalgo.user_id setting, else request.jwt.claims->>''sub'' when session_user is listed in dalgo.claims_authenticators; settings count only in the transaction that set them; NULL when there is none or it is malformed';
+COMMENT ON FUNCTION dalgo.authenticate(text, boolean) IS
+	'Verify an HS256 JWT signed with dalgo.jwt_secret (exp required, nbf honoured, no crit header, aud and iss checked when dalgo.jwt_audience and dalgo.jwt_issuer are set, sub = an active user) and make its subject the caller''s identity for this transaction; session => true is refused (0A000); any failure raises 28000 "authentication failed"';
+COMMENT ON FUNCTION dalgo.sign_out() IS 'Forget the identity set by dalgo.authenticate() in this transaction (RESET ALL does the same); refused while a data-modifying statement runs';
+-- ident: dalgo.jwt_secret is no longer accepted from ALTER DATABASE/ROLE ... SET
+-- (every role can read pg_db_role_setting); say so if 0.1.0 left one there.
+DO $$
+DECLARE
+	n bigint;
+BEGIN
+	SELECT count(*) INTO n FROM pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) c
+	WHERE pg_catalog.lower(c) LIKE 'dalgo.jwt_secret=%';
+	IF n > 0 THEN
+		RAISE WARNING 'dalgo.jwt_secret is stored in pg_db_role_setting % time(s); every role can read it there, and dalgo 0.2.0 ignores it', n
+			USING HINT = 'Remove it with ALTER DATABASE/ROLE ... RESET dalgo.jwt_secret, rotate the secret, and set the new one in postgresql.conf or with ALTER SYSTEM.';
+	END IF;
+END
+$$;
+
+-- audit: the shared redaction, dalgo.redact(jsonb) and dalgo.redact(text)
+CREATE FUNCTION dalgo.redact(document jsonb) RETURNS jsonb
+	AS 'MODULE_PATHNAME', 'dalgo_redact_jsonb_sql'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo.redact(jsonb) IS
+	'The document with secrets redacted, as the audit trail writes it: values of keys naming secrets (password, token, api_key, dsn, *_secret, *_key, *_token, *_password, ...) become "[redacted]"; URL credentials, secret=value pairs and bearer tokens inside strings become ***';
+
+CREATE FUNCTION dalgo.redact(value text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_redact_text_sql'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo.redact(text) IS
+	'The text with credentials stripped: URL user information (scheme://***@host), secret=value pairs and bearer tokens become ***';
+
+REVOKE ALL ON FUNCTION dalgo.redact(jsonb), dalgo.redact(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.redact(jsonb), dalgo.redact(text) TO dalgo_authenticated, dalgo_service;
+
+-- audit: purge_audit_logs() finds old rows through a BRIN index on created_at
+CREATE INDEX audit_logs_created_at_idx ON dalgo.audit_logs USING brin (created_at) WITH (autosummarize = on);
+COMMENT ON INDEX dalgo.audit_logs_created_at_idx IS 'Time index for dalgo.purge_audit_logs(): BRIN, the trail is appended in time order';
+
+-- audit: sources.config is write-only for end users; dalgo.source_config() reads it redacted
+-- End users read every column of sources but config.
+REVOKE SELECT ON dalgo.sources FROM dalgo_authenticated;
+GRANT SELECT (id, organization_id, name, description, source_type, warehouse_table_name, last_synced_at,
+			  created_by_id, created_at, updated_at, deleted_at)
+	ON dalgo.sources TO dalgo_authenticated;
+
+CREATE FUNCTION dalgo.source_config(source_id uuid) RETURNS jsonb
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+	doc jsonb;
+BEGIN
+	SELECT s.organization_id, s.config INTO org, doc FROM dalgo.sources s WHERE s.id = source_config.source_id;
+	-- The same test as the read policy on sources: no row, no answer.
+	IF NOT FOUND OR NOT coalesce(org OPERATOR(pg_catalog.=) ANY (dalgo.current_org_ids('viewer')), false) THEN
+		RETURN NULL;
+	END IF;
+	RETURN dalgo.redact(doc);
+END
+$$;
+COMMENT ON FUNCTION dalgo.source_config(uuid) IS
+	'A source''s config with its secrets redacted (dalgo.redact), for members of the source''s organization; NULL for a source the caller cannot see. Stored secrets are write-only: replace them with UPDATE';
+
+REVOKE ALL ON FUNCTION dalgo.source_config(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.source_config(uuid) TO dalgo_authenticated;
+COMMENT ON COLUMN dalgo.sources.config IS
+	'Source settings, credentials included: write-only for end users (read it redacted with dalgo.source_config()); dalgo_service reads it whole; redacted in the audit trail';
+-- Run history is read by every member: what a connector or a failed sync
+-- writes into a sync run passes through the same redaction.
+CREATE FUNCTION dalgo.redact_sync_run() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	NEW.error_message := dalgo.redact(NEW.error_message);
+	NEW.details := dalgo.redact(NEW.details);
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo.redact_sync_run() IS
+	'BEFORE trigger on sync_runs: error_message and details pass through dalgo.redact(), so run history never shows credentials';
+REVOKE ALL ON FUNCTION dalgo.redact_sync_run() FROM PUBLIC;
+CREATE TRIGGER redact_secrets BEFORE INSERT OR UPDATE OF error_message, details ON dalgo.sync_runs
+	FOR EACH ROW EXECUTE FUNCTION dalgo.redact_sync_run();
+COMMENT ON TRIGGER redact_secrets ON dalgo.sync_runs IS 'Run history never shows credentials (dalgo.redact)';
+
 -- rsec: warehouse isolation (types resolve only in pg_catalog and the
 -- organization's schema, read-only previews, settings rolled back after each
 -- warehouse step, dependencies only where the recipe contract allows them,
@@ -177,8 +1412,10 @@ AS $$
 DECLARE
 	deps uuid[];
 BEGIN
-	-- The output table name is checked on every insert and update, whatever changed.
-	IF NEW.deleted_at IS NULL AND NEW.output_table_name IS NOT NULL THEN
+	-- The output table name is checked on every insert and update, whatever changed
+	-- (a move to another organization is refused by the tenant_fixed trigger).
+	IF NEW.deleted_at IS NULL AND NEW.output_table_name IS NOT NULL
+	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
 		PERFORM dalgo.check_warehouse_table_name(NEW.organization_id, NEW.output_table_name, NULL, NEW.id, NULL);
 	END IF;
 	IF TG_OP = 'UPDATE' AND NEW.recipe IS NOT DISTINCT FROM OLD.recipe THEN
@@ -208,7 +1445,8 @@ CREATE FUNCTION dalgo.source_check_table_name() RETURNS trigger
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	IF NEW.deleted_at IS NULL AND NEW.warehouse_table_name IS NOT NULL THEN
+	IF NEW.deleted_at IS NULL AND NEW.warehouse_table_name IS NOT NULL
+	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
 		PERFORM dalgo.check_warehouse_table_name(NEW.organization_id, NEW.warehouse_table_name, NEW.id, NULL, NULL);
 	END IF;
 	RETURN NEW;
@@ -225,7 +1463,8 @@ CREATE FUNCTION dalgo.output_check_table_name() RETURNS trigger
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	IF NEW.deleted_at IS NULL AND NEW.destination_config ? 'name' THEN
+	IF NEW.deleted_at IS NULL AND NEW.destination_config ? 'name'
+	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
 		IF jsonb_typeof(NEW.destination_config->'name') <> 'string' OR NEW.destination_config->>'name' = '' THEN
 			RAISE EXCEPTION 'destination_config.name must be a non-empty string' USING ERRCODE = 'invalid_parameter_value';
 		END IF;
@@ -340,6 +1579,7 @@ BEGIN
 	IF NOT dalgo.caller_may(t.organization_id, 'member') THEN
 		RAISE EXCEPTION 'running a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
 	END IF;
+	PERFORM dalgo.check_run_quota(t.organization_id);
 	IF with_upstream THEN
 		-- transformation_upstream refuses a dependency outside the organization;
 		-- checked again here for each run, identity or not.
@@ -353,8 +1593,9 @@ BEGIN
 		END LOOP;
 	END IF;
 	INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
-										   triggered_by_id)
-	VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id())
+										   triggered_by_id, details)
+	VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id(),
+			jsonb_build_object('runner_pid', pg_backend_pid()))
 	RETURNING id INTO run_id;
 	PERFORM dalgo.build_transformation(t.id, run_id);
 	RETURN run_id;

@@ -252,8 +252,10 @@ AS $$
 DECLARE
 	deps uuid[];
 BEGIN
-	-- The output table name is checked on every insert and update, whatever changed.
-	IF NEW.deleted_at IS NULL AND NEW.output_table_name IS NOT NULL THEN
+	-- The output table name is checked on every insert and update, whatever changed
+	-- (a move to another organization is refused by the tenant_fixed trigger).
+	IF NEW.deleted_at IS NULL AND NEW.output_table_name IS NOT NULL
+	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
 		PERFORM dalgo.check_warehouse_table_name(NEW.organization_id, NEW.output_table_name, NULL, NEW.id, NULL);
 	END IF;
 	IF TG_OP = 'UPDATE' AND NEW.recipe IS NOT DISTINCT FROM OLD.recipe THEN
@@ -287,7 +289,8 @@ CREATE FUNCTION dalgo.source_check_table_name() RETURNS trigger
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	IF NEW.deleted_at IS NULL AND NEW.warehouse_table_name IS NOT NULL THEN
+	IF NEW.deleted_at IS NULL AND NEW.warehouse_table_name IS NOT NULL
+	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
 		PERFORM dalgo.check_warehouse_table_name(NEW.organization_id, NEW.warehouse_table_name, NEW.id, NULL, NULL);
 	END IF;
 	RETURN NEW;
@@ -304,7 +307,8 @@ CREATE FUNCTION dalgo.output_check_table_name() RETURNS trigger
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	IF NEW.deleted_at IS NULL AND NEW.destination_config ? 'name' THEN
+	IF NEW.deleted_at IS NULL AND NEW.destination_config ? 'name'
+	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
 		IF jsonb_typeof(NEW.destination_config->'name') <> 'string' OR NEW.destination_config->>'name' = '' THEN
 			RAISE EXCEPTION 'destination_config.name must be a non-empty string' USING ERRCODE = 'invalid_parameter_value';
 		END IF;
@@ -326,7 +330,7 @@ CREATE TRIGGER check_table_name BEFORE INSERT OR UPDATE ON dalgo.outputs
 COMMENT ON TRIGGER check_table_name ON dalgo.outputs IS 'An output''s destination table belongs to no source or other transformation';
 
 CREATE FUNCTION dalgo.transformation_record_version() RETURNS trigger
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -447,6 +451,7 @@ BEGIN
 		-- Build under a private name, then swap: readers never see a half-built table,
 		-- and a failure leaves the previous output as it was.
 		n := dalgo.warehouse_execute(t.organization_id, format('CREATE TABLE %I.%I AS %s', schema_name, build_name, sql));
+		PERFORM dalgo.check_warehouse_quota(t.organization_id, t.output_table_name);
 		PERFORM dalgo.swap_warehouse_table(t.organization_id, build_name, t.output_table_name);
 		PERFORM dalgo.register_warehouse_table(t.organization_id, t.output_table_name, NULL, t.id, n);
 		UPDATE dalgo.transformations x SET last_run_at = now() WHERE x.id = t.id;
@@ -483,6 +488,7 @@ BEGIN
 	IF NOT dalgo.caller_may(t.organization_id, 'member') THEN
 		RAISE EXCEPTION 'running a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
 	END IF;
+	PERFORM dalgo.check_run_quota(t.organization_id);
 	IF with_upstream THEN
 		-- transformation_upstream refuses a dependency outside the organization;
 		-- checked again here for each run, identity or not.
@@ -496,8 +502,9 @@ BEGIN
 		END LOOP;
 	END IF;
 	INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
-										   triggered_by_id)
-	VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id())
+										   triggered_by_id, details)
+	VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id(),
+			jsonb_build_object('runner_pid', pg_backend_pid()))
 	RETURNING id INTO run_id;
 	PERFORM dalgo.build_transformation(t.id, run_id);
 	RETURN run_id;
@@ -547,6 +554,6 @@ REVOKE ALL ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo.warehouse_execut
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo.caller_may(uuid, dalgo.member_role),
 	dalgo.warehouse_schema(uuid), dalgo.recipe_dependencies(jsonb), dalgo.transformation_upstream(uuid),
-	dalgo.check_recipe_sql(uuid, text), dalgo.run_transformation(uuid, boolean),
+	dalgo.run_transformation(uuid, boolean),
 	dalgo.preview_recipe(uuid, jsonb, integer), dalgo.read_warehouse_table(uuid, text, integer)
 	TO dalgo_authenticated, dalgo_service;

@@ -16,12 +16,16 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA dalgo FROM PUBLIC;
 
 -- End users: tables of their organizations, never secrets, never TRUNCATE.
 GRANT SELECT, INSERT, UPDATE, DELETE ON
-	dalgo.organization_members, dalgo.sources, dalgo.source_schemas, dalgo.sync_runs,
-	dalgo.warehouse_tables, dalgo.transformations, dalgo.transformation_runs,
+	dalgo.organization_members, dalgo.sources, dalgo.transformations,
 	dalgo.outputs, dalgo.schedules
 	TO dalgo_authenticated;
 GRANT SELECT, UPDATE, DELETE ON dalgo.organizations TO dalgo_authenticated;
-GRANT SELECT, INSERT ON dalgo.transformation_versions TO dalgo_authenticated;
+-- What dalgo records about its own work (runs, versions, synced columns,
+-- warehouse tables) is written only by dalgo's functions: the workers act on
+-- run rows, so a forged one must be impossible.  App roles read these.
+GRANT SELECT ON dalgo.source_schemas, dalgo.sync_runs, dalgo.warehouse_tables,
+	dalgo.transformation_versions, dalgo.transformation_runs
+	TO dalgo_authenticated;
 GRANT SELECT ON dalgo.audit_logs TO dalgo_authenticated;
 GRANT SELECT (id, email, full_name, is_active, is_superadmin, created_at, updated_at, deleted_at),
 	  UPDATE (email, full_name)
@@ -37,6 +41,10 @@ GRANT SELECT (id, organization_id, database_name, is_connected, last_connected_a
 -- Service: everything but TRUNCATE; the audit trail is read-only here too.
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA dalgo TO dalgo_service;
 REVOKE INSERT, UPDATE, DELETE ON dalgo.audit_logs FROM dalgo_service;
+-- Run and version rows: through run_schedule_now, run_due_schedules,
+-- claim_sync_run, complete_sync_run and run_transformation only.
+REVOKE INSERT, UPDATE, DELETE ON dalgo.sync_runs, dalgo.transformation_runs, dalgo.transformation_versions
+	FROM dalgo_service;
 
 GRANT EXECUTE ON FUNCTION
 	dalgo.current_user_id(), dalgo.is_org_member(uuid, dalgo.member_role), dalgo.is_org_admin(uuid),
@@ -59,13 +67,13 @@ DECLARE
 BEGIN
 	FOR t IN SELECT * FROM (VALUES
 		('sources', 'viewer', 'admin', 'admin'),
-		('source_schemas', 'viewer', 'admin', 'admin'),
-		('sync_runs', 'viewer', 'admin', 'admin'),
+		('source_schemas', 'viewer', NULL, NULL),
+		('sync_runs', 'viewer', NULL, NULL),
 		('warehouse_connections', 'viewer', 'admin', 'admin'),
-		('warehouse_tables', 'viewer', 'admin', 'admin'),
+		('warehouse_tables', 'viewer', NULL, NULL),
 		('transformations', 'viewer', 'member', 'member'),
-		('transformation_versions', 'viewer', 'member', NULL),
-		('transformation_runs', 'viewer', 'member', 'admin'),
+		('transformation_versions', 'viewer', NULL, NULL),
+		('transformation_runs', 'viewer', NULL, NULL),
 		('outputs', 'viewer', 'member', 'member'),
 		('schedules', 'viewer', 'admin', 'admin'),
 		('invitations', 'admin', 'admin', 'admin'),

@@ -67,7 +67,8 @@ COMMENT ON FUNCTION dalgo.is_connector_source(dalgo.source_type) IS
 -- Claim due schedules: lock with SKIP LOCKED, advance next_run_at past "at"
 -- (missed slots run once), skip a schedule whose previous run is still going,
 -- and create the run row.  run_kind: 'o' output refresh, 's' in-database sync,
--- 'connector' (queued for a connector, NOTIFY dalgo_sync), 'skipped'.
+-- 'connector' (queued for a connector, NOTIFY dalgo_sync with an empty
+-- payload), 'skipped'.
 CREATE FUNCTION dalgo.claim_due_schedules(at timestamptz, max_runs integer, only_schedule uuid DEFAULT NULL)
 	RETURNS TABLE (schedule_id uuid, run_kind text, run_id uuid)
 	LANGUAGE plpgsql
@@ -84,10 +85,22 @@ BEGIN
 	IF max_runs <= 0 THEN
 		RETURN;
 	END IF;
+	-- Fair between organizations: each organization's oldest due schedule
+	-- first, then each one's second, and so on, so that one organization's
+	-- backlog never holds another's due schedule back to a later tick.  The
+	-- due test is repeated on x: a row another claimer committed in between is
+	-- re-checked after its lock.
 	FOR s IN SELECT * FROM dalgo.schedules x
 			 WHERE x.is_active AND x.deleted_at IS NULL AND x.next_run_at <= at
 			   AND (only_schedule IS NULL OR x.id = only_schedule)
-			 ORDER BY x.next_run_at LIMIT max_runs FOR UPDATE SKIP LOCKED
+			   AND x.id IN (SELECT d.id FROM (
+						SELECT y.id, y.next_run_at,
+							   row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
+						FROM dalgo.schedules y
+						WHERE y.is_active AND y.deleted_at IS NULL AND y.next_run_at <= at
+						  AND (only_schedule IS NULL OR y.id = only_schedule)) d
+					ORDER BY d.turn, d.next_run_at LIMIT max_runs)
+			 ORDER BY x.next_run_at FOR UPDATE SKIP LOCKED
 	LOOP
 		det := jsonb_build_object('schedule_id', s.id, 'attempt', 1,
 								  'lag_ms', round(extract(epoch FROM clock_timestamp() - s.next_run_at) * 1000));
@@ -109,7 +122,9 @@ BEGIN
 				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, details)
 				VALUES (s.organization_id, s.source_id, 'pending', det) RETURNING id INTO rid;
 				IF dalgo.is_connector_source(src.source_type) THEN
-					PERFORM pg_notify('dalgo_sync', rid::text);
+					-- Anyone can LISTEN: the payload is empty, connectors learn
+					-- the work from claim_sync_run().
+					PERFORM pg_notify('dalgo_sync', '');
 					run_kind := 'connector';
 				ELSE
 					run_kind := 's';
@@ -136,27 +151,52 @@ $$;
 COMMENT ON FUNCTION dalgo.claim_due_schedules(timestamptz, integer, uuid) IS
 	'Internal: claim up to max_runs due schedules (FOR UPDATE SKIP LOCKED), advance them and create their run rows';
 
--- Take the oldest pending in-database run (SKIP LOCKED) and mark it running;
--- run workers loop on this until nothing is left.
+-- Take a pending in-database run (SKIP LOCKED) and mark it running; run
+-- workers loop on this until nothing is left.  The queue is fair between
+-- organizations: the organization with the fewest runs already running goes
+-- first, and within that order the one waiting longest; inside an
+-- organization, syncs before output refreshes, oldest first.  One
+-- organization's backlog therefore never starves another's due run.
 CREATE FUNCTION dalgo.take_pending_run(OUT run_kind text, OUT run_id uuid)
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	org uuid;
 BEGIN
-	SELECT 's', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
-	WHERE r.status = 'pending' AND NOT dalgo.is_connector_source(s.source_type) AND r.details ? 'schedule_id'
-	ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
-	IF NOT FOUND THEN
-		SELECT 'o', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
-		WHERE r.status = 'pending' AND r.details ? 'schedule_id'
-		ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED;
-	END IF;
+	FOR org IN
+		WITH queued AS (
+			SELECT r.organization_id, r.status, r.created_at
+			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+			WHERE r.status IN ('pending', 'running') AND NOT dalgo.is_connector_source(s.source_type)
+			  AND r.details ? 'schedule_id'
+			UNION ALL
+			SELECT r.organization_id, r.status, r.created_at FROM dalgo.transformation_runs r
+			WHERE r.status IN ('pending', 'running') AND r.details ? 'schedule_id')
+		SELECT q.organization_id FROM queued q
+		GROUP BY q.organization_id
+		HAVING bool_or(q.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE q.status = 'running'), min(q.created_at) FILTER (WHERE q.status = 'pending'),
+				 q.organization_id
+	LOOP
+		SELECT 's', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo.is_connector_source(s.source_type)
+		  AND r.details ? 'schedule_id'
+		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
+		IF NOT FOUND THEN
+			SELECT 'o', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
+			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ? 'schedule_id'
+			ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED;
+		END IF;
+		EXIT WHEN run_id IS NOT NULL;
+	END LOOP;
 	IF run_id IS NOT NULL THEN
 		PERFORM dalgo.start_scheduled_run(run_kind, run_id);
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo.take_pending_run() IS 'Internal: a run worker takes the oldest pending in-database run and marks it running';
+COMMENT ON FUNCTION dalgo.take_pending_run() IS
+	'Internal: a run worker takes a pending in-database run and marks it running: the organization with the fewest running runs first, then the one waiting longest';
 
 CREATE FUNCTION dalgo.pending_runs() RETURNS integer
 	LANGUAGE sql STABLE
@@ -205,6 +245,57 @@ END
 $$;
 COMMENT ON FUNCTION dalgo.fail_scheduled_run(text, uuid, text) IS 'Internal: record a run''s failure';
 
+-- A run row is acted on only if it is what dalgo's own claim made: its
+-- schedule (details.schedule_id) exists and names the run's source, or the
+-- output whose transformation is the run's, and schedule, source or output,
+-- transformation and run all belong to one organization.  Anything else is
+-- refused (the worker then records the run as failed).
+CREATE FUNCTION dalgo.verify_scheduled_run(run_kind text, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	det jsonb;
+	run_org uuid;
+	run_source uuid;
+	run_transformation uuid;
+	sid uuid;
+	s dalgo.schedules;
+	agree boolean := false;
+BEGIN
+	IF run_kind = 's' THEN
+		SELECT r.details, r.organization_id, r.source_id INTO det, run_org, run_source
+		FROM dalgo.sync_runs r WHERE r.id = run_id;
+	ELSIF run_kind = 'o' THEN
+		SELECT r.details, r.organization_id, r.transformation_id INTO det, run_org, run_transformation
+		FROM dalgo.transformation_runs r WHERE r.id = run_id;
+	END IF;
+	BEGIN
+		sid := (det->>'schedule_id')::uuid;
+	EXCEPTION WHEN invalid_text_representation THEN
+		sid := NULL;
+	END;
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = sid;
+	IF FOUND AND s.organization_id = run_org THEN
+		IF run_kind = 's' THEN
+			agree := s.source_id = run_source
+				AND EXISTS (SELECT FROM dalgo.sources x WHERE x.id = run_source AND x.organization_id = run_org);
+		ELSE
+			agree := EXISTS (SELECT FROM dalgo.outputs o JOIN dalgo.transformations t ON t.id = o.transformation_id
+							 WHERE o.id = s.output_id AND o.organization_id = run_org AND t.organization_id = run_org
+							   AND t.id = run_transformation);
+		END IF;
+	END IF;
+	IF NOT coalesce(agree, false) THEN
+		RAISE EXCEPTION 'run % was refused: it does not match its schedule', run_id
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'A scheduled run must name the schedule that created it, and schedule, source or output, transformation and run must belong to one organization.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.verify_scheduled_run(text, uuid) IS
+	'Internal: refuse a run row whose schedule, source or output, transformation and organization do not agree (a forged row); sync_source and refresh_output call it first';
+
 -- The relation a postgres source syncs from: config {"relation": "schema.table"}
 -- or {"schema": ..., "table": ...}; never dalgo's own schema.
 CREATE FUNCTION dalgo.source_relation(config jsonb) RETURNS text
@@ -240,7 +331,8 @@ $$;
 COMMENT ON FUNCTION dalgo.source_relation(jsonb) IS 'Internal: the relation a postgres source reads, from its config';
 
 -- An in-database sync: postgres sources copy a table, view or foreign table the
--- organization's warehouse role may read; csv sources load a file under dalgo.csv_dir.
+-- organization's warehouse role may read; csv sources load a file from the
+-- organization's own directory dalgo.csv_dir/org_<hex id>/.
 CREATE FUNCTION dalgo.sync_source(run_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
@@ -257,6 +349,7 @@ DECLARE
 	header text;
 	cols text;
 BEGIN
+	PERFORM dalgo.verify_scheduled_run('s', run_id);
 	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = run_id;
 	SELECT * INTO src FROM dalgo.sources x WHERE x.id = r.source_id AND x.deleted_at IS NULL;
 	IF NOT FOUND THEN
@@ -270,7 +363,7 @@ BEGIN
 		n := dalgo.warehouse_execute(src.organization_id,
 			format('CREATE TABLE %I.%I AS SELECT * FROM %s', schema_name, build_name, relation));
 	ELSIF src.source_type = 'csv' THEN
-		path := dalgo.csv_path(src.config->>'path');
+		path := dalgo.csv_path(src.organization_id, src.config->>'path');
 		header := split_part(pg_read_file(path, 0, 65536), E'\n', 1);
 		SELECT string_agg(format('%I text', trim(both '"' FROM trim(c))), ', ') INTO cols
 		FROM unnest(string_to_array(rtrim(header, E'\r'), ',')) c;
@@ -283,6 +376,7 @@ BEGIN
 	ELSE
 		RAISE EXCEPTION '% sources are synced by a connector', src.source_type;
 	END IF;
+	PERFORM dalgo.check_warehouse_quota(src.organization_id, target);
 	PERFORM dalgo.swap_warehouse_table(src.organization_id, build_name, target);
 	PERFORM dalgo.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
 
@@ -306,7 +400,66 @@ END
 $$;
 COMMENT ON FUNCTION dalgo.sync_source(uuid) IS 'Internal: an in-database sync of a postgres or csv source into its warehouse table';
 
--- An output refresh: the transformation (and what it reads), then the destination.
+-- Views over a warehouse table block its swap (DROP TABLE): the
+-- organization's live output views (destination type view) over the given
+-- tables are dropped before a swap and created again after it, in the same
+-- transaction, so readers wait and never miss them.  drop_output_views
+-- returns what restore_output_views needs.
+CREATE FUNCTION dalgo.drop_output_views(organization_id uuid, table_names text[]) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	v record;
+	dropped jsonb := '[]';
+BEGIN
+	FOR v IN SELECT DISTINCT coalesce(x.destination_config->>'name', y.output_table_name) AS view_name,
+					y.output_table_name AS table_name
+			 FROM dalgo.outputs x JOIN dalgo.transformations y ON y.id = x.transformation_id
+			 WHERE x.organization_id = drop_output_views.organization_id
+			   AND y.organization_id = drop_output_views.organization_id
+			   AND x.deleted_at IS NULL AND x.destination_config->>'type' = 'view'
+			   AND y.output_table_name = ANY (table_names)
+	LOOP
+		IF v.view_name <> v.table_name AND EXISTS (
+				SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+				WHERE n.nspname = schema_name AND c.relname = v.view_name AND c.relkind = 'v') THEN
+			PERFORM dalgo.warehouse_execute(organization_id, format('DROP VIEW %I.%I', schema_name, v.view_name));
+			dropped := dropped || jsonb_build_object('view_name', v.view_name, 'table_name', v.table_name);
+		END IF;
+	END LOOP;
+	RETURN dropped;
+END
+$$;
+COMMENT ON FUNCTION dalgo.drop_output_views(uuid, text[]) IS
+	'Internal: drop the organization''s output views over the given warehouse tables before they are swapped; returns what restore_output_views needs';
+
+CREATE FUNCTION dalgo.restore_output_views(organization_id uuid, dropped jsonb) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	v record;
+BEGIN
+	FOR v IN SELECT * FROM jsonb_to_recordset(dropped) AS d(view_name text, table_name text) LOOP
+		IF to_regclass(format('%I.%I', schema_name, v.table_name)) IS NOT NULL THEN
+			PERFORM dalgo.warehouse_execute(organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+				schema_name, v.view_name, schema_name, v.table_name));
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo.restore_output_views(uuid, jsonb) IS
+	'Internal: create again, over the (new) tables, the output views drop_output_views dropped';
+
+-- An output refresh: the transformation (and what it reads), then the
+-- destination.  Output, transformation and organization come from the run's
+-- schedule, after verify_scheduled_run checked that the run row agrees.
+-- A view destination depends on the table it reads, and a swap drops that
+-- table: the organization's output views over the tables this refresh
+-- rebuilds are dropped first and created again afterwards.
 CREATE FUNCTION dalgo.refresh_output(run_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
@@ -315,46 +468,67 @@ DECLARE
 	r dalgo.transformation_runs;
 	o dalgo.outputs;
 	t dalgo.transformations;
+	v record;
+	dropped jsonb;
 	schema_name text;
 	dest text;
 	kind text;
 BEGIN
+	PERFORM dalgo.verify_scheduled_run('o', run_id);
 	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
-	SELECT * INTO o FROM dalgo.outputs x WHERE x.id = (SELECT output_id FROM dalgo.schedules WHERE id = (r.details->>'schedule_id')::uuid);
-	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = r.transformation_id;
-	FOR t IN SELECT x.* FROM dalgo.transformation_upstream(r.transformation_id) u JOIN dalgo.transformations x ON x.id = u.id LOOP
-		PERFORM dalgo.run_transformation(t.id, false);
-	END LOOP;
-	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = r.transformation_id;
-	PERFORM dalgo.build_transformation(t.id, run_id);
-	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
-	IF r.status <> 'success' THEN
-		RETURN;
-	END IF;
+	SELECT * INTO o FROM dalgo.outputs x
+	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
 	schema_name := 'org_' || replace(o.organization_id::text, '-', '');
 	kind := coalesce(o.destination_config->>'type', 'table');
 	dest := coalesce(o.destination_config->>'name', t.output_table_name);
+	IF kind NOT IN ('table', 'view') THEN
+		RAISE EXCEPTION 'unknown destination type "%" (use table or view)', kind USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'view' AND dest = t.output_table_name THEN
+		RAISE EXCEPTION 'a view destination needs a name other than the transformation''s table "%"', dest
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
+	END IF;
+
+	-- The tables this refresh swaps: the transformation's and its upstream's.
+	dropped := dalgo.drop_output_views(o.organization_id, ARRAY(
+		SELECT y.output_table_name FROM dalgo.transformations y
+		WHERE y.organization_id = o.organization_id AND y.output_table_name IS NOT NULL
+		  AND (y.id = t.id OR y.id IN (SELECT u.id FROM dalgo.transformation_upstream(t.id) u))));
+
+	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
+		PERFORM dalgo.run_transformation(v.id, false);
+	END LOOP;
+	PERFORM dalgo.build_transformation(t.id, run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+
+	-- The views dropped above, again over the (new, or on failure the old) tables.
+	PERFORM dalgo.restore_output_views(o.organization_id, dropped);
+	IF r.status <> 'success' THEN
+		RETURN;
+	END IF;
 	IF kind = 'view' THEN
 		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
 			schema_name, dest, schema_name, t.output_table_name));
-	ELSIF kind = 'table' AND dest <> t.output_table_name THEN
+	ELSIF dest <> t.output_table_name THEN
 		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
 			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
 		PERFORM dalgo.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
-	ELSIF kind NOT IN ('table', 'view') THEN
-		RAISE EXCEPTION 'unknown destination type "%" (use table or view)', kind USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
 END
 $$;
 COMMENT ON FUNCTION dalgo.refresh_output(uuid) IS
-	'Internal: run an output''s transformation with its upstream, then refresh destination_config ({"type": "table"|"view", "name": ...})';
+	'Internal: run an output''s transformation with its upstream, then refresh destination_config ({"type": "table"|"view", "name": ...}); output views over rebuilt tables are dropped and created again around the swap';
 
 CREATE FUNCTION dalgo.execute_scheduled_run(run_kind text, run_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	PERFORM dalgo.check_run_quota(CASE WHEN run_kind = 's'
+		THEN (SELECT r.organization_id FROM dalgo.sync_runs r WHERE r.id = run_id)
+		ELSE (SELECT r.organization_id FROM dalgo.transformation_runs r WHERE r.id = run_id) END);
 	IF run_kind = 's' THEN
 		PERFORM dalgo.sync_source(run_id);
 	ELSIF run_kind = 'o' THEN
@@ -503,30 +677,46 @@ COMMENT ON FUNCTION dalgo.run_schedule_now(uuid) IS 'Run a schedule now, synchro
 -- The connector protocol
 -- ---------------------------------------------------------------------------
 
+-- Run rows are written only by dalgo's own functions (app roles read them):
+-- the connector protocol runs with the extension owner's rights, for callers
+-- granted EXECUTE (dalgo_service).  Fair like take_pending_run: the
+-- organization with the fewest connector runs running first, then the one
+-- waiting longest.
 CREATE FUNCTION dalgo.claim_sync_run() RETURNS dalgo.sync_runs
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	r dalgo.sync_runs;
+	org uuid;
 BEGIN
-	SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
-	WHERE x.status = 'pending' AND dalgo.is_connector_source(s.source_type) AND x.deleted_at IS NULL
-	ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
-	IF NOT FOUND THEN
-		RETURN NULL;
-	END IF;
-	UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
-	RETURN r;
+	FOR org IN
+		SELECT x.organization_id FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status IN ('pending', 'running') AND dalgo.is_connector_source(s.source_type) AND x.deleted_at IS NULL
+		GROUP BY x.organization_id
+		HAVING bool_or(x.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
+				 x.organization_id
+	LOOP
+		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo.is_connector_source(s.source_type)
+		  AND x.deleted_at IS NULL
+		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
+		IF FOUND THEN
+			UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
+			RETURN r;
+		END IF;
+	END LOOP;
+	RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION dalgo.claim_sync_run() IS
-	'Connector protocol: claim the oldest pending connector sync run (SKIP LOCKED) and mark it running; NULL when there is none';
+	'Connector protocol: claim a pending connector sync run (SKIP LOCKED; the organization with the fewest running, then the oldest) and mark it running; NULL when there is none';
 
 CREATE FUNCTION dalgo.complete_sync_run(run_id uuid, rows_synced integer, error_message text DEFAULT NULL,
 										details jsonb DEFAULT '{}')
 	RETURNS dalgo.sync_runs
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -549,10 +739,54 @@ $$;
 COMMENT ON FUNCTION dalgo.complete_sync_run(uuid, integer, text, jsonb) IS
 	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails)';
 
-CREATE FUNCTION dalgo.csv_path(relative_path text) RETURNS text
-	AS 'MODULE_PATHNAME', 'dalgo_csv_path'
+-- ---------------------------------------------------------------------------
+-- csv sources
+-- ---------------------------------------------------------------------------
+
+-- Layout: each organization reads only its own directory
+--   <dalgo.csv_dir>/org_<organization id, 32 hex digits without dashes>/
+-- (the name of its warehouse schema).  Paths are relative to it; "..",
+-- absolute paths and symlinks that lead out of it are refused, and a file
+-- that does not exist gives the same error as one that is not allowed.
+CREATE FUNCTION dalgo.csv_path(organization_id uuid, relative_path text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_csv_path_org'
 	LANGUAGE C STABLE;
-COMMENT ON FUNCTION dalgo.csv_path(text) IS 'Internal: resolve a csv source''s path under dalgo.csv_dir; paths that leave it are refused';
+COMMENT ON FUNCTION dalgo.csv_path(uuid, text) IS
+	'Internal: the canonical path of a readable csv file under dalgo.csv_dir/org_<hex id>/; ".." and absolute paths are refused, and a missing file and a path that leaves the directory give one error';
+
+-- A csv source's path is checked when the source is saved, and again at sync time.
+CREATE FUNCTION dalgo.check_csv_source() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.source_type <> 'csv' OR NEW.deleted_at IS NOT NULL OR NOT coalesce(NEW.config ? 'path', false) THEN
+		RETURN NEW;
+	END IF;
+	IF TG_OP = 'UPDATE' AND OLD.source_type = 'csv' AND OLD.deleted_at IS NULL
+	   AND (NEW.organization_id, NEW.config->'path') IS NOT DISTINCT FROM (OLD.organization_id, OLD.config->'path') THEN
+		RETURN NEW;
+	END IF;
+	IF jsonb_typeof(NEW.config->'path') <> 'string' THEN
+		RAISE EXCEPTION 'a csv source''s config.path must be a string' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- With csv sources disabled only the form of the path can be checked.
+	IF current_setting('dalgo.csv_dir') = '' THEN
+		IF NEW.config->>'path' = '' OR NEW.config->>'path' LIKE '/%' OR '..' = ANY (string_to_array(NEW.config->>'path', '/')) THEN
+			RAISE EXCEPTION 'csv path "%" must be relative to the organization''s csv directory and must not contain ".."',
+				NEW.config->>'path' USING ERRCODE = 'insufficient_privilege';
+		END IF;
+	ELSE
+		PERFORM dalgo.csv_path(NEW.organization_id, NEW.config->>'path');
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo.check_csv_source() IS
+	'BEFORE trigger on sources: a csv source''s config.path must be a readable file in its organization''s csv directory (dalgo.csv_dir/org_<hex id>/)';
+CREATE TRIGGER check_csv_source BEFORE INSERT OR UPDATE ON dalgo.sources
+	FOR EACH ROW WHEN (NEW.source_type = 'csv') EXECUTE FUNCTION dalgo.check_csv_source();
+COMMENT ON TRIGGER check_csv_source ON dalgo.sources IS 'A csv source reads only its organization''s csv directory';
 
 REVOKE ALL ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text, timestamptz),
 	dalgo.wake_scheduler(), dalgo.wake_launcher(), dalgo.scheduler_status(), dalgo.schedule_before_save(),
@@ -562,8 +796,12 @@ REVOKE ALL ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, t
 	dalgo.sync_source(uuid), dalgo.refresh_output(uuid), dalgo.execute_scheduled_run(text, uuid),
 	dalgo.recover_interrupted_runs(), dalgo.expire_connector_runs(integer), dalgo.purge_run_history(integer),
 	dalgo.execute_claimed(uuid[], text[]), dalgo.run_due_schedules(timestamptz), dalgo.run_schedule_now(uuid),
-	dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb), dalgo.csv_path(text)
+	dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb), dalgo.csv_path(uuid, text),
+	dalgo.verify_scheduled_run(text, uuid), dalgo.check_csv_source(),
+	dalgo.drop_output_views(uuid, text[]), dalgo.restore_output_views(uuid, jsonb),
+	dalgo.is_connector_source(dalgo.source_type)
 	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.is_connector_source(dalgo.source_type) TO dalgo_authenticated, dalgo_service;
 GRANT EXECUTE ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text, timestamptz)
 	TO dalgo_authenticated, dalgo_service;
 GRANT EXECUTE ON FUNCTION dalgo.run_schedule_now(uuid) TO dalgo_authenticated, dalgo_service;

@@ -45,6 +45,13 @@ $$;
 COMMENT ON FUNCTION dalgo.fill_organization_id() IS
 	'BEFORE INSERT row trigger for tenant-owned child tables: fills organization_id from the parent row (trigger args: parent table, parent-id column) when the insert omits it';
 
+CREATE FUNCTION dalgo.refuse_tenant_move() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'dalgo_refuse_tenant_move'
+	LANGUAGE C;
+REVOKE ALL ON FUNCTION dalgo.refuse_tenant_move() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.refuse_tenant_move() IS
+	'BEFORE UPDATE row trigger for tenant tables: a row''s organization (the column named by the trigger argument, default organization_id) is fixed when it is created; changing it is refused (42501), whoever runs the update';
+
 -- ---------------------------------------------------------------------------
 -- Enum types
 -- ---------------------------------------------------------------------------
@@ -559,3 +566,23 @@ COMMENT ON TRIGGER fill_organization_id ON dalgo.sync_runs IS 'Fills organizatio
 COMMENT ON TRIGGER fill_organization_id ON dalgo.warehouse_tables IS 'Fills organization_id from the warehouse connection';
 COMMENT ON TRIGGER fill_organization_id ON dalgo.transformation_versions IS 'Fills organization_id from the transformation';
 COMMENT ON TRIGGER fill_organization_id ON dalgo.transformation_runs IS 'Fills organization_id from the transformation';
+
+-- A row never moves to another organization: every table with a tenant
+-- column refuses a change of organization_id (audit_logs is append-only
+-- already).
+DO $$
+DECLARE
+	t text;
+BEGIN
+	FOR t IN SELECT c.relname FROM pg_catalog.pg_class c
+			 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = 'organization_id' AND NOT a.attisdropped
+			 WHERE c.relnamespace = 'dalgo'::regnamespace AND c.relkind = 'r' AND c.relname <> 'audit_logs'
+			 ORDER BY c.relname
+	LOOP
+		EXECUTE format('CREATE TRIGGER tenant_fixed BEFORE UPDATE ON dalgo.%I '
+					   'FOR EACH ROW EXECUTE FUNCTION dalgo.refuse_tenant_move()', t);
+		EXECUTE format('COMMENT ON TRIGGER tenant_fixed ON dalgo.%I IS %L',
+					   t, 'A row never moves to another organization');
+	END LOOP;
+END
+$$;

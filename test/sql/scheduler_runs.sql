@@ -92,18 +92,21 @@ SELECT is(dalgo.recover_interrupted_runs(), 1, 'recover_interrupted_runs finds t
 SELECT is((SELECT error_message FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000c1' AND NOT details ? 'skipped'),
 	'the server restarted while the run was in progress', 'and marks it failed');
 
--- csv sources read only under dalgo.csv_dir.
-SELECT current_setting('data_directory') AS datadir \gset
-\set csvfile :datadir '/dalgo_test_visits.csv'
+-- csv sources read only their organization's directory under dalgo.csv_dir.
+SELECT current_setting('data_directory') || '/dalgo_csv' AS csvdir \gset
+\set orgdir :csvdir '/org_222222220000400080000000000000a0'
+\set csvfile :orgdir '/dalgo_test_visits.csv'
+\set mkdir 'mkdir -p ' :orgdir
+COPY (SELECT WHERE false) TO PROGRAM :'mkdir';
 COPY (SELECT "NGO", "SPOC", measure1 FROM org_222222220000400080000000000000a0.visits) TO :'csvfile' WITH (FORMAT csv, HEADER true);
-SET LOCAL dalgo.csv_dir = :'datadir';
+SET LOCAL dalgo.csv_dir = :'csvdir';
 INSERT INTO dalgo.schedules (id, organization_id, source_id, frequency)
 	VALUES ('88888888-0000-4000-8000-0000000000c6', :A, '33333333-0000-4000-8000-0000000000c6', 'daily');
 SELECT isnt(dalgo.run_schedule_now('88888888-0000-4000-8000-0000000000c6'), NULL, 'run_schedule_now runs a schedule at once');
 SELECT is((SELECT (status, rows_synced)::text FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000c6'),
-	'(success,5)', 'a csv file under dalgo.csv_dir is loaded');
-SELECT throws_ok($$SELECT dalgo.csv_path('../postgresql.conf')$$, '42501', NULL, 'a path with .. is refused');
-SELECT throws_ok($$SELECT dalgo.csv_path('/etc/passwd')$$, '42501', NULL, 'an absolute path is refused');
+	'(success,5)', 'a csv file in the organization''s directory under dalgo.csv_dir is loaded');
+SELECT throws_ok($$SELECT dalgo.csv_path('22222222-0000-4000-8000-0000000000a0', '../postgresql.conf')$$, '42501', NULL, 'a path with .. is refused');
+SELECT throws_ok($$SELECT dalgo.csv_path('22222222-0000-4000-8000-0000000000a0', '/etc/passwd')$$, '42501', NULL, 'an absolute path is refused');
 
 -- Output schedules: the transformation with its upstream, then the destination.
 INSERT INTO dalgo.outputs (id, organization_id, transformation_id, name, destination_config) VALUES

@@ -1,0 +1,209 @@
+-- Quotas per organization: what one organization may take of a shared
+-- server.  Superusers set the defaults (dalgo.quota_* settings) and may
+-- override them for one organization in organizations.settings->'quotas';
+-- nobody else can.  0 (or no setting) means no limit.
+--
+--   warehouse_bytes   size of the organization's warehouse schema
+--   concurrent_runs   runs of the organization executing at the same time
+--   runs_per_hour     runs the organization started in the last hour
+--   run_seconds       run time of one run_transformation call with its upstream
+
+-- The limit in force for one organization, or NULL when there is none.
+CREATE FUNCTION dalgo.organization_quota(organization_id uuid, quota text) RETURNS bigint
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT nullif(coalesce(
+		(SELECT (o.settings->'quotas'->>quota)::numeric::bigint FROM dalgo.organizations o
+		 WHERE o.id = organization_quota.organization_id AND o.settings->'quotas' ? quota),
+		CASE quota
+			WHEN 'warehouse_bytes' THEN pg_size_bytes(current_setting('dalgo.quota_warehouse_size'))
+			WHEN 'concurrent_runs' THEN current_setting('dalgo.quota_concurrent_runs')::bigint
+			WHEN 'runs_per_hour' THEN current_setting('dalgo.quota_runs_per_hour')::bigint
+			WHEN 'run_seconds' THEN extract(epoch FROM current_setting('dalgo.quota_run_seconds')::interval)::bigint
+		END), 0)
+$$;
+COMMENT ON FUNCTION dalgo.organization_quota(uuid, text) IS
+	'Internal: an organization''s limit for one quota (its settings->''quotas'' override, else the dalgo.quota_* default); NULL means no limit';
+
+-- What an organization uses now, quota by quota.
+CREATE FUNCTION dalgo.organization_usage(organization_id uuid, OUT quota text, OUT used bigint, OUT quota_limit bigint)
+	RETURNS SETOF record
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid := organization_usage.organization_id;
+BEGIN
+	quota := 'warehouse_bytes';
+	used := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
+					  WHERE c.relnamespace = to_regnamespace('org_' || replace(org::text, '-', ''))
+						AND c.relkind IN ('r', 'm', 'p')), 0);
+	quota_limit := dalgo.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'concurrent_runs';
+	used := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running')
+		  + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running');
+	quota_limit := dalgo.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'runs_per_hour';
+	used := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
+			 AND NOT r.details ? 'skipped')
+		  + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
+			 AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped');
+	quota_limit := dalgo.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'run_seconds';
+	used := NULL;
+	quota_limit := dalgo.organization_quota(org, quota);
+	RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION dalgo.organization_usage(uuid) IS
+	'Internal: an organization''s usage and limit for each quota (see dalgo.quota_usage)';
+
+CREATE FUNCTION dalgo.quota_usage(organization_id uuid, OUT quota text, OUT used bigint, OUT quota_limit bigint)
+	RETURNS SETOF record
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT dalgo.caller_may(quota_usage.organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', quota_usage.organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	RETURN QUERY SELECT * FROM dalgo.organization_usage(quota_usage.organization_id);
+END
+$$;
+COMMENT ON FUNCTION dalgo.quota_usage(uuid) IS
+	'An organization''s quotas: for each, what it uses now and its limit (NULL: no limit); its members only. run_seconds has no "used" figure';
+
+-- Refuse a run that would take the organization past a quota.  The runs
+-- this backend is executing (a scheduled run's own row, an outer
+-- run_transformation) are not counted: an upstream run is part of the run
+-- that asked for it.
+CREATE FUNCTION dalgo.check_run_quota(organization_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid := check_run_quota.organization_id;
+	me text := pg_backend_pid()::text;
+	lim bigint;
+	n bigint;
+BEGIN
+	lim := dalgo.organization_quota(org, 'concurrent_runs');
+	IF lim IS NOT NULL THEN
+		n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
+			  AND r.details->>'runner_pid' IS DISTINCT FROM me)
+		   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running'
+			  AND r.details->>'runner_pid' IS DISTINCT FROM me);
+		IF n >= lim THEN
+			RAISE EXCEPTION 'quota concurrent_runs exceeded: % runs of the organization are in progress, the limit is %', n, lim
+				USING ERRCODE = 'configuration_limit_exceeded',
+					  HINT = 'Wait for a run to finish; a superuser can raise the quota.';
+		END IF;
+	END IF;
+	lim := dalgo.organization_quota(org, 'runs_per_hour');
+	IF lim IS NOT NULL THEN
+		n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
+			  AND NOT r.details ? 'skipped' AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
+		   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
+			  AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped'
+			  AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me));
+		IF n >= lim THEN
+			RAISE EXCEPTION 'quota runs_per_hour exceeded: the organization started % runs in the last hour, the limit is %', n, lim
+				USING ERRCODE = 'configuration_limit_exceeded',
+					  HINT = 'Try again later; a superuser can raise the quota.';
+		END IF;
+	END IF;
+	PERFORM dalgo.check_warehouse_quota(org, NULL);
+END
+$$;
+COMMENT ON FUNCTION dalgo.check_run_quota(uuid) IS
+	'Internal: refuse a run that would exceed the organization''s concurrent_runs, runs_per_hour or warehouse_bytes quota';
+
+-- Refuse when the warehouse is at or over its size quota.  replacing names
+-- the table a swap is about to replace: it no longer counts.
+CREATE FUNCTION dalgo.check_warehouse_quota(organization_id uuid, replacing text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid := check_warehouse_quota.organization_id;
+	lim bigint := dalgo.organization_quota(org, 'warehouse_bytes');
+	ns oid;
+	n bigint;
+BEGIN
+	IF lim IS NULL THEN
+		RETURN;
+	END IF;
+	ns := to_regnamespace('org_' || replace(org::text, '-', ''));
+	n := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
+				   WHERE c.relnamespace = ns AND c.relkind IN ('r', 'm', 'p')
+					 AND c.relname IS DISTINCT FROM replacing), 0);
+	IF n > lim OR (replacing IS NULL AND n >= lim) THEN
+		RAISE EXCEPTION 'quota warehouse_bytes exceeded: the warehouse % % bytes, the limit is %',
+			CASE WHEN replacing IS NULL THEN 'holds' ELSE 'would hold' END, n, lim
+			USING ERRCODE = 'configuration_limit_exceeded',
+				  HINT = 'Drop tables or outputs the organization no longer needs; a superuser can raise the quota.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.check_warehouse_quota(uuid, text) IS
+	'Internal: refuse when the organization''s warehouse is over its warehouse_bytes quota (not counting the table a swap replaces)';
+
+-- Only superusers set or change an organization's quotas, and only to
+-- known quotas with whole, non-negative figures.
+CREATE FUNCTION dalgo.guard_organization_quotas() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	q jsonb := NEW.settings->'quotas';
+	k text;
+	v jsonb;
+BEGIN
+	IF TG_OP = 'UPDATE' AND q IS NOT DISTINCT FROM OLD.settings->'quotas' THEN
+		RETURN NEW;
+	END IF;
+	IF q IS NULL THEN
+		IF TG_OP = 'INSERT' THEN
+			RETURN NEW;
+		END IF;
+	END IF;
+	IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+		RAISE EXCEPTION 'only a superuser can change an organization''s quotas'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'organizations.settings->''quotas'' sets the limits of a shared server.';
+	END IF;
+	IF q IS NULL THEN
+		RETURN NEW;
+	END IF;
+	IF jsonb_typeof(q) <> 'object' THEN
+		RAISE EXCEPTION 'settings->''quotas'' must be an object' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR k, v IN SELECT * FROM jsonb_each(q) LOOP
+		IF k NOT IN ('warehouse_bytes', 'concurrent_runs', 'runs_per_hour', 'run_seconds') THEN
+			RAISE EXCEPTION 'unknown quota "%"', k USING ERRCODE = 'invalid_parameter_value',
+				HINT = 'Quotas are warehouse_bytes, concurrent_runs, runs_per_hour and run_seconds.';
+		END IF;
+		IF jsonb_typeof(v) <> 'number' OR v::text::numeric < 0 OR v::text::numeric <> trunc(v::text::numeric)
+		   OR v::text::numeric > 9223372036854775807 THEN
+			RAISE EXCEPTION 'quota "%" must be a whole number of at least 0 (0: no limit), not %', k, v
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+	END LOOP;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo.guard_organization_quotas() IS
+	'BEFORE INSERT OR UPDATE row trigger on organizations: only superusers set settings->''quotas'', to known quotas and valid figures';
+CREATE TRIGGER guard_organization_quotas BEFORE INSERT OR UPDATE OF settings ON dalgo.organizations
+	FOR EACH ROW EXECUTE FUNCTION dalgo.guard_organization_quotas();
+COMMENT ON TRIGGER guard_organization_quotas ON dalgo.organizations IS 'Quotas are set by superusers only';
+
+REVOKE ALL ON FUNCTION dalgo.organization_quota(uuid, text), dalgo.organization_usage(uuid), dalgo.quota_usage(uuid),
+	dalgo.check_run_quota(uuid), dalgo.check_warehouse_quota(uuid, text), dalgo.guard_organization_quotas()
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.quota_usage(uuid) TO dalgo_authenticated, dalgo_service;
