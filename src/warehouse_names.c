@@ -25,14 +25,16 @@ PG_FUNCTION_INFO_V1(dalgo_warehouse_table_claimant);
 /*
  * The claims of other producers: live sources, transformations and outputs
  * of the organization that name the table, except the producer asking ($3
- * source, $4 transformation, $5 output).  An output that publishes its own
+ * source, $4 transformation, $5 output).  A source without a table name yet
+ * claims the name its first sync will use (source_<first 12 hex digits>).  An output that publishes its own
  * transformation's table claims nothing of its own, and the outputs of a
  * transformation do not conflict with the transformation itself.
  */
 static const char *const claim_query =
 "SELECT what FROM ("
 " SELECT 1 AS k, 'source \"' || s.name || '\"' AS what FROM dalgo.sources s"
-"  WHERE s.organization_id = $1 AND s.deleted_at IS NULL AND s.warehouse_table_name = $2"
+"  WHERE s.organization_id = $1 AND s.deleted_at IS NULL"
+"    AND coalesce(s.warehouse_table_name, 'source_' || left(replace(s.id::text, '-', ''), 12)) = $2"
 "    AND s.id IS DISTINCT FROM $3"
 " UNION ALL"
 " SELECT 2, 'transformation \"' || t.name || '\"' FROM dalgo.transformations t"

@@ -8,7 +8,7 @@
 BEGIN;
 \i test/fixtures/two_orgs.sql
 \i test/fixtures/recipe_setup.sql
-SELECT plan(22);
+SELECT plan(23);
 \set WA org_222222220000400080000000000000a0
 \set as_owner_a 'RESET ROLE; SET LOCAL dalgo.user_id = ''11111111-0000-4000-8000-000000000001''; SET LOCAL ROLE dalgo_authenticated;'
 \set as_member_a 'RESET ROLE; SET LOCAL dalgo.user_id = ''11111111-0000-4000-8000-000000000002''; SET LOCAL ROLE dalgo_authenticated;'
@@ -42,6 +42,12 @@ SELECT throws_ok($$UPDATE dalgo.sources SET warehouse_table_name = 'totals' WHER
 SELECT throws_ok($$INSERT INTO dalgo.sources (organization_id, name, source_type, warehouse_table_name)
 	VALUES ('22222222-0000-4000-8000-0000000000a0', 'Sheet', 'google_sheets', 'published')$$,
 	'22023', 'warehouse table "published" already belongs to output "Dashboard A"', 'nor an output''s');
+INSERT INTO dalgo.sources (id, organization_id, name, source_type)
+	VALUES ('33333333-0000-4000-8000-0000000000a9', '22222222-0000-4000-8000-0000000000a0', 'Unsynced', 'google_sheets');
+:as_member_a
+SELECT throws_ok($$UPDATE dalgo.transformations SET output_table_name = 'source_333333330000'
+	WHERE id = '55555555-0000-4000-8000-0000000000a1'$$, '22023', 'warehouse table "source_333333330000" already belongs to source "Unsynced"',
+	'a source not yet synced claims the table its first sync will write');
 -- Another organization's names are neither refused nor named: B has its own "visits" and "totals".
 :as_owner_b
 SELECT lives_ok($$UPDATE dalgo.transformations SET output_table_name = 'published' WHERE id = '55555555-0000-4000-8000-0000000000b1'$$,
