@@ -7,7 +7,7 @@
 \i test/fixtures/tap_setup.sql
 BEGIN;
 \i test/fixtures/two_orgs.sql
-SELECT plan(13);
+SELECT plan(16);
 \set as_owner_a 'RESET ROLE; SET LOCAL dalgo.user_id = ''11111111-0000-4000-8000-000000000001''; SET LOCAL ROLE dalgo_authenticated;'
 SET LOCAL dalgo.allow_raw_sql = on;
 SET LOCAL statement_timeout = '77s';
@@ -35,6 +35,23 @@ SELECT throws_ok($$SELECT * FROM dalgo.preview_recipe('22222222-0000-4000-8000-0
 	pg_temp.leaky(', 1 / (length("NGO") - 5) AS e'))$$, '22012', NULL, 'a raw step that fails after setting things');
 SELECT is(current_setting('search_path') || ' ' || current_setting('statement_timeout'), :'path_before' || ' 77s',
 	'leaves no setting behind');
+
+-- An error inside a function with a SET clause of its own, called by the step.
+RESET ROLE;
+CREATE FUNCTION org_222222220000400080000000000000a0.boom() RETURNS int LANGUAGE plpgsql SET work_mem = '8MB' AS $$
+BEGIN
+	PERFORM pg_catalog.set_config('search_path', 'public', false);
+	RAISE EXCEPTION 'boom';
+END $$;
+ALTER FUNCTION org_222222220000400080000000000000a0.boom() OWNER TO dalgo_wh_222222220000400080000000000000a0;
+:as_owner_a
+SELECT throws_ok($$SELECT * FROM dalgo.preview_recipe('22222222-0000-4000-8000-0000000000a0',
+	pg_temp.leaky(', org_222222220000400080000000000000a0.boom() AS b'))$$, 'P0001', 'boom',
+	'a step whose function (with its own SET clause) fails');
+SELECT is(current_setting('search_path') || ' ' || current_setting('work_mem') || ' ' || current_setting('statement_timeout'),
+	:'path_before' || ' 4MB 77s', 'leaves no setting behind either');
+SELECT is((SELECT count(*) FROM dalgo.preview_recipe('22222222-0000-4000-8000-0000000000a0', pg_temp.leaky())), 5::bigint,
+	'and the next step runs as before');
 
 -- A run (warehouse_execute, as run workers use it) rolls its settings back too.
 INSERT INTO dalgo.transformations (id, organization_id, name, recipe, output_table_name)
