@@ -8,12 +8,14 @@ MODULE_big = dalgo
 OBJS = \
 	src/audit.o \
 	src/dalgo.o \
+	src/deadline.o \
 	src/dispatch.o \
 	src/identity.o \
 	src/jwt.o \
 	src/membership.o \
 	src/next_run.o \
 	src/recipe_emit.o \
+	src/recipe_guard.o \
 	src/recipe_parse.o \
 	src/recipe_resolve.o \
 	src/scheduler.o \
