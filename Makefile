@@ -62,6 +62,7 @@ REGRESS = \
 	recipe_errors \
 	recipe_runs \
 	recipe_fuzz \
+	recipe_limits \
 	next_run \
 	scheduler_runs \
 	scheduler_live \

@@ -28,8 +28,8 @@
 #define RECIPE_MAX_ITEMS		1000	/* max_list_items: items of any other list or map */
 #define RECIPE_MAX_STRING_BYTES	(16 * 1024) /* max_string_bytes: one string (key or value) */
 #define RECIPE_MAX_DEPTH		32	/* max_nesting_depth: JSON nesting of the recipe */
-#define RECIPE_MAX_SQL_BYTES	(8 * 1024 * 1024)	/* max_sql_bytes: the generated SQL */
-#define RECIPE_MAX_ANALYZE		16	/* max_type_checks: union/sql steps that type-check the chain */
+#define RECIPE_MAX_SQL_BYTES	(4 * 1024 * 1024)	/* max_sql_bytes: the generated SQL */
+#define RECIPE_MAX_ANALYZE		8	/* max_type_checks: union/sql steps that type-check the chain */
 #define RECIPE_MAX_WEIGHT		2000	/* expression size before a step is fenced (OFFSET 0) */
 #define RECIPE_MAX_VALUE_BYTES	(64 * 1024)	/* max_value_bytes: one computed text value */
 

@@ -792,7 +792,6 @@ emit_union(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 		char	   *f = psprintf("with[%d]", i);
 
 		rels[i + 1] = recipe_source_relation(rc, recipe_item(with, i), f, &parts[i + 1]);
-		check_column_count(rc, f, list_length(all) + list_length(parts[i + 1]));
 		foreach(lc, parts[i + 1])
 		{
 			RecipeColumn *c = lfirst(lc);
@@ -800,7 +799,10 @@ emit_union(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 
 			CHECK_FOR_INTERRUPTS();
 			if (have == NULL)
+			{
 				all = lappend(all, c);
+				check_column_count(rc, f, list_length(all));
+			}
 			else if (have->type != c->type)
 				recipe_error(rc, f, "column \"%s\" is %s here but %s before; cast one of them first",
 							 c->name, format_type_be(c->type), format_type_be(have->type));
