@@ -101,7 +101,25 @@ like($err, qr/57014: canceling statement due to statement timeout/, 'compilation
 cmp_ok($total, '<', 2, "the worst preview ends within 1 s of dalgo.statement_timeout = 1s (took ${total}s)");
 like($err, qr/57014: canceling statement due to statement timeout/, 'the preview is cancelled by the timeout');
 
-# 5. One deadline for run_transformation with its upstream: three builds
+# 5. A timeout that fires inside a type check (here: waiting for a lock that
+#    the parse analysis of a raw sql step needs) is re-raised as a timeout;
+#    0.1.0 reported it as "recipe ... do not type-check" (22023).
+$node->safe_psql('postgres', qq{CREATE TABLE $wh.other (id int);
+	ALTER TABLE $wh.other OWNER TO dalgo_wh_222222220000400080000000000000c0;});
+my ($lin, $lout, $lerr) = ('', '', '');
+my $locker = IPC::Run::start([ 'psql', '-X', '-q', '-d', $node->connstr('postgres') ], '<', \$lin, '>', \$lout, '2>', \$lerr);
+$lin .= "BEGIN; LOCK TABLE $wh.other IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n";
+$locker->pump until $lout =~ /locked/;
+($total, $after_cancel, $err) = run_and_cancel('type_check_timeout',
+	qq{SELECT dalgo.compile_recipe('$org', '{"version": 1, "source": {"table": "big"}, "steps": [
+		{"type": "sql", "select": "id, (SELECT count(*) FROM $wh.other) AS n"}]}')}, 30,
+	"SET dalgo.allow_raw_sql = on; SET statement_timeout = '1s'; ");
+like($err, qr/57014: canceling statement due to statement timeout/, 'a timeout during a type check stays a timeout');
+unlike($err, qr/22023|do not type-check/, 'it is not reported as a recipe error');
+$lin .= "COMMIT;\n\\q\n";
+$locker->finish;
+
+# 6. One deadline for run_transformation with its upstream: three builds
 #    of 0.9 s each under dalgo.statement_timeout = 2s (each got its own
 #    2 s on 0.1.0, and the call succeeded after 2.7 s).
 my @t = map { sprintf('55555555-0000-4000-8000-0000000000c%d', $_) } 1 .. 3;
