@@ -1,7 +1,8 @@
 -- recipe_limits: every limit on what a recipe may ask of the server is
 -- refused with program_limit_exceeded (54000) and a message that names the
 -- limit and the figure (docs/recipes-limits.md).  Each line prints the
--- SQLSTATE and the message of one attempt, made as a member of org A.
+-- SQLSTATE and the message of one attempt, made by a viewer of org A (the
+-- least role that may compile and preview).
 \set ECHO none
 \i test/fixtures/tap_setup.sql
 BEGIN;
@@ -28,8 +29,11 @@ CREATE FUNCTION pg_temp.preview(steps jsonb) RETURNS text LANGUAGE sql AS $$
 	SELECT pg_temp.try(format('SELECT count(*) FROM dalgo.preview_recipe(%L, %L, 100)', '22222222-0000-4000-8000-0000000000a0',
 		jsonb_build_object('version', 1, 'source', '{"table": "visits"}'::jsonb, 'steps', steps)))
 $$;
+INSERT INTO dalgo.users (id, email, full_name) VALUES ('11111111-0000-4000-8000-000000000009', 'viewer.a@example.org', 'Viewer A');
+INSERT INTO dalgo.organization_members (organization_id, user_id, role)
+	VALUES ('22222222-0000-4000-8000-0000000000a0', '11111111-0000-4000-8000-000000000009', 'viewer');
 GRANT EXECUTE ON FUNCTION pg_temp.try(text), pg_temp.compile(jsonb, text), pg_temp.preview(jsonb) TO dalgo_authenticated;
-SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-000000000002';
+SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-000000000009';
 SET LOCAL ROLE dalgo_authenticated;
 \pset tuples_only false
 
