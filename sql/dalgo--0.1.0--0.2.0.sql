@@ -1240,3 +1240,44 @@ REVOKE ALL ON FUNCTION dalgo.redact_sync_run() FROM PUBLIC;
 CREATE TRIGGER redact_secrets BEFORE INSERT OR UPDATE OF error_message, details ON dalgo.sync_runs
 	FOR EACH ROW EXECUTE FUNCTION dalgo.redact_sync_run();
 COMMENT ON TRIGGER redact_secrets ON dalgo.sync_runs IS 'Run history never shows credentials (dalgo.redact)';
+
+-- rlim: size-guarded text functions for compiled recipes (schema dalgo_recipe)
+CREATE SCHEMA dalgo_recipe;
+COMMENT ON SCHEMA dalgo_recipe IS 'dalgo: size-guarded text functions that compiled recipe SQL calls';
+GRANT USAGE ON SCHEMA dalgo_recipe TO PUBLIC;
+
+CREATE FUNCTION dalgo_recipe.concat(VARIADIC "any") RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_concat'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.concat("any") IS
+	'CONCAT that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.concat_ws(text, VARIADIC "any") RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_concat_ws'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.concat_ws(text, "any") IS
+	'CONCAT_WS that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.replace(text, text, text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_replace'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.replace(text, text, text) IS
+	'REPLACE that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.lpad(text, integer) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_lpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.lpad(text, integer) IS
+	'LPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.lpad(text, integer, text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_lpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.lpad(text, integer, text) IS
+	'LPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.rpad(text, integer) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_rpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.rpad(text, integer) IS
+	'RPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.rpad(text, integer, text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_rpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.rpad(text, integer, text) IS
+	'RPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';

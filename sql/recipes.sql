@@ -354,3 +354,50 @@ GRANT EXECUTE ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo.caller_may(uu
 	dalgo.run_transformation(uuid, boolean),
 	dalgo.preview_recipe(uuid, jsonb, integer), dalgo.read_warehouse_table(uuid, text, integer)
 	TO dalgo_authenticated, dalgo_service;
+
+-- ---------------------------------------------------------------------------
+-- Value guards: the steps and functions of a recipe that can build a value
+-- larger than their inputs call these (compiled SQL names them), which refuse
+-- a result over max_value_bytes (docs/recipes-limits.md).  The warehouse
+-- roles run them, so the schema is usable by everyone; it holds only these.
+-- ---------------------------------------------------------------------------
+
+CREATE SCHEMA dalgo_recipe;
+COMMENT ON SCHEMA dalgo_recipe IS 'dalgo: size-guarded text functions that compiled recipe SQL calls';
+GRANT USAGE ON SCHEMA dalgo_recipe TO PUBLIC;
+
+CREATE FUNCTION dalgo_recipe.concat(VARIADIC "any") RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_concat'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.concat("any") IS
+	'CONCAT that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.concat_ws(text, VARIADIC "any") RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_concat_ws'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.concat_ws(text, "any") IS
+	'CONCAT_WS that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.replace(text, text, text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_replace'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.replace(text, text, text) IS
+	'REPLACE that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.lpad(text, integer) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_lpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.lpad(text, integer) IS
+	'LPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.lpad(text, integer, text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_lpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.lpad(text, integer, text) IS
+	'LPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.rpad(text, integer) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_rpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.rpad(text, integer) IS
+	'RPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.rpad(text, integer, text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_rpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.rpad(text, integer, text) IS
+	'RPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
