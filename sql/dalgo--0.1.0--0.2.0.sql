@@ -1281,3 +1281,69 @@ CREATE FUNCTION dalgo_recipe.rpad(text, integer, text) RETURNS text
 	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION dalgo_recipe.rpad(text, integer, text) IS
 	'RPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+
+-- quota: run_seconds caps the deadline of run_transformation with its upstream
+-- run_seconds: a cap on the deadline of the statement that runs a
+-- transformation with its upstream (src/deadline.c).
+CREATE FUNCTION dalgo.cap_statement_deadline(seconds bigint) RETURNS void
+	AS 'MODULE_PATHNAME', 'dalgo_cap_statement_deadline'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION dalgo.cap_statement_deadline(bigint) IS
+	'Internal: cap the current statement''s recipe deadline (dalgo.statement_timeout) at this many seconds from now; the outermost cap wins';
+
+CREATE FUNCTION dalgo.run_time_quota_hit() RETURNS boolean
+	AS 'MODULE_PATHNAME', 'dalgo_run_time_quota_hit'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION dalgo.run_time_quota_hit() IS
+	'Internal: true when the current statement has passed the cap that cap_statement_deadline set (the run_seconds quota)';
+
+REVOKE ALL ON FUNCTION dalgo.cap_statement_deadline(bigint), dalgo.run_time_quota_hit() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dalgo.run_transformation(transformation_id uuid, with_upstream boolean DEFAULT false)
+	RETURNS uuid
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t dalgo.transformations;
+	run_id uuid;
+	up record;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x
+	WHERE x.id = run_transformation.transformation_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(t.organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'transformation % does not exist', transformation_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(t.organization_id, 'member') THEN
+		RAISE EXCEPTION 'running a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo.check_run_quota(t.organization_id);
+	-- The run_seconds quota caps this call with its upstream (the outermost cap wins).
+	PERFORM dalgo.cap_statement_deadline(dalgo.organization_quota(t.organization_id, 'run_seconds'));
+	BEGIN
+		IF with_upstream THEN
+			FOR up IN SELECT * FROM dalgo.transformation_upstream(t.id) LOOP
+				PERFORM dalgo.run_transformation(up.id, false);
+			END LOOP;
+		END IF;
+		INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
+											   triggered_by_id, details)
+		VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id(),
+				jsonb_build_object('runner_pid', pg_backend_pid()))
+		RETURNING id INTO run_id;
+		PERFORM dalgo.build_transformation(t.id, run_id);
+	EXCEPTION WHEN query_canceled THEN
+		IF dalgo.run_time_quota_hit() THEN
+			RAISE EXCEPTION 'quota run_seconds exceeded: the run with its upstream took more than % seconds',
+				dalgo.organization_quota(t.organization_id, 'run_seconds')
+				USING ERRCODE = 'configuration_limit_exceeded',
+					  HINT = 'Split the work, or ask a superuser to raise the quota.';
+		END IF;
+		RAISE;
+	END;
+	RETURN run_id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.run_transformation(uuid, boolean) IS
+	'Build a transformation''s output table (atomic swap) and record the run; with_upstream runs what it reads first. Members and above. A failure is recorded on the run row, reported as a WARNING, and leaves the previous output intact';
+

@@ -295,17 +295,29 @@ BEGIN
 		RAISE EXCEPTION 'running a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
 	END IF;
 	PERFORM dalgo.check_run_quota(t.organization_id);
-	IF with_upstream THEN
-		FOR up IN SELECT * FROM dalgo.transformation_upstream(t.id) LOOP
-			PERFORM dalgo.run_transformation(up.id, false);
-		END LOOP;
-	END IF;
-	INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
-										   triggered_by_id, details)
-	VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id(),
-			jsonb_build_object('runner_pid', pg_backend_pid()))
-	RETURNING id INTO run_id;
-	PERFORM dalgo.build_transformation(t.id, run_id);
+	-- The run_seconds quota caps this call with its upstream (the outermost cap wins).
+	PERFORM dalgo.cap_statement_deadline(dalgo.organization_quota(t.organization_id, 'run_seconds'));
+	BEGIN
+		IF with_upstream THEN
+			FOR up IN SELECT * FROM dalgo.transformation_upstream(t.id) LOOP
+				PERFORM dalgo.run_transformation(up.id, false);
+			END LOOP;
+		END IF;
+		INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
+											   triggered_by_id, details)
+		VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id(),
+				jsonb_build_object('runner_pid', pg_backend_pid()))
+		RETURNING id INTO run_id;
+		PERFORM dalgo.build_transformation(t.id, run_id);
+	EXCEPTION WHEN query_canceled THEN
+		IF dalgo.run_time_quota_hit() THEN
+			RAISE EXCEPTION 'quota run_seconds exceeded: the run with its upstream took more than % seconds',
+				dalgo.organization_quota(t.organization_id, 'run_seconds')
+				USING ERRCODE = 'configuration_limit_exceeded',
+					  HINT = 'Split the work, or ask a superuser to raise the quota.';
+		END IF;
+		RAISE;
+	END;
 	RETURN run_id;
 END
 $$;
