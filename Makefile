@@ -8,6 +8,7 @@ MODULE_big = dalgo
 OBJS = \
 	src/audit.o \
 	src/dalgo.o \
+	src/deadline.o \
 	src/dispatch.o \
 	src/identity.o \
 	src/jwt.o \
@@ -15,6 +16,7 @@ OBJS = \
 	src/next_run.o \
 	src/quota.o \
 	src/recipe_emit.o \
+	src/recipe_guard.o \
 	src/recipe_parse.o \
 	src/recipe_resolve.o \
 	src/redact.o \
@@ -80,6 +82,7 @@ REGRESS = \
 	recipe_errors \
 	recipe_runs \
 	recipe_fuzz \
+	recipe_limits \
 	next_run \
 	scheduler_runs \
 	scheduler_live \

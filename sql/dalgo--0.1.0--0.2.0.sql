@@ -1241,6 +1241,150 @@ CREATE TRIGGER redact_secrets BEFORE INSERT OR UPDATE OF error_message, details 
 	FOR EACH ROW EXECUTE FUNCTION dalgo.redact_sync_run();
 COMMENT ON TRIGGER redact_secrets ON dalgo.sync_runs IS 'Run history never shows credentials (dalgo.redact)';
 
+-- rlim: size-guarded text functions for compiled recipes (schema dalgo_recipe)
+CREATE SCHEMA dalgo_recipe;
+COMMENT ON SCHEMA dalgo_recipe IS 'dalgo: size-guarded text functions that compiled recipe SQL calls';
+GRANT USAGE ON SCHEMA dalgo_recipe TO PUBLIC;
+
+CREATE FUNCTION dalgo_recipe.concat(VARIADIC "any") RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_concat'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.concat("any") IS
+	'CONCAT that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.concat_ws(text, VARIADIC "any") RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_concat_ws'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.concat_ws(text, "any") IS
+	'CONCAT_WS that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.replace(text, text, text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_replace'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.replace(text, text, text) IS
+	'REPLACE that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.lpad(text, integer) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_lpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.lpad(text, integer) IS
+	'LPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.lpad(text, integer, text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_lpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.lpad(text, integer, text) IS
+	'LPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.rpad(text, integer) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_rpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.rpad(text, integer) IS
+	'RPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.rpad(text, integer, text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_rpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.rpad(text, integer, text) IS
+	'RPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+
+-- quota: run_seconds caps the deadline of run_transformation with its upstream
+-- run_seconds: a cap on the deadline of the statement that runs a
+-- transformation with its upstream (src/deadline.c).
+CREATE FUNCTION dalgo.cap_statement_deadline(seconds bigint) RETURNS void
+	AS 'MODULE_PATHNAME', 'dalgo_cap_statement_deadline'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION dalgo.cap_statement_deadline(bigint) IS
+	'Internal: cap the current statement''s recipe deadline (dalgo.statement_timeout) at this many seconds from now; the outermost cap wins';
+
+CREATE FUNCTION dalgo.run_time_quota_hit() RETURNS boolean
+	AS 'MODULE_PATHNAME', 'dalgo_run_time_quota_hit'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION dalgo.run_time_quota_hit() IS
+	'Internal: true when the current statement has passed the cap that cap_statement_deadline set (the run_seconds quota)';
+
+REVOKE ALL ON FUNCTION dalgo.cap_statement_deadline(bigint), dalgo.run_time_quota_hit() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dalgo.run_transformation(transformation_id uuid, with_upstream boolean DEFAULT false)
+	RETURNS uuid
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t dalgo.transformations;
+	run_id uuid;
+	up record;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x
+	WHERE x.id = run_transformation.transformation_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(t.organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'transformation % does not exist', transformation_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(t.organization_id, 'member') THEN
+		RAISE EXCEPTION 'running a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo.check_run_quota(t.organization_id);
+	-- The run_seconds quota caps this call with its upstream (the outermost cap wins).
+	PERFORM dalgo.cap_statement_deadline(dalgo.organization_quota(t.organization_id, 'run_seconds'));
+	BEGIN
+		IF with_upstream THEN
+			FOR up IN SELECT * FROM dalgo.transformation_upstream(t.id) LOOP
+				PERFORM dalgo.run_transformation(up.id, false);
+			END LOOP;
+		END IF;
+		INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
+											   triggered_by_id, details)
+		VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id(),
+				jsonb_build_object('runner_pid', pg_backend_pid()))
+		RETURNING id INTO run_id;
+		PERFORM dalgo.build_transformation(t.id, run_id);
+	EXCEPTION WHEN query_canceled THEN
+		IF dalgo.run_time_quota_hit() THEN
+			RAISE EXCEPTION 'quota run_seconds exceeded: the run with its upstream took more than % seconds',
+				dalgo.organization_quota(t.organization_id, 'run_seconds')
+				USING ERRCODE = 'configuration_limit_exceeded',
+					  HINT = 'Split the work, or ask a superuser to raise the quota.';
+		END IF;
+		RAISE;
+	END;
+	RETURN run_id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.run_transformation(uuid, boolean) IS
+	'Build a transformation''s output table (atomic swap) and record the run; with_upstream runs what it reads first. Members and above. A failure is recorded on the run row, reported as a WARNING, and leaves the previous output intact';
+
+
+-- quota: connector runs of an organization at a quota stay pending
+CREATE OR REPLACE FUNCTION dalgo.claim_sync_run() RETURNS dalgo.sync_runs
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	org uuid;
+BEGIN
+	FOR org IN
+		SELECT x.organization_id FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status IN ('pending', 'running') AND dalgo.is_connector_source(s.source_type) AND x.deleted_at IS NULL
+		GROUP BY x.organization_id
+		HAVING bool_or(x.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
+				 x.organization_id
+	LOOP
+		-- An organization at a quota keeps its runs pending until it is below it.
+		BEGIN
+			PERFORM dalgo.check_run_quota(org);
+		EXCEPTION WHEN configuration_limit_exceeded THEN
+			CONTINUE;
+		END;
+		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo.is_connector_source(s.source_type)
+		  AND x.deleted_at IS NULL
+		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
+		IF FOUND THEN
+			UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
+			RETURN r;
+		END IF;
+	END LOOP;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo.claim_sync_run() IS
+	'Connector protocol: claim a pending connector sync run (SKIP LOCKED; the organization with the fewest running, then the oldest) and mark it running; NULL when there is none';
 -- rsec: warehouse isolation (types resolve only in pg_catalog and the
 -- organization's schema, read-only previews, settings rolled back after each
 -- warehouse step, dependencies only where the recipe contract allows them,
@@ -1580,24 +1724,36 @@ BEGIN
 		RAISE EXCEPTION 'running a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
 	END IF;
 	PERFORM dalgo.check_run_quota(t.organization_id);
-	IF with_upstream THEN
-		-- transformation_upstream refuses a dependency outside the organization;
-		-- checked again here for each run, identity or not.
-		FOR up IN SELECT u.id, x.organization_id FROM dalgo.transformation_upstream(t.id) u
-				  LEFT JOIN dalgo.transformations x ON x.id = u.id LOOP
-			IF up.organization_id IS DISTINCT FROM t.organization_id THEN
-				RAISE EXCEPTION 'transformation % reads %, which is not a transformation of its organization', t.id, up.id
-					USING ERRCODE = 'invalid_parameter_value';
-			END IF;
-			PERFORM dalgo.run_transformation(up.id, false);
-		END LOOP;
-	END IF;
-	INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
-										   triggered_by_id, details)
-	VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id(),
-			jsonb_build_object('runner_pid', pg_backend_pid()))
-	RETURNING id INTO run_id;
-	PERFORM dalgo.build_transformation(t.id, run_id);
+	-- The run_seconds quota caps this call with its upstream (the outermost cap wins).
+	PERFORM dalgo.cap_statement_deadline(dalgo.organization_quota(t.organization_id, 'run_seconds'));
+	BEGIN
+		IF with_upstream THEN
+			-- transformation_upstream refuses a dependency outside the organization;
+			-- checked again here for each run, identity or not.
+			FOR up IN SELECT u.id, x.organization_id FROM dalgo.transformation_upstream(t.id) u
+					  LEFT JOIN dalgo.transformations x ON x.id = u.id LOOP
+				IF up.organization_id IS DISTINCT FROM t.organization_id THEN
+					RAISE EXCEPTION 'transformation % reads %, which is not a transformation of its organization', t.id, up.id
+						USING ERRCODE = 'invalid_parameter_value';
+				END IF;
+				PERFORM dalgo.run_transformation(up.id, false);
+			END LOOP;
+		END IF;
+		INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
+											   triggered_by_id, details)
+		VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id(),
+				jsonb_build_object('runner_pid', pg_backend_pid()))
+		RETURNING id INTO run_id;
+		PERFORM dalgo.build_transformation(t.id, run_id);
+	EXCEPTION WHEN query_canceled THEN
+		IF dalgo.run_time_quota_hit() THEN
+			RAISE EXCEPTION 'quota run_seconds exceeded: the run with its upstream took more than % seconds',
+				dalgo.organization_quota(t.organization_id, 'run_seconds')
+				USING ERRCODE = 'configuration_limit_exceeded',
+					  HINT = 'Split the work, or ask a superuser to raise the quota.';
+		END IF;
+		RAISE;
+	END;
 	RETURN run_id;
 END
 $$;

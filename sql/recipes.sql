@@ -489,24 +489,36 @@ BEGIN
 		RAISE EXCEPTION 'running a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
 	END IF;
 	PERFORM dalgo.check_run_quota(t.organization_id);
-	IF with_upstream THEN
-		-- transformation_upstream refuses a dependency outside the organization;
-		-- checked again here for each run, identity or not.
-		FOR up IN SELECT u.id, x.organization_id FROM dalgo.transformation_upstream(t.id) u
-				  LEFT JOIN dalgo.transformations x ON x.id = u.id LOOP
-			IF up.organization_id IS DISTINCT FROM t.organization_id THEN
-				RAISE EXCEPTION 'transformation % reads %, which is not a transformation of its organization', t.id, up.id
-					USING ERRCODE = 'invalid_parameter_value';
-			END IF;
-			PERFORM dalgo.run_transformation(up.id, false);
-		END LOOP;
-	END IF;
-	INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
-										   triggered_by_id, details)
-	VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id(),
-			jsonb_build_object('runner_pid', pg_backend_pid()))
-	RETURNING id INTO run_id;
-	PERFORM dalgo.build_transformation(t.id, run_id);
+	-- The run_seconds quota caps this call with its upstream (the outermost cap wins).
+	PERFORM dalgo.cap_statement_deadline(dalgo.organization_quota(t.organization_id, 'run_seconds'));
+	BEGIN
+		IF with_upstream THEN
+			-- transformation_upstream refuses a dependency outside the organization;
+			-- checked again here for each run, identity or not.
+			FOR up IN SELECT u.id, x.organization_id FROM dalgo.transformation_upstream(t.id) u
+					  LEFT JOIN dalgo.transformations x ON x.id = u.id LOOP
+				IF up.organization_id IS DISTINCT FROM t.organization_id THEN
+					RAISE EXCEPTION 'transformation % reads %, which is not a transformation of its organization', t.id, up.id
+						USING ERRCODE = 'invalid_parameter_value';
+				END IF;
+				PERFORM dalgo.run_transformation(up.id, false);
+			END LOOP;
+		END IF;
+		INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
+											   triggered_by_id, details)
+		VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id(),
+				jsonb_build_object('runner_pid', pg_backend_pid()))
+		RETURNING id INTO run_id;
+		PERFORM dalgo.build_transformation(t.id, run_id);
+	EXCEPTION WHEN query_canceled THEN
+		IF dalgo.run_time_quota_hit() THEN
+			RAISE EXCEPTION 'quota run_seconds exceeded: the run with its upstream took more than % seconds',
+				dalgo.organization_quota(t.organization_id, 'run_seconds')
+				USING ERRCODE = 'configuration_limit_exceeded',
+					  HINT = 'Split the work, or ask a superuser to raise the quota.';
+		END IF;
+		RAISE;
+	END;
 	RETURN run_id;
 END
 $$;
@@ -557,3 +569,50 @@ GRANT EXECUTE ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo.caller_may(uu
 	dalgo.run_transformation(uuid, boolean),
 	dalgo.preview_recipe(uuid, jsonb, integer), dalgo.read_warehouse_table(uuid, text, integer)
 	TO dalgo_authenticated, dalgo_service;
+
+-- ---------------------------------------------------------------------------
+-- Value guards: the steps and functions of a recipe that can build a value
+-- larger than their inputs call these (compiled SQL names them), which refuse
+-- a result over max_value_bytes (docs/recipes-limits.md).  The warehouse
+-- roles run them, so the schema is usable by everyone; it holds only these.
+-- ---------------------------------------------------------------------------
+
+CREATE SCHEMA dalgo_recipe;
+COMMENT ON SCHEMA dalgo_recipe IS 'dalgo: size-guarded text functions that compiled recipe SQL calls';
+GRANT USAGE ON SCHEMA dalgo_recipe TO PUBLIC;
+
+CREATE FUNCTION dalgo_recipe.concat(VARIADIC "any") RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_concat'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.concat("any") IS
+	'CONCAT that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.concat_ws(text, VARIADIC "any") RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_concat_ws'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.concat_ws(text, "any") IS
+	'CONCAT_WS that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.replace(text, text, text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_replace'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.replace(text, text, text) IS
+	'REPLACE that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.lpad(text, integer) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_lpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.lpad(text, integer) IS
+	'LPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.lpad(text, integer, text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_lpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.lpad(text, integer, text) IS
+	'LPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.rpad(text, integer) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_rpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.rpad(text, integer) IS
+	'RPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.rpad(text, integer, text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_rpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.rpad(text, integer, text) IS
+	'RPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';

@@ -698,6 +698,12 @@ BEGIN
 		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
 				 x.organization_id
 	LOOP
+		-- An organization at a quota keeps its runs pending until it is below it.
+		BEGIN
+			PERFORM dalgo.check_run_quota(org);
+		EXCEPTION WHEN configuration_limit_exceeded THEN
+			CONTINUE;
+		END;
 		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
 		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo.is_connector_source(s.source_type)
 		  AND x.deleted_at IS NULL

@@ -112,6 +112,18 @@ extern char *dalgo_csv_dir;
 
 /* warehouse.c */
 extern void dalgo_warehouse_init(void);
+extern int	dalgo_statement_timeout;
+
+/* deadline.c: dalgo.statement_timeout, one deadline per top-level statement */
+typedef struct DalgoDeadline
+{
+	bool		armed;			/* we armed STATEMENT_TIMEOUT */
+	bool		had_timeout;	/* the caller's timer, re-armed on leaving */
+	TimestampTz caller_at;
+} DalgoDeadline;
+
+extern void dalgo_deadline_enter(DalgoDeadline *d);
+extern void dalgo_deadline_leave(DalgoDeadline *d);
 
 /* uuid_v7.c */
 extern void dalgo_uuid_v7(pg_uuid_t *result);

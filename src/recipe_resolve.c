@@ -25,6 +25,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/plancache.h"
@@ -59,19 +60,111 @@ recipe_new_column(const char *name, Oid type, int32 typmod)
 	c->name = pstrdup(name);
 	c->type = type;
 	c->typmod = typmod;
+	c->weight = 1;
 	return c;
 }
 
-/* The column called name, or NULL. */
+/*
+ * Column lookups by name use a hash index per column list, so that a step
+ * over n columns costs O(n), not O(n^2).  Lists only grow in place
+ * (lappend) or are replaced, so an index keyed by the list's address stays
+ * valid while it covers a prefix of the list; it is extended with the items
+ * appended since.  A few indexes are kept; recipe_index_reset() forgets
+ * them when a compilation starts (their memory belongs to the previous one).
+ */
+#define RECIPE_INDEX_SLOTS 8
+#define RECIPE_INDEX_MIN 16		/* shorter lists are searched linearly */
+
+typedef struct ColumnIndexEntry
+{
+	char		name[NAMEDATALEN];
+	RecipeColumn *column;
+} ColumnIndexEntry;
+
+typedef struct ColumnIndex
+{
+	List	   *list;
+	int			covered;		/* items of list in the hash table */
+	HTAB	   *hash;
+	uint64		used;			/* for least-recently-used replacement */
+} ColumnIndex;
+
+static ColumnIndex column_indexes[RECIPE_INDEX_SLOTS];
+static uint64 column_index_clock = 0;
+
+/* Forget every column index (a new compilation starts). */
+void
+recipe_index_reset(void)
+{
+	memset(column_indexes, 0, sizeof(column_indexes));
+	column_index_clock = 0;
+}
+
+/* The hash index of a column list, built or extended as needed. */
+static HTAB *
+column_index(List *columns)
+{
+	ColumnIndex *slot = NULL;
+	int			n = list_length(columns);
+
+	for (int i = 0; i < RECIPE_INDEX_SLOTS; i++)
+		if (column_indexes[i].list == columns && column_indexes[i].hash != NULL)
+			slot = &column_indexes[i];
+	if (slot != NULL && slot->covered > n)
+		slot->hash = NULL;		/* cannot happen: lists do not shrink */
+	if (slot == NULL || slot->hash == NULL)
+	{
+		HASHCTL		ctl;
+
+		if (slot == NULL)
+		{
+			slot = &column_indexes[0];
+			for (int i = 1; i < RECIPE_INDEX_SLOTS; i++)
+				if (column_indexes[i].used < slot->used)
+					slot = &column_indexes[i];
+		}
+		ctl.keysize = NAMEDATALEN;
+		ctl.entrysize = sizeof(ColumnIndexEntry);
+		ctl.hcxt = CurrentMemoryContext;
+		slot->hash = hash_create("dalgo recipe columns", Max(n, 64), &ctl,
+								 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+		slot->list = columns;
+		slot->covered = 0;
+	}
+	for (; slot->covered < n; slot->covered++)
+	{
+		RecipeColumn *c = list_nth(columns, slot->covered);
+		bool		found;
+		ColumnIndexEntry *e;
+
+		CHECK_FOR_INTERRUPTS();
+		e = hash_search(slot->hash, c->name, HASH_ENTER, &found);
+		if (!found)
+			e->column = c;
+	}
+	slot->used = ++column_index_clock;
+	return slot->hash;
+}
+
+/* The column called name, or NULL (the first one, if a list has two). */
 RecipeColumn *
 recipe_find_column(List *columns, const char *name)
 {
-	ListCell   *lc;
+	ColumnIndexEntry *e;
 
-	foreach(lc, columns)
-		if (strcmp(((RecipeColumn *) lfirst(lc))->name, name) == 0)
-			return lfirst(lc);
-	return NULL;
+	if (strlen(name) >= NAMEDATALEN)
+		return NULL;
+	if (list_length(columns) < RECIPE_INDEX_MIN)
+	{
+		ListCell   *lc;
+
+		foreach(lc, columns)
+			if (strcmp(((RecipeColumn *) lfirst(lc))->name, name) == 0)
+				return lfirst(lc);
+		return NULL;
+	}
+	e = hash_search(column_index(columns), name, HASH_FIND, NULL);
+	return e ? e->column : NULL;
 }
 
 /* The column called name, or an error with the available columns. */
@@ -82,6 +175,7 @@ recipe_require_column(RecipeCompiler *rc, const char *field, const char *name)
 
 	if (c == NULL)
 		recipe_column_error(rc, field, name);
+	rc->ref_weight += c->weight;
 	return c;
 }
 
@@ -205,7 +299,29 @@ recipe_source_relation(RecipeCompiler *rc, JsonbValue *source, const char *field
 
 typedef void (*guarded_fn) (void *arg);
 
-/* Run fn in a subtransaction; an error in it becomes a recipe error for field. */
+/*
+ * Errors of the parser and of type resolution that a recipe can cause:
+ * these become recipe errors.  Everything else (a cancel or timeout, out of
+ * memory, a limit, a deadlock, an internal error) is re-thrown unchanged.
+ */
+static bool
+is_recipe_error(int sqlerrcode)
+{
+	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
+	{
+		case ERRCODE_DATA_EXCEPTION:	/* 22: bad values, invalid regular expressions */
+		case ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION:	/* 42: syntax, unknown names, types */
+		case ERRCODE_FEATURE_NOT_SUPPORTED: /* 0A */
+			return true;
+		default:
+			return false;
+	}
+}
+
+/*
+ * Run fn in a subtransaction; a recipe error in it becomes a recipe error
+ * for field, any other error is re-thrown as it was.
+ */
 static void
 run_guarded(RecipeCompiler *rc, const char *field, const char *what, guarded_fn fn, void *arg)
 {
@@ -231,6 +347,8 @@ run_guarded(RecipeCompiler *rc, const char *field, const char *what, guarded_fn 
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
+		if (!is_recipe_error(edata->sqlerrcode))
+			ReThrowError(edata);
 		if (what != NULL)
 			recipe_error(rc, field, "%s: %s", what, edata->message);
 		recipe_error(rc, field, "%s", edata->message);
