@@ -24,7 +24,8 @@ OBJS = \
 	src/tables.o \
 	src/updated_at.o \
 	src/uuid_v7.o \
-	src/warehouse.o
+	src/warehouse.o \
+	src/warehouse_names.o
 
 # Install-script fragments, in dependency order.
 SQL_FRAGMENTS = \
@@ -90,7 +91,12 @@ REGRESS = \
 	run_queue_fairness \
 	csv_tenant_isolation \
 	output_view_refresh \
-	install_lifecycle
+	install_lifecycle \
+	warehouse_privilege_escape \
+	warehouse_setting_isolation \
+	recipe_dependency_smuggling \
+	warehouse_table_ownership \
+	warehouse_adoption
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \

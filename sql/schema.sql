@@ -304,15 +304,17 @@ CREATE TABLE dalgo.warehouse_tables (
 	created_at		timestamptz NOT NULL DEFAULT now(),
 	updated_at		timestamptz NOT NULL DEFAULT now(),
 	deleted_at		timestamptz,
+	output_id		uuid,
 	CONSTRAINT warehouse_tables_connection_fkey FOREIGN KEY (organization_id, warehouse_connection_id)
 		REFERENCES dalgo.warehouse_connections (organization_id, id) ON DELETE CASCADE,
 	CONSTRAINT warehouse_tables_source_fkey FOREIGN KEY (organization_id, source_id)
 		REFERENCES dalgo.sources (organization_id, id) ON DELETE CASCADE,
-	CONSTRAINT warehouse_tables_one_producer CHECK (num_nonnulls(source_id, transformation_id) <= 1)
+	CONSTRAINT warehouse_tables_one_producer CHECK (num_nonnulls(source_id, transformation_id, output_id) <= 1)
 );
 COMMENT ON TABLE dalgo.warehouse_tables IS 'Registry of the tables in each organization''s warehouse';
 COMMENT ON COLUMN dalgo.warehouse_tables.organization_id IS 'Tenant column (a dalgo addition), filled from the warehouse connection when an insert omits it';
 COMMENT ON COLUMN dalgo.warehouse_tables.schema_info IS 'Columns and types of the table, refreshed after each run';
+COMMENT ON COLUMN dalgo.warehouse_tables.output_id IS 'The output whose refresh produced the table (a dalgo addition); source_id, transformation_id and output_id name the one producer that may replace it';
 CREATE INDEX warehouse_tables_organization_id_idx ON dalgo.warehouse_tables (organization_id);
 COMMENT ON INDEX dalgo.warehouse_tables_organization_id_idx IS 'Tenant index';
 CREATE INDEX warehouse_tables_connection_id_idx ON dalgo.warehouse_tables (warehouse_connection_id);
@@ -441,6 +443,13 @@ CREATE INDEX outputs_transformation_id_idx ON dalgo.outputs (transformation_id);
 COMMENT ON INDEX dalgo.outputs_transformation_id_idx IS 'Foreign key index';
 CREATE INDEX outputs_created_by_id_idx ON dalgo.outputs (created_by_id);
 COMMENT ON INDEX dalgo.outputs_created_by_id_idx IS 'Foreign key index';
+
+-- warehouse_tables -> outputs is declared here, once the parent exists.
+ALTER TABLE dalgo.warehouse_tables ADD CONSTRAINT warehouse_tables_output_fkey
+	FOREIGN KEY (organization_id, output_id)
+	REFERENCES dalgo.outputs (organization_id, id) ON DELETE CASCADE;
+CREATE INDEX warehouse_tables_output_id_idx ON dalgo.warehouse_tables (output_id);
+COMMENT ON INDEX dalgo.warehouse_tables_output_id_idx IS 'Foreign key index';
 
 CREATE TABLE dalgo.schedules (
 	id				uuid PRIMARY KEY DEFAULT gen_random_uuid(),

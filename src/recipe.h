@@ -94,6 +94,7 @@ extern RecipeColumn *recipe_new_column(const char *name, Oid type, int32 typmod)
 extern void recipe_check_new_name(RecipeCompiler *rc, List *columns, const char *field, const char *name);
 extern char *recipe_parse_type(RecipeCompiler *rc, const char *field, const char *typestr,
 							   Oid *type, int32 *typmod);
+extern char *recipe_format_type(Oid type, int32 typmod);
 extern void recipe_check_regex(RecipeCompiler *rc, const char *field, const char *pattern);
 extern void recipe_analyze_output(RecipeCompiler *rc, int cte);
 extern void recipe_check_raw_select(RecipeCompiler *rc, const char *field, const char *sql);

@@ -825,7 +825,7 @@ emit_union(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 				recipe_append_ident(out, c->name);
 			else
 			{
-				appendStringInfo(out, "CAST(NULL AS %s) AS ", format_type_with_typemod(c->type, c->typmod));
+				appendStringInfo(out, "CAST(NULL AS %s) AS ", recipe_format_type(c->type, c->typmod));
 				recipe_append_ident(out, c->name);
 			}
 		}

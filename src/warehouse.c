@@ -14,6 +14,7 @@
 
 #include "access/detoast.h"
 #include "access/htup_details.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -23,6 +24,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/syscache.h"
 #include "utils/timeout.h"
 
 PG_FUNCTION_INFO_V1(dalgo_warehouse_execute);
@@ -30,6 +32,31 @@ PG_FUNCTION_INFO_V1(dalgo_warehouse_query);
 
 int			dalgo_statement_timeout = 300000;
 static int	dalgo_max_result_bytes = 64 * 1024 * 1024;
+
+/*
+ * Refuse to act as a warehouse role that has more rights than dalgo gives
+ * it: someone may have altered it (or created it before dalgo did).
+ */
+static void
+warehouse_role_check(Oid role, const char *name)
+{
+	HeapTuple	tup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(role));
+	Form_pg_authid form;
+	bool		bad;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for role %u", role);
+	form = (Form_pg_authid) GETSTRUCT(tup);
+	bad = form->rolsuper || form->rolbypassrls || form->rolcreaterole || form->rolcreatedb ||
+		form->rolreplication || form->rolcanlogin;
+	ReleaseSysCache(tup);
+	if (bad)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("warehouse role \"%s\" has attributes dalgo does not give it", name),
+				 errdetail("A warehouse role must be NOLOGIN, NOSUPERUSER, NOBYPASSRLS, NOCREATEROLE, NOCREATEDB and NOREPLICATION."),
+				 errhint("A superuser must correct the role before the organization's warehouse is used again.")));
+}
 
 /* The role that owns an organization's warehouse; raises if it does not exist yet. */
 static Oid
@@ -52,6 +79,7 @@ warehouse_role(const pg_uuid_t *org)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("the organization has no warehouse yet"),
 				 errhint("Call dalgo.warehouse_schema(organization_id) first.")));
+	warehouse_role_check(role, name);
 	return role;
 }
 
@@ -60,19 +88,31 @@ typedef struct WarehouseContext
 	Oid			save_userid;
 	int			save_sec;
 	int			save_nestlevel;
+	bool		entered;		/* between enter_warehouse and leave_warehouse */
 	DalgoDeadline deadline;		/* the statement's dalgo.statement_timeout */
 } WarehouseContext;
 
-/* Become the warehouse role, pin search_path, arm the statement timeout. */
+/*
+ * Become the warehouse role, pin search_path, arm the statement timeout.
+ * Every setting changed from here on belongs to a GUC nest level of its own
+ * that leave_warehouse rolls back, whatever the step did (SET, set_config
+ * with is_local false, a function's SET clause).  read_only makes the step
+ * read-only: transaction_read_only is on inside the nest level, so the
+ * executor refuses every write and utility command, however it is reached.
+ */
 static void
-enter_warehouse(const pg_uuid_t *org, WarehouseContext *wc)
+enter_warehouse(const pg_uuid_t *org, WarehouseContext *wc, bool read_only)
 {
 	Oid			role = warehouse_role(org);
 
 	GetUserIdAndSecContext(&wc->save_userid, &wc->save_sec);
 	wc->save_nestlevel = NewGUCNestLevel();
+	wc->entered = true;
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+	if (read_only)
+		(void) set_config_option("transaction_read_only", "on", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
 	SetUserIdAndSecContext(role, wc->save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	/* One deadline for the whole top-level statement (deadline.c); the earlier one wins. */
 	dalgo_deadline_enter(&wc->deadline);
@@ -85,13 +125,22 @@ restore_timeout(WarehouseContext *wc)
 	dalgo_deadline_leave(&wc->deadline);
 }
 
-/* Undo enter_warehouse (on error, transaction abort restores the user and settings). */
+/*
+ * Undo enter_warehouse, on success and on error alike: the caller's timeout,
+ * user and security context, and every setting as it was before the step
+ * (AtEOXact_GUC with isCommit false: even a session-level SET made inside
+ * the step is rolled back, so nothing leaks into the caller's session or a
+ * run worker's next run).
+ */
 static void
 leave_warehouse(WarehouseContext *wc)
 {
 	restore_timeout(wc);
+	if (!wc->entered)
+		return;
+	wc->entered = false;
 	SetUserIdAndSecContext(wc->save_userid, wc->save_sec);
-	AtEOXact_GUC(true, wc->save_nestlevel);
+	AtEOXact_GUC(false, wc->save_nestlevel);
 }
 
 /* SQL: dalgo.warehouse_execute(org, sql): run a command as the warehouse role; rows processed. */
@@ -106,14 +155,14 @@ dalgo_warehouse_execute(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	enter_warehouse(org, &wc);
+	enter_warehouse(org, &wc, false);
 	PG_TRY();
 	{
 		rc = SPI_execute(sql, false, 0);
 	}
 	PG_CATCH();
 	{
-		restore_timeout(&wc);
+		leave_warehouse(&wc);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
@@ -263,7 +312,7 @@ dalgo_warehouse_query(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	enter_warehouse(org, &wc);
+	enter_warehouse(org, &wc, true);
 	PG_TRY();
 	{
 		SPIPlanPtr	plan = SPI_prepare(query, 0, NULL);
@@ -276,7 +325,7 @@ dalgo_warehouse_query(PG_FUNCTION_ARGS)
 	}
 	PG_CATCH();
 	{
-		restore_timeout(&wc);
+		leave_warehouse(&wc);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
