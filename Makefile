@@ -61,6 +61,7 @@ REGRESS = \
 	recipe_runs \
 	recipe_fuzz \
 	next_run \
+	next_run_fuzz \
 	scheduler_runs \
 	scheduler_live \
 	install_lifecycle
@@ -79,6 +80,8 @@ PROVE_TESTS = $(wildcard test/t/*.pl)
 
 EXTRA_CLEAN = tmp_check_regress
 
+# The scheduler serves only databases whose dalgo is this version.
+PG_CPPFLAGS = -DDALGO_VERSION=\"$(EXTVERSION)\"
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 
 PG_CONFIG ?= pg_config
