@@ -85,6 +85,7 @@ PGDLLEXPORT void dalgo_run_main(Datum arg);
 #define DALGO_MAX_REQUESTS 16
 #define LAUNCHER_INTERVAL_MS 5000
 #define START_TIMEOUT_MS 60000
+#define MAX_PROBES 2			/* databases looked at at once */
 #define VERSION_RECHECK_MS 5000
 #define PURGE_INTERVAL_SECS 600
 
@@ -104,6 +105,7 @@ typedef struct SchedulerSlot
 	bool		absent;			/* the scheduler found no dalgo and left */
 	bool		recheck;		/* CREATE EXTENSION asked since: look again */
 	bool		idle;			/* dalgo is installed at another version */
+	bool		probing;		/* not yet known to have dalgo */
 	TimestampTz started_at;
 	TimestampTz last_tick;
 	int			due;
@@ -321,7 +323,10 @@ dalgo_launcher_main(Datum arg)
 		List	   *dbs;
 		List	   *idle_slots = NIL;
 		List	   *to_start = NIL;
+		List	   *no_slot = NIL;
 		ListCell   *lc;
+		int			probes = 0;
+		bool		start_failed = false;
 		TimestampTz now = GetCurrentTimestamp();
 		MemoryContext old;
 
@@ -382,6 +387,11 @@ dalgo_launcher_main(Datum arg)
 				list_member_oid(idle_slots, s->dboid) && !list_member_oid(dbs, s->dboid))
 				memset(s, 0, sizeof(SchedulerSlot));
 		}
+		/* Probes going now: a database not known to have dalgo, being looked at. */
+		for (int i = 0; i < DALGO_MAX_DATABASES; i++)
+			if (shared->dbs[i].dboid != InvalidOid && shared->dbs[i].probing &&
+				(shared->dbs[i].starting || shared->dbs[i].pid != 0))
+				probes++;
 		foreach(lc, dbs)
 		{
 			Oid			dboid = lfirst_oid(lc);
@@ -389,22 +399,33 @@ dalgo_launcher_main(Datum arg)
 
 			if (list_member_oid(without_dalgo, dboid))
 				continue;
-			slot = db_slot(dboid, true);
+			slot = db_slot(dboid, false);
 			if (slot == NULL)
 			{
-				if (!list_member_oid(warned, dboid))
+				/* Never seen: probe it, a few at a time, so probes do not crowd out run workers. */
+				if (probes >= MAX_PROBES)
+					continue;
+				slot = db_slot(dboid, true);
+				if (slot == NULL)
 				{
-					warned = lappend_oid(warned, dboid);
-					ereport(WARNING,
-							(errmsg("dalgo launcher: no free scheduler slot for database %u", dboid),
-							 errdetail("At most %d databases of a cluster get a dalgo scheduler.", DALGO_MAX_DATABASES),
-							 errhint("Drop dalgo from databases that do not use it; the slot is freed within seconds.")));
+					if (!list_member_oid(warned, dboid))
+					{
+						warned = lappend_oid(warned, dboid);
+						no_slot = lappend_oid(no_slot, dboid);
+					}
+					continue;
 				}
-				continue;
+				slot->probing = true;
 			}
 			if (slot->pid == 0 &&
 				(!slot->starting || TimestampDifferenceExceeds(slot->started_at, now, START_TIMEOUT_MS)))
 			{
+				if (slot->probing && !slot->starting)
+				{
+					if (probes >= MAX_PROBES)
+						continue;
+					probes++;
+				}
 				slot->starting = true;
 				slot->absent = false;
 				slot->recheck = false;
@@ -413,29 +434,41 @@ dalgo_launcher_main(Datum arg)
 			}
 		}
 		LWLockRelease(shared->lock);
+		foreach(lc, no_slot)
+			ereport(WARNING,
+					(errmsg("dalgo launcher: no free scheduler slot for database %u", lfirst_oid(lc)),
+					 errdetail("At most %d databases of a cluster get a dalgo scheduler.", DALGO_MAX_DATABASES),
+					 errhint("Drop dalgo from databases that do not use it; the slot is freed within seconds.")));
+		list_free(no_slot);
 
 		foreach(lc, to_start)
 		{
 			Oid			dboid = lfirst_oid(lc);
 			BackgroundWorkerHandle *handle;
-			bool		ok;
+			bool		ok = !start_failed;
 
-			ok = start_worker("dalgo scheduler", "dalgo_scheduler_main", dboid, NULL, 0, true, &handle);
+			if (ok)
+				ok = start_worker("dalgo scheduler", "dalgo_scheduler_main", dboid, NULL, 0, true, &handle);
 			if (ok)
 			{
 				ok = worker_started(handle);
 				pfree(handle);
 			}
+			else if (!start_failed)
+			{
+				/* No worker slot: log once, try the rest on the next pass. */
+				start_failed = true;
+				ereport(LOG,
+						(errmsg("dalgo launcher could not start a scheduler for database %u", dboid),
+						 errhint("Raise max_worker_processes.")));
+			}
 			if (!ok)
 			{
 				LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 				for (int i = 0; i < DALGO_MAX_DATABASES; i++)
-					if (shared->dbs[i].dboid == dboid && shared->dbs[i].pid == 0)
+					if (shared->dbs[i].dboid == dboid && shared->dbs[i].pid == 0 && !shared->dbs[i].absent)
 						shared->dbs[i].starting = false;
 				LWLockRelease(shared->lock);
-				ereport(LOG,
-						(errmsg("dalgo launcher could not start a scheduler for database %u", dboid),
-						 errhint("Raise max_worker_processes.")));
 			}
 		}
 		list_free(to_start);
@@ -829,6 +862,7 @@ dalgo_scheduler_main(Datum arg)
 			}
 			LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 			my_slot->idle = !serving;
+			my_slot->probing = false;
 			LWLockRelease(shared->lock);
 		}
 		PG_CATCH();
