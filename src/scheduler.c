@@ -299,6 +299,20 @@ list_databases(void)
 	return dbs;
 }
 
+/* The members of an OID list that are also in dbs; frees the old list. */
+static List *
+oids_still_listed(List *oids, List *dbs)
+{
+	List	   *result = NIL;
+	ListCell   *lc;
+
+	foreach(lc, oids)
+		if (list_member_oid(dbs, lfirst_oid(lc)))
+			result = lappend_oid(result, lfirst_oid(lc));
+	list_free(oids);
+	return result;
+}
+
 /* Launcher main: keep one scheduler per database that has dalgo. */
 void
 dalgo_launcher_main(Datum arg)
@@ -375,8 +389,8 @@ dalgo_launcher_main(Datum arg)
 		dbs = list_databases();
 		MemoryContextSwitchTo(launcher_cxt);
 		/* Forget dropped databases. */
-		without_dalgo = list_intersection_int(without_dalgo, dbs);
-		warned = list_intersection_int(warned, dbs);
+		without_dalgo = oids_still_listed(without_dalgo, dbs);
+		warned = oids_still_listed(warned, dbs);
 
 		LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 		for (int i = 0; i < DALGO_MAX_DATABASES; i++)
@@ -793,6 +807,7 @@ void
 dalgo_scheduler_main(Datum arg)
 {
 	Oid			dboid = DatumGetObjectId(arg);
+	MemoryContext loopcxt;
 
 	setup_signals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
@@ -819,16 +834,18 @@ dalgo_scheduler_main(Datum arg)
 	my_slot->absent = false;
 	LWLockRelease(shared->lock);
 	before_shmem_exit(scheduler_exit, (Datum) 0);
+	loopcxt = AllocSetContextCreate(TopMemoryContext, "dalgo scheduler loop", ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)
 	{
-		MemoryContext loopcxt = CurrentMemoryContext;
 		volatile int pending = 0;
 		volatile long sleep_ms = 1000;
 		volatile bool serving = false;
 
 		CHECK_FOR_INTERRUPTS();
 		reload_if_needed();
+		/* What a pass allocates outside its transactions lives until the pass ends. */
+		MemoryContextSwitchTo(loopcxt);
 
 		PG_TRY();
 		{
@@ -882,8 +899,12 @@ dalgo_scheduler_main(Datum arg)
 		}
 		PG_END_TRY();
 
+		MemoryContextSwitchTo(loopcxt);
 		if (serving)
 			start_run_workers(pending);
+
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextReset(loopcxt);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 Max(sleep_ms, 1), PG_WAIT_EXTENSION);
