@@ -1857,3 +1857,85 @@ COMMENT ON CONSTRAINT schedules_run_at_time_of_day ON dalgo.schedules IS
 
 -- sched: the scheduler idles while a database's dalgo is older than the library; wake it now.
 SELECT dalgo.wake_launcher();
+
+-- lead: a swap keeps the output views over the swapped table (manual runs too)
+CREATE OR REPLACE FUNCTION dalgo.swap_warehouse_table(organization_id uuid, build_name text, table_name text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	by_source uuid;
+	by_transformation uuid;
+	by_output uuid;
+	context uuid;
+	claimant text;
+	reg dalgo.warehouse_tables;
+	dropped jsonb;
+BEGIN
+	-- The producer is the run the build is named after: dalgo names each
+	-- build table _dalgo_build_<transformation run>, _dalgo_sync_<sync run>
+	-- or _dalgo_out_<output refresh run>.
+	IF build_name ~ '^_dalgo_build_[0-9a-f]{32}$' THEN
+		SELECT r.transformation_id INTO by_transformation FROM dalgo.transformation_runs r
+		WHERE r.id = substr(build_name, 14)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+		context := by_transformation;
+	ELSIF build_name ~ '^_dalgo_sync_[0-9a-f]{32}$' THEN
+		SELECT r.source_id INTO by_source FROM dalgo.sync_runs r
+		WHERE r.id = substr(build_name, 13)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+	ELSIF build_name ~ '^_dalgo_out_[0-9a-f]{32}$' THEN
+		SELECT o.id, o.transformation_id INTO by_output, context
+		FROM dalgo.transformation_runs r
+		JOIN dalgo.schedules s ON s.id::text = r.details->>'schedule_id' AND s.organization_id = r.organization_id
+		JOIN dalgo.outputs o ON o.id = s.output_id AND o.organization_id = s.organization_id
+		WHERE r.id = substr(build_name, 12)::uuid AND r.organization_id = swap_warehouse_table.organization_id
+		  AND o.transformation_id = r.transformation_id;
+	END IF;
+	IF num_nonnulls(by_source, by_transformation, by_output) <> 1 THEN
+		RAISE EXCEPTION 'warehouse table build "%" belongs to no run of this organization', build_name
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Checked again at the moment of the swap, under the organization's name lock.
+	claimant := dalgo.warehouse_table_claimant(organization_id, table_name, by_source, context, by_output);
+	IF claimant IS NOT NULL THEN
+		RAISE EXCEPTION 'warehouse table "%" belongs to %; it is not replaced', table_name, claimant
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT * INTO reg FROM dalgo.warehouse_tables w
+	WHERE w.organization_id = swap_warehouse_table.organization_id AND w.table_name = swap_warehouse_table.table_name
+	  AND w.deleted_at IS NULL
+	FOR UPDATE;
+	-- A table may be replaced only by the producer that made it.
+	IF to_regclass(format('%I.%I', schema_name, table_name)) IS NOT NULL
+	   AND (reg.id IS NULL OR reg.source_id IS DISTINCT FROM by_source
+			OR reg.transformation_id IS DISTINCT FROM by_transformation OR reg.output_id IS DISTINCT FROM by_output) THEN
+		RAISE EXCEPTION 'warehouse table "%" was not produced by this %; it is not replaced', table_name,
+			CASE WHEN by_source IS NOT NULL THEN 'source' WHEN by_transformation IS NOT NULL THEN 'transformation' ELSE 'output' END
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = CASE WHEN reg.id IS NULL THEN 'The table is not registered in dalgo.warehouse_tables.'
+						   ELSE 'dalgo.warehouse_tables records another producer for it.' END;
+	END IF;
+	-- Output views over the table depend on it: drop them around the swap
+	-- (in this transaction, so readers never miss them).
+	dropped := dalgo.drop_output_views(organization_id, ARRAY[table_name]);
+	PERFORM dalgo.warehouse_execute(organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, table_name));
+	PERFORM dalgo.warehouse_execute(organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, table_name));
+	PERFORM dalgo.restore_output_views(organization_id, dropped);
+	-- Record the producer (row count and size follow in register_warehouse_table).
+	IF reg.id IS NOT NULL THEN
+		UPDATE dalgo.warehouse_tables w SET source_id = by_source, transformation_id = by_transformation,
+			output_id = by_output, last_updated_at = now()
+		WHERE w.id = reg.id;
+	ELSE
+		INSERT INTO dalgo.warehouse_tables (organization_id, warehouse_connection_id, table_name, source_id,
+											transformation_id, output_id, last_updated_at)
+		SELECT swap_warehouse_table.organization_id, c.id, swap_warehouse_table.table_name, by_source,
+			by_transformation, by_output, now()
+		FROM dalgo.warehouse_connections c
+		WHERE c.organization_id = swap_warehouse_table.organization_id AND c.deleted_at IS NULL;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.swap_warehouse_table(uuid, text, text) IS
+	'Internal: replace a warehouse table by a freshly built one, atomically; only the producer (source, transformation or output) that the build''s run names, whose name no other producer claims, and that produced the existing table, if any; records it in warehouse_tables';
+
