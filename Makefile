@@ -76,6 +76,7 @@ REGRESS = \
 	run_queue_fairness \
 	csv_tenant_isolation \
 	output_view_refresh \
+	output_destination_takeover \
 	install_lifecycle
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \

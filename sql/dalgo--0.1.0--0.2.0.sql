@@ -1149,3 +1149,153 @@ COMMENT ON TRIGGER membership_replicated ON dalgo.organizations IS 'Invalidates 
 COMMENT ON TRIGGER membership_replicated ON dalgo.organization_members IS 'Invalidates membership caches for rows a logical-replication apply worker writes';
 COMMENT ON FUNCTION dalgo.membership_changed() IS
 	'AFTER statement (and, for logical-replication apply, row) trigger on users, organizations and organization_members: invalidates every backend''s membership cache (this transaction''s next statement, other sessions at commit)';
+
+-- attack1: an output's destination replaces only what its own refreshes made
+-- (a member's destination_config.name dropped an admin's source table or an
+-- operator's view); a copied destination counts against warehouse_bytes
+CREATE FUNCTION dalgo.output_view_reads(organization_id uuid, view_name text, table_name text) RETURNS boolean
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce((
+		SELECT c.relkind = 'v' AND tbl IS NOT NULL
+			AND bool_and(d.refobjid = tbl) AND bool_or(d.refobjid = tbl)
+		FROM pg_class c
+		JOIN pg_rewrite rw ON rw.ev_class = c.oid
+		LEFT JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+			AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> c.oid,
+		LATERAL (SELECT to_regclass(format('%I.%I', 'org_' || replace(output_view_reads.organization_id::text, '-', ''),
+										   output_view_reads.table_name))::oid AS tbl) x
+		WHERE c.oid = to_regclass(format('%I.%I', 'org_' || replace(output_view_reads.organization_id::text, '-', ''),
+										 output_view_reads.view_name))
+		GROUP BY c.relkind, tbl), false)
+$$;
+COMMENT ON FUNCTION dalgo.output_view_reads(uuid, text, text) IS
+	'Internal: true when the warehouse relation view_name is a view that reads the warehouse table table_name and no other relation (an output view dalgo made)';
+REVOKE ALL ON FUNCTION dalgo.output_view_reads(uuid, text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dalgo.drop_output_views(organization_id uuid, table_names text[]) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	v record;
+	dropped jsonb := '[]';
+BEGIN
+	FOR v IN SELECT DISTINCT coalesce(x.destination_config->>'name', y.output_table_name) AS view_name,
+					y.output_table_name AS table_name
+			 FROM dalgo.outputs x JOIN dalgo.transformations y ON y.id = x.transformation_id
+			 WHERE x.organization_id = drop_output_views.organization_id
+			   AND y.organization_id = drop_output_views.organization_id
+			   AND x.deleted_at IS NULL AND x.destination_config->>'type' = 'view'
+			   AND y.output_table_name = ANY (table_names)
+	LOOP
+		IF v.view_name <> v.table_name AND dalgo.output_view_reads(organization_id, v.view_name, v.table_name) THEN
+			PERFORM dalgo.warehouse_execute(organization_id, format('DROP VIEW %I.%I', schema_name, v.view_name));
+			dropped := dropped || jsonb_build_object('view_name', v.view_name, 'table_name', v.table_name);
+		END IF;
+	END LOOP;
+	RETURN dropped;
+END
+$$;
+COMMENT ON FUNCTION dalgo.drop_output_views(uuid, text[]) IS
+	'Internal: drop the organization''s output views over the given warehouse tables before they are swapped; returns what restore_output_views needs';
+
+CREATE OR REPLACE FUNCTION dalgo.refresh_output(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.transformation_runs;
+	o dalgo.outputs;
+	t dalgo.transformations;
+	v record;
+	dropped jsonb;
+	schema_name text;
+	dest text;
+	kind text;
+BEGIN
+	PERFORM dalgo.verify_scheduled_run('o', run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+	SELECT * INTO o FROM dalgo.outputs x
+	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
+	schema_name := 'org_' || replace(o.organization_id::text, '-', '');
+	kind := coalesce(o.destination_config->>'type', 'table');
+	dest := coalesce(o.destination_config->>'name', t.output_table_name);
+	IF kind NOT IN ('table', 'view') THEN
+		RAISE EXCEPTION 'unknown destination type "%" (use table or view)', kind USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'view' AND dest = t.output_table_name THEN
+		RAISE EXCEPTION 'a view destination needs a name other than the transformation''s table "%"', dest
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
+	END IF;
+	-- destination_config.name is a member's text: it may name only what this
+	-- output makes.  Longer names would be truncated to another table's name.
+	IF dest = '' OR octet_length(dest) >= 64 OR dest LIKE '\_dalgo\_%' THEN
+		RAISE EXCEPTION 'output destination name "%" is not allowed', dest
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use a name of 1 to 63 bytes that does not start with _dalgo_.';
+	END IF;
+	IF dest <> t.output_table_name AND to_regclass(format('%I.%I', schema_name, dest)) IS NOT NULL
+	   AND NOT (CASE WHEN kind = 'view' THEN dalgo.output_view_reads(o.organization_id, dest, t.output_table_name)
+				ELSE EXISTS (SELECT FROM dalgo.warehouse_tables w
+							 WHERE w.organization_id = o.organization_id AND w.table_name = dest
+							   AND w.deleted_at IS NULL AND w.source_id IS NULL AND w.transformation_id = t.id) END) THEN
+		RAISE EXCEPTION 'output destination "%" exists and was not made by this output', dest
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'An output replaces only a table or view that its own refreshes made.',
+				  HINT = 'Set destination_config.name to a new name.';
+	END IF;
+
+	-- The tables this refresh swaps: the transformation's and its upstream's.
+	dropped := dalgo.drop_output_views(o.organization_id, ARRAY(
+		SELECT y.output_table_name FROM dalgo.transformations y
+		WHERE y.organization_id = o.organization_id AND y.output_table_name IS NOT NULL
+		  AND (y.id = t.id OR y.id IN (SELECT u.id FROM dalgo.transformation_upstream(t.id) u))));
+
+	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
+		PERFORM dalgo.run_transformation(v.id, false);
+	END LOOP;
+	PERFORM dalgo.build_transformation(t.id, run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+
+	-- The views dropped above, again over the (new, or on failure the old) tables.
+	PERFORM dalgo.restore_output_views(o.organization_id, dropped);
+	IF r.status <> 'success' THEN
+		RETURN;
+	END IF;
+	IF kind = 'view' THEN
+		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+			schema_name, dest, schema_name, t.output_table_name));
+	ELSIF dest <> t.output_table_name THEN
+		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
+			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
+		PERFORM dalgo.check_warehouse_quota(o.organization_id, dest);
+		PERFORM dalgo.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
+		PERFORM dalgo.register_warehouse_table(o.organization_id, dest, NULL, t.id, r.rows_affected);
+	END IF;
+	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.refresh_output(uuid) IS
+	'Internal: run an output''s transformation with its upstream, then refresh destination_config ({"type": "table"|"view", "name": ...}); output views over rebuilt tables are dropped and created again around the swap';
+
+-- Destination tables that earlier refreshes made were not registered: adopt
+-- each live table output's existing destination table, unless a source or
+-- another transformation claims that name.
+SELECT dalgo.register_warehouse_table(o.organization_id, o.destination_config->>'name', NULL, t.id, NULL)
+FROM dalgo.outputs o JOIN dalgo.transformations t ON t.id = o.transformation_id
+WHERE o.deleted_at IS NULL AND coalesce(o.destination_config->>'type', 'table') = 'table'
+  AND o.destination_config->>'name' IS DISTINCT FROM t.output_table_name
+  AND octet_length(o.destination_config->>'name') BETWEEN 1 AND 63
+  AND EXISTS (SELECT FROM pg_class c WHERE c.relkind = 'r'
+			  AND c.oid = to_regclass(format('%I.%I', 'org_' || replace(o.organization_id::text, '-', ''), o.destination_config->>'name')))
+  AND EXISTS (SELECT FROM dalgo.warehouse_connections w WHERE w.organization_id = o.organization_id AND w.deleted_at IS NULL)
+  AND NOT EXISTS (SELECT FROM dalgo.warehouse_tables w WHERE w.organization_id = o.organization_id
+				  AND w.table_name = o.destination_config->>'name' AND w.deleted_at IS NULL)
+  AND NOT EXISTS (SELECT FROM dalgo.sources x WHERE x.organization_id = o.organization_id
+				  AND x.warehouse_table_name = o.destination_config->>'name')
+  AND NOT EXISTS (SELECT FROM dalgo.transformations x WHERE x.organization_id = o.organization_id
+				  AND x.output_table_name = o.destination_config->>'name');

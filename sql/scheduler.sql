@@ -400,6 +400,30 @@ END
 $$;
 COMMENT ON FUNCTION dalgo.sync_source(uuid) IS 'Internal: an in-database sync of a postgres or csv source into its warehouse table';
 
+-- An output may drop or replace only a view it made itself: a view over
+-- the one warehouse table its transformation builds, and over nothing else.
+-- An output's destination_config.name is a member's text; without this test
+-- it names any view of the warehouse (an operator's, another output's).
+CREATE FUNCTION dalgo.output_view_reads(organization_id uuid, view_name text, table_name text) RETURNS boolean
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce((
+		SELECT c.relkind = 'v' AND tbl IS NOT NULL
+			AND bool_and(d.refobjid = tbl) AND bool_or(d.refobjid = tbl)
+		FROM pg_class c
+		JOIN pg_rewrite rw ON rw.ev_class = c.oid
+		LEFT JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+			AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> c.oid,
+		LATERAL (SELECT to_regclass(format('%I.%I', 'org_' || replace(output_view_reads.organization_id::text, '-', ''),
+										   output_view_reads.table_name))::oid AS tbl) x
+		WHERE c.oid = to_regclass(format('%I.%I', 'org_' || replace(output_view_reads.organization_id::text, '-', ''),
+										 output_view_reads.view_name))
+		GROUP BY c.relkind, tbl), false)
+$$;
+COMMENT ON FUNCTION dalgo.output_view_reads(uuid, text, text) IS
+	'Internal: true when the warehouse relation view_name is a view that reads the warehouse table table_name and no other relation (an output view dalgo made)';
+
 -- Views over a warehouse table block its swap (DROP TABLE): the
 -- organization's live output views (destination type view) over the given
 -- tables are dropped before a swap and created again after it, in the same
@@ -422,9 +446,7 @@ BEGIN
 			   AND x.deleted_at IS NULL AND x.destination_config->>'type' = 'view'
 			   AND y.output_table_name = ANY (table_names)
 	LOOP
-		IF v.view_name <> v.table_name AND EXISTS (
-				SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-				WHERE n.nspname = schema_name AND c.relname = v.view_name AND c.relkind = 'v') THEN
+		IF v.view_name <> v.table_name AND dalgo.output_view_reads(organization_id, v.view_name, v.table_name) THEN
 			PERFORM dalgo.warehouse_execute(organization_id, format('DROP VIEW %I.%I', schema_name, v.view_name));
 			dropped := dropped || jsonb_build_object('view_name', v.view_name, 'table_name', v.table_name);
 		END IF;
@@ -489,6 +511,23 @@ BEGIN
 		RAISE EXCEPTION 'a view destination needs a name other than the transformation''s table "%"', dest
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
 	END IF;
+	-- destination_config.name is a member's text: it may name only what this
+	-- output makes.  Longer names would be truncated to another table's name.
+	IF dest = '' OR octet_length(dest) >= 64 OR dest LIKE '\_dalgo\_%' THEN
+		RAISE EXCEPTION 'output destination name "%" is not allowed', dest
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use a name of 1 to 63 bytes that does not start with _dalgo_.';
+	END IF;
+	IF dest <> t.output_table_name AND to_regclass(format('%I.%I', schema_name, dest)) IS NOT NULL
+	   AND NOT (CASE WHEN kind = 'view' THEN dalgo.output_view_reads(o.organization_id, dest, t.output_table_name)
+				ELSE EXISTS (SELECT FROM dalgo.warehouse_tables w
+							 WHERE w.organization_id = o.organization_id AND w.table_name = dest
+							   AND w.deleted_at IS NULL AND w.source_id IS NULL AND w.transformation_id = t.id) END) THEN
+		RAISE EXCEPTION 'output destination "%" exists and was not made by this output', dest
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'An output replaces only a table or view that its own refreshes made.',
+				  HINT = 'Set destination_config.name to a new name.';
+	END IF;
 
 	-- The tables this refresh swaps: the transformation's and its upstream's.
 	dropped := dalgo.drop_output_views(o.organization_id, ARRAY(
@@ -513,7 +552,9 @@ BEGIN
 	ELSIF dest <> t.output_table_name THEN
 		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
 			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
+		PERFORM dalgo.check_warehouse_quota(o.organization_id, dest);
 		PERFORM dalgo.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
+		PERFORM dalgo.register_warehouse_table(o.organization_id, dest, NULL, t.id, r.rows_affected);
 	END IF;
 	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
 END
@@ -799,6 +840,7 @@ REVOKE ALL ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, t
 	dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb), dalgo.csv_path(uuid, text),
 	dalgo.verify_scheduled_run(text, uuid), dalgo.check_csv_source(),
 	dalgo.drop_output_views(uuid, text[]), dalgo.restore_output_views(uuid, jsonb),
+	dalgo.output_view_reads(uuid, text, text),
 	dalgo.is_connector_source(dalgo.source_type)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.is_connector_source(dalgo.source_type) TO dalgo_authenticated, dalgo_service;
