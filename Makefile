@@ -72,6 +72,7 @@ REGRESS = \
 	scheduler_runs \
 	scheduler_live \
 	organization_quotas \
+	quota_concurrent_race \
 	run_forgery \
 	run_queue_fairness \
 	csv_tenant_isolation \
