@@ -73,6 +73,7 @@ REGRESS = \
 	scheduler_live \
 	organization_quotas \
 	quota_concurrent_race \
+	connector_quota_bypass \
 	run_forgery \
 	run_queue_fairness \
 	csv_tenant_isolation \

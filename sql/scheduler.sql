@@ -730,6 +730,7 @@ AS $$
 DECLARE
 	r dalgo.sync_runs;
 	org uuid;
+	msg text;
 BEGIN
 	FOR org IN
 		SELECT x.organization_id FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
@@ -744,6 +745,16 @@ BEGIN
 		  AND x.deleted_at IS NULL
 		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
 		IF FOUND THEN
+			-- A connector run is a run: the organization's quotas apply, as
+			-- to in-database runs (a refused run fails with the quota's message).
+			BEGIN
+				PERFORM dalgo.check_run_quota(org);
+			EXCEPTION WHEN configuration_limit_exceeded THEN
+				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+				UPDATE dalgo.sync_runs x SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
+				WHERE x.id = r.id;
+				CONTINUE;
+			END;
 			UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
 			RETURN r;
 		END IF;
@@ -752,7 +763,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dalgo.claim_sync_run() IS
-	'Connector protocol: claim a pending connector sync run (SKIP LOCKED; the organization with the fewest running, then the oldest) and mark it running; NULL when there is none';
+	'Connector protocol: claim a pending connector sync run (SKIP LOCKED; the organization with the fewest running, then the oldest) and mark it running; a run over its organization''s quota fails instead; NULL when there is none';
 
 CREATE FUNCTION dalgo.complete_sync_run(run_id uuid, rows_synced integer, error_message text DEFAULT NULL,
 										details jsonb DEFAULT '{}')
@@ -763,9 +774,16 @@ AS $$
 DECLARE
 	r dalgo.sync_runs;
 BEGIN
+	IF jsonb_typeof(coalesce(complete_sync_run.details, '{}')) <> 'object' THEN
+		RAISE EXCEPTION 'details must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- The keys dalgo's own code reads (the schedule, skips that quotas do not
+	-- count, the runner) are dalgo's: a connector does not set them.
 	UPDATE dalgo.sync_runs x SET status = CASE WHEN complete_sync_run.error_message IS NULL THEN 'success' ELSE 'failed' END::dalgo.run_status,
 		completed_at = clock_timestamp(), rows_synced = complete_sync_run.rows_synced,
-		error_message = complete_sync_run.error_message, details = x.details || coalesce(complete_sync_run.details, '{}')
+		error_message = complete_sync_run.error_message,
+		details = x.details || (coalesce(complete_sync_run.details, '{}')
+								- ARRAY['schedule_id', 'skipped', 'runner_pid', 'attempt', 'lag_ms'])
 	WHERE x.id = run_id AND x.status = 'running'
 	RETURNING * INTO r;
 	IF NOT FOUND THEN
@@ -778,7 +796,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dalgo.complete_sync_run(uuid, integer, text, jsonb) IS
-	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails)';
+	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails); details (an object) is merged in, except dalgo''s own keys schedule_id, skipped, runner_pid, attempt and lag_ms';
 
 -- ---------------------------------------------------------------------------
 -- csv sources
