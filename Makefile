@@ -74,6 +74,7 @@ REGRESS = \
 	organization_quotas \
 	quota_concurrent_race \
 	connector_quota_bypass \
+	quota_refusal_starvation \
 	run_forgery \
 	run_queue_fairness \
 	csv_tenant_isolation \

@@ -1446,3 +1446,42 @@ END
 $$;
 COMMENT ON FUNCTION dalgo.complete_sync_run(uuid, integer, text, jsonb) IS
 	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails); details (an object) is merged in, except dalgo''s own keys schedule_id, skipped, runner_pid, attempt and lag_ms';
+
+-- attack1: a scheduled run refused by a quota fails without counting as
+-- started (refusals no longer fill the next hour's runs_per_hour)
+CREATE OR REPLACE FUNCTION dalgo.execute_scheduled_run(run_kind text, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	msg text;
+BEGIN
+	-- A run refused by a quota did not start: it fails with the quota's
+	-- message and, like a skipped slot, does not count against runs_per_hour
+	-- (else an organization whose schedules ask for more than its quota
+	-- would be refused for good, each refusal filling the next hour).
+	BEGIN
+		PERFORM dalgo.check_run_quota(CASE WHEN run_kind = 's'
+			THEN (SELECT r.organization_id FROM dalgo.sync_runs r WHERE r.id = run_id)
+			ELSE (SELECT r.organization_id FROM dalgo.transformation_runs r WHERE r.id = run_id) END);
+	EXCEPTION WHEN configuration_limit_exceeded THEN
+		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+		IF run_kind = 's' THEN
+			UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				details = r.details || '{"skipped": true, "quota_refused": true}'
+			WHERE r.id = run_id;
+		ELSE
+			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				details = r.details || '{"skipped": true, "quota_refused": true}'
+			WHERE r.id = run_id;
+		END IF;
+		RETURN;
+	END;
+	IF run_kind = 's' THEN
+		PERFORM dalgo.sync_source(run_id);
+	ELSIF run_kind = 'o' THEN
+		PERFORM dalgo.refresh_output(run_id);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.execute_scheduled_run(text, uuid) IS 'Internal: execute a claimed run (what a run worker does); a run over a quota fails without counting as started';
