@@ -77,6 +77,7 @@ REGRESS = \
 	quota_refusal_starvation \
 	run_forgery \
 	run_queue_fairness \
+	claim_locked_starvation \
 	csv_tenant_isolation \
 	output_view_refresh \
 	output_destination_takeover \

@@ -1485,3 +1485,91 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dalgo.execute_scheduled_run(text, uuid) IS 'Internal: execute a claimed run (what a run worker does); a run over a quota fails without counting as started';
+
+-- attack1: the claim's limit applies after SKIP LOCKED, so locked schedule
+-- rows no longer use up its places
+CREATE OR REPLACE FUNCTION dalgo.claim_due_schedules(at timestamptz, max_runs integer, only_schedule uuid DEFAULT NULL)
+	RETURNS TABLE (schedule_id uuid, run_kind text, run_id uuid)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s dalgo.schedules;
+	src dalgo.sources;
+	out dalgo.outputs;
+	busy boolean;
+	det jsonb;
+	rid uuid;
+BEGIN
+	IF max_runs <= 0 THEN
+		RETURN;
+	END IF;
+	-- Fair between organizations: each organization's oldest due schedule
+	-- first, then each one's second, and so on, so that one organization's
+	-- backlog never holds another's due schedule back to a later tick.  The
+	-- due test is repeated on x: a row another claimer committed in between is
+	-- re-checked after its lock.
+	-- The limit applies after SKIP LOCKED: a schedule row another
+	-- transaction holds (run_schedule_now's run, an open UPDATE) is passed
+	-- over and does not use up a place, so locked rows cannot crowd every
+	-- other organization's due schedule out of the claim.
+	FOR s IN SELECT x.* FROM dalgo.schedules x
+			 JOIN (SELECT y.id,
+						  row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
+				   FROM dalgo.schedules y
+				   WHERE y.is_active AND y.deleted_at IS NULL AND y.next_run_at <= at
+					 AND (only_schedule IS NULL OR y.id = only_schedule)) d ON d.id = x.id
+			 WHERE x.is_active AND x.deleted_at IS NULL AND x.next_run_at <= at
+			   AND (only_schedule IS NULL OR x.id = only_schedule)
+			 ORDER BY d.turn, x.next_run_at, x.id
+			 LIMIT max_runs
+			 FOR UPDATE OF x SKIP LOCKED
+	LOOP
+		det := jsonb_build_object('schedule_id', s.id, 'attempt', 1,
+								  'lag_ms', round(extract(epoch FROM clock_timestamp() - s.next_run_at) * 1000));
+		UPDATE dalgo.schedules x SET last_run_at = at,
+			next_run_at = dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, greatest(at, s.next_run_at))
+		WHERE x.id = s.id;
+		schedule_id := s.id;
+		IF s.source_id IS NOT NULL THEN
+			SELECT * INTO src FROM dalgo.sources x WHERE x.id = s.source_id;
+			busy := EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.source_id = s.source_id
+							AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL);
+			IF busy THEN
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, started_at, completed_at, error_message, details)
+				VALUES (s.organization_id, s.source_id, 'failed', clock_timestamp(), clock_timestamp(),
+						'skipped: the previous run of this schedule is still going', det || '{"skipped": true}')
+				RETURNING id INTO rid;
+				run_kind := 'skipped';
+			ELSE
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, details)
+				VALUES (s.organization_id, s.source_id, 'pending', det) RETURNING id INTO rid;
+				IF dalgo.is_connector_source(src.source_type) THEN
+					-- Anyone can LISTEN: the payload is empty, connectors learn
+					-- the work from claim_sync_run().
+					PERFORM pg_notify('dalgo_sync', '');
+					run_kind := 'connector';
+				ELSE
+					run_kind := 's';
+				END IF;
+			END IF;
+		ELSE
+			SELECT * INTO out FROM dalgo.outputs x WHERE x.id = s.output_id;
+			busy := EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.transformation_id = out.transformation_id
+							AND r.status IN ('pending', 'running') AND r.details->>'schedule_id' = s.id::text);
+			INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, started_at, completed_at,
+												   error_message, details)
+			VALUES (s.organization_id, out.transformation_id, CASE WHEN busy THEN 'failed' ELSE 'pending' END::dalgo.run_status,
+					CASE WHEN busy THEN clock_timestamp() END, CASE WHEN busy THEN clock_timestamp() END,
+					CASE WHEN busy THEN 'skipped: the previous run of this schedule is still going' END,
+					det || CASE WHEN busy THEN '{"skipped": true}'::jsonb ELSE '{}'::jsonb END)
+			RETURNING id INTO rid;
+			run_kind := CASE WHEN busy THEN 'skipped' ELSE 'o' END;
+		END IF;
+		run_id := rid;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo.claim_due_schedules(timestamptz, integer, uuid) IS
+	'Internal: claim up to max_runs due schedules (FOR UPDATE SKIP LOCKED), advance them and create their run rows';

@@ -90,17 +90,21 @@ BEGIN
 	-- backlog never holds another's due schedule back to a later tick.  The
 	-- due test is repeated on x: a row another claimer committed in between is
 	-- re-checked after its lock.
-	FOR s IN SELECT * FROM dalgo.schedules x
+	-- The limit applies after SKIP LOCKED: a schedule row another
+	-- transaction holds (run_schedule_now's run, an open UPDATE) is passed
+	-- over and does not use up a place, so locked rows cannot crowd every
+	-- other organization's due schedule out of the claim.
+	FOR s IN SELECT x.* FROM dalgo.schedules x
+			 JOIN (SELECT y.id,
+						  row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
+				   FROM dalgo.schedules y
+				   WHERE y.is_active AND y.deleted_at IS NULL AND y.next_run_at <= at
+					 AND (only_schedule IS NULL OR y.id = only_schedule)) d ON d.id = x.id
 			 WHERE x.is_active AND x.deleted_at IS NULL AND x.next_run_at <= at
 			   AND (only_schedule IS NULL OR x.id = only_schedule)
-			   AND x.id IN (SELECT d.id FROM (
-						SELECT y.id, y.next_run_at,
-							   row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
-						FROM dalgo.schedules y
-						WHERE y.is_active AND y.deleted_at IS NULL AND y.next_run_at <= at
-						  AND (only_schedule IS NULL OR y.id = only_schedule)) d
-					ORDER BY d.turn, d.next_run_at LIMIT max_runs)
-			 ORDER BY x.next_run_at FOR UPDATE SKIP LOCKED
+			 ORDER BY d.turn, x.next_run_at, x.id
+			 LIMIT max_runs
+			 FOR UPDATE OF x SKIP LOCKED
 	LOOP
 		det := jsonb_build_object('schedule_id', s.id, 'attempt', 1,
 								  'lag_ms', round(extract(epoch FROM clock_timestamp() - s.next_run_at) * 1000));
