@@ -1573,3 +1573,84 @@ END
 $$;
 COMMENT ON FUNCTION dalgo.claim_due_schedules(timestamptz, integer, uuid) IS
 	'Internal: claim up to max_runs due schedules (FOR UPDATE SKIP LOCKED), advance them and create their run rows';
+
+-- attack1: the quota check waits at most 10 s for its organization's gate
+-- (advisory lock keys are shared by every role)
+CREATE OR REPLACE FUNCTION dalgo.check_run_quota(organization_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid := check_run_quota.organization_id;
+	me text := pg_backend_pid()::text;
+	slot bigint := hashtextextended('dalgo run slot ' || org::text, 0);
+	gate bigint := hashtextextended('dalgo run gate ' || org::text, 0);
+	old_timeout text := current_setting('lock_timeout');
+	others text[];
+	unseen bigint;
+	lim bigint;
+	n bigint;
+BEGIN
+	-- Advisory lock keys are one namespace for every role: a session that
+	-- holds this one must not stall the organization's runs for ever.
+	BEGIN
+		PERFORM set_config('lock_timeout', '10s', true);
+		PERFORM pg_advisory_lock(gate);
+		PERFORM set_config('lock_timeout', old_timeout, true);
+	EXCEPTION WHEN lock_not_available THEN
+		RAISE EXCEPTION 'the quota check of organization % is busy', org
+			USING ERRCODE = 'lock_not_available',
+				  DETAIL = 'Another session held the organization''s run gate for 10 seconds.',
+				  HINT = 'Try again.';
+	END;
+	BEGIN
+		-- Other backends executing a run of the organization now.
+		others := ARRAY(SELECT DISTINCT l.pid::text FROM pg_locks l
+						WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()
+						  AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+						  AND l.classid = ((slot >> 32) & 4294967295)::text::oid
+						  AND l.objid = (slot & 4294967295)::text::oid AND l.objsubid = 1);
+		-- ... of which this snapshot sees no running row yet.
+		unseen := (SELECT count(*) FROM unnest(others) p
+				   WHERE NOT EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
+									 AND r.details->>'runner_pid' = p)
+					 AND NOT EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.organization_id = org
+									 AND r.status = 'running' AND r.details->>'runner_pid' = p));
+		lim := dalgo.organization_quota(org, 'concurrent_runs');
+		IF lim IS NOT NULL THEN
+			n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
+				  AND r.details->>'runner_pid' IS DISTINCT FROM me)
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running'
+				  AND r.details->>'runner_pid' IS DISTINCT FROM me)
+			   + unseen;
+			IF n >= lim THEN
+				RAISE EXCEPTION 'quota concurrent_runs exceeded: % runs of the organization are in progress, the limit is %', n, lim
+					USING ERRCODE = 'configuration_limit_exceeded',
+						  HINT = 'Wait for a run to finish; a superuser can raise the quota.';
+			END IF;
+		END IF;
+		lim := dalgo.organization_quota(org, 'runs_per_hour');
+		IF lim IS NOT NULL THEN
+			n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
+				  AND NOT r.details ? 'skipped' AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
+				  AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped'
+				  AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
+			   + unseen;
+			IF n >= lim THEN
+				RAISE EXCEPTION 'quota runs_per_hour exceeded: the organization started % runs in the last hour, the limit is %', n, lim
+					USING ERRCODE = 'configuration_limit_exceeded',
+						  HINT = 'Try again later; a superuser can raise the quota.';
+			END IF;
+		END IF;
+		PERFORM dalgo.check_warehouse_quota(org, NULL);
+		PERFORM pg_advisory_xact_lock_shared(slot);
+	EXCEPTION WHEN OTHERS OR query_canceled THEN
+		PERFORM pg_advisory_unlock(gate);
+		RAISE;
+	END;
+	PERFORM pg_advisory_unlock(gate);
+END
+$$;
+COMMENT ON FUNCTION dalgo.check_run_quota(uuid) IS
+	'Internal: refuse a run that would exceed the organization''s concurrent_runs, runs_per_hour or warehouse_bytes quota';

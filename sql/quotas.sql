@@ -99,12 +99,24 @@ DECLARE
 	me text := pg_backend_pid()::text;
 	slot bigint := hashtextextended('dalgo run slot ' || org::text, 0);
 	gate bigint := hashtextextended('dalgo run gate ' || org::text, 0);
+	old_timeout text := current_setting('lock_timeout');
 	others text[];
 	unseen bigint;
 	lim bigint;
 	n bigint;
 BEGIN
-	PERFORM pg_advisory_lock(gate);
+	-- Advisory lock keys are one namespace for every role: a session that
+	-- holds this one must not stall the organization's runs for ever.
+	BEGIN
+		PERFORM set_config('lock_timeout', '10s', true);
+		PERFORM pg_advisory_lock(gate);
+		PERFORM set_config('lock_timeout', old_timeout, true);
+	EXCEPTION WHEN lock_not_available THEN
+		RAISE EXCEPTION 'the quota check of organization % is busy', org
+			USING ERRCODE = 'lock_not_available',
+				  DETAIL = 'Another session held the organization''s run gate for 10 seconds.',
+				  HINT = 'Try again.';
+	END;
 	BEGIN
 		-- Other backends executing a run of the organization now.
 		others := ARRAY(SELECT DISTINCT l.pid::text FROM pg_locks l

@@ -19,7 +19,7 @@ ALTER TABLE org_222222220000400080000000000000e0.fast OWNER TO dalgo_wh_22222222
 INSERT INTO dalgo.transformations (id, organization_id, name, recipe, output_table_name) VALUES
 	('55555555-0000-4000-8000-0000000000e1', :Q, 'Slow', '{"version": 1, "source": {"table": "slow"}, "steps": []}', 'slow_out'),
 	('55555555-0000-4000-8000-0000000000e2', :Q, 'Fast', '{"version": 1, "source": {"table": "fast"}, "steps": []}', 'fast_out');
-SELECT plan(5);
+SELECT plan(6);
 
 SELECT dblink_connect('locker', format('dbname=%s port=%s host=%s', current_database(), current_setting('port'),
 	split_part(current_setting('unix_socket_directories'), ',', 1))) \g /dev/null
@@ -73,6 +73,18 @@ SET dalgo.user_id = '11111111-0000-4000-8000-0000000000e1';
 SET ROLE dalgo_authenticated;
 SELECT lives_ok($$SELECT dalgo.run_transformation('55555555-0000-4000-8000-0000000000e2')$$,
 	'after it the next run starts');
+RESET ROLE;
+RESET dalgo.user_id;
+-- Advisory lock keys are shared by every role: a session that holds the
+-- organization's gate delays its runs for 10 s at most, then the run fails
+-- with a clear error (and does not hang).
+SELECT * FROM dblink('locker', format('SELECT pg_advisory_lock(%s)', hashtextextended('dalgo run gate ' || :Q, 0)))
+	AS t(x text) \g /dev/null
+SET dalgo.user_id = '11111111-0000-4000-8000-0000000000e1';
+SET ROLE dalgo_authenticated;
+SELECT throws_ok($$SELECT dalgo.run_transformation('55555555-0000-4000-8000-0000000000e2')$$, '55P03',
+	'the quota check of organization 22222222-0000-4000-8000-0000000000e0 is busy',
+	'a held gate delays a run by at most 10 s');
 RESET ROLE;
 RESET dalgo.user_id;
 SELECT dblink_disconnect('locker') \g /dev/null
