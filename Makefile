@@ -58,6 +58,7 @@ REGRESS = \
 	membership_cache_load_failure \
 	membership_cache_replica \
 	membership_privilege_escalation \
+	superadmin_escalation \
 	membership_fuzz \
 	rls_attacks \
 	rls_plan \

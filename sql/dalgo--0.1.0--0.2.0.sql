@@ -1654,3 +1654,32 @@ END
 $$;
 COMMENT ON FUNCTION dalgo.check_run_quota(uuid) IS
 	'Internal: refuse a run that would exceed the organization''s concurrent_runs, runs_per_hour or warehouse_bytes quota';
+
+-- attack1: with an identity in force only a superadmin grants or revokes
+-- users.is_superadmin (dalgo_service acting for a member made them owner of
+-- every organization)
+CREATE FUNCTION dalgo.guard_superadmin() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	me uuid := dalgo.current_user_id();
+BEGIN
+	IF me IS NOT NULL
+	   AND ((TG_OP = 'INSERT' AND NEW.is_superadmin)
+			OR (TG_OP = 'UPDATE' AND NEW.is_superadmin IS DISTINCT FROM OLD.is_superadmin))
+	   AND NOT coalesce((SELECT u.is_superadmin AND u.is_active AND u.deleted_at IS NULL
+						 FROM dalgo.users u WHERE u.id = me), false) THEN
+		RAISE EXCEPTION 'only a superadmin can grant or revoke the superadmin flag'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'A superadmin counts as an owner of every organization.';
+	END IF;
+	RETURN NEW;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo.guard_superadmin() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.guard_superadmin() IS
+	'BEFORE INSERT OR UPDATE row trigger on users: with an identity in force, only a superadmin grants or revokes is_superadmin (it makes a user owner of every organization)';
+CREATE TRIGGER guard_superadmin BEFORE INSERT OR UPDATE OF is_superadmin ON dalgo.users
+	FOR EACH ROW EXECUTE FUNCTION dalgo.guard_superadmin();
+COMMENT ON TRIGGER guard_superadmin ON dalgo.users IS 'Only a superadmin grants or revokes the superadmin flag';
