@@ -59,6 +59,7 @@ REGRESS = \
 	membership_cache_replica \
 	membership_privilege_escalation \
 	superadmin_escalation \
+	user_deactivation_guard \
 	membership_fuzz \
 	rls_attacks \
 	rls_plan \
