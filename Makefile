@@ -68,6 +68,8 @@ REGRESS = \
 	membership_cache_load_failure \
 	membership_cache_replica \
 	membership_privilege_escalation \
+	superadmin_escalation \
+	user_deactivation_guard \
 	membership_fuzz \
 	rls_attacks \
 	rls_plan \
@@ -88,10 +90,15 @@ REGRESS = \
 	scheduler_runs \
 	scheduler_live \
 	organization_quotas \
+	quota_concurrent_race \
+	connector_quota_bypass \
+	quota_refusal_starvation \
 	run_forgery \
 	run_queue_fairness \
+	claim_locked_starvation \
 	csv_tenant_isolation \
 	output_view_refresh \
+	output_destination_takeover \
 	install_lifecycle \
 	warehouse_privilege_escape \
 	warehouse_setting_isolation \

@@ -1939,3 +1939,693 @@ $$;
 COMMENT ON FUNCTION dalgo.swap_warehouse_table(uuid, text, text) IS
 	'Internal: replace a warehouse table by a freshly built one, atomically; only the producer (source, transformation or output) that the build''s run names, whose name no other producer claims, and that produced the existing table, if any; records it in warehouse_tables';
 
+
+-- attack1: an output's destination replaces only what its own refreshes made
+-- (a member's destination_config.name dropped an admin's source table or an
+-- operator's view); a copied destination counts against warehouse_bytes
+CREATE FUNCTION dalgo.output_view_reads(organization_id uuid, view_name text, table_name text) RETURNS boolean
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce((
+		SELECT c.relkind = 'v' AND tbl IS NOT NULL
+			AND bool_and(d.refobjid = tbl) AND bool_or(d.refobjid = tbl)
+		FROM pg_class c
+		JOIN pg_rewrite rw ON rw.ev_class = c.oid
+		LEFT JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+			AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> c.oid,
+		LATERAL (SELECT to_regclass(format('%I.%I', 'org_' || replace(output_view_reads.organization_id::text, '-', ''),
+										   output_view_reads.table_name))::oid AS tbl) x
+		WHERE c.oid = to_regclass(format('%I.%I', 'org_' || replace(output_view_reads.organization_id::text, '-', ''),
+										 output_view_reads.view_name))
+		GROUP BY c.relkind, tbl), false)
+$$;
+COMMENT ON FUNCTION dalgo.output_view_reads(uuid, text, text) IS
+	'Internal: true when the warehouse relation view_name is a view that reads the warehouse table table_name and no other relation (an output view dalgo made)';
+REVOKE ALL ON FUNCTION dalgo.output_view_reads(uuid, text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dalgo.drop_output_views(organization_id uuid, table_names text[]) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	v record;
+	dropped jsonb := '[]';
+BEGIN
+	FOR v IN SELECT DISTINCT coalesce(x.destination_config->>'name', y.output_table_name) AS view_name,
+					y.output_table_name AS table_name
+			 FROM dalgo.outputs x JOIN dalgo.transformations y ON y.id = x.transformation_id
+			 WHERE x.organization_id = drop_output_views.organization_id
+			   AND y.organization_id = drop_output_views.organization_id
+			   AND x.deleted_at IS NULL AND x.destination_config->>'type' = 'view'
+			   AND y.output_table_name = ANY (table_names)
+	LOOP
+		IF v.view_name <> v.table_name AND dalgo.output_view_reads(organization_id, v.view_name, v.table_name) THEN
+			PERFORM dalgo.warehouse_execute(organization_id, format('DROP VIEW %I.%I', schema_name, v.view_name));
+			dropped := dropped || jsonb_build_object('view_name', v.view_name, 'table_name', v.table_name);
+		END IF;
+	END LOOP;
+	RETURN dropped;
+END
+$$;
+COMMENT ON FUNCTION dalgo.drop_output_views(uuid, text[]) IS
+	'Internal: drop the organization''s output views over the given warehouse tables before they are swapped; returns what restore_output_views needs';
+
+CREATE OR REPLACE FUNCTION dalgo.refresh_output(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.transformation_runs;
+	o dalgo.outputs;
+	t dalgo.transformations;
+	v record;
+	dropped jsonb;
+	schema_name text;
+	dest text;
+	kind text;
+BEGIN
+	PERFORM dalgo.verify_scheduled_run('o', run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+	SELECT * INTO o FROM dalgo.outputs x
+	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
+	schema_name := 'org_' || replace(o.organization_id::text, '-', '');
+	kind := coalesce(o.destination_config->>'type', 'table');
+	dest := coalesce(o.destination_config->>'name', t.output_table_name);
+	IF kind NOT IN ('table', 'view') THEN
+		RAISE EXCEPTION 'unknown destination type "%" (use table or view)', kind USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'view' AND dest = t.output_table_name THEN
+		RAISE EXCEPTION 'a view destination needs a name other than the transformation''s table "%"', dest
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
+	END IF;
+	-- destination_config.name is a member's text: it may name only what this
+	-- output makes.  Longer names would be truncated to another table's name.
+	IF dest = '' OR octet_length(dest) >= 64 OR dest LIKE '\_dalgo\_%' THEN
+		RAISE EXCEPTION 'output destination name "%" is not allowed', dest
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use a name of 1 to 63 bytes that does not start with _dalgo_.';
+	END IF;
+	IF dest <> t.output_table_name AND to_regclass(format('%I.%I', schema_name, dest)) IS NOT NULL
+	   AND NOT (CASE WHEN kind = 'view' THEN dalgo.output_view_reads(o.organization_id, dest, t.output_table_name)
+				ELSE EXISTS (SELECT FROM dalgo.warehouse_tables w
+							 WHERE w.organization_id = o.organization_id AND w.table_name = dest
+							   AND w.deleted_at IS NULL AND w.source_id IS NULL AND w.transformation_id = t.id) END) THEN
+		RAISE EXCEPTION 'output destination "%" exists and was not made by this output', dest
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'An output replaces only a table or view that its own refreshes made.',
+				  HINT = 'Set destination_config.name to a new name.';
+	END IF;
+
+	-- The tables this refresh swaps: the transformation's and its upstream's.
+	dropped := dalgo.drop_output_views(o.organization_id, ARRAY(
+		SELECT y.output_table_name FROM dalgo.transformations y
+		WHERE y.organization_id = o.organization_id AND y.output_table_name IS NOT NULL
+		  AND (y.id = t.id OR y.id IN (SELECT u.id FROM dalgo.transformation_upstream(t.id) u))));
+
+	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
+		PERFORM dalgo.run_transformation(v.id, false);
+	END LOOP;
+	PERFORM dalgo.build_transformation(t.id, run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+
+	-- The views dropped above, again over the (new, or on failure the old) tables.
+	PERFORM dalgo.restore_output_views(o.organization_id, dropped);
+	IF r.status <> 'success' THEN
+		RETURN;
+	END IF;
+	IF kind = 'view' THEN
+		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+			schema_name, dest, schema_name, t.output_table_name));
+	ELSIF dest <> t.output_table_name THEN
+		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
+			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
+		PERFORM dalgo.check_warehouse_quota(o.organization_id, dest);
+		PERFORM dalgo.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
+		PERFORM dalgo.register_warehouse_table(o.organization_id, dest, NULL, t.id, r.rows_affected);
+	END IF;
+	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.refresh_output(uuid) IS
+	'Internal: run an output''s transformation with its upstream, then refresh destination_config ({"type": "table"|"view", "name": ...}); output views over rebuilt tables are dropped and created again around the swap';
+
+-- (Existing destination tables are registered to their output by the rsec
+-- section above.)
+
+-- attack1: concurrent run_transformation calls count against concurrent_runs
+-- and runs_per_hour before their rows are visible (a run slot advisory lock
+-- per organization, taken under a gate with the check)
+CREATE OR REPLACE FUNCTION dalgo.check_run_quota(organization_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid := check_run_quota.organization_id;
+	me text := pg_backend_pid()::text;
+	slot bigint := hashtextextended('dalgo run slot ' || org::text, 0);
+	gate bigint := hashtextextended('dalgo run gate ' || org::text, 0);
+	others text[];
+	unseen bigint;
+	lim bigint;
+	n bigint;
+BEGIN
+	PERFORM pg_advisory_lock(gate);
+	BEGIN
+		-- Other backends executing a run of the organization now.
+		others := ARRAY(SELECT DISTINCT l.pid::text FROM pg_locks l
+						WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()
+						  AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+						  AND l.classid = ((slot >> 32) & 4294967295)::text::oid
+						  AND l.objid = (slot & 4294967295)::text::oid AND l.objsubid = 1);
+		-- ... of which this snapshot sees no running row yet.
+		unseen := (SELECT count(*) FROM unnest(others) p
+				   WHERE NOT EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
+									 AND r.details->>'runner_pid' = p)
+					 AND NOT EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.organization_id = org
+									 AND r.status = 'running' AND r.details->>'runner_pid' = p));
+		lim := dalgo.organization_quota(org, 'concurrent_runs');
+		IF lim IS NOT NULL THEN
+			n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
+				  AND r.details->>'runner_pid' IS DISTINCT FROM me)
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running'
+				  AND r.details->>'runner_pid' IS DISTINCT FROM me)
+			   + unseen;
+			IF n >= lim THEN
+				RAISE EXCEPTION 'quota concurrent_runs exceeded: % runs of the organization are in progress, the limit is %', n, lim
+					USING ERRCODE = 'configuration_limit_exceeded',
+						  HINT = 'Wait for a run to finish; a superuser can raise the quota.';
+			END IF;
+		END IF;
+		lim := dalgo.organization_quota(org, 'runs_per_hour');
+		IF lim IS NOT NULL THEN
+			n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
+				  AND NOT r.details ? 'skipped' AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
+				  AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped'
+				  AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
+			   + unseen;
+			IF n >= lim THEN
+				RAISE EXCEPTION 'quota runs_per_hour exceeded: the organization started % runs in the last hour, the limit is %', n, lim
+					USING ERRCODE = 'configuration_limit_exceeded',
+						  HINT = 'Try again later; a superuser can raise the quota.';
+			END IF;
+		END IF;
+		PERFORM dalgo.check_warehouse_quota(org, NULL);
+		PERFORM pg_advisory_xact_lock_shared(slot);
+	EXCEPTION WHEN OTHERS OR query_canceled THEN
+		PERFORM pg_advisory_unlock(gate);
+		RAISE;
+	END;
+	PERFORM pg_advisory_unlock(gate);
+END
+$$;
+COMMENT ON FUNCTION dalgo.check_run_quota(uuid) IS
+	'Internal: refuse a run that would exceed the organization''s concurrent_runs, runs_per_hour or warehouse_bytes quota';
+
+-- attack1: connector runs are counted and refused by the organization's
+-- quotas in claim_sync_run; complete_sync_run drops dalgo's own details keys
+CREATE OR REPLACE FUNCTION dalgo.claim_sync_run() RETURNS dalgo.sync_runs
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	org uuid;
+	msg text;
+BEGIN
+	FOR org IN
+		SELECT x.organization_id FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status IN ('pending', 'running') AND dalgo.is_connector_source(s.source_type) AND x.deleted_at IS NULL
+		GROUP BY x.organization_id
+		HAVING bool_or(x.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
+				 x.organization_id
+	LOOP
+		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo.is_connector_source(s.source_type)
+		  AND x.deleted_at IS NULL
+		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
+		IF FOUND THEN
+			-- A connector run is a run: the organization's quotas apply, as
+			-- to in-database runs (a refused run fails with the quota's message).
+			BEGIN
+				PERFORM dalgo.check_run_quota(org);
+			EXCEPTION WHEN configuration_limit_exceeded THEN
+				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+				UPDATE dalgo.sync_runs x SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
+				WHERE x.id = r.id;
+				CONTINUE;
+			END;
+			UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
+			RETURN r;
+		END IF;
+	END LOOP;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo.claim_sync_run() IS
+	'Connector protocol: claim a pending connector sync run (SKIP LOCKED; the organization with the fewest running, then the oldest) and mark it running; a run over its organization''s quota fails instead; NULL when there is none';
+
+CREATE OR REPLACE FUNCTION dalgo.complete_sync_run(run_id uuid, rows_synced integer, error_message text DEFAULT NULL,
+										details jsonb DEFAULT '{}')
+	RETURNS dalgo.sync_runs
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+BEGIN
+	IF jsonb_typeof(coalesce(complete_sync_run.details, '{}')) <> 'object' THEN
+		RAISE EXCEPTION 'details must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- The keys dalgo's own code reads (the schedule, skips that quotas do not
+	-- count, the runner) are dalgo's: a connector does not set them.
+	UPDATE dalgo.sync_runs x SET status = CASE WHEN complete_sync_run.error_message IS NULL THEN 'success' ELSE 'failed' END::dalgo.run_status,
+		completed_at = clock_timestamp(), rows_synced = complete_sync_run.rows_synced,
+		error_message = complete_sync_run.error_message,
+		details = x.details || (coalesce(complete_sync_run.details, '{}')
+								- ARRAY['schedule_id', 'skipped', 'runner_pid', 'attempt', 'lag_ms'])
+	WHERE x.id = run_id AND x.status = 'running'
+	RETURNING * INTO r;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'sync run % is not running (claim it first)', run_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF r.status = 'success' THEN
+		UPDATE dalgo.sources s SET last_synced_at = now() WHERE s.id = r.source_id;
+	END IF;
+	RETURN r;
+END
+$$;
+COMMENT ON FUNCTION dalgo.complete_sync_run(uuid, integer, text, jsonb) IS
+	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails); details (an object) is merged in, except dalgo''s own keys schedule_id, skipped, runner_pid, attempt and lag_ms';
+
+-- attack1: a scheduled run refused by a quota fails without counting as
+-- started (refusals no longer fill the next hour's runs_per_hour)
+CREATE OR REPLACE FUNCTION dalgo.execute_scheduled_run(run_kind text, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	msg text;
+BEGIN
+	-- A run refused by a quota did not start: it fails with the quota's
+	-- message and, like a skipped slot, does not count against runs_per_hour
+	-- (else an organization whose schedules ask for more than its quota
+	-- would be refused for good, each refusal filling the next hour).
+	BEGIN
+		PERFORM dalgo.check_run_quota(CASE WHEN run_kind = 's'
+			THEN (SELECT r.organization_id FROM dalgo.sync_runs r WHERE r.id = run_id)
+			ELSE (SELECT r.organization_id FROM dalgo.transformation_runs r WHERE r.id = run_id) END);
+	EXCEPTION WHEN configuration_limit_exceeded THEN
+		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+		IF run_kind = 's' THEN
+			UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				details = r.details || '{"skipped": true, "quota_refused": true}'
+			WHERE r.id = run_id;
+		ELSE
+			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				details = r.details || '{"skipped": true, "quota_refused": true}'
+			WHERE r.id = run_id;
+		END IF;
+		RETURN;
+	END;
+	IF run_kind = 's' THEN
+		PERFORM dalgo.sync_source(run_id);
+	ELSIF run_kind = 'o' THEN
+		PERFORM dalgo.refresh_output(run_id);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.execute_scheduled_run(text, uuid) IS 'Internal: execute a claimed run (what a run worker does); a run over a quota fails without counting as started';
+
+-- attack1: the claim's limit applies after SKIP LOCKED, so locked schedule
+-- rows no longer use up its places
+CREATE OR REPLACE FUNCTION dalgo.claim_due_schedules(at timestamptz, max_runs integer, only_schedule uuid DEFAULT NULL)
+	RETURNS TABLE (schedule_id uuid, run_kind text, run_id uuid)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s dalgo.schedules;
+	src dalgo.sources;
+	out dalgo.outputs;
+	busy boolean;
+	det jsonb;
+	rid uuid;
+BEGIN
+	IF max_runs <= 0 THEN
+		RETURN;
+	END IF;
+	-- Fair between organizations: each organization's oldest due schedule
+	-- first, then each one's second, and so on, so that one organization's
+	-- backlog never holds another's due schedule back to a later tick.  The
+	-- due test is repeated on x: a row another claimer committed in between is
+	-- re-checked after its lock.
+	-- The limit applies after SKIP LOCKED: a schedule row another
+	-- transaction holds (run_schedule_now's run, an open UPDATE) is passed
+	-- over and does not use up a place, so locked rows cannot crowd every
+	-- other organization's due schedule out of the claim.
+	FOR s IN SELECT x.* FROM dalgo.schedules x
+			 JOIN (SELECT y.id,
+						  row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
+				   FROM dalgo.schedules y
+				   WHERE y.is_active AND y.deleted_at IS NULL AND y.next_run_at <= at
+					 AND (only_schedule IS NULL OR y.id = only_schedule)) d ON d.id = x.id
+			 WHERE x.is_active AND x.deleted_at IS NULL AND x.next_run_at <= at
+			   AND (only_schedule IS NULL OR x.id = only_schedule)
+			 ORDER BY d.turn, x.next_run_at, x.id
+			 LIMIT max_runs
+			 FOR UPDATE OF x SKIP LOCKED
+	LOOP
+		det := jsonb_build_object('schedule_id', s.id, 'attempt', 1,
+								  'lag_ms', round(extract(epoch FROM clock_timestamp() - s.next_run_at) * 1000));
+		UPDATE dalgo.schedules x SET last_run_at = at,
+			next_run_at = dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, greatest(at, s.next_run_at))
+		WHERE x.id = s.id;
+		schedule_id := s.id;
+		IF s.source_id IS NOT NULL THEN
+			SELECT * INTO src FROM dalgo.sources x WHERE x.id = s.source_id;
+			busy := EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.source_id = s.source_id
+							AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL);
+			IF busy THEN
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, started_at, completed_at, error_message, details)
+				VALUES (s.organization_id, s.source_id, 'failed', clock_timestamp(), clock_timestamp(),
+						'skipped: the previous run of this schedule is still going', det || '{"skipped": true}')
+				RETURNING id INTO rid;
+				run_kind := 'skipped';
+			ELSE
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, details)
+				VALUES (s.organization_id, s.source_id, 'pending', det) RETURNING id INTO rid;
+				IF dalgo.is_connector_source(src.source_type) THEN
+					-- Anyone can LISTEN: the payload is empty, connectors learn
+					-- the work from claim_sync_run().
+					PERFORM pg_notify('dalgo_sync', '');
+					run_kind := 'connector';
+				ELSE
+					run_kind := 's';
+				END IF;
+			END IF;
+		ELSE
+			SELECT * INTO out FROM dalgo.outputs x WHERE x.id = s.output_id;
+			busy := EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.transformation_id = out.transformation_id
+							AND r.status IN ('pending', 'running') AND r.details->>'schedule_id' = s.id::text);
+			INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, started_at, completed_at,
+												   error_message, details)
+			VALUES (s.organization_id, out.transformation_id, CASE WHEN busy THEN 'failed' ELSE 'pending' END::dalgo.run_status,
+					CASE WHEN busy THEN clock_timestamp() END, CASE WHEN busy THEN clock_timestamp() END,
+					CASE WHEN busy THEN 'skipped: the previous run of this schedule is still going' END,
+					det || CASE WHEN busy THEN '{"skipped": true}'::jsonb ELSE '{}'::jsonb END)
+			RETURNING id INTO rid;
+			run_kind := CASE WHEN busy THEN 'skipped' ELSE 'o' END;
+		END IF;
+		run_id := rid;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo.claim_due_schedules(timestamptz, integer, uuid) IS
+	'Internal: claim up to max_runs due schedules (FOR UPDATE SKIP LOCKED), advance them and create their run rows';
+
+-- attack1: the quota check waits at most 10 s for its organization's gate
+-- (advisory lock keys are shared by every role)
+CREATE OR REPLACE FUNCTION dalgo.check_run_quota(organization_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid := check_run_quota.organization_id;
+	me text := pg_backend_pid()::text;
+	slot bigint := hashtextextended('dalgo run slot ' || org::text, 0);
+	gate bigint := hashtextextended('dalgo run gate ' || org::text, 0);
+	old_timeout text := current_setting('lock_timeout');
+	others text[];
+	unseen bigint;
+	lim bigint;
+	n bigint;
+BEGIN
+	-- Advisory lock keys are one namespace for every role: a session that
+	-- holds this one must not stall the organization's runs for ever.
+	BEGIN
+		PERFORM set_config('lock_timeout', '10s', true);
+		PERFORM pg_advisory_lock(gate);
+		PERFORM set_config('lock_timeout', old_timeout, true);
+	EXCEPTION WHEN lock_not_available THEN
+		RAISE EXCEPTION 'the quota check of organization % is busy', org
+			USING ERRCODE = 'lock_not_available',
+				  DETAIL = 'Another session held the organization''s run gate for 10 seconds.',
+				  HINT = 'Try again.';
+	END;
+	BEGIN
+		-- Other backends executing a run of the organization now.
+		others := ARRAY(SELECT DISTINCT l.pid::text FROM pg_locks l
+						WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()
+						  AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+						  AND l.classid = ((slot >> 32) & 4294967295)::text::oid
+						  AND l.objid = (slot & 4294967295)::text::oid AND l.objsubid = 1);
+		-- ... of which this snapshot sees no running row yet.
+		unseen := (SELECT count(*) FROM unnest(others) p
+				   WHERE NOT EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
+									 AND r.details->>'runner_pid' = p)
+					 AND NOT EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.organization_id = org
+									 AND r.status = 'running' AND r.details->>'runner_pid' = p));
+		lim := dalgo.organization_quota(org, 'concurrent_runs');
+		IF lim IS NOT NULL THEN
+			n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
+				  AND r.details->>'runner_pid' IS DISTINCT FROM me)
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running'
+				  AND r.details->>'runner_pid' IS DISTINCT FROM me)
+			   + unseen;
+			IF n >= lim THEN
+				RAISE EXCEPTION 'quota concurrent_runs exceeded: % runs of the organization are in progress, the limit is %', n, lim
+					USING ERRCODE = 'configuration_limit_exceeded',
+						  HINT = 'Wait for a run to finish; a superuser can raise the quota.';
+			END IF;
+		END IF;
+		lim := dalgo.organization_quota(org, 'runs_per_hour');
+		IF lim IS NOT NULL THEN
+			n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
+				  AND NOT r.details ? 'skipped' AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
+				  AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped'
+				  AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
+			   + unseen;
+			IF n >= lim THEN
+				RAISE EXCEPTION 'quota runs_per_hour exceeded: the organization started % runs in the last hour, the limit is %', n, lim
+					USING ERRCODE = 'configuration_limit_exceeded',
+						  HINT = 'Try again later; a superuser can raise the quota.';
+			END IF;
+		END IF;
+		PERFORM dalgo.check_warehouse_quota(org, NULL);
+		PERFORM pg_advisory_xact_lock_shared(slot);
+	EXCEPTION WHEN OTHERS OR query_canceled THEN
+		PERFORM pg_advisory_unlock(gate);
+		RAISE;
+	END;
+	PERFORM pg_advisory_unlock(gate);
+END
+$$;
+COMMENT ON FUNCTION dalgo.check_run_quota(uuid) IS
+	'Internal: refuse a run that would exceed the organization''s concurrent_runs, runs_per_hour or warehouse_bytes quota';
+
+-- attack1: with an identity in force only a superadmin grants or revokes
+-- users.is_superadmin (dalgo_service acting for a member made them owner of
+-- every organization)
+CREATE FUNCTION dalgo.guard_superadmin() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	me uuid := dalgo.current_user_id();
+BEGIN
+	IF me IS NOT NULL
+	   AND ((TG_OP = 'INSERT' AND NEW.is_superadmin)
+			OR (TG_OP = 'UPDATE' AND NEW.is_superadmin IS DISTINCT FROM OLD.is_superadmin))
+	   AND NOT coalesce((SELECT u.is_superadmin AND u.is_active AND u.deleted_at IS NULL
+						 FROM dalgo.users u WHERE u.id = me), false) THEN
+		RAISE EXCEPTION 'only a superadmin can grant or revoke the superadmin flag'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'A superadmin counts as an owner of every organization.';
+	END IF;
+	RETURN NEW;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo.guard_superadmin() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.guard_superadmin() IS
+	'BEFORE INSERT OR UPDATE row trigger on users: with an identity in force, only a superadmin grants or revokes is_superadmin (it makes a user owner of every organization)';
+CREATE TRIGGER guard_superadmin BEFORE INSERT OR UPDATE OF is_superadmin ON dalgo.users
+	FOR EACH ROW EXECUTE FUNCTION dalgo.guard_superadmin();
+COMMENT ON TRIGGER guard_superadmin ON dalgo.users IS 'Only a superadmin grants or revokes the superadmin flag';
+
+-- attack1: deactivating or deleting an account: with an identity only the
+-- user (or a superadmin), restores only by a superadmin, and never the last
+-- live owner of an organization
+CREATE FUNCTION dalgo.guard_user_liveness() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	was_live boolean := OLD.is_active AND OLD.deleted_at IS NULL;
+	is_live boolean := NEW.is_active AND NEW.deleted_at IS NULL;
+	m record;
+BEGIN
+	IF was_live = is_live THEN
+		RETURN NEW;
+	END IF;
+	IF me IS NOT NULL AND NOT coalesce((SELECT u.is_superadmin AND u.is_active AND u.deleted_at IS NULL
+										 FROM dalgo.users u WHERE u.id = me), false)
+	   AND (is_live OR me <> NEW.id) THEN
+		RAISE EXCEPTION 'only the user or a superadmin deactivates or deletes an account, and only a superadmin restores one'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF was_live THEN
+		FOR m IN SELECT x.id, x.organization_id FROM dalgo.organization_members x
+				 WHERE x.user_id = NEW.id AND x.role = 'owner' AND x.deleted_at IS NULL
+				 ORDER BY x.organization_id
+		LOOP
+			PERFORM FROM dalgo.organizations o WHERE o.id = m.organization_id AND o.deleted_at IS NULL FOR NO KEY UPDATE;
+			IF FOUND AND dalgo.live_owner_count(m.organization_id, m.id) = 0 THEN
+				RAISE EXCEPTION 'cannot deactivate or delete the last owner of organization %', m.organization_id
+					USING ERRCODE = 'check_violation',
+						  HINT = 'Make another member an owner first, or delete the organization.';
+			END IF;
+		END LOOP;
+	END IF;
+	RETURN NEW;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo.guard_user_liveness() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.guard_user_liveness() IS
+	'BEFORE UPDATE row trigger on users: with an identity in force only the user deactivates or deletes their own account (a superadmin anyone''s) and only a superadmin restores one; whoever acts, no organization loses its last live owner';
+CREATE TRIGGER guard_user_liveness BEFORE UPDATE OF is_active, deleted_at ON dalgo.users
+	FOR EACH ROW EXECUTE FUNCTION dalgo.guard_user_liveness();
+COMMENT ON TRIGGER guard_user_liveness ON dalgo.users IS 'Accounts: who deactivates them, and never the last owner';
+
+-- merge (attack1 + lead): claim_sync_run fails connector runs over a quota
+CREATE OR REPLACE FUNCTION dalgo.claim_sync_run() RETURNS dalgo.sync_runs
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	org uuid;
+	msg text;
+BEGIN
+	FOR org IN
+		SELECT x.organization_id FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status IN ('pending', 'running') AND dalgo.is_connector_source(s.source_type) AND x.deleted_at IS NULL
+		GROUP BY x.organization_id
+		HAVING bool_or(x.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
+				 x.organization_id
+	LOOP
+		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo.is_connector_source(s.source_type)
+		  AND x.deleted_at IS NULL
+		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
+		IF FOUND THEN
+			-- A connector run is a run: the organization's quotas apply, as
+			-- to in-database runs (a refused run fails with the quota's message).
+			BEGIN
+				PERFORM dalgo.check_run_quota(org);
+			EXCEPTION WHEN configuration_limit_exceeded THEN
+				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+				UPDATE dalgo.sync_runs x SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
+				WHERE x.id = r.id;
+				CONTINUE;
+			END;
+			UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
+			RETURN r;
+		END IF;
+	END LOOP;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo.claim_sync_run() IS
+	'Connector protocol: claim a pending connector sync run (SKIP LOCKED; the organization with the fewest running, then the oldest) and mark it running; a run over its organization''s quota fails instead; NULL when there is none';
+
+
+-- merge (attack1 + rsec): refresh_output checks the destination against its output producer
+CREATE OR REPLACE FUNCTION dalgo.refresh_output(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.transformation_runs;
+	o dalgo.outputs;
+	t dalgo.transformations;
+	v record;
+	dropped jsonb;
+	schema_name text;
+	dest text;
+	kind text;
+BEGIN
+	PERFORM dalgo.verify_scheduled_run('o', run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+	SELECT * INTO o FROM dalgo.outputs x
+	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
+	schema_name := 'org_' || replace(o.organization_id::text, '-', '');
+	kind := coalesce(o.destination_config->>'type', 'table');
+	dest := coalesce(o.destination_config->>'name', t.output_table_name);
+	IF kind NOT IN ('table', 'view') THEN
+		RAISE EXCEPTION 'unknown destination type "%" (use table or view)', kind USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'view' AND dest = t.output_table_name THEN
+		RAISE EXCEPTION 'a view destination needs a name other than the transformation''s table "%"', dest
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
+	END IF;
+	-- destination_config.name is a member's text: it may name only what this
+	-- output makes.  Longer names would be truncated to another table's name.
+	IF dest = '' OR octet_length(dest) >= 64 OR dest LIKE '\_dalgo\_%' THEN
+		RAISE EXCEPTION 'output destination name "%" is not allowed', dest
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use a name of 1 to 63 bytes that does not start with _dalgo_.';
+	END IF;
+	IF dest <> t.output_table_name AND to_regclass(format('%I.%I', schema_name, dest)) IS NOT NULL
+	   AND NOT (CASE WHEN kind = 'view' THEN dalgo.output_view_reads(o.organization_id, dest, t.output_table_name)
+				ELSE EXISTS (SELECT FROM dalgo.warehouse_tables w
+							 WHERE w.organization_id = o.organization_id AND w.table_name = dest
+							   AND w.deleted_at IS NULL AND w.output_id = o.id) END) THEN
+		RAISE EXCEPTION 'output destination "%" exists and was not made by this output', dest
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'An output replaces only a table or view that its own refreshes made.',
+				  HINT = 'Set destination_config.name to a new name.';
+	END IF;
+
+	-- The tables this refresh swaps: the transformation's and its upstream's.
+	dropped := dalgo.drop_output_views(o.organization_id, ARRAY(
+		SELECT y.output_table_name FROM dalgo.transformations y
+		WHERE y.organization_id = o.organization_id AND y.output_table_name IS NOT NULL
+		  AND (y.id = t.id OR y.id IN (SELECT u.id FROM dalgo.transformation_upstream(t.id) u))));
+
+	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
+		PERFORM dalgo.run_transformation(v.id, false);
+	END LOOP;
+	PERFORM dalgo.build_transformation(t.id, run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+
+	-- The views dropped above, again over the (new, or on failure the old) tables.
+	PERFORM dalgo.restore_output_views(o.organization_id, dropped);
+	IF r.status <> 'success' THEN
+		RETURN;
+	END IF;
+	IF kind = 'view' THEN
+		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+			schema_name, dest, schema_name, t.output_table_name));
+	ELSIF dest <> t.output_table_name THEN
+		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
+			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
+		PERFORM dalgo.check_warehouse_quota(o.organization_id, dest);
+		-- The swap records this output as the table's producer.
+		PERFORM dalgo.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
+	END IF;
+	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.refresh_output(uuid) IS
+	'Internal: run an output''s transformation with its upstream, then refresh destination_config ({"type": "table"|"view", "name": ...}); output views over rebuilt tables are dropped and created again around the swap';
+

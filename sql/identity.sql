@@ -229,6 +229,85 @@ CREATE TRIGGER guard_membership BEFORE INSERT OR UPDATE OR DELETE ON dalgo.organ
 	FOR EACH ROW EXECUTE FUNCTION dalgo.guard_membership();
 COMMENT ON TRIGGER guard_membership ON dalgo.organization_members IS 'Role protection';
 
+-- The superadmin flag makes a user an owner of every organization: with an
+-- identity in force (an app request, dalgo_service acting for a user) only
+-- a superadmin grants or revokes it.  Without one (operator or service work,
+-- a restore) it is not limited here; end users cannot write the column.
+CREATE FUNCTION dalgo.guard_superadmin() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	me uuid := dalgo.current_user_id();
+BEGIN
+	IF me IS NOT NULL
+	   AND ((TG_OP = 'INSERT' AND NEW.is_superadmin)
+			OR (TG_OP = 'UPDATE' AND NEW.is_superadmin IS DISTINCT FROM OLD.is_superadmin))
+	   AND NOT coalesce((SELECT u.is_superadmin AND u.is_active AND u.deleted_at IS NULL
+						 FROM dalgo.users u WHERE u.id = me), false) THEN
+		RAISE EXCEPTION 'only a superadmin can grant or revoke the superadmin flag'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'A superadmin counts as an owner of every organization.';
+	END IF;
+	RETURN NEW;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo.guard_superadmin() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.guard_superadmin() IS
+	'BEFORE INSERT OR UPDATE row trigger on users: with an identity in force, only a superadmin grants or revokes is_superadmin (it makes a user owner of every organization)';
+CREATE TRIGGER guard_superadmin BEFORE INSERT OR UPDATE OF is_superadmin ON dalgo.users
+	FOR EACH ROW EXECUTE FUNCTION dalgo.guard_superadmin();
+COMMENT ON TRIGGER guard_superadmin ON dalgo.users IS 'Only a superadmin grants or revokes the superadmin flag';
+
+-- An account that stops being active and live takes its memberships with
+-- it.  With an identity in force (dalgo_service acting for a user) only the
+-- user themselves deactivates or deletes their account and only a superadmin
+-- does it to another's or brings one back; and, whoever acts, no
+-- organization loses its last live owner this way (the rule guard_membership
+-- keeps for membership rows, under the same organization lock and
+-- fresh-snapshot count).
+CREATE FUNCTION dalgo.guard_user_liveness() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	was_live boolean := OLD.is_active AND OLD.deleted_at IS NULL;
+	is_live boolean := NEW.is_active AND NEW.deleted_at IS NULL;
+	m record;
+BEGIN
+	IF was_live = is_live THEN
+		RETURN NEW;
+	END IF;
+	IF me IS NOT NULL AND NOT coalesce((SELECT u.is_superadmin AND u.is_active AND u.deleted_at IS NULL
+										 FROM dalgo.users u WHERE u.id = me), false)
+	   AND (is_live OR me <> NEW.id) THEN
+		RAISE EXCEPTION 'only the user or a superadmin deactivates or deletes an account, and only a superadmin restores one'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF was_live THEN
+		FOR m IN SELECT x.id, x.organization_id FROM dalgo.organization_members x
+				 WHERE x.user_id = NEW.id AND x.role = 'owner' AND x.deleted_at IS NULL
+				 ORDER BY x.organization_id
+		LOOP
+			PERFORM FROM dalgo.organizations o WHERE o.id = m.organization_id AND o.deleted_at IS NULL FOR NO KEY UPDATE;
+			IF FOUND AND dalgo.live_owner_count(m.organization_id, m.id) = 0 THEN
+				RAISE EXCEPTION 'cannot deactivate or delete the last owner of organization %', m.organization_id
+					USING ERRCODE = 'check_violation',
+						  HINT = 'Make another member an owner first, or delete the organization.';
+			END IF;
+		END LOOP;
+	END IF;
+	RETURN NEW;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo.guard_user_liveness() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.guard_user_liveness() IS
+	'BEFORE UPDATE row trigger on users: with an identity in force only the user deactivates or deletes their own account (a superadmin anyone''s) and only a superadmin restores one; whoever acts, no organization loses its last live owner';
+CREATE TRIGGER guard_user_liveness BEFORE UPDATE OF is_active, deleted_at ON dalgo.users
+	FOR EACH ROW EXECUTE FUNCTION dalgo.guard_user_liveness();
+COMMENT ON TRIGGER guard_user_liveness ON dalgo.users IS 'Accounts: who deactivates them, and never the last owner';
+
 CREATE FUNCTION dalgo.guard_organization() RETURNS trigger
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp

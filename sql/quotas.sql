@@ -82,6 +82,14 @@ COMMENT ON FUNCTION dalgo.quota_usage(uuid) IS
 -- this backend is executing (a scheduled run's own row, an outer
 -- run_transformation) are not counted: an upstream run is part of the run
 -- that asked for it.
+--
+-- A run_transformation call's 'running' row is invisible to other sessions
+-- until its transaction commits, when the run is over: rows alone let any
+-- number of concurrent calls pass.  So every run also holds a shared
+-- advisory lock of its organization (the run slot) until its transaction
+-- ends, and the backends holding it count as running even before their rows
+-- are visible.  The check and the taking of the slot are one step under a
+-- second advisory lock (the gate), held only for the check.
 CREATE FUNCTION dalgo.check_run_quota(organization_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
@@ -89,35 +97,73 @@ AS $$
 DECLARE
 	org uuid := check_run_quota.organization_id;
 	me text := pg_backend_pid()::text;
+	slot bigint := hashtextextended('dalgo run slot ' || org::text, 0);
+	gate bigint := hashtextextended('dalgo run gate ' || org::text, 0);
+	old_timeout text := current_setting('lock_timeout');
+	others text[];
+	unseen bigint;
 	lim bigint;
 	n bigint;
 BEGIN
-	lim := dalgo.organization_quota(org, 'concurrent_runs');
-	IF lim IS NOT NULL THEN
-		n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
-			  AND r.details->>'runner_pid' IS DISTINCT FROM me)
-		   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running'
-			  AND r.details->>'runner_pid' IS DISTINCT FROM me);
-		IF n >= lim THEN
-			RAISE EXCEPTION 'quota concurrent_runs exceeded: % runs of the organization are in progress, the limit is %', n, lim
-				USING ERRCODE = 'configuration_limit_exceeded',
-					  HINT = 'Wait for a run to finish; a superuser can raise the quota.';
+	-- Advisory lock keys are one namespace for every role: a session that
+	-- holds this one must not stall the organization's runs for ever.
+	BEGIN
+		PERFORM set_config('lock_timeout', '10s', true);
+		PERFORM pg_advisory_lock(gate);
+		PERFORM set_config('lock_timeout', old_timeout, true);
+	EXCEPTION WHEN lock_not_available THEN
+		RAISE EXCEPTION 'the quota check of organization % is busy', org
+			USING ERRCODE = 'lock_not_available',
+				  DETAIL = 'Another session held the organization''s run gate for 10 seconds.',
+				  HINT = 'Try again.';
+	END;
+	BEGIN
+		-- Other backends executing a run of the organization now.
+		others := ARRAY(SELECT DISTINCT l.pid::text FROM pg_locks l
+						WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()
+						  AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+						  AND l.classid = ((slot >> 32) & 4294967295)::text::oid
+						  AND l.objid = (slot & 4294967295)::text::oid AND l.objsubid = 1);
+		-- ... of which this snapshot sees no running row yet.
+		unseen := (SELECT count(*) FROM unnest(others) p
+				   WHERE NOT EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
+									 AND r.details->>'runner_pid' = p)
+					 AND NOT EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.organization_id = org
+									 AND r.status = 'running' AND r.details->>'runner_pid' = p));
+		lim := dalgo.organization_quota(org, 'concurrent_runs');
+		IF lim IS NOT NULL THEN
+			n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
+				  AND r.details->>'runner_pid' IS DISTINCT FROM me)
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running'
+				  AND r.details->>'runner_pid' IS DISTINCT FROM me)
+			   + unseen;
+			IF n >= lim THEN
+				RAISE EXCEPTION 'quota concurrent_runs exceeded: % runs of the organization are in progress, the limit is %', n, lim
+					USING ERRCODE = 'configuration_limit_exceeded',
+						  HINT = 'Wait for a run to finish; a superuser can raise the quota.';
+			END IF;
 		END IF;
-	END IF;
-	lim := dalgo.organization_quota(org, 'runs_per_hour');
-	IF lim IS NOT NULL THEN
-		n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
-			  AND NOT r.details ? 'skipped' AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
-		   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
-			  AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped'
-			  AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me));
-		IF n >= lim THEN
-			RAISE EXCEPTION 'quota runs_per_hour exceeded: the organization started % runs in the last hour, the limit is %', n, lim
-				USING ERRCODE = 'configuration_limit_exceeded',
-					  HINT = 'Try again later; a superuser can raise the quota.';
+		lim := dalgo.organization_quota(org, 'runs_per_hour');
+		IF lim IS NOT NULL THEN
+			n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
+				  AND NOT r.details ? 'skipped' AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
+				  AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped'
+				  AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
+			   + unseen;
+			IF n >= lim THEN
+				RAISE EXCEPTION 'quota runs_per_hour exceeded: the organization started % runs in the last hour, the limit is %', n, lim
+					USING ERRCODE = 'configuration_limit_exceeded',
+						  HINT = 'Try again later; a superuser can raise the quota.';
+			END IF;
 		END IF;
-	END IF;
-	PERFORM dalgo.check_warehouse_quota(org, NULL);
+		PERFORM dalgo.check_warehouse_quota(org, NULL);
+		PERFORM pg_advisory_xact_lock_shared(slot);
+	EXCEPTION WHEN OTHERS OR query_canceled THEN
+		PERFORM pg_advisory_unlock(gate);
+		RAISE;
+	END;
+	PERFORM pg_advisory_unlock(gate);
 END
 $$;
 COMMENT ON FUNCTION dalgo.check_run_quota(uuid) IS

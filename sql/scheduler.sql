@@ -95,17 +95,21 @@ BEGIN
 	-- backlog never holds another's due schedule back to a later tick.  The
 	-- due test is repeated on x: a row another claimer committed in between is
 	-- re-checked after its lock.
-	FOR s IN SELECT * FROM dalgo.schedules x
+	-- The limit applies after SKIP LOCKED: a schedule row another
+	-- transaction holds (run_schedule_now's run, an open UPDATE) is passed
+	-- over and does not use up a place, so locked rows cannot crowd every
+	-- other organization's due schedule out of the claim.
+	FOR s IN SELECT x.* FROM dalgo.schedules x
+			 JOIN (SELECT y.id,
+						  row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
+				   FROM dalgo.schedules y
+				   WHERE y.is_active AND y.deleted_at IS NULL AND y.next_run_at <= at
+					 AND (only_schedule IS NULL OR y.id = only_schedule)) d ON d.id = x.id
 			 WHERE x.is_active AND x.deleted_at IS NULL AND x.next_run_at <= at
 			   AND (only_schedule IS NULL OR x.id = only_schedule)
-			   AND x.id IN (SELECT d.id FROM (
-						SELECT y.id, y.next_run_at,
-							   row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
-						FROM dalgo.schedules y
-						WHERE y.is_active AND y.deleted_at IS NULL AND y.next_run_at <= at
-						  AND (only_schedule IS NULL OR y.id = only_schedule)) d
-					ORDER BY d.turn, d.next_run_at LIMIT max_runs)
-			 ORDER BY x.next_run_at FOR UPDATE SKIP LOCKED
+			 ORDER BY d.turn, x.next_run_at, x.id
+			 LIMIT max_runs
+			 FOR UPDATE OF x SKIP LOCKED
 	LOOP
 		det := jsonb_build_object('schedule_id', s.id, 'attempt', 1,
 								  'lag_ms', round(extract(epoch FROM clock_timestamp() - s.next_run_at) * 1000));
@@ -405,6 +409,30 @@ END
 $$;
 COMMENT ON FUNCTION dalgo.sync_source(uuid) IS 'Internal: an in-database sync of a postgres or csv source into its warehouse table';
 
+-- An output may drop or replace only a view it made itself: a view over
+-- the one warehouse table its transformation builds, and over nothing else.
+-- An output's destination_config.name is a member's text; without this test
+-- it names any view of the warehouse (an operator's, another output's).
+CREATE FUNCTION dalgo.output_view_reads(organization_id uuid, view_name text, table_name text) RETURNS boolean
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce((
+		SELECT c.relkind = 'v' AND tbl IS NOT NULL
+			AND bool_and(d.refobjid = tbl) AND bool_or(d.refobjid = tbl)
+		FROM pg_class c
+		JOIN pg_rewrite rw ON rw.ev_class = c.oid
+		LEFT JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+			AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> c.oid,
+		LATERAL (SELECT to_regclass(format('%I.%I', 'org_' || replace(output_view_reads.organization_id::text, '-', ''),
+										   output_view_reads.table_name))::oid AS tbl) x
+		WHERE c.oid = to_regclass(format('%I.%I', 'org_' || replace(output_view_reads.organization_id::text, '-', ''),
+										 output_view_reads.view_name))
+		GROUP BY c.relkind, tbl), false)
+$$;
+COMMENT ON FUNCTION dalgo.output_view_reads(uuid, text, text) IS
+	'Internal: true when the warehouse relation view_name is a view that reads the warehouse table table_name and no other relation (an output view dalgo made)';
+
 -- Views over a warehouse table block its swap (DROP TABLE): the
 -- organization's live output views (destination type view) over the given
 -- tables are dropped before a swap and created again after it, in the same
@@ -427,9 +455,7 @@ BEGIN
 			   AND x.deleted_at IS NULL AND x.destination_config->>'type' = 'view'
 			   AND y.output_table_name = ANY (table_names)
 	LOOP
-		IF v.view_name <> v.table_name AND EXISTS (
-				SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-				WHERE n.nspname = schema_name AND c.relname = v.view_name AND c.relkind = 'v') THEN
+		IF v.view_name <> v.table_name AND dalgo.output_view_reads(organization_id, v.view_name, v.table_name) THEN
 			PERFORM dalgo.warehouse_execute(organization_id, format('DROP VIEW %I.%I', schema_name, v.view_name));
 			dropped := dropped || jsonb_build_object('view_name', v.view_name, 'table_name', v.table_name);
 		END IF;
@@ -494,6 +520,23 @@ BEGIN
 		RAISE EXCEPTION 'a view destination needs a name other than the transformation''s table "%"', dest
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
 	END IF;
+	-- destination_config.name is a member's text: it may name only what this
+	-- output makes.  Longer names would be truncated to another table's name.
+	IF dest = '' OR octet_length(dest) >= 64 OR dest LIKE '\_dalgo\_%' THEN
+		RAISE EXCEPTION 'output destination name "%" is not allowed', dest
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use a name of 1 to 63 bytes that does not start with _dalgo_.';
+	END IF;
+	IF dest <> t.output_table_name AND to_regclass(format('%I.%I', schema_name, dest)) IS NOT NULL
+	   AND NOT (CASE WHEN kind = 'view' THEN dalgo.output_view_reads(o.organization_id, dest, t.output_table_name)
+				ELSE EXISTS (SELECT FROM dalgo.warehouse_tables w
+							 WHERE w.organization_id = o.organization_id AND w.table_name = dest
+							   AND w.deleted_at IS NULL AND w.output_id = o.id) END) THEN
+		RAISE EXCEPTION 'output destination "%" exists and was not made by this output', dest
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'An output replaces only a table or view that its own refreshes made.',
+				  HINT = 'Set destination_config.name to a new name.';
+	END IF;
 
 	-- The tables this refresh swaps: the transformation's and its upstream's.
 	dropped := dalgo.drop_output_views(o.organization_id, ARRAY(
@@ -518,6 +561,8 @@ BEGIN
 	ELSIF dest <> t.output_table_name THEN
 		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
 			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
+		PERFORM dalgo.check_warehouse_quota(o.organization_id, dest);
+		-- The swap records this output as the table's producer.
 		PERFORM dalgo.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
 	END IF;
 	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
@@ -530,10 +575,30 @@ CREATE FUNCTION dalgo.execute_scheduled_run(run_kind text, run_id uuid) RETURNS 
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	msg text;
 BEGIN
-	PERFORM dalgo.check_run_quota(CASE WHEN run_kind = 's'
-		THEN (SELECT r.organization_id FROM dalgo.sync_runs r WHERE r.id = run_id)
-		ELSE (SELECT r.organization_id FROM dalgo.transformation_runs r WHERE r.id = run_id) END);
+	-- A run refused by a quota did not start: it fails with the quota's
+	-- message and, like a skipped slot, does not count against runs_per_hour
+	-- (else an organization whose schedules ask for more than its quota
+	-- would be refused for good, each refusal filling the next hour).
+	BEGIN
+		PERFORM dalgo.check_run_quota(CASE WHEN run_kind = 's'
+			THEN (SELECT r.organization_id FROM dalgo.sync_runs r WHERE r.id = run_id)
+			ELSE (SELECT r.organization_id FROM dalgo.transformation_runs r WHERE r.id = run_id) END);
+	EXCEPTION WHEN configuration_limit_exceeded THEN
+		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+		IF run_kind = 's' THEN
+			UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				details = r.details || '{"skipped": true, "quota_refused": true}'
+			WHERE r.id = run_id;
+		ELSE
+			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				details = r.details || '{"skipped": true, "quota_refused": true}'
+			WHERE r.id = run_id;
+		END IF;
+		RETURN;
+	END;
 	IF run_kind = 's' THEN
 		PERFORM dalgo.sync_source(run_id);
 	ELSIF run_kind = 'o' THEN
@@ -541,7 +606,7 @@ BEGIN
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo.execute_scheduled_run(text, uuid) IS 'Internal: execute a claimed run (what a run worker does)';
+COMMENT ON FUNCTION dalgo.execute_scheduled_run(text, uuid) IS 'Internal: execute a claimed run (what a run worker does); a run over a quota fails without counting as started';
 
 CREATE FUNCTION dalgo.recover_interrupted_runs() RETURNS integer
 	LANGUAGE plpgsql
@@ -729,6 +794,7 @@ AS $$
 DECLARE
 	r dalgo.sync_runs;
 	org uuid;
+	msg text;
 BEGIN
 	FOR org IN
 		SELECT x.organization_id FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
@@ -738,17 +804,21 @@ BEGIN
 		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
 				 x.organization_id
 	LOOP
-		-- An organization at a quota keeps its runs pending until it is below it.
-		BEGIN
-			PERFORM dalgo.check_run_quota(org);
-		EXCEPTION WHEN configuration_limit_exceeded THEN
-			CONTINUE;
-		END;
 		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
 		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo.is_connector_source(s.source_type)
 		  AND x.deleted_at IS NULL
 		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
 		IF FOUND THEN
+			-- A connector run is a run: the organization's quotas apply, as
+			-- to in-database runs (a refused run fails with the quota's message).
+			BEGIN
+				PERFORM dalgo.check_run_quota(org);
+			EXCEPTION WHEN configuration_limit_exceeded THEN
+				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+				UPDATE dalgo.sync_runs x SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
+				WHERE x.id = r.id;
+				CONTINUE;
+			END;
 			UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
 			RETURN r;
 		END IF;
@@ -757,7 +827,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dalgo.claim_sync_run() IS
-	'Connector protocol: claim a pending connector sync run (SKIP LOCKED; the organization with the fewest running, then the oldest) and mark it running; NULL when there is none';
+	'Connector protocol: claim a pending connector sync run (SKIP LOCKED; the organization with the fewest running, then the oldest) and mark it running; a run over its organization''s quota fails instead; NULL when there is none';
 
 CREATE FUNCTION dalgo.complete_sync_run(run_id uuid, rows_synced integer, error_message text DEFAULT NULL,
 										details jsonb DEFAULT '{}')
@@ -768,9 +838,16 @@ AS $$
 DECLARE
 	r dalgo.sync_runs;
 BEGIN
+	IF jsonb_typeof(coalesce(complete_sync_run.details, '{}')) <> 'object' THEN
+		RAISE EXCEPTION 'details must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- The keys dalgo's own code reads (the schedule, skips that quotas do not
+	-- count, the runner) are dalgo's: a connector does not set them.
 	UPDATE dalgo.sync_runs x SET status = CASE WHEN complete_sync_run.error_message IS NULL THEN 'success' ELSE 'failed' END::dalgo.run_status,
 		completed_at = clock_timestamp(), rows_synced = complete_sync_run.rows_synced,
-		error_message = complete_sync_run.error_message, details = x.details || coalesce(complete_sync_run.details, '{}')
+		error_message = complete_sync_run.error_message,
+		details = x.details || (coalesce(complete_sync_run.details, '{}')
+								- ARRAY['schedule_id', 'skipped', 'runner_pid', 'attempt', 'lag_ms'])
 	WHERE x.id = run_id AND x.status = 'running'
 	RETURNING * INTO r;
 	IF NOT FOUND THEN
@@ -783,7 +860,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dalgo.complete_sync_run(uuid, integer, text, jsonb) IS
-	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails)';
+	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails); details (an object) is merged in, except dalgo''s own keys schedule_id, skipped, runner_pid, attempt and lag_ms';
 
 -- ---------------------------------------------------------------------------
 -- csv sources
@@ -845,6 +922,7 @@ REVOKE ALL ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, t
 	dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb), dalgo.csv_path(uuid, text),
 	dalgo.verify_scheduled_run(text, uuid), dalgo.check_csv_source(),
 	dalgo.drop_output_views(uuid, text[]), dalgo.restore_output_views(uuid, jsonb),
+	dalgo.output_view_reads(uuid, text, text),
 	dalgo.is_connector_source(dalgo.source_type)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.is_connector_source(dalgo.source_type) TO dalgo_authenticated, dalgo_service;
