@@ -16,6 +16,7 @@ OBJS = \
 	src/recipe_emit.o \
 	src/recipe_parse.o \
 	src/recipe_resolve.o \
+	src/restore.o \
 	src/scheduler.o \
 	src/tables.o \
 	src/updated_at.o \
@@ -29,7 +30,8 @@ SQL_FRAGMENTS = \
 	sql/rls.sql \
 	sql/audit.sql \
 	sql/recipes.sql \
-	sql/scheduler.sql
+	sql/scheduler.sql \
+	sql/backup.sql
 
 # The install script of the version under work is generated; the install
 # scripts of released versions are frozen under sql/ (sql/dalgo--0.1.0.sql)

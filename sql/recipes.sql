@@ -66,6 +66,7 @@ CREATE FUNCTION dalgo.create_warehouse_for_connection() RETURNS trigger
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	IF dalgo.restoring() THEN RETURN NULL; END IF;	-- restored: the schema is in the dump
 	PERFORM dalgo.warehouse_schema(NEW.organization_id);
 	RETURN NULL;
 END
@@ -165,6 +166,7 @@ AS $$
 DECLARE
 	deps uuid[];
 BEGIN
+	IF TG_OP = 'INSERT' AND dalgo.restoring() THEN RETURN NEW; END IF;	-- restored as dumped
 	IF TG_OP = 'UPDATE' AND NEW.recipe IS NOT DISTINCT FROM OLD.recipe THEN
 		NEW.current_version := OLD.current_version;
 		RETURN NEW;
@@ -202,6 +204,7 @@ CREATE FUNCTION dalgo.transformation_record_version() RETURNS trigger
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	IF TG_OP = 'INSERT' AND dalgo.restoring() THEN RETURN NULL; END IF;	-- its versions are restored too
 	INSERT INTO dalgo.transformation_versions (organization_id, transformation_id, version_number, recipe,
 											   generated_sql, created_by_id, change_description)
 	VALUES (NEW.organization_id, NEW.id, NEW.current_version, NEW.recipe,

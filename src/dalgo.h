@@ -89,6 +89,9 @@ extern char *dalgo_csv_dir;
 /* warehouse.c */
 extern void dalgo_warehouse_init(void);
 
+/* restore.c */
+extern bool dalgo_restoring(void);
+
 /* uuid_v7.c */
 extern void dalgo_uuid_v7(pg_uuid_t *result);
 
