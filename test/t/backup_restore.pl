@@ -120,5 +120,21 @@ ok($node->poll_query_until('dst', q{
 is($node->safe_psql('dst', q{SELECT next_run_at > now() FROM dalgo.schedules WHERE id = '88888888-0000-4000-8000-0000000000a2'}),
 	't', 'and moves it to its next slot');
 
+# Background workers never enter restore mode, whatever the database's
+# settings say: with row_security off for the whole database, the rows the
+# scheduler and its run worker insert are still audited.
+my $audited_runs = q{
+	SELECT count(*) FROM dalgo.sync_runs r
+	WHERE r.source_id = '33333333-0000-4000-8000-0000000000a2' AND r.status = 'success'
+	  AND EXISTS (SELECT FROM dalgo.audit_logs a WHERE a.resource_id = r.id AND a.action = 'insert')};
+is($node->safe_psql('dst', $audited_runs), '2', 'the restored run and the new one are audited');
+$node->safe_psql('postgres', 'ALTER DATABASE dst SET row_security = off');
+$node->restart;	# the scheduler reconnects with the database's settings
+$node->safe_psql('dst', q{UPDATE dalgo.schedules SET next_run_at = now() WHERE id = '88888888-0000-4000-8000-0000000000a2'});
+ok($node->poll_query_until('dst', q{
+	SELECT count(*) = 3 FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000a2' AND status = 'success'}),
+	'with row_security off for the database, the scheduler runs it again');
+is($node->safe_psql('dst', $audited_runs), '3', 'and its run is audited: workers are never in restore mode');
+
 $node->stop;
 done_testing();
