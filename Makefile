@@ -20,6 +20,7 @@ OBJS = \
 	src/recipe_parse.o \
 	src/recipe_resolve.o \
 	src/redact.o \
+	src/restore.o \
 	src/scheduler.o \
 	src/tables.o \
 	src/updated_at.o \
@@ -36,7 +37,8 @@ SQL_FRAGMENTS = \
 	sql/secrets.sql \
 	sql/recipes.sql \
 	sql/scheduler.sql \
-	sql/quotas.sql
+	sql/quotas.sql \
+	sql/backup.sql
 
 # The install script of the version under work is generated; the install
 # scripts of released versions are frozen under sql/ (sql/dalgo--0.1.0.sql)

@@ -93,6 +93,7 @@ CREATE FUNCTION dalgo.create_warehouse_for_connection() RETURNS trigger
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	IF dalgo.restoring() THEN RETURN NULL; END IF;	-- restored: the schema is in the dump
 	PERFORM dalgo.warehouse_schema(NEW.organization_id);
 	RETURN NULL;
 END
@@ -252,6 +253,7 @@ AS $$
 DECLARE
 	deps uuid[];
 BEGIN
+	IF TG_OP = 'INSERT' AND dalgo.restoring() THEN RETURN NEW; END IF;	-- restored as dumped
 	-- The output table name is checked on every insert and update, whatever changed
 	-- (a move to another organization is refused by the tenant_fixed trigger).
 	IF NEW.deleted_at IS NULL AND NEW.output_table_name IS NOT NULL
@@ -334,6 +336,7 @@ CREATE FUNCTION dalgo.transformation_record_version() RETURNS trigger
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	IF TG_OP = 'INSERT' AND dalgo.restoring() THEN RETURN NULL; END IF;	-- its versions are restored too
 	INSERT INTO dalgo.transformation_versions (organization_id, transformation_id, version_number, recipe,
 											   generated_sql, created_by_id, change_description)
 	VALUES (NEW.organization_id, NEW.id, NEW.current_version, NEW.recipe,

@@ -34,6 +34,7 @@ CREATE FUNCTION dalgo.schedule_before_save() RETURNS trigger
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	IF TG_OP = 'INSERT' AND dalgo.restoring() THEN RETURN NEW; END IF;	-- keeps the dumped next_run_at
 	IF NOT NEW.is_active OR NEW.deleted_at IS NOT NULL THEN
 		NEW.next_run_at := NULL;
 	ELSIF TG_OP = 'INSERT' OR NEW.next_run_at IS NULL

@@ -24,8 +24,8 @@
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
-#if PG_VERSION_NUM < 150000
-#error "dalgo requires PostgreSQL 15 or later"
+#if PG_VERSION_NUM < 150000 || PG_VERSION_NUM >= 160000
+#error "dalgo builds only against PostgreSQL 15 (use the pg_config of a PostgreSQL 15 installation)"
 #endif
 
 /* Schema that holds every dalgo object; the extension is not relocatable. */
@@ -124,6 +124,9 @@ typedef struct DalgoDeadline
 
 extern void dalgo_deadline_enter(DalgoDeadline *d);
 extern void dalgo_deadline_leave(DalgoDeadline *d);
+
+/* restore.c */
+extern bool dalgo_restoring(void);
 
 /* uuid_v7.c */
 extern void dalgo_uuid_v7(pg_uuid_t *result);
