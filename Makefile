@@ -6,6 +6,7 @@ EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).co
 
 MODULE_big = dalgo
 OBJS = \
+	src/accounts.o \
 	src/audit.o \
 	src/dalgo.o \
 	src/dispatch.o \
@@ -31,7 +32,8 @@ SQL_FRAGMENTS = \
 	sql/audit.sql \
 	sql/recipes.sql \
 	sql/scheduler.sql \
-	sql/quotas.sql
+	sql/quotas.sql \
+	sql/accounts.sql
 
 # The install script of the version under work is generated; the install
 # scripts of released versions are frozen under sql/ (sql/dalgo--0.1.0.sql)
