@@ -72,6 +72,8 @@ REGRESS = \
 	run_queue_fairness \
 	csv_tenant_isolation \
 	output_view_refresh \
+	accounts_flows \
+	accounts_attacks \
 	install_lifecycle
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \

@@ -172,11 +172,12 @@ COMMENT ON INDEX dalgo.invitations_pending_idx IS 'Pending invitations of an org
 
 -- No foreign key: attempts are kept for unknown emails too, and outlive users.
 CREATE TABLE dalgo.sign_in_attempts (
-	id				uuid PRIMARY KEY DEFAULT dalgo.uuid_v7(),
+	id				uuid PRIMARY KEY DEFAULT gen_random_uuid(),
 	email_hash		bytea NOT NULL CHECK (octet_length(email_hash) = 32),
 	user_id			uuid,
 	succeeded		boolean NOT NULL,
-	created_at		timestamptz NOT NULL DEFAULT now()
+	created_at		timestamptz NOT NULL DEFAULT now(),
+	updated_at		timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE dalgo.sign_in_attempts IS 'Sign-in attempts by email, for the lockout; failures are written by an autonomous recorder so they survive the failed call';
 COMMENT ON COLUMN dalgo.sign_in_attempts.email_hash IS 'SHA-256 of the lower-cased, trimmed email (unknown emails are not stored in clear)';
@@ -185,7 +186,7 @@ CREATE INDEX sign_in_attempts_email_hash_idx ON dalgo.sign_in_attempts (email_ha
 COMMENT ON INDEX dalgo.sign_in_attempts_email_hash_idx IS 'Lockout check: the recent attempts of one email';
 
 CREATE TABLE dalgo.mail_messages (
-	id				uuid PRIMARY KEY DEFAULT dalgo.uuid_v7(),
+	id				uuid PRIMARY KEY DEFAULT gen_random_uuid(),
 	kind			text NOT NULL CHECK (kind IN ('password_reset', 'invitation')),
 	recipient		text NOT NULL CHECK (recipient <> ''),
 	payload			jsonb,
@@ -202,7 +203,7 @@ COMMENT ON TABLE dalgo.mail_messages IS 'Mail delivery queue (readable by dalgo_
 COMMENT ON COLUMN dalgo.mail_messages.kind IS 'password_reset or invitation';
 COMMENT ON COLUMN dalgo.mail_messages.payload IS 'What the mail needs, including the raw token; NULL once the message is finished, so no raw token stays at rest';
 COMMENT ON COLUMN dalgo.mail_messages.state IS 'pending -> sending -> sent | failed; cancelled when the token it carries was revoked or replaced';
-CREATE INDEX mail_messages_queue_idx ON dalgo.mail_messages (id) WHERE state IN ('pending', 'sending');
+CREATE INDEX mail_messages_queue_idx ON dalgo.mail_messages (created_at) WHERE state IN ('pending', 'sending');
 COMMENT ON INDEX dalgo.mail_messages_queue_idx IS 'The mailer''s scan of unfinished messages, oldest first';
 
 CREATE TABLE dalgo.api_keys (
@@ -231,6 +232,9 @@ COMMENT ON INDEX dalgo.api_keys_organization_id_idx IS 'Foreign key and tenant i
 CREATE INDEX api_keys_created_by_id_idx ON dalgo.api_keys (created_by_id);
 COMMENT ON INDEX dalgo.api_keys_created_by_id_idx IS 'Foreign key index';
 
+CREATE TRIGGER set_updated_at BEFORE UPDATE ON dalgo.sign_in_attempts
+	FOR EACH ROW EXECUTE FUNCTION dalgo.set_updated_at();
+COMMENT ON TRIGGER set_updated_at ON dalgo.sign_in_attempts IS 'Stamps updated_at with now() on every update';
 CREATE TRIGGER set_updated_at BEFORE UPDATE ON dalgo.mail_messages
 	FOR EACH ROW EXECUTE FUNCTION dalgo.set_updated_at();
 COMMENT ON TRIGGER set_updated_at ON dalgo.mail_messages IS 'Stamps updated_at with now() on every update';
@@ -528,7 +532,7 @@ BEGIN
 	WHERE m.id IN (SELECT q.id FROM dalgo.mail_messages q
 				   WHERE q.state = 'pending'
 					  OR (q.state = 'sending' AND q.claimed_at < now() - dalgo.setting_interval('dalgo.mail_claim_timeout'))
-				   ORDER BY q.id LIMIT claim_messages.max
+				   ORDER BY q.created_at, q.id LIMIT claim_messages.max
 				   FOR UPDATE SKIP LOCKED)
 	RETURNING m.*;
 END

@@ -435,12 +435,22 @@ statement_carries_secret(const char *query)
 	return false;
 }
 
-/* Log hook: never write the text of a statement that carries a secret. */
+/*
+ * Log hook: never write the text of a statement that carries a secret,
+ * neither after an error (STATEMENT:) nor in log_statement or
+ * log_min_duration_statement lines, which quote it in their message.
+ */
 static void
 accounts_emit_log_hook(ErrorData *edata)
 {
 	if (!edata->hide_stmt && statement_carries_secret(debug_query_string))
 		edata->hide_stmt = true;
+	if (edata->elevel == LOG && edata->message != NULL &&
+		(strncmp(edata->message, "statement: ", 11) == 0 ||
+		 strncmp(edata->message, "duration: ", 10) == 0 ||
+		 strncmp(edata->message, "execute ", 8) == 0) &&
+		statement_carries_secret(edata->message))
+		edata->message = pstrdup("statement: [hidden by dalgo: it calls an accounts function that takes a secret]");
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);
 }
