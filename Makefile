@@ -56,6 +56,7 @@ REGRESS = \
 	identity_fuzz \
 	membership \
 	membership_cache \
+	membership_invalidation_scope \
 	rls_attacks \
 	rls_plan \
 	audit_trail \

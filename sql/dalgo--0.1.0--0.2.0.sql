@@ -1877,3 +1877,19 @@ GRANT EXECUTE ON FUNCTION
 	TO dalgo_authenticated;
 GRANT EXECUTE ON FUNCTION dalgo.claim_messages(integer), dalgo.complete_message(uuid, text), dalgo.current_api_key_id()
 	TO dalgo_service;
+
+-- accounts: membership caches are invalidated only by writes that can change membership (issue 11)
+DROP TRIGGER membership_changed ON dalgo.users;
+DROP TRIGGER membership_changed ON dalgo.organizations;
+CREATE TRIGGER membership_changed AFTER INSERT OR DELETE OR TRUNCATE ON dalgo.users
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
+CREATE TRIGGER membership_changed_update AFTER UPDATE OF id, is_active, deleted_at, is_superadmin ON dalgo.users
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
+CREATE TRIGGER membership_changed AFTER INSERT OR DELETE OR TRUNCATE ON dalgo.organizations
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
+CREATE TRIGGER membership_changed_update AFTER UPDATE OF id, deleted_at ON dalgo.organizations
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
+COMMENT ON TRIGGER membership_changed ON dalgo.users IS 'Invalidates membership caches';
+COMMENT ON TRIGGER membership_changed ON dalgo.organizations IS 'Invalidates membership caches';
+COMMENT ON TRIGGER membership_changed_update ON dalgo.users IS 'Invalidates membership caches when is_active, deleted_at or is_superadmin (or id) is written';
+COMMENT ON TRIGGER membership_changed_update ON dalgo.organizations IS 'Invalidates membership caches when deleted_at (or id) is written';

@@ -79,15 +79,23 @@ CREATE FUNCTION dalgo.membership_changed() RETURNS trigger
 COMMENT ON FUNCTION dalgo.membership_changed() IS
 	'AFTER statement trigger on users, organizations and organization_members: invalidates every backend''s membership cache (this transaction''s next statement, other sessions at commit)';
 
-CREATE TRIGGER membership_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dalgo.users
+-- On users and organizations only the columns membership depends on count:
+-- a sign-in, a password change or a renamed organization flushes no cache.
+CREATE TRIGGER membership_changed AFTER INSERT OR DELETE OR TRUNCATE ON dalgo.users
 	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
-CREATE TRIGGER membership_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dalgo.organizations
+CREATE TRIGGER membership_changed_update AFTER UPDATE OF id, is_active, deleted_at, is_superadmin ON dalgo.users
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
+CREATE TRIGGER membership_changed AFTER INSERT OR DELETE OR TRUNCATE ON dalgo.organizations
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
+CREATE TRIGGER membership_changed_update AFTER UPDATE OF id, deleted_at ON dalgo.organizations
 	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
 CREATE TRIGGER membership_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dalgo.organization_members
 	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
 COMMENT ON TRIGGER membership_changed ON dalgo.users IS 'Invalidates membership caches';
 COMMENT ON TRIGGER membership_changed ON dalgo.organizations IS 'Invalidates membership caches';
 COMMENT ON TRIGGER membership_changed ON dalgo.organization_members IS 'Invalidates membership caches';
+COMMENT ON TRIGGER membership_changed_update ON dalgo.users IS 'Invalidates membership caches when is_active, deleted_at or is_superadmin (or id) is written';
+COMMENT ON TRIGGER membership_changed_update ON dalgo.organizations IS 'Invalidates membership caches when deleted_at (or id) is written';
 
 -- ---------------------------------------------------------------------------
 -- Role protection
