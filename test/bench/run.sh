@@ -11,7 +11,8 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-PGBIN=/usr/lib/postgresql/15/bin
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+export PGBIN
 [ $# -gt 0 ] || { echo "usage: test/bench/run.sh NAME..." >&2; exit 2; }
 
 as_owner() {
