@@ -15,8 +15,10 @@
  * set of SQL functions (never caller-supplied SQL) in its own transaction,
  * commits, and reports back through a small dynamic shared memory segment;
  * the caller waits for it and only then raises its error.  If no worker
- * can be started the caller fails as well (closed, never open).  The
- * caller must not hold a lock the worker needs.
+ * can be started the caller fails as well (closed, never open).  A worker
+ * once started records even if its caller was cancelled meanwhile, so a
+ * short statement_timeout cannot learn "wrong password" without the
+ * attempt being counted.  The caller must not hold a lock the worker needs.
  */
 #include "dalgo.h"
 
@@ -268,9 +270,11 @@ dalgo_autonomous_main(Datum arg)
 	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(arg), InvalidOid, 0);
 	pgstat_report_appname("dalgo accounts recorder");
 
+	/*
+	 * Record even if the caller is gone (cancelled while waiting): once a
+	 * failed attempt has been handed over, it is counted.
+	 */
 	seg = dsm_attach(req.result);
-	if (seg == NULL)
-		proc_exit(0);			/* the caller is gone */
 
 	sql = req.action == AUTONOMOUS_FAILED_SIGN_IN ?
 		"SELECT dalgo.note_failed_sign_in($1, $2)" :
@@ -301,9 +305,12 @@ dalgo_autonomous_main(Datum arg)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 
-	((AutonomousResult *) dsm_segment_address(seg))->done = true;
-	pg_write_barrier();
-	dsm_detach(seg);
+	if (seg != NULL)
+	{
+		((AutonomousResult *) dsm_segment_address(seg))->done = true;
+		pg_write_barrier();
+		dsm_detach(seg);
+	}
 	proc_exit(0);
 }
 

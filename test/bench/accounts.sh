@@ -142,3 +142,16 @@ for r in $(seq "$ROUNDS"); do
 done
 busy2=$(median < "$work/busy2")
 echo "   with refreshes only (no bcrypt) at 50/s: $busy2 tps   ratio: $(awk -v a="$busy2" -v b="$quiet" 'BEGIN {printf "%.3f", a / b}')"
+# Control: the same four extra clients at 50/s running SELECT 1 (what the
+# machine's scheduler costs the point queries, without any dalgo work).
+echo 'SELECT 1;' > "$work/control.sql"
+: > "$work/busy3"
+for r in $(seq "$ROUNDS"); do
+	pgbench -c 4 -j 2 -R 50 -T $((SECS + 2)) -f "$work/control.sql" > "$work/traffic3.out" 2>&1 &
+	bg=$!
+	sleep 1
+	pgbench -U bench_reader -M prepared -c "$CLIENTS" -j "$CLIENTS" -T "$SECS" -f "$work/point.sql" | tps >> "$work/busy3"
+	wait "$bg" || { echo "control traffic failed:"; cat "$work/traffic3.out"; exit 1; }
+done
+busy3=$(median < "$work/busy3")
+echo "   control, SELECT 1 at 50/s: $busy3 tps   ratio: $(awk -v a="$busy3" -v b="$quiet" 'BEGIN {printf "%.3f", a / b}')"

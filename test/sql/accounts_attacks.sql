@@ -8,7 +8,7 @@
 \i test/fixtures/tap_setup.sql
 SET dalgo.jwt_secret = '0123456789abcdef0123456789abcdef-accounts';
 SET dalgo.bcrypt_cost = 4;
-SELECT plan(52);
+SELECT plan(53);
 
 SET ROLE dalgo_anon;
 SELECT dalgo.sign_up('atk.owner@example.org', 'owner password 1') AS owner \gset
@@ -106,6 +106,8 @@ SELECT lives_ok(format('SELECT dalgo.revoke_api_key(id) FROM dalgo.api_keys WHER
 RESET ROLE;
 RESET dalgo.user_id;
 UPDATE dalgo.api_keys SET expires_at = now() - interval '1 second' WHERE name = 'expiring';
+SELECT is((SELECT count(*) FROM dalgo.audit_logs WHERE action = 'api_key_revoked' AND organization_id = :'org'), 1::bigint,
+	'revoking a key leaves an audit row');
 
 BEGIN;
 SET LOCAL ROLE dalgo_authenticated;

@@ -92,6 +92,29 @@ for my $round (1 .. 10)
 }
 ok($all_single, 'two simultaneous refreshes of one token: exactly one succeeds, ten rounds out of ten');
 
+# A caller cancelled while its failed attempt is being recorded (a short
+# statement_timeout to learn "wrong password" cheaply) is still counted.
+my $failures = q{SELECT count(*) FROM dalgo.sign_in_attempts
+	WHERE email_hash = sha256(convert_to('race@example.org', 'UTF8')) AND NOT succeeded};
+my $before = $node->safe_psql('postgres', $failures);
+my $blocker = $node->background_psql('postgres');
+$blocker->query_safe('BEGIN');
+$blocker->query_safe('LOCK TABLE dalgo.sign_in_attempts IN SHARE MODE');
+my $guesser = $node->background_psql('postgres', on_error_stop => 0);
+($out, $failed) = $guesser->query(
+	q{SET statement_timeout = '1s'; SELECT * FROM dalgo.sign_in('race@example.org', 'a wrong guess')});
+like($guesser->{stderr}, qr/statement timeout/, 'the guess is cancelled while its attempt is being recorded');
+$blocker->query_safe('COMMIT');
+my $counted = 0;
+for (my $i = 0; $i < 100 && !$counted; $i++)
+{
+	$counted = $node->safe_psql('postgres', $failures) > $before;
+	usleep(100_000) unless $counted;
+}
+ok($counted, 'cancelled_guess_still_counted: the attempt is recorded although its caller was cancelled');
+$blocker->quit;
+$guesser->quit;
+
 # The mail notification carries nothing.
 my $listener = $node->background_psql('postgres');
 $listener->query_safe('SET ROLE dalgo_anon');
