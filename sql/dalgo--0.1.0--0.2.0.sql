@@ -1057,6 +1057,27 @@ CREATE FUNCTION dalgo.act_as(user_id uuid) RETURNS void
 COMMENT ON FUNCTION dalgo.act_as(uuid) IS
 	'Make user_id the caller for the rest of this transaction (private; dalgo.accept_invitation adds the member under the inviter''s identity)';
 
+CREATE FUNCTION dalgo.api_key_is_live(id uuid) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'dalgo_api_key_is_live'
+	LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION dalgo.api_key_is_live(uuid) IS
+	'True if the API key is neither revoked nor expired in the latest committed state, whatever the isolation level (private)';
+
+CREATE FUNCTION dalgo.require_read_committed(what text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION '% must run in a READ COMMITTED transaction', what
+			USING ERRCODE = 'invalid_transaction_state',
+				  DETAIL = 'An older snapshot would not see the attempts and rotations other sessions committed.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.require_read_committed(text) IS
+	'Raise 25000 unless the transaction is READ COMMITTED: the lockout count and the reuse and single-use checks must see the latest commits (private)';
+
 CREATE FUNCTION dalgo.current_api_key_id() RETURNS uuid
 	AS 'MODULE_PATHNAME', 'dalgo_current_api_key_id'
 	LANGUAGE C STABLE PARALLEL RESTRICTED;
@@ -1361,6 +1382,7 @@ DECLARE
 	failures bigint;
 	ok boolean := false;
 BEGIN
+	PERFORM dalgo.require_read_committed('dalgo.sign_in');
 	IF k IS NULL OR sign_in.password IS NULL THEN
 		RAISE EXCEPTION 'invalid email or password' USING ERRCODE = 'invalid_password';
 	END IF;
@@ -1409,6 +1431,7 @@ DECLARE
 	h text := dalgo.token_digest(refresh_session.token);
 	tok record;
 BEGIN
+	PERFORM dalgo.require_read_committed('dalgo.refresh_session');
 	SELECT t.id, t.user_id, t.family_id, t.expires_at, t.revoked_at, t.replaced_at INTO tok
 		FROM dalgo.refresh_tokens t WHERE t.token_hash = h;
 	IF tok.id IS NULL THEN
@@ -1580,6 +1603,7 @@ DECLARE
 	hash text := dalgo.check_new_password(reset_password.new_password);
 	tok record;
 BEGIN
+	PERFORM dalgo.require_read_committed('dalgo.reset_password');
 	SELECT t.id, t.user_id, t.used_at, t.expires_at INTO tok FROM dalgo.password_reset_tokens t
 		WHERE t.token_hash = dalgo.token_digest(reset_password.token) FOR UPDATE;
 	IF tok.id IS NULL OR tok.used_at IS NOT NULL OR tok.expires_at <= now()
@@ -1830,6 +1854,7 @@ BEGIN
 	SELECT a.id, a.organization_id, a.role, a.created_by_id, a.expires_at, a.revoked_at, a.last_used_at INTO k
 		FROM dalgo.api_keys a WHERE a.key_hash = dalgo.token_digest(authenticate_api_key.key);
 	IF k.id IS NULL OR k.revoked_at IS NOT NULL OR k.expires_at <= now() OR k.created_by_id IS NULL
+	   OR NOT dalgo.api_key_is_live(k.id)
 	   OR NOT EXISTS (SELECT FROM dalgo.users u WHERE u.id = k.created_by_id AND u.is_active AND u.deleted_at IS NULL)
 	   OR NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = k.organization_id AND o.deleted_at IS NULL) THEN
 		RAISE EXCEPTION 'invalid API key' USING ERRCODE = 'invalid_authorization_specification';
@@ -1854,6 +1879,7 @@ REVOKE ALL ON FUNCTION
 	dalgo.new_token(integer), dalgo.token_digest(text), dalgo.email_key(text), dalgo.setting_interval(text),
 	dalgo.sign_access_token(uuid, timestamptz), dalgo.run_autonomously(text, bytea, uuid),
 	dalgo.set_api_key_identity(uuid, uuid, uuid, text), dalgo.act_as(uuid), dalgo.current_api_key_id(),
+	dalgo.api_key_is_live(uuid), dalgo.require_read_committed(text),
 	dalgo.account_audit(text, uuid, uuid, text, uuid, jsonb), dalgo.check_new_password(text),
 	dalgo.check_email(text), dalgo.refuse_api_key(text), dalgo.issue_session(uuid, uuid),
 	dalgo.note_failed_sign_in(bytea, uuid), dalgo.note_token_reuse(bytea, uuid),

@@ -22,6 +22,8 @@
  */
 #include "dalgo.h"
 
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
 #include "common/base64.h"
 #include "common/hmac.h"
@@ -35,6 +37,7 @@
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 
 PG_FUNCTION_INFO_V1(dalgo_sign_access_token);
@@ -42,6 +45,7 @@ PG_FUNCTION_INFO_V1(dalgo_run_autonomously);
 PG_FUNCTION_INFO_V1(dalgo_set_api_key_identity);
 PG_FUNCTION_INFO_V1(dalgo_current_api_key_id);
 PG_FUNCTION_INFO_V1(dalgo_act_as);
+PG_FUNCTION_INFO_V1(dalgo_api_key_is_live);
 
 PGDLLEXPORT void dalgo_autonomous_main(Datum arg);
 
@@ -358,6 +362,44 @@ dalgo_act_as(PG_FUNCTION_ARGS)
 {
 	dalgo_set_transaction_identity(PG_GETARG_UUID_P(0));
 	PG_RETURN_VOID();
+}
+
+/*
+ * SQL: dalgo.api_key_is_live(id uuid): the key exists, is not revoked and
+ * has not expired in the latest committed state, whatever the caller's
+ * isolation level (a REPEATABLE READ snapshot taken before a revocation
+ * must not revive the key).
+ */
+Datum
+dalgo_api_key_is_live(PG_FUNCTION_ARGS)
+{
+	Oid			relid = dalgo_relation_oid("api_keys");
+	Relation	rel = table_open(relid, AccessShareLock);
+	Snapshot	snapshot = dalgo_latest_snapshot();
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	bool		live = false;
+
+	scan = dalgo_begin_uuid_scan(rel, dalgo_relation_oid("api_keys_pkey"),
+								 dalgo_attnum(relid, "id"), PG_GETARG_UUID_P(0), &key, snapshot);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+	{
+		TupleDesc	desc = RelationGetDescr(rel);
+		bool		isnull;
+		Datum		d;
+
+		(void) heap_getattr(tuple, dalgo_attnum(relid, "revoked_at"), desc, &isnull);
+		live = isnull;
+		d = heap_getattr(tuple, dalgo_attnum(relid, "expires_at"), desc, &isnull);
+		if (live && !isnull && DatumGetTimestampTz(d) <= GetCurrentTimestamp())
+			live = false;
+	}
+	systable_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+	PG_RETURN_BOOL(live);
 }
 
 /* SQL: dalgo.current_api_key_id(): the API key of this transaction, or NULL. */

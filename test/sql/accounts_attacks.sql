@@ -8,7 +8,7 @@
 \i test/fixtures/tap_setup.sql
 SET dalgo.jwt_secret = '0123456789abcdef0123456789abcdef-accounts';
 SET dalgo.bcrypt_cost = 4;
-SELECT plan(53);
+SELECT plan(57);
 
 SET ROLE dalgo_anon;
 SELECT dalgo.sign_up('atk.owner@example.org', 'owner password 1') AS owner \gset
@@ -101,6 +101,7 @@ SELECT throws_ok(format('SELECT dalgo.create_api_key(%L, %L, %L)', :'org', 'k', 
 SELECT dalgo.create_api_key(:'org', 'admin key', 'admin') AS key \gset
 SELECT dalgo.create_api_key(:'org', 'to revoke', 'viewer') AS revoked_key \gset
 SELECT dalgo.create_api_key(:'org', 'expiring', 'viewer', now() + interval '1 hour') AS expired_key \gset
+SELECT dalgo.create_api_key(:'org', 'rr key', 'viewer') AS rr_key \gset
 SELECT throws_ok($$SELECT key_hash FROM dalgo.api_keys$$, '42501', NULL, 'secrets: key hashes are not readable');
 SELECT lives_ok(format('SELECT dalgo.revoke_api_key(id) FROM dalgo.api_keys WHERE name = %L', 'to revoke'), 'an admin revokes a key');
 RESET ROLE;
@@ -148,6 +149,24 @@ SELECT throws_ok(format('SELECT dalgo.authenticate_api_key(%L)', :'revoked_key')
 SELECT throws_ok(format('SELECT dalgo.authenticate_api_key(%L)', :'expired_key'), '28000', 'invalid API key', 'api_key_expired: the same error');
 SELECT throws_ok($$SELECT dalgo.authenticate_api_key('dk_made-up')$$, '28000', 'invalid API key', 'api_key_unknown: the same error');
 RESET ROLE;
+-- A REPEATABLE READ snapshot taken before a revocation does not revive the key.
+SELECT dblink_connect('other', format('dbname=%s port=%s host=%s', current_database(), current_setting('port'),
+	split_part(current_setting('unix_socket_directories'), ',', 1))) \g /dev/null
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT count(*) FROM dalgo.api_keys \g /dev/null
+SELECT dblink_exec('other', $$UPDATE dalgo.api_keys SET revoked_at = now() WHERE name = 'rr key'$$) \g /dev/null
+SET LOCAL ROLE dalgo_authenticated;
+SELECT throws_ok(format('SELECT dalgo.authenticate_api_key(%L)', :'rr_key'), '28000', 'invalid API key',
+	'api_key_stale_snapshot: a key revoked after the snapshot is refused');
+ROLLBACK;
+SELECT dblink_disconnect('other') \g /dev/null
+-- Nor does it hide other sessions' failed attempts or rotations.
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT throws_ok($$SELECT * FROM dalgo.sign_in('atk.owner@example.org', 'a wrong guess')$$, '25000',
+	'dalgo.sign_in must run in a READ COMMITTED transaction', 'stale_snapshot_sign_in: refused above READ COMMITTED');
+SELECT throws_ok($$SELECT * FROM dalgo.refresh_session('x')$$, '25000', NULL, 'stale_snapshot_refresh: refused above READ COMMITTED');
+SELECT throws_ok($$SELECT dalgo.reset_password('x', 'long enough password')$$, '25000', NULL, 'stale_snapshot_reset: refused above READ COMMITTED');
+ROLLBACK;
 BEGIN;
 SET LOCAL ROLE dalgo_authenticated;
 SAVEPOINT s;
