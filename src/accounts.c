@@ -479,8 +479,23 @@ statement_carries_secret(const char *query)
 	if (query == NULL)
 		return false;
 	for (int i = 0; names[i] != NULL; i++)
-		if (strcasestr(query, names[i]) != NULL)
-			return true;
+	{
+		const char *p = query;
+
+		/* A call: the name, perhaps more of it (authenticate_api_key) or a quote, then "(". */
+		while ((p = strcasestr(p, names[i])) != NULL)
+		{
+			p += strlen(names[i]);
+			while (*p == '_' || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z'))
+				p++;
+			if (*p == '"')
+				p++;
+			while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+				p++;
+			if (*p == '(')
+				return true;
+		}
+	}
 	return false;
 }
 
