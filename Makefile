@@ -9,6 +9,7 @@ OBJS = \
 	src/accounts.o \
 	src/audit.o \
 	src/dalgo.o \
+	src/deadline.o \
 	src/dispatch.o \
 	src/identity.o \
 	src/jwt.o \
@@ -16,13 +17,16 @@ OBJS = \
 	src/next_run.o \
 	src/quota.o \
 	src/recipe_emit.o \
+	src/recipe_guard.o \
 	src/recipe_parse.o \
 	src/recipe_resolve.o \
+	src/redact.o \
 	src/scheduler.o \
 	src/tables.o \
 	src/updated_at.o \
 	src/uuid_v7.o \
-	src/warehouse.o
+	src/warehouse.o \
+	src/warehouse_names.o
 
 # Install-script fragments, in dependency order.
 SQL_FRAGMENTS = \
@@ -30,6 +34,7 @@ SQL_FRAGMENTS = \
 	sql/identity.sql \
 	sql/rls.sql \
 	sql/audit.sql \
+	sql/secrets.sql \
 	sql/recipes.sql \
 	sql/scheduler.sql \
 	sql/quotas.sql \
@@ -49,22 +54,38 @@ DATA = $(filter-out $(DATA_built) $(SQL_FRAGMENTS), $(wildcard sql/$(EXTENSION)-
 REGRESS = \
 	schema_shape \
 	tenant_references \
+	tenant_move_refused \
 	updated_at \
 	schedule_checks \
 	identity_sources \
 	identity_scope \
 	identity_fuzz \
+	identity_pooling \
+	token_confusion \
+	claims_trust \
+	claims_encoding \
+	secret_settings \
 	membership \
 	membership_cache \
 	membership_invalidation_scope \
+	membership_cache_load_failure \
+	membership_cache_replica \
+	membership_privilege_escalation \
+	membership_fuzz \
 	rls_attacks \
 	rls_plan \
+	api_grants \
 	audit_trail \
+	audit_actor_capture \
 	audit_foreign_table \
+	audit_redaction \
+	audit_cache \
+	secrets_not_readable \
 	recipe_compile \
 	recipe_errors \
 	recipe_runs \
 	recipe_fuzz \
+	recipe_limits \
 	next_run \
 	scheduler_runs \
 	scheduler_live \
@@ -73,9 +94,14 @@ REGRESS = \
 	run_queue_fairness \
 	csv_tenant_isolation \
 	output_view_refresh \
+	install_lifecycle \
+	warehouse_privilege_escape \
+	warehouse_setting_isolation \
+	recipe_dependency_smuggling \
+	warehouse_table_ownership \
+	warehouse_adoption \
 	accounts_flows \
-	accounts_attacks \
-	install_lifecycle
+	accounts_attacks
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \

@@ -976,6 +976,810 @@ END
 $$;
 COMMENT ON FUNCTION dalgo.execute_scheduled_run(text, uuid) IS 'Internal: execute a claimed run (what a run worker does)';
 
+
+-- member: EXECUTE grants follow the documented API: check_recipe_sql is
+-- internal (its trigger caller runs as definer), is_connector_source is not
+-- PUBLIC's
+ALTER FUNCTION dalgo.transformation_before_save() SECURITY DEFINER;
+REVOKE EXECUTE ON FUNCTION dalgo.check_recipe_sql(uuid, text) FROM dalgo_authenticated, dalgo_service;
+REVOKE ALL ON FUNCTION dalgo.is_connector_source(dalgo.source_type) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.is_connector_source(dalgo.source_type) TO dalgo_authenticated, dalgo_service;
+
+-- member: a row never moves to another organization
+CREATE FUNCTION dalgo.refuse_tenant_move() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'dalgo_refuse_tenant_move'
+	LANGUAGE C;
+REVOKE ALL ON FUNCTION dalgo.refuse_tenant_move() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.refuse_tenant_move() IS
+	'BEFORE UPDATE row trigger for tenant tables: a row''s organization (the column named by the trigger argument, default organization_id) is fixed when it is created; changing it is refused (42501), whoever runs the update';
+
+-- A row never moves to another organization: every table with a tenant
+-- column refuses a change of organization_id (audit_logs is append-only
+-- already).
+DO $$
+DECLARE
+	t text;
+BEGIN
+	FOR t IN SELECT c.relname FROM pg_catalog.pg_class c
+			 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = 'organization_id' AND NOT a.attisdropped
+			 WHERE c.relnamespace = 'dalgo'::regnamespace AND c.relkind = 'r' AND c.relname <> 'audit_logs'
+			 ORDER BY c.relname
+	LOOP
+		EXECUTE format('CREATE TRIGGER tenant_fixed BEFORE UPDATE ON dalgo.%I '
+					   'FOR EACH ROW EXECUTE FUNCTION dalgo.refuse_tenant_move()', t);
+		EXECUTE format('COMMENT ON TRIGGER tenant_fixed ON dalgo.%I IS %L',
+					   t, 'A row never moves to another organization');
+	END LOOP;
+END
+$$;
+
+-- member: a removed owner's membership is restored only by an owner; nobody
+-- grants a role above their own; the last-owner check counts owners under a
+-- fresh snapshot after the organization's lock (REPEATABLE READ races)
+CREATE FUNCTION dalgo.live_owner_count(organization_id uuid, except_membership uuid) RETURNS integer
+	AS 'MODULE_PATHNAME', 'dalgo_live_owner_count'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION dalgo.live_owner_count(uuid, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.live_owner_count(uuid, uuid) IS
+	'Internal (guard_membership): live owner memberships of active, live users in the organization, but except_membership, counted under a fresh snapshot (the latest committed state), whatever the isolation level';
+
+CREATE OR REPLACE FUNCTION dalgo.guard_membership() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	org uuid;
+	my_role dalgo.member_role;
+	old_role dalgo.member_role;
+	new_role dalgo.member_role;
+	was_live boolean := false;
+	is_live boolean := false;
+	grants boolean;
+	first_owner boolean := false;
+BEGIN
+	IF TG_OP = 'UPDATE' AND (NEW.organization_id <> OLD.organization_id OR NEW.user_id <> OLD.user_id) THEN
+		RAISE EXCEPTION 'a membership cannot be moved to another organization or user'
+			USING ERRCODE = 'insufficient_privilege', HINT = 'Remove it and add a new membership.';
+	END IF;
+
+	-- The row before and after: a role held while live.
+	IF TG_OP = 'DELETE' THEN
+		org := OLD.organization_id;
+	ELSE
+		org := NEW.organization_id;
+		new_role := NEW.role;
+		is_live := NEW.deleted_at IS NULL;
+	END IF;
+	IF TG_OP <> 'INSERT' THEN
+		old_role := OLD.role;
+		was_live := OLD.deleted_at IS NULL;
+	END IF;
+	-- Does the change hand out a role the row did not give before?  An
+	-- insert, a restore (deleted_at back to NULL) and a raise all do.
+	grants := is_live AND (NOT was_live OR new_role > old_role);
+
+	-- What the acting user may do (service work without an identity is not limited here).
+	IF me IS NOT NULL THEN
+		my_role := dalgo.org_role(org);
+		-- The first owner of a new organization, which has no live members yet.
+		IF TG_OP = 'INSERT' AND new_role = 'owner' AND NEW.user_id = me THEN
+			first_owner := NOT EXISTS (SELECT FROM dalgo.organization_members m
+									   WHERE m.organization_id = org AND m.deleted_at IS NULL);
+		END IF;
+		IF NOT first_owner THEN
+			-- Nobody raises their own role, also not by restoring an old membership.
+			IF grants AND NEW.user_id = me AND (my_role IS NULL OR new_role > my_role) THEN
+				RAISE EXCEPTION 'you cannot raise your own role'
+					USING ERRCODE = 'insufficient_privilege';
+			END IF;
+			-- Owner rows are an owner's: adding, granting, revoking, restoring, removing.
+			IF my_role IS DISTINCT FROM 'owner' THEN
+				IF TG_OP = 'INSERT' AND new_role = 'owner' THEN
+					RAISE EXCEPTION 'only an owner can add an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND (new_role = 'owner' OR old_role = 'owner') AND new_role <> old_role THEN
+					RAISE EXCEPTION 'only an owner can grant or revoke the owner role'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND old_role = 'owner' AND was_live AND NOT is_live THEN
+					RAISE EXCEPTION 'only an owner can remove an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND new_role = 'owner' AND is_live AND NOT was_live THEN
+					RAISE EXCEPTION 'only an owner can restore an owner''s membership'
+						USING ERRCODE = 'insufficient_privilege',
+							  HINT = 'Restoring an owner row grants the owner role.';
+				ELSIF TG_OP = 'DELETE' AND old_role = 'owner' THEN
+					RAISE EXCEPTION 'only an owner can remove an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				END IF;
+			END IF;
+			-- Nobody hands out a role above their own.
+			IF grants AND (my_role IS NULL OR new_role > my_role) THEN
+				RAISE EXCEPTION 'you cannot grant a role above your own'
+					USING ERRCODE = 'insufficient_privilege',
+						  DETAIL = pg_catalog.format('Your role is %s; the membership would give %s.',
+													 coalesce(my_role::text, 'none'), new_role);
+			END IF;
+		END IF;
+	END IF;
+
+	-- An organization never loses its last owner (whoever acts).
+	IF was_live AND old_role = 'owner' AND NOT (is_live AND new_role = 'owner') THEN
+		-- Every owner removal locks the organization row, so they run one
+		-- at a time; the count then reads the latest committed state, not
+		-- this transaction's snapshot, so a removal committed while we
+		-- waited is seen under REPEATABLE READ and SERIALIZABLE too.
+		-- A deleted organization (its members cascading away) has no row left.
+		PERFORM FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL FOR NO KEY UPDATE;
+		IF FOUND AND dalgo.live_owner_count(org, OLD.id) = 0 THEN
+			RAISE EXCEPTION 'cannot remove the last owner of organization %', org
+				USING ERRCODE = 'check_violation',
+					  HINT = 'Make another member an owner first, or delete the organization.';
+		END IF;
+	END IF;
+
+	IF TG_OP = 'DELETE' THEN
+		RETURN OLD;
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo.guard_membership() IS
+	'BEFORE row trigger on organization_members: only owners add, grant, revoke, restore or remove the owner role, nobody raises their own role or grants one above their own (restoring a membership grants its role), memberships never move, and an organization keeps at least one live owner (checked under the organization''s row lock against the latest committed state)';
+
+-- member: the membership cache invalidation fires on logical-replication
+-- subscribers too
+ALTER TABLE dalgo.users ENABLE ALWAYS TRIGGER membership_changed;
+ALTER TABLE dalgo.organizations ENABLE ALWAYS TRIGGER membership_changed;
+ALTER TABLE dalgo.organization_members ENABLE ALWAYS TRIGGER membership_changed;
+
+-- member: row triggers invalidate the membership cache on a logical-replication
+-- subscriber (its apply worker fires row triggers only)
+CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.users
+	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.organizations
+	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.organization_members
+	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+ALTER TABLE dalgo.users ENABLE REPLICA TRIGGER membership_replicated;
+ALTER TABLE dalgo.organizations ENABLE REPLICA TRIGGER membership_replicated;
+ALTER TABLE dalgo.organization_members ENABLE REPLICA TRIGGER membership_replicated;
+COMMENT ON TRIGGER membership_replicated ON dalgo.users IS 'Invalidates membership caches for rows a logical-replication apply worker writes';
+COMMENT ON TRIGGER membership_replicated ON dalgo.organizations IS 'Invalidates membership caches for rows a logical-replication apply worker writes';
+COMMENT ON TRIGGER membership_replicated ON dalgo.organization_members IS 'Invalidates membership caches for rows a logical-replication apply worker writes';
+COMMENT ON FUNCTION dalgo.membership_changed() IS
+	'AFTER statement (and, for logical-replication apply, row) trigger on users, organizations and organization_members: invalidates every backend''s membership cache (this transaction''s next statement, other sessions at commit)';
+
+-- ident: identity lasts one transaction, claims are trusted from named
+-- authenticators only, tokens may be bound to an audience and issuer
+COMMENT ON FUNCTION dalgo.current_user_id() IS
+	'The caller''s user id: from dalgo.authenticate(), else the dalgo.user_id setting, else request.jwt.claims->>''sub'' when session_user is listed in dalgo.claims_authenticators; settings count only in the transaction that set them; NULL when there is none or it is malformed';
+COMMENT ON FUNCTION dalgo.authenticate(text, boolean) IS
+	'Verify an HS256 JWT signed with dalgo.jwt_secret (exp required, nbf honoured, no crit header, aud and iss checked when dalgo.jwt_audience and dalgo.jwt_issuer are set, sub = an active user) and make its subject the caller''s identity for this transaction; session => true is refused (0A000); any failure raises 28000 "authentication failed"';
+COMMENT ON FUNCTION dalgo.sign_out() IS 'Forget the identity set by dalgo.authenticate() in this transaction (RESET ALL does the same); refused while a data-modifying statement runs';
+-- ident: dalgo.jwt_secret is no longer accepted from ALTER DATABASE/ROLE ... SET
+-- (every role can read pg_db_role_setting); say so if 0.1.0 left one there.
+DO $$
+DECLARE
+	n bigint;
+BEGIN
+	SELECT count(*) INTO n FROM pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) c
+	WHERE pg_catalog.lower(c) LIKE 'dalgo.jwt_secret=%';
+	IF n > 0 THEN
+		RAISE WARNING 'dalgo.jwt_secret is stored in pg_db_role_setting % time(s); every role can read it there, and dalgo 0.2.0 ignores it', n
+			USING HINT = 'Remove it with ALTER DATABASE/ROLE ... RESET dalgo.jwt_secret, rotate the secret, and set the new one in postgresql.conf or with ALTER SYSTEM.';
+	END IF;
+END
+$$;
+
+-- audit: the shared redaction, dalgo.redact(jsonb) and dalgo.redact(text)
+CREATE FUNCTION dalgo.redact(document jsonb) RETURNS jsonb
+	AS 'MODULE_PATHNAME', 'dalgo_redact_jsonb_sql'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo.redact(jsonb) IS
+	'The document with secrets redacted, as the audit trail writes it: values of keys naming secrets (password, token, api_key, dsn, *_secret, *_key, *_token, *_password, ...) become "[redacted]"; URL credentials, secret=value pairs and bearer tokens inside strings become ***';
+
+CREATE FUNCTION dalgo.redact(value text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_redact_text_sql'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo.redact(text) IS
+	'The text with credentials stripped: URL user information (scheme://***@host), secret=value pairs and bearer tokens become ***';
+
+REVOKE ALL ON FUNCTION dalgo.redact(jsonb), dalgo.redact(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.redact(jsonb), dalgo.redact(text) TO dalgo_authenticated, dalgo_service;
+
+-- audit: purge_audit_logs() finds old rows through a BRIN index on created_at
+CREATE INDEX audit_logs_created_at_idx ON dalgo.audit_logs USING brin (created_at) WITH (autosummarize = on);
+COMMENT ON INDEX dalgo.audit_logs_created_at_idx IS 'Time index for dalgo.purge_audit_logs(): BRIN, the trail is appended in time order';
+
+-- audit: sources.config is write-only for end users; dalgo.source_config() reads it redacted
+-- End users read every column of sources but config.
+REVOKE SELECT ON dalgo.sources FROM dalgo_authenticated;
+GRANT SELECT (id, organization_id, name, description, source_type, warehouse_table_name, last_synced_at,
+			  created_by_id, created_at, updated_at, deleted_at)
+	ON dalgo.sources TO dalgo_authenticated;
+
+CREATE FUNCTION dalgo.source_config(source_id uuid) RETURNS jsonb
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+	doc jsonb;
+BEGIN
+	SELECT s.organization_id, s.config INTO org, doc FROM dalgo.sources s WHERE s.id = source_config.source_id;
+	-- The same test as the read policy on sources: no row, no answer.
+	IF NOT FOUND OR NOT coalesce(org OPERATOR(pg_catalog.=) ANY (dalgo.current_org_ids('viewer')), false) THEN
+		RETURN NULL;
+	END IF;
+	RETURN dalgo.redact(doc);
+END
+$$;
+COMMENT ON FUNCTION dalgo.source_config(uuid) IS
+	'A source''s config with its secrets redacted (dalgo.redact), for members of the source''s organization; NULL for a source the caller cannot see. Stored secrets are write-only: replace them with UPDATE';
+
+REVOKE ALL ON FUNCTION dalgo.source_config(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.source_config(uuid) TO dalgo_authenticated;
+COMMENT ON COLUMN dalgo.sources.config IS
+	'Source settings, credentials included: write-only for end users (read it redacted with dalgo.source_config()); dalgo_service reads it whole; redacted in the audit trail';
+-- Run history is read by every member: what a connector or a failed sync
+-- writes into a sync run passes through the same redaction.
+CREATE FUNCTION dalgo.redact_sync_run() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	NEW.error_message := dalgo.redact(NEW.error_message);
+	NEW.details := dalgo.redact(NEW.details);
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo.redact_sync_run() IS
+	'BEFORE trigger on sync_runs: error_message and details pass through dalgo.redact(), so run history never shows credentials';
+REVOKE ALL ON FUNCTION dalgo.redact_sync_run() FROM PUBLIC;
+CREATE TRIGGER redact_secrets BEFORE INSERT OR UPDATE OF error_message, details ON dalgo.sync_runs
+	FOR EACH ROW EXECUTE FUNCTION dalgo.redact_sync_run();
+COMMENT ON TRIGGER redact_secrets ON dalgo.sync_runs IS 'Run history never shows credentials (dalgo.redact)';
+
+-- rlim: size-guarded text functions for compiled recipes (schema dalgo_recipe)
+CREATE SCHEMA dalgo_recipe;
+COMMENT ON SCHEMA dalgo_recipe IS 'dalgo: size-guarded text functions that compiled recipe SQL calls';
+GRANT USAGE ON SCHEMA dalgo_recipe TO PUBLIC;
+
+CREATE FUNCTION dalgo_recipe.concat(VARIADIC "any") RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_concat'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.concat("any") IS
+	'CONCAT that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.concat_ws(text, VARIADIC "any") RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_concat_ws'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.concat_ws(text, "any") IS
+	'CONCAT_WS that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.replace(text, text, text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_replace'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.replace(text, text, text) IS
+	'REPLACE that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.lpad(text, integer) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_lpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.lpad(text, integer) IS
+	'LPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.lpad(text, integer, text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_lpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.lpad(text, integer, text) IS
+	'LPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.rpad(text, integer) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_rpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.rpad(text, integer) IS
+	'RPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+CREATE FUNCTION dalgo_recipe.rpad(text, integer, text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_rpad'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_recipe.rpad(text, integer, text) IS
+	'RPAD that refuses to build a value over the recipe limit max_value_bytes (program_limit_exceeded)';
+
+-- quota: run_seconds caps the deadline of run_transformation with its upstream
+-- run_seconds: a cap on the deadline of the statement that runs a
+-- transformation with its upstream (src/deadline.c).
+CREATE FUNCTION dalgo.cap_statement_deadline(seconds bigint) RETURNS void
+	AS 'MODULE_PATHNAME', 'dalgo_cap_statement_deadline'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION dalgo.cap_statement_deadline(bigint) IS
+	'Internal: cap the current statement''s recipe deadline (dalgo.statement_timeout) at this many seconds from now; the outermost cap wins';
+
+CREATE FUNCTION dalgo.run_time_quota_hit() RETURNS boolean
+	AS 'MODULE_PATHNAME', 'dalgo_run_time_quota_hit'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION dalgo.run_time_quota_hit() IS
+	'Internal: true when the current statement has passed the cap that cap_statement_deadline set (the run_seconds quota)';
+
+REVOKE ALL ON FUNCTION dalgo.cap_statement_deadline(bigint), dalgo.run_time_quota_hit() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dalgo.run_transformation(transformation_id uuid, with_upstream boolean DEFAULT false)
+	RETURNS uuid
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t dalgo.transformations;
+	run_id uuid;
+	up record;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x
+	WHERE x.id = run_transformation.transformation_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(t.organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'transformation % does not exist', transformation_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(t.organization_id, 'member') THEN
+		RAISE EXCEPTION 'running a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo.check_run_quota(t.organization_id);
+	-- The run_seconds quota caps this call with its upstream (the outermost cap wins).
+	PERFORM dalgo.cap_statement_deadline(dalgo.organization_quota(t.organization_id, 'run_seconds'));
+	BEGIN
+		IF with_upstream THEN
+			FOR up IN SELECT * FROM dalgo.transformation_upstream(t.id) LOOP
+				PERFORM dalgo.run_transformation(up.id, false);
+			END LOOP;
+		END IF;
+		INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
+											   triggered_by_id, details)
+		VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id(),
+				jsonb_build_object('runner_pid', pg_backend_pid()))
+		RETURNING id INTO run_id;
+		PERFORM dalgo.build_transformation(t.id, run_id);
+	EXCEPTION WHEN query_canceled THEN
+		IF dalgo.run_time_quota_hit() THEN
+			RAISE EXCEPTION 'quota run_seconds exceeded: the run with its upstream took more than % seconds',
+				dalgo.organization_quota(t.organization_id, 'run_seconds')
+				USING ERRCODE = 'configuration_limit_exceeded',
+					  HINT = 'Split the work, or ask a superuser to raise the quota.';
+		END IF;
+		RAISE;
+	END;
+	RETURN run_id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.run_transformation(uuid, boolean) IS
+	'Build a transformation''s output table (atomic swap) and record the run; with_upstream runs what it reads first. Members and above. A failure is recorded on the run row, reported as a WARNING, and leaves the previous output intact';
+
+
+-- quota: connector runs of an organization at a quota stay pending
+CREATE OR REPLACE FUNCTION dalgo.claim_sync_run() RETURNS dalgo.sync_runs
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	org uuid;
+BEGIN
+	FOR org IN
+		SELECT x.organization_id FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status IN ('pending', 'running') AND dalgo.is_connector_source(s.source_type) AND x.deleted_at IS NULL
+		GROUP BY x.organization_id
+		HAVING bool_or(x.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
+				 x.organization_id
+	LOOP
+		-- An organization at a quota keeps its runs pending until it is below it.
+		BEGIN
+			PERFORM dalgo.check_run_quota(org);
+		EXCEPTION WHEN configuration_limit_exceeded THEN
+			CONTINUE;
+		END;
+		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo.is_connector_source(s.source_type)
+		  AND x.deleted_at IS NULL
+		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
+		IF FOUND THEN
+			UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
+			RETURN r;
+		END IF;
+	END LOOP;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo.claim_sync_run() IS
+	'Connector protocol: claim a pending connector sync run (SKIP LOCKED; the organization with the fewest running, then the oldest) and mark it running; NULL when there is none';
+-- rsec: warehouse isolation (types resolve only in pg_catalog and the
+-- organization's schema, read-only previews, settings rolled back after each
+-- warehouse step, dependencies only where the recipe contract allows them,
+-- one producer per warehouse table, no adoption of foreign roles/schemas)
+
+ALTER TABLE dalgo.warehouse_tables ADD COLUMN output_id uuid;
+COMMENT ON COLUMN dalgo.warehouse_tables.output_id IS 'The output whose refresh produced the table (a dalgo addition); source_id, transformation_id and output_id name the one producer that may replace it';
+ALTER TABLE dalgo.warehouse_tables DROP CONSTRAINT warehouse_tables_one_producer;
+ALTER TABLE dalgo.warehouse_tables ADD CONSTRAINT warehouse_tables_one_producer
+	CHECK (num_nonnulls(source_id, transformation_id, output_id) <= 1);
+ALTER TABLE dalgo.warehouse_tables ADD CONSTRAINT warehouse_tables_output_fkey
+	FOREIGN KEY (organization_id, output_id)
+	REFERENCES dalgo.outputs (organization_id, id) ON DELETE CASCADE;
+CREATE INDEX warehouse_tables_output_id_idx ON dalgo.warehouse_tables (output_id);
+COMMENT ON INDEX dalgo.warehouse_tables_output_id_idx IS 'Foreign key index';
+
+CREATE OR REPLACE FUNCTION dalgo.warehouse_schema(organization_id uuid) RETURNS text
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	hex text := replace(organization_id::text, '-', '');
+	schema_name text := 'org_' || hex;
+	role_name text := 'dalgo_wh_' || hex;
+	r pg_roles;
+	problem text;
+BEGIN
+	IF organization_id IS NULL THEN
+		RAISE EXCEPTION 'organization_id is required' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(organization_id, 'viewer')
+	   OR NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = warehouse_schema.organization_id AND o.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT * INTO r FROM pg_roles WHERE rolname = role_name;
+	IF NOT FOUND THEN
+		EXECUTE format('CREATE ROLE %I NOLOGIN NOINHERIT', role_name);
+		EXECUTE format('COMMENT ON ROLE %I IS %L', role_name, 'dalgo: owns the warehouse of organization ' || organization_id);
+	ELSE
+		-- A role of that name that dalgo did not make the way it makes them is
+		-- never adopted: everything a viewer previews runs as this role.
+		problem := concat_ws(', ',
+			CASE WHEN r.rolcanlogin THEN 'it can log in' END,
+			CASE WHEN r.rolsuper THEN 'it is a superuser' END,
+			CASE WHEN r.rolbypassrls THEN 'it bypasses row-level security' END,
+			CASE WHEN r.rolcreaterole THEN 'it can create roles' END,
+			CASE WHEN r.rolcreatedb THEN 'it can create databases' END,
+			CASE WHEN r.rolreplication THEN 'it is a replication role' END,
+			(SELECT 'it is a member of ' || string_agg(quote_ident(g.rolname), ', ' ORDER BY g.rolname)
+			 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid),
+			(SELECT 'it is granted to ' || string_agg(quote_ident(u.rolname), ', ' ORDER BY u.rolname)
+			 FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member WHERE m.roleid = r.oid));
+		IF problem <> '' THEN
+			RAISE EXCEPTION 'role "%" exists but is not a warehouse role dalgo can use: %', role_name, problem
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  HINT = 'A warehouse role is NOLOGIN, NOSUPERUSER, NOBYPASSRLS, NOCREATEROLE, NOCREATEDB, NOREPLICATION and in no role membership; a superuser must fix or drop it.';
+		END IF;
+	END IF;
+	IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = schema_name) THEN
+		EXECUTE format('CREATE SCHEMA %I AUTHORIZATION %I', schema_name, role_name);
+		EXECUTE format('REVOKE ALL ON SCHEMA %I FROM PUBLIC', schema_name);
+		EXECUTE format('COMMENT ON SCHEMA %I IS %L', schema_name, 'dalgo: warehouse of organization ' || organization_id);
+	ELSIF NOT EXISTS (SELECT FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner
+					  WHERE n.nspname = schema_name AND o.rolname = role_name) THEN
+		RAISE EXCEPTION 'schema "%" exists but is not owned by the warehouse role "%"', schema_name, role_name
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'dalgo never adopts a schema it did not create for the organization; a superuser must fix its owner or drop it.';
+	END IF;
+	INSERT INTO dalgo.warehouse_connections (organization_id, database_name, is_connected, last_connected_at)
+		SELECT warehouse_schema.organization_id, current_database(), true, now()
+		WHERE NOT EXISTS (SELECT FROM dalgo.warehouse_connections w
+						  WHERE w.organization_id = warehouse_schema.organization_id AND w.deleted_at IS NULL);
+	RETURN schema_name;
+END
+$$;
+COMMENT ON FUNCTION dalgo.warehouse_schema(uuid) IS
+	'The organization''s warehouse schema (org_<id>, owned by role dalgo_wh_<id>), created with its warehouse_connections row on first use; a role or schema of that name that dalgo would not have made (login, superuser, role memberships, another owner...) is refused, never adopted';
+
+CREATE OR REPLACE FUNCTION dalgo.recipe_dependencies(recipe jsonb) RETURNS uuid[]
+	AS 'MODULE_PATHNAME', 'dalgo_recipe_dependencies'
+	LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo.recipe_dependencies(jsonb) IS
+	'Ids of the transformations a recipe reads, only from where the recipe contract allows a reference: source, join.with and union.with[] ({"transformation_id": ...}); sorted, without duplicates';
+
+CREATE OR REPLACE FUNCTION dalgo.transformation_upstream(transformation_id uuid)
+	RETURNS TABLE (id uuid, depth integer)
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+	bad uuid;
+BEGIN
+	SELECT t.organization_id INTO org FROM dalgo.transformations t WHERE t.id = transformation_upstream.transformation_id;
+	-- The walk follows only transformations of the same organization; any
+	-- other dependency (another organization's, deleted, unknown) is an error,
+	-- with or without an identity (run workers have none).
+	SELECT d INTO bad
+	FROM dalgo.transformations t, unnest(dalgo.recipe_dependencies(t.recipe)) d
+	WHERE t.id = transformation_upstream.transformation_id
+	  AND NOT EXISTS (SELECT FROM dalgo.transformations x WHERE x.id = d AND x.organization_id = org AND x.deleted_at IS NULL)
+	LIMIT 1;
+	IF bad IS NULL THEN
+		WITH RECURSIVE up(id, depth) AS (
+			SELECT d, 1 FROM dalgo.transformations t, unnest(dalgo.recipe_dependencies(t.recipe)) d
+			WHERE t.id = transformation_upstream.transformation_id
+			UNION ALL
+			SELECT d, up.depth + 1 FROM up JOIN dalgo.transformations t ON t.id = up.id AND t.organization_id = org,
+				unnest(dalgo.recipe_dependencies(t.recipe)) d
+			WHERE up.depth < 100)
+		SELECT u.id INTO bad FROM up u
+		WHERE NOT EXISTS (SELECT FROM dalgo.transformations x WHERE x.id = u.id AND x.organization_id = org AND x.deleted_at IS NULL)
+		LIMIT 1;
+	END IF;
+	IF bad IS NOT NULL THEN
+		RAISE EXCEPTION 'transformation % reads %, which is not a live transformation of its organization', transformation_id, bad
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+		WITH RECURSIVE up(id, depth) AS (
+			SELECT d, 1 FROM dalgo.transformations t, unnest(dalgo.recipe_dependencies(t.recipe)) d
+			WHERE t.id = transformation_upstream.transformation_id
+			UNION ALL
+			SELECT d, up.depth + 1 FROM up JOIN dalgo.transformations t ON t.id = up.id AND t.organization_id = org,
+				unnest(dalgo.recipe_dependencies(t.recipe)) d
+			WHERE up.depth < 100)
+		SELECT u.id, max(u.depth) FROM up u GROUP BY u.id ORDER BY max(u.depth) DESC, u.id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.transformation_upstream(uuid) IS
+	'The transformations a transformation reads, directly or not, deepest first (the order to run them in); all of its own organization, or an error';
+
+CREATE FUNCTION dalgo.warehouse_table_claimant(organization_id uuid, table_name text, source_id uuid,
+												transformation_id uuid, output_id uuid) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_warehouse_table_claimant'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE
+	SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION dalgo.warehouse_table_claimant(uuid, text, uuid, uuid, uuid) IS
+	'Internal: which other live source, transformation or output of the organization claims a warehouse table name (NULL if none); serialized per organization and read from the latest committed rows';
+
+CREATE FUNCTION dalgo.check_warehouse_table_name(organization_id uuid, table_name text, source_id uuid,
+												 transformation_id uuid, output_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	claimant text := dalgo.warehouse_table_claimant(organization_id, table_name, source_id, transformation_id, output_id);
+BEGIN
+	IF claimant IS NOT NULL AND NOT dalgo.caller_may(organization_id, 'viewer') THEN
+		-- Never name another organization's objects: row-level security refuses this row anyway.
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF claimant IS NOT NULL THEN
+		RAISE EXCEPTION 'warehouse table "%" already belongs to %', table_name, claimant
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Each warehouse table has one producer: a source, a transformation or an output. Choose another name.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.check_warehouse_table_name(uuid, text, uuid, uuid, uuid) IS
+	'Internal: refuse a warehouse table name that another live producer of the organization claims';
+
+CREATE OR REPLACE FUNCTION dalgo.transformation_before_save() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	deps uuid[];
+BEGIN
+	-- The output table name is checked on every insert and update, whatever changed
+	-- (a move to another organization is refused by the tenant_fixed trigger).
+	IF NEW.deleted_at IS NULL AND NEW.output_table_name IS NOT NULL
+	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
+		PERFORM dalgo.check_warehouse_table_name(NEW.organization_id, NEW.output_table_name, NULL, NEW.id, NULL);
+	END IF;
+	IF TG_OP = 'UPDATE' AND NEW.recipe IS NOT DISTINCT FROM OLD.recipe THEN
+		NEW.current_version := OLD.current_version;
+		RETURN NEW;
+	END IF;
+	PERFORM dalgo.check_recipe_sql(NEW.organization_id, dalgo.compile_recipe(NEW.organization_id, NEW.recipe));
+	deps := dalgo.recipe_dependencies(NEW.recipe);
+	IF NEW.id = ANY (deps) OR EXISTS (
+		WITH RECURSIVE walk(id) AS (
+			SELECT unnest(deps)
+			UNION
+			SELECT d FROM walk JOIN dalgo.transformations t ON t.id = walk.id AND t.organization_id = NEW.organization_id,
+				unnest(dalgo.recipe_dependencies(t.recipe)) d)
+		SELECT FROM walk WHERE walk.id = NEW.id) THEN
+		RAISE EXCEPTION 'recipe: transformation % would depend on itself (a dependency cycle)', NEW.id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	NEW.current_version := CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE OLD.current_version + 1 END;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo.transformation_before_save() IS
+	'BEFORE trigger on transformations: the output table must belong to no other producer (every insert and update); a new or changed recipe must compile and type-check, must not create a cycle, and bumps current_version';
+CREATE FUNCTION dalgo.source_check_table_name() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.deleted_at IS NULL AND NEW.warehouse_table_name IS NOT NULL
+	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
+		PERFORM dalgo.check_warehouse_table_name(NEW.organization_id, NEW.warehouse_table_name, NEW.id, NULL, NULL);
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo.source_check_table_name() IS
+	'BEFORE trigger on sources: the warehouse table must belong to no other producer (every insert and update)';
+CREATE TRIGGER check_table_name BEFORE INSERT OR UPDATE ON dalgo.sources
+	FOR EACH ROW EXECUTE FUNCTION dalgo.source_check_table_name();
+COMMENT ON TRIGGER check_table_name ON dalgo.sources IS 'A source''s warehouse table belongs to no transformation or output';
+
+CREATE FUNCTION dalgo.output_check_table_name() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.deleted_at IS NULL AND NEW.destination_config ? 'name'
+	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
+		IF jsonb_typeof(NEW.destination_config->'name') <> 'string' OR NEW.destination_config->>'name' = '' THEN
+			RAISE EXCEPTION 'destination_config.name must be a non-empty string' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		-- Publishing the transformation's own table claims nothing of its own.
+		IF NEW.destination_config->>'name' IS DISTINCT FROM
+		   (SELECT t.output_table_name FROM dalgo.transformations t
+			WHERE t.id = NEW.transformation_id AND t.organization_id = NEW.organization_id) THEN
+			PERFORM dalgo.check_warehouse_table_name(NEW.organization_id, NEW.destination_config->>'name', NULL,
+													 NEW.transformation_id, NEW.id);
+		END IF;
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo.output_check_table_name() IS
+	'BEFORE trigger on outputs: destination_config.name must belong to no other producer (every insert and update)';
+CREATE TRIGGER check_table_name BEFORE INSERT OR UPDATE ON dalgo.outputs
+	FOR EACH ROW EXECUTE FUNCTION dalgo.output_check_table_name();
+COMMENT ON TRIGGER check_table_name ON dalgo.outputs IS 'An output''s destination table belongs to no source or other transformation';
+
+-- Swap a freshly built warehouse table in under its real name.
+CREATE OR REPLACE FUNCTION dalgo.swap_warehouse_table(organization_id uuid, build_name text, table_name text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	by_source uuid;
+	by_transformation uuid;
+	by_output uuid;
+	context uuid;
+	claimant text;
+	reg dalgo.warehouse_tables;
+BEGIN
+	-- The producer is the run the build is named after: dalgo names each
+	-- build table _dalgo_build_<transformation run>, _dalgo_sync_<sync run>
+	-- or _dalgo_out_<output refresh run>.
+	IF build_name ~ '^_dalgo_build_[0-9a-f]{32}$' THEN
+		SELECT r.transformation_id INTO by_transformation FROM dalgo.transformation_runs r
+		WHERE r.id = substr(build_name, 14)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+		context := by_transformation;
+	ELSIF build_name ~ '^_dalgo_sync_[0-9a-f]{32}$' THEN
+		SELECT r.source_id INTO by_source FROM dalgo.sync_runs r
+		WHERE r.id = substr(build_name, 13)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+	ELSIF build_name ~ '^_dalgo_out_[0-9a-f]{32}$' THEN
+		SELECT o.id, o.transformation_id INTO by_output, context
+		FROM dalgo.transformation_runs r
+		JOIN dalgo.schedules s ON s.id::text = r.details->>'schedule_id' AND s.organization_id = r.organization_id
+		JOIN dalgo.outputs o ON o.id = s.output_id AND o.organization_id = s.organization_id
+		WHERE r.id = substr(build_name, 12)::uuid AND r.organization_id = swap_warehouse_table.organization_id
+		  AND o.transformation_id = r.transformation_id;
+	END IF;
+	IF num_nonnulls(by_source, by_transformation, by_output) <> 1 THEN
+		RAISE EXCEPTION 'warehouse table build "%" belongs to no run of this organization', build_name
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Checked again at the moment of the swap, under the organization's name lock.
+	claimant := dalgo.warehouse_table_claimant(organization_id, table_name, by_source, context, by_output);
+	IF claimant IS NOT NULL THEN
+		RAISE EXCEPTION 'warehouse table "%" belongs to %; it is not replaced', table_name, claimant
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT * INTO reg FROM dalgo.warehouse_tables w
+	WHERE w.organization_id = swap_warehouse_table.organization_id AND w.table_name = swap_warehouse_table.table_name
+	  AND w.deleted_at IS NULL
+	FOR UPDATE;
+	-- A table may be replaced only by the producer that made it.
+	IF to_regclass(format('%I.%I', schema_name, table_name)) IS NOT NULL
+	   AND (reg.id IS NULL OR reg.source_id IS DISTINCT FROM by_source
+			OR reg.transformation_id IS DISTINCT FROM by_transformation OR reg.output_id IS DISTINCT FROM by_output) THEN
+		RAISE EXCEPTION 'warehouse table "%" was not produced by this %; it is not replaced', table_name,
+			CASE WHEN by_source IS NOT NULL THEN 'source' WHEN by_transformation IS NOT NULL THEN 'transformation' ELSE 'output' END
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = CASE WHEN reg.id IS NULL THEN 'The table is not registered in dalgo.warehouse_tables.'
+						   ELSE 'dalgo.warehouse_tables records another producer for it.' END;
+	END IF;
+	PERFORM dalgo.warehouse_execute(organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, table_name));
+	PERFORM dalgo.warehouse_execute(organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, table_name));
+	-- Record the producer (row count and size follow in register_warehouse_table).
+	IF reg.id IS NOT NULL THEN
+		UPDATE dalgo.warehouse_tables w SET source_id = by_source, transformation_id = by_transformation,
+			output_id = by_output, last_updated_at = now()
+		WHERE w.id = reg.id;
+	ELSE
+		INSERT INTO dalgo.warehouse_tables (organization_id, warehouse_connection_id, table_name, source_id,
+											transformation_id, output_id, last_updated_at)
+		SELECT swap_warehouse_table.organization_id, c.id, swap_warehouse_table.table_name, by_source,
+			by_transformation, by_output, now()
+		FROM dalgo.warehouse_connections c
+		WHERE c.organization_id = swap_warehouse_table.organization_id AND c.deleted_at IS NULL;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.swap_warehouse_table(uuid, text, text) IS
+	'Internal: replace a warehouse table by a freshly built one, atomically; only the producer (source, transformation or output) that the build''s run names, whose name no other producer claims, and that produced the existing table, if any; records it in warehouse_tables';
+
+CREATE OR REPLACE FUNCTION dalgo.run_transformation(transformation_id uuid, with_upstream boolean DEFAULT false)
+	RETURNS uuid
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t dalgo.transformations;
+	run_id uuid;
+	up record;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x
+	WHERE x.id = run_transformation.transformation_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(t.organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'transformation % does not exist', transformation_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(t.organization_id, 'member') THEN
+		RAISE EXCEPTION 'running a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo.check_run_quota(t.organization_id);
+	-- The run_seconds quota caps this call with its upstream (the outermost cap wins).
+	PERFORM dalgo.cap_statement_deadline(dalgo.organization_quota(t.organization_id, 'run_seconds'));
+	BEGIN
+		IF with_upstream THEN
+			-- transformation_upstream refuses a dependency outside the organization;
+			-- checked again here for each run, identity or not.
+			FOR up IN SELECT u.id, x.organization_id FROM dalgo.transformation_upstream(t.id) u
+					  LEFT JOIN dalgo.transformations x ON x.id = u.id LOOP
+				IF up.organization_id IS DISTINCT FROM t.organization_id THEN
+					RAISE EXCEPTION 'transformation % reads %, which is not a transformation of its organization', t.id, up.id
+						USING ERRCODE = 'invalid_parameter_value';
+				END IF;
+				PERFORM dalgo.run_transformation(up.id, false);
+			END LOOP;
+		END IF;
+		INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
+											   triggered_by_id, details)
+		VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id(),
+				jsonb_build_object('runner_pid', pg_backend_pid()))
+		RETURNING id INTO run_id;
+		PERFORM dalgo.build_transformation(t.id, run_id);
+	EXCEPTION WHEN query_canceled THEN
+		IF dalgo.run_time_quota_hit() THEN
+			RAISE EXCEPTION 'quota run_seconds exceeded: the run with its upstream took more than % seconds',
+				dalgo.organization_quota(t.organization_id, 'run_seconds')
+				USING ERRCODE = 'configuration_limit_exceeded',
+					  HINT = 'Split the work, or ask a superuser to raise the quota.';
+		END IF;
+		RAISE;
+	END;
+	RETURN run_id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.run_transformation(uuid, boolean) IS
+	'Build a transformation''s output table (atomic swap) and record the run; with_upstream runs what it reads first. Members and above. A failure is recorded on the run row, reported as a WARNING, and leaves the previous output intact';
+
+REVOKE ALL ON FUNCTION dalgo.warehouse_table_claimant(uuid, text, uuid, uuid, uuid),
+	dalgo.check_warehouse_table_name(uuid, text, uuid, uuid, uuid),
+	dalgo.source_check_table_name(), dalgo.output_check_table_name()
+	FROM PUBLIC;
+
+-- Outputs refreshed into a table of their own before 0.2.0 did not record
+-- themselves as its producer: record them, where no other producer did.
+INSERT INTO dalgo.warehouse_tables (organization_id, warehouse_connection_id, table_name, output_id, last_updated_at)
+SELECT DISTINCT ON (o.organization_id, o.destination_config->>'name')
+	o.organization_id, c.id, o.destination_config->>'name', o.id, o.last_refreshed_at
+FROM dalgo.outputs o
+JOIN dalgo.transformations t ON t.id = o.transformation_id
+JOIN dalgo.warehouse_connections c ON c.organization_id = o.organization_id AND c.deleted_at IS NULL
+WHERE o.deleted_at IS NULL AND coalesce(o.destination_config->>'type', 'table') = 'table'
+  AND jsonb_typeof(o.destination_config->'name') = 'string'
+  AND o.destination_config->>'name' IS DISTINCT FROM t.output_table_name
+  AND to_regclass(format('%I.%I', 'org_' || replace(o.organization_id::text, '-', ''), o.destination_config->>'name')) IS NOT NULL
+  AND NOT EXISTS (SELECT FROM dalgo.warehouse_tables w WHERE w.warehouse_connection_id = c.id
+				  AND w.table_name = o.destination_config->>'name' AND w.deleted_at IS NULL)
+ORDER BY o.organization_id, o.destination_config->>'name', o.last_refreshed_at DESC NULLS LAST;
 -- accounts: accounts in the database (sql/accounts.sql, src/accounts.c; issue 11)
 -- accounts.sql: accounts in the database.  Sign-up, sign-in with lockout,
 -- rotating refresh tokens with reuse detection, password reset and change,
@@ -1919,3 +2723,7 @@ COMMENT ON TRIGGER membership_changed ON dalgo.users IS 'Invalidates membership 
 COMMENT ON TRIGGER membership_changed ON dalgo.organizations IS 'Invalidates membership caches';
 COMMENT ON TRIGGER membership_changed_update ON dalgo.users IS 'Invalidates membership caches when is_active, deleted_at or is_superadmin (or id) is written';
 COMMENT ON TRIGGER membership_changed_update ON dalgo.organizations IS 'Invalidates membership caches when deleted_at (or id) is written';
+ALTER TABLE dalgo.users ENABLE ALWAYS TRIGGER membership_changed;
+ALTER TABLE dalgo.organizations ENABLE ALWAYS TRIGGER membership_changed;
+ALTER TABLE dalgo.users ENABLE ALWAYS TRIGGER membership_changed_update;
+ALTER TABLE dalgo.organizations ENABLE ALWAYS TRIGGER membership_changed_update;

@@ -34,18 +34,18 @@ CREATE FUNCTION dalgo.current_user_id() RETURNS uuid
 	AS 'MODULE_PATHNAME', 'dalgo_current_user_id_sql'
 	LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION dalgo.current_user_id() IS
-	'The caller''s user id: from dalgo.authenticate(), else the dalgo.user_id setting, else request.jwt.claims->>''sub'' when dalgo.trust_jwt_claims is on; NULL when there is none or it is malformed';
+	'The caller''s user id: from dalgo.authenticate(), else the dalgo.user_id setting, else request.jwt.claims->>''sub'' when session_user is listed in dalgo.claims_authenticators; settings count only in the transaction that set them; NULL when there is none or it is malformed';
 
 CREATE FUNCTION dalgo.authenticate(token text, session boolean DEFAULT false) RETURNS uuid
 	AS 'MODULE_PATHNAME', 'dalgo_authenticate'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION dalgo.authenticate(text, boolean) IS
-	'Verify an HS256 JWT signed with dalgo.jwt_secret (exp required, nbf honoured, sub = an active user) and make its subject the caller''s identity for this transaction, or the session if session is true; any failure raises 28000 "authentication failed"';
+	'Verify an HS256 JWT signed with dalgo.jwt_secret (exp required, nbf honoured, no crit header, aud and iss checked when dalgo.jwt_audience and dalgo.jwt_issuer are set, sub = an active user) and make its subject the caller''s identity for this transaction; session => true is refused (0A000); any failure raises 28000 "authentication failed"';
 
 CREATE FUNCTION dalgo.sign_out() RETURNS void
 	AS 'MODULE_PATHNAME', 'dalgo_sign_out'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION dalgo.sign_out() IS 'Forget any identity set by dalgo.authenticate() (DISCARD ALL and RESET ALL do the same)';
+COMMENT ON FUNCTION dalgo.sign_out() IS 'Forget the identity set by dalgo.authenticate() in this transaction (RESET ALL does the same); refused while a data-modifying statement runs';
 
 -- ---------------------------------------------------------------------------
 -- Membership
@@ -77,7 +77,7 @@ CREATE FUNCTION dalgo.membership_changed() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'dalgo_membership_changed'
 	LANGUAGE C;
 COMMENT ON FUNCTION dalgo.membership_changed() IS
-	'AFTER statement trigger on users, organizations and organization_members: invalidates every backend''s membership cache (this transaction''s next statement, other sessions at commit)';
+	'AFTER statement (and, for logical-replication apply, row) trigger on users, organizations and organization_members: invalidates every backend''s membership cache (this transaction''s next statement, other sessions at commit)';
 
 -- On users and organizations only the columns membership depends on count:
 -- a sign-in, a password change or a renamed organization flushes no cache.
@@ -96,10 +96,40 @@ COMMENT ON TRIGGER membership_changed ON dalgo.organizations IS 'Invalidates mem
 COMMENT ON TRIGGER membership_changed ON dalgo.organization_members IS 'Invalidates membership caches';
 COMMENT ON TRIGGER membership_changed_update ON dalgo.users IS 'Invalidates membership caches when is_active, deleted_at or is_superadmin (or id) is written';
 COMMENT ON TRIGGER membership_changed_update ON dalgo.organizations IS 'Invalidates membership caches when deleted_at (or id) is written';
+-- Also on a logical-replication subscriber, whose apply worker runs with
+-- session_replication_role = replica: a replicated change must invalidate
+-- the subscriber's caches too.
+ALTER TABLE dalgo.users ENABLE ALWAYS TRIGGER membership_changed;
+ALTER TABLE dalgo.organizations ENABLE ALWAYS TRIGGER membership_changed;
+ALTER TABLE dalgo.organization_members ENABLE ALWAYS TRIGGER membership_changed;
+ALTER TABLE dalgo.users ENABLE ALWAYS TRIGGER membership_changed_update;
+ALTER TABLE dalgo.organizations ENABLE ALWAYS TRIGGER membership_changed_update;
+-- The apply worker fires row triggers only (statement triggers fire for the
+-- initial table copy and TRUNCATE): a row trigger, enabled only in replica
+-- mode, so it costs nothing on the origin.
+CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.users
+	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.organizations
+	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.organization_members
+	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+ALTER TABLE dalgo.users ENABLE REPLICA TRIGGER membership_replicated;
+ALTER TABLE dalgo.organizations ENABLE REPLICA TRIGGER membership_replicated;
+ALTER TABLE dalgo.organization_members ENABLE REPLICA TRIGGER membership_replicated;
+COMMENT ON TRIGGER membership_replicated ON dalgo.users IS 'Invalidates membership caches for rows a logical-replication apply worker writes';
+COMMENT ON TRIGGER membership_replicated ON dalgo.organizations IS 'Invalidates membership caches for rows a logical-replication apply worker writes';
+COMMENT ON TRIGGER membership_replicated ON dalgo.organization_members IS 'Invalidates membership caches for rows a logical-replication apply worker writes';
 
 -- ---------------------------------------------------------------------------
 -- Role protection
 -- ---------------------------------------------------------------------------
+
+CREATE FUNCTION dalgo.live_owner_count(organization_id uuid, except_membership uuid) RETURNS integer
+	AS 'MODULE_PATHNAME', 'dalgo_live_owner_count'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION dalgo.live_owner_count(uuid, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.live_owner_count(uuid, uuid) IS
+	'Internal (guard_membership): live owner memberships of active, live users in the organization, but except_membership, counted under a fresh snapshot (the latest committed state), whatever the isolation level';
 
 CREATE FUNCTION dalgo.guard_membership() RETURNS trigger
 	LANGUAGE plpgsql SECURITY DEFINER
@@ -109,67 +139,87 @@ DECLARE
 	me uuid := dalgo.current_user_id();
 	org uuid;
 	my_role dalgo.member_role;
-	was_owner boolean := false;
-	stays_owner boolean := false;
+	old_role dalgo.member_role;
+	new_role dalgo.member_role;
+	was_live boolean := false;
+	is_live boolean := false;
+	grants boolean;
+	first_owner boolean := false;
 BEGIN
-	IF TG_OP = 'DELETE' THEN
-		org := OLD.organization_id;
-	ELSE
-		org := NEW.organization_id;
-	END IF;
-
 	IF TG_OP = 'UPDATE' AND (NEW.organization_id <> OLD.organization_id OR NEW.user_id <> OLD.user_id) THEN
 		RAISE EXCEPTION 'a membership cannot be moved to another organization or user'
 			USING ERRCODE = 'insufficient_privilege', HINT = 'Remove it and add a new membership.';
 	END IF;
 
+	-- The row before and after: a role held while live.
+	IF TG_OP = 'DELETE' THEN
+		org := OLD.organization_id;
+	ELSE
+		org := NEW.organization_id;
+		new_role := NEW.role;
+		is_live := NEW.deleted_at IS NULL;
+	END IF;
+	IF TG_OP <> 'INSERT' THEN
+		old_role := OLD.role;
+		was_live := OLD.deleted_at IS NULL;
+	END IF;
+	-- Does the change hand out a role the row did not give before?  An
+	-- insert, a restore (deleted_at back to NULL) and a raise all do.
+	grants := is_live AND (NOT was_live OR new_role > old_role);
+
 	-- What the acting user may do (service work without an identity is not limited here).
 	IF me IS NOT NULL THEN
 		my_role := dalgo.org_role(org);
-		-- (The first owner of a new organization, which has no members yet, is allowed.)
-		IF TG_OP = 'INSERT' AND NEW.role = 'owner' AND my_role IS DISTINCT FROM 'owner'
-		   AND EXISTS (SELECT FROM dalgo.organization_members m
-					   WHERE m.organization_id = org AND m.deleted_at IS NULL) THEN
-			RAISE EXCEPTION 'only an owner can add an owner'
-				USING ERRCODE = 'insufficient_privilege';
+		-- The first owner of a new organization, which has no live members yet.
+		IF TG_OP = 'INSERT' AND new_role = 'owner' AND NEW.user_id = me THEN
+			first_owner := NOT EXISTS (SELECT FROM dalgo.organization_members m
+									   WHERE m.organization_id = org AND m.deleted_at IS NULL);
 		END IF;
-		IF TG_OP = 'UPDATE' THEN
-			IF OLD.user_id = me AND NEW.role > OLD.role THEN
+		IF NOT first_owner THEN
+			-- Nobody raises their own role, also not by restoring an old membership.
+			IF grants AND NEW.user_id = me AND (my_role IS NULL OR new_role > my_role) THEN
 				RAISE EXCEPTION 'you cannot raise your own role'
 					USING ERRCODE = 'insufficient_privilege';
 			END IF;
-			IF (NEW.role = 'owner' OR OLD.role = 'owner') AND NEW.role <> OLD.role
-			   AND my_role IS DISTINCT FROM 'owner' THEN
-				RAISE EXCEPTION 'only an owner can grant or revoke the owner role'
-					USING ERRCODE = 'insufficient_privilege';
+			-- Owner rows are an owner's: adding, granting, revoking, restoring, removing.
+			IF my_role IS DISTINCT FROM 'owner' THEN
+				IF TG_OP = 'INSERT' AND new_role = 'owner' THEN
+					RAISE EXCEPTION 'only an owner can add an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND (new_role = 'owner' OR old_role = 'owner') AND new_role <> old_role THEN
+					RAISE EXCEPTION 'only an owner can grant or revoke the owner role'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND old_role = 'owner' AND was_live AND NOT is_live THEN
+					RAISE EXCEPTION 'only an owner can remove an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND new_role = 'owner' AND is_live AND NOT was_live THEN
+					RAISE EXCEPTION 'only an owner can restore an owner''s membership'
+						USING ERRCODE = 'insufficient_privilege',
+							  HINT = 'Restoring an owner row grants the owner role.';
+				ELSIF TG_OP = 'DELETE' AND old_role = 'owner' THEN
+					RAISE EXCEPTION 'only an owner can remove an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				END IF;
 			END IF;
-			IF OLD.role = 'owner' AND OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL
-			   AND my_role IS DISTINCT FROM 'owner' THEN
-				RAISE EXCEPTION 'only an owner can remove an owner'
-					USING ERRCODE = 'insufficient_privilege';
+			-- Nobody hands out a role above their own.
+			IF grants AND (my_role IS NULL OR new_role > my_role) THEN
+				RAISE EXCEPTION 'you cannot grant a role above your own'
+					USING ERRCODE = 'insufficient_privilege',
+						  DETAIL = pg_catalog.format('Your role is %s; the membership would give %s.',
+													 coalesce(my_role::text, 'none'), new_role);
 			END IF;
-		END IF;
-		IF TG_OP = 'DELETE' AND OLD.role = 'owner' AND my_role IS DISTINCT FROM 'owner' THEN
-			RAISE EXCEPTION 'only an owner can remove an owner'
-				USING ERRCODE = 'insufficient_privilege';
 		END IF;
 	END IF;
 
 	-- An organization never loses its last owner (whoever acts).
-	IF TG_OP IN ('UPDATE', 'DELETE') THEN
-		was_owner := OLD.role = 'owner' AND OLD.deleted_at IS NULL;
-	END IF;
-	IF TG_OP = 'UPDATE' THEN
-		stays_owner := NEW.role = 'owner' AND NEW.deleted_at IS NULL;
-	END IF;
-	IF was_owner AND NOT stays_owner THEN
-		-- Lock the organization so concurrent owner changes are serialized.
+	IF was_live AND old_role = 'owner' AND NOT (is_live AND new_role = 'owner') THEN
+		-- Every owner removal locks the organization row, so they run one
+		-- at a time; the count then reads the latest committed state, not
+		-- this transaction's snapshot, so a removal committed while we
+		-- waited is seen under REPEATABLE READ and SERIALIZABLE too.
 		-- A deleted organization (its members cascading away) has no row left.
-		PERFORM FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL FOR UPDATE;
-		IF FOUND AND NOT EXISTS (
-			SELECT FROM dalgo.organization_members m JOIN dalgo.users u ON u.id = m.user_id
-			WHERE m.organization_id = org AND m.role = 'owner' AND m.deleted_at IS NULL
-			  AND m.id <> OLD.id AND u.is_active AND u.deleted_at IS NULL) THEN
+		PERFORM FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL FOR NO KEY UPDATE;
+		IF FOUND AND dalgo.live_owner_count(org, OLD.id) = 0 THEN
 			RAISE EXCEPTION 'cannot remove the last owner of organization %', org
 				USING ERRCODE = 'check_violation',
 					  HINT = 'Make another member an owner first, or delete the organization.';
@@ -184,7 +234,7 @@ END
 $$;
 REVOKE ALL ON FUNCTION dalgo.guard_membership() FROM PUBLIC;
 COMMENT ON FUNCTION dalgo.guard_membership() IS
-	'BEFORE row trigger on organization_members: only owners grant, revoke or remove the owner role, nobody raises their own role, memberships never move, and an organization keeps at least one live owner';
+	'BEFORE row trigger on organization_members: only owners add, grant, revoke, restore or remove the owner role, nobody raises their own role or grants one above their own (restoring a membership grants its role), memberships never move, and an organization keeps at least one live owner (checked under the organization''s row lock against the latest committed state)';
 CREATE TRIGGER guard_membership BEFORE INSERT OR UPDATE OR DELETE ON dalgo.organization_members
 	FOR EACH ROW EXECUTE FUNCTION dalgo.guard_membership();
 COMMENT ON TRIGGER guard_membership ON dalgo.organization_members IS 'Role protection';

@@ -203,7 +203,22 @@ CREATE TRIGGER guard_organization_quotas BEFORE INSERT OR UPDATE OF settings ON 
 	FOR EACH ROW EXECUTE FUNCTION dalgo.guard_organization_quotas();
 COMMENT ON TRIGGER guard_organization_quotas ON dalgo.organizations IS 'Quotas are set by superusers only';
 
-REVOKE ALL ON FUNCTION dalgo.organization_quota(uuid, text), dalgo.organization_usage(uuid), dalgo.quota_usage(uuid),
+-- run_seconds: a cap on the deadline of the statement that runs a
+-- transformation with its upstream (src/deadline.c).
+CREATE FUNCTION dalgo.cap_statement_deadline(seconds bigint) RETURNS void
+	AS 'MODULE_PATHNAME', 'dalgo_cap_statement_deadline'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION dalgo.cap_statement_deadline(bigint) IS
+	'Internal: cap the current statement''s recipe deadline (dalgo.statement_timeout) at this many seconds from now; the outermost cap wins';
+
+CREATE FUNCTION dalgo.run_time_quota_hit() RETURNS boolean
+	AS 'MODULE_PATHNAME', 'dalgo_run_time_quota_hit'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION dalgo.run_time_quota_hit() IS
+	'Internal: true when the current statement has passed the cap that cap_statement_deadline set (the run_seconds quota)';
+
+REVOKE ALL ON FUNCTION dalgo.cap_statement_deadline(bigint), dalgo.run_time_quota_hit(),
+	dalgo.organization_quota(uuid, text), dalgo.organization_usage(uuid), dalgo.quota_usage(uuid),
 	dalgo.check_run_quota(uuid), dalgo.check_warehouse_quota(uuid, text), dalgo.guard_organization_quotas()
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.quota_usage(uuid) TO dalgo_authenticated, dalgo_service;

@@ -698,6 +698,12 @@ BEGIN
 		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
 				 x.organization_id
 	LOOP
+		-- An organization at a quota keeps its runs pending until it is below it.
+		BEGIN
+			PERFORM dalgo.check_run_quota(org);
+		EXCEPTION WHEN configuration_limit_exceeded THEN
+			CONTINUE;
+		END;
 		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
 		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo.is_connector_source(s.source_type)
 		  AND x.deleted_at IS NULL
@@ -798,8 +804,10 @@ REVOKE ALL ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, t
 	dalgo.execute_claimed(uuid[], text[]), dalgo.run_due_schedules(timestamptz), dalgo.run_schedule_now(uuid),
 	dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb), dalgo.csv_path(uuid, text),
 	dalgo.verify_scheduled_run(text, uuid), dalgo.check_csv_source(),
-	dalgo.drop_output_views(uuid, text[]), dalgo.restore_output_views(uuid, jsonb)
+	dalgo.drop_output_views(uuid, text[]), dalgo.restore_output_views(uuid, jsonb),
+	dalgo.is_connector_source(dalgo.source_type)
 	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.is_connector_source(dalgo.source_type) TO dalgo_authenticated, dalgo_service;
 GRANT EXECUTE ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text, timestamptz)
 	TO dalgo_authenticated, dalgo_service;
 GRANT EXECUTE ON FUNCTION dalgo.run_schedule_now(uuid) TO dalgo_authenticated, dalgo_service;

@@ -45,6 +45,13 @@ $$;
 COMMENT ON FUNCTION dalgo.fill_organization_id() IS
 	'BEFORE INSERT row trigger for tenant-owned child tables: fills organization_id from the parent row (trigger args: parent table, parent-id column) when the insert omits it';
 
+CREATE FUNCTION dalgo.refuse_tenant_move() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'dalgo_refuse_tenant_move'
+	LANGUAGE C;
+REVOKE ALL ON FUNCTION dalgo.refuse_tenant_move() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.refuse_tenant_move() IS
+	'BEFORE UPDATE row trigger for tenant tables: a row''s organization (the column named by the trigger argument, default organization_id) is fixed when it is created; changing it is refused (42501), whoever runs the update';
+
 -- ---------------------------------------------------------------------------
 -- Enum types
 -- ---------------------------------------------------------------------------
@@ -297,15 +304,17 @@ CREATE TABLE dalgo.warehouse_tables (
 	created_at		timestamptz NOT NULL DEFAULT now(),
 	updated_at		timestamptz NOT NULL DEFAULT now(),
 	deleted_at		timestamptz,
+	output_id		uuid,
 	CONSTRAINT warehouse_tables_connection_fkey FOREIGN KEY (organization_id, warehouse_connection_id)
 		REFERENCES dalgo.warehouse_connections (organization_id, id) ON DELETE CASCADE,
 	CONSTRAINT warehouse_tables_source_fkey FOREIGN KEY (organization_id, source_id)
 		REFERENCES dalgo.sources (organization_id, id) ON DELETE CASCADE,
-	CONSTRAINT warehouse_tables_one_producer CHECK (num_nonnulls(source_id, transformation_id) <= 1)
+	CONSTRAINT warehouse_tables_one_producer CHECK (num_nonnulls(source_id, transformation_id, output_id) <= 1)
 );
 COMMENT ON TABLE dalgo.warehouse_tables IS 'Registry of the tables in each organization''s warehouse';
 COMMENT ON COLUMN dalgo.warehouse_tables.organization_id IS 'Tenant column (a dalgo addition), filled from the warehouse connection when an insert omits it';
 COMMENT ON COLUMN dalgo.warehouse_tables.schema_info IS 'Columns and types of the table, refreshed after each run';
+COMMENT ON COLUMN dalgo.warehouse_tables.output_id IS 'The output whose refresh produced the table (a dalgo addition); source_id, transformation_id and output_id name the one producer that may replace it';
 CREATE INDEX warehouse_tables_organization_id_idx ON dalgo.warehouse_tables (organization_id);
 COMMENT ON INDEX dalgo.warehouse_tables_organization_id_idx IS 'Tenant index';
 CREATE INDEX warehouse_tables_connection_id_idx ON dalgo.warehouse_tables (warehouse_connection_id);
@@ -435,6 +444,13 @@ COMMENT ON INDEX dalgo.outputs_transformation_id_idx IS 'Foreign key index';
 CREATE INDEX outputs_created_by_id_idx ON dalgo.outputs (created_by_id);
 COMMENT ON INDEX dalgo.outputs_created_by_id_idx IS 'Foreign key index';
 
+-- warehouse_tables -> outputs is declared here, once the parent exists.
+ALTER TABLE dalgo.warehouse_tables ADD CONSTRAINT warehouse_tables_output_fkey
+	FOREIGN KEY (organization_id, output_id)
+	REFERENCES dalgo.outputs (organization_id, id) ON DELETE CASCADE;
+CREATE INDEX warehouse_tables_output_id_idx ON dalgo.warehouse_tables (output_id);
+COMMENT ON INDEX dalgo.warehouse_tables_output_id_idx IS 'Foreign key index';
+
 CREATE TABLE dalgo.schedules (
 	id				uuid PRIMARY KEY DEFAULT gen_random_uuid(),
 	organization_id	uuid NOT NULL REFERENCES dalgo.organizations (id) ON DELETE CASCADE,
@@ -550,3 +566,23 @@ COMMENT ON TRIGGER fill_organization_id ON dalgo.sync_runs IS 'Fills organizatio
 COMMENT ON TRIGGER fill_organization_id ON dalgo.warehouse_tables IS 'Fills organization_id from the warehouse connection';
 COMMENT ON TRIGGER fill_organization_id ON dalgo.transformation_versions IS 'Fills organization_id from the transformation';
 COMMENT ON TRIGGER fill_organization_id ON dalgo.transformation_runs IS 'Fills organization_id from the transformation';
+
+-- A row never moves to another organization: every table with a tenant
+-- column refuses a change of organization_id (audit_logs is append-only
+-- already).
+DO $$
+DECLARE
+	t text;
+BEGIN
+	FOR t IN SELECT c.relname FROM pg_catalog.pg_class c
+			 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = 'organization_id' AND NOT a.attisdropped
+			 WHERE c.relnamespace = 'dalgo'::regnamespace AND c.relkind = 'r' AND c.relname <> 'audit_logs'
+			 ORDER BY c.relname
+	LOOP
+		EXECUTE format('CREATE TRIGGER tenant_fixed BEFORE UPDATE ON dalgo.%I '
+					   'FOR EACH ROW EXECUTE FUNCTION dalgo.refuse_tenant_move()', t);
+		EXECUTE format('COMMENT ON TRIGGER tenant_fixed ON dalgo.%I IS %L',
+					   t, 'A row never moves to another organization');
+	END LOOP;
+END
+$$;

@@ -5,24 +5,41 @@
  * On ordinary and partitioned tables the trigger runs once per statement
  * with transition tables (one trigger each for INSERT, UPDATE and DELETE,
  * plus TRUNCATE): it turns every affected row into an audit row in C and
- * writes all of them with one INSERT (in chunks of AUDIT_BATCH_ROWS)
- * through a saved plan.  On foreign tables, which cannot have transition
- * tables, it runs per row.  The audit row is inserted with the rights of
- * audit_logs' owner, so end-user roles need (and have) no INSERT right on
- * the log.
+ * writes them in batches of AUDIT_BATCH_ROWS.  On foreign tables, which
+ * cannot have transition tables, it runs per row.  The audit row is written
+ * with the rights of audit_logs' owner, so end-user roles need (and have)
+ * no INSERT right on the log.
+ *
+ * Two writers.  When audit_logs has exactly the shape the install script
+ * gives it (the eleven columns in order and of their types, no generated
+ * columns, CHECK constraints, rules, INSERT triggers, or NOT NULL on a
+ * column the writer may leave NULL), rows go straight into the heap and
+ * its indexes, as COPY does.  For any other shape they go through a
+ * prepared INSERT, which honours defaults, constraints, generated columns
+ * and triggers.  A missing column, or one of another type, is a clear
+ * error naming it; no shape crashes the server.
+ *
+ * Memory: each transition-table row is turned into details in a context
+ * reset after every row; the rows waiting to be written are copied into
+ * their own context, reset after each batch.
  *
  * details holds the row for INSERT and DELETE, and only the changed columns
  * as {"col": {"old": ..., "new": ...}} for UPDATE; an UPDATE that changes
  * nothing, or only updated_at, writes nothing.  Excluded columns (the
  * trigger's arguments after the first, always including password_hash,
- * token, token_hash and access_token_encrypted) and, inside json columns
- * whose names say config, credential, setting, propert(y|ies) or secret,
- * every key containing secret, token, password or key are written as
- * "[redacted]".  A primary key that is not one uuid column is recorded in
+ * token, token_hash and access_token_encrypted) are written as
+ * "[redacted]".  The shared redaction of redact.c applies to the rest:
+ * inside every json column, the value of every key naming a secret; in
+ * every string, URL credentials, secret=value pairs and bearer tokens.  A
+ * primary key that is not one uuid column is recorded in
  * details as "_key".
  *
  * Trigger arguments: the organization column ('' for none), then the
  * excluded columns.  dalgo.enable_audit() builds them.
+ *
+ * Configurations are cached per trigger; a relcache change of the table or
+ * a change of any schema (resource_type names it) invalidates them, and
+ * invalid ones are freed at the start of the next outermost firing.
  *
  * audit_logs itself is append-only: dalgo.audit_log_guard() refuses UPDATE,
  * DELETE and TRUNCATE except inside dalgo.purge_audit_logs().
@@ -71,10 +88,6 @@ static const char *const always_excluded[] = {
 	"password_hash", "token", "token_hash", "access_token_encrypted", NULL
 };
 static const char *const ignored_columns[] = {"updated_at", "updatedAt", NULL};
-static const char *const json_config_words[] = {
-	"config", "credential", "setting", "propert", "secret", NULL
-};
-static const char *const sensitive_key_words[] = {"secret", "token", "password", "key", NULL};
 
 /* Settings an authenticator sets per request. */
 static char *dalgo_client_ip = NULL;
@@ -89,17 +102,21 @@ typedef struct AuditAttr
 	bool		typbyval;
 	bool		excluded;
 	bool		ignored;		/* not diffed on UPDATE */
-	bool		redact_json;	/* redact sensitive keys inside */
 	Oid			typid;			/* converted directly when a common scalar type */
 	FmgrInfo	to_jsonb;		/* to_jsonb() bound to this column's type, for the rest */
 } AuditAttr;
 
+/*
+ * The configuration of one audit trigger, allocated in its own context
+ * (cxt, a child of CacheMemoryContext).  An invalidated configuration stays
+ * usable by the firings under way and is freed at the next safe point.
+ */
 typedef struct AuditConfig
 {
-	Oid			tgoid;			/* hash key: the trigger */
+	MemoryContext cxt;
 	bool		valid;
 	Oid			relid;
-	MemoryContext cxt;
+	Oid			nspid;
 	char	   *resource_type;
 	int			nattrs;
 	AuditAttr  *attrs;
@@ -107,9 +124,17 @@ typedef struct AuditConfig
 	AttrNumber	uuid_pk_attnum; /* 0: key is not one uuid column */
 	int			npk;
 	AttrNumber	pk_attnums[INDEX_MAX_KEYS];
+	struct AuditConfig *next_retired;
 } AuditConfig;
 
-/* Columns of dalgo.audit_logs that the trigger fills. */
+/* Hash entry: trigger OID to its current configuration. */
+typedef struct AuditConfigEntry
+{
+	Oid			tgoid;			/* hash key */
+	AuditConfig *cfg;
+} AuditConfigEntry;
+
+/* Columns of dalgo.audit_logs that the trigger fills, in table order. */
 enum
 {
 	AL_ID,
@@ -131,40 +156,50 @@ static const char *const audit_log_columns[AL_NCOLUMNS] = {
 	"details", "ip_address", "user_agent", "created_at", "updated_at"
 };
 
+static const Oid audit_log_types[AL_NCOLUMNS] = {
+	UUIDOID, UUIDOID, UUIDOID, TEXTOID, TEXTOID, UUIDOID,
+	JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID
+};
+
+/* Columns the writer never leaves NULL (a NOT NULL on them is honoured by construction). */
+static const bool audit_log_always_set[AL_NCOLUMNS] = {
+	true, false, false, true, true, false, true, false, false, true, true
+};
+
 /*
- * Where one firing's audit rows go: audit_logs opened for a direct insert
- * (heap plus indexes, as COPY does), and the rows waiting to be written.
+ * Where one firing's audit rows go.  Queued rows live in batchcxt, which is
+ * reset after each batch is written.  direct: audit_logs has its known
+ * shape and rows go to the heap and indexes; otherwise through a prepared
+ * INSERT run as audit_logs' owner.
  */
 typedef struct AuditSink
 {
 	AuditConfig *cfg;
-	MemoryContext cxt;			/* where the slots live */
+	MemoryContext cxt;			/* the firing's context: slots, state */
+	MemoryContext batchcxt;		/* the queued rows' values */
 	Relation	rel;
-	TupleDesc	desc;			/* unpinned copy of audit_logs' descriptor, for the slots */
+	bool		direct;
+	/* direct writer */
 	EState	   *estate;
 	ResultRelInfo *rri;
 	BulkInsertState bistate;
-	AttrNumber	col[AL_NCOLUMNS];	/* 0-based positions in audit_logs */
+	TupleTableSlot **slots;		/* AUDIT_BATCH_ROWS, made as needed */
+	/* INSERT writer */
+	SPIPlanPtr	plan;			/* prepared at the first flush */
+	/* the queue */
 	Datum		common[AL_NCOLUMNS];	/* values shared by every row */
 	bool		common_null[AL_NCOLUMNS];
 	int			n;
-	TupleTableSlot *slots[AUDIT_BATCH_ROWS];
+	int			capacity;		/* rows values and nulls have room for */
+	Datum		(*values)[AL_NCOLUMNS];
+	bool		(*nulls)[AL_NCOLUMNS];
 } AuditSink;
 
 static HTAB *audit_configs = NULL;
+static AuditConfig *retired_configs = NULL;
+static int	audit_depth = 0;		/* firings under way in this backend */
+static bool audit_sweep_needed = false;	/* some configuration is invalid or retired */
 static bool purge_in_progress = false;
-
-/* Case-insensitive substring test. */
-static bool
-contains_word(const char *s, int len, const char *word)
-{
-	int			wlen = strlen(word);
-
-	for (int i = 0; i + wlen <= len; i++)
-		if (pg_strncasecmp(s + i, word, wlen) == 0)
-			return true;
-	return false;
-}
 
 /* True if name appears in the NULL-terminated list. */
 static bool
@@ -181,14 +216,63 @@ static void
 audit_relcache_callback(Datum arg, Oid relid)
 {
 	HASH_SEQ_STATUS status;
-	AuditConfig *cfg;
+	AuditConfigEntry *e;
 
 	if (audit_configs == NULL)
 		return;
 	hash_seq_init(&status, audit_configs);
-	while ((cfg = hash_seq_search(&status)) != NULL)
-		if (relid == InvalidOid || cfg->relid == relid)
-			cfg->valid = false;
+	while ((e = hash_seq_search(&status)) != NULL)
+		if (relid == InvalidOid || e->cfg->relid == relid)
+		{
+			e->cfg->valid = false;
+			audit_sweep_needed = true;
+		}
+}
+
+/* Syscache callback on schemas: a renamed schema changes resource_type. */
+static void
+audit_namespace_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	HASH_SEQ_STATUS status;
+	AuditConfigEntry *e;
+
+	if (audit_configs == NULL)
+		return;
+	hash_seq_init(&status, audit_configs);
+	while ((e = hash_seq_search(&status)) != NULL)
+		if (hashvalue == 0 ||
+			GetSysCacheHashValue1(NAMESPACEOID, ObjectIdGetDatum(e->cfg->nspid)) == hashvalue)
+		{
+			e->cfg->valid = false;
+			audit_sweep_needed = true;
+		}
+}
+
+/*
+ * Free invalidated configurations.  Called only by the outermost firing,
+ * before it looks its own up, so no firing under way holds one.
+ */
+static void
+free_invalid_configs(void)
+{
+	HASH_SEQ_STATUS status;
+	AuditConfigEntry *e;
+
+	audit_sweep_needed = false;
+	while (retired_configs != NULL)
+	{
+		AuditConfig *next = retired_configs->next_retired;
+
+		MemoryContextDelete(retired_configs->cxt);
+		retired_configs = next;
+	}
+	hash_seq_init(&status, audit_configs);
+	while ((e = hash_seq_search(&status)) != NULL)
+		if (!e->cfg->valid)
+		{
+			MemoryContextDelete(e->cfg->cxt);
+			hash_search(audit_configs, &e->tgoid, HASH_REMOVE, NULL);
+		}
 }
 
 /* Bind to_jsonb() to one column type, so any type converts exactly as SQL would. */
@@ -231,46 +315,34 @@ load_primary_key(AuditConfig *cfg, Relation rel)
 		cfg->uuid_pk_attnum = cfg->pk_attnums[0];
 }
 
-/* Build (or find) the configuration of one audit trigger on one table. */
+/*
+ * Build the configuration of one audit trigger on one table, in a new
+ * context under the caller's: an error while building frees it with the
+ * caller's memory.  The caller moves it under CacheMemoryContext.
+ */
 static AuditConfig *
-audit_config(TriggerData *trigdata)
+build_config(TriggerData *trigdata)
 {
 	Trigger    *trigger = trigdata->tg_trigger;
 	Relation	rel = trigdata->tg_relation;
 	TupleDesc	desc = RelationGetDescr(rel);
-	AuditConfig *cfg;
-	bool		found;
+	MemoryContext cxt;
 	MemoryContext old;
+	AuditConfig *cfg;
 	const char *orgcol;
-	Oid			nsp = RelationGetNamespace(rel);
 
-	if (audit_configs == NULL)
-	{
-		HASHCTL		ctl;
-
-		ctl.keysize = sizeof(Oid);
-		ctl.entrysize = sizeof(AuditConfig);
-		audit_configs = hash_create("dalgo audit configurations", 64, &ctl,
-									HASH_ELEM | HASH_BLOBS);
-		CacheRegisterRelcacheCallback(audit_relcache_callback, (Datum) 0);
-	}
-
-	cfg = hash_search(audit_configs, &trigger->tgoid, HASH_ENTER, &found);
-	if (found && cfg->valid)
-		return cfg;
-	if (found)
-		MemoryContextDelete(cfg->cxt);
-
-	cfg->valid = false;
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "dalgo audit configuration",
+								ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	cfg = palloc0(sizeof(AuditConfig));
+	cfg->cxt = cxt;
 	cfg->relid = RelationGetRelid(rel);
-	cfg->cxt = AllocSetContextCreate(CacheMemoryContext, "dalgo audit configuration",
-									 ALLOCSET_SMALL_SIZES);
-	old = MemoryContextSwitchTo(cfg->cxt);
+	cfg->nspid = RelationGetNamespace(rel);
 
-	if (nsp == get_namespace_oid(DALGO_SCHEMA, true))
+	if (cfg->nspid == get_namespace_oid(DALGO_SCHEMA, true))
 		cfg->resource_type = pstrdup(RelationGetRelationName(rel));
 	else
-		cfg->resource_type = psprintf("%s.%s", get_namespace_name(nsp),
+		cfg->resource_type = psprintf("%s.%s", get_namespace_name(cfg->nspid),
 									  RelationGetRelationName(rel));
 
 	orgcol = trigger->tgnargs > 0 ? trigger->tgargs[0] : "";
@@ -309,11 +381,7 @@ audit_config(TriggerData *trigdata)
 			if (strcmp(a->name, trigger->tgargs[j]) == 0)
 				a->excluded = true;
 		a->ignored = in_list(a->name, ignored_columns);
-		if (att->atttypid == JSONBOID || att->atttypid == JSONOID)
-			for (int j = 0; json_config_words[j] != NULL; j++)
-				if (contains_word(a->name, a->namelen, json_config_words[j]))
-					a->redact_json = true;
-		bind_to_jsonb(a, att, cfg->cxt);
+		bind_to_jsonb(a, att, cxt);
 	}
 	load_primary_key(cfg, rel);
 	MemoryContextSwitchTo(old);
@@ -321,14 +389,45 @@ audit_config(TriggerData *trigdata)
 	return cfg;
 }
 
-/* True if a json object key names something secret. */
-static bool
-sensitive_key(const char *key, int len)
+/* Find (or build) the configuration of the trigger that fired. */
+static AuditConfig *
+audit_config(TriggerData *trigdata)
 {
-	for (int i = 0; sensitive_key_words[i] != NULL; i++)
-		if (contains_word(key, len, sensitive_key_words[i]))
-			return true;
-	return false;
+	Oid			tgoid = trigdata->tg_trigger->tgoid;
+	AuditConfigEntry *e;
+	AuditConfig *cfg;
+	bool		found;
+
+	if (audit_configs == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(AuditConfigEntry);
+		audit_configs = hash_create("dalgo audit configurations", 64, &ctl,
+									HASH_ELEM | HASH_BLOBS);
+		CacheRegisterRelcacheCallback(audit_relcache_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, audit_namespace_callback, (Datum) 0);
+	}
+	if (audit_depth == 1 && audit_sweep_needed)
+		free_invalid_configs();
+
+	e = hash_search(audit_configs, &tgoid, HASH_FIND, NULL);
+	if (e != NULL && e->cfg->valid)
+		return e->cfg;
+
+	cfg = build_config(trigdata);
+	MemoryContextSetParent(cfg->cxt, CacheMemoryContext);
+	e = hash_search(audit_configs, &tgoid, HASH_ENTER, &found);
+	if (found)
+	{
+		/* A firing under way may still use the old one: free it later. */
+		e->cfg->next_retired = retired_configs;
+		retired_configs = e->cfg;
+		audit_sweep_needed = true;
+	}
+	e->cfg = cfg;
+	return cfg;
 }
 
 /* Push the string "[redacted]" as a value or element. */
@@ -338,63 +437,21 @@ push_redacted(JsonbParseState **st, JsonbIteratorToken tok)
 	JsonbValue	v;
 
 	v.type = jbvString;
-	v.val.string.val = "[redacted]";
-	v.val.string.len = strlen("[redacted]");
+	v.val.string.val = DALGO_REDACTED;
+	v.val.string.len = strlen(DALGO_REDACTED);
 	pushJsonbValue(st, tok, &v);
-}
-
-/* Copy a jsonb document, writing "[redacted]" for the value of every sensitive key. */
-static Jsonb *
-redact_jsonb(Jsonb *in)
-{
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken tok;
-	JsonbParseState *st = NULL;
-	JsonbValue *res = NULL;
-	bool		redact_next = false;
-	bool		changed = false;
-	int			skip_depth = 0;
-
-	if (JB_ROOT_IS_SCALAR(in))
-		return in;
-	it = JsonbIteratorInit(&in->root);
-	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
-	{
-		if (skip_depth > 0)
-		{
-			if (tok == WJB_BEGIN_OBJECT || tok == WJB_BEGIN_ARRAY)
-				skip_depth++;
-			else if (tok == WJB_END_OBJECT || tok == WJB_END_ARRAY)
-				skip_depth--;
-			continue;
-		}
-		if (redact_next)
-		{
-			redact_next = false;
-			changed = true;
-			push_redacted(&st, WJB_VALUE);
-			if (tok == WJB_BEGIN_OBJECT || tok == WJB_BEGIN_ARRAY)
-				skip_depth = 1;
-			continue;
-		}
-		if (tok == WJB_KEY)
-			redact_next = sensitive_key(v.val.string.val, v.val.string.len);
-		res = pushJsonbValue(&st, tok,
-							 (tok == WJB_BEGIN_OBJECT || tok == WJB_BEGIN_ARRAY ||
-							  tok == WJB_END_OBJECT || tok == WJB_END_ARRAY) ? NULL : &v);
-	}
-	return changed ? JsonbValueToJsonb(res) : in;
 }
 
 /*
  * Convert the common scalar types straight to a JsonbValue, exactly as
- * to_jsonb() would; false for any other type.
+ * to_jsonb() would (strings with credentials stripped); false for any
+ * other type.
  */
 static bool
 scalar_to_jsonb_value(Oid typid, Datum value, JsonbValue *v)
 {
 	char	   *str;
+	int			len;
 
 	switch (typid)
 	{
@@ -422,8 +479,22 @@ scalar_to_jsonb_value(Oid typid, Datum value, JsonbValue *v)
 			return true;
 		case TEXTOID:
 		case VARCHAROID:
-			str = TextDatumGetCString(value);
-			break;
+			{
+				text	   *t = DatumGetTextPP(value);
+				char	   *stripped = dalgo_redact_text(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), &len);
+
+				if (stripped == NULL)
+				{
+					str = VARDATA_ANY(t);
+					len = VARSIZE_ANY_EXHDR(t);
+				}
+				else
+					str = stripped;
+				v->type = jbvString;
+				v->val.string.val = str;
+				v->val.string.len = len;
+				return true;
+			}
 		case UUIDOID:
 			str = DatumGetCString(DirectFunctionCall1(uuid_out, value));
 			break;
@@ -468,8 +539,7 @@ push_value(JsonbParseState **st, AuditAttr *a, Datum value, bool isnull)
 		j = DatumGetJsonbP(value);
 	else
 		j = DatumGetJsonbP(FunctionCall1(&a->to_jsonb, value));
-	if (a->redact_json)
-		j = redact_jsonb(j);
+	j = dalgo_redact_jsonb(j, true);
 	v.type = jbvBinary;
 	v.val.binary.data = &j->root;
 	v.val.binary.len = VARSIZE(j) - VARHDRSZ;
@@ -544,9 +614,18 @@ same_value(AuditAttr *a, Datum x, Datum y)
 {
 	if (a->typlen == -1)
 	{
-		struct varlena *vx = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(x));
-		struct varlena *vy = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(y));
+		struct varlena *rx = (struct varlena *) DatumGetPointer(x);
+		struct varlena *ry = (struct varlena *) DatumGetPointer(y);
+		struct varlena *vx;
+		struct varlena *vy;
 
+		/* An unchanged toasted value keeps its toast pointer: no need to fetch it. */
+		if (VARATT_IS_EXTERNAL_ONDISK(rx) && VARATT_IS_EXTERNAL_ONDISK(ry) &&
+			VARSIZE_EXTERNAL(rx) == VARSIZE_EXTERNAL(ry) &&
+			memcmp(rx, ry, VARSIZE_EXTERNAL(rx)) == 0)
+			return true;
+		vx = pg_detoast_datum_packed(rx);
+		vy = pg_detoast_datum_packed(ry);
 		return VARSIZE_ANY_EXHDR(vx) == VARSIZE_ANY_EXHDR(vy) &&
 			memcmp(VARDATA_ANY(vx), VARDATA_ANY(vy), VARSIZE_ANY_EXHDR(vx)) == 0;
 	}
@@ -561,7 +640,6 @@ diff_details(AuditConfig *cfg, TupleTableSlot *oldslot, TupleTableSlot *newslot)
 	JsonbValue *res;
 	int			nchanged = 0;
 
-	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
 	for (int i = 0; i < cfg->nattrs; i++)
 	{
 		AuditAttr  *a = &cfg->attrs[i];
@@ -575,7 +653,8 @@ diff_details(AuditConfig *cfg, TupleTableSlot *oldslot, TupleTableSlot *newslot)
 			continue;
 		if (!on && !nn && same_value(a, oldslot->tts_values[k], newslot->tts_values[k]))
 			continue;
-		nchanged++;
+		if (nchanged++ == 0)
+			pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
 		push_key(&st, a->name, a->namelen);
 		pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
 		push_key(&st, "old", 3);
@@ -623,34 +702,114 @@ user_agent(bool *isnull)
 	return *isnull ? (Datum) 0 : CStringGetTextDatum(ua);
 }
 
-/* Open audit_logs for direct inserts and fill in what every row of this firing shares. */
+/*
+ * Check audit_logs' shape.  Every column the writer fills must exist with
+ * its type, or this raises an error naming it.  Returns true when the
+ * table has exactly the shape of the install script, so that the direct
+ * writer honours everything an INSERT would.
+ */
+static bool
+audit_logs_direct_ok(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	TriggerDesc *trig = rel->trigdesc;
+	bool		direct;
+
+	direct = rel->rd_rel->relkind == RELKIND_RELATION && !rel->rd_rel->relhasrules &&
+		desc->natts == AL_NCOLUMNS &&
+		(desc->constr == NULL ||
+		 (desc->constr->num_check == 0 && !desc->constr->has_generated_stored)) &&
+		(trig == NULL ||
+		 !(trig->trig_insert_before_row || trig->trig_insert_after_row ||
+		   trig->trig_insert_instead_row || trig->trig_insert_before_statement ||
+		   trig->trig_insert_after_statement || trig->trig_insert_new_table));
+
+	for (int c = 0; c < AL_NCOLUMNS; c++)
+	{
+		Form_pg_attribute att = NULL;
+		int			pos = -1;
+
+		for (int i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute a = TupleDescAttr(desc, i);
+
+			if (!a->attisdropped && strcmp(NameStr(a->attname), audit_log_columns[c]) == 0)
+			{
+				att = a;
+				pos = i;
+				break;
+			}
+		}
+		if (att == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("dalgo.audit_logs has no column \"%s\"", audit_log_columns[c]),
+					 errdetail("The audit trail writes %s into every audit row; changes to audited tables are refused until it can.",
+							   audit_log_columns[c]),
+					 errhint("Add the column back: ALTER TABLE dalgo.audit_logs ADD COLUMN %s %s.",
+							 audit_log_columns[c], format_type_be(audit_log_types[c]))));
+		if (att->atttypid != audit_log_types[c])
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("column \"%s\" of dalgo.audit_logs has type %s, not %s",
+							audit_log_columns[c], format_type_be(att->atttypid),
+							format_type_be(audit_log_types[c])),
+					 errdetail("The audit trail writes %s values; changes to audited tables are refused until it can.",
+							   format_type_be(audit_log_types[c])),
+					 errhint("Change it back: ALTER TABLE dalgo.audit_logs ALTER COLUMN %s TYPE %s.",
+							 audit_log_columns[c], format_type_be(audit_log_types[c]))));
+		if (att->attgenerated != '\0')
+			ereport(ERROR,
+					(errcode(ERRCODE_GENERATED_ALWAYS),
+					 errmsg("column \"%s\" of dalgo.audit_logs is a generated column", audit_log_columns[c]),
+					 errdetail("The audit trail writes it; changes to audited tables are refused until it can."),
+					 errhint("Make it an ordinary column of type %s again.",
+							 format_type_be(audit_log_types[c]))));
+		if (pos != c || att->atttypmod != -1 || (att->attnotnull && !audit_log_always_set[c]))
+			direct = false;
+	}
+	return direct;
+}
+
+/* The prepared INSERT of the fallback writer. */
+static SPIPlanPtr
+prepare_insert(void)
+{
+	StringInfoData sql;
+	SPIPlanPtr	plan;
+	Oid			argtypes[AL_NCOLUMNS];
+
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "INSERT INTO dalgo.audit_logs (");
+	for (int c = 0; c < AL_NCOLUMNS; c++)
+		appendStringInfo(&sql, "%s%s", c > 0 ? ", " : "", audit_log_columns[c]);
+	appendStringInfoString(&sql, ") VALUES (");
+	for (int c = 0; c < AL_NCOLUMNS; c++)
+		appendStringInfo(&sql, "%s$%d", c > 0 ? ", " : "", c + 1);
+	appendStringInfoChar(&sql, ')');
+	memcpy(argtypes, audit_log_types, sizeof(argtypes));
+	plan = SPI_prepare(sql.data, AL_NCOLUMNS, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare the audit INSERT: %s", SPI_result_code_string(SPI_result));
+	return plan;
+}
+
+/* Open audit_logs for writing and fill in what every row of this firing shares. */
 static void
 open_sink(AuditSink *sink, AuditConfig *cfg, const char *action)
 {
-	TupleDesc	desc;
 	pg_uuid_t  *actor = palloc(sizeof(pg_uuid_t));
 	bool		isnull;
 
 	sink->cfg = cfg;
 	sink->cxt = CurrentMemoryContext;
-	sink->rel = table_open(dalgo_relation_oid("audit_logs"), RowExclusiveLock);
-	desc = RelationGetDescr(sink->rel);
-	sink->desc = CreateTupleDescCopy(desc);
-	for (int i = 0; i < AL_NCOLUMNS; i++)
-	{
-		int			attnum = SPI_fnumber(desc, audit_log_columns[i]);
-
-		if (attnum <= 0)
-			elog(ERROR, "dalgo.audit_logs has no column \"%s\"", audit_log_columns[i]);
-		sink->col[i] = attnum - 1;
-	}
-	sink->estate = CreateExecutorState();
-	sink->rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(sink->rri, sink->rel, 0, NULL, 0);
-	ExecOpenIndices(sink->rri, false);
-	sink->bistate = NULL;
 	sink->n = 0;
+	/* Most statements change a row or a few: the queue grows as needed. */
+	sink->capacity = 8;
+	sink->values = palloc(sizeof(*sink->values) * sink->capacity);
+	sink->nulls = palloc(sizeof(*sink->nulls) * sink->capacity);
 
+	/* What every row shares, taken as the caller (before any change of user). */
 	memset(sink->common_null, true, sizeof(sink->common_null));
 	if (dalgo_current_user_id(actor))
 	{
@@ -667,16 +826,54 @@ open_sink(AuditSink *sink, AuditConfig *cfg, const char *action)
 	sink->common[AL_UPDATED_AT] = sink->common[AL_CREATED_AT];
 	sink->common_null[AL_ACTION] = sink->common_null[AL_RESOURCE_TYPE] = false;
 	sink->common_null[AL_CREATED_AT] = sink->common_null[AL_UPDATED_AT] = false;
+
+	sink->batchcxt = AllocSetContextCreate(CurrentMemoryContext, "dalgo audit batch",
+										   ALLOCSET_DEFAULT_SIZES);
+	sink->rel = relation_open(dalgo_relation_oid("audit_logs"), RowExclusiveLock);
+	sink->direct = audit_logs_direct_ok(sink->rel);
+	if (sink->direct)
+	{
+		sink->estate = CreateExecutorState();
+		sink->rri = makeNode(ResultRelInfo);
+		InitResultRelInfo(sink->rri, sink->rel, 0, NULL, 0);
+		ExecOpenIndices(sink->rri, false);
+		sink->bistate = NULL;
+		sink->slots = palloc0(sizeof(TupleTableSlot *) * AUDIT_BATCH_ROWS);
+	}
+	else
+	{
+		MemoryContext old = CurrentMemoryContext;
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		MemoryContextSwitchTo(old);
+		sink->plan = NULL;
+	}
 }
 
-/* Write the waiting rows: heap (several at once when there are several), then indexes. */
+/* Write the queued rows directly: heap (several at once when there are several), then indexes. */
 static void
-flush_sink(AuditSink *sink)
+flush_direct(AuditSink *sink)
 {
 	CommandId	cid = GetCurrentCommandId(true);
+	TupleDesc	desc = RelationGetDescr(sink->rel);
 
-	if (sink->n == 0)
-		return;
+	for (int i = 0; i < sink->n; i++)
+	{
+		TupleTableSlot *slot = sink->slots[i];
+
+		if (slot == NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(sink->cxt);
+
+			slot = sink->slots[i] = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
+			MemoryContextSwitchTo(old);
+		}
+		ExecClearTuple(slot);
+		memcpy(slot->tts_values, sink->values[i], sizeof(Datum) * AL_NCOLUMNS);
+		memcpy(slot->tts_isnull, sink->nulls[i], sizeof(bool) * AL_NCOLUMNS);
+		ExecStoreVirtualTuple(slot);
+	}
 	if (sink->n == 1)
 		table_tuple_insert(sink->rel, sink->slots[0], cid, 0, NULL);
 	else
@@ -696,7 +893,65 @@ flush_sink(AuditSink *sink)
 		ExecClearTuple(sink->slots[i]);
 		ResetPerTupleExprContext(sink->estate);
 	}
+}
+
+/*
+ * Write the queued rows through the prepared INSERT, as audit_logs' owner.
+ * Only the INSERT runs as the owner (with whatever triggers the owner put on
+ * audit_logs): the rows' details were built as the caller.  An error
+ * restores the caller's identity with the (sub)transaction.
+ */
+static void
+flush_insert(AuditSink *sink)
+{
+	char		nulls[AL_NCOLUMNS];
+	Oid			save_userid;
+	int			save_sec;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(RelationGetForm(sink->rel)->relowner,
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	if (sink->plan == NULL)
+		sink->plan = prepare_insert();
+	for (int i = 0; i < sink->n; i++)
+	{
+		int			rc;
+
+		for (int c = 0; c < AL_NCOLUMNS; c++)
+			nulls[c] = sink->nulls[i][c] ? 'n' : ' ';
+		rc = SPI_execute_plan(sink->plan, sink->values[i], nulls, false, 0);
+		if (rc != SPI_OK_INSERT && rc != SPI_OK_INSERT_RETURNING)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("an audit row was not written to dalgo.audit_logs"),
+					 errdetail("The INSERT returned %s.", SPI_result_code_string(rc)),
+					 errhint("A rule or trigger on dalgo.audit_logs may be suppressing inserts.")));
+		if (SPI_processed != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("an audit row was not written to dalgo.audit_logs"),
+					 errdetail("The INSERT wrote " UINT64_FORMAT " rows instead of one.", SPI_processed),
+					 errhint("A rule or trigger on dalgo.audit_logs may be suppressing inserts.")));
+	}
+	SetUserIdAndSecContext(save_userid, save_sec);
+}
+
+/* Write the queued rows and free their memory. */
+static void
+flush_sink(AuditSink *sink)
+{
+	MemoryContext old;
+
+	if (sink->n == 0)
+		return;
+	old = MemoryContextSwitchTo(sink->batchcxt);
+	if (sink->direct)
+		flush_direct(sink);
+	else
+		flush_insert(sink);
+	MemoryContextSwitchTo(old);
 	sink->n = 0;
+	MemoryContextReset(sink->batchcxt);
 }
 
 /* Flush and release the sink. */
@@ -704,69 +959,67 @@ static void
 close_sink(AuditSink *sink)
 {
 	flush_sink(sink);
-	for (int i = 0; i < AUDIT_BATCH_ROWS && sink->slots[i] != NULL; i++)
-		ExecDropSingleTupleTableSlot(sink->slots[i]);
-	if (sink->bistate != NULL)
-		FreeBulkInsertState(sink->bistate);
-	ExecCloseIndices(sink->rri);
-	FreeExecutorState(sink->estate);
-	table_close(sink->rel, NoLock);
+	if (sink->direct)
+	{
+		for (int i = 0; i < AUDIT_BATCH_ROWS && sink->slots[i] != NULL; i++)
+			ExecDropSingleTupleTableSlot(sink->slots[i]);
+		if (sink->bistate != NULL)
+			FreeBulkInsertState(sink->bistate);
+		ExecCloseIndices(sink->rri);
+		FreeExecutorState(sink->estate);
+	}
+	else
+		SPI_finish();
+	relation_close(sink->rel, NoLock);
+	MemoryContextDelete(sink->batchcxt);
 }
 
-/* Queue one audit row, flushing when the batch is full. */
+/* Copy a uuid column of a row into the batch, or leave the value NULL. */
+static void
+queue_uuid(AuditSink *sink, TupleTableSlot *row, AttrNumber attnum, Datum *value, bool *isnull)
+{
+	pg_uuid_t  *u;
+
+	if (row == NULL || attnum <= 0 || row->tts_isnull[attnum - 1])
+		return;
+	u = MemoryContextAlloc(sink->batchcxt, sizeof(pg_uuid_t));
+	*u = *DatumGetUUIDP(row->tts_values[attnum - 1]);
+	*value = UUIDPGetDatum(u);
+	*isnull = false;
+}
+
+/*
+ * Queue one audit row, flushing when the batch is full.  Everything the row
+ * needs is copied into the batch context: the caller may free row and
+ * details as soon as this returns.
+ */
 static void
 add_row(AuditSink *sink, TupleTableSlot *row, Jsonb *details)
 {
 	AuditConfig *cfg = sink->cfg;
-	TupleTableSlot *slot;
-	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
 	Datum	   *values;
 	bool	   *nulls;
+	pg_uuid_t  *id = MemoryContextAlloc(sink->batchcxt, sizeof(pg_uuid_t));
+	Jsonb	   *copy = MemoryContextAlloc(sink->batchcxt, VARSIZE(details));
 
-	if (sink->slots[sink->n] == NULL)
+	if (sink->n == sink->capacity)
 	{
-		MemoryContext old = MemoryContextSwitchTo(sink->cxt);
-
-		sink->slots[sink->n] = MakeSingleTupleTableSlot(sink->desc, &TTSOpsVirtual);
-		MemoryContextSwitchTo(old);
+		sink->capacity = Min(sink->capacity * 4, AUDIT_BATCH_ROWS);
+		sink->values = repalloc(sink->values, sizeof(*sink->values) * sink->capacity);
+		sink->nulls = repalloc(sink->nulls, sizeof(*sink->nulls) * sink->capacity);
 	}
-	slot = sink->slots[sink->n];
-	ExecClearTuple(slot);
-	values = slot->tts_values;
-	nulls = slot->tts_isnull;
-	for (int i = 0; i < AL_NCOLUMNS; i++)
-	{
-		values[sink->col[i]] = sink->common[i];
-		nulls[sink->col[i]] = sink->common_null[i];
-	}
-
+	values = sink->values[sink->n];
+	nulls = sink->nulls[sink->n];
+	memcpy(values, sink->common, sizeof(sink->common));
+	memcpy(nulls, sink->common_null, sizeof(sink->common_null));
 	dalgo_uuid_v7(id);
-	values[sink->col[AL_ID]] = UUIDPGetDatum(id);
-	nulls[sink->col[AL_ID]] = false;
-	/*
-	 * The row's values live in its transition-table slot, which the next row
-	 * overwrites: copy the two uuids.  The rest was allocated in the caller's
-	 * row context, which is reset only after the batch is written.
-	 */
-	if (row != NULL && cfg->org_attnum > 0 && !row->tts_isnull[cfg->org_attnum - 1])
-	{
-		pg_uuid_t  *org = palloc(sizeof(pg_uuid_t));
-
-		*org = *DatumGetUUIDP(row->tts_values[cfg->org_attnum - 1]);
-		values[sink->col[AL_ORGANIZATION_ID]] = UUIDPGetDatum(org);
-		nulls[sink->col[AL_ORGANIZATION_ID]] = false;
-	}
-	if (row != NULL && cfg->uuid_pk_attnum > 0 && !row->tts_isnull[cfg->uuid_pk_attnum - 1])
-	{
-		pg_uuid_t  *rid = palloc(sizeof(pg_uuid_t));
-
-		*rid = *DatumGetUUIDP(row->tts_values[cfg->uuid_pk_attnum - 1]);
-		values[sink->col[AL_RESOURCE_ID]] = UUIDPGetDatum(rid);
-		nulls[sink->col[AL_RESOURCE_ID]] = false;
-	}
-	values[sink->col[AL_DETAILS]] = JsonbPGetDatum(details);
-	nulls[sink->col[AL_DETAILS]] = false;
-	ExecStoreVirtualTuple(slot);
+	values[AL_ID] = UUIDPGetDatum(id);
+	nulls[AL_ID] = false;
+	queue_uuid(sink, row, cfg->org_attnum, &values[AL_ORGANIZATION_ID], &nulls[AL_ORGANIZATION_ID]);
+	queue_uuid(sink, row, cfg->uuid_pk_attnum, &values[AL_RESOURCE_ID], &nulls[AL_RESOURCE_ID]);
+	memcpy(copy, details, VARSIZE(details));
+	values[AL_DETAILS] = JsonbPGetDatum(copy);
+	nulls[AL_DETAILS] = false;
 
 	if (++sink->n == AUDIT_BATCH_ROWS)
 		flush_sink(sink);
@@ -782,12 +1035,13 @@ audit_rows(AuditSink *b, Tuplestorestate *rows, TupleDesc desc, MemoryContext ro
 	while (tuplestore_gettupleslot(rows, true, false, slot))
 	{
 		MemoryContext old = MemoryContextSwitchTo(rowcxt);
+		Jsonb	   *details;
 
 		slot_getallattrs(slot);
-		add_row(b, slot, row_details(b->cfg, slot));
+		details = row_details(b->cfg, slot);
 		MemoryContextSwitchTo(old);
-		if (b->n == 0)
-			MemoryContextReset(rowcxt); /* that batch is written */
+		add_row(b, slot, details);
+		MemoryContextReset(rowcxt);
 	}
 	ExecDropSingleTupleTableSlot(slot);
 }
@@ -811,11 +1065,10 @@ audit_updates(AuditSink *b, Tuplestorestate *oldrows, Tuplestorestate *newrows,
 		slot_getallattrs(oldslot);
 		slot_getallattrs(newslot);
 		details = diff_details(b->cfg, oldslot, newslot);
+		MemoryContextSwitchTo(old);
 		if (details != NULL)
 			add_row(b, newslot, details);
-		MemoryContextSwitchTo(old);
-		if (b->n == 0)
-			MemoryContextReset(rowcxt); /* that batch is written */
+		MemoryContextReset(rowcxt);
 	}
 	ExecDropSingleTupleTableSlot(oldslot);
 	ExecDropSingleTupleTableSlot(newslot);
@@ -841,15 +1094,49 @@ audit_one_row(AuditSink *b, TriggerData *trigdata)
 		add_row(b, slot, details);
 }
 
+/* Write the audit rows of one firing. */
+static void
+audit_firing(TriggerData *trigdata)
+{
+	TriggerEvent ev = trigdata->tg_event;
+	AuditSink  *sink;
+	MemoryContext rowcxt;
+	TupleDesc	desc;
+
+	sink = palloc0(sizeof(AuditSink));
+	open_sink(sink, audit_config(trigdata),
+			  TRIGGER_FIRED_BY_INSERT(ev) ? "insert" :
+			  TRIGGER_FIRED_BY_UPDATE(ev) ? "update" :
+			  TRIGGER_FIRED_BY_DELETE(ev) ? "delete" : "truncate");
+	desc = RelationGetDescr(trigdata->tg_relation);
+	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "dalgo audit row", ALLOCSET_DEFAULT_SIZES);
+
+	if (TRIGGER_FIRED_FOR_ROW(ev))
+		audit_one_row(sink, trigdata);
+	else if (TRIGGER_FIRED_BY_TRUNCATE(ev))
+	{
+		JsonbParseState *st = NULL;
+
+		pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+		add_row(sink, NULL, JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL)));
+	}
+	else if (TRIGGER_FIRED_BY_UPDATE(ev))
+		audit_updates(sink, trigdata->tg_oldtable, trigdata->tg_newtable, desc, rowcxt);
+	else
+		audit_rows(sink, TRIGGER_FIRED_BY_INSERT(ev) ? trigdata->tg_newtable : trigdata->tg_oldtable,
+				   desc, rowcxt);
+
+	close_sink(sink);
+	MemoryContextDelete(rowcxt);
+	pfree(sink);
+}
+
 /* Trigger: write audit rows for the statement (or row) that fired it. */
 Datum
 dalgo_audit_trigger(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	TriggerEvent ev;
-	AuditSink  *sink;
-	MemoryContext rowcxt;
-	TupleDesc	desc;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
@@ -869,31 +1156,16 @@ dalgo_audit_trigger(PG_FUNCTION_ARGS)
 				 errmsg("audit_trigger() per statement needs its transition tables"),
 				 errhint("Use dalgo.enable_audit() to attach it.")));
 
-	sink = palloc0(sizeof(AuditSink));
-	open_sink(sink, audit_config(trigdata),
-			  TRIGGER_FIRED_BY_INSERT(ev) ? "insert" :
-			  TRIGGER_FIRED_BY_UPDATE(ev) ? "update" :
-			  TRIGGER_FIRED_BY_DELETE(ev) ? "delete" : "truncate");
-	desc = RelationGetDescr(trigdata->tg_relation);
-	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "dalgo audit rows", ALLOCSET_DEFAULT_SIZES);
-
-	if (TRIGGER_FIRED_FOR_ROW(ev))
-		audit_one_row(sink, trigdata);
-	else if (TRIGGER_FIRED_BY_TRUNCATE(ev))
+	audit_depth++;
+	PG_TRY();
 	{
-		JsonbParseState *st = NULL;
-
-		pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
-		add_row(sink, NULL, JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL)));
+		audit_firing(trigdata);
 	}
-	else if (TRIGGER_FIRED_BY_UPDATE(ev))
-		audit_updates(sink, trigdata->tg_oldtable, trigdata->tg_newtable, desc, rowcxt);
-	else
-		audit_rows(sink, TRIGGER_FIRED_BY_INSERT(ev) ? trigdata->tg_newtable : trigdata->tg_oldtable,
-				   desc, rowcxt);
-
-	close_sink(sink);
-	MemoryContextDelete(rowcxt);
+	PG_FINALLY();
+	{
+		audit_depth--;
+	}
+	PG_END_TRY();
 	return PointerGetDatum(NULL);
 }
 

@@ -65,11 +65,26 @@ extern bool dalgo_user_is_active(const pg_uuid_t *user_id, bool *is_superadmin,
 extern void dalgo_set_transaction_identity(const pg_uuid_t *user_id);
 
 /* jwt.c */
+
+/* One top-level field of a JSON object, as dalgo_json_fields() found it. */
+typedef struct DalgoJsonField
+{
+	int			count;			/* times the key appears at the top level */
+	char	   *value;			/* scalar text, NULL for an object or array */
+	bool		is_string;		/* the scalar is a JSON string */
+	bool		is_array;		/* the value is an array */
+	List	   *elements;		/* for an array: its string elements */
+	bool		elements_ok;	/* for an array: every element is a string */
+} DalgoJsonField;
+
 extern bool dalgo_json_depth_ok(const char *json, size_t len, int max_depth);
+extern bool dalgo_json_fields(const char *json, size_t len, int nfields,
+							  const char *const *names, DalgoJsonField *fields);
 extern bool dalgo_json_top_fields(const char *json, size_t len, int nfields,
 								  const char *const *names, char **values,
 								  bool *is_string);
 extern bool dalgo_jwt_verify_hs256(const char *token, const char *secret,
+								   const char *audience, const char *issuer,
 								   pg_uuid_t *subject);
 
 /* audit.c */
@@ -77,6 +92,12 @@ extern void dalgo_audit_init(void);
 
 /* quota.c */
 extern void dalgo_quota_init(void);
+
+/* redact.c: the one redaction of secrets (keys, URLs, key=value, Bearer) */
+#define DALGO_REDACTED "[redacted]"
+extern bool dalgo_secret_key(const char *key, int len);
+extern char *dalgo_redact_text(const char *str, int len, int *newlen);
+extern Jsonb *dalgo_redact_jsonb(Jsonb *in, bool keys);
 
 /* membership.c */
 extern void dalgo_membership_init(void);
@@ -92,6 +113,18 @@ extern char *dalgo_csv_dir;
 
 /* warehouse.c */
 extern void dalgo_warehouse_init(void);
+extern int	dalgo_statement_timeout;
+
+/* deadline.c: dalgo.statement_timeout, one deadline per top-level statement */
+typedef struct DalgoDeadline
+{
+	bool		armed;			/* we armed STATEMENT_TIMEOUT */
+	bool		had_timeout;	/* the caller's timer, re-armed on leaving */
+	TimestampTz caller_at;
+} DalgoDeadline;
+
+extern void dalgo_deadline_enter(DalgoDeadline *d);
+extern void dalgo_deadline_leave(DalgoDeadline *d);
 
 /* accounts.c */
 extern void dalgo_accounts_init(void);

@@ -5,33 +5,57 @@
  *
  * The identity is taken from the first source that applies:
  *	 (a) a token verified by dalgo.authenticate(), for the current
- *		 transaction or, if asked, the session;
+ *		 transaction;
  *	 (b) the setting dalgo.user_id (PGC_SUSET: superusers and roles granted
  *		 SET on it, i.e. an app server's or pooler's authenticator role);
- *	 (c) request.jwt.claims ->> 'sub' (the PostgREST convention), only while
- *		 the superuser-only setting dalgo.trust_jwt_claims is on.
- * A source applies when it is set (non-empty).  A malformed value in the
- * source that applies gives no identity at all; it never raises an error
- * and never falls through to a weaker source.
+ *	 (c) request.jwt.claims ->> 'sub' (the PostgREST convention), only when
+ *		 session_user is one of the roles named in the superuser-only
+ *		 setting dalgo.claims_authenticators.
+ * A source applies when it is set (non-empty) in the current transaction.
+ * A malformed value in the source that applies gives no identity at all; it
+ * never raises an error and never falls through to a weaker source.
+ *
+ * Nothing outlives the transaction that set it, so that a pooled server
+ * connection never hands one client's identity to the next: there is no
+ * session-scoped authenticate(), and dalgo.user_id and request.jwt.claims
+ * count only when they were set (SET, SET LOCAL, set_config() or a
+ * function's SET clause) in the current transaction.  A value left over
+ * from an earlier transaction, or coming from postgresql.conf, ALTER
+ * ROLE/DATABASE ... SET or connection options, is ignored (with one WARNING
+ * per transaction for dalgo.user_id).
+ *
+ * The identity cannot change while a data-modifying statement (INSERT,
+ * UPDATE, DELETE, MERGE, a data-modifying WITH, COPY FROM, TRUNCATE) runs
+ * at any nesting level: the audit trail records the identity in force when
+ * rows change, and it is read when the statement ends.  authenticate(),
+ * sign_out() and setting dalgo.user_id are refused then; any other change
+ * (request.jwt.claims, a reset) is refused when the identity is next read.
  *
  * A verified identity lives in this backend's memory, not in a setting, so
- * nothing but dalgo.authenticate() can produce it.  Transaction scope ends
- * at commit or abort (and with a rolled-back subtransaction that set it);
- * session scope ends with dalgo.sign_out(), DISCARD ALL or RESET ALL.
+ * nothing but dalgo.authenticate() can produce it.  It ends at commit or
+ * abort (and with a rolled-back subtransaction that set it), with
+ * dalgo.sign_out(), or with RESET ALL.
  */
 #include "dalgo.h"
 
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_authid.h"
+#include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "storage/proc.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/guc_tables.h"
+#include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/varlena.h"
 
 PG_FUNCTION_INFO_V1(dalgo_current_user_id_sql);
 PG_FUNCTION_INFO_V1(dalgo_authenticate);
@@ -40,21 +64,38 @@ PG_FUNCTION_INFO_V1(dalgo_sign_out);
 /* Settings. */
 static char *dalgo_user_id_setting = NULL;
 static char *dalgo_jwt_secret = NULL;
-static bool dalgo_trust_jwt_claims = false;
+static char *dalgo_jwt_audience = NULL;
+static char *dalgo_jwt_issuer = NULL;
+static char *dalgo_claims_authenticators = NULL;
+static bool dalgo_trust_jwt_claims = false; /* deprecated, ignored */
 
 /* Minimum length of dalgo.jwt_secret: HS256 wants at least 256 bits of key. */
 #define DALGO_MIN_SECRET_LEN 32
 
-/* The verified identity set by dalgo.authenticate(). */
-typedef struct VerifiedIdentity
-{
-	bool		set;
-	pg_uuid_t	user_id;
-} VerifiedIdentity;
+/* The placeholder setting PostgREST puts the verified claims in. */
+#define CLAIMS_SETTING "request.jwt.claims"
 
-static VerifiedIdentity session_identity;	/* committed session identity */
-static VerifiedIdentity xact_identity;	/* this transaction's identity */
-static bool xact_identity_is_session;	/* becomes the session's at commit */
+/*
+ * dalgo.claims_authenticators, parsed by its check hook: the number of role
+ * names, then the names, each NUL-terminated.
+ */
+typedef struct AuthenticatorList
+{
+	int			count;
+	char		names[FLEXIBLE_ARRAY_MEMBER];
+} AuthenticatorList;
+
+static AuthenticatorList *claims_authenticators = NULL;
+
+/* Whether session_user is a claims authenticator, cached per role and list. */
+static bool auth_cache_valid = false;
+static Oid	auth_cache_role = InvalidOid;
+static AuthenticatorList *auth_cache_list = NULL;
+static bool auth_cache_result = false;
+
+/* The verified identity set by dalgo.authenticate(), for this transaction. */
+static bool xact_identity_set = false;
+static pg_uuid_t xact_identity;
 static int	xact_identity_level;	/* subtransaction level that set it */
 
 /* Last request.jwt.claims value parsed, and its result. */
@@ -62,7 +103,24 @@ static char *claims_cache_text = NULL;
 static bool claims_cache_valid = false;
 static pg_uuid_t claims_cache_user;
 
+/* Local transaction that was last warned about a stale dalgo.user_id. */
+static LocalTransactionId stale_warned_lxid = InvalidLocalTransactionId;
+
+/*
+ * Data-modifying statements running now, at any nesting level, and the
+ * identity that was in force when the outermost one started.
+ * depth_at_level[n] is the depth when subtransaction level n started, to
+ * restore when it aborts (an error skips ExecutorEnd).
+ */
+static int	modify_depth = 0;
+static bool modify_identity_set = false;
+static pg_uuid_t modify_identity;
+static int *depth_at_level = NULL;
+static int	depth_at_level_size = 0;
+
 static ProcessUtility_hook_type prev_process_utility = NULL;
+static ExecutorStart_hook_type prev_executor_start = NULL;
+static ExecutorEnd_hook_type prev_executor_end = NULL;
 
 /* Value of one hexadecimal digit, or -1. */
 static inline int
@@ -117,6 +175,146 @@ dalgo_parse_uuid(const char *str, size_t len, pg_uuid_t *result)
 	return j == UUID_LEN;
 }
 
+/* Compare setting names the way guc.c does (ASCII case-insensitive). */
+static int
+guc_name_cmp(const char *a, const char *b)
+{
+	while (*a && *b)
+	{
+		char		ca = *a++;
+		char		cb = *b++;
+
+		if (ca >= 'A' && ca <= 'Z')
+			ca += 'a' - 'A';
+		if (cb >= 'A' && cb <= 'Z')
+			cb += 'a' - 'A';
+		if (ca != cb)
+			return (unsigned char) ca - (unsigned char) cb;
+	}
+	if (*a)
+		return 1;
+	if (*b)
+		return -1;
+	return 0;
+}
+
+/*
+ * Find a string setting (defined or placeholder) by name, without creating
+ * it; NULL when there is none.  guc.c keeps its table sorted by name.
+ */
+static struct config_string *
+find_string_setting(const char *name)
+{
+	struct config_generic **vars = get_guc_variables();
+	int			lo = 0;
+	int			hi = GetNumConfigOptions() - 1;
+
+	while (lo <= hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+		int			c = guc_name_cmp(name, vars[mid]->name);
+
+		if (c == 0)
+			return vars[mid]->vartype == PGC_STRING ? (struct config_string *) vars[mid] : NULL;
+		if (c < 0)
+			hi = mid - 1;
+		else
+			lo = mid + 1;
+	}
+	return NULL;
+}
+
+/*
+ * The value of a per-request setting if it was set in the current
+ * transaction (it then has a saved prior value, and its source is the
+ * session: SET, SET LOCAL, set_config() or a function's SET clause); NULL
+ * if it is unset, empty, or left over from an earlier transaction or from a
+ * configured default.  *stale tells the last case apart.
+ */
+static const char *
+request_setting(struct config_string *conf, bool *stale)
+{
+	const char *value;
+
+	*stale = false;
+	if (conf == NULL || conf->variable == NULL)
+		return NULL;
+	value = *conf->variable;
+	if (value == NULL || value[0] == '\0')
+		return NULL;
+	if (conf->gen.stack == NULL || conf->gen.source != PGC_S_SESSION)
+	{
+		*stale = true;
+		return NULL;
+	}
+	return value;
+}
+
+/* Syscache callback: a role changed, so re-check session_user's name. */
+static void
+authenticator_cache_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	auth_cache_valid = false;
+}
+
+/* True if session_user is named in dalgo.claims_authenticators. */
+static bool
+session_user_is_claims_authenticator(void)
+{
+	Oid			role = GetSessionUserId();
+	char	   *rolname;
+	const char *name;
+	bool		found = false;
+
+	if (claims_authenticators == NULL || claims_authenticators->count == 0 ||
+		!OidIsValid(role))
+		return false;
+	if (auth_cache_valid && auth_cache_role == role &&
+		auth_cache_list == claims_authenticators)
+		return auth_cache_result;
+	if (!IsTransactionState())
+		return false;
+
+	rolname = GetUserNameFromId(role, true);
+	name = claims_authenticators->names;
+	for (int i = 0; rolname != NULL && i < claims_authenticators->count; i++)
+	{
+		if (strcmp(name, rolname) == 0)
+		{
+			found = true;
+			break;
+		}
+		name += strlen(name) + 1;
+	}
+	if (rolname)
+		pfree(rolname);
+
+	auth_cache_role = role;
+	auth_cache_list = claims_authenticators;
+	auth_cache_result = found;
+	auth_cache_valid = true;
+	return found;
+}
+
+/*
+ * The claims document to take the identity from: request.jwt.claims when it
+ * was set in this transaction and session_user is a claims authenticator;
+ * NULL otherwise.
+ */
+static const char *
+trusted_claims(void)
+{
+	bool		stale;
+	const char *claims;
+
+	if (claims_authenticators == NULL || claims_authenticators->count == 0)
+		return NULL;
+	claims = request_setting(find_string_setting(CLAIMS_SETTING), &stale);
+	if (claims == NULL || !session_user_is_claims_authenticator())
+		return NULL;
+	return claims;
+}
+
 /* Identity from request.jwt.claims ->> 'sub'; cached by the claims text. */
 static bool
 identity_from_claims(const char *claims, pg_uuid_t *result)
@@ -147,30 +345,73 @@ identity_from_claims(const char *claims, pg_uuid_t *result)
 	return claims_cache_valid;
 }
 
-/* Resolve the caller's identity; false means there is none. */
+/* Resolve the caller's identity from its sources; false means there is none. */
+static bool
+resolve_identity(pg_uuid_t *result)
+{
+	static struct config_string *user_id_conf = NULL;
+	const char *value;
+	bool		stale;
+
+	if (xact_identity_set)
+	{
+		*result = xact_identity;
+		return true;
+	}
+
+	if (user_id_conf == NULL)
+		user_id_conf = find_string_setting("dalgo.user_id");
+	value = request_setting(user_id_conf, &stale);
+	if (value != NULL)
+		return dalgo_parse_uuid(value, strlen(value), result);
+	if (stale && MyProc != NULL && MyProc->lxid != InvalidLocalTransactionId &&
+		stale_warned_lxid != MyProc->lxid)
+	{
+		stale_warned_lxid = MyProc->lxid;
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("dalgo.user_id was not set in this transaction and is ignored"),
+				 errdetail("A session-level value would pass one client's identity to the next one on a pooled connection."),
+				 errhint("Set it per transaction with SET LOCAL dalgo.user_id or set_config('dalgo.user_id', ..., true).")));
+	}
+
+	value = trusted_claims();
+	if (value != NULL)
+		return identity_from_claims(value, result);
+	return false;
+}
+
+/* Refuse an identity change while a data-modifying statement runs. */
+static void
+refuse_identity_change_if_modifying(const char *what)
+{
+	if (modify_depth > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
+				 errmsg("%s cannot change the identity while a data-modifying statement runs", what),
+				 errdetail("The audit trail credits each change to the identity in force when the statement started."),
+				 errhint("Change the identity in a statement of its own, before or after the INSERT, UPDATE, DELETE, MERGE, COPY or TRUNCATE.")));
+}
+
+/*
+ * Resolve the caller's identity; false means there is none.  While a
+ * data-modifying statement runs, an identity other than the one it started
+ * with is an error: it would be recorded as the author of the change.
+ */
 bool
 dalgo_current_user_id(pg_uuid_t *result)
 {
-	const char *claims;
+	bool		found = resolve_identity(result);
 
-	if (xact_identity.set)
-	{
-		*result = xact_identity.user_id;
-		return true;
-	}
-	if (session_identity.set)
-	{
-		*result = session_identity.user_id;
-		return true;
-	}
-	if (dalgo_user_id_setting != NULL && dalgo_user_id_setting[0] != '\0')
-		return dalgo_parse_uuid(dalgo_user_id_setting, strlen(dalgo_user_id_setting), result);
-	if (!dalgo_trust_jwt_claims)
-		return false;
-	claims = GetConfigOption("request.jwt.claims", true, false);
-	if (claims == NULL || claims[0] == '\0')
-		return false;
-	return identity_from_claims(claims, result);
+	if (modify_depth > 0 &&
+		(found != modify_identity_set ||
+		 (found && memcmp(result->data, modify_identity.data, UUID_LEN) != 0)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
+				 errmsg("the identity changed while a data-modifying statement was running"),
+				 errdetail("The audit trail credits each change to the identity in force when the statement started."),
+				 errhint("Change the identity in a statement of its own, before or after the INSERT, UPDATE, DELETE, MERGE, COPY or TRUNCATE.")));
+	return found;
 }
 
 /*
@@ -224,25 +465,33 @@ dalgo_current_user_id_sql(PG_FUNCTION_ARGS)
 
 /*
  * SQL: dalgo.authenticate(token text, session boolean default false):
- * verify an HS256 token and make its subject the caller's identity.
+ * verify an HS256 token and make its subject the caller's identity for the
+ * current transaction.  session => true (0.1.0's session scope) is refused:
+ * behind a pooler it would outlast the request that asked for it.
  */
 Datum
 dalgo_authenticate(PG_FUNCTION_ARGS)
 {
 	char	   *token;
-	bool		session;
 	bool		active;
 	pg_uuid_t  *subject = palloc(sizeof(pg_uuid_t));
 
+	if (PG_NARGS() > 1 && !PG_ARGISNULL(1) && PG_GETARG_BOOL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("session-scoped authentication is not supported"),
+				 errdetail("Behind a connection pooler a session identity would pass to the next client of the same server connection."),
+				 errhint("Call dalgo.authenticate(token) at the start of each transaction; the identity ends with it.")));
+	refuse_identity_change_if_modifying("dalgo.authenticate()");
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 				 errmsg("authentication failed")));
 	token = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	session = !PG_ARGISNULL(1) && PG_GETARG_BOOL(1);
 
 	if (dalgo_jwt_secret == NULL || strlen(dalgo_jwt_secret) < DALGO_MIN_SECRET_LEN ||
-		!dalgo_jwt_verify_hs256(token, dalgo_jwt_secret, subject))
+		!dalgo_jwt_verify_hs256(token, dalgo_jwt_secret, dalgo_jwt_audience,
+								dalgo_jwt_issuer, subject))
 		active = false;
 	else
 	{
@@ -256,9 +505,8 @@ dalgo_authenticate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 				 errmsg("authentication failed")));
 
-	xact_identity.set = true;
-	xact_identity.user_id = *subject;
-	xact_identity_is_session = session;
+	xact_identity_set = true;
+	xact_identity = *subject;
 	xact_identity_level = GetCurrentTransactionNestLevel();
 	PG_RETURN_UUID_P(subject);
 }
@@ -266,28 +514,27 @@ dalgo_authenticate(PG_FUNCTION_ARGS)
 /*
  * accounts: make user_id the caller's identity for the current transaction,
  * as dalgo.authenticate() does; used by dalgo.authenticate_api_key() after
- * it has verified the key (accounts.c).
+ * it has verified the key, and by dalgo.accept_invitation() (accounts.c).
  */
 void
 dalgo_set_transaction_identity(const pg_uuid_t *user_id)
 {
-	xact_identity.set = true;
-	xact_identity.user_id = *user_id;
-	xact_identity_is_session = false;
+	refuse_identity_change_if_modifying("an accounts function");
+	xact_identity_set = true;
+	xact_identity = *user_id;
 	xact_identity_level = GetCurrentTransactionNestLevel();
 }
 
-/* SQL: dalgo.sign_out(): forget any identity set by dalgo.authenticate(). */
+/* SQL: dalgo.sign_out(): forget the identity set by dalgo.authenticate(). */
 Datum
 dalgo_sign_out(PG_FUNCTION_ARGS)
 {
-	memset(&xact_identity, 0, sizeof(xact_identity));
-	memset(&session_identity, 0, sizeof(session_identity));
-	xact_identity_is_session = false;
+	refuse_identity_change_if_modifying("dalgo.sign_out()");
+	xact_identity_set = false;
 	PG_RETURN_VOID();
 }
 
-/* Transaction end: a session identity takes effect at commit; the rest ends. */
+/* Transaction end: the verified identity and the statement depth end. */
 static void
 identity_xact_callback(XactEvent event, void *arg)
 {
@@ -296,13 +543,11 @@ identity_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PREPARE:
-			if (xact_identity.set && xact_identity_is_session)
-				session_identity = xact_identity;
-			/* FALLTHROUGH */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
-			memset(&xact_identity, 0, sizeof(xact_identity));
-			xact_identity_is_session = false;
+			xact_identity_set = false;
+			modify_depth = 0;
+			modify_identity_set = false;
 			break;
 		default:
 			break;
@@ -311,7 +556,9 @@ identity_xact_callback(XactEvent event, void *arg)
 
 /*
  * Subtransactions: an identity set inside one that aborts is forgotten; one
- * set inside one that commits now belongs to its parent.
+ * set inside one that commits now belongs to its parent.  The depth of
+ * data-modifying statements goes back to what it was when an aborted one
+ * started.
  */
 static void
 identity_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
@@ -319,18 +566,137 @@ identity_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 {
 	int			level = GetCurrentTransactionNestLevel();
 
-	if (!xact_identity.set || xact_identity_level < level)
+	if (event == SUBXACT_EVENT_START_SUB)
+	{
+		if (level >= depth_at_level_size)
+		{
+			int			newsize = Max(16, level * 2);
+
+			if (depth_at_level == NULL)
+				depth_at_level = MemoryContextAllocZero(TopMemoryContext, newsize * sizeof(int));
+			else
+				depth_at_level = repalloc(depth_at_level, newsize * sizeof(int));
+			depth_at_level_size = newsize;
+		}
+		depth_at_level[level] = modify_depth;
+		return;
+	}
+	if (event == SUBXACT_EVENT_ABORT_SUB && level < depth_at_level_size)
+		modify_depth = depth_at_level[level];
+
+	if (!xact_identity_set || xact_identity_level < level)
 		return;
 	if (event == SUBXACT_EVENT_ABORT_SUB)
-	{
-		memset(&xact_identity, 0, sizeof(xact_identity));
-		xact_identity_is_session = false;
-	}
+		xact_identity_set = false;
 	else if (event == SUBXACT_EVENT_COMMIT_SUB)
 		xact_identity_level = level - 1;
 }
 
-/* Utility hook: DISCARD ALL and RESET ALL also forget a verified identity. */
+/* A data-modifying statement starts: remember the identity if outermost. */
+static void
+modify_begin(void)
+{
+	if (modify_depth == 0)
+		modify_identity_set = resolve_identity(&modify_identity);
+	modify_depth++;
+}
+
+/* A data-modifying statement ends. */
+static void
+modify_end(void)
+{
+	if (modify_depth > 0)
+		modify_depth--;
+}
+
+/* True if a plan changes rows (directly or in a WITH clause). */
+static inline bool
+plan_modifies(QueryDesc *queryDesc)
+{
+	return queryDesc->operation != CMD_SELECT ||
+		queryDesc->plannedstmt->hasModifyingCTE;
+}
+
+/* ExecutorStart hook: count data-modifying statements. */
+static void
+identity_executor_start(QueryDesc *queryDesc, int eflags)
+{
+	if (plan_modifies(queryDesc))
+		modify_begin();
+	if (prev_executor_start)
+		prev_executor_start(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
+}
+
+/* ExecutorEnd hook: a counted statement is done. */
+static void
+identity_executor_end(QueryDesc *queryDesc)
+{
+	bool		modifies = plan_modifies(queryDesc);
+
+	if (prev_executor_end)
+		prev_executor_end(queryDesc);
+	else
+		standard_ExecutorEnd(queryDesc);
+	if (modifies)
+		modify_end();
+}
+
+/* True if name is a per-request identity setting. */
+static bool
+is_identity_setting(const char *name)
+{
+	if (name == NULL)
+		return false;
+	if (guc_name_cmp(name, "dalgo.user_id") == 0)
+		return true;
+	return guc_name_cmp(name, CLAIMS_SETTING) == 0 && trusted_claims() != NULL;
+}
+
+/* True if a SET/RESET statement names dalgo.jwt_secret with a value to store. */
+static bool
+stores_secret(VariableSetStmt *setstmt)
+{
+	return setstmt != NULL && setstmt->name != NULL &&
+		guc_name_cmp(setstmt->name, "dalgo.jwt_secret") == 0 &&
+		(setstmt->kind == VAR_SET_VALUE || setstmt->kind == VAR_SET_CURRENT);
+}
+
+/* Refuse storing dalgo.jwt_secret in a catalog every role can read. */
+static void
+refuse_stored_secret(VariableSetStmt *setstmt, const char *where)
+{
+	if (stores_secret(setstmt))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("dalgo.jwt_secret cannot be set with %s", where),
+				 errdetail("Such settings are stored in a system catalog that every role can read."),
+				 errhint("Set dalgo.jwt_secret in postgresql.conf or with ALTER SYSTEM.")));
+}
+
+/* Refuse a function SET clause that would store dalgo.jwt_secret in pg_proc. */
+static void
+refuse_secret_in_function_options(List *options)
+{
+	ListCell   *lc;
+
+	foreach(lc, options)
+	{
+		DefElem    *def = (DefElem *) lfirst(lc);
+
+		if (strcmp(def->defname, "set") == 0 && def->arg != NULL &&
+			IsA(def->arg, VariableSetStmt))
+			refuse_stored_secret((VariableSetStmt *) def->arg, "a function's SET clause");
+	}
+}
+
+/*
+ * Utility hook: RESET ALL also forgets a verified identity; identity
+ * changes are refused inside a data-modifying statement; COPY FROM and
+ * TRUNCATE count as data-modifying statements; dalgo.jwt_secret is never
+ * stored in pg_db_role_setting or pg_proc.
+ */
 static void
 identity_process_utility(PlannedStmt *pstmt, const char *queryString,
 						 bool readOnlyTree, ProcessUtilityContext context,
@@ -338,29 +704,102 @@ identity_process_utility(PlannedStmt *pstmt, const char *queryString,
 						 DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *stmt = pstmt->utilityStmt;
+	bool		modifies = false;
 
-	if ((IsA(stmt, DiscardStmt) && ((DiscardStmt *) stmt)->target == DISCARD_ALL) ||
-		(IsA(stmt, VariableSetStmt) && ((VariableSetStmt *) stmt)->kind == VAR_RESET_ALL))
+	switch (nodeTag(stmt))
 	{
-		memset(&xact_identity, 0, sizeof(xact_identity));
-		memset(&session_identity, 0, sizeof(session_identity));
-		xact_identity_is_session = false;
+		case T_VariableSetStmt:
+			{
+				VariableSetStmt *vs = (VariableSetStmt *) stmt;
+
+				if (vs->kind == VAR_RESET_ALL)
+				{
+					refuse_identity_change_if_modifying("RESET ALL");
+					xact_identity_set = false;
+				}
+				else if (is_identity_setting(vs->name))
+					refuse_identity_change_if_modifying(vs->kind == VAR_RESET ? "RESET" : "SET");
+				break;
+			}
+		case T_DiscardStmt:
+			if (((DiscardStmt *) stmt)->target == DISCARD_ALL)
+			{
+				refuse_identity_change_if_modifying("DISCARD ALL");
+				xact_identity_set = false;
+			}
+			break;
+		case T_AlterRoleSetStmt:
+			refuse_stored_secret(((AlterRoleSetStmt *) stmt)->setstmt, "ALTER ROLE ... SET");
+			break;
+		case T_AlterDatabaseSetStmt:
+			refuse_stored_secret(((AlterDatabaseSetStmt *) stmt)->setstmt, "ALTER DATABASE ... SET");
+			break;
+		case T_CreateFunctionStmt:
+			refuse_secret_in_function_options(((CreateFunctionStmt *) stmt)->options);
+			break;
+		case T_AlterFunctionStmt:
+			refuse_secret_in_function_options(((AlterFunctionStmt *) stmt)->actions);
+			break;
+		case T_CopyStmt:
+			modifies = ((CopyStmt *) stmt)->is_from;
+			break;
+		case T_TruncateStmt:
+			modifies = true;
+			break;
+		default:
+			break;
 	}
 
+	if (modifies)
+		modify_begin();
 	if (prev_process_utility)
 		prev_process_utility(pstmt, queryString, readOnlyTree, context,
 							 params, queryEnv, dest, qc);
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
 								params, queryEnv, dest, qc);
+	if (modifies)
+		modify_end();
 }
 
-/* Check hook for dalgo.jwt_secret: empty (disabled) or at least 32 bytes. */
+/* Check hook for dalgo.user_id: no change while a data-modifying statement runs. */
+static bool
+check_user_id(char **newval, void **extra, GucSource source)
+{
+	if (modify_depth > 0 && source == PGC_S_SESSION)
+	{
+		GUC_check_errcode(ERRCODE_INVALID_TRANSACTION_STATE);
+		GUC_check_errmsg("dalgo.user_id cannot change while a data-modifying statement runs");
+		GUC_check_errdetail("The audit trail credits each change to the identity in force when the statement started.");
+		GUC_check_errhint("Set dalgo.user_id in a statement of its own, before the INSERT, UPDATE, DELETE, MERGE, COPY or TRUNCATE.");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Check hook for dalgo.jwt_secret: empty (disabled) or at least 32 bytes,
+ * and never from ALTER DATABASE/ROLE ... SET, which every role can read in
+ * pg_db_role_setting.  The message never quotes the value.
+ */
 static bool
 check_jwt_secret(char **newval, void **extra, GucSource source)
 {
-	if (*newval != NULL && (*newval)[0] != '\0' && strlen(*newval) < DALGO_MIN_SECRET_LEN)
+	if (*newval == NULL || (*newval)[0] == '\0')
+		return true;
+	if (source == PGC_S_GLOBAL || source == PGC_S_DATABASE ||
+		source == PGC_S_USER || source == PGC_S_DATABASE_USER)
 	{
+		GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
+		GUC_check_errmsg("dalgo.jwt_secret cannot be set with ALTER DATABASE or ALTER ROLE; the value is ignored");
+		GUC_check_errdetail("Such settings are stored in pg_db_role_setting, which every role can read.");
+		GUC_check_errhint("Remove it with ALTER DATABASE/ROLE ... RESET dalgo.jwt_secret, rotate the secret, and set it in postgresql.conf or with ALTER SYSTEM.");
+		return false;
+	}
+	if (strlen(*newval) < DALGO_MIN_SECRET_LEN)
+	{
+		GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
+		GUC_check_errmsg("invalid value for parameter \"dalgo.jwt_secret\"");
 		GUC_check_errdetail("dalgo.jwt_secret must be empty or at least %d bytes long.",
 							DALGO_MIN_SECRET_LEN);
 		return false;
@@ -368,40 +807,123 @@ check_jwt_secret(char **newval, void **extra, GucSource source)
 	return true;
 }
 
-/* Define the identity settings and install the callbacks and hook. */
+/* Check hook for dalgo.claims_authenticators: a list of role names. */
+static bool
+check_claims_authenticators(char **newval, void **extra, GucSource source)
+{
+	char	   *raw = pstrdup(*newval ? *newval : "");
+	List	   *names;
+	ListCell   *lc;
+	Size		size = offsetof(AuthenticatorList, names);
+	AuthenticatorList *list;
+	char	   *p;
+
+	if (!SplitIdentifierString(raw, ',', &names))
+	{
+		GUC_check_errdetail("List syntax is invalid.");
+		pfree(raw);
+		list_free(names);
+		return false;
+	}
+	foreach(lc, names)
+		size += strlen((char *) lfirst(lc)) + 1;
+	/* guc.c releases extra with free(). */
+	list = (AuthenticatorList *) malloc(size);
+	if (list == NULL)
+	{
+		GUC_check_errcode(ERRCODE_OUT_OF_MEMORY);
+		GUC_check_errdetail("Out of memory.");
+		return false;
+	}
+	list->count = list_length(names);
+	p = list->names;
+	foreach(lc, names)
+	{
+		size_t		len = strlen((char *) lfirst(lc)) + 1;
+
+		memcpy(p, lfirst(lc), len);
+		p += len;
+	}
+	pfree(raw);
+	list_free(names);
+	*extra = list;
+	return true;
+}
+
+/* Assign hook for dalgo.claims_authenticators. */
+static void
+assign_claims_authenticators(const char *newval, void *extra)
+{
+	claims_authenticators = (AuthenticatorList *) extra;
+	auth_cache_valid = false;
+}
+
+/* Define the identity settings and install the callbacks and hooks. */
 void
 dalgo_identity_init(void)
 {
 	DefineCustomStringVariable("dalgo.user_id",
-							   "User id of the caller, set per request by a trusted authenticator role.",
-							   "Only superusers and roles granted SET on this parameter can set it; use SET LOCAL under transaction pooling.",
+							   "User id of the caller, set per transaction by a trusted authenticator role.",
+							   "Only superusers and roles granted SET on this parameter can set it.  It counts only in the transaction that set it.",
 							   &dalgo_user_id_setting,
 							   "",
 							   PGC_SUSET,
 							   GUC_NOT_IN_SAMPLE,
-							   NULL, NULL, NULL);
+							   check_user_id, NULL, NULL);
+
+	DefineCustomStringVariable("dalgo.claims_authenticators",
+							   "Roles whose sessions may pass the caller's identity in request.jwt.claims (PostgREST's authenticator).",
+							   "Comma-separated role names; request.jwt.claims ->> 'sub' counts only when session_user is one of them.",
+							   &dalgo_claims_authenticators,
+							   "",
+							   PGC_SUSET,
+							   GUC_LIST_INPUT | GUC_NOT_IN_SAMPLE,
+							   check_claims_authenticators, assign_claims_authenticators, NULL);
 
 	DefineCustomBoolVariable("dalgo.trust_jwt_claims",
-							 "Take the caller's identity from request.jwt.claims ->> 'sub' (PostgREST).",
-							 "Only enable when every role that can set request.jwt.claims is trusted.",
+							 "Deprecated and ignored since dalgo 0.2.0: see dalgo.claims_authenticators.",
+							 "Turning it on no longer makes request.jwt.claims count.",
 							 &dalgo_trust_jwt_claims,
 							 false,
 							 PGC_SUSET,
-							 0,
+							 GUC_NOT_IN_SAMPLE,
 							 NULL, NULL, NULL);
 
 	DefineCustomStringVariable("dalgo.jwt_secret",
 							   "HS256 secret that dalgo.authenticate() verifies tokens with.",
-							   "Empty disables dalgo.authenticate(); otherwise at least 32 bytes.  Visible to superusers only.",
+							   "Empty disables dalgo.authenticate(); otherwise at least 32 bytes.  Visible to superusers only; refused from ALTER DATABASE/ROLE ... SET.",
 							   &dalgo_jwt_secret,
 							   "",
 							   PGC_SUSET,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
 							   check_jwt_secret, NULL, NULL);
 
+	DefineCustomStringVariable("dalgo.jwt_audience",
+							   "When set, dalgo.authenticate() accepts only tokens whose aud claim (a string or an array of strings) names it.",
+							   NULL,
+							   &dalgo_jwt_audience,
+							   "",
+							   PGC_SUSET,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("dalgo.jwt_issuer",
+							   "When set, dalgo.authenticate() accepts only tokens whose iss claim equals it.",
+							   NULL,
+							   &dalgo_jwt_issuer,
+							   "",
+							   PGC_SUSET,
+							   0,
+							   NULL, NULL, NULL);
+
 	RegisterXactCallback(identity_xact_callback, NULL);
 	RegisterSubXactCallback(identity_subxact_callback, NULL);
+	CacheRegisterSyscacheCallback(AUTHOID, authenticator_cache_callback, (Datum) 0);
 
 	prev_process_utility = ProcessUtility_hook;
 	ProcessUtility_hook = identity_process_utility;
+	prev_executor_start = ExecutorStart_hook;
+	ExecutorStart_hook = identity_executor_start;
+	prev_executor_end = ExecutorEnd_hook;
+	ExecutorEnd_hook = identity_executor_end;
 }

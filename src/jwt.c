@@ -7,14 +7,20 @@
  * "none", no other algorithm, no "crit" extensions), its signature is the
  * HMAC-SHA256 of "header.payload" under the secret (PostgreSQL's own
  * common/hmac, compared in constant time), it carries a numeric "exp" in
- * the future and any "nbf" in the past, and its "sub" is a uuid.  Every
- * failure is reported the same way, as false: callers must not tell a user
- * which check failed.
+ * the future and any "nbf" in the past, and its "sub" is a uuid.  The
+ * header must not carry "crit" at all, whatever its value.  When
+ * dalgo.jwt_issuer is set, "iss" must equal it; when dalgo.jwt_audience is
+ * set, "aud" (a string or an array of strings) must name it.  Every failure
+ * is reported the same way, as false: callers must not tell a user which
+ * check failed.
  *
  * JSON is parsed with the backend's pg_parse_json, which reports malformed
- * input as a return code rather than an error.  Its only throwing path is a
- * stack-depth check on deep nesting, so inputs are first scanned for their
- * nesting depth.
+ * input as a return code rather than an error.  It has two throwing paths:
+ * a stack-depth check on deep nesting, so inputs are first scanned for
+ * their nesting depth; and the conversion of a \u escape to the server
+ * encoding, which fails in a database that is not UTF-8 for characters the
+ * encoding lacks, so there escapes of non-ASCII characters are first
+ * replaced by \u0001 (no name or value dalgo compares can contain it).
  */
 #include "dalgo.h"
 
@@ -37,11 +43,23 @@ typedef struct TopFieldsState
 	bool		top_is_object;
 	int			nfields;
 	const char *const *names;
-	char	  **values;
-	bool	   *is_string;
-	int		   *counts;
+	DalgoJsonField *fields;
 	int			pending;		/* field whose value comes next, or -1 */
+	int			in_array;		/* field whose array value is being read, or -1 */
 } TopFieldsState;
+
+/* Value of one hexadecimal digit, or -1. */
+static inline int
+hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
 
 /* Return true if json nests objects and arrays at most max_depth deep. */
 bool
@@ -77,7 +95,7 @@ dalgo_json_depth_ok(const char *json, size_t len, int max_depth)
 	return true;
 }
 
-/* JSON callback: an object starts. */
+/* JSON callback: an object starts (inside a wanted array, a non-string element). */
 static void
 top_fields_object_start(void *state)
 {
@@ -85,6 +103,8 @@ top_fields_object_start(void *state)
 
 	if (st->depth == 0)
 		st->top_is_object = true;
+	if (st->in_array >= 0 && st->depth == 2)
+		st->fields[st->in_array].elements_ok = false;
 	st->pending = -1;
 	st->depth++;
 }
@@ -93,15 +113,27 @@ top_fields_object_start(void *state)
 static void
 top_fields_end(void *state)
 {
-	((TopFieldsState *) state)->depth--;
+	TopFieldsState *st = (TopFieldsState *) state;
+
+	st->depth--;
+	if (st->depth == 1)
+		st->in_array = -1;
 }
 
-/* JSON callback: an array starts (a wanted field with an array value stays unset). */
+/* JSON callback: an array starts; the value of a wanted field is read element by element. */
 static void
 top_fields_array_start(void *state)
 {
 	TopFieldsState *st = (TopFieldsState *) state;
 
+	if (st->pending >= 0 && st->depth == 1)
+	{
+		st->fields[st->pending].is_array = true;
+		st->fields[st->pending].elements_ok = true;
+		st->in_array = st->pending;
+	}
+	else if (st->in_array >= 0 && st->depth == 2)
+		st->fields[st->in_array].elements_ok = false;
 	st->pending = -1;
 	st->depth++;
 }
@@ -113,20 +145,20 @@ top_fields_field_start(void *state, char *fname, bool isnull)
 	TopFieldsState *st = (TopFieldsState *) state;
 
 	st->pending = -1;
-	if (st->depth != 1)
+	if (st->depth != 1 || fname == NULL)
 		return;
 	for (int i = 0; i < st->nfields; i++)
 	{
 		if (strcmp(fname, st->names[i]) == 0)
 		{
-			st->counts[i]++;
+			st->fields[i].count++;
 			st->pending = i;
 			break;
 		}
 	}
 }
 
-/* JSON callback: a scalar; store it if it is the value of a wanted field. */
+/* JSON callback: a scalar; store it if it is the value or an element of a wanted field. */
 static void
 top_fields_scalar(void *state, char *token, JsonTokenType tokentype)
 {
@@ -134,10 +166,160 @@ top_fields_scalar(void *state, char *token, JsonTokenType tokentype)
 
 	if (st->pending >= 0 && st->depth == 1)
 	{
-		st->values[st->pending] = token;
-		st->is_string[st->pending] = (tokentype == JSON_TOKEN_STRING);
+		st->fields[st->pending].value = token;
+		st->fields[st->pending].is_string = (tokentype == JSON_TOKEN_STRING);
+	}
+	else if (st->in_array >= 0 && st->depth == 2)
+	{
+		DalgoJsonField *f = &st->fields[st->in_array];
+
+		if (tokentype == JSON_TOKEN_STRING && token != NULL)
+			f->elements = lappend(f->elements, token);
+		else
+			f->elements_ok = false;
 	}
 	st->pending = -1;
+}
+
+/*
+ * In a database that is not UTF-8, return a copy of json in which every
+ * \u escape of a non-ASCII character (a surrogate pair counts as one) is
+ * \u0001, so that the parser never has to convert it to the server
+ * encoding, which raises an error for characters the encoding lacks.
+ * Lone surrogates and malformed escapes are left for the parser to refuse.
+ * Returns json itself when nothing needs replacing.
+ */
+static const char *
+ascii_escapes_only(const char *json, size_t len, size_t *newlen)
+{
+	StringInfoData buf;
+	bool		in_string = false;
+	bool		changed = false;
+
+	*newlen = len;
+	if (GetDatabaseEncoding() == PG_UTF8 || memchr(json, '\\', len) == NULL)
+		return json;
+
+	initStringInfo(&buf);
+	for (size_t i = 0; i < len; i++)
+	{
+		char		c = json[i];
+
+		if (!in_string)
+		{
+			if (c == '"')
+				in_string = true;
+			appendStringInfoChar(&buf, c);
+			continue;
+		}
+		if (c == '"')
+		{
+			in_string = false;
+			appendStringInfoChar(&buf, c);
+			continue;
+		}
+		if (c != '\\' || i + 1 >= len)
+		{
+			appendStringInfoChar(&buf, c);
+			continue;
+		}
+		if (json[i + 1] == 'u' && i + 6 <= len)
+		{
+			int			code = 0;
+			bool		hex = true;
+
+			for (int k = 2; k < 6; k++)
+			{
+				int			v = hex_digit(json[i + k]);
+
+				if (v < 0)
+					hex = false;
+				code = (code << 4) | Max(v, 0);
+			}
+			if (hex && code >= 0x80 && (code < 0xD800 || code > 0xDFFF))
+			{
+				appendStringInfoString(&buf, "\\u0001");
+				i += 5;
+				changed = true;
+				continue;
+			}
+			if (hex && code >= 0xD800 && code <= 0xDBFF && i + 12 <= len &&
+				json[i + 6] == '\\' && json[i + 7] == 'u')
+			{
+				int			low = 0;
+				bool		lowhex = true;
+
+				for (int k = 8; k < 12; k++)
+				{
+					int			v = hex_digit(json[i + k]);
+
+					if (v < 0)
+						lowhex = false;
+					low = (low << 4) | Max(v, 0);
+				}
+				if (lowhex && low >= 0xDC00 && low <= 0xDFFF)
+				{
+					appendStringInfoString(&buf, "\\u0001");
+					i += 11;
+					changed = true;
+					continue;
+				}
+			}
+		}
+		/* Any other escape: copy it whole, so an escaped backslash stays one. */
+		appendStringInfoChar(&buf, c);
+		appendStringInfoChar(&buf, json[i + 1]);
+		i++;
+	}
+	if (!changed)
+	{
+		pfree(buf.data);
+		return json;
+	}
+	*newlen = buf.len;
+	return buf.data;
+}
+
+/*
+ * Read top-level fields of a JSON object without raising errors.
+ *
+ * fields[i] describes names[i]: how often it appears, its scalar text
+ * (JSON null comes back as "null" with is_string false), or for an array
+ * its string elements.  Returns false if json is not a well-formed object
+ * or is nested too deeply.
+ */
+bool
+dalgo_json_fields(const char *json, size_t len, int nfields,
+				  const char *const *names, DalgoJsonField *fields)
+{
+	JsonLexContext *lex;
+	JsonSemAction sem;
+	TopFieldsState st;
+
+	memset(fields, 0, sizeof(DalgoJsonField) * nfields);
+	if (len > DALGO_MAX_TOKEN_LEN || !dalgo_json_depth_ok(json, len, DALGO_MAX_JSON_DEPTH))
+		return false;
+	json = ascii_escapes_only(json, len, &len);
+
+	memset(&st, 0, sizeof(st));
+	st.nfields = nfields;
+	st.names = names;
+	st.fields = fields;
+	st.pending = -1;
+	st.in_array = -1;
+
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = &st;
+	sem.object_start = top_fields_object_start;
+	sem.object_end = top_fields_end;
+	sem.array_start = top_fields_array_start;
+	sem.array_end = top_fields_end;
+	sem.object_field_start = top_fields_field_start;
+	sem.scalar = top_fields_scalar;
+
+	lex = makeJsonLexContextCstringLen(unconstify(char *, json), (int) len,
+									   GetDatabaseEncoding(), true);
+	return pg_parse_json(lex, &sem) == JSON_SUCCESS && st.top_is_object;
 }
 
 /*
@@ -152,43 +334,18 @@ bool
 dalgo_json_top_fields(const char *json, size_t len, int nfields,
 					  const char *const *names, char **values, bool *is_string)
 {
-	JsonLexContext *lex;
-	JsonSemAction sem;
-	TopFieldsState st;
+	DalgoJsonField *fields = palloc(sizeof(DalgoJsonField) * nfields);
+	bool		ok = dalgo_json_fields(json, len, nfields, names, fields);
 
-	if (len > DALGO_MAX_TOKEN_LEN || !dalgo_json_depth_ok(json, len, DALGO_MAX_JSON_DEPTH))
-		return false;
-
-	memset(&st, 0, sizeof(st));
-	st.nfields = nfields;
-	st.names = names;
-	st.values = values;
-	st.is_string = is_string;
-	st.counts = palloc0(sizeof(int) * nfields);
-	st.pending = -1;
 	for (int i = 0; i < nfields; i++)
 	{
-		values[i] = NULL;
-		is_string[i] = false;
+		values[i] = ok ? fields[i].value : NULL;
+		is_string[i] = ok && fields[i].is_string;
+		if (fields[i].count > 1)
+			ok = false;
 	}
-
-	memset(&sem, 0, sizeof(sem));
-	sem.semstate = &st;
-	sem.object_start = top_fields_object_start;
-	sem.object_end = top_fields_end;
-	sem.array_start = top_fields_array_start;
-	sem.array_end = top_fields_end;
-	sem.object_field_start = top_fields_field_start;
-	sem.scalar = top_fields_scalar;
-
-	lex = makeJsonLexContextCstringLen(unconstify(char *, json), (int) len,
-									   GetDatabaseEncoding(), true);
-	if (pg_parse_json(lex, &sem) != JSON_SUCCESS || !st.top_is_object)
-		return false;
-	for (int i = 0; i < nfields; i++)
-		if (st.counts[i] > 1)
-			return false;
-	return true;
+	pfree(fields);
+	return ok;
 }
 
 /* Decode unpadded base64url; returns the length, or -1 for invalid input. */
@@ -291,15 +448,46 @@ hmac_sha256(const char *secret, const char *data, size_t datalen, uint8 *mac)
 	pg_hmac_free(ctx);
 }
 
+/* True if an aud claim (a string, or an array of strings) names audience. */
+static bool
+audience_matches(const DalgoJsonField *aud, const char *audience)
+{
+	ListCell   *lc;
+
+	if (aud->count != 1)
+		return false;
+	if (aud->is_string)
+		return aud->value != NULL && strcmp(aud->value, audience) == 0;
+	if (!aud->is_array || !aud->elements_ok)
+		return false;
+	foreach(lc, aud->elements)
+	{
+		if (strcmp((const char *) lfirst(lc), audience) == 0)
+			return true;
+	}
+	return false;
+}
+
 /*
  * Verify an HS256 token under secret; on success store its subject.
- * Returns false on any failure, without saying which.
+ * audience and issuer, when not NULL or empty, must be named by the
+ * token's aud and iss claims.  Returns false on any failure, without
+ * saying which.
  */
 bool
-dalgo_jwt_verify_hs256(const char *token, const char *secret, pg_uuid_t *subject)
+dalgo_jwt_verify_hs256(const char *token, const char *secret, const char *audience,
+					   const char *issuer, pg_uuid_t *subject)
 {
 	static const char *const header_fields[] = {"alg", "crit"};
-	static const char *const claim_fields[] = {"sub", "exp", "nbf"};
+	static const char *const claim_fields[] = {"sub", "exp", "nbf", "aud", "iss"};
+	enum
+	{
+		H_ALG, H_CRIT, H_N
+	};
+	enum
+	{
+		C_SUB, C_EXP, C_NBF, C_AUD, C_ISS, C_N
+	};
 	const char *dot1;
 	const char *dot2;
 	size_t		toklen;
@@ -310,10 +498,8 @@ dalgo_jwt_verify_hs256(const char *token, const char *secret, pg_uuid_t *subject
 	int			payload_len;
 	int			sig_len;
 	uint8		mac[PG_SHA256_DIGEST_LENGTH];
-	char	   *hvalues[2];
-	bool		hstring[2];
-	char	   *cvalues[3];
-	bool		cstring[3];
+	DalgoJsonField h[H_N];
+	DalgoJsonField c[C_N];
 	double		exp;
 	double		nbf;
 	double		now;
@@ -342,24 +528,36 @@ dalgo_jwt_verify_hs256(const char *token, const char *secret, pg_uuid_t *subject
 	if (!constant_time_equal(mac, (const uint8 *) sig, PG_SHA256_DIGEST_LENGTH))
 		return false;
 
-	if (!dalgo_json_top_fields(header, header_len, 2, header_fields, hvalues, hstring))
+	/* Header: alg exactly HS256, once; no crit in any form (array, object, null, ...). */
+	if (!dalgo_json_fields(header, header_len, H_N, header_fields, h))
 		return false;
-	if (hvalues[0] == NULL || !hstring[0] || strcmp(hvalues[0], "HS256") != 0)
+	if (h[H_ALG].count != 1 || h[H_ALG].value == NULL || !h[H_ALG].is_string ||
+		strcmp(h[H_ALG].value, "HS256") != 0)
 		return false;
-	if (hvalues[1] != NULL)
+	if (h[H_CRIT].count != 0)
 		return false;
 
-	if (!dalgo_json_top_fields(payload, payload_len, 3, claim_fields, cvalues, cstring))
+	/* Claims: each wanted claim at most once; sub a uuid. */
+	if (!dalgo_json_fields(payload, payload_len, C_N, claim_fields, c))
 		return false;
-	if (cvalues[0] == NULL || !cstring[0] ||
-		!dalgo_parse_uuid(cvalues[0], strlen(cvalues[0]), subject))
+	for (int i = 0; i < C_N; i++)
+		if (c[i].count > 1)
+			return false;
+	if (c[C_SUB].value == NULL || !c[C_SUB].is_string ||
+		!dalgo_parse_uuid(c[C_SUB].value, strlen(c[C_SUB].value), subject))
 		return false;
 
 	now = (double) timestamptz_to_time_t(GetCurrentTimestamp());
-	if (!parse_numeric_date(cvalues[1], cstring[1], &exp) || now >= exp)
+	if (!parse_numeric_date(c[C_EXP].value, c[C_EXP].is_string, &exp) || now >= exp)
 		return false;
-	if (cvalues[2] != NULL &&
-		(!parse_numeric_date(cvalues[2], cstring[2], &nbf) || now < nbf))
+	if (c[C_NBF].count > 0 &&
+		(!parse_numeric_date(c[C_NBF].value, c[C_NBF].is_string, &nbf) || now < nbf))
+		return false;
+
+	if (issuer != NULL && issuer[0] != '\0' &&
+		(c[C_ISS].value == NULL || !c[C_ISS].is_string || strcmp(c[C_ISS].value, issuer) != 0))
+		return false;
+	if (audience != NULL && audience[0] != '\0' && !audience_matches(&c[C_AUD], audience))
 		return false;
 	return true;
 }

@@ -47,6 +47,7 @@ PG_FUNCTION_INFO_V1(dalgo_org_role);
 PG_FUNCTION_INFO_V1(dalgo_current_org_ids);
 PG_FUNCTION_INFO_V1(dalgo_membership_changed);
 PG_FUNCTION_INFO_V1(dalgo_caller_may_sql);
+PG_FUNCTION_INFO_V1(dalgo_live_owner_count);
 
 typedef struct MembershipEntry
 {
@@ -56,7 +57,8 @@ typedef struct MembershipEntry
 
 typedef struct MembershipCache
 {
-	bool		valid;			/* cleared by the relcache callback */
+	bool		valid;			/* set only after a complete load */
+	uint64		generation;		/* bumped by every relevant invalidation */
 	bool		has_user;		/* built for a user (else: no identity) */
 	pg_uuid_t	user;
 	int			nentries;
@@ -78,7 +80,10 @@ membership_relcache_callback(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == cache.users_relid ||
 		relid == cache.orgs_relid || relid == cache.members_relid)
+	{
 		cache.valid = false;
+		cache.generation++;
+	}
 }
 
 /* Order entries by organization id. */
@@ -280,19 +285,27 @@ ensure_cache(void)
 		return has_user;
 
 	/*
-	 * Mark valid before reading: an invalidation that arrives while the
-	 * tables are being read clears the flag again, and the load repeats.
+	 * The cache is valid only once a load has completed with no invalidation
+	 * arriving meanwhile.  A load that fails (a timeout, a cancel, out of
+	 * memory) leaves it invalid, so the next call loads it again; one that
+	 * an invalidation overtook is repeated.
 	 */
-	do
+	for (;;)
 	{
-		cache.valid = true;
-		resolve_oids();
-		cache.has_user = has_user;
-		cache.user = user;
+		uint64		generation;
+
+		cache.valid = false;
 		cache.nentries = 0;
+		generation = cache.generation;
+		resolve_oids();
 		if (has_user)
 			load_memberships(&user);
-	} while (!cache.valid);
+		if (cache.generation == generation)
+			break;
+	}
+	cache.has_user = has_user;
+	cache.user = user;
+	cache.valid = true;
 
 	return has_user;
 }
@@ -390,17 +403,22 @@ dalgo_current_org_ids(PG_FUNCTION_ARGS)
 	PG_RETURN_ARRAYTYPE_P(construct_array(elems, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
 }
 
-/* Trigger: after a statement changes membership data, invalidate the caches. */
+/*
+ * Trigger: after a statement (or, where only row triggers fire, a row)
+ * changes membership data, invalidate the caches.  A logical-replication
+ * apply worker fires row triggers only, so on a subscriber the row form
+ * does the work; repeated invalidations of one relation within a command
+ * are merged by PostgreSQL.
+ */
 Datum
 dalgo_membership_changed(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
-		!TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(trigdata->tg_event))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("membership_changed() must be fired AFTER ... FOR EACH STATEMENT")));
+				 errmsg("membership_changed() must be fired AFTER ... FOR EACH STATEMENT or ROW")));
 	CacheInvalidateRelcache(trigdata->tg_relation);
 	return PointerGetDatum(NULL);
 }
@@ -441,4 +459,82 @@ dalgo_caller_may_sql(PG_FUNCTION_ARGS)
 	(void) ensure_cache();
 	min_role = role_argument(PG_GETARG_DATUM(1));
 	PG_RETURN_BOOL(dalgo_caller_may(PG_GETARG_UUID_P(0), min_role));
+}
+
+/*
+ * SQL: dalgo.live_owner_count(organization_id uuid, except_membership uuid):
+ * the live owner memberships of active, live users in the organization,
+ * leaving out the membership except_membership, counted under a snapshot
+ * taken now rather than the transaction's.  guard_membership calls it once
+ * it holds the organization row's lock: every concurrent owner removal
+ * takes that lock too, so whatever committed before the lock was granted
+ * is counted, under any isolation level.  A REPEATABLE READ or
+ * SERIALIZABLE transaction's own snapshot may predate such a removal.
+ */
+Datum
+dalgo_live_owner_count(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *org;
+	pg_uuid_t  *except = NULL;
+	Oid			members_relid;
+	Relation	members;
+	TupleDesc	desc;
+	AttrNumber	org_att,
+				id_att,
+				user_att,
+				role_att,
+				deleted_att;
+	Oid			owner_oid;
+	Snapshot	snapshot;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	int32		count = 0;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	org = PG_GETARG_UUID_P(0);
+	if (!PG_ARGISNULL(1))
+		except = PG_GETARG_UUID_P(1);
+
+	resolve_oids();
+	owner_oid = cache.role_oids[DALGO_ROLE_OWNER - 1];
+	members_relid = cache.members_relid;
+	org_att = dalgo_attnum(members_relid, "organization_id");
+	id_att = dalgo_attnum(members_relid, "id");
+	user_att = dalgo_attnum(members_relid, "user_id");
+	role_att = dalgo_attnum(members_relid, "role");
+	deleted_att = dalgo_attnum(members_relid, "deleted_at");
+
+	/* This command's own earlier changes (other rows of the statement) count too. */
+	CommandCounterIncrement();
+	snapshot = dalgo_latest_snapshot();
+	members = table_open(members_relid, AccessShareLock);
+	desc = RelationGetDescr(members);
+	scan = dalgo_begin_uuid_scan(members,
+								 dalgo_relation_oid("organization_members_organization_id_idx"),
+								 org_att, org, &key, snapshot);
+	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		bool		isnull;
+		Datum		d;
+
+		CHECK_FOR_INTERRUPTS();
+		(void) heap_getattr(tuple, deleted_att, desc, &isnull);
+		if (!isnull)
+			continue;
+		d = heap_getattr(tuple, role_att, desc, &isnull);
+		if (isnull || DatumGetObjectId(d) != owner_oid)
+			continue;
+		d = heap_getattr(tuple, id_att, desc, &isnull);
+		if (except != NULL && memcmp(DatumGetUUIDP(d), except, UUID_LEN) == 0)
+			continue;
+		d = heap_getattr(tuple, user_att, desc, &isnull);
+		if (dalgo_user_is_active(DatumGetUUIDP(d), NULL, snapshot))
+			count++;
+	}
+	systable_endscan(scan);
+	table_close(members, AccessShareLock);
+	UnregisterSnapshot(snapshot);
+	PG_RETURN_INT32(count);
 }

@@ -12,6 +12,7 @@
 
 #include "catalog/pg_type.h"
 #include "mb/pg_wchar.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/numeric.h"
@@ -32,12 +33,50 @@ append_columns(StringInfo out, List *columns, const char *prefix)
 
 	foreach(lc, columns)
 	{
+		CHECK_FOR_INTERRUPTS();
 		if (!first)
 			appendStringInfoString(out, ", ");
 		first = false;
 		appendStringInfoString(out, prefix);
 		recipe_append_ident(out, ((RecipeColumn *) lfirst(lc))->name);
 	}
+}
+
+/* The generated SQL must stay under max_sql_bytes. */
+static void
+check_sql_size(RecipeCompiler *rc, int64 len)
+{
+	if (len > RECIPE_MAX_SQL_BYTES)
+		recipe_limit_error(rc, NULL, "the size in bytes of the generated SQL", len,
+						   "max_sql_bytes", RECIPE_MAX_SQL_BYTES);
+}
+
+/* A step's output must have at most max_columns columns. */
+static void
+check_column_count(RecipeCompiler *rc, const char *field, int n)
+{
+	if (n > RECIPE_MAX_COLUMNS)
+		recipe_limit_error(rc, field, "the number of output columns", n, "max_columns", RECIPE_MAX_COLUMNS);
+}
+
+/*
+ * Type-check the chain up to CTE _s<cte> (recipe_analyze_output), at most
+ * max_type_checks times per recipe: each check parses the whole chain.
+ * The columns keep their weights.
+ */
+static void
+analyze_output(RecipeCompiler *rc, int cte)
+{
+	List	   *before = rc->columns;
+	ListCell   *a;
+	ListCell   *b;
+
+	if (++rc->analyzed > RECIPE_MAX_ANALYZE)
+		recipe_limit_error(rc, NULL, "the number of union or sql steps that type-check the steps before them",
+						   rc->analyzed, "max_type_checks", RECIPE_MAX_ANALYZE);
+	recipe_analyze_output(rc, cte);
+	forboth(a, rc->columns, b, before)
+		((RecipeColumn *) lfirst(a))->weight = ((RecipeColumn *) lfirst(b))->weight;
 }
 
 /* The previous CTE's name. */
@@ -60,7 +99,8 @@ column_names(RecipeCompiler *rc, JsonbValue *v, const char *field, int min_items
 		char	   *f = psprintf("%s[%d]", field, i);
 		RecipeColumn *c = recipe_require_column(rc, f, recipe_name(rc, recipe_item(arr, i), f));
 
-		if (list_member_ptr(result, c))
+		CHECK_FOR_INTERRUPTS();
+		if (recipe_find_column(result, c->name) != NULL)
 			recipe_error(rc, f, "column \"%s\" is listed twice", c->name);
 		result = lappend(result, c);
 	}
@@ -94,7 +134,17 @@ static void
 emit_drop(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 {
 	List	   *dropped = column_names(rc, recipe_get(step, "columns"), "columns", 1);
-	List	   *kept = list_difference_ptr(rc->columns, dropped);
+	List	   *kept = NIL;
+	ListCell   *lc;
+
+	foreach(lc, rc->columns)
+	{
+		RecipeColumn *c = lfirst(lc);
+
+		CHECK_FOR_INTERRUPTS();
+		if (recipe_find_column(dropped, c->name) == NULL)
+			kept = lappend(kept, c);
+	}
 
 	if (kept == NIL)
 		recipe_error(rc, "columns", "cannot drop every column");
@@ -114,9 +164,15 @@ require_mapped_columns(RecipeCompiler *rc, JsonbContainer *map, const char *verb
 
 	if (JsonContainerSize(map) == 0)
 		recipe_error(rc, "columns", "needs at least one column to %s", verb);
+	if (JsonContainerSize(map) > RECIPE_MAX_ITEMS)
+		recipe_limit_error(rc, "columns", "the number of items", JsonContainerSize(map),
+						   "max_list_items", RECIPE_MAX_ITEMS);
 	while ((tok = JsonbIteratorNext(&it, &k, true)) != WJB_DONE)
+	{
+		CHECK_FOR_INTERRUPTS();
 		if (tok == WJB_KEY)
 			(void) recipe_require_column(rc, "columns", pnstrdup(k.val.string.val, k.val.string.len));
+	}
 }
 
 /* rename: {old: new}, each in its original position. */
@@ -134,7 +190,9 @@ emit_rename(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 		RecipeColumn *c = lfirst(lc);
 		JsonbValue *to = recipe_get(map, c->name);
 		char	   *name = c->name;
+		RecipeColumn *renamed;
 
+		CHECK_FOR_INTERRUPTS();
 		if (lc != list_head(rc->columns))
 			appendStringInfoString(out, ", ");
 		recipe_append_ident(out, c->name);
@@ -148,7 +206,9 @@ emit_rename(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 		}
 		if (recipe_find_column(result, name) != NULL)
 			recipe_error(rc, "columns", "column \"%s\" would appear twice", name);
-		result = lappend(result, recipe_new_column(name, c->type, c->typmod));
+		renamed = recipe_new_column(name, c->type, c->typmod);
+		renamed->weight = c->weight;
+		result = lappend(result, renamed);
 	}
 	appendStringInfo(out, " FROM %s", prev(rc));
 	rc->columns = result;
@@ -169,6 +229,7 @@ emit_cast(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 		RecipeColumn *c = lfirst(lc);
 		JsonbValue *to = recipe_get(map, c->name);
 
+		CHECK_FOR_INTERRUPTS();
 		if (lc != list_head(rc->columns))
 			appendStringInfoString(out, ", ");
 		if (to == NULL)
@@ -188,22 +249,30 @@ emit_cast(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 			appendStringInfo(out, " AS %s) AS ", canonical);
 			recipe_append_ident(out, c->name);
 			result = lappend(result, recipe_new_column(c->name, type, typmod));
+			((RecipeColumn *) llast(result))->weight = c->weight + 1;
 		}
 	}
 	appendStringInfo(out, " FROM %s", prev(rc));
 	rc->columns = result;
 }
 
-/* Steps that add one computed column: SELECT <all>, <expr> AS "as" FROM prev. */
+/*
+ * Steps that add one computed column: SELECT <all>, <expr> AS "as" FROM
+ * prev.  The new column weighs what the column references made so far in
+ * this step weigh (its expression's), plus one.
+ */
 static void
 finish_added_column(RecipeCompiler *rc, StringInfo out, const char *expr, const char *name, Oid type)
 {
+	RecipeColumn *c = recipe_new_column(name, type, -1);
+
+	c->weight = rc->ref_weight + 1;
 	appendStringInfoString(out, "SELECT ");
 	append_columns(out, rc->columns, "");
 	appendStringInfo(out, ", %s AS ", expr);
 	recipe_append_ident(out, name);
 	appendStringInfo(out, " FROM %s", prev(rc));
-	rc->columns = lappend(list_copy(rc->columns), recipe_new_column(name, type, -1));
+	rc->columns = lappend(list_copy(rc->columns), c);
 }
 
 /* arithmetic: add/sub/mul/div over operands. */
@@ -226,6 +295,7 @@ emit_arithmetic(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 	{
 		char	   *f = psprintf("operands[%d]", i);
 
+		CHECK_FOR_INTERRUPTS();
 		if (i > 0)
 			appendStringInfoString(&e, addsub ? (op[0] == 'a' ? " + " : " - ") : div ? " / " : " * ");
 		if (addsub)
@@ -275,9 +345,11 @@ emit_concat(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 	StringInfoData e;
 
 	initStringInfo(&e);
-	appendStringInfoString(&e, "CONCAT(");
+	/* CONCAT that refuses to build a value over max_value_bytes */
+	appendStringInfoString(&e, "dalgo_recipe.concat(");
 	for (int i = 0; i < n; i++)
 	{
+		CHECK_FOR_INTERRUPTS();
 		if (i > 0)
 			appendStringInfoString(&e, ", ");
 		recipe_append_operand(rc, &e, recipe_item(parts, i), psprintf("parts[%d]", i), "");
@@ -308,7 +380,8 @@ static void
 emit_flatten_json(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 {
 	RecipeColumn *src = recipe_require_column(rc, "column", recipe_name(rc, recipe_get(step, "column"), "column"));
-	JsonbContainer *keys = recipe_array(rc, recipe_get(step, "keys"), "keys", 1, -1);
+	JsonbContainer *keys = recipe_array_limited(rc, recipe_get(step, "keys"), "keys", 1, -1,
+												"the number of keys", "max_flatten_keys", RECIPE_MAX_KEYS);
 	bool		keep = recipe_bool(rc, recipe_get(step, "keep_source"), "keep_source", false);
 	List	   *result = NIL;
 	ListCell   *lc;
@@ -320,28 +393,37 @@ emit_flatten_json(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 		if (keep || lfirst(lc) != src)
 			result = lappend(result, lfirst(lc));
 	append_columns(&sel, result, "");
+	if (list_length(result) + n > RECIPE_MAX_COLUMNS)
+		recipe_limit_error(rc, "keys", "the number of output columns", list_length(result) + n,
+						   "max_columns", RECIPE_MAX_COLUMNS);
 	for (int i = 0; i < n; i++)
 	{
 		char	   *f = psprintf("keys[%d]", i);
 		char	   *key = recipe_string(rc, recipe_item(keys, i), f);
 		char	   *base = flattened_name(src->name, key);
 		char	   *name = base;
+		RecipeColumn *c;
 
+		CHECK_FOR_INTERRUPTS();
+		if (strlen(base) + 2 >= NAMEDATALEN)
+			recipe_error(rc, f, "column name \"%s\" would be longer than %d bytes", base, NAMEDATALEN - 1);
+		/* a hash lookup per candidate: linear in the number of keys */
 		for (char suffix = 'b'; recipe_find_column(result, name) != NULL; suffix++)
 		{
 			if (suffix > 'z')
 				recipe_error(rc, f, "too many columns named \"%s\"", base);
 			name = psprintf("%s_%c", base, suffix);
 		}
-		if (strlen(name) >= NAMEDATALEN)
-			recipe_error(rc, f, "column name \"%s\" would be longer than %d bytes", name, NAMEDATALEN - 1);
 		if (sel.len > 0)
 			appendStringInfoString(&sel, ", ");
 		appendStringInfoString(&sel, "(");
 		recipe_append_ident(&sel, src->name);
 		appendStringInfo(&sel, "::jsonb) ->> %s AS ", quote_literal_cstr(key));
 		recipe_append_ident(&sel, name);
-		result = lappend(result, recipe_new_column(name, TEXTOID, -1));
+		c = recipe_new_column(name, TEXTOID, -1);
+		c->weight = src->weight + 1;
+		rc->ref_weight += src->weight;
+		result = lappend(result, c);
 	}
 	appendStringInfo(out, "SELECT %s FROM %s", sel.data, prev(rc));
 	rc->columns = result;
@@ -368,11 +450,13 @@ finish_rewrite(RecipeCompiler *rc, JsonbContainer *step, StringInfo out, RecipeC
 
 		if (lc != list_head(rc->columns))
 			appendStringInfoString(out, ", ");
+		CHECK_FOR_INTERRUPTS();
 		if (c == src)
 		{
 			appendStringInfo(out, "%s AS ", expr);
 			recipe_append_ident(out, c->name);
 			result = lappend(result, recipe_new_column(c->name, TEXTOID, -1));
+			((RecipeColumn *) llast(result))->weight = rc->ref_weight + 1;
 		}
 		else
 		{
@@ -400,34 +484,45 @@ emit_regex_extract(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 	finish_rewrite(rc, step, out, src, e.data);
 }
 
-/* replace: find/replace pairs, applied in order. */
+/*
+ * replace: find/replace pairs, applied in order.  The nested calls are
+ * emitted in one pass (all the openings, the column, then each pair's
+ * arguments), so the SQL grows linearly with the pairs.  A pair whose
+ * replacement is longer than what it finds can grow the value: it calls
+ * dalgo_recipe.replace, which refuses a result over max_value_bytes.
+ */
 static void
 emit_replace(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 {
 	static const char *const pairkeys[] = {"find", "replace", NULL};
 	RecipeColumn *src = recipe_require_column(rc, "column", recipe_name(rc, recipe_get(step, "column"), "column"));
-	JsonbContainer *pairs = recipe_array(rc, recipe_get(step, "pairs"), "pairs", 1, -1);
+	JsonbContainer *pairs = recipe_array_limited(rc, recipe_get(step, "pairs"), "pairs", 1, -1,
+												 "the number of pairs", "max_replace_pairs", RECIPE_MAX_PAIRS);
 	int			n = JsonContainerSize(pairs);
+	char	  **finds = palloc(sizeof(char *) * n);
+	char	  **repls = palloc(sizeof(char *) * n);
 	StringInfoData e;
-	StringInfoData inner;
 
-	initStringInfo(&inner);
-	recipe_append_ident(&inner, src->name);
 	for (int i = 0; i < n; i++)
 	{
 		char	   *f = psprintf("pairs[%d]", i);
 		JsonbContainer *pair = recipe_object(rc, recipe_item(pairs, i), f);
-		char	   *find;
-		char	   *repl;
 
+		CHECK_FOR_INTERRUPTS();
 		recipe_check_keys(rc, pair, f, pairkeys);
-		find = recipe_string(rc, recipe_get(pair, "find"), psprintf("%s.find", f));
-		repl = recipe_string(rc, recipe_get(pair, "replace"), psprintf("%s.replace", f));
-		initStringInfo(&e);
-		appendStringInfo(&e, "REPLACE(%s,%s,%s)", inner.data, quote_literal_cstr(find), quote_literal_cstr(repl));
-		inner = e;
+		finds[i] = recipe_string(rc, recipe_get(pair, "find"), psprintf("%s.find", f));
+		repls[i] = recipe_string(rc, recipe_get(pair, "replace"), psprintf("%s.replace", f));
 	}
-	finish_rewrite(rc, step, out, src, inner.data);
+	initStringInfo(&e);
+	for (int i = n - 1; i >= 0; i--)
+		appendStringInfoString(&e, strlen(repls[i]) > strlen(finds[i]) ? "dalgo_recipe.replace(" : "REPLACE(");
+	recipe_append_ident(&e, src->name);
+	for (int i = 0; i < n; i++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		appendStringInfo(&e, ",%s,%s)", quote_literal_cstr(finds[i]), quote_literal_cstr(repls[i]));
+	}
+	finish_rewrite(rc, step, out, src, e.data);
 }
 
 /* filter: rows matching all (or any) conditions. */
@@ -446,6 +541,7 @@ emit_filter(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 	appendStringInfo(out, " FROM %s WHERE (", prev(rc));
 	for (int i = 0; i < n; i++)
 	{
+		CHECK_FOR_INTERRUPTS();
 		if (i > 0)
 			appendStringInfoString(out, match[1] == 'l' ? " AND " : " OR ");
 		recipe_append_condition(rc, out, recipe_item(conds, i), psprintf("conditions[%d]", i), "");
@@ -510,6 +606,7 @@ emit_group(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 	append_columns(out, by, "");
 	for (int i = 0; i < n; i++)
 	{
+		CHECK_FOR_INTERRUPTS();
 		if (i > 0 || by != NIL)
 			appendStringInfoString(out, ", ");
 		append_aggregate(rc, out, recipe_item(aggs, i), psprintf("aggregates[%d]", i), &result);
@@ -537,6 +634,7 @@ emit_aggregate(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 	initStringInfo(&inner);
 	for (int i = 0; i < n; i++)
 	{
+		CHECK_FOR_INTERRUPTS();
 		if (i > 0)
 			appendStringInfoString(&inner, ", ");
 		append_aggregate(rc, &inner, recipe_item(aggs, i), psprintf("aggregates[%d]", i), &result);
@@ -545,6 +643,7 @@ emit_aggregate(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 	append_columns(out, rc->columns, psprintf("%s.", p));
 	for (int i = first_new; i < list_length(result); i++)
 	{
+		CHECK_FOR_INTERRUPTS();
 		appendStringInfoString(out, ", a.");
 		recipe_append_ident(out, ((RecipeColumn *) list_nth(result, i))->name);
 	}
@@ -569,6 +668,7 @@ emit_case(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 		char	   *f = psprintf("when[%d]", i);
 		JsonbContainer *w = recipe_object(rc, recipe_item(whens, i), f);
 
+		CHECK_FOR_INTERRUPTS();
 		recipe_check_keys(rc, w, f, whenkeys);
 		appendStringInfoString(&e, " WHEN ");
 		recipe_append_condition(rc, &e, recipe_get(w, "if"), psprintf("%s.if", f), "");
@@ -609,7 +709,7 @@ emit_join(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 		recipe_error(rc, "how", "must be inner, left, right or full");
 
 	initStringInfo(&cond);
-	for (int i = 0; i < (int) JsonContainerSize(on); i++)
+	for (int i = 0; i < (int) JsonContainerSize(on); i++)	/* on: at most max_list_items */
 	{
 		char	   *f = psprintf("on[%d]", i);
 		JsonbContainer *pair = recipe_object(rc, recipe_item(on, i), f);
@@ -618,6 +718,7 @@ emit_join(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 		RecipeColumn *l;
 		RecipeColumn *r;
 
+		CHECK_FOR_INTERRUPTS();
 		recipe_check_keys(rc, pair, f, onkeys);
 		l = recipe_require_column(rc, fl, recipe_name(rc, recipe_get(pair, "left"), fl));
 		rc->columns = right_cols;
@@ -643,7 +744,10 @@ emit_join(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 		char	   *name = c->name;
 
 		for (int k = 2; recipe_find_column(result, name) != NULL; k++)
+		{
+			CHECK_FOR_INTERRUPTS();
 			name = psprintf("%s_%d", c->name, k);
+		}
 		if (strlen(name) >= NAMEDATALEN)
 			recipe_error(rc, "columns", "column name \"%s\" would be longer than %d bytes", name, NAMEDATALEN - 1);
 		appendStringInfoString(out, ", r.");
@@ -678,7 +782,7 @@ emit_union(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 			if (!OidIsValid(((RecipeColumn *) lfirst(lc))->type))
 				known = false;
 		if (!known)
-			recipe_analyze_output(rc, rc->step - 1);
+			analyze_output(rc, rc->step - 1);
 	}
 	parts[0] = rc->columns;
 	rels[0] = prev(rc);
@@ -693,8 +797,12 @@ emit_union(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 			RecipeColumn *c = lfirst(lc);
 			RecipeColumn *have = recipe_find_column(all, c->name);
 
+			CHECK_FOR_INTERRUPTS();
 			if (have == NULL)
+			{
 				all = lappend(all, c);
+				check_column_count(rc, f, list_length(all));
+			}
 			else if (have->type != c->type)
 				recipe_error(rc, f, "column \"%s\" is %s here but %s before; cast one of them first",
 							 c->name, format_type_be(c->type), format_type_be(have->type));
@@ -702,6 +810,7 @@ emit_union(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 	}
 	for (int i = 0; i <= n; i++)
 	{
+		check_sql_size(rc, (int64) rc->sql.len + out->len);
 		if (i > 0)
 			appendStringInfoString(out, " UNION ALL ");
 		appendStringInfoString(out, "SELECT ");
@@ -709,13 +818,14 @@ emit_union(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 		{
 			RecipeColumn *c = lfirst(lc);
 
+			CHECK_FOR_INTERRUPTS();
 			if (lc != list_head(all))
 				appendStringInfoString(out, ", ");
 			if (recipe_find_column(parts[i], c->name) != NULL)
 				recipe_append_ident(out, c->name);
 			else
 			{
-				appendStringInfo(out, "CAST(NULL AS %s) AS ", format_type_with_typemod(c->type, c->typmod));
+				appendStringInfo(out, "CAST(NULL AS %s) AS ", recipe_format_type(c->type, c->typmod));
 				recipe_append_ident(out, c->name);
 			}
 		}
@@ -760,6 +870,7 @@ emit_pivot(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 		char	   *f = psprintf("values[%d]", i);
 		char	   *value = recipe_name(rc, recipe_item(values, i), f);
 
+		CHECK_FOR_INTERRUPTS();
 		recipe_check_new_name(rc, result, f, value);
 		if (i > 0 || by != NIL)
 			appendStringInfoString(out, ", ");
@@ -810,12 +921,16 @@ emit_unpivot(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 	char	   *p = prev(rc);
 
 	foreach(lc, cols)
-		if (list_member_ptr(keep, lfirst(lc)))
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (recipe_find_column(keep, ((RecipeColumn *) lfirst(lc))->name) != NULL)
 			recipe_error(rc, "keep", "column \"%s\" is both kept and unpivoted", ((RecipeColumn *) lfirst(lc))->name);
+	}
 	recipe_check_new_name(rc, result, "name_as", name_as);
 	result = lappend(result, recipe_new_column(name_as, TEXTOID, -1));
 	recipe_check_new_name(rc, result, "value_as", value_as);
 	result = lappend(result, recipe_new_column(value_as, type, typmod));
+	((RecipeColumn *) llast(result))->weight = rc->ref_weight + 1;
 
 	appendStringInfoString(out, "SELECT ");
 	append_columns(out, keep, "s.");
@@ -828,6 +943,7 @@ emit_unpivot(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 	{
 		RecipeColumn *c = lfirst(lc);
 
+		CHECK_FOR_INTERRUPTS();
 		if (lc != list_head(cols))
 			appendStringInfoString(out, ", ");
 		appendStringInfo(out, "(%s, CAST(s.", quote_literal_cstr(c->name));
@@ -842,18 +958,23 @@ emit_unpivot(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 	rc->columns = result;
 }
 
-/* Functions a recipe may call, with their argument counts. */
+/*
+ * Functions a recipe may call, with their argument counts; the guarded ones
+ * can build a value larger than their inputs and are called through
+ * dalgo_recipe, which refuses a result over max_value_bytes.
+ */
 static const struct
 {
 	const char *name;
 	int			min_args;
 	int			max_args;
+	bool		guarded;
 }			function_whitelist[] = {
-	{"abs", 1, 1}, {"btrim", 1, 2}, {"ceil", 1, 1}, {"concat_ws", 2, 100}, {"date_part", 2, 2},
+	{"abs", 1, 1}, {"btrim", 1, 2}, {"ceil", 1, 1}, {"concat_ws", 2, 100, true}, {"date_part", 2, 2},
 	{"date_trunc", 2, 3}, {"floor", 1, 1}, {"initcap", 1, 1}, {"left", 2, 2}, {"length", 1, 1},
-	{"lower", 1, 1}, {"lpad", 2, 3}, {"ltrim", 1, 2}, {"md5", 1, 1}, {"mod", 2, 2},
-	{"power", 2, 2}, {"replace", 3, 3}, {"reverse", 1, 1}, {"right", 2, 2}, {"round", 1, 2},
-	{"rpad", 2, 3}, {"rtrim", 1, 2}, {"sign", 1, 1}, {"split_part", 3, 3}, {"sqrt", 1, 1},
+	{"lower", 1, 1}, {"lpad", 2, 3, true}, {"ltrim", 1, 2}, {"md5", 1, 1}, {"mod", 2, 2},
+	{"power", 2, 2}, {"replace", 3, 3, true}, {"reverse", 1, 1}, {"right", 2, 2}, {"round", 1, 2},
+	{"rpad", 2, 3, true}, {"rtrim", 1, 2}, {"sign", 1, 1}, {"split_part", 3, 3}, {"sqrt", 1, 1},
 	{"strpos", 2, 2}, {"substr", 2, 3}, {"to_char", 2, 2}, {"to_date", 2, 2}, {"to_number", 2, 2},
 	{"to_timestamp", 1, 2}, {"trunc", 1, 2}, {"upper", 1, 1}
 };
@@ -877,9 +998,11 @@ emit_function(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 	args = recipe_array(rc, argsv, "args", function_whitelist[idx].min_args, function_whitelist[idx].max_args);
 	n = JsonContainerSize(args);
 	initStringInfo(&e);
-	appendStringInfo(&e, "pg_catalog.%s(", fn);
+	/* the functions that can build a larger value than their inputs are guarded */
+	appendStringInfo(&e, "%s.%s(", function_whitelist[idx].guarded ? "dalgo_recipe" : "pg_catalog", fn);
 	for (int i = 0; i < n; i++)
 	{
+		CHECK_FOR_INTERRUPTS();
 		if (i > 0)
 			appendStringInfoString(&e, ", ");
 		recipe_append_operand(rc, &e, recipe_item(args, i), psprintf("args[%d]", i), "");
@@ -907,6 +1030,7 @@ emit_sort(RecipeCompiler *rc, JsonbContainer *step, StringInfo out)
 		RecipeColumn *c;
 		bool		desc;
 
+		CHECK_FOR_INTERRUPTS();
 		recipe_check_keys(rc, o, f, keys);
 		c = recipe_require_column(rc, fc, recipe_name(rc, recipe_get(o, "column"), fc));
 		desc = recipe_bool(rc, recipe_get(o, "desc"), psprintf("%s.desc", f), false);
@@ -987,6 +1111,7 @@ typedef struct StepKind
 	const char *name;
 	step_emitter emit;
 	const char *keys[9];
+	bool		barrier;		/* the planner never inlines this step's query */
 } StepKind;
 
 static const StepKind step_kinds[] = {
@@ -1001,19 +1126,33 @@ static const StepKind step_kinds[] = {
 	{"regex_extract", emit_regex_extract, {"type", "column", "pattern", "as"}},
 	{"replace", emit_replace, {"type", "column", "pairs", "as"}},
 	{"filter", emit_filter, {"type", "match", "conditions"}},
-	{"group", emit_group, {"type", "by", "aggregates"}},
-	{"aggregate", emit_aggregate, {"type", "aggregates"}},
+	{"group", emit_group, {"type", "by", "aggregates"}, true},
+	{"aggregate", emit_aggregate, {"type", "aggregates"}, true},
 	{"case", emit_case, {"type", "when", "else", "as"}},
 	{"join", emit_join, {"type", "with", "how", "on", "columns"}},
 	{"union", emit_union, {"type", "with"}},
-	{"pivot", emit_pivot, {"type", "column", "values", "group_by", "fn", "value_column"}},
+	{"pivot", emit_pivot, {"type", "column", "values", "group_by", "fn", "value_column"}, true},
 	{"unpivot", emit_unpivot, {"type", "columns", "keep", "name_as", "value_as", "cast_to"}},
 	{"function", emit_function, {"type", "fn", "args", "as"}},
-	{"sort", emit_sort, {"type", "by"}},
-	{"distinct", emit_distinct, {"type", "columns"}},
-	{"limit", emit_limit, {"type", "n"}},
+	{"sort", emit_sort, {"type", "by"}, true},
+	{"distinct", emit_distinct, {"type", "columns"}, true},
+	{"limit", emit_limit, {"type", "n"}, true},
 	{"sql", emit_sql, {"type", "select", "tail"}},
 };
+
+/* Whether the step just emitted weighs enough to be fenced. */
+static bool
+needs_fence(RecipeCompiler *rc)
+{
+	ListCell   *lc;
+
+	if (rc->ref_weight > RECIPE_MAX_WEIGHT)
+		return true;
+	foreach(lc, rc->columns)
+		if (((RecipeColumn *) lfirst(lc))->weight > RECIPE_MAX_WEIGHT)
+			return true;
+	return false;
+}
 
 /*
  * Compile a recipe for an organization into one SELECT; also returns the
@@ -1033,6 +1172,7 @@ dalgo_compile_recipe_text(const pg_uuid_t *org, Jsonb *recipe, List **dependenci
 	StringInfoData result;
 
 	memset(&rc, 0, sizeof(rc));
+	recipe_index_reset();
 	rc.org = *org;
 	rc.schema = recipe_warehouse_schema_name(org);
 	initStringInfo(&rc.sql);
@@ -1042,6 +1182,7 @@ dalgo_compile_recipe_text(const pg_uuid_t *org, Jsonb *recipe, List **dependenci
 	root.val.binary.len = VARSIZE(recipe) - VARHDRSZ;
 	if (JB_ROOT_IS_SCALAR(recipe) || !JB_ROOT_IS_OBJECT(recipe))
 		recipe_error(&rc, NULL, "a recipe must be a JSON object");
+	recipe_check_shape_limits(&rc, recipe);
 	top = recipe_object(&rc, &root, "recipe");
 	recipe_check_keys(&rc, top, "(top level)", topkeys);
 	version = recipe_get(top, "version");
@@ -1050,7 +1191,8 @@ dalgo_compile_recipe_text(const pg_uuid_t *org, Jsonb *recipe, List **dependenci
 										  DirectFunctionCall1(int4_numeric, Int32GetDatum(1)))) != 0)
 		recipe_error(&rc, "version", "must be 1");
 	source = recipe_source_relation(&rc, recipe_get(top, "source"), "source", &rc.columns);
-	steps = recipe_array(&rc, recipe_get(top, "steps"), "steps", 0, RECIPE_MAX_STEPS);
+	steps = recipe_array_limited(&rc, recipe_get(top, "steps"), "steps", 0, -1,
+								 "the number of steps", "max_steps", RECIPE_MAX_STEPS);
 	nsteps = JsonContainerSize(steps);
 
 	initStringInfo(&result);
@@ -1070,8 +1212,10 @@ dalgo_compile_recipe_text(const pg_uuid_t *org, Jsonb *recipe, List **dependenci
 		const StepKind *kind = NULL;
 		StringInfoData body;
 
+		CHECK_FOR_INTERRUPTS();
 		rc.step = i + 1;
 		rc.steptype = "?";
+		rc.ref_weight = 0;
 		step = recipe_object(&rc, recipe_item(steps, i), "");
 		typev = recipe_get(step, "type");
 		if (typev == NULL)
@@ -1094,9 +1238,35 @@ dalgo_compile_recipe_text(const pg_uuid_t *org, Jsonb *recipe, List **dependenci
 		}
 		initStringInfo(&body);
 		kind->emit(&rc, step, &body);
+		check_column_count(&rc, NULL, list_length(rc.columns));
+		check_sql_size(&rc, (int64) rc.sql.len + body.len);
+		if (kind->barrier || needs_fence(&rc))
+		{
+			/*
+			 * The planner inlines each CTE into the next one and copies a
+			 * column's expression into every place that names it: a chain
+			 * of steps that each name a computed column twice would grow
+			 * the plan exponentially.  A step whose expressions got heavy
+			 * is fenced (a subquery with OFFSET 0 is not inlined), and the
+			 * steps the planner never inlines (grouping, sorting, limits)
+			 * are fences already: after either, each column weighs 1.
+			 */
+			ListCell   *lc;
+
+			if (!kind->barrier)
+			{
+				StringInfoData fenced;
+
+				initStringInfo(&fenced);
+				appendStringInfo(&fenced, "SELECT * FROM (%s) _f OFFSET 0", body.data);
+				body = fenced;
+			}
+			foreach(lc, rc.columns)
+				((RecipeColumn *) lfirst(lc))->weight = 1;
+		}
 		appendStringInfo(&rc.sql, ",\n_s%d AS (%s)", rc.step, body.data);
 		if (strcmp(kind->name, "sql") == 0)
-			recipe_analyze_output(&rc, rc.step);
+			analyze_output(&rc, rc.step);
 	}
 	appendStringInfo(&result, "%s\nSELECT * FROM _s%d", rc.sql.data, nsteps);
 	*dependencies = rc.dependencies;
@@ -1108,6 +1278,8 @@ Datum
 dalgo_compile_recipe(PG_FUNCTION_ARGS)
 {
 	List	   *deps;
+	DalgoDeadline deadline;
+	char	   *volatile sql = NULL;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -1118,8 +1290,20 @@ dalgo_compile_recipe(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("organization %s does not exist or you are not a member",
 						DatumGetCString(DirectFunctionCall1(uuid_out, PG_GETARG_DATUM(0))))));
-	PG_RETURN_TEXT_P(cstring_to_text(dalgo_compile_recipe_text(PG_GETARG_UUID_P(0),
-															   PG_GETARG_JSONB_P(1), &deps)));
+	/* compilation runs under the statement's dalgo.statement_timeout (deadline.c) */
+	dalgo_deadline_enter(&deadline);
+	PG_TRY();
+	{
+		sql = dalgo_compile_recipe_text(PG_GETARG_UUID_P(0), PG_GETARG_JSONB_P(1), &deps);
+	}
+	PG_CATCH();
+	{
+		dalgo_deadline_leave(&deadline);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	dalgo_deadline_leave(&deadline);
+	PG_RETURN_TEXT_P(cstring_to_text(sql));
 }
 
 /* Define the recipe settings. */

@@ -10,6 +10,7 @@
 #include "recipe.h"
 
 #include "mb/pg_wchar.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/numeric.h"
 
@@ -44,6 +45,64 @@ recipe_error(RecipeCompiler *rc, const char *field, const char *fmt,...)
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("%s: %s", where.data, msg.data)));
 	pg_unreachable();
+}
+
+/*
+ * Raise 54000 (program_limit_exceeded): "recipe step N (type) field: what is
+ * figure, over the limit limit_name = limit".
+ */
+void
+recipe_limit_error(RecipeCompiler *rc, const char *field, const char *what, int64 figure,
+				   const char *limit_name, int64 limit)
+{
+	StringInfoData where;
+
+	initStringInfo(&where);
+	if (rc->step > 0)
+		appendStringInfo(&where, "recipe step %d (%s)", rc->step, rc->steptype ? rc->steptype : "?");
+	else
+		appendStringInfoString(&where, "recipe");
+	if (field != NULL && field[0] != '\0')
+		appendStringInfo(&where, " %s", field);
+	ereport(ERROR,
+			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+			 errmsg("%s: %s is " INT64_FORMAT ", over the limit %s = " INT64_FORMAT,
+					where.data, what, figure, limit_name, limit),
+			 errhint("The recipe limits are listed in docs/recipes-limits.md.")));
+	pg_unreachable();
+}
+
+/*
+ * Limits that one linear pass over the whole recipe checks before anything
+ * else: its size, its nesting depth and the length of every string in it.
+ */
+void
+recipe_check_shape_limits(RecipeCompiler *rc, Jsonb *recipe)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	int			depth = 0;
+
+	if (VARSIZE(recipe) > RECIPE_MAX_BYTES)
+		recipe_limit_error(rc, NULL, "the recipe's size in bytes", (int64) VARSIZE(recipe),
+						   "max_recipe_bytes", RECIPE_MAX_BYTES);
+	it = JsonbIteratorInit(&recipe->root);
+	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (tok == WJB_BEGIN_ARRAY || tok == WJB_BEGIN_OBJECT)
+		{
+			if (++depth > RECIPE_MAX_DEPTH)
+				recipe_limit_error(rc, NULL, "the nesting depth", depth,
+								   "max_nesting_depth", RECIPE_MAX_DEPTH);
+		}
+		else if (tok == WJB_END_ARRAY || tok == WJB_END_OBJECT)
+			depth--;
+		else if (v.type == jbvString && v.val.string.len > RECIPE_MAX_STRING_BYTES)
+			recipe_limit_error(rc, NULL, "the length in bytes of a string", v.val.string.len,
+							   "max_string_bytes", RECIPE_MAX_STRING_BYTES);
+	}
 }
 
 /* Raise "unknown column", with the available columns as a hint. */
@@ -92,9 +151,26 @@ recipe_object(RecipeCompiler *rc, JsonbValue *v, const char *field)
 	return v->val.binary.data;
 }
 
-/* v must be a JSON array with min_items..max_items items (max < 0: no limit). */
+/*
+ * v must be a JSON array with min_items..max_items items; max_items < 0
+ * means the general limit on list items (max_list_items).
+ */
 JsonbContainer *
 recipe_array(RecipeCompiler *rc, JsonbValue *v, const char *field, int min_items, int max_items)
+{
+	if (max_items < 0)
+		return recipe_array_limited(rc, v, field, min_items, -1, "the number of items",
+									"max_list_items", RECIPE_MAX_ITEMS);
+	return recipe_array_limited(rc, v, field, min_items, max_items, NULL, NULL, 0);
+}
+
+/*
+ * v must be a JSON array with min_items..max_items items (max < 0: none),
+ * and at most limit items: more is a limit error naming limit_name.
+ */
+JsonbContainer *
+recipe_array_limited(RecipeCompiler *rc, JsonbValue *v, const char *field, int min_items,
+					 int max_items, const char *what, const char *limit_name, int limit)
 {
 	int			n;
 
@@ -108,6 +184,8 @@ recipe_array(RecipeCompiler *rc, JsonbValue *v, const char *field, int min_items
 		recipe_error(rc, field, "needs at least %d item%s", min_items, min_items == 1 ? "" : "s");
 	if (max_items >= 0 && n > max_items)
 		recipe_error(rc, field, "takes at most %d item%s", max_items, max_items == 1 ? "" : "s");
+	if (limit_name != NULL && n > limit)
+		recipe_limit_error(rc, field, what, n, limit_name, limit);
 	return v->val.binary.data;
 }
 
@@ -153,6 +231,7 @@ recipe_check_keys(RecipeCompiler *rc, JsonbContainer *obj, const char *field,
 	{
 		bool		ok = false;
 
+		CHECK_FOR_INTERRUPTS();
 		if (tok != WJB_KEY)
 			continue;
 		for (int i = 0; allowed[i] != NULL; i++)
@@ -296,6 +375,7 @@ recipe_append_condition(RecipeCompiler *rc, StringInfo buf, JsonbValue *v, const
 		appendStringInfo(buf, "%s %s (", c.data, op[0] == 'i' ? "IN" : "NOT IN");
 		for (int i = 0; i < n; i++)
 		{
+			CHECK_FOR_INTERRUPTS();
 			if (i > 0)
 				appendStringInfoString(buf, ", ");
 			recipe_append_operand(rc, buf, recipe_item(arr, i), psprintf("%s[%d]", fval, i), prefix);

@@ -14,18 +14,25 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "parser/parse_type.h"
 #include "parser/parser.h"
 #include "regex/regex.h"
+#include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/plancache.h"
 #include "utils/rel.h"
 #include "utils/resowner.h"
+#include "utils/syscache.h"
+#include "utils/uuid.h"
 
 /* The warehouse schema of an organization: org_ followed by its id in hex. */
 char *
@@ -53,19 +60,111 @@ recipe_new_column(const char *name, Oid type, int32 typmod)
 	c->name = pstrdup(name);
 	c->type = type;
 	c->typmod = typmod;
+	c->weight = 1;
 	return c;
 }
 
-/* The column called name, or NULL. */
+/*
+ * Column lookups by name use a hash index per column list, so that a step
+ * over n columns costs O(n), not O(n^2).  Lists only grow in place
+ * (lappend) or are replaced, so an index keyed by the list's address stays
+ * valid while it covers a prefix of the list; it is extended with the items
+ * appended since.  A few indexes are kept; recipe_index_reset() forgets
+ * them when a compilation starts (their memory belongs to the previous one).
+ */
+#define RECIPE_INDEX_SLOTS 8
+#define RECIPE_INDEX_MIN 16		/* shorter lists are searched linearly */
+
+typedef struct ColumnIndexEntry
+{
+	char		name[NAMEDATALEN];
+	RecipeColumn *column;
+} ColumnIndexEntry;
+
+typedef struct ColumnIndex
+{
+	List	   *list;
+	int			covered;		/* items of list in the hash table */
+	HTAB	   *hash;
+	uint64		used;			/* for least-recently-used replacement */
+} ColumnIndex;
+
+static ColumnIndex column_indexes[RECIPE_INDEX_SLOTS];
+static uint64 column_index_clock = 0;
+
+/* Forget every column index (a new compilation starts). */
+void
+recipe_index_reset(void)
+{
+	memset(column_indexes, 0, sizeof(column_indexes));
+	column_index_clock = 0;
+}
+
+/* The hash index of a column list, built or extended as needed. */
+static HTAB *
+column_index(List *columns)
+{
+	ColumnIndex *slot = NULL;
+	int			n = list_length(columns);
+
+	for (int i = 0; i < RECIPE_INDEX_SLOTS; i++)
+		if (column_indexes[i].list == columns && column_indexes[i].hash != NULL)
+			slot = &column_indexes[i];
+	if (slot != NULL && slot->covered > n)
+		slot->hash = NULL;		/* cannot happen: lists do not shrink */
+	if (slot == NULL || slot->hash == NULL)
+	{
+		HASHCTL		ctl;
+
+		if (slot == NULL)
+		{
+			slot = &column_indexes[0];
+			for (int i = 1; i < RECIPE_INDEX_SLOTS; i++)
+				if (column_indexes[i].used < slot->used)
+					slot = &column_indexes[i];
+		}
+		ctl.keysize = NAMEDATALEN;
+		ctl.entrysize = sizeof(ColumnIndexEntry);
+		ctl.hcxt = CurrentMemoryContext;
+		slot->hash = hash_create("dalgo recipe columns", Max(n, 64), &ctl,
+								 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+		slot->list = columns;
+		slot->covered = 0;
+	}
+	for (; slot->covered < n; slot->covered++)
+	{
+		RecipeColumn *c = list_nth(columns, slot->covered);
+		bool		found;
+		ColumnIndexEntry *e;
+
+		CHECK_FOR_INTERRUPTS();
+		e = hash_search(slot->hash, c->name, HASH_ENTER, &found);
+		if (!found)
+			e->column = c;
+	}
+	slot->used = ++column_index_clock;
+	return slot->hash;
+}
+
+/* The column called name, or NULL (the first one, if a list has two). */
 RecipeColumn *
 recipe_find_column(List *columns, const char *name)
 {
-	ListCell   *lc;
+	ColumnIndexEntry *e;
 
-	foreach(lc, columns)
-		if (strcmp(((RecipeColumn *) lfirst(lc))->name, name) == 0)
-			return lfirst(lc);
-	return NULL;
+	if (strlen(name) >= NAMEDATALEN)
+		return NULL;
+	if (list_length(columns) < RECIPE_INDEX_MIN)
+	{
+		ListCell   *lc;
+
+		foreach(lc, columns)
+			if (strcmp(((RecipeColumn *) lfirst(lc))->name, name) == 0)
+				return lfirst(lc);
+		return NULL;
+	}
+	e = hash_search(column_index(columns), name, HASH_FIND, NULL);
+	return e ? e->column : NULL;
 }
 
 /* The column called name, or an error with the available columns. */
@@ -76,6 +175,7 @@ recipe_require_column(RecipeCompiler *rc, const char *field, const char *name)
 
 	if (c == NULL)
 		recipe_column_error(rc, field, name);
+	rc->ref_weight += c->weight;
 	return c;
 }
 
@@ -199,7 +299,29 @@ recipe_source_relation(RecipeCompiler *rc, JsonbValue *source, const char *field
 
 typedef void (*guarded_fn) (void *arg);
 
-/* Run fn in a subtransaction; an error in it becomes a recipe error for field. */
+/*
+ * Errors of the parser and of type resolution that a recipe can cause:
+ * these become recipe errors.  Everything else (a cancel or timeout, out of
+ * memory, a limit, a deadlock, an internal error) is re-thrown unchanged.
+ */
+static bool
+is_recipe_error(int sqlerrcode)
+{
+	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
+	{
+		case ERRCODE_DATA_EXCEPTION:	/* 22: bad values, invalid regular expressions */
+		case ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION:	/* 42: syntax, unknown names, types */
+		case ERRCODE_FEATURE_NOT_SUPPORTED: /* 0A */
+			return true;
+		default:
+			return false;
+	}
+}
+
+/*
+ * Run fn in a subtransaction; a recipe error in it becomes a recipe error
+ * for field, any other error is re-thrown as it was.
+ */
 static void
 run_guarded(RecipeCompiler *rc, const char *field, const char *what, guarded_fn fn, void *arg)
 {
@@ -225,6 +347,8 @@ run_guarded(RecipeCompiler *rc, const char *field, const char *what, guarded_fn 
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
+		if (!is_recipe_error(edata->sqlerrcode))
+			ReThrowError(edata);
 		if (what != NULL)
 			recipe_error(rc, field, "%s: %s", what, edata->message);
 		recipe_error(rc, field, "%s", edata->message);
@@ -235,33 +359,101 @@ run_guarded(RecipeCompiler *rc, const char *field, const char *what, guarded_fn 
 typedef struct TypeArg
 {
 	const char *str;
+	const char *schema;			/* the organization's warehouse schema */
+	Oid			nsp;			/* its namespace, or InvalidOid if none yet */
 	Oid			type;
 	int32		typmod;
 } TypeArg;
 
-/* Guarded: parse a type name. */
+/* Refuse a type name outside pg_catalog and the organization's warehouse schema. */
+static void
+refuse_type(TypeName *tn)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("type \"%s\" is neither a built-in type nor a type of the organization's warehouse",
+					TypeNameToString(tn))));
+}
+
+/*
+ * Guarded: parse a type name with PostgreSQL's own type-name grammar, then
+ * look the name up by hand in pg_catalog and then the organization's
+ * warehouse schema only: never through search_path, which for types
+ * includes pg_temp (a caller's temporary domain or composite type).  An
+ * explicit schema must be one of those two.  The type found is then handed
+ * to the parser by OID (arrays and typmods as the grammar gave them).
+ */
 static void
 parse_type_guarded(void *arg)
 {
 	TypeArg    *t = arg;
+	TypeName   *tn = typeStringToTypeName(t->str);
+	char	   *schemaname;
+	char	   *typname;
+	Oid			typoid = InvalidOid;
+	Type		typ;
 
-	parseTypeString(t->str, &t->type, &t->typmod, false);
+	if (tn->pct_type || tn->setof || tn->names == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("not a plain type name")));
+	DeconstructQualifiedName(tn->names, &schemaname, &typname);
+	if (schemaname != NULL && strcmp(schemaname, "pg_catalog") != 0 && strcmp(schemaname, t->schema) != 0)
+		refuse_type(tn);
+	if (schemaname == NULL || strcmp(schemaname, "pg_catalog") == 0)
+		typoid = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid, PointerGetDatum(typname),
+								 ObjectIdGetDatum(PG_CATALOG_NAMESPACE));
+	if (!OidIsValid(typoid) && OidIsValid(t->nsp) && (schemaname == NULL || strcmp(schemaname, t->schema) == 0))
+		typoid = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid, PointerGetDatum(typname),
+								 ObjectIdGetDatum(t->nsp));
+	if (!OidIsValid(typoid))
+	{
+		/* Say "not allowed" for a type that exists elsewhere, "does not exist" otherwise. */
+		if (schemaname == NULL && OidIsValid(TypenameGetTypid(typname)))
+			refuse_type(tn);
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("type \"%s\" does not exist", TypeNameToString(tn))));
+	}
+	tn->names = NIL;
+	tn->typeOid = typoid;
+	typ = LookupTypeName(NULL, tn, NULL, false);
+	if (typ == NULL)
+		elog(ERROR, "cache lookup failed for type %u", typoid);
+	if (!((Form_pg_type) GETSTRUCT(typ))->typisdefined)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("type \"%s\" is only a shell", typname)));
+	ReleaseSysCache(typ);
+	typenameTypeIdAndMod(NULL, tn, &t->type, &t->typmod);
 }
 
-/* Resolve a type name with the parser's own type-name parsing; returns its canonical spelling. */
+/* A type as SQL, always schema-qualified (or one of SQL's own type keywords). */
+char *
+recipe_format_type(Oid type, int32 typmod)
+{
+	return format_type_extended(type, typmod, FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY);
+}
+
+/*
+ * Resolve a type name of a recipe (cast, unpivot's cast_to): a built-in type
+ * or one of the organization's warehouse schema, never a temporary or any
+ * other schema's type; returns its canonical, schema-qualified spelling.
+ */
 char *
 recipe_parse_type(RecipeCompiler *rc, const char *field, const char *typestr, Oid *type, int32 *typmod)
 {
-	TypeArg		t = {typestr, InvalidOid, -1};
+	TypeArg		t = {typestr, rc->schema, InvalidOid, InvalidOid, -1};
 
 	if (typestr[0] == '\0' || strlen(typestr) > 200)
 		recipe_error(rc, field, "invalid type name \"%s\"", typestr);
+	t.nsp = get_namespace_oid(rc->schema, true);
 	run_guarded(rc, field, psprintf("invalid type \"%s\"", typestr), parse_type_guarded, &t);
 	if (get_typtype(t.type) == TYPTYPE_PSEUDO)
 		recipe_error(rc, field, "type \"%s\" cannot be used here", typestr);
 	*type = t.type;
 	*typmod = t.typmod;
-	return format_type_with_typemod(t.type, t.typmod);
+	return recipe_format_type(t.type, t.typmod);
 }
 
 /* Guarded: compile a regular expression. */
@@ -281,18 +473,31 @@ recipe_check_regex(RecipeCompiler *rc, const char *field, const char *pattern)
 typedef struct AnalyzeArg
 {
 	const char *sql;
+	Oid			role;			/* the organization's warehouse role */
 	List	   *columns;
+	char	   *denied;			/* a permission error's message, or NULL */
 } AnalyzeArg;
 
-/* Guarded: parse-analyze a query and collect its output columns. */
+/*
+ * Guarded: parse-analyze a query as the warehouse role (never as the
+ * caller, who may be a SECURITY DEFINER function's owner) and collect its
+ * output columns.  On error the subtransaction's abort restores the user.
+ */
 static void
-analyze_guarded(void *arg)
+analyze_as_warehouse(AnalyzeArg *a)
 {
-	AnalyzeArg *a = arg;
 	SPIPlanPtr	plan;
 	List	   *sources;
 	TupleDesc	desc;
+	Oid			save_userid;
+	int			save_sec;
 
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	if (!OidIsValid(a->role))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the organization has no warehouse yet")));
+	SetUserIdAndSecContext(a->role, save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	plan = SPI_prepare(a->sql, 0, NULL);
@@ -311,6 +516,45 @@ analyze_guarded(void *arg)
 	}
 	SPI_freeplan(plan);
 	SPI_finish();
+	SetUserIdAndSecContext(save_userid, save_sec);
+}
+
+/*
+ * Guarded: analyze_as_warehouse in a subtransaction of its own, so that a
+ * permission error (the raw SQL names what the warehouse role may not
+ * read) is kept apart and reported as such, not as a type error.
+ */
+static void
+analyze_guarded(void *arg)
+{
+	AnalyzeArg *a = arg;
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		analyze_as_warehouse(a);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		if (edata->sqlerrcode != ERRCODE_INSUFFICIENT_PRIVILEGE)
+			ReThrowError(edata);
+		a->denied = edata->message;
+	}
+	PG_END_TRY();
 }
 
 /*
@@ -329,12 +573,18 @@ recipe_analyze_output(RecipeCompiler *rc, int cte)
 	initStringInfo(&q);
 	appendStringInfo(&q, "%s\nSELECT * FROM _s%d", rc->sql.data, cte);
 	a.sql = q.data;
+	a.role = get_role_oid(psprintf("dalgo_wh_%s", rc->schema + 4), true);
 	a.columns = NIL;
+	a.denied = NULL;
 	save_nestlevel = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	run_guarded(rc, NULL, "the steps so far do not type-check", analyze_guarded, &a);
-	AtEOXact_GUC(true, save_nestlevel);
+	AtEOXact_GUC(false, save_nestlevel);
+	if (a.denied != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("recipe step %d (%s): %s", rc->step, rc->steptype ? rc->steptype : "?", a.denied)));
 	rc->columns = NIL;
 	foreach(lc, a.columns)
 	{
@@ -361,4 +611,103 @@ void
 recipe_check_raw_select(RecipeCompiler *rc, const char *field, const char *sql)
 {
 	run_guarded(rc, field, "invalid SQL", check_raw_guarded, unconstify(char *, sql));
+}
+
+PG_FUNCTION_INFO_V1(dalgo_recipe_dependencies);
+
+/* The transformation named by a source object ({"transformation_id": uuid}), if any. */
+static List *
+add_source_dependency(List *deps, JsonbValue *source)
+{
+	JsonbValue *tid;
+	pg_uuid_t  *id;
+
+	if (source == NULL || source->type != jbvBinary || !JsonContainerIsObject(source->val.binary.data))
+		return deps;
+	tid = recipe_get(source->val.binary.data, "transformation_id");
+	if (tid == NULL || tid->type != jbvString)
+		return deps;
+	id = palloc(sizeof(pg_uuid_t));
+	if (!dalgo_parse_uuid(tid->val.string.val, tid->val.string.len, id))
+		return deps;
+	return lappend(deps, id);
+}
+
+/* Order uuids bytewise, as uuid_cmp does. */
+static int
+uuid_ptr_cmp(const ListCell *a, const ListCell *b)
+{
+	return memcmp(lfirst(a), lfirst(b), UUID_LEN);
+}
+
+/*
+ * SQL: dalgo.recipe_dependencies(recipe jsonb) returns uuid[]: the
+ * transformations a recipe reads, taken only from where the recipe contract
+ * allows a reference (the source, a join's "with", each of a union's "with"
+ * sources), never from anywhere else in the recipe (a column named
+ * transformation_id, a rename map, a literal).  Sorted, without duplicates;
+ * a malformed recipe yields what its well-formed places name (saving it
+ * fails in the compiler anyway).
+ */
+Datum
+dalgo_recipe_dependencies(PG_FUNCTION_ARGS)
+{
+	List	   *deps = NIL;
+	Datum	   *elems;
+	int			n = 0;
+	ListCell   *lc;
+
+	if (!PG_ARGISNULL(0))
+	{
+		Jsonb	   *recipe = PG_GETARG_JSONB_P(0);
+
+		if (JB_ROOT_IS_OBJECT(recipe) && !JB_ROOT_IS_SCALAR(recipe))
+		{
+			JsonbValue *steps;
+
+			deps = add_source_dependency(deps, recipe_get(&recipe->root, "source"));
+			steps = recipe_get(&recipe->root, "steps");
+			if (steps != NULL && steps->type == jbvBinary && JsonContainerIsArray(steps->val.binary.data) &&
+				!JsonContainerIsScalar(steps->val.binary.data))
+			{
+				int			nsteps = JsonContainerSize(steps->val.binary.data);
+
+				for (int i = 0; i < nsteps; i++)
+				{
+					JsonbValue *step = recipe_item(steps->val.binary.data, i);
+					JsonbValue *type;
+					JsonbValue *with;
+
+					CHECK_FOR_INTERRUPTS();
+					if (step->type != jbvBinary || !JsonContainerIsObject(step->val.binary.data))
+						continue;
+					type = recipe_get(step->val.binary.data, "type");
+					with = recipe_get(step->val.binary.data, "with");
+					if (type == NULL || type->type != jbvString || with == NULL)
+						continue;
+					if (type->val.string.len == 4 && memcmp(type->val.string.val, "join", 4) == 0)
+						deps = add_source_dependency(deps, with);
+					else if (type->val.string.len == 5 && memcmp(type->val.string.val, "union", 5) == 0 &&
+							 with->type == jbvBinary && JsonContainerIsArray(with->val.binary.data) &&
+							 !JsonContainerIsScalar(with->val.binary.data))
+					{
+						int			nwith = JsonContainerSize(with->val.binary.data);
+
+						for (int k = 0; k < nwith; k++)
+							deps = add_source_dependency(deps, recipe_item(with->val.binary.data, k));
+					}
+				}
+			}
+		}
+	}
+
+	list_sort(deps, uuid_ptr_cmp);
+	elems = palloc(sizeof(Datum) * (list_length(deps) + 1));
+	foreach(lc, deps)
+	{
+		if (n > 0 && memcmp(DatumGetUUIDP(elems[n - 1]), lfirst(lc), UUID_LEN) == 0)
+			continue;
+		elems[n++] = UUIDPGetDatum((pg_uuid_t *) lfirst(lc));
+	}
+	PG_RETURN_ARRAYTYPE_P(construct_array(elems, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
 }

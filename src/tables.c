@@ -16,10 +16,16 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "catalog/namespace.h"
+#include "commands/trigger.h"
+#include "parser/parse_relation.h"
+#include "utils/datum.h"
 #include "utils/lsyscache.h"
+#include "utils/rel.h"
 #include "utils/syscache.h"
 #include "catalog/pg_class.h"
 #include "utils/snapmgr.h"
+
+PG_FUNCTION_INFO_V1(dalgo_refuse_tenant_move);
 
 /* Return the OID of the dalgo schema, or raise if the extension is missing. */
 Oid
@@ -95,4 +101,56 @@ dalgo_relation_owner(Oid relid)
 	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
 	return owner;
+}
+
+/*
+ * Trigger: BEFORE UPDATE FOR EACH ROW on a tenant table.  A row's
+ * organization is fixed when it is created: an UPDATE that changes the
+ * tenant column (the trigger's argument, default organization_id) is
+ * refused, whoever runs it.  Moving a row would take it, and its audit
+ * trail, away from the organization that owns it.  Restores (pg_dump)
+ * insert rows and are not affected.
+ */
+Datum
+dalgo_refuse_tenant_move(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	desc;
+	const char *colname = "organization_id";
+	AttrNumber	attnum;
+	Form_pg_attribute att;
+	Datum		oldval,
+				newval;
+	bool		oldnull,
+				newnull;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("refuse_tenant_move() must be fired BEFORE UPDATE ... FOR EACH ROW")));
+	rel = trigdata->tg_relation;
+	desc = RelationGetDescr(rel);
+	if (trigdata->tg_trigger->tgnargs > 0)
+		colname = trigdata->tg_trigger->tgargs[0];
+	attnum = attnameAttNum(rel, colname, false);
+	if (attnum <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("column \"%s\" of relation \"%s\" does not exist",
+						colname, RelationGetRelationName(rel))));
+	att = TupleDescAttr(desc, attnum - 1);
+
+	oldval = heap_getattr(trigdata->tg_trigtuple, attnum, desc, &oldnull);
+	newval = heap_getattr(trigdata->tg_newtuple, attnum, desc, &newnull);
+	if (oldnull != newnull ||
+		(!oldnull && !datumIsEqual(oldval, newval, att->attbyval, att->attlen)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("a row of %s cannot move to another organization",
+						RelationGetRelationName(rel)),
+				 errdetail("Column %s is fixed when the row is created.", colname),
+				 errhint("Create the row in the other organization instead.")));
+	return PointerGetDatum(trigdata->tg_newtuple);
 }

@@ -12,19 +12,51 @@
  */
 #include "dalgo.h"
 
+#include "access/detoast.h"
+#include "access/htup_details.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
 #include "utils/timeout.h"
 
 PG_FUNCTION_INFO_V1(dalgo_warehouse_execute);
 PG_FUNCTION_INFO_V1(dalgo_warehouse_query);
 
-static int	dalgo_statement_timeout = 300000;
+int			dalgo_statement_timeout = 300000;
+static int	dalgo_max_result_bytes = 64 * 1024 * 1024;
+
+/*
+ * Refuse to act as a warehouse role that has more rights than dalgo gives
+ * it: someone may have altered it (or created it before dalgo did).
+ */
+static void
+warehouse_role_check(Oid role, const char *name)
+{
+	HeapTuple	tup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(role));
+	Form_pg_authid form;
+	bool		bad;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for role %u", role);
+	form = (Form_pg_authid) GETSTRUCT(tup);
+	bad = form->rolsuper || form->rolbypassrls || form->rolcreaterole || form->rolcreatedb ||
+		form->rolreplication || form->rolcanlogin;
+	ReleaseSysCache(tup);
+	if (bad)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("warehouse role \"%s\" has attributes dalgo does not give it", name),
+				 errdetail("A warehouse role must be NOLOGIN, NOSUPERUSER, NOBYPASSRLS, NOCREATEROLE, NOCREATEDB and NOREPLICATION."),
+				 errhint("A superuser must correct the role before the organization's warehouse is used again.")));
+}
 
 /* The role that owns an organization's warehouse; raises if it does not exist yet. */
 static Oid
@@ -47,6 +79,7 @@ warehouse_role(const pg_uuid_t *org)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("the organization has no warehouse yet"),
 				 errhint("Call dalgo.warehouse_schema(organization_id) first.")));
+	warehouse_role_check(role, name);
 	return role;
 }
 
@@ -55,51 +88,59 @@ typedef struct WarehouseContext
 	Oid			save_userid;
 	int			save_sec;
 	int			save_nestlevel;
-	bool		armed;			/* we armed our own statement timeout */
-	bool		had_timeout;	/* the caller's timeout, re-armed afterwards */
-	TimestampTz timeout_at;
+	bool		entered;		/* between enter_warehouse and leave_warehouse */
+	DalgoDeadline deadline;		/* the statement's dalgo.statement_timeout */
 } WarehouseContext;
 
-/* Become the warehouse role, pin search_path, arm the statement timeout. */
+/*
+ * Become the warehouse role, pin search_path, arm the statement timeout.
+ * Every setting changed from here on belongs to a GUC nest level of its own
+ * that leave_warehouse rolls back, whatever the step did (SET, set_config
+ * with is_local false, a function's SET clause).  read_only makes the step
+ * read-only: transaction_read_only is on inside the nest level, so the
+ * executor refuses every write and utility command, however it is reached.
+ */
 static void
-enter_warehouse(const pg_uuid_t *org, WarehouseContext *wc)
+enter_warehouse(const pg_uuid_t *org, WarehouseContext *wc, bool read_only)
 {
 	Oid			role = warehouse_role(org);
 
 	GetUserIdAndSecContext(&wc->save_userid, &wc->save_sec);
 	wc->save_nestlevel = NewGUCNestLevel();
+	wc->entered = true;
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+	if (read_only)
+		(void) set_config_option("transaction_read_only", "on", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
 	SetUserIdAndSecContext(role, wc->save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-	/* The earlier deadline wins: ours, or one the caller already runs under. */
-	wc->had_timeout = get_timeout_active(STATEMENT_TIMEOUT);
-	wc->timeout_at = wc->had_timeout ? get_timeout_finish_time(STATEMENT_TIMEOUT) : 0;
-	wc->armed = dalgo_statement_timeout > 0 &&
-		(!wc->had_timeout ||
-		 wc->timeout_at > TimestampTzPlusMilliseconds(GetCurrentTimestamp(), dalgo_statement_timeout));
-	if (wc->armed)
-		enable_timeout_after(STATEMENT_TIMEOUT, dalgo_statement_timeout);
+	/* One deadline for the whole top-level statement (deadline.c); the earlier one wins. */
+	dalgo_deadline_enter(&wc->deadline);
 }
 
 /* Disarm our timeout and re-arm the caller's, if it had one. */
 static void
 restore_timeout(WarehouseContext *wc)
 {
-	if (!wc->armed)
-		return;
-	disable_timeout(STATEMENT_TIMEOUT, false);
-	if (wc->had_timeout)
-		enable_timeout_at(STATEMENT_TIMEOUT, wc->timeout_at);
-	wc->armed = false;
+	dalgo_deadline_leave(&wc->deadline);
 }
 
-/* Undo enter_warehouse (on error, transaction abort restores the user and settings). */
+/*
+ * Undo enter_warehouse, on success and on error alike: the caller's timeout,
+ * user and security context, and every setting as it was before the step
+ * (AtEOXact_GUC with isCommit false: even a session-level SET made inside
+ * the step is rolled back, so nothing leaks into the caller's session or a
+ * run worker's next run).
+ */
 static void
 leave_warehouse(WarehouseContext *wc)
 {
 	restore_timeout(wc);
+	if (!wc->entered)
+		return;
+	wc->entered = false;
 	SetUserIdAndSecContext(wc->save_userid, wc->save_sec);
-	AtEOXact_GUC(true, wc->save_nestlevel);
+	AtEOXact_GUC(false, wc->save_nestlevel);
 }
 
 /* SQL: dalgo.warehouse_execute(org, sql): run a command as the warehouse role; rows processed. */
@@ -114,14 +155,14 @@ dalgo_warehouse_execute(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	enter_warehouse(org, &wc);
+	enter_warehouse(org, &wc, false);
 	PG_TRY();
 	{
 		rc = SPI_execute(sql, false, 0);
 	}
 	PG_CATCH();
 	{
-		restore_timeout(&wc);
+		leave_warehouse(&wc);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
@@ -133,9 +174,124 @@ dalgo_warehouse_execute(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64((int64) processed);
 }
 
+/* The result of one call is over dalgo.max_result_bytes. */
+static void
+result_too_large(int64 bytes)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+			 errmsg("the result is larger than dalgo.max_result_bytes = %d bytes (" INT64_FORMAT " bytes so far)",
+					dalgo_max_result_bytes, bytes),
+			 errhint("Ask for fewer rows (row_limit) or fewer and smaller columns.")));
+}
+
+/*
+ * The bytes a row holds once its values are detoasted, computed without
+ * detoasting them.
+ */
+static int64
+row_raw_bytes(TupleDesc desc, Datum *values, bool *nulls)
+{
+	int64		bytes = 0;
+
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (nulls[i] || att->attisdropped)
+			continue;
+		if (att->attlen == -1)
+			bytes += toast_raw_datum_size(values[i]);
+		else if (att->attlen == -2)
+			bytes += strlen(DatumGetCString(values[i])) + 1;
+		else
+			bytes += att->attlen;
+	}
+	return bytes;
+}
+
+/*
+ * Stream the rows of a prepared query through a cursor into the call's
+ * tuplestore (which spills to disk past work_mem), each as jsonb.  A batch
+ * of rows is fetched at a time, sized so that a batch holds about 1 MB;
+ * each row's jsonb is built in a context reset per row, after its raw size
+ * was checked against what is left of dalgo.max_result_bytes.  Memory per
+ * call stays flat whatever the query returns.
+ */
+static void
+stream_rows(SPIPlanPtr plan, ReturnSetInfo *rsinfo)
+{
+	Portal		portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "dalgo result row",
+												 ALLOCSET_DEFAULT_SIZES);
+	TupleDesc	desc = NULL;
+	Datum	   *values = NULL;
+	bool	   *nulls = NULL;
+	FmgrInfo	to_jsonb;
+	int64		total = 0;
+	long		batch = 1;
+
+	fmgr_info(F_TO_JSONB, &to_jsonb);
+	for (;;)
+	{
+		int64		batch_bytes = 0;
+
+		SPI_cursor_fetch(portal, true, batch);
+		if (SPI_processed == 0)
+			break;
+		if (desc == NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+
+			/* a blessed copy, so that composite_to_jsonb finds the row type */
+			desc = BlessTupleDesc(CreateTupleDescCopy(SPI_tuptable->tupdesc));
+			values = palloc(sizeof(Datum) * Max(desc->natts, 1));
+			nulls = palloc(sizeof(bool) * Max(desc->natts, 1));
+			fmgr_info_set_expr((Node *) makeFuncExpr(F_TO_JSONB, JSONBOID,
+													 list_make1(makeNullConst(RECORDOID, -1, InvalidOid)),
+													 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL),
+							   &to_jsonb);
+			MemoryContextSwitchTo(old);
+		}
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tuple = SPI_tuptable->vals[i];
+			MemoryContext old;
+			Datum		row;
+			Datum		json;
+			bool		isnull = false;
+			int64		raw;
+
+			CHECK_FOR_INTERRUPTS();
+			heap_deform_tuple(tuple, desc, values, nulls);
+			raw = row_raw_bytes(desc, values, nulls);
+			batch_bytes += raw;
+			if (total + raw > dalgo_max_result_bytes)
+				result_too_large(total + raw);
+			old = MemoryContextSwitchTo(rowcxt);
+			row = heap_copy_tuple_as_datum(tuple, desc);
+			json = FunctionCall1(&to_jsonb, row);
+			total += VARSIZE_ANY(DatumGetPointer(json));
+			if (total > dalgo_max_result_bytes)
+				result_too_large(total);
+			MemoryContextSwitchTo(old);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &json, &isnull);
+			MemoryContextReset(rowcxt);
+		}
+		SPI_freetuptable(SPI_tuptable);
+		/* next batch: about 1 MB of rows, 1 to 1,000 rows */
+		batch = (long) Min(((int64) 1 << 20) * (int64) SPI_processed / Max(batch_bytes, 1), 1000);
+		batch = Max(batch, 1);
+	}
+	SPI_cursor_close(portal);
+	MemoryContextDelete(rowcxt);
+}
+
 /*
  * SQL: dalgo.warehouse_query(org, sql, row_limit): the rows of a query as
  * jsonb, run as the warehouse role; row_limit 0 only parse-analyzes it.
+ * The rows are streamed through a cursor and the call's result is capped
+ * at dalgo.max_result_bytes.
  */
 Datum
 dalgo_warehouse_query(PG_FUNCTION_ARGS)
@@ -146,50 +302,34 @@ dalgo_warehouse_query(PG_FUNCTION_ARGS)
 	int32		row_limit = PG_GETARG_INT32(2);
 	WarehouseContext wc;
 	char	   *query;
-	int			rc = SPI_OK_SELECT;
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	if (row_limit < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("row_limit must not be negative")));
-	query = psprintf("SELECT pg_catalog.to_jsonb(q) FROM (%s\n) q LIMIT %d", sql, row_limit);
+	query = psprintf("SELECT * FROM (%s\n) q LIMIT %d", sql, row_limit);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	enter_warehouse(org, &wc);
+	enter_warehouse(org, &wc, true);
 	PG_TRY();
 	{
-		if (row_limit == 0)
-		{
-			SPIPlanPtr	plan = SPI_prepare(query, 0, NULL);
+		SPIPlanPtr	plan = SPI_prepare(query, 0, NULL);
 
-			if (plan == NULL)
-				elog(ERROR, "could not prepare the query: %s", SPI_result_code_string(SPI_result));
-			SPI_freeplan(plan);
-		}
-		else
-			rc = SPI_execute(query, true, 0);
+		if (plan == NULL)
+			elog(ERROR, "could not prepare the query: %s", SPI_result_code_string(SPI_result));
+		if (row_limit > 0)
+			stream_rows(plan, rsinfo);
+		SPI_freeplan(plan);
 	}
 	PG_CATCH();
 	{
-		restore_timeout(&wc);
+		leave_warehouse(&wc);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
 	leave_warehouse(&wc);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "warehouse query failed: %s", SPI_result_code_string(rc));
-	if (row_limit > 0)
-	{
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			bool		isnull;
-			Datum		value = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
-
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &value, &isnull);
-		}
-	}
 	SPI_finish();
 	return (Datum) 0;
 }
@@ -205,5 +345,13 @@ dalgo_warehouse_init(void)
 							300000, 0, INT_MAX,
 							PGC_SUSET,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("dalgo.max_result_bytes",
+							"Most bytes that one preview or warehouse read may return (its rows as jsonb).",
+							"A call whose result would be larger fails with program_limit_exceeded.",
+							&dalgo_max_result_bytes,
+							64 * 1024 * 1024, 1024, INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 }

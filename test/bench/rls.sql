@@ -97,14 +97,15 @@ SELECT bench.run_queries('superuser, ANY(5 ids)',
 FROM dalgo.organization_members WHERE user_id = 'bbbbbbbb-0000-4000-8000-000000000001' \g /dev/null
 
 -- run_policy(label, using): install one SELECT policy and measure it as the member.
-\set run_as_member 'SET dalgo.user_id = ''bbbbbbbb-0000-4000-8000-000000000001''; SET ROLE dalgo_authenticated;'
+-- The identity counts only in the transaction that sets it: one transaction per measurement.
+\set run_as_member 'BEGIN; SET LOCAL dalgo.user_id = ''bbbbbbbb-0000-4000-8000-000000000001''; SET LOCAL ROLE dalgo_authenticated;'
 
 CREATE POLICY p ON bench.items FOR SELECT TO dalgo_authenticated
 	USING (organization_id = ANY ((SELECT dalgo.current_org_ids('viewer'))::uuid[]));
 :run_as_member
 SELECT count(*) AS member_rows FROM bench.items \gset
 SELECT bench.run_queries('dalgo: = ANY((SELECT current_org_ids()))', '') \g /dev/null
-RESET ROLE;
+COMMIT;
 
 -- The main figure, interleaved: superuser and member take turns, 31 times each.
 CREATE FUNCTION bench.interleaved(q_super text, q_member text, runs int)
@@ -141,21 +142,21 @@ CREATE POLICY p ON bench.items FOR SELECT TO dalgo_authenticated
 	USING (organization_id IN (SELECT bench.basejump_org_ids()));
 :run_as_member
 SELECT bench.run_queries('Basejump: IN (SELECT sql function)', '', 10) \g /dev/null
-RESET ROLE;
+COMMIT;
 DROP POLICY p ON bench.items;
 
 CREATE POLICY p ON bench.items FOR SELECT TO dalgo_authenticated
 	USING (dalgo.is_org_member(organization_id));
 :run_as_member
 SELECT bench.run_queries('per-row dalgo.is_org_member(organization_id)', '', 10) \g /dev/null
-RESET ROLE;
+COMMIT;
 DROP POLICY p ON bench.items;
 
 CREATE POLICY p ON bench.items FOR SELECT TO dalgo_authenticated
 	USING (bench.sql_is_org_member(organization_id));
 :run_as_member
 SELECT bench.run_queries('per-row SQL is_org_member(organization_id)', '', 3) \g /dev/null
-RESET ROLE;
+COMMIT;
 DROP POLICY p ON bench.items;
 
 \echo
@@ -168,7 +169,8 @@ FROM bench.results r JOIN bench.results s ON s.query = r.query AND s.policy = 's
 ORDER BY r.query, r.ord;
 
 -- Per-call cost of the membership functions over 1,000,000 calls.
-SET dalgo.user_id = 'bbbbbbbb-0000-4000-8000-000000000001';
+BEGIN;
+SET LOCAL dalgo.user_id = 'bbbbbbbb-0000-4000-8000-000000000001';
 CREATE TEMP TABLE orgs AS SELECT ('a0000000-0000-4000-8000-' || lpad(to_hex(1 + i % 1000), 12, '0'))::uuid AS org
 	FROM generate_series(1, 1000000) i;
 SELECT bench.median_ms('SELECT count(*) FROM orgs WHERE org IS NOT NULL', 5) AS base \gset
@@ -177,3 +179,4 @@ SELECT bench.median_ms('SELECT count(*) FROM orgs WHERE bench.sql_is_org_member(
 SELECT 'dalgo.is_org_member (C, cached)' AS function, round((:c - :base) * 1000 / 1000000, 3) AS us_per_call
 UNION ALL
 SELECT 'SQL EXISTS over the tables', round((:s - :base) * 1000 / 1000000, 3);
+COMMIT;

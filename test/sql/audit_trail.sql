@@ -77,11 +77,11 @@ SELECT dalgo.authenticate(pg_temp.jwt(:hs256, pg_temp.claims('11111111-0000-4000
 UPDATE dalgo.transformations SET name = 'by token' WHERE id = '55555555-0000-4000-8000-0000000000a1';
 SELECT is((pg_temp.last_audit('transformations')).user_id, '11111111-0000-4000-8000-000000000002'::uuid, 'actor from dalgo.authenticate');
 SELECT dalgo.sign_out() \g /dev/null
-SET LOCAL dalgo.trust_jwt_claims = on;
+SELECT set_config('dalgo.claims_authenticators', quote_ident(session_user), true) \g /dev/null
 SET LOCAL request.jwt.claims = '{"sub": "11111111-0000-4000-8000-000000000003"}';
 UPDATE dalgo.transformations SET name = 'by claims' WHERE id = '55555555-0000-4000-8000-0000000000b1';
 SELECT is((pg_temp.last_audit('transformations')).user_id, '11111111-0000-4000-8000-000000000003'::uuid, 'actor from request.jwt.claims');
-SET LOCAL dalgo.trust_jwt_claims = off;
+SET LOCAL dalgo.claims_authenticators = '';
 SET LOCAL dalgo.client_ip = '';
 SET LOCAL dalgo.user_agent = '';
 SET LOCAL application_name = 'nightly-job';

@@ -48,7 +48,7 @@ BEGIN
 		END;
 		PERFORM dalgo.sign_out();
 	END LOOP;
-	PERFORM set_config('dalgo.trust_jwt_claims', 'on', true);
+	PERFORM set_config('dalgo.claims_authenticators', quote_ident(session_user), true);
 	FOR i IN 1..3000 LOOP
 		BEGIN
 			PERFORM set_config('request.jwt.claims', CASE WHEN i % 2 = 0 THEN pg_temp.rand_text(floor(random() * 80)::int)

@@ -1,5 +1,6 @@
 -- identity_sources: dalgo.current_user_id() takes the caller from a verified token,
--- then dalgo.user_id, then trusted request.jwt.claims; malformed values give
+-- then dalgo.user_id, then request.jwt.claims from a claims authenticator's
+-- session; malformed values give
 -- no identity; dalgo.authenticate() accepts only good HS256 tokens.
 \set ECHO none
 \i test/fixtures/tap_setup.sql
@@ -24,8 +25,8 @@ SET LOCAL dalgo.user_id = '';
 SELECT is(dalgo.current_user_id(), NULL, 'an empty dalgo.user_id gives NULL');
 
 SET LOCAL request.jwt.claims = '{"sub": "11111111-0000-4000-8000-000000000003", "role": "dalgo_authenticated"}';
-SELECT is(dalgo.current_user_id(), NULL, 'request.jwt.claims is ignored while dalgo.trust_jwt_claims is off');
-SET LOCAL dalgo.trust_jwt_claims = on;
+SELECT is(dalgo.current_user_id(), NULL, 'request.jwt.claims is ignored while session_user is not a claims authenticator');
+SELECT set_config('dalgo.claims_authenticators', quote_ident(session_user), true) \g /dev/null
 SELECT is(dalgo.current_user_id(), '11111111-0000-4000-8000-000000000003'::uuid, 'trusted claims give the identity');
 SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-000000000001';
 SELECT is(dalgo.current_user_id(), '11111111-0000-4000-8000-000000000001'::uuid, 'dalgo.user_id wins over claims');
@@ -44,15 +45,15 @@ DO $$ BEGIN PERFORM set_config('request.jwt.claims', repeat('[', 100000), true);
 SELECT is(dalgo.current_user_id(), NULL, 'deeply nested claims give NULL, not a stack overflow');
 SET LOCAL request.jwt.claims = '';
 SELECT is(dalgo.current_user_id(), NULL, 'empty claims give NULL');
-SET LOCAL dalgo.trust_jwt_claims = off;
+SET LOCAL dalgo.claims_authenticators = '';
 
--- Who may set dalgo.user_id and dalgo.trust_jwt_claims.
+-- Who may set dalgo.user_id and dalgo.claims_authenticators.
 SET LOCAL ROLE dalgo_authenticated;
 SELECT throws_ok($$SET dalgo.user_id = '11111111-0000-4000-8000-000000000001'$$, '42501', NULL,
 	'dalgo_authenticated cannot set dalgo.user_id');
 SELECT throws_ok($$SELECT set_config('dalgo.user_id', '11111111-0000-4000-8000-000000000001', true)$$, '42501', NULL,
 	'nor through set_config()');
-SELECT throws_ok($$SET dalgo.trust_jwt_claims = on$$, '42501', NULL, 'nor turn on claims trust');
+SELECT throws_ok($$SET dalgo.claims_authenticators = 'dalgo_authenticated'$$, '42501', NULL, 'nor turn on claims trust');
 SELECT throws_ok($$SET dalgo.jwt_secret = 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'$$, '42501', NULL, 'nor replace the JWT secret');
 SELECT throws_ok($$SHOW dalgo.jwt_secret$$, '42501', NULL, 'nor read the JWT secret');
 SELECT is((SELECT count(*) FROM pg_settings WHERE name = 'dalgo.jwt_secret'), 0::bigint, 'the secret is not in pg_settings');

@@ -108,6 +108,7 @@ RESET search_path;
 SELECT is(:'role_without_path'::text, 'admin', 'an empty search_path changes nothing');
 
 -- Many memberships: lookups stay correct with a long list.
+SET LOCAL dalgo.user_id = '';
 INSERT INTO dalgo.organizations (id, name, slug)
 	SELECT ('33330000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid, 'bulk ' || i, 'bulk-' || i
 	FROM generate_series(1, 300) i;

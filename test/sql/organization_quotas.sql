@@ -7,7 +7,7 @@
 \i test/fixtures/tap_setup.sql
 BEGIN;
 \i test/fixtures/two_orgs.sql
-SELECT plan(21);
+SELECT plan(25);
 \set as_owner_a 'RESET ROLE; SET LOCAL dalgo.user_id = ''11111111-0000-4000-8000-000000000001''; SET LOCAL ROLE dalgo_authenticated;'
 \set as_member_a 'RESET ROLE; SET LOCAL dalgo.user_id = ''11111111-0000-4000-8000-000000000002''; SET LOCAL ROLE dalgo_authenticated;'
 \set as_owner_b 'RESET ROLE; SET LOCAL dalgo.user_id = ''11111111-0000-4000-8000-000000000003''; SET LOCAL ROLE dalgo_authenticated;'
@@ -105,6 +105,34 @@ SELECT is((SELECT status::text || ': ' || regexp_replace(error_message, '\d+ run
 		   WHERE details->>'schedule_id' = '88888888-0000-4000-8000-0000000000a9'),
 	'failed: quota runs_per_hour exceeded: the organization started N runs in the last hour, the limit is 1',
 	'a scheduled run over quota fails with the quota''s message');
+
+-- Connector runs: an organization at its quota keeps its runs pending.
+UPDATE dalgo.organizations SET settings = '{"quotas": {"concurrent_runs": 1}}' WHERE id = :A;
+INSERT INTO dalgo.sync_runs (organization_id, source_id, status, started_at, created_at) VALUES
+	(:A, '33333333-0000-4000-8000-0000000000a1', 'running', now(), now() - interval '3 minutes'),
+	(:A, '33333333-0000-4000-8000-0000000000a1', 'pending', NULL, now() - interval '2 minutes');
+UPDATE dalgo.sources SET source_type = 'api' WHERE id = '33333333-0000-4000-8000-0000000000b1';
+INSERT INTO dalgo.sync_runs (organization_id, source_id, status, created_at) VALUES
+	(:B, '33333333-0000-4000-8000-0000000000b1', 'pending', now() - interval '1 minute');
+SET LOCAL ROLE dalgo_service;
+SELECT is((SELECT organization_id FROM dalgo.claim_sync_run()), :B::uuid,
+	'a connector gets the run of an organization below its quota');
+SELECT is((SELECT id FROM dalgo.claim_sync_run()), NULL, 'and none of the organization at its concurrent_runs quota');
+RESET ROLE;
+
+-- run_seconds: a run with its upstream is stopped when it crosses the quota.
+UPDATE dalgo.organizations SET settings = '{"quotas": {"run_seconds": 1}}' WHERE id = :A;
+CREATE VIEW org_222222220000400080000000000000a0.slow AS SELECT g AS n FROM generate_series(1, 3) g, pg_sleep(3) s;
+ALTER VIEW org_222222220000400080000000000000a0.slow OWNER TO dalgo_wh_222222220000400080000000000000a0;
+UPDATE dalgo.transformations SET recipe = '{"version": 1, "source": {"table": "slow"}, "steps": []}', output_table_name = 'slow_out'
+	WHERE id = :TA;
+:as_member_a
+SELECT clock_timestamp() AS t0 \gset
+SELECT throws_ok($$SELECT dalgo.run_transformation('55555555-0000-4000-8000-0000000000a1')$$, '53400',
+	'quota run_seconds exceeded: the run with its upstream took more than 1 seconds',
+	'a run that takes longer than run_seconds is stopped, naming the quota');
+SELECT ok(clock_timestamp() - :'t0'::timestamptz < interval '2.5 seconds', 'at the quota, not at the end of the run');
+RESET ROLE;
 
 SELECT * FROM finish();
 ROLLBACK;

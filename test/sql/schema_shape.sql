@@ -38,7 +38,7 @@ SELECT columns_are('dalgo', 'warehouse_connections', ARRAY['id', 'organization_i
 	'deleted_at']);
 SELECT columns_are('dalgo', 'warehouse_tables', ARRAY['id', 'organization_id', 'warehouse_connection_id',
 	'table_name', 'source_id', 'transformation_id', 'row_count', 'size_bytes', 'last_updated_at',
-	'schema_info', 'created_at', 'updated_at', 'deleted_at']);
+	'schema_info', 'created_at', 'updated_at', 'deleted_at', 'output_id']);
 SELECT columns_are('dalgo', 'transformations', ARRAY['id', 'organization_id', 'name', 'description',
 	'recipe', 'output_table_name', 'current_version', 'last_run_at', 'created_by_id', 'created_at',
 	'updated_at', 'deleted_at']);

@@ -58,7 +58,8 @@ SELECT throws_ok($$INSERT INTO dalgo.schedules (organization_id, output_id, freq
 	'23503', NULL, 'schedules -> another organization''s output');
 SELECT throws_ok($$UPDATE dalgo.sync_runs SET organization_id = '22222222-0000-4000-8000-0000000000a0'
 	WHERE id = '77777777-0000-4000-8000-000000000002'$$,
-	'23503', NULL, 'moving a child to another organization breaks its reference');
+	'42501', 'a row of sync_runs cannot move to another organization',
+	'moving a child to another organization is refused (before its reference would break)');
 
 -- Soft-deleted rows do not block re-creation of unique names.
 UPDATE dalgo.users SET deleted_at = now() WHERE id = '11111111-0000-4000-8000-000000000002';

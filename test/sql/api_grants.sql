@@ -1,0 +1,95 @@
+-- api_grants: the functions each app role may execute are exactly the API
+-- that docs/reference.md documents for it; internal functions are executable by
+-- no app role and not by PUBLIC.  A new grant needs a change here.
+\set ECHO none
+\i test/fixtures/tap_setup.sql
+BEGIN;
+SELECT plan(7);
+
+CREATE TEMP VIEW executable AS
+	SELECT r.rolname, p.oid::regprocedure::text AS fn
+	FROM pg_proc p CROSS JOIN pg_roles r
+	WHERE p.pronamespace = 'dalgo'::regnamespace
+	  AND r.rolname IN ('dalgo_authenticated', 'dalgo_anon', 'dalgo_service')
+	  AND has_function_privilege(r.oid, p.oid, 'EXECUTE');
+
+SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_anon'$$,
+	ARRAY['dalgo.authenticate(text,boolean)', 'dalgo.sign_out()',
+		-- accounts
+		'dalgo.sign_up(text,text,text)', 'dalgo.sign_in(text,text)', 'dalgo.refresh_session(text)',
+		'dalgo.end_session(text)', 'dalgo.request_password_reset(text)', 'dalgo.reset_password(text,text)',
+		'dalgo.authenticate_api_key(text)', 'dalgo.current_api_key_id()'],
+	'dalgo_anon may only sign up, in and out, refresh, reset a password and use an API key');
+
+SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$$,
+	ARRAY[
+		-- identity and membership
+		'dalgo.authenticate(text,boolean)', 'dalgo.sign_out()', 'dalgo.current_user_id()',
+		'dalgo.is_org_member(uuid,dalgo.member_role)', 'dalgo.is_org_admin(uuid)', 'dalgo.org_role(uuid)',
+		'dalgo.current_org_ids(dalgo.member_role)', 'dalgo.create_organization(text,text,dalgo.org_type)',
+		-- helpers that constraints and defaults call as the caller
+		'dalgo.validate_timezone(text)', 'dalgo.uuid_v7()',
+		-- recipes and warehouse
+		'dalgo.compile_recipe(uuid,jsonb)', 'dalgo.preview_recipe(uuid,jsonb,integer)',
+		'dalgo.read_warehouse_table(uuid,text,integer)', 'dalgo.warehouse_schema(uuid)',
+		'dalgo.run_transformation(uuid,boolean)', 'dalgo.transformation_upstream(uuid)',
+		'dalgo.recipe_dependencies(jsonb)', 'dalgo.caller_may(uuid,dalgo.member_role)',
+		-- scheduling
+		'dalgo.next_run(dalgo.schedule_frequency,time without time zone,integer,text,timestamp with time zone)',
+		'dalgo.run_schedule_now(uuid)', 'dalgo.is_connector_source(dalgo.source_type)',
+		-- quotas
+		'dalgo.quota_usage(uuid)',
+		-- secrets: a source's config without them, and the redaction itself
+		'dalgo.source_config(uuid)', 'dalgo.redact(jsonb)', 'dalgo.redact(text)',
+		-- accounts
+		'dalgo.sign_up(text,text,text)', 'dalgo.sign_in(text,text)', 'dalgo.refresh_session(text)',
+		'dalgo.end_session(text)', 'dalgo.request_password_reset(text)', 'dalgo.reset_password(text,text)',
+		'dalgo.authenticate_api_key(text)', 'dalgo.current_api_key_id()', 'dalgo.end_all_sessions()',
+		'dalgo.change_password(text,text)', 'dalgo.invite_member(uuid,text,dalgo.member_role)',
+		'dalgo.accept_invitation(text)', 'dalgo.revoke_invitation(uuid)',
+		'dalgo.create_api_key(uuid,text,dalgo.member_role,timestamp with time zone)', 'dalgo.revoke_api_key(uuid)'],
+	'dalgo_authenticated executes exactly the documented end-user API');
+
+SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
+	ARRAY[
+		'dalgo.authenticate(text,boolean)', 'dalgo.sign_out()', 'dalgo.current_user_id()',
+		'dalgo.is_org_member(uuid,dalgo.member_role)', 'dalgo.is_org_admin(uuid)', 'dalgo.org_role(uuid)',
+		'dalgo.current_org_ids(dalgo.member_role)', 'dalgo.validate_timezone(text)', 'dalgo.uuid_v7()',
+		'dalgo.compile_recipe(uuid,jsonb)', 'dalgo.preview_recipe(uuid,jsonb,integer)',
+		'dalgo.read_warehouse_table(uuid,text,integer)', 'dalgo.warehouse_schema(uuid)',
+		'dalgo.run_transformation(uuid,boolean)', 'dalgo.transformation_upstream(uuid)',
+		'dalgo.recipe_dependencies(jsonb)', 'dalgo.caller_may(uuid,dalgo.member_role)',
+		'dalgo.next_run(dalgo.schedule_frequency,time without time zone,integer,text,timestamp with time zone)',
+		'dalgo.run_schedule_now(uuid)', 'dalgo.is_connector_source(dalgo.source_type)',
+		-- service work
+		'dalgo.purge_audit_logs(interval)', 'dalgo.run_due_schedules(timestamp with time zone)',
+		'dalgo.scheduler_status()', 'dalgo.claim_sync_run()', 'dalgo.complete_sync_run(uuid,integer,text,jsonb)',
+		'dalgo.quota_usage(uuid)', 'dalgo.redact(jsonb)', 'dalgo.redact(text)',
+		-- accounts: the mailer
+		'dalgo.claim_messages(integer)', 'dalgo.complete_message(uuid,text)', 'dalgo.current_api_key_id()'],
+	'dalgo_service executes exactly the documented service API');
+
+SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p,
+		aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+	WHERE p.pronamespace = 'dalgo'::regnamespace AND a.grantee = 0 AND a.privilege_type = 'EXECUTE'$$,
+	'PUBLIC executes no dalgo function');
+
+SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
+	WHERE p.pronamespace = 'dalgo'::regnamespace AND p.prosecdef
+	  AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)$$,
+	'every SECURITY DEFINER function pins search_path');
+
+-- check_recipe_sql runs any SQL in the warehouse: internal, yet saving a
+-- transformation (which calls it from its trigger) still works for members.
+\i test/fixtures/two_orgs.sql
+SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-000000000002';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT throws_ok($$SELECT dalgo.check_recipe_sql('22222222-0000-4000-8000-0000000000a0', 'SELECT 1')$$,
+	'42501', NULL, 'a member cannot call check_recipe_sql');
+SELECT lives_ok($$INSERT INTO dalgo.transformations (organization_id, name, recipe)
+	VALUES ('22222222-0000-4000-8000-0000000000a0', 'checked', '{"version": 1, "source": {"table": "visits"}, "steps": []}')$$,
+	'a member still saves a transformation, which type-checks its recipe');
+RESET ROLE;
+
+SELECT * FROM finish();
+ROLLBACK;
