@@ -262,6 +262,9 @@ COMMENT ON TRIGGER set_updated_at ON dalgo.mail_messages IS 'Stamps updated_at w
 CREATE TRIGGER set_updated_at BEFORE UPDATE ON dalgo.api_keys
 	FOR EACH ROW EXECUTE FUNCTION dalgo.set_updated_at();
 COMMENT ON TRIGGER set_updated_at ON dalgo.api_keys IS 'Stamps updated_at with now() on every update';
+CREATE TRIGGER tenant_fixed BEFORE UPDATE ON dalgo.api_keys
+	FOR EACH ROW EXECUTE FUNCTION dalgo.refuse_tenant_move();
+COMMENT ON TRIGGER tenant_fixed ON dalgo.api_keys IS 'A row never moves to another organization';
 
 -- Audit: the queue without its payload, keys without their hash.  Sign-in
 -- attempts are not audited row by row: the flows write their own audit rows.

@@ -36,7 +36,9 @@
 #include "storage/ipc.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "lib/stringinfo.h"
 #include "utils/guc.h"
+#include "utils/json.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
@@ -123,7 +125,8 @@ base64url_encode(const uint8 *src, int len)
 
 /*
  * SQL: dalgo.sign_access_token(user_id uuid, expires_at timestamptz): an
- * HS256 JWT {"sub", "iat", "exp"} signed with dalgo.jwt_secret.
+ * HS256 JWT {"sub", "iat", "exp"} signed with dalgo.jwt_secret, with "aud"
+ * and "iss" when dalgo.jwt_audience and dalgo.jwt_issuer are set.
  */
 Datum
 dalgo_sign_access_token(PG_FUNCTION_ARGS)
@@ -131,6 +134,9 @@ dalgo_sign_access_token(PG_FUNCTION_ARGS)
 	pg_uuid_t  *user_id = PG_GETARG_UUID_P(0);
 	TimestampTz expires_at = PG_GETARG_TIMESTAMPTZ(1);
 	const char *secret = GetConfigOption("dalgo.jwt_secret", true, false);
+	const char *audience = GetConfigOption("dalgo.jwt_audience", true, false);
+	const char *issuer = GetConfigOption("dalgo.jwt_issuer", true, false);
+	StringInfoData buf;
 	const char *header = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
 	char	   *sub = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(user_id)));
 	int64		iat = (int64) (GetCurrentTransactionStartTimestamp() / USECS_PER_SEC) +
@@ -148,8 +154,22 @@ dalgo_sign_access_token(PG_FUNCTION_ARGS)
 				 errmsg("dalgo.jwt_secret is not set"),
 				 errhint("A superuser sets dalgo.jwt_secret (at least 32 bytes) to enable sign-in.")));
 
-	payload = psprintf("{\"sub\":\"%s\",\"iat\":" INT64_FORMAT ",\"exp\":" INT64_FORMAT "}",
-					   sub, iat, exp);
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"sub\":\"%s\",\"iat\":" INT64_FORMAT ",\"exp\":" INT64_FORMAT,
+					 sub, iat, exp);
+	/* What dalgo.authenticate() requires when they are set. */
+	if (audience != NULL && audience[0] != '\0')
+	{
+		appendStringInfoString(&buf, ",\"aud\":");
+		escape_json(&buf, audience);
+	}
+	if (issuer != NULL && issuer[0] != '\0')
+	{
+		appendStringInfoString(&buf, ",\"iss\":");
+		escape_json(&buf, issuer);
+	}
+	appendStringInfoChar(&buf, '}');
+	payload = buf.data;
 	signing_input = psprintf("%s.%s",
 							 base64url_encode((const uint8 *) header, strlen(header)),
 							 base64url_encode((const uint8 *) payload, strlen(payload)));

@@ -37,65 +37,71 @@ SELECT is((SELECT count(*) FROM dalgo.refresh_tokens WHERE user_id = :'eve' AND 
 	'replaying_rotated_token: no live token is left in the family');
 
 -- Invitations.
-SET dalgo.user_id = :'member';
-SET ROLE dalgo_authenticated;
+BEGIN;
+SET LOCAL dalgo.user_id = :'member';
+SET LOCAL ROLE dalgo_authenticated;
 SELECT throws_ok(format('SELECT dalgo.invite_member(%L, %L, %L)', :'org', 'x@example.org', 'viewer'),
 	'42501', 'only admins and owners of the organization can invite', 'member_inviting: a member cannot invite');
-RESET ROLE;
-SET dalgo.user_id = :'admin';
-SET ROLE dalgo_authenticated;
+COMMIT;
+BEGIN;
+SET LOCAL dalgo.user_id = :'admin';
+SET LOCAL ROLE dalgo_authenticated;
 SELECT throws_ok(format('SELECT dalgo.invite_member(%L, %L, %L)', :'org', 'x@example.org', 'owner'),
 	'42501', 'only an owner can invite an owner', 'admin_inviting_owner: an admin cannot invite an owner');
 SELECT throws_ok(format('INSERT INTO dalgo.invitations (organization_id, email, role, token, expires_at) VALUES (%L, %L, %L, %L, now() + interval ''1 day'')',
 	:'org', 'atk.eve@example.org', 'owner', 'known-hash'),
 	'42501', NULL, 'admin_inviting_owner: nor write an invitation row directly');
 SELECT dalgo.invite_member(:'org', 'atk.member2@example.org', 'member') AS inv \gset
-RESET ROLE;
+COMMIT;
 SET ROLE dalgo_service;
 SELECT payload->>'token' AS inv_token FROM dalgo.claim_messages(10) WHERE payload->>'invitation_id' = :'inv' \gset
 RESET ROLE;
-SET dalgo.user_id = :'eve';
-SET ROLE dalgo_authenticated;
+BEGIN;
+SET LOCAL dalgo.user_id = :'eve';
+SET LOCAL ROLE dalgo_authenticated;
 SELECT throws_ok(format('SELECT dalgo.accept_invitation(%L)', :'inv_token'), '42501', 'this invitation was sent to another email address',
 	'accepting_as_wrong_user: someone else''s invitation is refused');
 SELECT is(dalgo.is_org_member(:'org'), false, 'accepting_as_wrong_user: no membership results');
-RESET ROLE;
+COMMIT;
 SELECT ok((SELECT accepted_at IS NULL FROM dalgo.invitations WHERE id = :'inv'), 'accepting_as_wrong_user: the invitation stays pending');
 UPDATE dalgo.invitations SET expires_at = now() - interval '1 second' WHERE id = :'inv';
 SET ROLE dalgo_anon;
 SELECT dalgo.sign_up('atk.member2@example.org', 'member password 2') AS member2 \gset
 RESET ROLE;
-SET dalgo.user_id = :'member2';
-SET ROLE dalgo_authenticated;
+BEGIN;
+SET LOCAL dalgo.user_id = :'member2';
+SET LOCAL ROLE dalgo_authenticated;
 SELECT throws_ok(format('SELECT dalgo.accept_invitation(%L)', :'inv_token'), '55000', 'this invitation has expired',
 	'accepting_expired_invitation: refused');
 SELECT throws_ok($$SELECT dalgo.accept_invitation('made-up')$$, '28000', 'invalid invitation token', 'accepting_unknown_invitation: refused');
-RESET ROLE;
+COMMIT;
 -- An invitation never grants more than its sender may grant now.
-SET dalgo.user_id = :'admin';
-SET ROLE dalgo_authenticated;
+BEGIN;
+SET LOCAL dalgo.user_id = :'admin';
+SET LOCAL ROLE dalgo_authenticated;
 SELECT dalgo.invite_member(:'org', 'atk.member2@example.org', 'admin') AS inv2 \gset
-RESET ROLE;
+COMMIT;
 SET ROLE dalgo_service;
 SELECT payload->>'token' AS inv2_token FROM dalgo.claim_messages(10) WHERE payload->>'invitation_id' = :'inv2' \gset
 RESET ROLE;
-RESET dalgo.user_id;
 UPDATE dalgo.organization_members SET role = 'member' WHERE organization_id = :'org' AND user_id = :'admin';
-SET dalgo.user_id = :'member2';
-SET ROLE dalgo_authenticated;
+BEGIN;
+SET LOCAL dalgo.user_id = :'member2';
+SET LOCAL ROLE dalgo_authenticated;
 SELECT throws_ok(format('SELECT dalgo.accept_invitation(%L)', :'inv2_token'), '42501', 'the inviter can no longer invite to this organization',
 	'demoted_inviter: an invitation from a demoted admin no longer works');
-RESET ROLE;
-RESET dalgo.user_id;
+COMMIT;
 UPDATE dalgo.organization_members SET role = 'admin' WHERE organization_id = :'org' AND user_id = :'admin';
 
 -- API keys.
-SET dalgo.user_id = :'member';
-SET ROLE dalgo_authenticated;
+BEGIN;
+SET LOCAL dalgo.user_id = :'member';
+SET LOCAL ROLE dalgo_authenticated;
 SELECT throws_ok(format('SELECT dalgo.create_api_key(%L, %L)', :'org', 'k'), '42501', NULL, 'api_key_by_member: members cannot create keys');
-RESET ROLE;
-SET dalgo.user_id = :'admin';
-SET ROLE dalgo_authenticated;
+COMMIT;
+BEGIN;
+SET LOCAL dalgo.user_id = :'admin';
+SET LOCAL ROLE dalgo_authenticated;
 SELECT throws_ok(format('SELECT dalgo.create_api_key(%L, %L, %L)', :'org', 'k', 'owner'), '42501', 'an API key''s role cannot exceed yours',
 	'api_key_above_creator: a key''s role cannot exceed its creator''s');
 SELECT dalgo.create_api_key(:'org', 'admin key', 'admin') AS key \gset
@@ -104,8 +110,7 @@ SELECT dalgo.create_api_key(:'org', 'expiring', 'viewer', now() + interval '1 ho
 SELECT dalgo.create_api_key(:'org', 'rr key', 'viewer') AS rr_key \gset
 SELECT throws_ok($$SELECT key_hash FROM dalgo.api_keys$$, '42501', NULL, 'secrets: key hashes are not readable');
 SELECT lives_ok(format('SELECT dalgo.revoke_api_key(id) FROM dalgo.api_keys WHERE name = %L', 'to revoke'), 'an admin revokes a key');
-RESET ROLE;
-RESET dalgo.user_id;
+COMMIT;
 UPDATE dalgo.api_keys SET expires_at = now() - interval '1 second' WHERE name = 'expiring';
 SELECT is((SELECT count(*) FROM dalgo.audit_logs WHERE action = 'api_key_revoked' AND organization_id = :'org'), 1::bigint,
 	'revoking a key leaves an audit row');
@@ -213,16 +218,16 @@ SELECT is(pg_temp.error_of(format('SELECT * FROM dalgo.refresh_session(%L)', :'s
 RESET ROLE;
 
 -- Secrets are not readable by app roles.
-SET dalgo.user_id = :'owner';
-SET ROLE dalgo_authenticated;
+BEGIN;
+SET LOCAL dalgo.user_id = :'owner';
+SET LOCAL ROLE dalgo_authenticated;
 SELECT throws_ok($$SELECT password_hash FROM dalgo.users$$, '42501', NULL, 'secrets: password hashes are not readable');
 SELECT throws_ok($$SELECT token_hash FROM dalgo.refresh_tokens$$, '42501', NULL, 'secrets: refresh token hashes are not readable');
 SELECT throws_ok($$SELECT token_hash FROM dalgo.password_reset_tokens$$, '42501', NULL, 'secrets: reset token hashes are not readable');
 SELECT throws_ok($$SELECT token FROM dalgo.invitations$$, '42501', NULL, 'secrets: invitation hashes are not readable');
 SELECT throws_ok($$SELECT payload FROM dalgo.mail_messages$$, '42501', NULL, 'secrets: the mail queue is not readable');
 SELECT throws_ok($$SELECT email_hash FROM dalgo.sign_in_attempts$$, '42501', NULL, 'secrets: sign-in attempts are not readable');
-RESET ROLE;
-RESET dalgo.user_id;
+COMMIT;
 SET ROLE dalgo_anon;
 SELECT throws_ok($$SELECT payload FROM dalgo.mail_messages$$, '42501', NULL, 'secrets: dalgo_anon does not read the queue');
 RESET ROLE;

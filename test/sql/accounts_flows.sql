@@ -8,7 +8,7 @@
 \i test/fixtures/tap_setup.sql
 SET dalgo.jwt_secret = '0123456789abcdef0123456789abcdef-accounts';
 SET dalgo.bcrypt_cost = 4;
-SELECT plan(80);
+SELECT plan(81);
 
 -- Sign-up.
 SET ROLE dalgo_anon;
@@ -109,6 +109,16 @@ RESET ROLE;
 RESET dalgo.sign_in_lockout;
 RESET dalgo.max_failed_sign_ins;
 
+-- Issued tokens carry the audience and issuer dalgo.authenticate() requires.
+SET dalgo.jwt_audience = 'dalgo-test-app';
+SET dalgo.jwt_issuer = 'https://dalgo.example.org';
+SET ROLE dalgo_anon;
+SELECT access_token AS aud_token FROM dalgo.sign_in('flow.owner@example.org', 'correct horse battery') \gset
+SELECT is(dalgo.authenticate(:'aud_token'), :'owner'::uuid, 'with dalgo.jwt_audience and dalgo.jwt_issuer set, issued tokens carry them and authenticate');
+RESET ROLE;
+RESET dalgo.jwt_audience;
+RESET dalgo.jwt_issuer;
+
 -- Refresh rotation.
 SET ROLE dalgo_anon;
 SELECT refresh_token AS r2, access_token AS a2 FROM dalgo.refresh_session(:'s1_refresh_token') \gset
@@ -142,11 +152,11 @@ SELECT dalgo.end_session(:'e1') \g /dev/null
 SELECT throws_ok(format('SELECT * FROM dalgo.refresh_session(%L)', :'e1'), '28000', NULL, 'end_session revokes the session');
 SELECT lives_ok(format('SELECT * FROM dalgo.refresh_session(%L)', :'e2'), 'end_session leaves the other sessions');
 RESET ROLE;
-SET dalgo.user_id = :'owner';
-SET ROLE dalgo_authenticated;
+BEGIN;
+SET LOCAL dalgo.user_id = :'owner';
+SET LOCAL ROLE dalgo_authenticated;
 SELECT ok(dalgo.end_all_sessions() >= 1, 'end_all_sessions revokes the user''s tokens');
-RESET ROLE;
-RESET dalgo.user_id;
+COMMIT;
 SELECT is((SELECT count(*) FROM dalgo.refresh_tokens WHERE user_id = :'owner' AND revoked_at IS NULL), 0::bigint,
 	'no live refresh token is left after end_all_sessions');
 
@@ -185,65 +195,69 @@ RESET ROLE;
 SELECT is((SELECT count(*) FROM dalgo.audit_logs WHERE action = 'password_reset' AND user_id = :'member'), 1::bigint, 'a reset leaves an audit row');
 
 -- Password change.
-SET dalgo.user_id = :'member';
-SET ROLE dalgo_authenticated;
+BEGIN;
+SET LOCAL dalgo.user_id = :'member';
+SET LOCAL ROLE dalgo_authenticated;
 SELECT throws_ok($$SELECT dalgo.change_password('not my password', 'another password')$$, '28P01', 'invalid password',
 	'change_password checks the current password');
 SELECT lives_ok($$SELECT dalgo.change_password('a new password 1', 'another password')$$, 'change_password sets the new one');
-RESET ROLE;
-RESET dalgo.user_id;
+COMMIT;
 SET ROLE dalgo_anon;
 SELECT is((SELECT user_id FROM dalgo.sign_in('flow.member@example.org', 'another password')), :'member'::uuid, 'the changed password signs in');
 RESET ROLE;
 
 -- Invitations.
-SET dalgo.user_id = :'owner';
-SET ROLE dalgo_authenticated;
+BEGIN;
+SET LOCAL dalgo.user_id = :'owner';
+SET LOCAL ROLE dalgo_authenticated;
 SELECT dalgo.invite_member(:'personal', 'Flow.Admin@example.org', 'admin') AS inv1 \gset
-RESET ROLE;
+COMMIT;
 SET ROLE dalgo_service;
 SELECT payload->>'token' AS inv1_token FROM dalgo.claim_messages(10) WHERE kind = 'invitation' \gset
 RESET ROLE;
 SELECT is((SELECT token FROM dalgo.invitations WHERE id = :'inv1'), dalgo.token_digest(:'inv1_token'),
 	'invitations.token holds the SHA-256 of the mailed token');
-SET dalgo.user_id = :'admin';
-SET ROLE dalgo_authenticated;
+BEGIN;
+SET LOCAL dalgo.user_id = :'admin';
+SET LOCAL ROLE dalgo_authenticated;
 SELECT is(dalgo.accept_invitation(:'inv1_token'), :'personal'::uuid, 'the invited user accepts and gets the organization id');
 SELECT is(dalgo.org_role(:'personal'), 'admin'::dalgo.member_role, 'the membership has the invited role');
 SELECT throws_ok(format('SELECT dalgo.accept_invitation(%L)', :'inv1_token'), '55000', 'this invitation has already been accepted',
 	'an invitation is accepted once');
 SELECT dalgo.invite_member(:'personal', 'flow.member@example.org', 'viewer') AS inv2 \gset
 SELECT dalgo.invite_member(:'personal', 'flow.member@example.org', 'member') AS inv3 \gset
-RESET ROLE;
+COMMIT;
 SELECT ok((SELECT revoked_at IS NOT NULL FROM dalgo.invitations WHERE id = :'inv2'), 're-inviting a pending email revokes the earlier invitation');
 SELECT is((SELECT count(*) FROM dalgo.mail_messages WHERE kind = 'invitation' AND state = 'pending'), 1::bigint,
 	'and cancels its queued mail');
 SET ROLE dalgo_service;
 SELECT payload->>'token' AS inv3_token FROM dalgo.claim_messages(10) WHERE kind = 'invitation' \gset
 RESET ROLE;
-SET dalgo.user_id = :'member';
-SET ROLE dalgo_authenticated;
+BEGIN;
+SET LOCAL dalgo.user_id = :'member';
+SET LOCAL ROLE dalgo_authenticated;
 SELECT is(dalgo.accept_invitation(:'inv3_token'), :'personal'::uuid, 'the replacing invitation works');
-RESET ROLE;
-SET dalgo.user_id = :'admin';
-SET ROLE dalgo_authenticated;
+COMMIT;
+BEGIN;
+SET LOCAL dalgo.user_id = :'admin';
+SET LOCAL ROLE dalgo_authenticated;
 SELECT dalgo.invite_member(:'personal', 'someone@example.org', 'viewer') AS inv4 \gset
 SELECT lives_ok(format('SELECT dalgo.revoke_invitation(%L)', :'inv4'), 'an admin revokes an invitation');
-RESET ROLE;
-SET dalgo.user_id = :'owner';
-SET ROLE dalgo_authenticated;
+COMMIT;
+BEGIN;
+SET LOCAL dalgo.user_id = :'owner';
+SET LOCAL ROLE dalgo_authenticated;
 SELECT lives_ok($$SELECT dalgo.invite_member((dalgo.current_org_ids('owner'))[1], 'next.owner@example.org', 'owner')$$, 'an owner invites an owner');
-RESET ROLE;
-RESET dalgo.user_id;
+COMMIT;
 SELECT is((SELECT count(*) FROM dalgo.audit_logs WHERE action IN ('invitation_sent', 'invitation_accepted', 'invitation_revoked')
 		   AND organization_id = :'personal'), 8::bigint, 'invitations sent, accepted and revoked leave audit rows');
 
 -- API keys.
-SET dalgo.user_id = :'admin';
-SET ROLE dalgo_authenticated;
+BEGIN;
+SET LOCAL dalgo.user_id = :'admin';
+SET LOCAL ROLE dalgo_authenticated;
 SELECT dalgo.create_api_key(:'personal', 'nightly sync', 'member') AS key \gset
-RESET ROLE;
-RESET dalgo.user_id;
+COMMIT;
 SELECT matches(:'key'::text, '^dk_[A-Za-z0-9_-]{43}$', 'create_api_key returns the key');
 SELECT is((SELECT key_hash FROM dalgo.api_keys WHERE name = 'nightly sync'), dalgo.token_digest(:'key'), 'only the key''s hash is stored');
 BEGIN;
