@@ -1892,11 +1892,12 @@ CREATE FUNCTION dalgo.account_audit(action text, user_id uuid, organization_id u
 	RETURNS void
 	LANGUAGE sql
 	SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
+	-- (a string body: no parse-time dependency on audit_logs' columns, which may change shape)
+AS $$
 	INSERT INTO dalgo.audit_logs (id, organization_id, user_id, action, resource_type, resource_id, details)
 		VALUES (dalgo.uuid_v7(), account_audit.organization_id, account_audit.user_id, account_audit.action,
 				account_audit.resource_type, account_audit.resource_id, account_audit.details);
-END;
+$$;
 COMMENT ON FUNCTION dalgo.account_audit(text, uuid, uuid, text, uuid, jsonb) IS
 	'Write one audit row for an account flow (never with a password, token or hash in it) (private)';
 
