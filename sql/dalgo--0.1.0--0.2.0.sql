@@ -2678,6 +2678,21 @@ $$;
 COMMENT ON FUNCTION dalgo.authenticate_api_key(text) IS
 	'Verify an API key and make its creator the caller for this transaction, seen by every membership function and policy in the key''s organization only, at the lesser of the key''s role and the creator''s current role; returns the organization id. Unknown, revoked or expired: 28000 "invalid API key"';
 
+CREATE FUNCTION dalgo.refuse_api_key_organization() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM dalgo.refuse_api_key('creating an organization');
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo.refuse_api_key_organization() IS
+	'BEFORE INSERT trigger on organizations: an API key acts in its one organization and creates no other (dalgo.create_organization, dalgo.sign_up)';
+CREATE TRIGGER api_key_scope BEFORE INSERT ON dalgo.organizations
+	FOR EACH ROW EXECUTE FUNCTION dalgo.refuse_api_key_organization();
+COMMENT ON TRIGGER api_key_scope ON dalgo.organizations IS 'An API key creates no organization';
+
 -- ---------------------------------------------------------------------------
 -- Privileges
 -- ---------------------------------------------------------------------------
@@ -2687,7 +2702,7 @@ REVOKE ALL ON FUNCTION
 	dalgo.new_token(integer), dalgo.token_digest(text), dalgo.email_key(text), dalgo.setting_interval(text),
 	dalgo.sign_access_token(uuid, timestamptz), dalgo.run_autonomously(text, bytea, uuid),
 	dalgo.set_api_key_identity(uuid, uuid, uuid, text), dalgo.act_as(uuid), dalgo.current_api_key_id(),
-	dalgo.api_key_is_live(uuid), dalgo.require_read_committed(text),
+	dalgo.api_key_is_live(uuid), dalgo.require_read_committed(text), dalgo.refuse_api_key_organization(),
 	dalgo.account_audit(text, uuid, uuid, text, uuid, jsonb), dalgo.check_new_password(text),
 	dalgo.check_email(text), dalgo.refuse_api_key(text), dalgo.issue_session(uuid, uuid),
 	dalgo.note_failed_sign_in(bytea, uuid), dalgo.note_token_reuse(bytea, uuid),

@@ -8,7 +8,7 @@
 \i test/fixtures/tap_setup.sql
 SET dalgo.jwt_secret = '0123456789abcdef0123456789abcdef-accounts';
 SET dalgo.bcrypt_cost = 4;
-SELECT plan(57);
+SELECT plan(58);
 
 SET ROLE dalgo_anon;
 SELECT dalgo.sign_up('atk.owner@example.org', 'owner password 1') AS owner \gset
@@ -129,6 +129,8 @@ SELECT throws_ok(format('SELECT dalgo.create_api_key(%L, %L)', :'org', 'minted')
 SELECT throws_ok($$SELECT dalgo.change_password('admin password 1', 'stolen password')$$, '42501', NULL,
 	'api_key_account_takeover: a key cannot change its creator''s password');
 SELECT throws_ok($$SELECT dalgo.end_all_sessions()$$, '42501', NULL, 'api_key_account_takeover: nor end its creator''s sessions');
+SELECT throws_ok($$SELECT dalgo.create_organization('Escape', 'api-key-escape')$$, '42501',
+	'creating an organization needs a signed-in user, not an API key', 'api_key_second_org: a key cannot create another organization');
 COMMIT;
 
 -- After a demotion the key acts at most at the creator's current role.
