@@ -87,6 +87,7 @@ REGRESS = \
 	recipe_fuzz \
 	recipe_limits \
 	next_run \
+	next_run_fuzz \
 	scheduler_runs \
 	scheduler_live \
 	organization_quotas \
@@ -117,6 +118,8 @@ PROVE_TESTS = $(wildcard test/t/*.pl)
 
 EXTRA_CLEAN = tmp_check_regress
 
+# The scheduler serves only databases whose dalgo is this version.
+PG_CPPFLAGS = -DDALGO_VERSION=\"$(EXTVERSION)\"
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 
 PG_CONFIG ?= pg_config

@@ -1780,6 +1780,165 @@ WHERE o.deleted_at IS NULL AND coalesce(o.destination_config->>'type', 'table') 
   AND NOT EXISTS (SELECT FROM dalgo.warehouse_tables w WHERE w.warehouse_connection_id = c.id
 				  AND w.table_name = o.destination_config->>'name' AND w.deleted_at IS NULL)
 ORDER BY o.organization_id, o.destination_config->>'name', o.last_refreshed_at DESC NULLS LAST;
+
+-- sched: the scheduler's recovery judges a run's worker by pid and backend start, on every tick.
+CREATE OR REPLACE FUNCTION dalgo.recover_interrupted_runs() RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+	m integer;
+	seen timestamptz;
+	live_pids integer[];
+	live_starts timestamptz[];
+BEGIN
+	-- A run is alive while the backend that marked it running is: the same
+	-- pid, started no later than the run (a reused pid starts later).  Only
+	-- runs marked before the list of backends was read are judged by it.
+	PERFORM pg_stat_clear_snapshot();
+	seen := clock_timestamp();
+	SELECT array_agg(a.pid), array_agg(a.backend_start) INTO live_pids, live_starts
+	FROM pg_stat_activity a WHERE a.backend_start IS NOT NULL;
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
+	FROM dalgo.sources s
+	WHERE s.id = r.source_id AND NOT dalgo.is_connector_source(s.source_type) AND r.status = 'running'
+	  AND r.details ? 'schedule_id' AND coalesce(r.started_at, '-infinity') < seen
+	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
+					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
+	WHERE r.status = 'running' AND r.details ? 'schedule_id' AND coalesce(r.started_at, '-infinity') < seen
+	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
+					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
+	GET DIAGNOSTICS m = ROW_COUNT;
+	RETURN n + m;
+END
+$$;
+COMMENT ON FUNCTION dalgo.recover_interrupted_runs() IS
+	'Mark scheduled runs whose worker is gone (same pid and a backend start no later than the run''s) as failed; the scheduler calls it on every tick (pending runs simply wait for a worker)';
+
+-- sched: a connector that claimed a run and went away.
+CREATE FUNCTION dalgo.expire_stalled_connector_runs(timeout_seconds integer) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+BEGIN
+	IF timeout_seconds IS NULL OR timeout_seconds <= 0 THEN
+		RETURN 0;
+	END IF;
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = format('the connector did not complete the run within %s seconds of claiming it', timeout_seconds)
+	WHERE r.status = 'running' AND coalesce(r.started_at, r.created_at) < now() - make_interval(secs => timeout_seconds)
+	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.id = r.source_id AND dalgo.is_connector_source(s.source_type));
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo.expire_stalled_connector_runs(integer) IS
+	'Mark connector runs claimed but not completed within timeout_seconds (dalgo.run_timeout) as failed; 0 disables it';
+REVOKE ALL ON FUNCTION dalgo.expire_stalled_connector_runs(integer) FROM PUBLIC;
+
+-- sched: run_at_time 24:00 is refused.  Existing 24:00 rows become 00:00 of
+-- the next day: hourly and daily simply 00:00, weekly the next weekday,
+-- monthly the next day of the month (31 becomes 1, the first after the
+-- month's last day).
+UPDATE dalgo.schedules SET run_at_time = '00:00',
+	run_at_day = CASE frequency WHEN 'weekly' THEN run_at_day % 7 + 1
+								WHEN 'monthly' THEN run_at_day % 31 + 1 END
+WHERE run_at_time = '24:00';
+ALTER TABLE dalgo.schedules ADD CONSTRAINT schedules_run_at_time_of_day CHECK (run_at_time < '24:00');
+COMMENT ON CONSTRAINT schedules_run_at_time_of_day ON dalgo.schedules IS
+	'run_at_time is a time of day, 00:00 to 23:59:59.999999; 24:00 is refused (use 00:00 of the next day)';
+
+-- sched: the scheduler idles while a database's dalgo is older than the library; wake it now.
+SELECT dalgo.wake_launcher();
+
+-- lead: a swap keeps the output views over the swapped table (manual runs too)
+CREATE OR REPLACE FUNCTION dalgo.swap_warehouse_table(organization_id uuid, build_name text, table_name text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	by_source uuid;
+	by_transformation uuid;
+	by_output uuid;
+	context uuid;
+	claimant text;
+	reg dalgo.warehouse_tables;
+	dropped jsonb;
+BEGIN
+	-- The producer is the run the build is named after: dalgo names each
+	-- build table _dalgo_build_<transformation run>, _dalgo_sync_<sync run>
+	-- or _dalgo_out_<output refresh run>.
+	IF build_name ~ '^_dalgo_build_[0-9a-f]{32}$' THEN
+		SELECT r.transformation_id INTO by_transformation FROM dalgo.transformation_runs r
+		WHERE r.id = substr(build_name, 14)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+		context := by_transformation;
+	ELSIF build_name ~ '^_dalgo_sync_[0-9a-f]{32}$' THEN
+		SELECT r.source_id INTO by_source FROM dalgo.sync_runs r
+		WHERE r.id = substr(build_name, 13)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+	ELSIF build_name ~ '^_dalgo_out_[0-9a-f]{32}$' THEN
+		SELECT o.id, o.transformation_id INTO by_output, context
+		FROM dalgo.transformation_runs r
+		JOIN dalgo.schedules s ON s.id::text = r.details->>'schedule_id' AND s.organization_id = r.organization_id
+		JOIN dalgo.outputs o ON o.id = s.output_id AND o.organization_id = s.organization_id
+		WHERE r.id = substr(build_name, 12)::uuid AND r.organization_id = swap_warehouse_table.organization_id
+		  AND o.transformation_id = r.transformation_id;
+	END IF;
+	IF num_nonnulls(by_source, by_transformation, by_output) <> 1 THEN
+		RAISE EXCEPTION 'warehouse table build "%" belongs to no run of this organization', build_name
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Checked again at the moment of the swap, under the organization's name lock.
+	claimant := dalgo.warehouse_table_claimant(organization_id, table_name, by_source, context, by_output);
+	IF claimant IS NOT NULL THEN
+		RAISE EXCEPTION 'warehouse table "%" belongs to %; it is not replaced', table_name, claimant
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT * INTO reg FROM dalgo.warehouse_tables w
+	WHERE w.organization_id = swap_warehouse_table.organization_id AND w.table_name = swap_warehouse_table.table_name
+	  AND w.deleted_at IS NULL
+	FOR UPDATE;
+	-- A table may be replaced only by the producer that made it.
+	IF to_regclass(format('%I.%I', schema_name, table_name)) IS NOT NULL
+	   AND (reg.id IS NULL OR reg.source_id IS DISTINCT FROM by_source
+			OR reg.transformation_id IS DISTINCT FROM by_transformation OR reg.output_id IS DISTINCT FROM by_output) THEN
+		RAISE EXCEPTION 'warehouse table "%" was not produced by this %; it is not replaced', table_name,
+			CASE WHEN by_source IS NOT NULL THEN 'source' WHEN by_transformation IS NOT NULL THEN 'transformation' ELSE 'output' END
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = CASE WHEN reg.id IS NULL THEN 'The table is not registered in dalgo.warehouse_tables.'
+						   ELSE 'dalgo.warehouse_tables records another producer for it.' END;
+	END IF;
+	-- Output views over the table depend on it: drop them around the swap
+	-- (in this transaction, so readers never miss them).
+	dropped := dalgo.drop_output_views(organization_id, ARRAY[table_name]);
+	PERFORM dalgo.warehouse_execute(organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, table_name));
+	PERFORM dalgo.warehouse_execute(organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, table_name));
+	PERFORM dalgo.restore_output_views(organization_id, dropped);
+	-- Record the producer (row count and size follow in register_warehouse_table).
+	IF reg.id IS NOT NULL THEN
+		UPDATE dalgo.warehouse_tables w SET source_id = by_source, transformation_id = by_transformation,
+			output_id = by_output, last_updated_at = now()
+		WHERE w.id = reg.id;
+	ELSE
+		INSERT INTO dalgo.warehouse_tables (organization_id, warehouse_connection_id, table_name, source_id,
+											transformation_id, output_id, last_updated_at)
+		SELECT swap_warehouse_table.organization_id, c.id, swap_warehouse_table.table_name, by_source,
+			by_transformation, by_output, now()
+		FROM dalgo.warehouse_connections c
+		WHERE c.organization_id = swap_warehouse_table.organization_id AND c.deleted_at IS NULL;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.swap_warehouse_table(uuid, text, text) IS
+	'Internal: replace a warehouse table by a freshly built one, atomically; only the producer (source, transformation or output) that the build''s run names, whose name no other producer claims, and that produced the existing table, if any; records it in warehouse_tables';
+
 -- accounts: accounts in the database (sql/accounts.sql, src/accounts.c; issue 11)
 -- accounts.sql: accounts in the database.  Sign-up, sign-in with lockout,
 -- rotating refresh tokens with reuse detection, password reset and change,

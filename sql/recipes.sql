@@ -365,6 +365,7 @@ DECLARE
 	context uuid;
 	claimant text;
 	reg dalgo.warehouse_tables;
+	dropped jsonb;
 BEGIN
 	-- The producer is the run the build is named after: dalgo names each
 	-- build table _dalgo_build_<transformation run>, _dalgo_sync_<sync run>
@@ -408,8 +409,12 @@ BEGIN
 				  DETAIL = CASE WHEN reg.id IS NULL THEN 'The table is not registered in dalgo.warehouse_tables.'
 						   ELSE 'dalgo.warehouse_tables records another producer for it.' END;
 	END IF;
+	-- Output views over the table depend on it: drop them around the swap
+	-- (in this transaction, so readers never miss them).
+	dropped := dalgo.drop_output_views(organization_id, ARRAY[table_name]);
 	PERFORM dalgo.warehouse_execute(organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, table_name));
 	PERFORM dalgo.warehouse_execute(organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, table_name));
+	PERFORM dalgo.restore_output_views(organization_id, dropped);
 	-- Record the producer (row count and size follow in register_warehouse_table).
 	IF reg.id IS NOT NULL THEN
 		UPDATE dalgo.warehouse_tables w SET source_id = by_source, transformation_id = by_transformation,

@@ -53,6 +53,11 @@ CREATE TRIGGER wake_scheduler AFTER INSERT OR UPDATE OR DELETE ON dalgo.schedule
 	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.wake_scheduler();
 COMMENT ON TRIGGER wake_scheduler ON dalgo.schedules IS 'A change to schedules wakes the scheduler';
 
+-- sched: 24:00 is the end of a day, not a time a schedule runs at; 00:00 is.
+ALTER TABLE dalgo.schedules ADD CONSTRAINT schedules_run_at_time_of_day CHECK (run_at_time < '24:00');
+COMMENT ON CONSTRAINT schedules_run_at_time_of_day ON dalgo.schedules IS
+	'run_at_time is a time of day, 00:00 to 23:59:59.999999; 24:00 is refused (use 00:00 of the next day)';
+
 -- ---------------------------------------------------------------------------
 -- The run lifecycle
 -- ---------------------------------------------------------------------------
@@ -545,24 +550,36 @@ AS $$
 DECLARE
 	n integer;
 	m integer;
-	live integer[] := ARRAY(SELECT pid FROM pg_stat_activity WHERE backend_type = 'dalgo run' OR pid = pg_backend_pid());
+	seen timestamptz;
+	live_pids integer[];
+	live_starts timestamptz[];
 BEGIN
+	-- A run is alive while the backend that marked it running is: the same
+	-- pid, started no later than the run (a reused pid starts later).  Only
+	-- runs marked before the list of backends was read are judged by it.
+	PERFORM pg_stat_clear_snapshot();
+	seen := clock_timestamp();
+	SELECT array_agg(a.pid), array_agg(a.backend_start) INTO live_pids, live_starts
+	FROM pg_stat_activity a WHERE a.backend_start IS NOT NULL;
 	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
-		error_message = 'the server restarted while the run was in progress'
+		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
 	FROM dalgo.sources s
 	WHERE s.id = r.source_id AND NOT dalgo.is_connector_source(s.source_type) AND r.status = 'running'
-	  AND r.details ? 'schedule_id' AND NOT coalesce((r.details->>'runner_pid')::integer = ANY (live), false);
+	  AND r.details ? 'schedule_id' AND coalesce(r.started_at, '-infinity') < seen
+	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
+					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
 	GET DIAGNOSTICS n = ROW_COUNT;
 	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
-		error_message = 'the server restarted while the run was in progress'
-	WHERE r.status = 'running' AND r.details ? 'schedule_id'
-	  AND NOT coalesce((r.details->>'runner_pid')::integer = ANY (live), false);
+		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
+	WHERE r.status = 'running' AND r.details ? 'schedule_id' AND coalesce(r.started_at, '-infinity') < seen
+	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
+					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
 	GET DIAGNOSTICS m = ROW_COUNT;
 	RETURN n + m;
 END
 $$;
 COMMENT ON FUNCTION dalgo.recover_interrupted_runs() IS
-	'Mark scheduled runs left running by no live run worker (a crash or restart interrupted them) as failed; the scheduler calls it when it starts (pending runs simply wait for a worker)';
+	'Mark scheduled runs whose worker is gone (same pid and a backend start no later than the run''s) as failed; the scheduler calls it on every tick (pending runs simply wait for a worker)';
 
 CREATE FUNCTION dalgo.expire_connector_runs(timeout_seconds integer) RETURNS integer
 	LANGUAGE plpgsql
@@ -580,6 +597,29 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dalgo.expire_connector_runs(integer) IS 'Mark connector runs nobody claimed in time as failed';
+
+-- sched: a connector that claimed a run and went away.
+CREATE FUNCTION dalgo.expire_stalled_connector_runs(timeout_seconds integer) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+BEGIN
+	IF timeout_seconds IS NULL OR timeout_seconds <= 0 THEN
+		RETURN 0;
+	END IF;
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = format('the connector did not complete the run within %s seconds of claiming it', timeout_seconds)
+	WHERE r.status = 'running' AND coalesce(r.started_at, r.created_at) < now() - make_interval(secs => timeout_seconds)
+	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.id = r.source_id AND dalgo.is_connector_source(s.source_type));
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo.expire_stalled_connector_runs(integer) IS
+	'Mark connector runs claimed but not completed within timeout_seconds (dalgo.run_timeout) as failed; 0 disables it';
+REVOKE ALL ON FUNCTION dalgo.expire_stalled_connector_runs(integer) FROM PUBLIC;
 
 CREATE FUNCTION dalgo.purge_run_history(days integer) RETURNS bigint
 	LANGUAGE plpgsql

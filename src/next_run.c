@@ -116,35 +116,41 @@ local_parts(TimestampTz t, pg_tz *tz, int *jd, struct pg_tm *tm)
 
 /*
  * The instant at which the local clock in tz shows date jd, time of day
- * tod.  A time in a spring-forward gap gives the end of the gap.
+ * tod, into *result.  A time in a spring-forward gap gives the end of the
+ * gap.  False when the instant lies outside the timestamp range.
  */
-static TimestampTz
-local_to_instant(int jd, TimeADT tod, pg_tz *tz)
+static bool
+local_to_instant(int jd, TimeADT tod, pg_tz *tz, TimestampTz *result)
 {
 	struct pg_tm tm;
 	struct pg_tm check;
 	fsec_t		fsec;
 	int			tzoff;
 	int			checkjd;
-	Timestamp	result;
+	int			checkoff;
+	fsec_t		checkfsec;
+	Timestamp	instant;
 
+	if (jd < 0)
+		return false;
 	memset(&tm, 0, sizeof(tm));
 	j2date(jd, &tm.tm_year, &tm.tm_mon, &tm.tm_mday);
 	time2tm(tod, &tm, &fsec);
 	tzoff = DetermineTimeZoneOffset(&tm, tz);
-	if (tm2timestamp(&tm, fsec, &tzoff, &result) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-				 errmsg("timestamp out of range")));
+	if (tm2timestamp(&tm, fsec, &tzoff, &instant) != 0 || !IS_VALID_TIMESTAMP(instant))
+		return false;
 
 	/* In a gap PostgreSQL reads the time with the offset before it: move to the gap's end. */
-	local_parts(result, tz, &checkjd, &check);
+	if (timestamp2tm(instant, &checkoff, &check, &checkfsec, NULL, tz) != 0)
+		return false;
+	checkjd = date2j(check.tm_year, check.tm_mon, check.tm_mday);
 	if (checkjd != jd || check.tm_hour != tm.tm_hour || check.tm_min != tm.tm_min ||
 		check.tm_sec != tm.tm_sec)
 	{
-		pg_time_t	from = timestamptz_to_time_t(result) - 2 * SECS_PER_DAY;
+		pg_time_t	from = timestamptz_to_time_t(instant) - 2 * SECS_PER_DAY;
 		pg_time_t	boundary;
 		pg_time_t	last = 0;
+		bool		found = false;
 		long int	before_gmtoff,
 					after_gmtoff;
 		int			before_isdst,
@@ -152,15 +158,17 @@ local_to_instant(int jd, TimeADT tod, pg_tz *tz)
 
 		while (pg_next_dst_boundary(&from, &before_gmtoff, &before_isdst, &boundary,
 									&after_gmtoff, &after_isdst, tz) == 1 &&
-			   boundary <= timestamptz_to_time_t(result))
+			   boundary <= timestamptz_to_time_t(instant))
 		{
 			last = boundary;
+			found = true;
 			from = boundary;
 		}
-		if (last != 0)
-			result = time_t_to_timestamptz(last);
+		if (found)
+			instant = time_t_to_timestamptz(last);
 	}
-	return result;
+	*result = instant;
+	return true;
 }
 
 /* Number of days in a month. */
@@ -170,15 +178,35 @@ days_in_month(int year, int month)
 	return day_tab[isleap(year)][month - 1];
 }
 
+/* Floor division for possibly negative month counts (years BC). */
+static int
+floor_div(int a, int b)
+{
+	return a / b - ((a % b != 0) && ((a < 0) != (b < 0)));
+}
+
 /*
  * The first slot strictly after "after" of a schedule, as described at the
- * top of this file.  day is ignored for hourly and daily.
+ * top of this file.  day is ignored for hourly and daily.  A slot outside
+ * the timestamp range is an error (22008); so is an infinite "after".
  */
 TimestampTz
 dalgo_next_run(DalgoFrequency freq, TimeADT at, int day, pg_tz *tz, TimestampTz after)
 {
 	struct pg_tm tm;
 	int			jd;
+	TimestampTz slot;
+
+	if (at < 0 || at >= USECS_PER_DAY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("run_at_time must be a time of day before 24:00"),
+				 errhint("A schedule at the end of a day runs at 00:00 of the next day.")));
+	if (TIMESTAMP_NOT_FINITE(after))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range"),
+				 errdetail("A schedule has no slot after an infinite timestamp.")));
 
 	local_parts(after, tz, &jd, &tm);
 	switch (freq)
@@ -195,37 +223,33 @@ dalgo_next_run(DalgoFrequency freq, TimeADT at, int day, pg_tz *tz, TimestampTz 
 				{
 					TimestampTz minute = start + k * USECS_PER_MINUTE;
 					struct pg_tm ltm;
-					int			ljd;
-					TimestampTz slot;
+					int			ltzoff;
+					fsec_t		lfsec;
 
-					local_parts(minute, tz, &ljd, &ltm);
+					if (!IS_VALID_TIMESTAMP(minute) ||
+						timestamp2tm(minute, &ltzoff, &ltm, &lfsec, NULL, tz) != 0)
+						break;
 					if (ltm.tm_min != minute_usec / USECS_PER_MINUTE)
 						continue;
 					slot = minute + minute_usec % USECS_PER_MINUTE;
-					if (slot > after)
+					if (slot > after && IS_VALID_TIMESTAMP(slot))
 						return slot;
 				}
 				break;
 			}
 		case DALGO_FREQ_DAILY:
 			for (int d = jd - 1; d <= jd + 2; d++)
-			{
-				TimestampTz slot = local_to_instant(d, at, tz);
-
-				if (slot > after)
+				if (local_to_instant(d, at, tz, &slot) && slot > after)
 					return slot;
-			}
 			break;
 		case DALGO_FREQ_WEEKLY:
 			for (int d = jd - 1; d <= jd + 8; d++)
 			{
 				int			dow = j2day(d);
-				TimestampTz slot;
 
 				if ((dow == 0 ? 7 : dow) != day)
 					continue;
-				slot = local_to_instant(d, at, tz);
-				if (slot > after)
+				if (local_to_instant(d, at, tz, &slot) && slot > after)
 					return slot;
 			}
 			break;
@@ -233,17 +257,25 @@ dalgo_next_run(DalgoFrequency freq, TimeADT at, int day, pg_tz *tz, TimestampTz 
 			for (int k = -1; k <= 2; k++)
 			{
 				int			months = tm.tm_year * 12 + (tm.tm_mon - 1) + k;
-				int			y = months / 12;
-				int			m = months % 12 + 1;
+				int			y = floor_div(months, 12);
+				int			m = months - y * 12 + 1;
 				int			d = Min(day, days_in_month(y, m));
-				TimestampTz slot = local_to_instant(date2j(y, m, d), at, tz);
 
-				if (slot > after)
+				if (local_to_instant(date2j(y, m, d), at, tz, &slot) && slot > after)
 					return slot;
 			}
 			break;
 	}
-	elog(ERROR, "no schedule slot found after " INT64_FORMAT, (int64) after);
+
+	/*
+	 * Every candidate was at or before "after", or outside the range: near
+	 * the ends of the timestamp range the next slot does not exist.
+	 */
+	ereport(ERROR,
+			(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+			 errmsg("timestamp out of range"),
+			 errdetail("The schedule's next slot after %s lies outside the timestamp range.",
+					   timestamptz_to_str(after))));
 	return 0;					/* keep compiler quiet */
 }
 

@@ -4,18 +4,25 @@
  *		dalgo is installed.
  *
  *	 dalgo launcher   one per cluster (registered by _PG_init): every few
- *					  seconds, or when woken, it lists the databases and starts
- *					  a scheduler for each one that has none.  A scheduler that
- *					  finds no dalgo exits; the database is asked again 30 s
- *					  later, or at once when CREATE EXTENSION wakes the launcher.
- *	 dalgo scheduler  one per database: sleeps on its latch until the earliest
- *					  next_run_at (at most a second; a change to schedules wakes
- *					  it), claims due schedules with FOR UPDATE SKIP LOCKED
+ *					  seconds, or when woken, it lists the databases.  Each
+ *					  database it has not seen before is probed once, by
+ *					  starting a scheduler there; a scheduler that finds no
+ *					  dalgo exits and the launcher remembers the database as
+ *					  without dalgo (in its own memory, not in a slot) until
+ *					  CREATE EXTENSION dalgo asks for it again (wake_launcher).
+ *					  Slots of dropped databases and of databases without
+ *					  dalgo are freed; a database that finds no free slot is
+ *					  logged.
+ *	 dalgo scheduler  one per database: checks that the database's dalgo is
+ *					  the version this library was built for (otherwise it
+ *					  idles until ALTER EXTENSION dalgo UPDATE), sleeps on its
+ *					  latch until the earliest next_run_at (at most a second; a
+ *					  change to schedules wakes it), fails runs whose worker is
+ *					  gone, claims due schedules with FOR UPDATE SKIP LOCKED
  *					  (dalgo.claim_due_schedules), which leaves their runs
  *					  pending, and starts run workers for them, up to
- *					  dalgo.max_concurrent_runs in the cluster.  On
- *					  start it marks runs a crash interrupted as failed.  An
- *					  error in a tick is recorded and the loop goes on.
+ *					  dalgo.max_concurrent_runs in the cluster.  An error in a
+ *					  tick is recorded and the loop goes on.
  *	 dalgo run		  a pool of run workers: each takes the oldest pending run
  *					  (SKIP LOCKED), marks it running (committed, so a crash
  *					  leaves a trace to recover), executes it under
@@ -26,7 +33,9 @@
  *
  * Shared memory holds each database's scheduler (pid, latch, last tick,
  * counts, last error) for dalgo.scheduler_status() and for waking it, and
- * the cluster's running runs for the concurrency cap.
+ * the cluster's run-worker slots for the concurrency cap.  One LWLock (tranche
+ * "dalgo") guards it all; the cap check and the claim of a run slot happen
+ * under it in one step, and latches are set after it is released.
  */
 #include "dalgo.h"
 
@@ -37,18 +46,20 @@
 #include "access/xact.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_extension.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
-#include "storage/spin.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -56,6 +67,10 @@
 #include "utils/snapmgr.h"
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
+
+#ifndef DALGO_VERSION
+#error "DALGO_VERSION must be defined (the Makefile passes the control file's default_version)"
+#endif
 
 PG_FUNCTION_INFO_V1(dalgo_wake_scheduler);
 PG_FUNCTION_INFO_V1(dalgo_wake_launcher);
@@ -67,8 +82,11 @@ PGDLLEXPORT void dalgo_run_main(Datum arg);
 
 #define DALGO_MAX_DATABASES 64
 #define DALGO_MAX_RUNS 64
+#define DALGO_MAX_REQUESTS 16
 #define LAUNCHER_INTERVAL_MS 5000
-#define ABSENT_RECHECK_SECS 30
+#define START_TIMEOUT_MS 60000
+#define MAX_PROBES 2			/* databases looked at at once */
+#define VERSION_RECHECK_MS 5000
 #define PURGE_INTERVAL_SECS 600
 
 /* Settings. */
@@ -80,13 +98,16 @@ char	   *dalgo_csv_dir = NULL;
 
 typedef struct SchedulerSlot
 {
-	Oid			dboid;
+	Oid			dboid;			/* InvalidOid: the slot is free */
 	pid_t		pid;			/* 0 while none runs */
 	Latch	   *latch;
 	bool		starting;		/* the launcher started one that has not checked in */
+	bool		absent;			/* the scheduler found no dalgo and left */
+	bool		recheck;		/* CREATE EXTENSION asked since: look again */
+	bool		idle;			/* dalgo is installed at another version */
+	bool		probing;		/* not yet known to have dalgo */
 	TimestampTz started_at;
 	TimestampTz last_tick;
-	TimestampTz absent_since;	/* dalgo was not installed when last checked */
 	int			due;
 	int			running;
 	int64		runs_started;
@@ -98,12 +119,22 @@ typedef struct RunSlot
 	Oid			dboid;
 	pid_t		pid;			/* 0 until the worker starts */
 	bool		in_use;
+	uint32		generation;		/* bumped by every claim: tells a slot's users apart */
 } RunSlot;
+
+/* What a run worker gets in bgw_extra. */
+typedef struct RunTicket
+{
+	int			slot;
+	uint32		generation;
+} RunTicket;
 
 typedef struct DalgoShared
 {
-	slock_t		mutex;
+	LWLock	   *lock;
 	Latch	   *launcher_latch;
+	Oid			requests[DALGO_MAX_REQUESTS];	/* databases CREATE EXTENSION asked for */
+	bool		requests_overflowed;
 	SchedulerSlot dbs[DALGO_MAX_DATABASES];
 	RunSlot		runs[DALGO_MAX_RUNS];
 } DalgoShared;
@@ -112,13 +143,14 @@ static DalgoShared *shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-/* Reserve shared memory. */
+/* Reserve shared memory and the lock. */
 static void
 scheduler_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(DalgoShared)));
+	RequestNamedLWLockTranche("dalgo", 1);
 }
 
 /* Create or attach to the shared state. */
@@ -134,12 +166,12 @@ scheduler_shmem_startup(void)
 	if (!found)
 	{
 		memset(shared, 0, sizeof(DalgoShared));
-		SpinLockInit(&shared->mutex);
+		shared->lock = &(GetNamedLWLockTranche("dalgo"))->lock;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
 
-/* The slot of a database, optionally claiming a free one; NULL if none. Hold the mutex. */
+/* The slot of a database, optionally claiming a free one; NULL if none. Hold the lock exclusively to create. */
 static SchedulerSlot *
 db_slot(Oid dboid, bool create)
 {
@@ -186,6 +218,28 @@ start_worker(const char *type, const char *function, Oid dboid, const char *extr
 	}
 	worker.bgw_notify_pid = MyProcPid;
 	return RegisterDynamicBackgroundWorker(&worker, handle);
+}
+
+/*
+ * Wait until a started worker is running or gone: true if it runs (or ran).
+ * Exits with the postmaster.
+ */
+static bool
+worker_started(BackgroundWorkerHandle *handle)
+{
+	pid_t		pid;
+
+	switch (WaitForBackgroundWorkerStartup(handle, &pid))
+	{
+		case BGWH_STARTED:
+			return true;
+		case BGWH_POSTMASTER_DIED:
+			proc_exit(1);
+			break;
+		default:
+			break;
+	}
+	return false;
 }
 
 /* Signals common to the three workers. */
@@ -245,61 +299,196 @@ list_databases(void)
 	return dbs;
 }
 
+/* The members of an OID list that are also in dbs; frees the old list. */
+static List *
+oids_still_listed(List *oids, List *dbs)
+{
+	List	   *result = NIL;
+	ListCell   *lc;
+
+	foreach(lc, oids)
+		if (list_member_oid(dbs, lfirst_oid(lc)))
+			result = lappend_oid(result, lfirst_oid(lc));
+	list_free(oids);
+	return result;
+}
+
 /* Launcher main: keep one scheduler per database that has dalgo. */
 void
 dalgo_launcher_main(Datum arg)
 {
+	/* Databases probed and found without dalgo; the launcher's own memory. */
+	List	   *without_dalgo = NIL;
+	/* Databases already logged for want of a slot. */
+	List	   *warned = NIL;
+	MemoryContext launcher_cxt;
+
 	setup_signals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	pgstat_report_appname("dalgo launcher");
+	launcher_cxt = AllocSetContextCreate(TopMemoryContext, "dalgo launcher", ALLOCSET_DEFAULT_SIZES);
 
-	SpinLockAcquire(&shared->mutex);
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	shared->launcher_latch = MyLatch;
-	SpinLockRelease(&shared->mutex);
+	LWLockRelease(shared->lock);
 
 	for (;;)
 	{
 		List	   *dbs;
+		List	   *idle_slots = NIL;
+		List	   *to_start = NIL;
+		List	   *no_slot = NIL;
 		ListCell   *lc;
+		int			probes = 0;
+		bool		start_failed = false;
 		TimestampTz now = GetCurrentTimestamp();
+		MemoryContext old;
 
 		CHECK_FOR_INTERRUPTS();
 		reload_if_needed();
+		old = MemoryContextSwitchTo(launcher_cxt);
+
+		/*
+		 * Slots without a scheduler, read before the list of databases: a
+		 * slot that existed before that list was read and whose database is
+		 * not on it belongs to a database that is gone (or closed).
+		 */
+		LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+		for (int i = 0; i < DALGO_MAX_DATABASES; i++)
+		{
+			SchedulerSlot *s = &shared->dbs[i];
+
+			if (s->dboid == InvalidOid || s->pid != 0)
+				continue;
+			if (s->absent && !s->starting && !s->recheck)
+			{
+				/* Probed: no dalgo there.  Remember it here, free the slot. */
+				MemoryContextSwitchTo(launcher_cxt);
+				without_dalgo = list_append_unique_oid(without_dalgo, s->dboid);
+				memset(s, 0, sizeof(SchedulerSlot));
+				continue;
+			}
+			idle_slots = lappend_oid(idle_slots, s->dboid);
+		}
+		/* Databases CREATE EXTENSION asked for: look at them again. */
+		for (int i = 0; i < DALGO_MAX_REQUESTS; i++)
+			if (shared->requests[i] != InvalidOid)
+			{
+				without_dalgo = list_delete_oid(without_dalgo, shared->requests[i]);
+				warned = list_delete_oid(warned, shared->requests[i]);
+				shared->requests[i] = InvalidOid;
+			}
+		if (shared->requests_overflowed)
+		{
+			list_free(without_dalgo);
+			without_dalgo = NIL;
+			shared->requests_overflowed = false;
+		}
+		LWLockRelease(shared->lock);
+
 		dbs = list_databases();
+		MemoryContextSwitchTo(launcher_cxt);
+		/* Forget dropped databases. */
+		without_dalgo = oids_still_listed(without_dalgo, dbs);
+		warned = oids_still_listed(warned, dbs);
+
+		LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+		for (int i = 0; i < DALGO_MAX_DATABASES; i++)
+		{
+			SchedulerSlot *s = &shared->dbs[i];
+
+			if (s->dboid != InvalidOid && s->pid == 0 &&
+				list_member_oid(idle_slots, s->dboid) && !list_member_oid(dbs, s->dboid))
+				memset(s, 0, sizeof(SchedulerSlot));
+		}
+		/* Probes going now: a database not known to have dalgo, being looked at. */
+		for (int i = 0; i < DALGO_MAX_DATABASES; i++)
+			if (shared->dbs[i].dboid != InvalidOid && shared->dbs[i].probing &&
+				(shared->dbs[i].starting || shared->dbs[i].pid != 0))
+				probes++;
 		foreach(lc, dbs)
 		{
 			Oid			dboid = lfirst_oid(lc);
 			SchedulerSlot *slot;
-			bool		start = false;
 
-			SpinLockAcquire(&shared->mutex);
-			slot = db_slot(dboid, true);
-			if (slot != NULL && slot->pid == 0 &&
-				(!slot->starting || TimestampDifferenceExceeds(slot->started_at, now, 60000)) &&
-				(slot->absent_since == 0 ||
-				 TimestampDifferenceExceeds(slot->absent_since, now, ABSENT_RECHECK_SECS * 1000)))
+			if (list_member_oid(without_dalgo, dboid))
+				continue;
+			slot = db_slot(dboid, false);
+			if (slot == NULL)
 			{
-				slot->starting = true;
-				slot->started_at = now;
-				start = true;
-			}
-			SpinLockRelease(&shared->mutex);
-			if (start)
-			{
-				BackgroundWorkerHandle *handle;
-
-				if (!start_worker("dalgo scheduler", "dalgo_scheduler_main", dboid, NULL, 0, true, &handle))
+				/* Never seen: probe it, a few at a time, so probes do not crowd out run workers. */
+				if (probes >= MAX_PROBES)
+					continue;
+				slot = db_slot(dboid, true);
+				if (slot == NULL)
 				{
-					SpinLockAcquire(&shared->mutex);
-					slot->starting = false;
-					SpinLockRelease(&shared->mutex);
-					ereport(LOG,
-							(errmsg("dalgo launcher could not start a scheduler for database %u", dboid),
-							 errhint("Raise max_worker_processes.")));
+					if (!list_member_oid(warned, dboid))
+					{
+						warned = lappend_oid(warned, dboid);
+						no_slot = lappend_oid(no_slot, dboid);
+					}
+					continue;
 				}
+				slot->probing = true;
+			}
+			if (slot->pid == 0 &&
+				(!slot->starting || TimestampDifferenceExceeds(slot->started_at, now, START_TIMEOUT_MS)))
+			{
+				if (slot->probing && !slot->starting)
+				{
+					if (probes >= MAX_PROBES)
+						continue;
+					probes++;
+				}
+				slot->starting = true;
+				slot->absent = false;
+				slot->recheck = false;
+				slot->started_at = now;
+				to_start = lappend_oid(to_start, dboid);
 			}
 		}
+		LWLockRelease(shared->lock);
+		foreach(lc, no_slot)
+			ereport(WARNING,
+					(errmsg("dalgo launcher: no free scheduler slot for database %u", lfirst_oid(lc)),
+					 errdetail("At most %d databases of a cluster get a dalgo scheduler.", DALGO_MAX_DATABASES),
+					 errhint("Drop dalgo from databases that do not use it; the slot is freed within seconds.")));
+		list_free(no_slot);
+
+		foreach(lc, to_start)
+		{
+			Oid			dboid = lfirst_oid(lc);
+			BackgroundWorkerHandle *handle;
+			bool		ok = !start_failed;
+
+			if (ok)
+				ok = start_worker("dalgo scheduler", "dalgo_scheduler_main", dboid, NULL, 0, true, &handle);
+			if (ok)
+			{
+				ok = worker_started(handle);
+				pfree(handle);
+			}
+			else if (!start_failed)
+			{
+				/* No worker slot: log once, try the rest on the next pass. */
+				start_failed = true;
+				ereport(LOG,
+						(errmsg("dalgo launcher could not start a scheduler for database %u", dboid),
+						 errhint("Raise max_worker_processes.")));
+			}
+			if (!ok)
+			{
+				LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+				for (int i = 0; i < DALGO_MAX_DATABASES; i++)
+					if (shared->dbs[i].dboid == dboid && shared->dbs[i].pid == 0 && !shared->dbs[i].absent)
+						shared->dbs[i].starting = false;
+				LWLockRelease(shared->lock);
+			}
+		}
+		list_free(to_start);
+		list_free(idle_slots);
 		list_free(dbs);
+		MemoryContextSwitchTo(old);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 LAUNCHER_INTERVAL_MS, PG_WAIT_EXTENSION);
@@ -314,20 +503,32 @@ dalgo_launcher_main(Datum arg)
 
 static SchedulerSlot *my_slot = NULL;
 static TimestampTz last_purge = 0;
-static bool recovered = false;
+static char *my_dbname = NULL;
+static bool version_logged = false;	/* the version mismatch is logged */
 
 /* On exit: free the database's slot for the next scheduler. */
 static void
 scheduler_exit(int code, Datum arg)
 {
-	SpinLockAcquire(&shared->mutex);
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	if (my_slot != NULL && my_slot->pid == MyProcPid)
 	{
 		my_slot->pid = 0;
 		my_slot->latch = NULL;
 		my_slot->starting = false;
 	}
-	SpinLockRelease(&shared->mutex);
+	LWLockRelease(shared->lock);
+}
+
+/* Leave: dalgo is not installed in this database. */
+static void
+scheduler_leave_absent(void)
+{
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	my_slot->absent = true;
+	LWLockRelease(shared->lock);
+	ereport(DEBUG1, (errmsg("dalgo scheduler: dalgo is not installed in database %u", MyDatabaseId)));
+	proc_exit(0);
 }
 
 /* Run workers going in one database, or in the whole cluster (InvalidOid). */
@@ -336,56 +537,143 @@ runs_going(Oid dboid)
 {
 	int			n = 0;
 
-	SpinLockAcquire(&shared->mutex);
+	LWLockAcquire(shared->lock, LW_SHARED);
 	for (int i = 0; i < DALGO_MAX_RUNS; i++)
 		if (shared->runs[i].in_use && (dboid == InvalidOid || shared->runs[i].dboid == dboid))
 			n++;
-	SpinLockRelease(&shared->mutex);
+	LWLockRelease(shared->lock);
 	return n;
 }
 
-/* Record an error of a tick for scheduler_status(). */
+/* Record an error of a tick for scheduler_status(), cut at a character boundary. */
 static void
 record_error(const char *msg)
 {
-	SpinLockAcquire(&shared->mutex);
-	strlcpy(my_slot->last_error, msg, sizeof(my_slot->last_error));
-	SpinLockRelease(&shared->mutex);
+	int			len = pg_mbcliplen(msg, strlen(msg), sizeof(my_slot->last_error) - 1);
+
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	memcpy(my_slot->last_error, msg, len);
+	my_slot->last_error[len] = '\0';
+	LWLockRelease(shared->lock);
 }
 
-/* Start one run worker for this database; false if no run slot or worker is free. */
-static bool
-start_run_worker(void)
+typedef enum RunStart
 {
-	int			slot = -1;
-	BackgroundWorkerHandle *handle;
+	RUN_STARTED,
+	RUN_AT_CAP,					/* dalgo.max_concurrent_runs are going */
+	RUN_FAILED					/* no worker could be started */
+} RunStart;
 
-	SpinLockAcquire(&shared->mutex);
-	for (int i = 0; i < DALGO_MAX_RUNS && slot < 0; i++)
-		if (!shared->runs[i].in_use)
-		{
-			slot = i;
-			shared->runs[i].in_use = true;
-			shared->runs[i].dboid = MyDatabaseId;
-			shared->runs[i].pid = 0;
-		}
-	SpinLockRelease(&shared->mutex);
-	if (slot < 0)
-		return false;
-	if (!start_worker("dalgo run", "dalgo_run_main", MyDatabaseId, (char *) &slot, sizeof(int), true, &handle))
+/* Free a run slot if it still belongs to the given claim. */
+static void
+release_run_slot(int slot, uint32 generation)
+{
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	if (shared->runs[slot].generation == generation && shared->runs[slot].in_use)
 	{
-		SpinLockAcquire(&shared->mutex);
 		shared->runs[slot].in_use = false;
-		SpinLockRelease(&shared->mutex);
-		return false;
+		shared->runs[slot].pid = 0;
 	}
-	return true;
+	LWLockRelease(shared->lock);
 }
 
 /*
- * One tick: claim what is due (its runs wait as pending rows), time out
- * unclaimed connector runs, purge old history now and then.  Sets how many
- * runs wait for a worker; returns the milliseconds to sleep.
+ * Start one run worker for this database.  The cap check and the claim of
+ * the slot are one step under the lock, so schedulers of different
+ * databases together never exceed dalgo.max_concurrent_runs; a worker that
+ * never starts gives its slot back.
+ */
+static RunStart
+start_run_worker(void)
+{
+	RunTicket	ticket = {-1, 0};
+	BackgroundWorkerHandle *handle;
+	int			going = 0;
+
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < DALGO_MAX_RUNS; i++)
+	{
+		if (shared->runs[i].in_use)
+			going++;
+		else if (ticket.slot < 0)
+			ticket.slot = i;
+	}
+	if (going < dalgo_max_concurrent_runs && ticket.slot >= 0)
+	{
+		RunSlot    *r = &shared->runs[ticket.slot];
+
+		r->in_use = true;
+		r->dboid = MyDatabaseId;
+		r->pid = 0;
+		r->generation++;
+		ticket.generation = r->generation;
+	}
+	else
+		ticket.slot = -1;
+	LWLockRelease(shared->lock);
+	if (ticket.slot < 0)
+		return RUN_AT_CAP;
+
+	if (!start_worker("dalgo run", "dalgo_run_main", MyDatabaseId, (char *) &ticket, sizeof(ticket), true, &handle))
+	{
+		release_run_slot(ticket.slot, ticket.generation);
+		return RUN_FAILED;
+	}
+	if (!worker_started(handle))
+	{
+		/* Never forked, or already done: either way the claim is over. */
+		pfree(handle);
+		release_run_slot(ticket.slot, ticket.generation);
+		return RUN_FAILED;
+	}
+	pfree(handle);
+	return RUN_STARTED;
+}
+
+/* Run a query through SPI; errors propagate. */
+static void
+spi_run(const char *sql, int expected)
+{
+	int			rc = SPI_execute(sql, false, 0);
+
+	if (rc != expected)
+		elog(ERROR, "\"%s\" failed: %s", sql, SPI_result_code_string(rc));
+}
+
+/*
+ * Which dalgo this database has: NULL if none, else its version (palloc'd
+ * in the caller's context).  Runs in its own transaction.
+ */
+static char *
+installed_version(void)
+{
+	char	   *version = NULL;
+	MemoryContext outer = CurrentMemoryContext;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	spi_run("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'dalgo'", SPI_OK_SELECT);
+	if (SPI_processed == 1)
+	{
+		char	   *v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (v != NULL)
+			version = MemoryContextStrdup(outer, v);
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return version;
+}
+
+/*
+ * One tick: fail runs whose worker is gone, claim what is due (its runs wait
+ * as pending rows), time out connector runs, purge old history now and
+ * then.  Sets how many runs wait for a worker; returns the milliseconds to
+ * sleep.
  */
 static long
 scheduler_tick(int *pending, TimestampTz *last_purge)
@@ -393,6 +681,7 @@ scheduler_tick(int *pending, TimestampTz *last_purge)
 	long		sleep_ms = 1000;
 	int			rc;
 	int			due = 0;
+	bool		isnull;
 
 	*pending = 0;
 	SetCurrentStatementStartTimestamp();
@@ -400,60 +689,68 @@ scheduler_tick(int *pending, TimestampTz *last_purge)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "dalgo scheduler tick");
 
-	if (!OidIsValid(get_extension_oid("dalgo", true)))
-	{
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		SpinLockAcquire(&shared->mutex);
-		my_slot->absent_since = GetCurrentTimestamp();
-		SpinLockRelease(&shared->mutex);
-		proc_exit(0);
-	}
-
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	rc = SPI_execute("SELECT count(*) FROM dalgo.claim_due_schedules(pg_catalog.now(), 1000)", false, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "claim_due_schedules failed: %s", SPI_result_code_string(rc));
-	rc = SPI_execute("SELECT dalgo.pending_runs()", false, 0);
-	if (rc == SPI_OK_SELECT && SPI_processed == 1)
+	spi_run("SELECT dalgo.recover_interrupted_runs()", SPI_OK_SELECT);
+	spi_run("SELECT count(*) FROM dalgo.claim_due_schedules(pg_catalog.now(), 1000)", SPI_OK_SELECT);
+	spi_run("SELECT dalgo.pending_runs()", SPI_OK_SELECT);
+	if (SPI_processed == 1)
 	{
-		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 
-		*pending = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		if (!isnull)
+			*pending = DatumGetInt32(d);
 	}
 
-	SPI_execute(psprintf("SELECT dalgo.expire_connector_runs(%d)", dalgo_connector_timeout), false, 0);
+	spi_run(psprintf("SELECT dalgo.expire_connector_runs(%d)", dalgo_connector_timeout), SPI_OK_SELECT);
+	spi_run(psprintf("SELECT dalgo.expire_stalled_connector_runs(%d)",
+					 dalgo_run_timeout > 0 ? (int) Max(1, dalgo_run_timeout / 1000) : 0), SPI_OK_SELECT);
 	if (TimestampDifferenceExceeds(*last_purge, GetCurrentTimestamp(), PURGE_INTERVAL_SECS * 1000))
 	{
-		SPI_execute(psprintf("SELECT dalgo.purge_run_history(%d)", dalgo_run_history_days), false, 0);
+		spi_run(psprintf("SELECT dalgo.purge_run_history(%d)", dalgo_run_history_days), SPI_OK_SELECT);
 		*last_purge = GetCurrentTimestamp();
 	}
 
 	/* Both halves use the partial index on next_run_at of active, live schedules. */
 	rc = SPI_execute("SELECT (SELECT count(*) FROM dalgo.schedules WHERE is_active AND deleted_at IS NULL"
 					 " AND next_run_at <= pg_catalog.now()),"
-					 " GREATEST(0, LEAST(1000, (EXTRACT(EPOCH FROM (SELECT min(next_run_at) FROM dalgo.schedules"
-					 " WHERE is_active AND deleted_at IS NULL) - pg_catalog.clock_timestamp()) * 1000)::int))", true, 1);
+					 " (SELECT min(next_run_at) FROM dalgo.schedules WHERE is_active AND deleted_at IS NULL)",
+					 true, 1);
 	if (rc == SPI_OK_SELECT && SPI_processed == 1)
 	{
-		bool		isnull;
 		Datum		d;
 
-		due = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (!isnull)
+			due = (int) Min(DatumGetInt64(d), INT_MAX);
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 		if (!isnull)
-			sleep_ms = DatumGetInt32(d);
+		{
+			TimestampTz next = DatumGetTimestampTz(d);
+			TimestampTz now = GetCurrentTimestamp();
+
+			/*
+			 * Clamp in TimestampTz before narrowing: a schedule months
+			 * overdue, or one at infinity, must not overflow anything.
+			 */
+			if (next <= now)
+				sleep_ms = 0;
+			else if (next - now >= (TimestampTz) 1000 * 1000)
+				sleep_ms = 1000;
+			else
+				sleep_ms = (long) ((next - now + 999) / 1000);
+		}
 	}
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
 
-	SpinLockAcquire(&shared->mutex);
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	my_slot->last_tick = GetCurrentTimestamp();
 	my_slot->due = due;
-	SpinLockRelease(&shared->mutex);
+	LWLockRelease(shared->lock);
 	/* Runs still waiting for a worker: look again soon. */
 	if (*pending > 0)
 		sleep_ms = Min(sleep_ms, 100);
@@ -474,6 +771,35 @@ run_in_transaction(const char *sql)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	pgstat_report_stat(false);
+}
+
+/* Start workers for the waiting runs, within the cluster's cap; update the slot's counts. */
+static void
+start_run_workers(int pending)
+{
+	int			wanted = pending - runs_going(MyDatabaseId);
+	int			started = 0;
+	int			running;
+
+	while (wanted-- > 0)
+	{
+		RunStart	r = start_run_worker();
+
+		if (r == RUN_AT_CAP)
+			break;
+		if (r == RUN_FAILED)
+		{
+			record_error("could not start a run worker (raise max_worker_processes); the runs stay pending");
+			break;
+		}
+		started++;
+	}
+	running = runs_going(MyDatabaseId);
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	my_slot->runs_started += started;
+	my_slot->running = running;
+	LWLockRelease(shared->lock);
 }
 
 /* Scheduler main: one database's loop. */
@@ -481,54 +807,80 @@ void
 dalgo_scheduler_main(Datum arg)
 {
 	Oid			dboid = DatumGetObjectId(arg);
+	MemoryContext loopcxt;
 
 	setup_signals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	pgstat_report_appname("dalgo scheduler");
+	StartTransactionCommand();
+	my_dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dboid));
+	CommitTransactionCommand();
 
-	SpinLockAcquire(&shared->mutex);
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	my_slot = db_slot(dboid, true);
 	if (my_slot == NULL || (my_slot->pid != 0 && my_slot->pid != MyProcPid))
 	{
-		SpinLockRelease(&shared->mutex);
+		bool		full = my_slot == NULL;
+
+		LWLockRelease(shared->lock);
+		if (full)
+			ereport(WARNING,
+					(errmsg("dalgo scheduler: no free scheduler slot for database %u", dboid)));
 		proc_exit(0);			/* another scheduler serves this database */
 	}
 	my_slot->pid = MyProcPid;
 	my_slot->latch = MyLatch;
 	my_slot->starting = false;
-	SpinLockRelease(&shared->mutex);
+	my_slot->absent = false;
+	LWLockRelease(shared->lock);
 	before_shmem_exit(scheduler_exit, (Datum) 0);
+	loopcxt = AllocSetContextCreate(TopMemoryContext, "dalgo scheduler loop", ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)
 	{
-		MemoryContext loopcxt = CurrentMemoryContext;
-		int			pending = 0;
-		long		sleep_ms = 1000;
+		volatile int pending = 0;
+		volatile long sleep_ms = 1000;
+		volatile bool serving = false;
 
 		CHECK_FOR_INTERRUPTS();
 		reload_if_needed();
+		/* What a pass allocates outside its transactions lives until the pass ends. */
+		MemoryContextSwitchTo(loopcxt);
 
 		PG_TRY();
 		{
-			if (!recovered)
+			char	   *version = installed_version();
+
+			if (version == NULL)
+				scheduler_leave_absent();
+			if (strcmp(version, DALGO_VERSION) != 0)
 			{
-				StartTransactionCommand();
-				if (!OidIsValid(get_extension_oid("dalgo", true)))
-				{
-					CommitTransactionCommand();
-					SpinLockAcquire(&shared->mutex);
-					my_slot->absent_since = GetCurrentTimestamp();
-					SpinLockRelease(&shared->mutex);
-					proc_exit(0);
-				}
-				CommitTransactionCommand();
-				SpinLockAcquire(&shared->mutex);
-				my_slot->absent_since = 0;
-				SpinLockRelease(&shared->mutex);
-				run_in_transaction("SELECT dalgo.recover_interrupted_runs()");
-				recovered = true;
+				/* The library runs ahead of (or behind) the database's objects: wait for the update. */
+				if (!version_logged)
+					ereport(LOG,
+							(errmsg("dalgo scheduler: database \"%s\" has dalgo %s, this library is %s; no schedules run until the versions match",
+									my_dbname, version, DALGO_VERSION),
+							 errhint("Run ALTER EXTENSION dalgo UPDATE in that database.")));
+				version_logged = true;
+				sleep_ms = VERSION_RECHECK_MS;
 			}
-			sleep_ms = scheduler_tick(&pending, &last_purge);
+			else
+			{
+				int			n = 0;
+
+				if (version_logged)
+					ereport(LOG,
+							(errmsg("dalgo scheduler: database \"%s\" is now at dalgo %s; schedules run again",
+									my_dbname, version)));
+				version_logged = false;
+				serving = true;
+				sleep_ms = scheduler_tick(&n, &last_purge);
+				pending = n;
+			}
+			LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+			my_slot->idle = !serving;
+			my_slot->probing = false;
+			LWLockRelease(shared->lock);
 		}
 		PG_CATCH();
 		{
@@ -547,27 +899,12 @@ dalgo_scheduler_main(Datum arg)
 		}
 		PG_END_TRY();
 
-		/* Start workers for the waiting runs, within the cluster's cap. */
-		{
-			int			wanted = pending - runs_going(MyDatabaseId);
-			int			started = 0;
-			int			running;
+		MemoryContextSwitchTo(loopcxt);
+		if (serving)
+			start_run_workers(pending);
 
-			while (wanted-- > 0 && runs_going(InvalidOid) < dalgo_max_concurrent_runs)
-			{
-				if (!start_run_worker())
-				{
-					record_error("could not start a run worker (raise max_worker_processes); the runs stay pending");
-					break;
-				}
-				started++;
-			}
-			running = runs_going(MyDatabaseId);
-			SpinLockAcquire(&shared->mutex);
-			my_slot->runs_started += started;
-			my_slot->running = running;
-			SpinLockRelease(&shared->mutex);
-		}
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextReset(loopcxt);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 Max(sleep_ms, 1), PG_WAIT_EXTENSION);
@@ -580,21 +917,28 @@ dalgo_scheduler_main(Datum arg)
  * ---------------------------------------------------------------------------
  */
 
-static int	my_run_slot = -1;
+static RunTicket my_ticket = {-1, 0};
 
-/* On exit: free the run slot and wake the scheduler. */
+/*
+ * On exit (on_shmem_exit, after the backend has left pg_stat_activity):
+ * free the run slot and wake the scheduler.
+ */
 static void
 run_exit(int code, Datum arg)
 {
 	SchedulerSlot *db;
+	Latch	   *latch = NULL;
 
-	SpinLockAcquire(&shared->mutex);
-	if (my_run_slot >= 0)
-		shared->runs[my_run_slot].in_use = false;
+	if (my_ticket.slot < 0)
+		return;
+	release_run_slot(my_ticket.slot, my_ticket.generation);
+	LWLockAcquire(shared->lock, LW_SHARED);
 	db = db_slot(MyDatabaseId, false);
-	if (db != NULL && db->latch != NULL)
-		SetLatch(db->latch);
-	SpinLockRelease(&shared->mutex);
+	if (db != NULL)
+		latch = db->latch;
+	LWLockRelease(shared->lock);
+	if (latch != NULL)
+		SetLatch(latch);
 }
 
 /* Take the next pending run; false when there is none. */
@@ -661,6 +1005,7 @@ execute_run(char kind, const char *idtext)
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
+	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
@@ -670,13 +1015,22 @@ dalgo_run_main(Datum arg)
 {
 	Oid			dboid = DatumGetObjectId(arg);
 	MemoryContext runcxt;
+	RunTicket	ticket;
+	bool		mine;
 
-	memcpy(&my_run_slot, MyBgworkerEntry->bgw_extra, sizeof(int));
-	before_shmem_exit(run_exit, (Datum) 0);
-	SpinLockAcquire(&shared->mutex);
-	if (my_run_slot >= 0 && my_run_slot < DALGO_MAX_RUNS)
-		shared->runs[my_run_slot].pid = MyProcPid;
-	SpinLockRelease(&shared->mutex);
+	memcpy(&ticket, MyBgworkerEntry->bgw_extra, sizeof(ticket));
+	if (ticket.slot < 0 || ticket.slot >= DALGO_MAX_RUNS)
+		proc_exit(0);
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	mine = shared->runs[ticket.slot].in_use && shared->runs[ticket.slot].generation == ticket.generation;
+	if (mine)
+		shared->runs[ticket.slot].pid = MyProcPid;
+	LWLockRelease(shared->lock);
+	if (!mine)
+		proc_exit(0);			/* the claim was given up: do not run past the cap */
+	my_ticket = ticket;
+	/* Registered before the connection, so it runs after the backend leaves pg_stat_activity. */
+	on_shmem_exit(run_exit, (Datum) 0);
 
 	setup_signals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
@@ -714,27 +1068,58 @@ static bool wake_scheduler_at_commit = false;
 static bool wake_launcher_at_commit = false;
 static bool wake_callback_registered = false;
 
+/* Ask the launcher, under the lock, to look at this database again. */
+static void
+request_launcher_locked(void)
+{
+	SchedulerSlot *slot = db_slot(MyDatabaseId, false);
+	int			free_i = -1;
+
+	if (slot != NULL)
+	{
+		/* A scheduler that is leaving because it saw no dalgo must be started again. */
+		slot->recheck = true;
+		slot->absent = false;
+		return;
+	}
+	for (int i = 0; i < DALGO_MAX_REQUESTS; i++)
+	{
+		if (shared->requests[i] == MyDatabaseId)
+			return;
+		if (free_i < 0 && shared->requests[i] == InvalidOid)
+			free_i = i;
+	}
+	if (free_i >= 0)
+		shared->requests[free_i] = MyDatabaseId;
+	else
+		shared->requests_overflowed = true;
+}
+
 /* At commit, deliver the wake-ups: the woken process then sees the change. */
 static void
 wake_xact_callback(XactEvent event, void *arg)
 {
-	SchedulerSlot *slot;
-
 	if (event == XACT_EVENT_COMMIT && shared != NULL &&
 		(wake_scheduler_at_commit || wake_launcher_at_commit))
 	{
-		SpinLockAcquire(&shared->mutex);
+		Latch	   *scheduler_latch = NULL;
+		Latch	   *launcher_latch = NULL;
+		SchedulerSlot *slot;
+
+		LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 		slot = db_slot(MyDatabaseId, false);
-		if (wake_scheduler_at_commit && slot != NULL && slot->latch != NULL)
-			SetLatch(slot->latch);
+		if (slot != NULL)
+			scheduler_latch = slot->latch;
 		if (wake_launcher_at_commit)
 		{
-			if (slot != NULL)
-				slot->absent_since = 0;
-			if (shared->launcher_latch != NULL)
-				SetLatch(shared->launcher_latch);
+			request_launcher_locked();
+			launcher_latch = shared->launcher_latch;
 		}
-		SpinLockRelease(&shared->mutex);
+		LWLockRelease(shared->lock);
+		if (scheduler_latch != NULL)
+			SetLatch(scheduler_latch);
+		if (launcher_latch != NULL)
+			SetLatch(launcher_latch);
 	}
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
 		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
@@ -763,7 +1148,10 @@ dalgo_wake_scheduler(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* SQL: dalgo.wake_launcher(): look for this database once the transaction commits (CREATE EXTENSION). */
+/*
+ * SQL: dalgo.wake_launcher(): look for this database once the transaction
+ * commits (CREATE EXTENSION, ALTER EXTENSION UPDATE).
+ */
 Datum
 dalgo_wake_launcher(PG_FUNCTION_ARGS)
 {
@@ -771,19 +1159,20 @@ dalgo_wake_launcher(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* SQL: dalgo.scheduler_status(): one row per database the launcher knows. */
+/* SQL: dalgo.scheduler_status(): one row per database with a scheduler slot. */
 Datum
 dalgo_scheduler_status(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	SchedulerSlot copy[DALGO_MAX_DATABASES];
+	SchedulerSlot *copy;
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (shared == NULL)
 		return (Datum) 0;
-	SpinLockAcquire(&shared->mutex);
-	memcpy(copy, shared->dbs, sizeof(copy));
-	SpinLockRelease(&shared->mutex);
+	copy = palloc(sizeof(shared->dbs));
+	LWLockAcquire(shared->lock, LW_SHARED);
+	memcpy(copy, shared->dbs, sizeof(shared->dbs));
+	LWLockRelease(shared->lock);
 	for (int i = 0; i < DALGO_MAX_DATABASES; i++)
 	{
 		Datum		values[8];
@@ -793,7 +1182,7 @@ dalgo_scheduler_status(PG_FUNCTION_ARGS)
 		if (s->dboid == InvalidOid)
 			continue;
 		values[0] = ObjectIdGetDatum(s->dboid);
-		values[1] = BoolGetDatum(s->absent_since == 0);
+		values[1] = BoolGetDatum(!s->absent);
 		values[2] = Int32GetDatum(s->pid);
 		nulls[2] = s->pid == 0;
 		values[3] = TimestampTzGetDatum(s->last_tick);
@@ -801,10 +1190,14 @@ dalgo_scheduler_status(PG_FUNCTION_ARGS)
 		values[4] = Int32GetDatum(s->due);
 		values[5] = Int32GetDatum(s->running);
 		values[6] = Int64GetDatum(s->runs_started);
-		values[7] = CStringGetTextDatum(s->last_error);
-		nulls[7] = s->last_error[0] == '\0';
+		if (s->idle)
+			values[7] = CStringGetTextDatum("idle: the database's dalgo is not the version of the loaded library (ALTER EXTENSION dalgo UPDATE)");
+		else
+			values[7] = CStringGetTextDatum(s->last_error);
+		nulls[7] = !s->idle && s->last_error[0] == '\0';
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
+	pfree(copy);
 	return (Datum) 0;
 }
 
@@ -818,7 +1211,8 @@ dalgo_scheduler_init(void)
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("dalgo.run_timeout",
 							"A scheduled run that takes longer is cancelled and recorded as failed.",
-							"0 disables it.", &dalgo_run_timeout, 3600000, 0, INT_MAX,
+							"Also the time a connector has to complete a run it claimed. 0 disables it.",
+							&dalgo_run_timeout, 3600000, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("dalgo.run_history_days",
 							"Finished sync and transformation runs are purged after this many days.",

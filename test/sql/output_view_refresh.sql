@@ -10,7 +10,7 @@ BEGIN;
 \set as_owner_a 'RESET ROLE; SET LOCAL dalgo.user_id = ''11111111-0000-4000-8000-000000000001''; SET LOCAL ROLE dalgo_authenticated;'
 \set as_super 'RESET ROLE; SET LOCAL dalgo.user_id = '''';'
 \set add_visit 'INSERT INTO org_222222220000400080000000000000a0.visits ("NGO", "SPOC", measure1) VALUES (''NEW'', ''x'', 1);'
-SELECT plan(14);
+SELECT plan(16);
 UPDATE dalgo.outputs SET destination_config = '{"type": "view", "name": "totals_view"}'
 	WHERE id = '66666666-0000-4000-8000-0000000000a1';
 -- A second view over the same table.
@@ -69,6 +69,17 @@ SET LOCAL client_min_messages = error;
 SELECT dalgo.run_schedule_now('88888888-0000-4000-8000-0000000000a1') AS r5 \gset
 SELECT is((SELECT status::text FROM dalgo.transformation_runs WHERE id = :'r5'), 'failed', 'a refresh whose build fails');
 SELECT is((SELECT count(*) FROM dalgo.read_warehouse_table(:A, 'totals_view')), :n0::bigint + 3, 'leaves the view over the previous table');
+
+-- A member's manual run of the viewed transformation swaps the table too.
+RESET ROLE;
+ALTER TABLE org_222222220000400080000000000000a0.visits_away RENAME TO visits;
+SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-000000000002';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT dalgo.run_transformation('55555555-0000-4000-8000-0000000000a1') AS r6 \gset
+RESET ROLE;
+SELECT is((SELECT status::text FROM dalgo.transformation_runs WHERE id = :'r6'), 'success',
+	'run_transformation by hand rebuilds a table that output views read');
+SELECT isnt(to_regclass('org_222222220000400080000000000000a0.totals_view'), NULL, 'and the view is still there');
 
 SELECT * FROM finish();
 ROLLBACK;

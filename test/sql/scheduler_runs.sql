@@ -90,7 +90,7 @@ SELECT is((SELECT error_message FROM dalgo.sync_runs WHERE source_id = '33333333
 UPDATE dalgo.sync_runs SET details = details || '{"runner_pid": 1}' WHERE source_id = '33333333-0000-4000-8000-0000000000c1' AND status = 'running';
 SELECT is(dalgo.recover_interrupted_runs(), 1, 'recover_interrupted_runs finds the orphan');
 SELECT is((SELECT error_message FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000c1' AND NOT details ? 'skipped'),
-	'the server restarted while the run was in progress', 'and marks it failed');
+	'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)', 'and marks it failed');
 
 -- csv sources read only their organization's directory under dalgo.csv_dir.
 SELECT current_setting('data_directory') || '/dalgo_csv' AS csvdir \gset

@@ -31,7 +31,7 @@ $node->safe_psql('postgres', q{
 
 my $running = q{SELECT count(*) = 1 FROM dalgo.sync_runs WHERE status = 'running'};
 my $restarted = q{SELECT count(*) FROM dalgo.sync_runs WHERE status = 'failed'
-	AND error_message = 'the server restarted while the run was in progress'};
+	AND error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'};
 
 # 1. A run worker dies hard in the middle of its run.
 ok($node->poll_query_until('postgres', $running), 'the scheduled run starts and is marked running');
