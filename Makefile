@@ -6,6 +6,7 @@ EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).co
 
 MODULE_big = dalgo
 OBJS = \
+	src/accounts.o \
 	src/audit.o \
 	src/dalgo.o \
 	src/deadline.o \
@@ -38,6 +39,7 @@ SQL_FRAGMENTS = \
 	sql/recipes.sql \
 	sql/scheduler.sql \
 	sql/quotas.sql \
+	sql/accounts.sql \
 	sql/backup.sql
 
 # The install script of the version under work is generated; the install
@@ -67,6 +69,7 @@ REGRESS = \
 	secret_settings \
 	membership \
 	membership_cache \
+	membership_invalidation_scope \
 	membership_cache_load_failure \
 	membership_cache_replica \
 	membership_privilege_escalation \
@@ -106,7 +109,9 @@ REGRESS = \
 	warehouse_setting_isolation \
 	recipe_dependency_smuggling \
 	warehouse_table_ownership \
-	warehouse_adoption
+	warehouse_adoption \
+	accounts_flows \
+	accounts_attacks
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \

@@ -79,21 +79,31 @@ CREATE FUNCTION dalgo.membership_changed() RETURNS trigger
 COMMENT ON FUNCTION dalgo.membership_changed() IS
 	'AFTER statement (and, for logical-replication apply, row) trigger on users, organizations and organization_members: invalidates every backend''s membership cache (this transaction''s next statement, other sessions at commit)';
 
-CREATE TRIGGER membership_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dalgo.users
+-- On users and organizations only the columns membership depends on count:
+-- a sign-in, a password change or a renamed organization flushes no cache.
+CREATE TRIGGER membership_changed AFTER INSERT OR DELETE OR TRUNCATE ON dalgo.users
 	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
-CREATE TRIGGER membership_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dalgo.organizations
+CREATE TRIGGER membership_changed_update AFTER UPDATE OF id, is_active, deleted_at, is_superadmin ON dalgo.users
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
+CREATE TRIGGER membership_changed AFTER INSERT OR DELETE OR TRUNCATE ON dalgo.organizations
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
+CREATE TRIGGER membership_changed_update AFTER UPDATE OF id, deleted_at ON dalgo.organizations
 	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
 CREATE TRIGGER membership_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dalgo.organization_members
 	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
 COMMENT ON TRIGGER membership_changed ON dalgo.users IS 'Invalidates membership caches';
 COMMENT ON TRIGGER membership_changed ON dalgo.organizations IS 'Invalidates membership caches';
 COMMENT ON TRIGGER membership_changed ON dalgo.organization_members IS 'Invalidates membership caches';
+COMMENT ON TRIGGER membership_changed_update ON dalgo.users IS 'Invalidates membership caches when is_active, deleted_at or is_superadmin (or id) is written';
+COMMENT ON TRIGGER membership_changed_update ON dalgo.organizations IS 'Invalidates membership caches when deleted_at (or id) is written';
 -- Also on a logical-replication subscriber, whose apply worker runs with
 -- session_replication_role = replica: a replicated change must invalidate
 -- the subscriber's caches too.
 ALTER TABLE dalgo.users ENABLE ALWAYS TRIGGER membership_changed;
 ALTER TABLE dalgo.organizations ENABLE ALWAYS TRIGGER membership_changed;
 ALTER TABLE dalgo.organization_members ENABLE ALWAYS TRIGGER membership_changed;
+ALTER TABLE dalgo.users ENABLE ALWAYS TRIGGER membership_changed_update;
+ALTER TABLE dalgo.organizations ENABLE ALWAYS TRIGGER membership_changed_update;
 -- The apply worker fires row triggers only (statement triggers fire for the
 -- initial table copy and TRUNCATE): a row trigger, enabled only in replica
 -- mode, so it costs nothing on the origin.
@@ -290,7 +300,9 @@ BEGIN
 				 WHERE x.user_id = NEW.id AND x.role = 'owner' AND x.deleted_at IS NULL
 				 ORDER BY x.organization_id
 		LOOP
-			PERFORM FROM dalgo.organizations o WHERE o.id = m.organization_id AND o.deleted_at IS NULL FOR NO KEY UPDATE;
+			-- A personal organization belongs to its one user: it goes with them.
+			PERFORM FROM dalgo.organizations o WHERE o.id = m.organization_id AND o.deleted_at IS NULL
+				AND o.org_type <> 'personal' FOR NO KEY UPDATE;
 			IF FOUND AND dalgo.live_owner_count(m.organization_id, m.id) = 0 THEN
 				RAISE EXCEPTION 'cannot deactivate or delete the last owner of organization %', m.organization_id
 					USING ERRCODE = 'check_violation',

@@ -62,6 +62,7 @@ extern bool dalgo_current_user_id(pg_uuid_t *result);
 extern bool dalgo_parse_uuid(const char *str, size_t len, pg_uuid_t *result);
 extern bool dalgo_user_is_active(const pg_uuid_t *user_id, bool *is_superadmin,
 								 Snapshot snapshot);
+extern void dalgo_set_transaction_identity(const pg_uuid_t *user_id);
 
 /* jwt.c */
 
@@ -127,6 +128,10 @@ extern void dalgo_deadline_leave(DalgoDeadline *d);
 
 /* restore.c */
 extern bool dalgo_restoring(void);
+
+/* accounts.c */
+extern void dalgo_accounts_init(void);
+extern DalgoRole dalgo_api_key_cap(const pg_uuid_t *org);
 
 /* uuid_v7.c */
 extern void dalgo_uuid_v7(pg_uuid_t *result);

@@ -511,6 +511,20 @@ dalgo_authenticate(PG_FUNCTION_ARGS)
 	PG_RETURN_UUID_P(subject);
 }
 
+/*
+ * accounts: make user_id the caller's identity for the current transaction,
+ * as dalgo.authenticate() does; used by dalgo.authenticate_api_key() after
+ * it has verified the key, and by dalgo.accept_invitation() (accounts.c).
+ */
+void
+dalgo_set_transaction_identity(const pg_uuid_t *user_id)
+{
+	refuse_identity_change_if_modifying("an accounts function");
+	xact_identity_set = true;
+	xact_identity = *user_id;
+	xact_identity_level = GetCurrentTransactionNestLevel();
+}
+
 /* SQL: dalgo.sign_out(): forget the identity set by dalgo.authenticate(). */
 Datum
 dalgo_sign_out(PG_FUNCTION_ARGS)

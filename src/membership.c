@@ -321,7 +321,8 @@ cached_role(const pg_uuid_t *org)
 		return DALGO_ROLE_NONE;
 	key.org = *org;
 	found = bsearch(&key, cache.entries, cache.nentries, sizeof(MembershipEntry), entry_cmp);
-	return found ? found->role : DALGO_ROLE_NONE;
+	/* accounts: an API key caps the role (one organization, at most the key's role) */
+	return found ? Min(found->role, dalgo_api_key_cap(org)) : DALGO_ROLE_NONE;
 }
 
 /* The caller's role in org, or NONE. */
@@ -394,7 +395,7 @@ dalgo_current_org_ids(PG_FUNCTION_ARGS)
 		min_role = role_argument(PG_GETARG_DATUM(0));
 		elems = palloc(sizeof(Datum) * Max(cache.nentries, 1));
 		for (int i = 0; i < cache.nentries; i++)
-			if (cache.entries[i].role >= min_role)
+			if (Min(cache.entries[i].role, dalgo_api_key_cap(&cache.entries[i].org)) >= min_role)
 				elems[n++] = UUIDPGetDatum(&cache.entries[i].org);
 	}
 	else

@@ -12,6 +12,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+export PGBIN
 [ $# -gt 0 ] || { echo "usage: test/bench/run.sh NAME..." >&2; exit 2; }
 
 as_owner() {

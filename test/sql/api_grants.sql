@@ -14,8 +14,12 @@ CREATE TEMP VIEW executable AS
 	  AND has_function_privilege(r.oid, p.oid, 'EXECUTE');
 
 SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_anon'$$,
-	ARRAY['dalgo.authenticate(text,boolean)', 'dalgo.sign_out()', 'dalgo.restoring()'],
-	'dalgo_anon may only sign in and out');
+	ARRAY['dalgo.authenticate(text,boolean)', 'dalgo.sign_out()',
+		-- accounts
+		'dalgo.sign_up(text,text,text)', 'dalgo.sign_in(text,text)', 'dalgo.refresh_session(text)',
+		'dalgo.end_session(text)', 'dalgo.request_password_reset(text)', 'dalgo.reset_password(text,text)',
+		'dalgo.authenticate_api_key(text)', 'dalgo.current_api_key_id()', 'dalgo.restoring()'],
+	'dalgo_anon may only sign up, in and out, refresh, reset a password and use an API key');
 
 SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$$,
 	ARRAY[
@@ -37,6 +41,13 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$
 		'dalgo.quota_usage(uuid)',
 		-- secrets: a source's config without them, and the redaction itself
 		'dalgo.source_config(uuid)', 'dalgo.redact(jsonb)', 'dalgo.redact(text)',
+		-- accounts
+		'dalgo.sign_up(text,text,text)', 'dalgo.sign_in(text,text)', 'dalgo.refresh_session(text)',
+		'dalgo.end_session(text)', 'dalgo.request_password_reset(text)', 'dalgo.reset_password(text,text)',
+		'dalgo.authenticate_api_key(text)', 'dalgo.current_api_key_id()', 'dalgo.end_all_sessions()',
+		'dalgo.change_password(text,text)', 'dalgo.invite_member(uuid,text,dalgo.member_role)',
+		'dalgo.accept_invitation(text)', 'dalgo.revoke_invitation(uuid)',
+		'dalgo.create_api_key(uuid,text,dalgo.member_role,timestamp with time zone)', 'dalgo.revoke_api_key(uuid)',
 		-- restore mode, asked by triggers
 		'dalgo.restoring()'],
 	'dalgo_authenticated executes exactly the documented end-user API');
@@ -55,7 +66,9 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 		-- service work
 		'dalgo.purge_audit_logs(interval)', 'dalgo.run_due_schedules(timestamp with time zone)',
 		'dalgo.scheduler_status()', 'dalgo.claim_sync_run()', 'dalgo.complete_sync_run(uuid,integer,text,jsonb)',
-		'dalgo.quota_usage(uuid)', 'dalgo.redact(jsonb)', 'dalgo.redact(text)', 'dalgo.restoring()'],
+		'dalgo.quota_usage(uuid)', 'dalgo.redact(jsonb)', 'dalgo.redact(text)',
+		-- accounts: the mailer
+		'dalgo.claim_messages(integer)', 'dalgo.complete_message(uuid,text)', 'dalgo.current_api_key_id()', 'dalgo.restoring()'],
 	'dalgo_service executes exactly the documented service API');
 
 SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p,

@@ -9,7 +9,8 @@ SELECT tables_are('dalgo', ARRAY[
 	'users', 'organizations', 'organization_members', 'invitations', 'refresh_tokens',
 	'password_reset_tokens', 'sources', 'source_schemas', 'sync_runs', 'warehouse_connections',
 	'warehouse_tables', 'transformations', 'transformation_versions', 'transformation_runs',
-	'outputs', 'schedules', 'audit_logs'], 'the 17 tables of the document');
+	'outputs', 'schedules', 'audit_logs', 'sign_in_attempts', 'mail_messages', 'api_keys'],
+	'the 17 tables of the document, and the accounts tables (sign-in attempts, mail queue, API keys)');
 
 -- The document's columns; tenant child tables also carry organization_id (a dalgo addition).
 SELECT columns_are('dalgo', 'users', ARRAY['id', 'email', 'password_hash', 'full_name', 'is_active',
@@ -19,9 +20,9 @@ SELECT columns_are('dalgo', 'organizations', ARRAY['id', 'name', 'slug', 'descri
 SELECT columns_are('dalgo', 'organization_members', ARRAY['id', 'user_id', 'organization_id', 'role',
 	'created_at', 'updated_at', 'deleted_at']);
 SELECT columns_are('dalgo', 'invitations', ARRAY['id', 'email', 'organization_id', 'role', 'token',
-	'expires_at', 'accepted_at', 'invited_by_id', 'created_at', 'updated_at']);
+	'expires_at', 'accepted_at', 'invited_by_id', 'created_at', 'updated_at', 'revoked_at']);
 SELECT columns_are('dalgo', 'refresh_tokens', ARRAY['id', 'user_id', 'token_hash', 'expires_at',
-	'revoked_at', 'created_at', 'updated_at']);
+	'revoked_at', 'created_at', 'updated_at', 'family_id', 'replaced_at']);
 SELECT columns_are('dalgo', 'password_reset_tokens', ARRAY['id', 'user_id', 'token_hash', 'expires_at',
 	'used_at', 'created_at', 'updated_at']);
 SELECT columns_are('dalgo', 'sources', ARRAY['id', 'organization_id', 'name', 'description',
