@@ -20,6 +20,7 @@ OBJS = \
 	src/redact.o \
 	src/scheduler.o \
 	src/tables.o \
+	src/toolkit.o \
 	src/updated_at.o \
 	src/uuid_v7.o \
 	src/warehouse.o
@@ -33,7 +34,8 @@ SQL_FRAGMENTS = \
 	sql/secrets.sql \
 	sql/recipes.sql \
 	sql/scheduler.sql \
-	sql/quotas.sql
+	sql/quotas.sql \
+	sql/toolkit.sql
 
 # The install script of the version under work is generated; the install
 # scripts of released versions are frozen under sql/ (sql/dalgo--0.1.0.sql)
@@ -87,7 +89,17 @@ REGRESS = \
 	run_queue_fairness \
 	csv_tenant_isolation \
 	output_view_refresh \
-	install_lifecycle
+	install_lifecycle \
+	toolkit_patterns \
+	toolkit_attacks \
+	toolkit_plan \
+	toolkit_report \
+	toolkit_redaction \
+	toolkit_retention \
+	toolkit_seed_001 \
+	toolkit_seed_002 \
+	toolkit_seed_003 \
+	toolkit_seed_004
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \

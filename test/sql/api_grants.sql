@@ -36,7 +36,9 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$
 		-- quotas
 		'dalgo.quota_usage(uuid)',
 		-- secrets: a source's config without them, and the redaction itself
-		'dalgo.source_config(uuid)', 'dalgo.redact(jsonb)', 'dalgo.redact(text)'],
+		'dalgo.source_config(uuid)', 'dalgo.redact(jsonb)', 'dalgo.redact(text)',
+		-- toolkit: redaction by chosen keys
+		'dalgo.redact_jsonb(jsonb,text[],boolean)'],
 	'dalgo_authenticated executes exactly the documented end-user API');
 
 SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
@@ -53,7 +55,9 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 		-- service work
 		'dalgo.purge_audit_logs(interval)', 'dalgo.run_due_schedules(timestamp with time zone)',
 		'dalgo.scheduler_status()', 'dalgo.claim_sync_run()', 'dalgo.complete_sync_run(uuid,integer,text,jsonb)',
-		'dalgo.quota_usage(uuid)', 'dalgo.redact(jsonb)', 'dalgo.redact(text)'],
+		'dalgo.quota_usage(uuid)', 'dalgo.redact(jsonb)', 'dalgo.redact(text)',
+		-- toolkit: redaction, retention
+		'dalgo.redact_jsonb(jsonb,text[],boolean)', 'dalgo.apply_retention(integer,integer)', 'dalgo.run_retention(integer)'],
 	'dalgo_service executes exactly the documented service API');
 
 SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p,

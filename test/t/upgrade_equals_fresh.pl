@@ -41,7 +41,11 @@ $node->safe_psql('upgraded', 'ALTER EXTENSION dalgo UPDATE');
 is($node->safe_psql('upgraded', q{SELECT extversion FROM pg_extension WHERE extname = 'dalgo'}),
 	$current, "the update reaches $current");
 
-my $after = $node->safe_psql('upgraded', $count_rows);
+# Tables the update creates (and the rows it installs in them) are compared
+# by the catalog snapshot below; here, the rows of the tables 0.1.0 had.
+my %old_table = map { (split /=/)[0] => 1 } split / /, $before;
+my $after = join ' ', grep { $old_table{ (split /=/)[0] } } split / /,
+	$node->safe_psql('upgraded', $count_rows);
 is($after, $before, 'the update keeps every row');
 
 my $snapshot = slurp_file('test/fixtures/catalog_snapshot.sql');
