@@ -551,10 +551,11 @@ BEGIN
 		RAISE EXCEPTION '% has no one-column foreign key to %', tbl, parent USING ERRCODE = 'invalid_foreign_key';
 	END IF;
 	-- The parent rows the caller reads (its SELECT policies), and those it
-	-- may update (FOR UPDATE applies its UPDATE policies too): one
+	-- may update (a locking clause applies its UPDATE policies too; KEY
+	-- SHARE, the lock a foreign key takes, blocks no ordinary update): one
 	-- uncorrelated subquery each, an initPlan.
 	readable := pg_catalog.format('%I OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT p.%I FROM %s p))', key_col, ref_col, parent_target);
-	writable := pg_catalog.format('%I OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT p.%I FROM %s p FOR UPDATE))', key_col, ref_col, parent_target);
+	writable := pg_catalog.format('%I OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT p.%I FROM %s p FOR KEY SHARE))', key_col, ref_col, parent_target);
 	PERFORM dalgo.toolkit_prepare(tbl, ARRAY['dalgo_authenticated']);
 	PERFORM dalgo.toolkit_drop_policies(tbl, 'dalgo_child_');
 	PERFORM dalgo.toolkit_policy(tbl, 'dalgo_child_select', 'SELECT', 'dalgo_authenticated', readable, NULL,

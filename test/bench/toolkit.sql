@@ -62,7 +62,6 @@ DECLARE
 	s numeric[] := '{}';
 	m numeric[] := '{}';
 BEGIN
-	PERFORM set_config('dalgo.user_id', 'bbbbbbbb-0000-4000-8000-000000000001', true);
 	EXECUTE q_super INTO super_rows;
 	EXECUTE 'SET LOCAL ROLE dalgo_authenticated';
 	EXECUTE q_user INTO user_rows;
@@ -86,6 +85,8 @@ CREATE TABLE bench.results (pattern text, superuser_ms numeric, user_ms numeric,
 SELECT 'SELECT count(*) FROM bench.org_items WHERE organization_id = ANY (''' || array_agg(organization_id)::text || '''::uuid[])' AS q_org
 FROM dalgo.organization_members WHERE user_id = :me \gset
 BEGIN;
+-- The identity holds for the transaction; set in a statement of its own.
+SET LOCAL dalgo.user_id = 'bbbbbbbb-0000-4000-8000-000000000001';
 INSERT INTO bench.results (pattern, superuser_ms, user_ms, ratio, super_rows, user_rows)
 SELECT 'enable_org_rows', superuser_ms, user_ms, round(user_ms / superuser_ms, 2), super_rows, user_rows
 FROM bench.interleaved(:'q_org', 'SELECT count(*) FROM bench.org_items', 21);
