@@ -96,6 +96,7 @@ REGRESS = \
 	toolkit_report \
 	toolkit_redaction \
 	toolkit_retention \
+	toolkit_secrets \
 	toolkit_seed_001 \
 	toolkit_seed_002 \
 	toolkit_seed_003 \

@@ -2074,6 +2074,322 @@ COMMENT ON PROCEDURE dalgo.run_retention(integer) IS
 	'Apply every retention policy one batch at a time, committing after each batch, so that no lock is held longer than one batch; run it daily (docs/toolkit.md#retention)';
 
 -- ---------------------------------------------------------------------------
+-- Secrets at rest
+-- ---------------------------------------------------------------------------
+-- A column handed to dalgo.enable_encryption() stores
+-- 'dalgo:pgp1:' || base64(pgp_sym_encrypt(value, key)) (as a JSON string in
+-- json and jsonb columns), written by a BEFORE trigger; the key lives in the
+-- file dalgo_secret.key of the data directory, readable by superusers only,
+-- never in the database (so never in a dump).  Readers get plaintext from
+-- dalgo.read_secret() (members at the column's read_role) or
+-- dalgo.read_secret_service() (dalgo_service).
+
+-- The schema of pgcrypto, which encryption needs.
+CREATE FUNCTION dalgo.toolkit_pgcrypto() RETURNS text
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	nsp text;
+BEGIN
+	SELECT pg_catalog.quote_ident(n.nspname) INTO nsp
+	FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+	WHERE e.extname = 'pgcrypto';
+	IF nsp IS NULL THEN
+		RAISE EXCEPTION 'encryption at rest needs the pgcrypto extension' USING ERRCODE = 'undefined_object',
+			HINT = 'CREATE EXTENSION pgcrypto;';
+	END IF;
+	RETURN nsp;
+END
+$$;
+COMMENT ON FUNCTION dalgo.toolkit_pgcrypto() IS 'Internal: the quoted schema of pgcrypto; raises if it is not installed';
+
+-- The current key, from the data directory.
+CREATE FUNCTION dalgo.toolkit_secret_key() RETURNS text
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k text := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+BEGIN
+	IF k IS NULL OR k = '' THEN
+		RAISE EXCEPTION 'no secret key is set' USING ERRCODE = 'object_not_in_prerequisite_state',
+			HINT = 'A superuser sets one with SELECT dalgo.rotate_secret_key();';
+	END IF;
+	RETURN k;
+END
+$$;
+COMMENT ON FUNCTION dalgo.toolkit_secret_key() IS
+	'Internal: the encryption key, read from dalgo_secret.key in the data directory';
+
+-- Encrypt one value (already encrypted values are returned as they are).
+CREATE FUNCTION dalgo.toolkit_encrypt(plain text, key text) RETURNS text
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c bytea;
+BEGIN
+	IF plain IS NULL OR pg_catalog.starts_with(plain, 'dalgo:pgp1:') THEN
+		RETURN plain;
+	END IF;
+	EXECUTE pg_catalog.format('SELECT %s.pgp_sym_encrypt($1, $2, %L)', dalgo.toolkit_pgcrypto(), 'cipher-algo=aes256')
+		INTO c USING plain, pg_catalog.split_part(key, E'\n', 1);
+	RETURN 'dalgo:pgp1:' || pg_catalog.translate(pg_catalog.encode(c, 'base64'), E'\n', '');
+END
+$$;
+COMMENT ON FUNCTION dalgo.toolkit_encrypt(text, text) IS 'Internal: pgp_sym_encrypt (AES-256) a value into dalgo''s stored form';
+
+-- Decrypt one stored value.
+CREATE FUNCTION dalgo.toolkit_decrypt(stored text, key text) RETURNS text
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p text;
+	k text;
+	q text;
+BEGIN
+	IF stored IS NULL OR NOT pg_catalog.starts_with(stored, 'dalgo:pgp1:') THEN
+		RETURN stored;
+	END IF;
+	q := pg_catalog.format('SELECT %s.pgp_sym_decrypt($1, $2)', dalgo.toolkit_pgcrypto());
+	-- The current key first, then the previous one (see rotate_secret_key).
+	FOREACH k IN ARRAY pg_catalog.string_to_array(key, E'\n') LOOP
+		BEGIN
+			EXECUTE q INTO p USING pg_catalog.decode(pg_catalog.substr(stored, 12), 'base64'), k;
+			RETURN p;
+		EXCEPTION WHEN external_routine_invocation_exception OR data_exception THEN
+			NULL;
+		END;
+	END LOOP;
+	RAISE EXCEPTION 'a stored secret cannot be decrypted with the current or the previous key'
+		USING ERRCODE = 'data_corrupted';
+END
+$$;
+COMMENT ON FUNCTION dalgo.toolkit_decrypt(text, text) IS
+	'Internal: decrypt a value stored by dalgo.toolkit_encrypt(), with the current key or else the previous one';
+
+-- The stored text of a column value (a JSON string is its content).
+CREATE FUNCTION dalgo.toolkit_stored_text(value jsonb, is_json boolean) RETURNS text
+	LANGUAGE sql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+	RETURN CASE WHEN value IS NULL OR value OPERATOR(pg_catalog.=) 'null'::jsonb THEN NULL
+				WHEN NOT is_json OR pg_catalog.jsonb_typeof(value) = 'string' THEN value OPERATOR(pg_catalog.#>>) '{}'::text[]
+				ELSE value::text END;
+COMMENT ON FUNCTION dalgo.toolkit_stored_text(jsonb, boolean) IS 'Internal: the text that encryption reads from a column value';
+
+CREATE FUNCTION dalgo.encrypt_trigger() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	col text := TG_ARGV[0];
+	is_json boolean;
+	plain text;
+BEGIN
+	SELECT a.atttypid IN ('json'::regtype, 'jsonb'::regtype) INTO is_json FROM pg_catalog.pg_attribute a
+	WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID AND a.attname OPERATOR(pg_catalog.=) col;
+	plain := dalgo.toolkit_stored_text(pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.->) col, is_json);
+	IF plain IS NULL OR pg_catalog.starts_with(plain, 'dalgo:pgp1:') THEN
+		RETURN NEW;
+	END IF;
+	RETURN pg_catalog.jsonb_populate_record(NEW, pg_catalog.jsonb_build_object(col,
+		dalgo.toolkit_encrypt(plain, dalgo.toolkit_secret_key())));
+END
+$$;
+COMMENT ON FUNCTION dalgo.encrypt_trigger() IS
+	'BEFORE INSERT OR UPDATE trigger storing a column encrypted (arguments: column, organization column, read role); attach it with dalgo.enable_encryption()';
+
+-- Rewrite a column without the audit trail recording the rewrite: the
+-- values do not change, and an audit row would hold the plaintext.
+CREATE FUNCTION dalgo.toolkit_rewrite_unaudited(tbl regclass, stmt text, arg1 text DEFAULT NULL, arg2 text DEFAULT NULL) RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo.toolkit_target(tbl);
+	quiet name[];
+	t name;
+	n bigint;
+BEGIN
+	SELECT pg_catalog.array_agg(tgname) INTO quiet FROM pg_catalog.pg_trigger
+	WHERE tgrelid OPERATOR(pg_catalog.=) tbl AND tgname IN ('dalgo_audit', 'dalgo_audit_update') AND tgenabled <> 'D';
+	FOREACH t IN ARRAY coalesce(quiet, '{}') LOOP
+		EXECUTE pg_catalog.format('ALTER TABLE %s DISABLE TRIGGER %I', target, t);
+	END LOOP;
+	EXECUTE stmt USING arg1, arg2;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	FOREACH t IN ARRAY coalesce(quiet, '{}') LOOP
+		EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE TRIGGER %I', target, t);
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo.toolkit_rewrite_unaudited(regclass, text, text, text) IS
+	'Internal: runs an UPDATE that encrypts or decrypts a column in place with the table''s audit triggers off';
+
+CREATE FUNCTION dalgo.enable_encryption(tbl regclass, "column" name, org_column name DEFAULT 'organization_id',
+										read_role dalgo.member_role DEFAULT 'admin')
+	RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo.toolkit_target(tbl);
+BEGIN
+	PERFORM dalgo.toolkit_pgcrypto();
+	PERFORM dalgo.toolkit_secret_key();
+	PERFORM dalgo.toolkit_column(tbl, "column", ARRAY['text'::regtype, 'varchar'::regtype, 'json'::regtype, 'jsonb'::regtype]);
+	PERFORM dalgo.toolkit_column(tbl, org_column, ARRAY['uuid'::regtype]);
+	IF read_role IS NULL THEN
+		RAISE EXCEPTION 'read_role is required' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_constraint WHERE conrelid OPERATOR(pg_catalog.=) tbl AND contype = 'p'
+		AND pg_catalog.cardinality(conkey) OPERATOR(pg_catalog.=) 1) OPERATOR(pg_catalog.<>) 1 THEN
+		RAISE EXCEPTION '% needs a one-column primary key', tbl USING ERRCODE = 'invalid_table_definition';
+	END IF;
+	EXECUTE pg_catalog.format('CREATE OR REPLACE TRIGGER %I BEFORE INSERT OR UPDATE ON %s '
+							  'FOR EACH ROW EXECUTE FUNCTION dalgo.encrypt_trigger(%L, %L, %L)',
+							  'dalgo_encrypt_' || "column", target, "column", org_column, read_role);
+	EXECUTE pg_catalog.format('COMMENT ON TRIGGER %I ON %s IS %L', 'dalgo_encrypt_' || "column", target,
+							  pg_catalog.format('%s is stored encrypted (dalgo toolkit)', "column"));
+	-- Encrypt what is there (the trigger does the work).
+	RETURN dalgo.toolkit_rewrite_unaudited(tbl,
+		pg_catalog.format('UPDATE %s SET %I = %I WHERE %I IS NOT NULL', target, "column", "column", "column"));
+END
+$$;
+COMMENT ON FUNCTION dalgo.enable_encryption(regclass, name, name, dalgo.member_role) IS
+	'Store a text, json or jsonb column encrypted at rest (pgcrypto, AES-256, key in the data directory): existing values are encrypted now, new ones on write. Members at read_role of the row''s organization read it with dalgo.read_secret(), dalgo_service with dalgo.read_secret_service(). Superusers; returns the rows encrypted';
+
+CREATE FUNCTION dalgo.disable_encryption(tbl regclass, "column" name) RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo.toolkit_target(tbl);
+	is_json boolean;
+	coltype text;
+	k text := dalgo.toolkit_secret_key();
+BEGIN
+	EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', 'dalgo_encrypt_' || "column", target);
+	SELECT a.atttypid IN ('json'::regtype, 'jsonb'::regtype), pg_catalog.format_type(a.atttypid, a.atttypmod)
+	INTO is_json, coltype FROM pg_catalog.pg_attribute a
+	WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) "column";
+	RETURN dalgo.toolkit_rewrite_unaudited(tbl,
+		pg_catalog.format('UPDATE %s SET %I = dalgo.toolkit_decrypt(dalgo.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1::boolean), $2)::%s '
+						  'WHERE pg_catalog.starts_with(dalgo.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1::boolean), ''dalgo:pgp1:'')',
+						  target, "column", "column", coltype, "column"), is_json::text, k);
+END
+$$;
+COMMENT ON FUNCTION dalgo.disable_encryption(regclass, name) IS
+	'Store a column in plaintext again: drops the trigger of dalgo.enable_encryption() and decrypts the stored values; returns the rows decrypted';
+
+-- Read one encrypted value: the row by its primary key, checked by the caller.
+CREATE FUNCTION dalgo.toolkit_read_secret(tbl regclass, "column" name, id text, check_membership boolean) RETURNS text
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	args text[];
+	pk name;
+	pktype text;
+	is_json boolean;
+	org uuid;
+	stored jsonb;
+BEGIN
+	-- Only columns a superuser handed to enable_encryption().
+	SELECT pg_catalog.string_to_array(pg_catalog.rtrim(pg_catalog.encode(t.tgargs, 'escape'), E'\\000'), E'\\000') INTO args
+	FROM pg_catalog.pg_trigger t
+	WHERE t.tgrelid OPERATOR(pg_catalog.=) tbl AND t.tgname OPERATOR(pg_catalog.=) ('dalgo_encrypt_' || "column")::name
+	  AND t.tgfoid OPERATOR(pg_catalog.=) 'dalgo.encrypt_trigger()'::regprocedure;
+	IF args IS NULL OR args[1] OPERATOR(pg_catalog.<>) "column" THEN
+		RAISE EXCEPTION 'column "%" of % is not encrypted by dalgo', "column", tbl USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) INTO pk, pktype
+	FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_attribute a
+		ON a.attrelid OPERATOR(pg_catalog.=) c.conrelid AND a.attnum OPERATOR(pg_catalog.=) c.conkey[1]
+	WHERE c.conrelid OPERATOR(pg_catalog.=) tbl AND c.contype = 'p';
+	SELECT a.atttypid IN ('json'::regtype, 'jsonb'::regtype) INTO is_json FROM pg_catalog.pg_attribute a
+	WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) "column";
+	EXECUTE pg_catalog.format('SELECT %I, pg_catalog.to_jsonb(%I) FROM %s WHERE %I OPERATOR(pg_catalog.=) $1::%s',
+							  args[2], "column", tbl, pk, pktype)
+		INTO org, stored USING id;
+	IF check_membership AND NOT coalesce(org OPERATOR(pg_catalog.=) ANY (dalgo.current_org_ids(args[3]::dalgo.member_role)), false) THEN
+		RETURN NULL;
+	END IF;
+	RETURN dalgo.toolkit_decrypt(dalgo.toolkit_stored_text(stored, is_json), dalgo.toolkit_secret_key());
+END
+$$;
+COMMENT ON FUNCTION dalgo.toolkit_read_secret(regclass, name, text, boolean) IS
+	'Internal: the plaintext of one encrypted value, by the row''s primary key, with or without the membership check';
+
+CREATE FUNCTION dalgo.read_secret(tbl regclass, "column" name, id text) RETURNS text
+	LANGUAGE sql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	RETURN dalgo.toolkit_read_secret(tbl, "column", id, true);
+COMMENT ON FUNCTION dalgo.read_secret(regclass, name, text) IS
+	'The plaintext of an encrypted column (dalgo.enable_encryption()) of the row whose primary key is id, for members at the column''s read_role of the row''s organization; NULL for anyone else or no such row';
+
+CREATE FUNCTION dalgo.read_secret_service(tbl regclass, "column" name, id text) RETURNS text
+	LANGUAGE sql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	RETURN dalgo.toolkit_read_secret(tbl, "column", id, false);
+COMMENT ON FUNCTION dalgo.read_secret_service(regclass, name, text) IS
+	'The plaintext of an encrypted column of the row whose primary key is id, for dalgo_service (workers that use the credentials)';
+
+CREATE FUNCTION dalgo.rotate_secret_key(new_key text DEFAULT NULL) RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	old_key text := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+	k text := new_key;
+	t record;
+	n bigint;
+	total bigint := 0;
+BEGIN
+	IF k IS NULL THEN
+		EXECUTE pg_catalog.format('SELECT pg_catalog.encode(%s.gen_random_bytes(32), ''hex'')', dalgo.toolkit_pgcrypto()) INTO k;
+	ELSIF pg_catalog.length(k) OPERATOR(pg_catalog.<) 16 OR k !~ '^[A-Za-z0-9+/=_-]+$' THEN
+		RAISE EXCEPTION 'a secret key has at least 16 characters among A-Z, a-z, 0-9, +, /, =, _ and -'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF old_key IS NOT NULL AND old_key <> '' THEN
+		old_key := dalgo.toolkit_secret_key();
+		FOR t IN SELECT tr.tgrelid::regclass AS tbl, a.attname, a.atttypid IN ('json'::regtype, 'jsonb'::regtype) AS is_json,
+					  pg_catalog.format_type(a.atttypid, a.atttypmod) AS coltype
+				 FROM pg_catalog.pg_trigger tr
+				 JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) tr.tgrelid
+					AND a.attname OPERATOR(pg_catalog.=) pg_catalog.split_part(pg_catalog.encode(tr.tgargs, 'escape'), E'\\000', 1)
+				 WHERE tr.tgfoid OPERATOR(pg_catalog.=) 'dalgo.encrypt_trigger()'::regprocedure
+		LOOP
+			EXECUTE pg_catalog.format('UPDATE %s SET %I = %s(dalgo.toolkit_encrypt(dalgo.toolkit_decrypt('
+				'dalgo.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1), $2), $3))::%s '
+				'WHERE pg_catalog.starts_with(dalgo.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1), ''dalgo:pgp1:'')',
+				t.tbl, t.attname, CASE WHEN t.is_json THEN 'pg_catalog.to_jsonb' ELSE '' END, t.attname, t.coltype, t.attname)
+				USING t.is_json, old_key, k;
+			GET DIAGNOSTICS n = ROW_COUNT;
+			total := total OPERATOR(pg_catalog.+) n;
+		END LOOP;
+	END IF;
+	-- The file keeps the previous key after the new one: if this transaction
+	-- rolls back after the file is written, the values it re-encrypted are
+	-- still readable.  The key never appears in a statement's text (logs,
+	-- error contexts).
+	PERFORM pg_catalog.set_config('dalgo_toolkit.pending_key',
+		k || coalesce(E'\n' || NULLIF(pg_catalog.split_part(old_key, E'\n', 1), ''), ''), true);
+	EXECUTE pg_catalog.format('COPY (SELECT pg_catalog.unnest(pg_catalog.string_to_array('
+							  'pg_catalog.current_setting(''dalgo_toolkit.pending_key''), E''\n''))) TO %L',
+							  pg_catalog.current_setting('data_directory') || '/dalgo_secret.key');
+	PERFORM pg_catalog.set_config('dalgo_toolkit.pending_key', '', true);
+	RETURN total;
+END
+$$;
+COMMENT ON FUNCTION dalgo.rotate_secret_key(text) IS
+	'Set the encryption key (new_key, or 32 random bytes) and re-encrypt every value stored by dalgo.enable_encryption() under it; returns the values re-encrypted. Superusers. The key is the file dalgo_secret.key in the data directory: back it up apart from the database';
+
+-- ---------------------------------------------------------------------------
 -- Security report
 -- ---------------------------------------------------------------------------
 
@@ -2123,7 +2439,7 @@ BEGIN ATOMIC
 		UNION ALL
 		SELECT r.qname, 'high',
 			   pg_catalog.format('column %I looks like a credential and is stored in plaintext', a.attname),
-			   pg_catalog.format('Encrypt it (bytea), store only a hash, or SELECT dalgo.enable_redaction(%L, %L)', r.qname, a.attname)
+			   pg_catalog.format('SELECT dalgo.enable_encryption(%L, %L), store only a hash, or SELECT dalgo.enable_redaction(%L, %L)', r.qname, a.attname, r.qname, a.attname)
 		FROM rel r JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) r.oid
 		WHERE r.relkind IN ('r', 'p', 'f', 'v', 'm') AND NOT r.relispartition AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
 		  AND dalgo.is_secret_name(a.attname::text)
@@ -2131,7 +2447,8 @@ BEGIN ATOMIC
 		  AND coalesce(pg_catalog.col_description(r.oid, a.attnum) !~ '\[not a secret\]', true)
 		  AND a.atttypid NOT IN ('bytea'::pg_catalog.regtype, 'bool'::pg_catalog.regtype)
 		  AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) r.oid
-						  AND t.tgname OPERATOR(pg_catalog.=) ('dalgo_redact_' OPERATOR(pg_catalog.||) a.attname::text)::name)
+						  AND t.tgname IN (('dalgo_redact_' OPERATOR(pg_catalog.||) a.attname::text)::name,
+										   ('dalgo_encrypt_' OPERATOR(pg_catalog.||) a.attname::text)::name))
 		UNION ALL
 		SELECT r.qname, CASE WHEN acl.privilege_type = 'SELECT' THEN 'medium' ELSE 'high' END,
 			   pg_catalog.format('PUBLIC has %s', acl.privilege_type),
@@ -2182,9 +2499,17 @@ REVOKE ALL ON FUNCTION
 	dalgo.enable_updated_at(regclass, name), dalgo.disable_updated_at(regclass),
 	dalgo.enable_redaction(regclass, name, text[], boolean), dalgo.disable_redaction(regclass, name),
 	dalgo.set_retention(regclass, name, integer, text, text[]), dalgo.disable_retention(regclass),
-	dalgo.apply_retention(integer, integer), dalgo.security_report(name)
+	dalgo.apply_retention(integer, integer), dalgo.security_report(name),
+	dalgo.toolkit_pgcrypto(), dalgo.toolkit_secret_key(), dalgo.toolkit_encrypt(text, text), dalgo.toolkit_decrypt(text, text),
+	dalgo.toolkit_stored_text(jsonb, boolean), dalgo.encrypt_trigger(),
+	dalgo.enable_encryption(regclass, name, name, dalgo.member_role), dalgo.disable_encryption(regclass, name),
+	dalgo.toolkit_read_secret(regclass, name, text, boolean), dalgo.read_secret(regclass, name, text),
+	dalgo.read_secret_service(regclass, name, text), dalgo.rotate_secret_key(text),
+	dalgo.toolkit_rewrite_unaudited(regclass, text, text, text)
 	FROM PUBLIC;
 REVOKE ALL ON PROCEDURE dalgo.run_retention(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.redact_jsonb(jsonb, text[], boolean) TO dalgo_authenticated, dalgo_service;
 GRANT EXECUTE ON FUNCTION dalgo.apply_retention(integer, integer) TO dalgo_service;
 GRANT EXECUTE ON PROCEDURE dalgo.run_retention(integer) TO dalgo_service;
+GRANT EXECUTE ON FUNCTION dalgo.read_secret(regclass, name, text) TO dalgo_authenticated;
+GRANT EXECUTE ON FUNCTION dalgo.read_secret_service(regclass, name, text) TO dalgo_service;

@@ -37,8 +37,8 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$
 		'dalgo.quota_usage(uuid)',
 		-- secrets: a source's config without them, and the redaction itself
 		'dalgo.source_config(uuid)', 'dalgo.redact(jsonb)', 'dalgo.redact(text)',
-		-- toolkit: redaction by chosen keys
-		'dalgo.redact_jsonb(jsonb,text[],boolean)'],
+		-- toolkit: redaction by chosen keys, encrypted secrets
+		'dalgo.redact_jsonb(jsonb,text[],boolean)', 'dalgo.read_secret(regclass,name,text)'],
 	'dalgo_authenticated executes exactly the documented end-user API');
 
 SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
@@ -57,7 +57,8 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 		'dalgo.scheduler_status()', 'dalgo.claim_sync_run()', 'dalgo.complete_sync_run(uuid,integer,text,jsonb)',
 		'dalgo.quota_usage(uuid)', 'dalgo.redact(jsonb)', 'dalgo.redact(text)',
 		-- toolkit: redaction, retention
-		'dalgo.redact_jsonb(jsonb,text[],boolean)', 'dalgo.apply_retention(integer,integer)', 'dalgo.run_retention(integer)'],
+		'dalgo.redact_jsonb(jsonb,text[],boolean)', 'dalgo.apply_retention(integer,integer)', 'dalgo.run_retention(integer)',
+		'dalgo.read_secret_service(regclass,name,text)'],
 	'dalgo_service executes exactly the documented service API');
 
 SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p,
