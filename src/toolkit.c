@@ -514,6 +514,12 @@ dalgo_toolkit_condition(PG_FUNCTION_ARGS)
 				 errmsg("condition must be a single boolean expression"),
 				 errdetail("Condition: %s", cond)));
 	rt = linitial_node(ResTarget, sel->targetList);
+	/* "*" and "t.*" are expanded only in a target list; never analyze them. */
+	if (IsA(rt->val, ColumnRef) && IsA(llast(((ColumnRef *) rt->val)->fields), A_Star))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("condition must be a single boolean expression"),
+				 errdetail("Condition: %s", cond)));
 
 	rel = relation_open(relid, AccessShareLock);
 	pstate = make_parsestate(NULL);

@@ -19,7 +19,7 @@ CREATE ROLE tk_mallory;
 GRANT EXECUTE ON FUNCTION dalgo.enable_public_read(regclass, text), dalgo.disable_org_rows(regclass) TO tk_mallory;
 GRANT EXECUTE ON FUNCTION dalgo.toolkit_target(regclass), dalgo.toolkit_drop_policies(regclass, text) TO tk_mallory;
 GRANT USAGE ON SCHEMA app, dalgo TO tk_mallory;
-SELECT plan(27);
+SELECT plan(29);
 
 -- Who may call.
 :as_owner_a
@@ -71,6 +71,10 @@ SELECT throws_ok('SELECT * FROM app.notes', '42501', NULL, 'anonymous reads of o
 :as_super
 SELECT throws_ok($$SELECT dalgo.enable_public_read('app.flags', 'true; DROP TABLE app.other')$$, '22023',
 	'condition must be a single boolean expression', 'a second statement is refused');
+SELECT throws_ok($$SELECT dalgo.enable_public_read('app.flags', '*')$$, '22023',
+	'condition must be a single boolean expression', 'a star is refused (analyzing it crashed the server)');
+SELECT throws_ok($$SELECT dalgo.enable_public_read('app.flags', 'flags.*')$$, '22023',
+	'condition must be a single boolean expression', 'a whole-row star is refused');
 SELECT throws_ok($$SELECT dalgo.enable_public_read('app.flags', 'true FROM pg_authid')$$, '22023',
 	'condition must be a single boolean expression', 'a FROM clause is refused');
 SELECT throws_ok($$SELECT dalgo.enable_public_read('app.flags', 'enabled) OR (true')$$, '42601', NULL,
