@@ -24,6 +24,7 @@ OBJS = \
 	src/restore.o \
 	src/scheduler.o \
 	src/tables.o \
+	src/toolkit.o \
 	src/updated_at.o \
 	src/uuid_v7.o \
 	src/warehouse.o \
@@ -40,6 +41,7 @@ SQL_FRAGMENTS = \
 	sql/scheduler.sql \
 	sql/quotas.sql \
 	sql/accounts.sql \
+	sql/toolkit.sql \
 	sql/backup.sql
 
 # The install script of the version under work is generated; the install
@@ -111,7 +113,18 @@ REGRESS = \
 	warehouse_table_ownership \
 	warehouse_adoption \
 	accounts_flows \
-	accounts_attacks
+	accounts_attacks \
+	toolkit_patterns \
+	toolkit_attacks \
+	toolkit_plan \
+	toolkit_report \
+	toolkit_redaction \
+	toolkit_retention \
+	toolkit_secrets \
+	toolkit_seed_001 \
+	toolkit_seed_002 \
+	toolkit_seed_003 \
+	toolkit_seed_004
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \

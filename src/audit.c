@@ -1155,8 +1155,12 @@ dalgo_audit_trigger(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("audit_trigger() per statement needs its transition tables"),
 				 errhint("Use dalgo.enable_audit() to attach it.")));
-	/* A restore loads rows and their audit trail as dumped: no new rows. */
-	if (TRIGGER_FIRED_BY_INSERT(ev) && dalgo_restoring())
+	/*
+	 * A restore loads rows and their audit trail as dumped: no new rows, also
+	 * for what restore-mode triggers do to put a row back (an UPDATE of an
+	 * installed row that a dumped one replaces).
+	 */
+	if (dalgo_restoring())
 		return PointerGetDatum(NULL);
 
 	audit_depth++;

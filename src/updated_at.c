@@ -66,6 +66,10 @@ dalgo_set_updated_at(PG_FUNCTION_ARGS)
 						   trigdata->tg_trigger->tgname,
 						   RelationGetRelationName(rel),
 						   trigdata->tg_trigger->tgnargs)));
+	/* A restore puts rows back as they were dumped, timestamps included. */
+	if (dalgo_restoring())
+		return PointerGetDatum(trigdata->tg_newtuple);
+
 	colname = trigdata->tg_trigger->tgnargs == 1 ?
 		trigdata->tg_trigger->tgargs[0] : "updated_at";
 

@@ -49,7 +49,9 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$
 		'dalgo.accept_invitation(text)', 'dalgo.revoke_invitation(uuid)',
 		'dalgo.create_api_key(uuid,text,dalgo.member_role,timestamp with time zone)', 'dalgo.revoke_api_key(uuid)',
 		-- restore mode, asked by triggers
-		'dalgo.restoring()'],
+		'dalgo.restoring()',
+		-- toolkit: redaction by chosen keys, encrypted secrets
+		'dalgo.redact_jsonb(jsonb,text[],boolean)', 'dalgo.read_secret(regclass,name,text)'],
 	'dalgo_authenticated executes exactly the documented end-user API');
 
 SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
@@ -68,7 +70,10 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 		'dalgo.scheduler_status()', 'dalgo.claim_sync_run()', 'dalgo.complete_sync_run(uuid,integer,text,jsonb)',
 		'dalgo.quota_usage(uuid)', 'dalgo.redact(jsonb)', 'dalgo.redact(text)',
 		-- accounts: the mailer
-		'dalgo.claim_messages(integer)', 'dalgo.complete_message(uuid,text)', 'dalgo.current_api_key_id()', 'dalgo.restoring()'],
+		'dalgo.claim_messages(integer)', 'dalgo.complete_message(uuid,text)', 'dalgo.current_api_key_id()', 'dalgo.restoring()',
+		-- toolkit: redaction, retention
+		'dalgo.redact_jsonb(jsonb,text[],boolean)', 'dalgo.apply_retention(integer,integer)', 'dalgo.run_retention(integer)',
+		'dalgo.read_secret_service(regclass,name,text)'],
 	'dalgo_service executes exactly the documented service API');
 
 SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p,

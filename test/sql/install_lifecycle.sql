@@ -12,7 +12,7 @@ CREATE EXTENSION pgtap;
 CREATE EXTENSION dalgo;
 BEGIN;
 SELECT plan(3);
-SELECT is((SELECT count(*) FROM pg_tables WHERE schemaname = 'dalgo'), 20::bigint, 'second database: 20 tables (17 of the document, 3 of accounts)');
+SELECT is((SELECT count(*) FROM pg_tables WHERE schemaname = 'dalgo'), 21::bigint, 'second database: 21 tables (17 of the document, 3 of accounts, retention_policies)');
 \i test/fixtures/two_orgs.sql
 SELECT is((SELECT count(*) FROM dalgo.organizations), 2::bigint, 'second database: usable');
 SELECT throws_ok($$ALTER EXTENSION dalgo SET SCHEMA public$$, '0A000', NULL, 'dalgo is not relocatable');

@@ -9,8 +9,8 @@ SELECT tables_are('dalgo', ARRAY[
 	'users', 'organizations', 'organization_members', 'invitations', 'refresh_tokens',
 	'password_reset_tokens', 'sources', 'source_schemas', 'sync_runs', 'warehouse_connections',
 	'warehouse_tables', 'transformations', 'transformation_versions', 'transformation_runs',
-	'outputs', 'schedules', 'audit_logs', 'sign_in_attempts', 'mail_messages', 'api_keys'],
-	'the 17 tables of the document, and the accounts tables (sign-in attempts, mail queue, API keys)');
+	'outputs', 'schedules', 'audit_logs', 'sign_in_attempts', 'mail_messages', 'api_keys', 'retention_policies'],
+	'the 17 tables of the document, the accounts tables (sign-in attempts, mail queue, API keys) and retention_policies (docs/toolkit.md)');
 
 -- The document's columns; tenant child tables also carry organization_id (a dalgo addition).
 SELECT columns_are('dalgo', 'users', ARRAY['id', 'email', 'password_hash', 'full_name', 'is_active',
