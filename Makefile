@@ -25,6 +25,7 @@ OBJS = \
 	src/scheduler.o \
 	src/tables.o \
 	src/updated_at.o \
+	src/util.o \
 	src/uuid_v7.o \
 	src/warehouse.o \
 	src/warehouse_names.o
