@@ -110,6 +110,10 @@ extern char *dalgo_compile_recipe_text(const pg_uuid_t *org, Jsonb *recipe, List
 extern void dalgo_scheduler_init(void);
 extern char *dalgo_csv_dir;
 
+/* warehouse_names.c: org_<hex> schemas, dalgo_wh_<hex> roles */
+extern char *dalgo_warehouse_schema_name(const pg_uuid_t *organization_id);
+extern char *dalgo_warehouse_role_name(const pg_uuid_t *organization_id);
+
 /* warehouse.c */
 extern void dalgo_warehouse_init(void);
 extern int	dalgo_statement_timeout;

@@ -122,7 +122,6 @@ Datum
 dalgo_csv_path_org(PG_FUNCTION_ARGS)
 {
 	pg_uuid_t  *org;
-	char		hex[2 * UUID_LEN + 1];
 	char	   *rel;
 	char	   *base;
 
@@ -136,9 +135,7 @@ dalgo_csv_path_org(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("a csv source needs config.path")));
 	org = PG_GETARG_UUID_P(0);
-	for (int i = 0; i < UUID_LEN; i++)
-		snprintf(hex + 2 * i, 3, "%02x", org->data[i]);
 	rel = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	base = psprintf("%s/org_%s", dalgo_csv_dir, hex);
+	base = psprintf("%s/%s", dalgo_csv_dir, dalgo_warehouse_schema_name(org));
 	PG_RETURN_TEXT_P(cstring_to_text(csv_resolve(base, rel)));
 }
