@@ -10,7 +10,6 @@ OBJS = \
 	src/audit.o \
 	src/dalgo.o \
 	src/deadline.o \
-	src/dispatch.o \
 	src/identity.o \
 	src/jwt.o \
 	src/membership.o \
@@ -22,6 +21,7 @@ OBJS = \
 	src/recipe_resolve.o \
 	src/redact.o \
 	src/restore.o \
+	src/sync.o \
 	src/scheduler.o \
 	src/tables.o \
 	src/updated_at.o \

@@ -108,6 +108,9 @@ extern char *dalgo_compile_recipe_text(const pg_uuid_t *org, Jsonb *recipe, List
 
 /* scheduler.c */
 extern void dalgo_scheduler_init(void);
+
+/* sync.c */
+extern void dalgo_sync_init(void);
 extern char *dalgo_csv_dir;
 
 /* warehouse_names.c: org_<hex> schemas, dalgo_wh_<hex> roles */

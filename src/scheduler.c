@@ -94,7 +94,6 @@ static int	dalgo_max_concurrent_runs = 4;
 static int	dalgo_run_timeout = 3600000;
 static int	dalgo_run_history_days = 30;
 static int	dalgo_connector_timeout = 900;
-char	   *dalgo_csv_dir = NULL;
 
 typedef struct SchedulerSlot
 {
@@ -1222,9 +1221,6 @@ dalgo_scheduler_init(void)
 							"A connector sync run nobody claims within this time is marked failed.",
 							NULL, &dalgo_connector_timeout, 900, 1, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
-	DefineCustomStringVariable("dalgo.csv_dir",
-							   "Directory that csv sources read server-side files from; empty disables csv syncs.",
-							   NULL, &dalgo_csv_dir, "", PGC_SUSET, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
