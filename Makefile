@@ -12,6 +12,7 @@ OBJS = \
 	src/deadline.o \
 	src/identity.o \
 	src/jwt.o \
+	src/launcher.o \
 	src/membership.o \
 	src/next_run.o \
 	src/quota.o \
@@ -21,8 +22,10 @@ OBJS = \
 	src/recipe_resolve.o \
 	src/redact.o \
 	src/restore.o \
+	src/run_worker.o \
 	src/sync.o \
 	src/scheduler.o \
+	src/scheduler_shmem.o \
 	src/tables.o \
 	src/updated_at.o \
 	src/util.o \

@@ -106,7 +106,7 @@ extern bool dalgo_caller_may(const pg_uuid_t *org, DalgoRole min_role);
 extern void dalgo_recipe_init(void);
 extern char *dalgo_compile_recipe_text(const pg_uuid_t *org, Jsonb *recipe, List **dependencies);
 
-/* scheduler.c */
+/* scheduler_shmem.c: the scheduler (launcher.c, scheduler.c, run_worker.c; scheduler.h) */
 extern void dalgo_scheduler_init(void);
 
 /* sync.c */
