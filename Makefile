@@ -8,6 +8,7 @@ MODULE_big = dalgo
 OBJS = \
 	src/accounts.o \
 	src/audit.o \
+	src/audit_writer.o \
 	src/dalgo.o \
 	src/deadline.o \
 	src/identity.o \
