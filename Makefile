@@ -8,11 +8,12 @@ MODULE_big = dalgo
 OBJS = \
 	src/accounts.o \
 	src/audit.o \
+	src/audit_writer.o \
 	src/dalgo.o \
 	src/deadline.o \
-	src/dispatch.o \
 	src/identity.o \
 	src/jwt.o \
+	src/launcher.o \
 	src/membership.o \
 	src/next_run.o \
 	src/quota.o \
@@ -22,10 +23,14 @@ OBJS = \
 	src/recipe_resolve.o \
 	src/redact.o \
 	src/restore.o \
+	src/run_worker.o \
+	src/sync.o \
 	src/scheduler.o \
+	src/scheduler_shmem.o \
 	src/tables.o \
 	src/toolkit.o \
 	src/updated_at.o \
+	src/util.o \
 	src/uuid_v7.o \
 	src/warehouse.o \
 	src/warehouse_names.o

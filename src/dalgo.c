@@ -31,6 +31,7 @@ _PG_init(void)
 	dalgo_recipe_init();
 	dalgo_warehouse_init();
 	dalgo_scheduler_init();
+	dalgo_sync_init();
 	dalgo_quota_init();
 	dalgo_accounts_init();
 

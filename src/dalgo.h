@@ -59,7 +59,6 @@ extern SysScanDesc dalgo_begin_uuid_scan(Relation rel, Oid indexid, AttrNumber a
 /* identity.c */
 extern void dalgo_identity_init(void);
 extern bool dalgo_current_user_id(pg_uuid_t *result);
-extern bool dalgo_parse_uuid(const char *str, size_t len, pg_uuid_t *result);
 extern bool dalgo_user_is_active(const pg_uuid_t *user_id, bool *is_superadmin,
 								 Snapshot snapshot);
 extern void dalgo_set_transaction_identity(const pg_uuid_t *user_id);
@@ -107,9 +106,16 @@ extern bool dalgo_caller_may(const pg_uuid_t *org, DalgoRole min_role);
 extern void dalgo_recipe_init(void);
 extern char *dalgo_compile_recipe_text(const pg_uuid_t *org, Jsonb *recipe, List **dependencies);
 
-/* scheduler.c */
+/* scheduler_shmem.c: the scheduler (launcher.c, scheduler.c, run_worker.c; scheduler.h) */
 extern void dalgo_scheduler_init(void);
+
+/* sync.c */
+extern void dalgo_sync_init(void);
 extern char *dalgo_csv_dir;
+
+/* warehouse_names.c: org_<hex> schemas, dalgo_wh_<hex> roles */
+extern char *dalgo_warehouse_schema_name(const pg_uuid_t *organization_id);
+extern char *dalgo_warehouse_role_name(const pg_uuid_t *organization_id);
 
 /* warehouse.c */
 extern void dalgo_warehouse_init(void);
@@ -132,6 +138,10 @@ extern bool dalgo_restoring(void);
 /* accounts.c */
 extern void dalgo_accounts_init(void);
 extern DalgoRole dalgo_api_key_cap(const pg_uuid_t *org);
+
+/* util.c: small shared helpers */
+extern bool dalgo_parse_uuid(const char *str, size_t len, pg_uuid_t *result);
+extern void dalgo_uuid_hex(const pg_uuid_t *id, char *hex);
 
 /* uuid_v7.c */
 extern void dalgo_uuid_v7(pg_uuid_t *result);

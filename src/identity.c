@@ -122,59 +122,6 @@ static ProcessUtility_hook_type prev_process_utility = NULL;
 static ExecutorStart_hook_type prev_executor_start = NULL;
 static ExecutorEnd_hook_type prev_executor_end = NULL;
 
-/* Value of one hexadecimal digit, or -1. */
-static inline int
-hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-/*
- * Parse a uuid without raising: 32 hex digits, either plain or in the
- * canonical 8-4-4-4-12 grouping.  Returns false for anything else.
- */
-bool
-dalgo_parse_uuid(const char *str, size_t len, pg_uuid_t *result)
-{
-	bool		hyphens;
-	int			j = 0;
-
-	if (len == 36)
-		hyphens = true;
-	else if (len == 32)
-		hyphens = false;
-	else
-		return false;
-
-	for (size_t i = 0; i < len; i++)
-	{
-		int			hi,
-					lo;
-
-		if (hyphens && (i == 8 || i == 13 || i == 18 || i == 23))
-		{
-			if (str[i] != '-')
-				return false;
-			continue;
-		}
-		if (i + 1 >= len)
-			return false;
-		hi = hex_value(str[i]);
-		lo = hex_value(str[i + 1]);
-		if (hi < 0 || lo < 0)
-			return false;
-		result->data[j++] = (unsigned char) ((hi << 4) | lo);
-		i++;
-	}
-	return j == UUID_LEN;
-}
-
 /* Compare setting names the way guc.c does (ASCII case-insensitive). */
 static int
 guc_name_cmp(const char *a, const char *b)

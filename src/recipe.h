@@ -84,7 +84,6 @@ extern void recipe_append_condition(RecipeCompiler *rc, StringInfo buf, JsonbVal
 									const char *field, const char *prefix);
 
 /* recipe_resolve.c */
-extern char *recipe_warehouse_schema_name(const pg_uuid_t *org);
 extern char *recipe_source_relation(RecipeCompiler *rc, JsonbValue *source, const char *field,
 									List **columns);
 extern void recipe_index_reset(void);

@@ -1174,7 +1174,7 @@ dalgo_compile_recipe_text(const pg_uuid_t *org, Jsonb *recipe, List **dependenci
 	memset(&rc, 0, sizeof(rc));
 	recipe_index_reset();
 	rc.org = *org;
-	rc.schema = recipe_warehouse_schema_name(org);
+	rc.schema = dalgo_warehouse_schema_name(org);
 	initStringInfo(&rc.sql);
 
 	root.type = jbvBinary;

@@ -34,23 +34,6 @@
 #include "utils/syscache.h"
 #include "utils/uuid.h"
 
-/* The warehouse schema of an organization: org_ followed by its id in hex. */
-char *
-recipe_warehouse_schema_name(const pg_uuid_t *org)
-{
-	static const char hex[] = "0123456789abcdef";
-	char	   *name = palloc(4 + 2 * UUID_LEN + 1);
-
-	memcpy(name, "org_", 4);
-	for (int i = 0; i < UUID_LEN; i++)
-	{
-		name[4 + 2 * i] = hex[org->data[i] >> 4];
-		name[5 + 2 * i] = hex[org->data[i] & 0xF];
-	}
-	name[4 + 2 * UUID_LEN] = '\0';
-	return name;
-}
-
 /* A new column descriptor. */
 RecipeColumn *
 recipe_new_column(const char *name, Oid type, int32 typmod)
@@ -573,7 +556,7 @@ recipe_analyze_output(RecipeCompiler *rc, int cte)
 	initStringInfo(&q);
 	appendStringInfo(&q, "%s\nSELECT * FROM _s%d", rc->sql.data, cte);
 	a.sql = q.data;
-	a.role = get_role_oid(psprintf("dalgo_wh_%s", rc->schema + 4), true);
+	a.role = get_role_oid(dalgo_warehouse_role_name(&rc->org), true);
 	a.columns = NIL;
 	a.denied = NULL;
 	save_nestlevel = NewGUCNestLevel();

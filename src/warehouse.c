@@ -62,17 +62,9 @@ warehouse_role_check(Oid role, const char *name)
 static Oid
 warehouse_role(const pg_uuid_t *org)
 {
-	static const char hex[] = "0123456789abcdef";
-	char		name[9 + 2 * UUID_LEN + 1];
+	char	   *name = dalgo_warehouse_role_name(org);
 	Oid			role;
 
-	memcpy(name, "dalgo_wh_", 9);
-	for (int i = 0; i < UUID_LEN; i++)
-	{
-		name[9 + 2 * i] = hex[org->data[i] >> 4];
-		name[10 + 2 * i] = hex[org->data[i] & 0xF];
-	}
-	name[9 + 2 * UUID_LEN] = '\0';
 	role = get_role_oid(name, true);
 	if (!OidIsValid(role))
 		ereport(ERROR,

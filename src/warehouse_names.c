@@ -1,6 +1,11 @@
 /*
  * warehouse_names.c
- *		Who may write a warehouse table: each table name of an organization's
+ *		The names of an organization's warehouse, in one place: its schema
+ *		org_<id> and its role dalgo_wh_<id> (the id as 32 hex digits, no
+ *		dashes; the csv directory of an organization bears the schema's
+ *		name), and who may write a warehouse table.
+ *
+ *		Each table name of an organization's
  *		warehouse belongs to one producer (a source's sync, a transformation's
  *		run, an output's refresh).  dalgo.warehouse_table_claimant() names
  *		another live producer that claims a name, under a per-organization
@@ -18,6 +23,26 @@
 #include "utils/snapmgr.h"
 
 PG_FUNCTION_INFO_V1(dalgo_warehouse_table_claimant);
+
+/* The warehouse schema of an organization: org_ followed by its id in hex (palloc'd). */
+char *
+dalgo_warehouse_schema_name(const pg_uuid_t *organization_id)
+{
+	char		hex[2 * UUID_LEN + 1];
+
+	dalgo_uuid_hex(organization_id, hex);
+	return psprintf("org_%s", hex);
+}
+
+/* The role that owns an organization's warehouse: dalgo_wh_ followed by its id in hex (palloc'd). */
+char *
+dalgo_warehouse_role_name(const pg_uuid_t *organization_id)
+{
+	char		hex[2 * UUID_LEN + 1];
+
+	dalgo_uuid_hex(organization_id, hex);
+	return psprintf("dalgo_wh_%s", hex);
+}
 
 /* First key of dalgo's warehouse-name advisory locks ("dWTN"). */
 #define WAREHOUSE_NAME_LOCK_CLASS 0x64575442

@@ -1,11 +1,12 @@
 /*
- * dispatch.c
- *		What a scheduled run needs from C: the safe resolution of a csv
- *		source's file.  Each organization reads only its own directory
- *		dalgo.csv_dir/org_<id>/ (the id as 32 hex digits, no dashes, like its
- *		warehouse schema).  The rest of a run (claiming, syncing, refreshing,
- *		recording) is SQL in sql/scheduler.sql, executed by the run workers of
- *		scheduler.c or by dalgo.run_due_schedules().
+ * sync.c
+ *		What a sync needs from C: the dalgo.csv_dir setting and the safe
+ *		resolution of a csv source's file.  Each organization reads only its
+ *		own directory dalgo.csv_dir/org_<id>/ (the id as 32 hex digits, no
+ *		dashes: the name of its warehouse schema, from warehouse_names.c).
+ *		The rest of a run (claiming, syncing, refreshing, recording) is SQL,
+ *		executed by the run workers (run_worker.c) or by
+ *		dalgo.run_due_schedules().
  */
 #include "dalgo.h"
 
@@ -15,10 +16,13 @@
 #include <unistd.h>
 
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/uuid.h"
 
 PG_FUNCTION_INFO_V1(dalgo_csv_path);
 PG_FUNCTION_INFO_V1(dalgo_csv_path_org);
+
+char	   *dalgo_csv_dir = NULL;
 
 /* Refuse csv sources when dalgo.csv_dir is not set. */
 static void
@@ -122,7 +126,6 @@ Datum
 dalgo_csv_path_org(PG_FUNCTION_ARGS)
 {
 	pg_uuid_t  *org;
-	char		hex[2 * UUID_LEN + 1];
 	char	   *rel;
 	char	   *base;
 
@@ -136,9 +139,16 @@ dalgo_csv_path_org(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("a csv source needs config.path")));
 	org = PG_GETARG_UUID_P(0);
-	for (int i = 0; i < UUID_LEN; i++)
-		snprintf(hex + 2 * i, 3, "%02x", org->data[i]);
 	rel = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	base = psprintf("%s/org_%s", dalgo_csv_dir, hex);
+	base = psprintf("%s/%s", dalgo_csv_dir, dalgo_warehouse_schema_name(org));
 	PG_RETURN_TEXT_P(cstring_to_text(csv_resolve(base, rel)));
+}
+
+/* Define dalgo.csv_dir. */
+void
+dalgo_sync_init(void)
+{
+	DefineCustomStringVariable("dalgo.csv_dir",
+							   "Directory that csv sources read server-side files from; empty disables csv syncs.",
+							   NULL, &dalgo_csv_dir, "", PGC_SUSET, GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 }

@@ -1,0 +1,181 @@
+/*
+ * run_worker.c
+ *		The dalgo run workers: a pool, started by the schedulers
+ *		(scheduler.c) up to dalgo.max_concurrent_runs in the cluster.  Each
+ *		takes the oldest pending run of its database (SKIP LOCKED), marks it
+ *		running (committed, so a crash leaves a trace to recover), executes
+ *		it under dalgo.run_timeout, records a failure in a fresh
+ *		transaction, and takes the next until none is left.  A failing or
+ *		hanging run never stops the scheduler or other runs.  The run slot
+ *		a worker holds (scheduler_shmem.c) is freed when it exits.
+ */
+#include "scheduler.h"
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/ipc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timeout.h"
+
+static RunTicket my_ticket = {-1, 0};
+
+/*
+ * On exit (on_shmem_exit, after the backend has left pg_stat_activity):
+ * free the run slot and wake the scheduler.
+ */
+static void
+run_exit(int code, Datum arg)
+{
+	SchedulerSlot *db;
+	Latch	   *latch = NULL;
+
+	if (my_ticket.slot < 0)
+		return;
+	dalgo_release_run_slot(my_ticket.slot, my_ticket.generation);
+	LWLockAcquire(dalgo_shared->lock, LW_SHARED);
+	db = dalgo_db_slot(MyDatabaseId, false);
+	if (db != NULL)
+		latch = db->latch;
+	LWLockRelease(dalgo_shared->lock);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/* Run one SQL statement in its own transaction; errors propagate. */
+static void
+run_in_transaction(const char *sql)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute(sql, false, 0) < 0)
+		elog(ERROR, "could not run \"%s\"", sql);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+}
+
+/* Take the next pending run; false when there is none. */
+static bool
+take_run(char *kind, char *idtext)
+{
+	bool		found = false;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT run_kind, run_id FROM dalgo.take_pending_run() WHERE run_id IS NOT NULL", false, 0) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		*kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)[0];
+		strlcpy(idtext, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), UUID_LEN * 2 + 5);
+		found = true;
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return found;
+}
+
+/* Execute one taken run; a failure is recorded in a fresh transaction. */
+static void
+execute_run(char kind, const char *idtext)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, psprintf("dalgo run %s", idtext));
+		if (dalgo_run_timeout > 0)
+			enable_timeout_after(STATEMENT_TIMEOUT, dalgo_run_timeout);
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute(psprintf("SELECT dalgo.execute_scheduled_run('%c', '%s')", kind, idtext), false, 0) < 0)
+			elog(ERROR, "execute_scheduled_run failed");
+		SPI_finish();
+		disable_timeout(STATEMENT_TIMEOUT, false);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		HOLD_INTERRUPTS();
+		disable_timeout(STATEMENT_TIMEOUT, false);
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		QueryCancelPending = false;
+		RESUME_INTERRUPTS();
+		run_in_transaction(psprintf("SELECT dalgo.fail_scheduled_run('%c', '%s', %s)", kind, idtext,
+									quote_literal_cstr(edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* Run worker main: take pending runs of this database until none is left. */
+void
+dalgo_run_main(Datum arg)
+{
+	Oid			dboid = DatumGetObjectId(arg);
+	MemoryContext runcxt;
+	RunTicket	ticket;
+	bool		mine;
+
+	memcpy(&ticket, MyBgworkerEntry->bgw_extra, sizeof(ticket));
+	if (ticket.slot < 0 || ticket.slot >= DALGO_MAX_RUNS)
+		proc_exit(0);
+	LWLockAcquire(dalgo_shared->lock, LW_EXCLUSIVE);
+	mine = dalgo_shared->runs[ticket.slot].in_use && dalgo_shared->runs[ticket.slot].generation == ticket.generation;
+	if (mine)
+		dalgo_shared->runs[ticket.slot].pid = MyProcPid;
+	LWLockRelease(dalgo_shared->lock);
+	if (!mine)
+		proc_exit(0);			/* the claim was given up: do not run past the cap */
+	my_ticket = ticket;
+	/* Registered before the connection, so it runs after the backend leaves pg_stat_activity. */
+	on_shmem_exit(run_exit, (Datum) 0);
+
+	dalgo_worker_signals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	pgstat_report_appname("dalgo run");
+	runcxt = AllocSetContextCreate(TopMemoryContext, "dalgo run", ALLOCSET_DEFAULT_SIZES);
+
+	for (;;)
+	{
+		char		kind;
+		char		idtext[UUID_LEN * 2 + 5];
+		MemoryContext old;
+
+		CHECK_FOR_INTERRUPTS();
+		dalgo_reload_if_needed();
+		old = MemoryContextSwitchTo(runcxt);
+		if (!take_run(&kind, idtext))
+		{
+			MemoryContextSwitchTo(old);
+			break;
+		}
+		execute_run(kind, idtext);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(runcxt);
+	}
+	proc_exit(0);
+}
