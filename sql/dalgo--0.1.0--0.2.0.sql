@@ -3793,6 +3793,1785 @@ END
 $$;
 
 
+-- r1: public API apart from internals (issue 10 item 1).  Every function no
+-- application role may execute, and every trigger function, moves to schema
+-- dalgo_internal, on which application roles have no USAGE; \df dalgo.*
+-- then lists the documented API.  SET SCHEMA keeps each function's oid, so
+-- triggers, policies, ACLs and comments follow; the bodies that call a moved
+-- function by name are replaced below.
+CREATE SCHEMA dalgo_internal;
+COMMENT ON SCHEMA dalgo_internal IS 'dalgo: internal functions (triggers, scheduler steps, helpers); no application role may use them';
+REVOKE ALL ON SCHEMA dalgo_internal FROM PUBLIC;
+ALTER FUNCTION dalgo.account_audit(action text, user_id uuid, organization_id uuid, resource_type text, resource_id uuid, details jsonb) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.act_as(user_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.api_key_is_live(id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.audit_log_guard() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.audit_trigger() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.build_transformation(transformation_id uuid, run_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.cap_statement_deadline(seconds bigint) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.check_csv_source() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.check_email(email text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.check_new_password(password text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.check_recipe_sql(organization_id uuid, sql text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.check_run_quota(organization_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.check_warehouse_quota(organization_id uuid, replacing text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.check_warehouse_table_name(organization_id uuid, table_name text, source_id uuid, transformation_id uuid, output_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.claim_due_schedules(at timestamp with time zone, max_runs integer, only_schedule uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.create_warehouse_for_connection() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.csv_path(organization_id uuid, relative_path text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.drop_output_views(organization_id uuid, table_names text[]) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.email_key(email text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.execute_claimed(claimed_runs uuid[], kinds text[]) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.execute_scheduled_run(run_kind text, run_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.expire_connector_runs(timeout_seconds integer) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.expire_stalled_connector_runs(timeout_seconds integer) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.fail_scheduled_run(run_kind text, run_id uuid, message text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.fill_organization_id() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.guard_membership() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.guard_organization() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.guard_organization_quotas() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.guard_superadmin() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.guard_user_liveness() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.issue_session(for_user uuid, in_family uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.live_owner_count(organization_id uuid, except_membership uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.membership_changed() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.new_token(nbytes integer) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.note_failed_sign_in(email_hash bytea, user_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.note_token_reuse(unused bytea, family_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.organization_quota(organization_id uuid, quota text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.organization_usage(organization_id uuid, OUT quota text, OUT used bigint, OUT quota_limit bigint) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.output_check_table_name() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.output_view_reads(organization_id uuid, view_name text, table_name text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.pending_runs() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.pgcrypto_crypt(password text, salt text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.pgcrypto_gen_salt(kind text, rounds integer) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.pgcrypto_random_bytes(n integer) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.purge_run_history(days integer) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.queue_mail(kind text, recipient text, payload jsonb) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.recover_interrupted_runs() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.redact_sync_run() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.refresh_output(run_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.refuse_api_key(what text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.refuse_api_key_organization() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.refuse_tenant_move() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.register_warehouse_table(organization_id uuid, table_name text, source_id uuid, transformation_id uuid, row_count bigint) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.require_read_committed(what text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.restore_output_views(organization_id uuid, dropped jsonb) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.run_autonomously(action text, key bytea, id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.run_time_quota_hit() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.schedule_before_save() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.set_api_key_identity(key_id uuid, user_id uuid, organization_id uuid, role text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.setting_interval(name text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.sign_access_token(user_id uuid, expires_at timestamp with time zone) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.source_check_table_name() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.source_relation(config jsonb) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.start_scheduled_run(run_kind text, run_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.swap_warehouse_table(organization_id uuid, build_name text, table_name text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.sync_source(run_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.take_pending_run(OUT run_kind text, OUT run_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.token_digest(token text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.transformation_before_save() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.transformation_record_version() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.verify_scheduled_run(run_kind text, run_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.wake_launcher() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.wake_scheduler() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.warehouse_execute(organization_id uuid, sql text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.warehouse_query(organization_id uuid, sql text, row_limit integer) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.warehouse_table_claimant(organization_id uuid, table_name text, source_id uuid, transformation_id uuid, output_id uuid) SET SCHEMA dalgo_internal;
+-- The bodies that name a moved function, now dalgo_internal.f().
+CREATE OR REPLACE FUNCTION dalgo.accept_invitation(token text)
+ RETURNS uuid
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	inv record;
+	my_email text;
+BEGIN
+	PERFORM dalgo_internal.refuse_api_key('accepting an invitation');
+	IF me IS NULL THEN
+		RAISE EXCEPTION 'accepting an invitation needs a signed-in user' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT i.* INTO inv FROM dalgo.invitations i
+		WHERE i.token = dalgo_internal.token_digest(accept_invitation.token) FOR UPDATE;
+	IF inv.id IS NULL THEN
+		RAISE EXCEPTION 'invalid invitation token' USING ERRCODE = 'invalid_authorization_specification';
+	END IF;
+	SELECT u.email INTO my_email FROM dalgo.users u WHERE u.id = me AND u.is_active AND u.deleted_at IS NULL;
+	IF my_email IS NULL OR lower(my_email) <> lower(inv.email) THEN
+		RAISE EXCEPTION 'this invitation was sent to another email address' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF inv.accepted_at IS NOT NULL THEN
+		RAISE EXCEPTION 'this invitation has already been accepted' USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	IF inv.revoked_at IS NOT NULL THEN
+		RAISE EXCEPTION 'this invitation has been revoked' USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	IF inv.expires_at <= now() THEN
+		RAISE EXCEPTION 'this invitation has expired' USING ERRCODE = 'object_not_in_prerequisite_state',
+			HINT = 'Ask for a new invitation.';
+	END IF;
+	IF EXISTS (SELECT FROM dalgo.organization_members m
+			   WHERE m.organization_id = inv.organization_id AND m.user_id = me AND m.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'you are already a member of this organization' USING ERRCODE = 'unique_violation';
+	END IF;
+
+	-- The member is added by the inviter, under the inviter's current role:
+	-- an invitation never grants more than its sender may grant now.
+	IF inv.invited_by_id IS NULL THEN
+		RAISE EXCEPTION 'the inviter can no longer invite to this organization' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo_internal.act_as(inv.invited_by_id);
+	IF NOT dalgo.is_org_member(inv.organization_id, CASE WHEN inv.role = 'owner' THEN 'owner' ELSE 'admin' END::dalgo.member_role) THEN
+		PERFORM dalgo_internal.act_as(me);
+		RAISE EXCEPTION 'the inviter can no longer invite to this organization' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	INSERT INTO dalgo.organization_members (organization_id, user_id, role) VALUES (inv.organization_id, me, inv.role);
+	PERFORM dalgo_internal.act_as(me);
+
+	UPDATE dalgo.invitations i SET accepted_at = now() WHERE i.id = inv.id;
+	PERFORM dalgo_internal.account_audit('invitation_accepted', me, inv.organization_id, 'invitation', inv.id,
+								jsonb_build_object('role', inv.role));
+	RETURN inv.organization_id;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.authenticate_api_key(key text)
+ RETURNS uuid
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	k record;
+BEGIN
+	SELECT a.id, a.organization_id, a.role, a.created_by_id, a.expires_at, a.revoked_at, a.last_used_at INTO k
+		FROM dalgo.api_keys a WHERE a.key_hash = dalgo_internal.token_digest(authenticate_api_key.key);
+	IF k.id IS NULL OR k.revoked_at IS NOT NULL OR k.expires_at <= now() OR k.created_by_id IS NULL
+	   OR NOT dalgo_internal.api_key_is_live(k.id)
+	   OR NOT EXISTS (SELECT FROM dalgo.users u WHERE u.id = k.created_by_id AND u.is_active AND u.deleted_at IS NULL)
+	   OR NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = k.organization_id AND o.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'invalid API key' USING ERRCODE = 'invalid_authorization_specification';
+	END IF;
+	IF (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute')
+	   AND NOT current_setting('transaction_read_only')::boolean THEN
+		UPDATE dalgo.api_keys a SET last_used_at = now() WHERE a.id = k.id;
+	END IF;
+	PERFORM dalgo_internal.set_api_key_identity(k.id, k.created_by_id, k.organization_id, k.role::text);
+	RETURN k.organization_id;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.change_password(current_password text, new_password text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	old_hash text;
+	hash text;
+BEGIN
+	PERFORM dalgo_internal.refuse_api_key('changing a password');
+	IF me IS NULL THEN
+		RAISE EXCEPTION 'changing a password needs a signed-in user' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT u.password_hash INTO old_hash FROM dalgo.users u
+		WHERE u.id = me AND u.is_active AND u.deleted_at IS NULL FOR UPDATE;
+	IF old_hash IS NULL OR current_password IS NULL
+	   OR dalgo_internal.pgcrypto_crypt(current_password, old_hash) IS DISTINCT FROM old_hash THEN
+		RAISE EXCEPTION 'invalid password' USING ERRCODE = 'invalid_password';
+	END IF;
+	hash := dalgo_internal.check_new_password(new_password);
+	UPDATE dalgo.users u SET password_hash = hash WHERE u.id = me;
+	PERFORM dalgo_internal.account_audit('password_changed', me, NULL, 'user', me);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.claim_messages(max integer DEFAULT 10)
+ RETURNS SETOF dalgo.mail_messages
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	IF max IS NULL OR max < 1 OR max > 1000 THEN
+		RAISE EXCEPTION 'max must be between 1 and 1000' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+	UPDATE dalgo.mail_messages m SET state = 'sending', claimed_at = now(), attempts = m.attempts + 1
+	WHERE m.id IN (SELECT q.id FROM dalgo.mail_messages q
+				   WHERE q.state = 'pending'
+					  OR (q.state = 'sending' AND q.claimed_at < now() - dalgo_internal.setting_interval('dalgo.mail_claim_timeout'))
+				   ORDER BY q.created_at, q.id LIMIT claim_messages.max
+				   FOR UPDATE SKIP LOCKED)
+	RETURNING m.*;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.claim_sync_run()
+ RETURNS dalgo.sync_runs
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	r dalgo.sync_runs;
+	org uuid;
+	msg text;
+BEGIN
+	FOR org IN
+		SELECT x.organization_id FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status IN ('pending', 'running') AND dalgo.is_connector_source(s.source_type) AND x.deleted_at IS NULL
+		GROUP BY x.organization_id
+		HAVING bool_or(x.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
+				 x.organization_id
+	LOOP
+		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo.is_connector_source(s.source_type)
+		  AND x.deleted_at IS NULL
+		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
+		IF FOUND THEN
+			-- A connector run is a run: the organization's quotas apply, as
+			-- to in-database runs (a refused run fails with the quota's message).
+			BEGIN
+				PERFORM dalgo_internal.check_run_quota(org);
+			EXCEPTION WHEN configuration_limit_exceeded THEN
+				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+				UPDATE dalgo.sync_runs x SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
+				WHERE x.id = r.id;
+				CONTINUE;
+			END;
+			UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
+			RETURN r;
+		END IF;
+	END LOOP;
+	RETURN NULL;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.create_api_key(organization_id uuid, name text, role dalgo.member_role DEFAULT 'member'::dalgo.member_role, expires_at timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	org uuid := create_api_key.organization_id;
+	raw text := 'dk_' || dalgo_internal.new_token(32);
+	kid uuid;
+BEGIN
+	PERFORM dalgo_internal.refuse_api_key('creating an API key');
+	IF me IS NULL OR org IS NULL OR NOT dalgo.is_org_member(org, 'admin') THEN
+		RAISE EXCEPTION 'only admins and owners of the organization can create API keys'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF create_api_key.role IS NULL OR NOT dalgo.is_org_member(org, create_api_key.role) THEN
+		RAISE EXCEPTION 'an API key''s role cannot exceed yours' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF create_api_key.expires_at IS NOT NULL AND create_api_key.expires_at <= now() THEN
+		RAISE EXCEPTION 'expires_at must be in the future' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	INSERT INTO dalgo.api_keys AS k (organization_id, name, key_prefix, key_hash, role, expires_at, created_by_id)
+		VALUES (org, create_api_key.name, left(raw, 11), dalgo_internal.token_digest(raw), create_api_key.role,
+				create_api_key.expires_at, me)
+		RETURNING k.id INTO kid;
+	PERFORM dalgo_internal.account_audit('api_key_created', me, org, 'api_key', kid,
+								jsonb_build_object('name', create_api_key.name, 'role', create_api_key.role,
+												   'key_prefix', left(raw, 11)));
+	RETURN raw;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.enable_audit(tbl regclass, exclude text[] DEFAULT '{}'::text[], organization_column text DEFAULT NULL::text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	kind "char";
+	orgcol text := organization_column;
+	c text;
+	args text;
+BEGIN
+	SELECT relkind INTO kind FROM pg_class WHERE oid = tbl;
+	IF kind IS NULL OR kind NOT IN ('r', 'p', 'f') THEN
+		RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = 'wrong_object_type';
+	END IF;
+	IF tbl = 'dalgo.audit_logs'::regclass THEN
+		RAISE EXCEPTION 'dalgo.audit_logs cannot audit itself' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOREACH c IN ARRAY coalesce(exclude, '{}') LOOP
+		IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = tbl AND attname = c AND attnum > 0 AND NOT attisdropped) THEN
+			RAISE EXCEPTION 'column "%" of % does not exist', c, tbl USING ERRCODE = 'undefined_column';
+		END IF;
+	END LOOP;
+	IF orgcol IS NULL THEN
+		orgcol := CASE WHEN EXISTS (SELECT FROM pg_attribute WHERE attrelid = tbl AND attname = 'organization_id'
+									AND atttypid = 'uuid'::regtype AND NOT attisdropped)
+					   THEN 'organization_id' ELSE '' END;
+	ELSIF orgcol <> '' AND NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = tbl AND attname = orgcol
+									   AND atttypid = 'uuid'::regtype AND NOT attisdropped) THEN
+		RAISE EXCEPTION 'organization column "%" of % does not exist or is not a uuid', orgcol, tbl
+			USING ERRCODE = 'undefined_column';
+	END IF;
+
+	PERFORM dalgo.disable_audit(tbl);
+	SELECT string_agg(quote_literal(a), ', ') INTO args FROM unnest(ARRAY[orgcol] || coalesce(exclude, '{}')) a;
+	IF kind = 'f' THEN
+		-- Foreign tables cannot have transition tables: audit them row by row.
+		EXECUTE format('CREATE TRIGGER dalgo_audit AFTER INSERT OR UPDATE OR DELETE ON %s '
+					   'FOR EACH ROW EXECUTE FUNCTION dalgo_internal.audit_trigger(%s)', tbl, args);
+	ELSE
+		EXECUTE format('CREATE TRIGGER dalgo_audit_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
+					   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_trigger(%s)', tbl, args);
+		EXECUTE format('CREATE TRIGGER dalgo_audit_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows '
+					   'NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_trigger(%s)', tbl, args);
+		EXECUTE format('CREATE TRIGGER dalgo_audit_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows '
+					   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_trigger(%s)', tbl, args);
+		EXECUTE format('CREATE TRIGGER dalgo_audit_truncate AFTER TRUNCATE ON %s '
+					   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_trigger(%s)', tbl, args);
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.end_all_sessions()
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	n bigint;
+BEGIN
+	PERFORM dalgo_internal.refuse_api_key('ending sessions');
+	IF me IS NULL THEN
+		RAISE EXCEPTION 'ending sessions needs a signed-in user' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	WITH r AS (UPDATE dalgo.refresh_tokens t SET revoked_at = now()
+			   WHERE t.user_id = me AND t.revoked_at IS NULL RETURNING 1)
+	SELECT count(*) INTO n FROM r;
+	PERFORM dalgo_internal.account_audit('all_sessions_ended', me, NULL, 'user', me, jsonb_build_object('revoked', n));
+	RETURN n;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.end_session(refresh_token text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	tok record;
+BEGIN
+	SELECT t.user_id, t.family_id INTO tok FROM dalgo.refresh_tokens t
+		WHERE t.token_hash = dalgo_internal.token_digest(end_session.refresh_token);
+	IF tok.family_id IS NULL THEN
+		RETURN;
+	END IF;
+	UPDATE dalgo.refresh_tokens t SET revoked_at = now()
+		WHERE t.family_id = tok.family_id AND t.revoked_at IS NULL;
+	PERFORM dalgo_internal.account_audit('session_ended', tok.user_id, NULL, 'user', tok.user_id,
+								jsonb_build_object('family_id', tok.family_id));
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.invite_member(organization_id uuid, email text, role dalgo.member_role)
+ RETURNS uuid
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	org uuid := invite_member.organization_id;
+	e text := dalgo_internal.check_email(invite_member.email);
+	raw text := dalgo_internal.new_token(32);
+	org_name text;
+	iid uuid;
+BEGIN
+	IF me IS NULL OR org IS NULL OR invite_member.role IS NULL OR NOT dalgo.is_org_member(org, 'admin') THEN
+		RAISE EXCEPTION 'only admins and owners of the organization can invite'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF invite_member.role = 'owner' AND NOT dalgo.is_org_member(org, 'owner') THEN
+		RAISE EXCEPTION 'only an owner can invite an owner' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF EXISTS (SELECT FROM dalgo.organization_members m JOIN dalgo.users u ON u.id = m.user_id
+			   WHERE m.organization_id = org AND m.deleted_at IS NULL
+				 AND lower(u.email) = lower(e) AND u.deleted_at IS NULL) THEN
+		RAISE EXCEPTION '% is already a member of this organization', e USING ERRCODE = 'unique_violation';
+	END IF;
+	SELECT o.name INTO org_name FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL;
+
+	-- Re-inviting a pending email replaces the earlier invitation.
+	UPDATE dalgo.mail_messages m SET state = 'cancelled', payload = NULL
+		WHERE m.kind = 'invitation' AND m.state = 'pending'
+		  AND (m.payload->>'invitation_id')::uuid IN (
+			SELECT i.id FROM dalgo.invitations i
+			WHERE i.organization_id = org AND lower(i.email) = lower(e)
+			  AND i.accepted_at IS NULL AND i.revoked_at IS NULL);
+	UPDATE dalgo.invitations i SET revoked_at = now()
+		WHERE i.organization_id = org AND lower(i.email) = lower(e) AND i.accepted_at IS NULL AND i.revoked_at IS NULL;
+
+	INSERT INTO dalgo.invitations AS i (email, organization_id, role, token, expires_at, invited_by_id)
+		VALUES (e, org, invite_member.role, dalgo_internal.token_digest(raw),
+				now() + dalgo_internal.setting_interval('dalgo.invitation_ttl'), me)
+		RETURNING i.id INTO iid;
+	PERFORM dalgo_internal.queue_mail('invitation', e,
+		jsonb_build_object('token', raw, 'invitation_id', iid, 'organization_id', org,
+						   'organization_name', org_name, 'role', invite_member.role,
+						   'expires_at', now() + dalgo_internal.setting_interval('dalgo.invitation_ttl')));
+	PERFORM dalgo_internal.account_audit('invitation_sent', me, org, 'invitation', iid,
+								jsonb_build_object('role', invite_member.role));
+	RETURN iid;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.preview_recipe(organization_id uuid, recipe jsonb, row_limit integer DEFAULT 50)
+ RETURNS SETOF jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	IF NOT dalgo.caller_may(organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF row_limit IS NULL OR row_limit < 1 OR row_limit > 10000 THEN
+		RAISE EXCEPTION 'row_limit must be between 1 and 10000' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM dalgo.warehouse_schema(organization_id);
+	RETURN QUERY SELECT * FROM dalgo_internal.warehouse_query(organization_id, dalgo.compile_recipe(organization_id, recipe), row_limit);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.quota_usage(organization_id uuid, OUT quota text, OUT used bigint, OUT quota_limit bigint)
+ RETURNS SETOF record
+ LANGUAGE plpgsql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	IF NOT dalgo.caller_may(quota_usage.organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', quota_usage.organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	RETURN QUERY SELECT * FROM dalgo_internal.organization_usage(quota_usage.organization_id);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.refresh_session(token text)
+ RETURNS TABLE(user_id uuid, access_token text, refresh_token text, expires_at timestamp with time zone)
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_variable
+DECLARE
+	h text := dalgo_internal.token_digest(refresh_session.token);
+	tok record;
+BEGIN
+	PERFORM dalgo_internal.require_read_committed('dalgo.refresh_session');
+	SELECT t.id, t.user_id, t.family_id, t.expires_at, t.revoked_at, t.replaced_at INTO tok
+		FROM dalgo.refresh_tokens t WHERE t.token_hash = h;
+	IF tok.id IS NULL THEN
+		RAISE EXCEPTION 'invalid refresh token' USING ERRCODE = 'invalid_authorization_specification';
+	END IF;
+	IF tok.replaced_at IS NOT NULL THEN
+		-- A rotated token came back: stolen-token signal.  The family dies
+		-- (in a transaction of its own, so it stays dead) and the call fails.
+		PERFORM dalgo_internal.run_autonomously('token_reuse', NULL, tok.family_id);
+		RAISE EXCEPTION 'invalid refresh token' USING ERRCODE = 'invalid_authorization_specification';
+	END IF;
+	-- A refresh of this family in flight: this one loses, without killing the family.
+	IF NOT pg_try_advisory_xact_lock(1684826471, hashtext(tok.family_id::text)) THEN
+		RAISE EXCEPTION 'invalid refresh token' USING ERRCODE = 'invalid_authorization_specification';
+	END IF;
+	SELECT t.id, t.user_id, t.family_id, t.expires_at, t.revoked_at, t.replaced_at INTO tok
+		FROM dalgo.refresh_tokens t WHERE t.id = tok.id FOR UPDATE;
+	IF tok.revoked_at IS NOT NULL OR tok.expires_at <= now()
+	   OR NOT EXISTS (SELECT FROM dalgo.users u WHERE u.id = tok.user_id AND u.is_active AND u.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'invalid refresh token' USING ERRCODE = 'invalid_authorization_specification';
+	END IF;
+	UPDATE dalgo.refresh_tokens t SET revoked_at = now(), replaced_at = now() WHERE t.id = tok.id;
+	RETURN QUERY SELECT * FROM dalgo_internal.issue_session(tok.user_id, tok.family_id);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.request_password_reset(email text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	usr record;
+	raw text;
+	rid uuid;
+BEGIN
+	SELECT u.id, u.email INTO usr FROM dalgo.users u
+		WHERE lower(u.email) = lower(btrim(request_password_reset.email)) AND u.deleted_at IS NULL AND u.is_active;
+	IF usr.id IS NULL THEN
+		RETURN;					-- says nothing about whether the email exists
+	END IF;
+	-- Only the newest token works.
+	UPDATE dalgo.password_reset_tokens t SET used_at = now() WHERE t.user_id = usr.id AND t.used_at IS NULL;
+	UPDATE dalgo.mail_messages m SET state = 'cancelled', payload = NULL
+		WHERE m.kind = 'password_reset' AND m.state = 'pending' AND m.payload->>'user_id' = usr.id::text;
+	raw := dalgo_internal.new_token(32);
+	INSERT INTO dalgo.password_reset_tokens AS t (user_id, token_hash, expires_at)
+		VALUES (usr.id, dalgo_internal.token_digest(raw), now() + dalgo_internal.setting_interval('dalgo.password_reset_ttl'))
+		RETURNING t.id INTO rid;
+	PERFORM dalgo_internal.queue_mail('password_reset', usr.email,
+		jsonb_build_object('token', raw, 'user_id', usr.id,
+						   'expires_at', now() + dalgo_internal.setting_interval('dalgo.password_reset_ttl')));
+	PERFORM dalgo_internal.account_audit('password_reset_requested', NULL, NULL, 'user', usr.id);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.reset_password(token text, new_password text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	hash text := dalgo_internal.check_new_password(reset_password.new_password);
+	tok record;
+BEGIN
+	PERFORM dalgo_internal.require_read_committed('dalgo.reset_password');
+	SELECT t.id, t.user_id, t.used_at, t.expires_at INTO tok FROM dalgo.password_reset_tokens t
+		WHERE t.token_hash = dalgo_internal.token_digest(reset_password.token) FOR UPDATE;
+	IF tok.id IS NULL OR tok.used_at IS NOT NULL OR tok.expires_at <= now()
+	   OR NOT EXISTS (SELECT FROM dalgo.users u WHERE u.id = tok.user_id AND u.is_active AND u.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'invalid or expired password reset token' USING ERRCODE = 'invalid_authorization_specification';
+	END IF;
+	UPDATE dalgo.password_reset_tokens t SET used_at = now() WHERE t.id = tok.id;
+	UPDATE dalgo.users u SET password_hash = hash WHERE u.id = tok.user_id;
+	UPDATE dalgo.refresh_tokens t SET revoked_at = now() WHERE t.user_id = tok.user_id AND t.revoked_at IS NULL;
+	PERFORM dalgo_internal.account_audit('password_reset', tok.user_id, NULL, 'user', tok.user_id);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.revoke_api_key(id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	k record;
+BEGIN
+	SELECT a.id, a.organization_id INTO k FROM dalgo.api_keys a WHERE a.id = revoke_api_key.id FOR UPDATE;
+	IF k.id IS NULL OR NOT dalgo.is_org_member(k.organization_id, 'admin') THEN
+		RAISE EXCEPTION 'API key not found' USING ERRCODE = 'no_data_found';
+	END IF;
+	UPDATE dalgo.api_keys a SET revoked_at = now() WHERE a.id = k.id AND a.revoked_at IS NULL;
+	IF FOUND THEN
+		PERFORM dalgo_internal.account_audit('api_key_revoked', dalgo.current_user_id(), k.organization_id, 'api_key', k.id);
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.revoke_invitation(invitation_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	inv record;
+BEGIN
+	SELECT i.id, i.organization_id INTO inv FROM dalgo.invitations i WHERE i.id = revoke_invitation.invitation_id
+		FOR UPDATE;
+	IF inv.id IS NULL OR NOT dalgo.is_org_member(inv.organization_id, 'admin') THEN
+		RAISE EXCEPTION 'invitation not found' USING ERRCODE = 'no_data_found';
+	END IF;
+	UPDATE dalgo.invitations i SET revoked_at = now()
+		WHERE i.id = inv.id AND i.accepted_at IS NULL AND i.revoked_at IS NULL;
+	IF FOUND THEN
+		UPDATE dalgo.mail_messages m SET state = 'cancelled', payload = NULL
+			WHERE m.kind = 'invitation' AND m.state = 'pending' AND m.payload->>'invitation_id' = inv.id::text;
+		PERFORM dalgo_internal.account_audit('invitation_revoked', dalgo.current_user_id(), inv.organization_id,
+									'invitation', inv.id);
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.run_due_schedules(at timestamp with time zone DEFAULT now())
+ RETURNS integer
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	ids uuid[];
+	kinds text[];
+BEGIN
+	IF dalgo.current_user_id() IS NOT NULL OR NOT pg_has_role(session_user, 'dalgo_service', 'MEMBER') THEN
+		RAISE EXCEPTION 'run_due_schedules is for dalgo_service and superusers' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT array_agg(c.run_id), array_agg(c.run_kind) INTO ids, kinds FROM dalgo_internal.claim_due_schedules(at, 1000) c;
+	PERFORM dalgo_internal.execute_claimed(ids, kinds);
+	RETURN (SELECT count(*) FROM unnest(kinds) k WHERE k IN ('s', 'o', 'connector'));
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.run_schedule_now(schedule_id uuid)
+ RETURNS uuid
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	s dalgo.schedules;
+	c record;
+BEGIN
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = run_schedule_now.schedule_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(s.organization_id, 'admin') THEN
+		RAISE EXCEPTION 'schedule % does not exist or you are not an admin of its organization', schedule_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Make it due now and claim it like the scheduler would (a concurrent claim wins the lock).
+	PERFORM FROM dalgo.schedules x WHERE x.id = s.id FOR UPDATE;
+	UPDATE dalgo.schedules x SET next_run_at = clock_timestamp(), is_active = true WHERE x.id = s.id;
+	SELECT * INTO c FROM dalgo_internal.claim_due_schedules(clock_timestamp(), 1, s.id);
+	PERFORM dalgo_internal.execute_claimed(ARRAY[c.run_id], ARRAY[c.run_kind]);
+	UPDATE dalgo.schedules x SET is_active = s.is_active,
+		next_run_at = CASE WHEN s.is_active THEN dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, now()) END
+	WHERE x.id = s.id;
+	RETURN c.run_id;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.run_transformation(transformation_id uuid, with_upstream boolean DEFAULT false)
+ RETURNS uuid
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	t dalgo.transformations;
+	run_id uuid;
+	up record;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x
+	WHERE x.id = run_transformation.transformation_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(t.organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'transformation % does not exist', transformation_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(t.organization_id, 'member') THEN
+		RAISE EXCEPTION 'running a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo_internal.check_run_quota(t.organization_id);
+	-- The run_seconds quota caps this call with its upstream (the outermost cap wins).
+	PERFORM dalgo_internal.cap_statement_deadline(dalgo_internal.organization_quota(t.organization_id, 'run_seconds'));
+	BEGIN
+		IF with_upstream THEN
+			-- transformation_upstream refuses a dependency outside the organization;
+			-- checked again here for each run, identity or not.
+			FOR up IN SELECT u.id, x.organization_id FROM dalgo.transformation_upstream(t.id) u
+					  LEFT JOIN dalgo.transformations x ON x.id = u.id LOOP
+				IF up.organization_id IS DISTINCT FROM t.organization_id THEN
+					RAISE EXCEPTION 'transformation % reads %, which is not a transformation of its organization', t.id, up.id
+						USING ERRCODE = 'invalid_parameter_value';
+				END IF;
+				PERFORM dalgo.run_transformation(up.id, false);
+			END LOOP;
+		END IF;
+		INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
+											   triggered_by_id, details)
+		VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id(),
+				jsonb_build_object('runner_pid', pg_backend_pid()))
+		RETURNING id INTO run_id;
+		PERFORM dalgo_internal.build_transformation(t.id, run_id);
+	EXCEPTION WHEN query_canceled THEN
+		IF dalgo_internal.run_time_quota_hit() THEN
+			RAISE EXCEPTION 'quota run_seconds exceeded: the run with its upstream took more than % seconds',
+				dalgo_internal.organization_quota(t.organization_id, 'run_seconds')
+				USING ERRCODE = 'configuration_limit_exceeded',
+					  HINT = 'Split the work, or ask a superuser to raise the quota.';
+		END IF;
+		RAISE;
+	END;
+	RETURN run_id;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.sign_in(email text, password text)
+ RETURNS TABLE(user_id uuid, access_token text, refresh_token text, expires_at timestamp with time zone)
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_variable
+DECLARE
+	k bytea := dalgo_internal.email_key(sign_in.email);
+	usr record;
+	last_success timestamptz;
+	failures bigint;
+	ok boolean := false;
+BEGIN
+	PERFORM dalgo_internal.require_read_committed('dalgo.sign_in');
+	IF k IS NULL OR sign_in.password IS NULL THEN
+		RAISE EXCEPTION 'invalid email or password' USING ERRCODE = 'invalid_password';
+	END IF;
+	-- One attempt per email at a time, so the count below is exact.
+	PERFORM pg_advisory_xact_lock(1684826469, hashtext(encode(k, 'hex')));
+	SELECT max(a.created_at) INTO last_success FROM dalgo.sign_in_attempts a
+		WHERE a.email_hash = k AND a.succeeded AND a.created_at > now() - dalgo_internal.setting_interval('dalgo.sign_in_lockout');
+	SELECT count(*) INTO failures FROM dalgo.sign_in_attempts a
+		WHERE a.email_hash = k AND NOT a.succeeded
+		  AND a.created_at > greatest(clock_timestamp() - dalgo_internal.setting_interval('dalgo.sign_in_lockout'),
+									  coalesce(last_success, '-infinity'));
+	IF failures >= current_setting('dalgo.max_failed_sign_ins')::integer THEN
+		RAISE EXCEPTION 'too many failed sign-ins for this email; try again later'
+			USING ERRCODE = '28L01';
+	END IF;
+
+	SELECT u.id, u.password_hash, u.is_active INTO usr
+		FROM dalgo.users u WHERE lower(u.email) = lower(btrim(sign_in.email)) AND u.deleted_at IS NULL;
+	IF usr.id IS NOT NULL AND usr.password_hash IS NOT NULL THEN
+		ok := dalgo_internal.pgcrypto_crypt(sign_in.password, usr.password_hash) = usr.password_hash AND usr.is_active;
+	ELSE
+		-- An unknown email spends the same bcrypt work as a wrong password.
+		PERFORM dalgo_internal.pgcrypto_crypt(sign_in.password,
+			dalgo_internal.pgcrypto_gen_salt('bf', current_setting('dalgo.bcrypt_cost')::integer));
+	END IF;
+	IF ok IS NOT TRUE THEN
+		PERFORM dalgo_internal.run_autonomously('failed_sign_in', k, usr.id);
+		RAISE EXCEPTION 'invalid email or password' USING ERRCODE = 'invalid_password';
+	END IF;
+
+	INSERT INTO dalgo.sign_in_attempts (email_hash, user_id, succeeded) VALUES (k, usr.id, true);
+	PERFORM dalgo_internal.account_audit('sign_in', usr.id, NULL, 'user', usr.id);
+	RETURN QUERY SELECT * FROM dalgo_internal.issue_session(usr.id, NULL);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.sign_up(email text, password text, full_name text DEFAULT NULL::text)
+ RETURNS uuid
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	e text := dalgo_internal.check_email(sign_up.email);
+	hash text := dalgo_internal.check_new_password(sign_up.password);
+	uid uuid := gen_random_uuid();
+	org uuid;
+BEGIN
+	IF EXISTS (SELECT FROM dalgo.users u WHERE lower(u.email) = lower(e) AND u.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'an account with this email address already exists'
+			USING ERRCODE = 'unique_violation', HINT = 'Sign in, or reset the password.';
+	END IF;
+	BEGIN
+		INSERT INTO dalgo.users (id, email, password_hash, full_name)
+			VALUES (uid, e, hash, nullif(btrim(sign_up.full_name), ''));
+	EXCEPTION WHEN unique_violation THEN
+		RAISE EXCEPTION 'an account with this email address already exists'
+			USING ERRCODE = 'unique_violation', HINT = 'Sign in, or reset the password.';
+	END;
+	INSERT INTO dalgo.organizations (name, slug, org_type)
+		VALUES (coalesce(nullif(btrim(sign_up.full_name), ''), e), 'personal-' || replace(uid::text, '-', ''), 'personal')
+		RETURNING id INTO org;
+	INSERT INTO dalgo.organization_members (organization_id, user_id, role) VALUES (org, uid, 'owner');
+	PERFORM dalgo_internal.account_audit('sign_up', uid, org, 'user', uid);
+	RETURN uid;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.build_transformation(transformation_id uuid, run_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	t dalgo.transformations;
+	sql text;
+	schema_name text;
+	build_name text := '_dalgo_build_' || replace(run_id::text, '-', '');
+	n bigint;
+	err text;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = build_transformation.transformation_id;
+	UPDATE dalgo.transformation_runs r SET version_number = t.current_version WHERE r.id = run_id;
+	BEGIN
+		IF t.output_table_name IS NULL THEN
+			RAISE EXCEPTION 'transformation % has no output_table_name', t.id USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		schema_name := dalgo.warehouse_schema(t.organization_id);
+		sql := dalgo.compile_recipe(t.organization_id, t.recipe);
+		-- Build under a private name, then swap: readers never see a half-built table,
+		-- and a failure leaves the previous output as it was.
+		n := dalgo_internal.warehouse_execute(t.organization_id, format('CREATE TABLE %I.%I AS %s', schema_name, build_name, sql));
+		PERFORM dalgo_internal.check_warehouse_quota(t.organization_id, t.output_table_name);
+		PERFORM dalgo_internal.swap_warehouse_table(t.organization_id, build_name, t.output_table_name);
+		PERFORM dalgo_internal.register_warehouse_table(t.organization_id, t.output_table_name, NULL, t.id, n);
+		UPDATE dalgo.transformations x SET last_run_at = now() WHERE x.id = t.id;
+		UPDATE dalgo.transformation_runs r SET status = 'success', completed_at = clock_timestamp(),
+			rows_affected = least(n, 2147483647), executed_sql = sql
+		WHERE r.id = run_id;
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
+		UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
+			error_message = err, executed_sql = sql
+		WHERE r.id = run_id;
+		RAISE WARNING 'transformation run % failed: %', run_id, err;
+	END;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_csv_source()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	IF NEW.source_type <> 'csv' OR NEW.deleted_at IS NOT NULL OR NOT coalesce(NEW.config ? 'path', false) THEN
+		RETURN NEW;
+	END IF;
+	IF TG_OP = 'UPDATE' AND OLD.source_type = 'csv' AND OLD.deleted_at IS NULL
+	   AND (NEW.organization_id, NEW.config->'path') IS NOT DISTINCT FROM (OLD.organization_id, OLD.config->'path') THEN
+		RETURN NEW;
+	END IF;
+	IF jsonb_typeof(NEW.config->'path') <> 'string' THEN
+		RAISE EXCEPTION 'a csv source''s config.path must be a string' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- With csv sources disabled only the form of the path can be checked.
+	IF current_setting('dalgo.csv_dir') = '' THEN
+		IF NEW.config->>'path' = '' OR NEW.config->>'path' LIKE '/%' OR '..' = ANY (string_to_array(NEW.config->>'path', '/')) THEN
+			RAISE EXCEPTION 'csv path "%" must be relative to the organization''s csv directory and must not contain ".."',
+				NEW.config->>'path' USING ERRCODE = 'insufficient_privilege';
+		END IF;
+	ELSE
+		PERFORM dalgo_internal.csv_path(NEW.organization_id, NEW.config->>'path');
+	END IF;
+	RETURN NEW;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_new_password(password text)
+ RETURNS text
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	IF password IS NULL OR char_length(password) < current_setting('dalgo.min_password_length')::integer THEN
+		RAISE EXCEPTION 'password must be at least % characters long', current_setting('dalgo.min_password_length')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF octet_length(password) > 72 THEN
+		RAISE EXCEPTION 'password must be at most 72 bytes long'
+			USING ERRCODE = 'invalid_parameter_value', DETAIL = 'bcrypt ignores what follows the 72nd byte.';
+	END IF;
+	RETURN dalgo_internal.pgcrypto_crypt(password, dalgo_internal.pgcrypto_gen_salt('bf', current_setting('dalgo.bcrypt_cost')::integer));
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_recipe_sql(organization_id uuid, sql text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	msg text;
+BEGIN
+	IF NOT dalgo.caller_may(organization_id, 'member') THEN
+		RAISE EXCEPTION 'saving a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo.warehouse_schema(organization_id);
+	BEGIN
+		PERFORM * FROM dalgo_internal.warehouse_query(organization_id, sql, 0);
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+		RAISE EXCEPTION 'recipe does not type-check: %', msg USING ERRCODE = 'invalid_parameter_value';
+	END;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_run_quota(organization_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	org uuid := check_run_quota.organization_id;
+	me text := pg_backend_pid()::text;
+	slot bigint := hashtextextended('dalgo run slot ' || org::text, 0);
+	gate bigint := hashtextextended('dalgo run gate ' || org::text, 0);
+	old_timeout text := current_setting('lock_timeout');
+	others text[];
+	unseen bigint;
+	lim bigint;
+	n bigint;
+BEGIN
+	-- Advisory lock keys are one namespace for every role: a session that
+	-- holds this one must not stall the organization's runs for ever.
+	BEGIN
+		PERFORM set_config('lock_timeout', '10s', true);
+		PERFORM pg_advisory_lock(gate);
+		PERFORM set_config('lock_timeout', old_timeout, true);
+	EXCEPTION WHEN lock_not_available THEN
+		RAISE EXCEPTION 'the quota check of organization % is busy', org
+			USING ERRCODE = 'lock_not_available',
+				  DETAIL = 'Another session held the organization''s run gate for 10 seconds.',
+				  HINT = 'Try again.';
+	END;
+	BEGIN
+		-- Other backends executing a run of the organization now.
+		others := ARRAY(SELECT DISTINCT l.pid::text FROM pg_locks l
+						WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()
+						  AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+						  AND l.classid = ((slot >> 32) & 4294967295)::text::oid
+						  AND l.objid = (slot & 4294967295)::text::oid AND l.objsubid = 1);
+		-- ... of which this snapshot sees no running row yet.
+		unseen := (SELECT count(*) FROM unnest(others) p
+				   WHERE NOT EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
+									 AND r.details->>'runner_pid' = p)
+					 AND NOT EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.organization_id = org
+									 AND r.status = 'running' AND r.details->>'runner_pid' = p));
+		lim := dalgo_internal.organization_quota(org, 'concurrent_runs');
+		IF lim IS NOT NULL THEN
+			n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
+				  AND r.details->>'runner_pid' IS DISTINCT FROM me)
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running'
+				  AND r.details->>'runner_pid' IS DISTINCT FROM me)
+			   + unseen;
+			IF n >= lim THEN
+				RAISE EXCEPTION 'quota concurrent_runs exceeded: % runs of the organization are in progress, the limit is %', n, lim
+					USING ERRCODE = 'configuration_limit_exceeded',
+						  HINT = 'Wait for a run to finish; a superuser can raise the quota.';
+			END IF;
+		END IF;
+		lim := dalgo_internal.organization_quota(org, 'runs_per_hour');
+		IF lim IS NOT NULL THEN
+			n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
+				  AND NOT r.details ? 'skipped' AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
+				  AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped'
+				  AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
+			   + unseen;
+			IF n >= lim THEN
+				RAISE EXCEPTION 'quota runs_per_hour exceeded: the organization started % runs in the last hour, the limit is %', n, lim
+					USING ERRCODE = 'configuration_limit_exceeded',
+						  HINT = 'Try again later; a superuser can raise the quota.';
+			END IF;
+		END IF;
+		PERFORM dalgo_internal.check_warehouse_quota(org, NULL);
+		PERFORM pg_advisory_xact_lock_shared(slot);
+	EXCEPTION WHEN OTHERS OR query_canceled THEN
+		PERFORM pg_advisory_unlock(gate);
+		RAISE;
+	END;
+	PERFORM pg_advisory_unlock(gate);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_warehouse_quota(organization_id uuid, replacing text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	org uuid := check_warehouse_quota.organization_id;
+	lim bigint := dalgo_internal.organization_quota(org, 'warehouse_bytes');
+	ns oid;
+	n bigint;
+BEGIN
+	IF lim IS NULL THEN
+		RETURN;
+	END IF;
+	ns := to_regnamespace('org_' || replace(org::text, '-', ''));
+	n := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
+				   WHERE c.relnamespace = ns AND c.relkind IN ('r', 'm', 'p')
+					 AND c.relname IS DISTINCT FROM replacing), 0);
+	IF n > lim OR (replacing IS NULL AND n >= lim) THEN
+		RAISE EXCEPTION 'quota warehouse_bytes exceeded: the warehouse % % bytes, the limit is %',
+			CASE WHEN replacing IS NULL THEN 'holds' ELSE 'would hold' END, n, lim
+			USING ERRCODE = 'configuration_limit_exceeded',
+				  HINT = 'Drop tables or outputs the organization no longer needs; a superuser can raise the quota.';
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_warehouse_table_name(organization_id uuid, table_name text, source_id uuid, transformation_id uuid, output_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	claimant text := dalgo_internal.warehouse_table_claimant(organization_id, table_name, source_id, transformation_id, output_id);
+BEGIN
+	IF claimant IS NOT NULL AND NOT dalgo.caller_may(organization_id, 'viewer') THEN
+		-- Never name another organization's objects: row-level security refuses this row anyway.
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF claimant IS NOT NULL THEN
+		RAISE EXCEPTION 'warehouse table "%" already belongs to %', table_name, claimant
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Each warehouse table has one producer: a source, a transformation or an output. Choose another name.';
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.drop_output_views(organization_id uuid, table_names text[])
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	v record;
+	dropped jsonb := '[]';
+BEGIN
+	FOR v IN SELECT DISTINCT coalesce(x.destination_config->>'name', y.output_table_name) AS view_name,
+					y.output_table_name AS table_name
+			 FROM dalgo.outputs x JOIN dalgo.transformations y ON y.id = x.transformation_id
+			 WHERE x.organization_id = drop_output_views.organization_id
+			   AND y.organization_id = drop_output_views.organization_id
+			   AND x.deleted_at IS NULL AND x.destination_config->>'type' = 'view'
+			   AND y.output_table_name = ANY (table_names)
+	LOOP
+		IF v.view_name <> v.table_name AND dalgo_internal.output_view_reads(organization_id, v.view_name, v.table_name) THEN
+			PERFORM dalgo_internal.warehouse_execute(organization_id, format('DROP VIEW %I.%I', schema_name, v.view_name));
+			dropped := dropped || jsonb_build_object('view_name', v.view_name, 'table_name', v.table_name);
+		END IF;
+	END LOOP;
+	RETURN dropped;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.execute_claimed(claimed_runs uuid[], kinds text[])
+ RETURNS integer
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	msg text;
+	n integer := 0;
+BEGIN
+	FOR i IN 1..coalesce(array_length(claimed_runs, 1), 0) LOOP
+		CONTINUE WHEN kinds[i] NOT IN ('s', 'o');
+		PERFORM dalgo_internal.start_scheduled_run(kinds[i], claimed_runs[i]);
+		BEGIN
+			PERFORM dalgo_internal.execute_scheduled_run(kinds[i], claimed_runs[i]);
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+			PERFORM dalgo_internal.fail_scheduled_run(kinds[i], claimed_runs[i], msg);
+		END;
+		n := n + 1;
+	END LOOP;
+	RETURN n;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.execute_scheduled_run(run_kind text, run_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	msg text;
+BEGIN
+	-- A run refused by a quota did not start: it fails with the quota's
+	-- message and, like a skipped slot, does not count against runs_per_hour
+	-- (else an organization whose schedules ask for more than its quota
+	-- would be refused for good, each refusal filling the next hour).
+	BEGIN
+		PERFORM dalgo_internal.check_run_quota(CASE WHEN run_kind = 's'
+			THEN (SELECT r.organization_id FROM dalgo.sync_runs r WHERE r.id = run_id)
+			ELSE (SELECT r.organization_id FROM dalgo.transformation_runs r WHERE r.id = run_id) END);
+	EXCEPTION WHEN configuration_limit_exceeded THEN
+		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+		IF run_kind = 's' THEN
+			UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				details = r.details || '{"skipped": true, "quota_refused": true}'
+			WHERE r.id = run_id;
+		ELSE
+			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				details = r.details || '{"skipped": true, "quota_refused": true}'
+			WHERE r.id = run_id;
+		END IF;
+		RETURN;
+	END;
+	IF run_kind = 's' THEN
+		PERFORM dalgo_internal.sync_source(run_id);
+	ELSIF run_kind = 'o' THEN
+		PERFORM dalgo_internal.refresh_output(run_id);
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.guard_membership()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	org uuid;
+	my_role dalgo.member_role;
+	old_role dalgo.member_role;
+	new_role dalgo.member_role;
+	was_live boolean := false;
+	is_live boolean := false;
+	grants boolean;
+	first_owner boolean := false;
+BEGIN
+	IF TG_OP = 'UPDATE' AND (NEW.organization_id <> OLD.organization_id OR NEW.user_id <> OLD.user_id) THEN
+		RAISE EXCEPTION 'a membership cannot be moved to another organization or user'
+			USING ERRCODE = 'insufficient_privilege', HINT = 'Remove it and add a new membership.';
+	END IF;
+
+	-- The row before and after: a role held while live.
+	IF TG_OP = 'DELETE' THEN
+		org := OLD.organization_id;
+	ELSE
+		org := NEW.organization_id;
+		new_role := NEW.role;
+		is_live := NEW.deleted_at IS NULL;
+	END IF;
+	IF TG_OP <> 'INSERT' THEN
+		old_role := OLD.role;
+		was_live := OLD.deleted_at IS NULL;
+	END IF;
+	-- Does the change hand out a role the row did not give before?  An
+	-- insert, a restore (deleted_at back to NULL) and a raise all do.
+	grants := is_live AND (NOT was_live OR new_role > old_role);
+
+	-- What the acting user may do (service work without an identity is not limited here).
+	IF me IS NOT NULL THEN
+		my_role := dalgo.org_role(org);
+		-- The first owner of a new organization, which has no live members yet.
+		IF TG_OP = 'INSERT' AND new_role = 'owner' AND NEW.user_id = me THEN
+			first_owner := NOT EXISTS (SELECT FROM dalgo.organization_members m
+									   WHERE m.organization_id = org AND m.deleted_at IS NULL);
+		END IF;
+		IF NOT first_owner THEN
+			-- Nobody raises their own role, also not by restoring an old membership.
+			IF grants AND NEW.user_id = me AND (my_role IS NULL OR new_role > my_role) THEN
+				RAISE EXCEPTION 'you cannot raise your own role'
+					USING ERRCODE = 'insufficient_privilege';
+			END IF;
+			-- Owner rows are an owner's: adding, granting, revoking, restoring, removing.
+			IF my_role IS DISTINCT FROM 'owner' THEN
+				IF TG_OP = 'INSERT' AND new_role = 'owner' THEN
+					RAISE EXCEPTION 'only an owner can add an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND (new_role = 'owner' OR old_role = 'owner') AND new_role <> old_role THEN
+					RAISE EXCEPTION 'only an owner can grant or revoke the owner role'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND old_role = 'owner' AND was_live AND NOT is_live THEN
+					RAISE EXCEPTION 'only an owner can remove an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND new_role = 'owner' AND is_live AND NOT was_live THEN
+					RAISE EXCEPTION 'only an owner can restore an owner''s membership'
+						USING ERRCODE = 'insufficient_privilege',
+							  HINT = 'Restoring an owner row grants the owner role.';
+				ELSIF TG_OP = 'DELETE' AND old_role = 'owner' THEN
+					RAISE EXCEPTION 'only an owner can remove an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				END IF;
+			END IF;
+			-- Nobody hands out a role above their own.
+			IF grants AND (my_role IS NULL OR new_role > my_role) THEN
+				RAISE EXCEPTION 'you cannot grant a role above your own'
+					USING ERRCODE = 'insufficient_privilege',
+						  DETAIL = pg_catalog.format('Your role is %s; the membership would give %s.',
+													 coalesce(my_role::text, 'none'), new_role);
+			END IF;
+		END IF;
+	END IF;
+
+	-- An organization never loses its last owner (whoever acts).
+	IF was_live AND old_role = 'owner' AND NOT (is_live AND new_role = 'owner') THEN
+		-- Every owner removal locks the organization row, so they run one
+		-- at a time; the count then reads the latest committed state, not
+		-- this transaction's snapshot, so a removal committed while we
+		-- waited is seen under REPEATABLE READ and SERIALIZABLE too.
+		-- A deleted organization (its members cascading away) has no row left.
+		PERFORM FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL FOR NO KEY UPDATE;
+		IF FOUND AND dalgo_internal.live_owner_count(org, OLD.id) = 0 THEN
+			RAISE EXCEPTION 'cannot remove the last owner of organization %', org
+				USING ERRCODE = 'check_violation',
+					  HINT = 'Make another member an owner first, or delete the organization.';
+		END IF;
+	END IF;
+
+	IF TG_OP = 'DELETE' THEN
+		RETURN OLD;
+	END IF;
+	RETURN NEW;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.guard_user_liveness()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	was_live boolean := OLD.is_active AND OLD.deleted_at IS NULL;
+	is_live boolean := NEW.is_active AND NEW.deleted_at IS NULL;
+	m record;
+BEGIN
+	IF was_live = is_live THEN
+		RETURN NEW;
+	END IF;
+	IF me IS NOT NULL AND NOT coalesce((SELECT u.is_superadmin AND u.is_active AND u.deleted_at IS NULL
+										 FROM dalgo.users u WHERE u.id = me), false)
+	   AND (is_live OR me <> NEW.id) THEN
+		RAISE EXCEPTION 'only the user or a superadmin deactivates or deletes an account, and only a superadmin restores one'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF was_live THEN
+		FOR m IN SELECT x.id, x.organization_id FROM dalgo.organization_members x
+				 WHERE x.user_id = NEW.id AND x.role = 'owner' AND x.deleted_at IS NULL
+				 ORDER BY x.organization_id
+		LOOP
+			-- A personal organization belongs to its one user: it goes with them.
+			PERFORM FROM dalgo.organizations o WHERE o.id = m.organization_id AND o.deleted_at IS NULL
+				AND o.org_type <> 'personal' FOR NO KEY UPDATE;
+			IF FOUND AND dalgo_internal.live_owner_count(m.organization_id, m.id) = 0 THEN
+				RAISE EXCEPTION 'cannot deactivate or delete the last owner of organization %', m.organization_id
+					USING ERRCODE = 'check_violation',
+						  HINT = 'Make another member an owner first, or delete the organization.';
+			END IF;
+		END LOOP;
+	END IF;
+	RETURN NEW;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.issue_session(for_user uuid, in_family uuid)
+ RETURNS TABLE(user_id uuid, access_token text, refresh_token text, expires_at timestamp with time zone)
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_variable
+DECLARE
+	uid uuid := issue_session.for_user;
+	raw text := dalgo_internal.new_token(32);
+	access_expires timestamptz := to_timestamp(floor(extract(epoch FROM now() + dalgo_internal.setting_interval('dalgo.access_token_ttl'))));
+BEGIN
+	INSERT INTO dalgo.refresh_tokens AS t (user_id, token_hash, expires_at, family_id)
+		VALUES (uid, dalgo_internal.token_digest(raw), now() + dalgo_internal.setting_interval('dalgo.refresh_token_ttl'),
+				coalesce(issue_session.in_family, gen_random_uuid()));
+	RETURN QUERY SELECT uid, dalgo_internal.sign_access_token(uid, access_expires), raw, access_expires;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.note_failed_sign_in(email_hash bytea, user_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	INSERT INTO dalgo.sign_in_attempts (email_hash, user_id, succeeded)
+		VALUES (note_failed_sign_in.email_hash, note_failed_sign_in.user_id, false);
+	PERFORM dalgo_internal.account_audit('sign_in_failed', NULL, NULL, 'user', note_failed_sign_in.user_id);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.note_token_reuse(unused bytea, family_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+ SET lock_timeout TO '10s'
+AS $function$
+DECLARE
+	owner uuid;
+	n bigint;
+BEGIN
+	-- Wait for a refresh of this family in flight, then revoke what it left.
+	PERFORM pg_advisory_xact_lock(1684826471, hashtext(note_token_reuse.family_id::text));
+	WITH r AS (
+		UPDATE dalgo.refresh_tokens t SET revoked_at = now()
+		WHERE t.family_id = note_token_reuse.family_id AND t.revoked_at IS NULL
+		RETURNING t.user_id)
+	SELECT max(r.user_id::text)::uuid, count(*) INTO owner, n FROM r;
+	IF owner IS NULL THEN
+		SELECT t.user_id INTO owner FROM dalgo.refresh_tokens t WHERE t.family_id = note_token_reuse.family_id LIMIT 1;
+	END IF;
+	PERFORM dalgo_internal.account_audit('refresh_token_reused', NULL, NULL, 'user', owner,
+								jsonb_build_object('family_id', note_token_reuse.family_id, 'revoked', n));
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.organization_usage(organization_id uuid, OUT quota text, OUT used bigint, OUT quota_limit bigint)
+ RETURNS SETOF record
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	org uuid := organization_usage.organization_id;
+BEGIN
+	quota := 'warehouse_bytes';
+	used := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
+					  WHERE c.relnamespace = to_regnamespace('org_' || replace(org::text, '-', ''))
+						AND c.relkind IN ('r', 'm', 'p')), 0);
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'concurrent_runs';
+	used := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running')
+		  + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running');
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'runs_per_hour';
+	used := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
+			 AND NOT r.details ? 'skipped')
+		  + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
+			 AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped');
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'run_seconds';
+	used := NULL;
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.output_check_table_name()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	IF NEW.deleted_at IS NULL AND NEW.destination_config ? 'name'
+	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
+		IF jsonb_typeof(NEW.destination_config->'name') <> 'string' OR NEW.destination_config->>'name' = '' THEN
+			RAISE EXCEPTION 'destination_config.name must be a non-empty string' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		-- Publishing the transformation's own table claims nothing of its own.
+		IF NEW.destination_config->>'name' IS DISTINCT FROM
+		   (SELECT t.output_table_name FROM dalgo.transformations t
+			WHERE t.id = NEW.transformation_id AND t.organization_id = NEW.organization_id) THEN
+			PERFORM dalgo_internal.check_warehouse_table_name(NEW.organization_id, NEW.destination_config->>'name', NULL,
+													 NEW.transformation_id, NEW.id);
+		END IF;
+	END IF;
+	RETURN NEW;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.refresh_output(run_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	r dalgo.transformation_runs;
+	o dalgo.outputs;
+	t dalgo.transformations;
+	v record;
+	dropped jsonb;
+	schema_name text;
+	dest text;
+	kind text;
+BEGIN
+	PERFORM dalgo_internal.verify_scheduled_run('o', run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+	SELECT * INTO o FROM dalgo.outputs x
+	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
+	schema_name := 'org_' || replace(o.organization_id::text, '-', '');
+	kind := coalesce(o.destination_config->>'type', 'table');
+	dest := coalesce(o.destination_config->>'name', t.output_table_name);
+	IF kind NOT IN ('table', 'view') THEN
+		RAISE EXCEPTION 'unknown destination type "%" (use table or view)', kind USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'view' AND dest = t.output_table_name THEN
+		RAISE EXCEPTION 'a view destination needs a name other than the transformation''s table "%"', dest
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
+	END IF;
+	-- destination_config.name is a member's text: it may name only what this
+	-- output makes.  Longer names would be truncated to another table's name.
+	IF dest = '' OR octet_length(dest) >= 64 OR dest LIKE '\_dalgo\_%' THEN
+		RAISE EXCEPTION 'output destination name "%" is not allowed', dest
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use a name of 1 to 63 bytes that does not start with _dalgo_.';
+	END IF;
+	IF dest <> t.output_table_name AND to_regclass(format('%I.%I', schema_name, dest)) IS NOT NULL
+	   AND NOT (CASE WHEN kind = 'view' THEN dalgo_internal.output_view_reads(o.organization_id, dest, t.output_table_name)
+				ELSE EXISTS (SELECT FROM dalgo.warehouse_tables w
+							 WHERE w.organization_id = o.organization_id AND w.table_name = dest
+							   AND w.deleted_at IS NULL AND w.output_id = o.id) END) THEN
+		RAISE EXCEPTION 'output destination "%" exists and was not made by this output', dest
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'An output replaces only a table or view that its own refreshes made.',
+				  HINT = 'Set destination_config.name to a new name.';
+	END IF;
+
+	-- The tables this refresh swaps: the transformation's and its upstream's.
+	dropped := dalgo_internal.drop_output_views(o.organization_id, ARRAY(
+		SELECT y.output_table_name FROM dalgo.transformations y
+		WHERE y.organization_id = o.organization_id AND y.output_table_name IS NOT NULL
+		  AND (y.id = t.id OR y.id IN (SELECT u.id FROM dalgo.transformation_upstream(t.id) u))));
+
+	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
+		PERFORM dalgo.run_transformation(v.id, false);
+	END LOOP;
+	PERFORM dalgo_internal.build_transformation(t.id, run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+
+	-- The views dropped above, again over the (new, or on failure the old) tables.
+	PERFORM dalgo_internal.restore_output_views(o.organization_id, dropped);
+	IF r.status <> 'success' THEN
+		RETURN;
+	END IF;
+	IF kind = 'view' THEN
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+			schema_name, dest, schema_name, t.output_table_name));
+	ELSIF dest <> t.output_table_name THEN
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
+			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
+		PERFORM dalgo_internal.check_warehouse_quota(o.organization_id, dest);
+		-- The swap records this output as the table's producer.
+		PERFORM dalgo_internal.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
+	END IF;
+	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.refuse_api_key_organization()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	-- The check of dalgo_internal.refuse_api_key, inline: this trigger runs
+	-- as the writing role, which has no USAGE on dalgo_internal.
+	IF dalgo.current_api_key_id() IS NOT NULL THEN
+		RAISE EXCEPTION 'creating an organization needs a signed-in user, not an API key'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	RETURN NEW;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.restore_output_views(organization_id uuid, dropped jsonb)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	v record;
+BEGIN
+	FOR v IN SELECT * FROM jsonb_to_recordset(dropped) AS d(view_name text, table_name text) LOOP
+		IF to_regclass(format('%I.%I', schema_name, v.table_name)) IS NOT NULL THEN
+			PERFORM dalgo_internal.warehouse_execute(organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+				schema_name, v.view_name, schema_name, v.table_name));
+		END IF;
+	END LOOP;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.source_check_table_name()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	IF NEW.deleted_at IS NULL AND NEW.warehouse_table_name IS NOT NULL
+	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
+		PERFORM dalgo_internal.check_warehouse_table_name(NEW.organization_id, NEW.warehouse_table_name, NEW.id, NULL, NULL);
+	END IF;
+	RETURN NEW;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.swap_warehouse_table(organization_id uuid, build_name text, table_name text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	by_source uuid;
+	by_transformation uuid;
+	by_output uuid;
+	context uuid;
+	claimant text;
+	reg dalgo.warehouse_tables;
+	dropped jsonb;
+BEGIN
+	-- The producer is the run the build is named after: dalgo names each
+	-- build table _dalgo_build_<transformation run>, _dalgo_sync_<sync run>
+	-- or _dalgo_out_<output refresh run>.
+	IF build_name ~ '^_dalgo_build_[0-9a-f]{32}$' THEN
+		SELECT r.transformation_id INTO by_transformation FROM dalgo.transformation_runs r
+		WHERE r.id = substr(build_name, 14)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+		context := by_transformation;
+	ELSIF build_name ~ '^_dalgo_sync_[0-9a-f]{32}$' THEN
+		SELECT r.source_id INTO by_source FROM dalgo.sync_runs r
+		WHERE r.id = substr(build_name, 13)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+	ELSIF build_name ~ '^_dalgo_out_[0-9a-f]{32}$' THEN
+		SELECT o.id, o.transformation_id INTO by_output, context
+		FROM dalgo.transformation_runs r
+		JOIN dalgo.schedules s ON s.id::text = r.details->>'schedule_id' AND s.organization_id = r.organization_id
+		JOIN dalgo.outputs o ON o.id = s.output_id AND o.organization_id = s.organization_id
+		WHERE r.id = substr(build_name, 12)::uuid AND r.organization_id = swap_warehouse_table.organization_id
+		  AND o.transformation_id = r.transformation_id;
+	END IF;
+	IF num_nonnulls(by_source, by_transformation, by_output) <> 1 THEN
+		RAISE EXCEPTION 'warehouse table build "%" belongs to no run of this organization', build_name
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Checked again at the moment of the swap, under the organization's name lock.
+	claimant := dalgo_internal.warehouse_table_claimant(organization_id, table_name, by_source, context, by_output);
+	IF claimant IS NOT NULL THEN
+		RAISE EXCEPTION 'warehouse table "%" belongs to %; it is not replaced', table_name, claimant
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT * INTO reg FROM dalgo.warehouse_tables w
+	WHERE w.organization_id = swap_warehouse_table.organization_id AND w.table_name = swap_warehouse_table.table_name
+	  AND w.deleted_at IS NULL
+	FOR UPDATE;
+	-- A table may be replaced only by the producer that made it.
+	IF to_regclass(format('%I.%I', schema_name, table_name)) IS NOT NULL
+	   AND (reg.id IS NULL OR reg.source_id IS DISTINCT FROM by_source
+			OR reg.transformation_id IS DISTINCT FROM by_transformation OR reg.output_id IS DISTINCT FROM by_output) THEN
+		RAISE EXCEPTION 'warehouse table "%" was not produced by this %; it is not replaced', table_name,
+			CASE WHEN by_source IS NOT NULL THEN 'source' WHEN by_transformation IS NOT NULL THEN 'transformation' ELSE 'output' END
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = CASE WHEN reg.id IS NULL THEN 'The table is not registered in dalgo.warehouse_tables.'
+						   ELSE 'dalgo.warehouse_tables records another producer for it.' END;
+	END IF;
+	-- Output views over the table depend on it: drop them around the swap
+	-- (in this transaction, so readers never miss them).
+	dropped := dalgo_internal.drop_output_views(organization_id, ARRAY[table_name]);
+	PERFORM dalgo_internal.warehouse_execute(organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, table_name));
+	PERFORM dalgo_internal.warehouse_execute(organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, table_name));
+	PERFORM dalgo_internal.restore_output_views(organization_id, dropped);
+	-- Record the producer (row count and size follow in register_warehouse_table).
+	IF reg.id IS NOT NULL THEN
+		UPDATE dalgo.warehouse_tables w SET source_id = by_source, transformation_id = by_transformation,
+			output_id = by_output, last_updated_at = now()
+		WHERE w.id = reg.id;
+	ELSE
+		INSERT INTO dalgo.warehouse_tables (organization_id, warehouse_connection_id, table_name, source_id,
+											transformation_id, output_id, last_updated_at)
+		SELECT swap_warehouse_table.organization_id, c.id, swap_warehouse_table.table_name, by_source,
+			by_transformation, by_output, now()
+		FROM dalgo.warehouse_connections c
+		WHERE c.organization_id = swap_warehouse_table.organization_id AND c.deleted_at IS NULL;
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.sync_source(run_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	r dalgo.sync_runs;
+	src dalgo.sources;
+	schema_name text;
+	build_name text := '_dalgo_sync_' || replace(run_id::text, '-', '');
+	target text;
+	n bigint;
+	relation text;
+	path text;
+	header text;
+	cols text;
+BEGIN
+	PERFORM dalgo_internal.verify_scheduled_run('s', run_id);
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = run_id;
+	SELECT * INTO src FROM dalgo.sources x WHERE x.id = r.source_id AND x.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'the source of run % no longer exists', run_id;
+	END IF;
+	schema_name := dalgo.warehouse_schema(src.organization_id);
+	target := coalesce(src.warehouse_table_name, 'source_' || left(replace(src.id::text, '-', ''), 12));
+	IF src.source_type = 'postgres' THEN
+		-- Read as the warehouse role: it sees only what it was granted.
+		relation := dalgo_internal.source_relation(src.config);
+		n := dalgo_internal.warehouse_execute(src.organization_id,
+			format('CREATE TABLE %I.%I AS SELECT * FROM %s', schema_name, build_name, relation));
+	ELSIF src.source_type = 'csv' THEN
+		path := dalgo_internal.csv_path(src.organization_id, src.config->>'path');
+		header := split_part(pg_read_file(path, 0, 65536), E'\n', 1);
+		SELECT string_agg(format('%I text', trim(both '"' FROM trim(c))), ', ') INTO cols
+		FROM unnest(string_to_array(rtrim(header, E'\r'), ',')) c;
+		IF cols IS NULL THEN
+			RAISE EXCEPTION 'csv file % has no header line', src.config->>'path' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		PERFORM dalgo_internal.warehouse_execute(src.organization_id, format('CREATE TABLE %I.%I (%s)', schema_name, build_name, cols));
+		EXECUTE format('COPY %I.%I FROM %L WITH (FORMAT csv, HEADER true)', schema_name, build_name, path);
+		GET DIAGNOSTICS n = ROW_COUNT;
+	ELSE
+		RAISE EXCEPTION '% sources are synced by a connector', src.source_type;
+	END IF;
+	PERFORM dalgo_internal.check_warehouse_quota(src.organization_id, target);
+	PERFORM dalgo_internal.swap_warehouse_table(src.organization_id, build_name, target);
+	PERFORM dalgo_internal.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
+
+	-- source_schemas: columns, types, order and nullability of what was synced.
+	DELETE FROM dalgo.source_schemas x WHERE x.source_id = src.id;
+	INSERT INTO dalgo.source_schemas (organization_id, source_id, column_name, column_type, column_order, is_nullable)
+	SELECT src.organization_id, src.id, a.attname, format_type(a.atttypid, a.atttypmod), a.attnum, NOT a.attnotnull
+	FROM pg_attribute a
+	WHERE a.attrelid = to_regclass(format('%I.%I', schema_name, target)) AND a.attnum > 0 AND NOT a.attisdropped;
+	IF relation IS NOT NULL THEN
+		UPDATE dalgo.source_schemas x SET is_nullable = NOT a.attnotnull
+		FROM pg_attribute a
+		WHERE x.source_id = src.id AND a.attrelid = relation::regclass
+		  AND a.attname = x.column_name;
+	END IF;
+
+	UPDATE dalgo.sources x SET last_synced_at = now(), warehouse_table_name = target WHERE x.id = src.id;
+	UPDATE dalgo.sync_runs x SET status = 'success', completed_at = clock_timestamp(), rows_synced = least(n, 2147483647)
+	WHERE x.id = run_id;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.take_pending_run(OUT run_kind text, OUT run_id uuid)
+ RETURNS record
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	org uuid;
+BEGIN
+	FOR org IN
+		WITH queued AS (
+			SELECT r.organization_id, r.status, r.created_at
+			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+			WHERE r.status IN ('pending', 'running') AND NOT dalgo.is_connector_source(s.source_type)
+			  AND r.details ? 'schedule_id'
+			UNION ALL
+			SELECT r.organization_id, r.status, r.created_at FROM dalgo.transformation_runs r
+			WHERE r.status IN ('pending', 'running') AND r.details ? 'schedule_id')
+		SELECT q.organization_id FROM queued q
+		GROUP BY q.organization_id
+		HAVING bool_or(q.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE q.status = 'running'), min(q.created_at) FILTER (WHERE q.status = 'pending'),
+				 q.organization_id
+	LOOP
+		SELECT 's', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo.is_connector_source(s.source_type)
+		  AND r.details ? 'schedule_id'
+		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
+		IF NOT FOUND THEN
+			SELECT 'o', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
+			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ? 'schedule_id'
+			ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED;
+		END IF;
+		EXIT WHEN run_id IS NOT NULL;
+	END LOOP;
+	IF run_id IS NOT NULL THEN
+		PERFORM dalgo_internal.start_scheduled_run(run_kind, run_id);
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.transformation_before_save()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	deps uuid[];
+BEGIN
+	IF TG_OP = 'INSERT' AND dalgo.restoring() THEN RETURN NEW; END IF;	-- restored as dumped
+	-- The output table name is checked on every insert and update, whatever changed
+	-- (a move to another organization is refused by the tenant_fixed trigger).
+	IF NEW.deleted_at IS NULL AND NEW.output_table_name IS NOT NULL
+	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
+		PERFORM dalgo_internal.check_warehouse_table_name(NEW.organization_id, NEW.output_table_name, NULL, NEW.id, NULL);
+	END IF;
+	IF TG_OP = 'UPDATE' AND NEW.recipe IS NOT DISTINCT FROM OLD.recipe THEN
+		NEW.current_version := OLD.current_version;
+		RETURN NEW;
+	END IF;
+	PERFORM dalgo_internal.check_recipe_sql(NEW.organization_id, dalgo.compile_recipe(NEW.organization_id, NEW.recipe));
+	deps := dalgo.recipe_dependencies(NEW.recipe);
+	IF NEW.id = ANY (deps) OR EXISTS (
+		WITH RECURSIVE walk(id) AS (
+			SELECT unnest(deps)
+			UNION
+			SELECT d FROM walk JOIN dalgo.transformations t ON t.id = walk.id AND t.organization_id = NEW.organization_id,
+				unnest(dalgo.recipe_dependencies(t.recipe)) d)
+		SELECT FROM walk WHERE walk.id = NEW.id) THEN
+		RAISE EXCEPTION 'recipe: transformation % would depend on itself (a dependency cycle)', NEW.id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	NEW.current_version := CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE OLD.current_version + 1 END;
+	RETURN NEW;
+END
+$function$
+;
+COMMENT ON FUNCTION dalgo_internal.run_autonomously(action text, key bytea, id uuid) IS 'Run a recorder (failed_sign_in: dalgo_internal.note_failed_sign_in; token_reuse: dalgo_internal.note_token_reuse) in a background worker''s own, committed transaction, so the record survives the caller''s error (private)';
+
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

@@ -691,9 +691,9 @@ scheduler_tick(int *pending, TimestampTz *last_purge)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	spi_run("SELECT dalgo.recover_interrupted_runs()", SPI_OK_SELECT);
-	spi_run("SELECT count(*) FROM dalgo.claim_due_schedules(pg_catalog.now(), 1000)", SPI_OK_SELECT);
-	spi_run("SELECT dalgo.pending_runs()", SPI_OK_SELECT);
+	spi_run("SELECT dalgo_internal.recover_interrupted_runs()", SPI_OK_SELECT);
+	spi_run("SELECT count(*) FROM dalgo_internal.claim_due_schedules(pg_catalog.now(), 1000)", SPI_OK_SELECT);
+	spi_run("SELECT dalgo_internal.pending_runs()", SPI_OK_SELECT);
 	if (SPI_processed == 1)
 	{
 		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -702,12 +702,12 @@ scheduler_tick(int *pending, TimestampTz *last_purge)
 			*pending = DatumGetInt32(d);
 	}
 
-	spi_run(psprintf("SELECT dalgo.expire_connector_runs(%d)", dalgo_connector_timeout), SPI_OK_SELECT);
-	spi_run(psprintf("SELECT dalgo.expire_stalled_connector_runs(%d)",
+	spi_run(psprintf("SELECT dalgo_internal.expire_connector_runs(%d)", dalgo_connector_timeout), SPI_OK_SELECT);
+	spi_run(psprintf("SELECT dalgo_internal.expire_stalled_connector_runs(%d)",
 					 dalgo_run_timeout > 0 ? (int) Max(1, dalgo_run_timeout / 1000) : 0), SPI_OK_SELECT);
 	if (TimestampDifferenceExceeds(*last_purge, GetCurrentTimestamp(), PURGE_INTERVAL_SECS * 1000))
 	{
-		spi_run(psprintf("SELECT dalgo.purge_run_history(%d)", dalgo_run_history_days), SPI_OK_SELECT);
+		spi_run(psprintf("SELECT dalgo_internal.purge_run_history(%d)", dalgo_run_history_days), SPI_OK_SELECT);
 		*last_purge = GetCurrentTimestamp();
 	}
 
@@ -952,7 +952,7 @@ take_run(char *kind, char *idtext)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute("SELECT run_kind, run_id FROM dalgo.take_pending_run() WHERE run_id IS NOT NULL", false, 0) == SPI_OK_SELECT &&
+	if (SPI_execute("SELECT run_kind, run_id FROM dalgo_internal.take_pending_run() WHERE run_id IS NOT NULL", false, 0) == SPI_OK_SELECT &&
 		SPI_processed == 1)
 	{
 		*kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)[0];
@@ -981,7 +981,7 @@ execute_run(char kind, const char *idtext)
 			enable_timeout_after(STATEMENT_TIMEOUT, dalgo_run_timeout);
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute(psprintf("SELECT dalgo.execute_scheduled_run('%c', '%s')", kind, idtext), false, 0) < 0)
+		if (SPI_execute(psprintf("SELECT dalgo_internal.execute_scheduled_run('%c', '%s')", kind, idtext), false, 0) < 0)
 			elog(ERROR, "execute_scheduled_run failed");
 		SPI_finish();
 		disable_timeout(STATEMENT_TIMEOUT, false);
@@ -1000,7 +1000,7 @@ execute_run(char kind, const char *idtext)
 		AbortCurrentTransaction();
 		QueryCancelPending = false;
 		RESUME_INTERRUPTS();
-		run_in_transaction(psprintf("SELECT dalgo.fail_scheduled_run('%c', '%s', %s)", kind, idtext,
+		run_in_transaction(psprintf("SELECT dalgo_internal.fail_scheduled_run('%c', '%s', %s)", kind, idtext,
 									quote_literal_cstr(edata->message)));
 		FreeErrorData(edata);
 	}

@@ -4,7 +4,7 @@
 \set ECHO none
 \i test/fixtures/tap_setup.sql
 BEGIN;
-SELECT plan(7);
+SELECT plan(11);
 
 CREATE TEMP VIEW executable AS
 	SELECT r.rolname, p.oid::regprocedure::text AS fn
@@ -73,21 +73,47 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 
 SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p,
 		aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
-	WHERE p.pronamespace = 'dalgo'::regnamespace AND a.grantee = 0 AND a.privilege_type = 'EXECUTE'
+	WHERE p.pronamespace IN ('dalgo'::regnamespace, 'dalgo_internal'::regnamespace)
+	  AND a.grantee = 0 AND a.privilege_type = 'EXECUTE'
 	  AND p.oid <> 'dalgo.restoring()'::regprocedure$$,
 	'PUBLIC executes no dalgo function (but restoring(), which every writer''s triggers call)');
 
 SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
-	WHERE p.pronamespace = 'dalgo'::regnamespace AND p.prosecdef
+	WHERE p.pronamespace IN ('dalgo'::regnamespace, 'dalgo_internal'::regnamespace) AND p.prosecdef
 	  AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)$$,
 	'every SECURITY DEFINER function pins search_path');
+
+-- public_api_surface: schema dalgo holds exactly the documented API (what
+-- app roles call, and the administrator's tools); everything else lives in
+-- dalgo_internal, which no app role may even look up names in.
+SELECT set_eq($$SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = 'dalgo'::regnamespace$$,
+	$$SELECT fn FROM executable UNION
+	  SELECT unnest(ARRAY['dalgo.enable_audit(regclass,text[],text)', 'dalgo.disable_audit(regclass)',
+						  'dalgo.set_updated_at()'])$$,
+	'public_api_surface: \df dalgo.* lists the app roles'' API and the documented admin tools, nothing else');
+SELECT is_empty($$SELECT r.rolname FROM pg_roles r
+	WHERE r.rolname IN ('dalgo_authenticated', 'dalgo_anon', 'dalgo_service', 'public')
+	  AND has_schema_privilege(r.oid, 'dalgo_internal', 'USAGE')
+	UNION ALL SELECT 'PUBLIC' FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+	WHERE n.nspname = 'dalgo_internal' AND a.grantee = 0$$,
+	'public_api_surface: no app role and not PUBLIC has USAGE on dalgo_internal');
+SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p, pg_roles r
+	WHERE p.pronamespace = 'dalgo_internal'::regnamespace
+	  AND r.rolname IN ('dalgo_authenticated', 'dalgo_anon', 'dalgo_service')
+	  AND has_function_privilege(r.oid, p.oid, 'EXECUTE')$$,
+	'public_api_surface: no app role may execute an internal function');
+SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
+	WHERE p.pronamespace = 'dalgo'::regnamespace AND (p.prorettype = 'trigger'::regtype
+	   OR obj_description(p.oid, 'pg_proc') LIKE 'Internal:%')
+	  AND p.oid <> 'dalgo.set_updated_at()'::regprocedure$$,
+	'public_api_surface: trigger functions and Internal: helpers are not in schema dalgo');
 
 -- check_recipe_sql runs any SQL in the warehouse: internal, yet saving a
 -- transformation (which calls it from its trigger) still works for members.
 \i test/fixtures/two_orgs.sql
 SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-000000000002';
 SET LOCAL ROLE dalgo_authenticated;
-SELECT throws_ok($$SELECT dalgo.check_recipe_sql('22222222-0000-4000-8000-0000000000a0', 'SELECT 1')$$,
+SELECT throws_ok($$SELECT dalgo_internal.check_recipe_sql('22222222-0000-4000-8000-0000000000a0', 'SELECT 1')$$,
 	'42501', NULL, 'a member cannot call check_recipe_sql');
 SELECT lives_ok($$INSERT INTO dalgo.transformations (organization_id, name, recipe)
 	VALUES ('22222222-0000-4000-8000-0000000000a0', 'checked', '{"version": 1, "source": {"table": "visits"}, "steps": []}')$$,
