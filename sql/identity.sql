@@ -51,18 +51,18 @@ COMMENT ON FUNCTION dalgo.sign_out() IS 'Forget the identity set by dalgo.authen
 -- Membership
 -- ---------------------------------------------------------------------------
 
-CREATE FUNCTION dalgo.is_org_member(org uuid, min_role dalgo.member_role DEFAULT 'viewer') RETURNS boolean
+CREATE FUNCTION dalgo.is_org_member(organization_id uuid, min_role dalgo.member_role DEFAULT 'viewer') RETURNS boolean
 	AS 'MODULE_PATHNAME', 'dalgo_is_org_member'
 	LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION dalgo.is_org_member(uuid, dalgo.member_role) IS
 	'True if the caller holds at least min_role in the organization (live membership, live organization, active live user; superadmins are owners everywhere); false for NULL arguments';
 
-CREATE FUNCTION dalgo.is_org_admin(org uuid) RETURNS boolean
+CREATE FUNCTION dalgo.is_org_admin(organization_id uuid) RETURNS boolean
 	AS 'MODULE_PATHNAME', 'dalgo_is_org_admin'
 	LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION dalgo.is_org_admin(uuid) IS 'True if the caller is an admin or owner of the organization';
 
-CREATE FUNCTION dalgo.org_role(org uuid) RETURNS dalgo.member_role
+CREATE FUNCTION dalgo.org_role(organization_id uuid) RETURNS dalgo.member_role
 	AS 'MODULE_PATHNAME', 'dalgo_org_role'
 	LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION dalgo.org_role(uuid) IS 'The caller''s role in the organization, or NULL when not a member';
@@ -73,24 +73,24 @@ CREATE FUNCTION dalgo.current_org_ids(min_role dalgo.member_role DEFAULT 'viewer
 COMMENT ON FUNCTION dalgo.current_org_ids(dalgo.member_role) IS
 	'Ids of the organizations where the caller holds at least min_role; the index-friendly form for policies: organization_id = ANY ((SELECT dalgo.current_org_ids())::uuid[])';
 
-CREATE FUNCTION dalgo_internal.membership_changed() RETURNS trigger
+CREATE FUNCTION dalgo_internal.invalidate_membership_caches() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'dalgo_membership_changed'
 	LANGUAGE C;
-COMMENT ON FUNCTION dalgo_internal.membership_changed() IS
+COMMENT ON FUNCTION dalgo_internal.invalidate_membership_caches() IS
 	'AFTER statement (and, for logical-replication apply, row) trigger on users, organizations and organization_members: invalidates every backend''s membership cache (this transaction''s next statement, other sessions at commit)';
 
 -- On users and organizations only the columns membership depends on count:
 -- a sign-in, a password change or a renamed organization flushes no cache.
 CREATE TRIGGER membership_changed AFTER INSERT OR DELETE OR TRUNCATE ON dalgo.users
-	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.membership_changed();
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.invalidate_membership_caches();
 CREATE TRIGGER membership_changed_update AFTER UPDATE OF id, is_active, deleted_at, is_superadmin ON dalgo.users
-	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.membership_changed();
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.invalidate_membership_caches();
 CREATE TRIGGER membership_changed AFTER INSERT OR DELETE OR TRUNCATE ON dalgo.organizations
-	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.membership_changed();
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.invalidate_membership_caches();
 CREATE TRIGGER membership_changed_update AFTER UPDATE OF id, deleted_at ON dalgo.organizations
-	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.membership_changed();
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.invalidate_membership_caches();
 CREATE TRIGGER membership_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dalgo.organization_members
-	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.membership_changed();
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.invalidate_membership_caches();
 COMMENT ON TRIGGER membership_changed ON dalgo.users IS 'Invalidates membership caches';
 COMMENT ON TRIGGER membership_changed ON dalgo.organizations IS 'Invalidates membership caches';
 COMMENT ON TRIGGER membership_changed ON dalgo.organization_members IS 'Invalidates membership caches';
@@ -108,11 +108,11 @@ ALTER TABLE dalgo.organizations ENABLE ALWAYS TRIGGER membership_changed_update;
 -- initial table copy and TRUNCATE): a row trigger, enabled only in replica
 -- mode, so it costs nothing on the origin.
 CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.users
-	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.membership_changed();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.invalidate_membership_caches();
 CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.organizations
-	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.membership_changed();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.invalidate_membership_caches();
 CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.organization_members
-	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.membership_changed();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.invalidate_membership_caches();
 ALTER TABLE dalgo.users ENABLE REPLICA TRIGGER membership_replicated;
 ALTER TABLE dalgo.organizations ENABLE REPLICA TRIGGER membership_replicated;
 ALTER TABLE dalgo.organization_members ENABLE REPLICA TRIGGER membership_replicated;

@@ -25,7 +25,7 @@ CREATE FUNCTION dalgo.caller_may(organization_id uuid, min_role dalgo.member_rol
 COMMENT ON FUNCTION dalgo.caller_may(uuid, dalgo.member_role) IS
 	'True if the caller may act in the organization with min_role: the signed-in user''s role, or, without an identity, a login that is a superuser or dalgo_service';
 
-CREATE FUNCTION dalgo.warehouse_schema(organization_id uuid) RETURNS text
+CREATE FUNCTION dalgo.ensure_warehouse(organization_id uuid) RETURNS text
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -40,7 +40,7 @@ BEGIN
 		RAISE EXCEPTION 'organization_id is required' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	IF NOT dalgo.caller_may(organization_id, 'viewer')
-	   OR NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = warehouse_schema.organization_id AND o.deleted_at IS NULL) THEN
+	   OR NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = ensure_warehouse.organization_id AND o.deleted_at IS NULL) THEN
 		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
@@ -79,13 +79,13 @@ BEGIN
 				  HINT = 'dalgo never adopts a schema it did not create for the organization; a superuser must fix its owner or drop it.';
 	END IF;
 	INSERT INTO dalgo.warehouse_connections (organization_id, database_name, is_connected, last_connected_at)
-		SELECT warehouse_schema.organization_id, current_database(), true, now()
+		SELECT ensure_warehouse.organization_id, current_database(), true, now()
 		WHERE NOT EXISTS (SELECT FROM dalgo.warehouse_connections w
-						  WHERE w.organization_id = warehouse_schema.organization_id AND w.deleted_at IS NULL);
+						  WHERE w.organization_id = ensure_warehouse.organization_id AND w.deleted_at IS NULL);
 	RETURN schema_name;
 END
 $$;
-COMMENT ON FUNCTION dalgo.warehouse_schema(uuid) IS
+COMMENT ON FUNCTION dalgo.ensure_warehouse(uuid) IS
 	'The organization''s warehouse schema (org_<id>, owned by role dalgo_wh_<id>), created with its warehouse_connections row on first use; a role or schema of that name that dalgo would not have made (login, superuser, role memberships, another owner...) is refused, never adopted';
 
 CREATE FUNCTION dalgo_internal.create_warehouse_for_connection() RETURNS trigger
@@ -94,7 +94,7 @@ CREATE FUNCTION dalgo_internal.create_warehouse_for_connection() RETURNS trigger
 AS $$
 BEGIN
 	IF dalgo.restoring() THEN RETURN NULL; END IF;	-- restored: the schema is in the dump
-	PERFORM dalgo.warehouse_schema(NEW.organization_id);
+	PERFORM dalgo.ensure_warehouse(NEW.organization_id);
 	RETURN NULL;
 END
 $$;
@@ -204,7 +204,7 @@ BEGIN
 	IF NOT dalgo.caller_may(organization_id, 'member') THEN
 		RAISE EXCEPTION 'saving a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
 	END IF;
-	PERFORM dalgo.warehouse_schema(organization_id);
+	PERFORM dalgo.ensure_warehouse(organization_id);
 	BEGIN
 		PERFORM * FROM dalgo_internal.warehouse_query(organization_id, sql, 0);
 	EXCEPTION WHEN OTHERS THEN
@@ -246,7 +246,7 @@ $$;
 COMMENT ON FUNCTION dalgo_internal.check_warehouse_table_name(uuid, text, uuid, uuid, uuid) IS
 	'Internal: refuse a warehouse table name that another live producer of the organization claims';
 
-CREATE FUNCTION dalgo_internal.transformation_before_save() RETURNS trigger
+CREATE FUNCTION dalgo_internal.check_transformation() RETURNS trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -280,13 +280,13 @@ BEGIN
 	RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION dalgo_internal.transformation_before_save() IS
+COMMENT ON FUNCTION dalgo_internal.check_transformation() IS
 	'BEFORE trigger on transformations: the output table must belong to no other producer (every insert and update); a new or changed recipe must compile and type-check, must not create a cycle, and bumps current_version';
 CREATE TRIGGER before_save BEFORE INSERT OR UPDATE ON dalgo.transformations
-	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.transformation_before_save();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.check_transformation();
 COMMENT ON TRIGGER before_save ON dalgo.transformations IS 'Validates recipes and numbers versions';
 
-CREATE FUNCTION dalgo_internal.source_check_table_name() RETURNS trigger
+CREATE FUNCTION dalgo_internal.check_source_table_name() RETURNS trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -298,13 +298,13 @@ BEGIN
 	RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION dalgo_internal.source_check_table_name() IS
+COMMENT ON FUNCTION dalgo_internal.check_source_table_name() IS
 	'BEFORE trigger on sources: the warehouse table must belong to no other producer (every insert and update)';
 CREATE TRIGGER check_table_name BEFORE INSERT OR UPDATE ON dalgo.sources
-	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.source_check_table_name();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.check_source_table_name();
 COMMENT ON TRIGGER check_table_name ON dalgo.sources IS 'A source''s warehouse table belongs to no transformation or output';
 
-CREATE FUNCTION dalgo_internal.output_check_table_name() RETURNS trigger
+CREATE FUNCTION dalgo_internal.check_output_table_name() RETURNS trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -325,13 +325,13 @@ BEGIN
 	RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION dalgo_internal.output_check_table_name() IS
+COMMENT ON FUNCTION dalgo_internal.check_output_table_name() IS
 	'BEFORE trigger on outputs: destination_config.name must belong to no other producer (every insert and update)';
 CREATE TRIGGER check_table_name BEFORE INSERT OR UPDATE ON dalgo.outputs
-	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.output_check_table_name();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.check_output_table_name();
 COMMENT ON TRIGGER check_table_name ON dalgo.outputs IS 'An output''s destination table belongs to no source or other transformation';
 
-CREATE FUNCTION dalgo_internal.transformation_record_version() RETURNS trigger
+CREATE FUNCTION dalgo_internal.record_transformation_version() RETURNS trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -345,10 +345,10 @@ BEGIN
 	RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION dalgo_internal.transformation_record_version() IS
+COMMENT ON FUNCTION dalgo_internal.record_transformation_version() IS
 	'AFTER trigger on transformations: records a transformation_versions row for each new recipe (change_description from the setting dalgo.change_description)';
 CREATE TRIGGER record_version AFTER INSERT OR UPDATE OF recipe ON dalgo.transformations
-	FOR EACH ROW WHEN (NEW.current_version > 0) EXECUTE FUNCTION dalgo_internal.transformation_record_version();
+	FOR EACH ROW WHEN (NEW.current_version > 0) EXECUTE FUNCTION dalgo_internal.record_transformation_version();
 COMMENT ON TRIGGER record_version ON dalgo.transformations IS 'Records versions';
 
 -- ---------------------------------------------------------------------------
@@ -454,7 +454,7 @@ BEGIN
 		IF t.output_table_name IS NULL THEN
 			RAISE EXCEPTION 'transformation % has no output_table_name', t.id USING ERRCODE = 'invalid_parameter_value';
 		END IF;
-		schema_name := dalgo.warehouse_schema(t.organization_id);
+		schema_name := dalgo.ensure_warehouse(t.organization_id);
 		sql := dalgo.compile_recipe(t.organization_id, t.recipe);
 		-- Build under a private name, then swap: readers never see a half-built table,
 		-- and a failure leaves the previous output as it was.
@@ -546,7 +546,7 @@ BEGIN
 	IF row_limit IS NULL OR row_limit < 1 OR row_limit > 10000 THEN
 		RAISE EXCEPTION 'row_limit must be between 1 and 10000' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	PERFORM dalgo.warehouse_schema(organization_id);
+	PERFORM dalgo.ensure_warehouse(organization_id);
 	RETURN QUERY SELECT * FROM dalgo_internal.warehouse_query(organization_id, dalgo.compile_recipe(organization_id, recipe), row_limit);
 END
 $$;
@@ -563,17 +563,17 @@ COMMENT ON FUNCTION dalgo.read_warehouse_table(uuid, text, integer) IS 'The rows
 
 REVOKE ALL ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo_internal.warehouse_execute(uuid, text),
 	dalgo_internal.warehouse_query(uuid, text, integer), dalgo.caller_may(uuid, dalgo.member_role),
-	dalgo.warehouse_schema(uuid), dalgo_internal.create_warehouse_for_connection(),
+	dalgo.ensure_warehouse(uuid), dalgo_internal.create_warehouse_for_connection(),
 	dalgo_internal.register_warehouse_table(uuid, text, uuid, uuid, bigint), dalgo.recipe_dependencies(jsonb),
-	dalgo.transformation_upstream(uuid), dalgo_internal.check_recipe_sql(uuid, text), dalgo_internal.transformation_before_save(),
-	dalgo_internal.transformation_record_version(), dalgo.run_transformation(uuid, boolean), dalgo_internal.build_transformation(uuid, uuid),
+	dalgo.transformation_upstream(uuid), dalgo_internal.check_recipe_sql(uuid, text), dalgo_internal.check_transformation(),
+	dalgo_internal.record_transformation_version(), dalgo.run_transformation(uuid, boolean), dalgo_internal.build_transformation(uuid, uuid),
 	dalgo_internal.swap_warehouse_table(uuid, text, text),
 	dalgo.preview_recipe(uuid, jsonb, integer), dalgo.read_warehouse_table(uuid, text, integer),
 	dalgo_internal.warehouse_table_claimant(uuid, text, uuid, uuid, uuid), dalgo_internal.check_warehouse_table_name(uuid, text, uuid, uuid, uuid),
-	dalgo_internal.source_check_table_name(), dalgo_internal.output_check_table_name()
+	dalgo_internal.check_source_table_name(), dalgo_internal.check_output_table_name()
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo.caller_may(uuid, dalgo.member_role),
-	dalgo.warehouse_schema(uuid), dalgo.recipe_dependencies(jsonb), dalgo.transformation_upstream(uuid),
+	dalgo.ensure_warehouse(uuid), dalgo.recipe_dependencies(jsonb), dalgo.transformation_upstream(uuid),
 	dalgo.run_transformation(uuid, boolean),
 	dalgo.preview_recipe(uuid, jsonb, integer), dalgo.read_warehouse_table(uuid, text, integer)
 	TO dalgo_authenticated, dalgo_service;

@@ -29,7 +29,7 @@ COMMENT ON FUNCTION dalgo.scheduler_status() IS
 	'Per database the launcher knows: whether dalgo is installed, the scheduler''s pid, its last tick, due and running counts, runs started, and the last error';
 
 -- next_run_at follows the schedule's definition.
-CREATE FUNCTION dalgo_internal.schedule_before_save() RETURNS trigger
+CREATE FUNCTION dalgo_internal.set_schedule_next_run() RETURNS trigger
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -45,10 +45,10 @@ BEGIN
 	RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION dalgo_internal.schedule_before_save() IS
+COMMENT ON FUNCTION dalgo_internal.set_schedule_next_run() IS
 	'BEFORE trigger on schedules: keeps next_run_at current on insert, on a change of frequency, time, day or zone, and when is_active or deleted_at change';
 CREATE TRIGGER before_save BEFORE INSERT OR UPDATE ON dalgo.schedules
-	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.schedule_before_save();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.set_schedule_next_run();
 COMMENT ON TRIGGER before_save ON dalgo.schedules IS 'Keeps next_run_at current';
 CREATE TRIGGER wake_scheduler AFTER INSERT OR UPDATE OR DELETE ON dalgo.schedules
 	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.wake_scheduler();
@@ -167,7 +167,7 @@ COMMENT ON FUNCTION dalgo_internal.claim_due_schedules(timestamptz, integer, uui
 -- first, and within that order the one waiting longest; inside an
 -- organization, syncs before output refreshes, oldest first.  One
 -- organization's backlog therefore never starves another's due run.
-CREATE FUNCTION dalgo_internal.take_pending_run(OUT run_kind text, OUT run_id uuid)
+CREATE FUNCTION dalgo_internal.claim_pending_run(OUT run_kind text, OUT run_id uuid)
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -205,7 +205,7 @@ BEGIN
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo_internal.take_pending_run() IS
+COMMENT ON FUNCTION dalgo_internal.claim_pending_run() IS
 	'Internal: a run worker takes a pending in-database run and marks it running: the organization with the fewest running runs first, then the one waiting longest';
 
 CREATE FUNCTION dalgo_internal.pending_runs() RETURNS integer
@@ -365,7 +365,7 @@ BEGIN
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'the source of run % no longer exists', run_id;
 	END IF;
-	schema_name := dalgo.warehouse_schema(src.organization_id);
+	schema_name := dalgo.ensure_warehouse(src.organization_id);
 	target := coalesce(src.warehouse_table_name, 'source_' || left(replace(src.id::text, '-', ''), 12));
 	IF src.source_type = 'postgres' THEN
 		-- Read as the warehouse role: it sees only what it was granted.
@@ -785,7 +785,7 @@ COMMENT ON FUNCTION dalgo.run_schedule_now(uuid) IS 'Run a schedule now, synchro
 
 -- Run rows are written only by dalgo's own functions (app roles read them):
 -- the connector protocol runs with the extension owner's rights, for callers
--- granted EXECUTE (dalgo_service).  Fair like take_pending_run: the
+-- granted EXECUTE (dalgo_service).  Fair like claim_pending_run: the
 -- organization with the fewest connector runs running first, then the one
 -- waiting longest.
 CREATE FUNCTION dalgo.claim_sync_run() RETURNS dalgo.sync_runs
@@ -913,9 +913,9 @@ CREATE TRIGGER check_csv_source BEFORE INSERT OR UPDATE ON dalgo.sources
 COMMENT ON TRIGGER check_csv_source ON dalgo.sources IS 'A csv source reads only its organization''s csv directory';
 
 REVOKE ALL ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text, timestamptz),
-	dalgo_internal.wake_scheduler(), dalgo_internal.wake_launcher(), dalgo.scheduler_status(), dalgo_internal.schedule_before_save(),
+	dalgo_internal.wake_scheduler(), dalgo_internal.wake_launcher(), dalgo.scheduler_status(), dalgo_internal.set_schedule_next_run(),
 	dalgo_internal.claim_due_schedules(timestamptz, integer, uuid), dalgo_internal.start_scheduled_run(text, uuid),
-	dalgo_internal.take_pending_run(), dalgo_internal.pending_runs(),
+	dalgo_internal.claim_pending_run(), dalgo_internal.pending_runs(),
 	dalgo_internal.fail_scheduled_run(text, uuid, text), dalgo_internal.source_relation(jsonb),
 	dalgo_internal.sync_source(uuid), dalgo_internal.refresh_output(uuid), dalgo_internal.execute_scheduled_run(text, uuid),
 	dalgo_internal.recover_interrupted_runs(), dalgo_internal.expire_connector_runs(integer), dalgo_internal.purge_run_history(integer),

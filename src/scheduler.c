@@ -952,7 +952,7 @@ take_run(char *kind, char *idtext)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute("SELECT run_kind, run_id FROM dalgo_internal.take_pending_run() WHERE run_id IS NOT NULL", false, 0) == SPI_OK_SELECT &&
+	if (SPI_execute("SELECT run_kind, run_id FROM dalgo_internal.claim_pending_run() WHERE run_id IS NOT NULL", false, 0) == SPI_OK_SELECT &&
 		SPI_processed == 1)
 	{
 		*kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)[0];

@@ -4,7 +4,7 @@
 \set ECHO none
 \i test/fixtures/tap_setup.sql
 BEGIN;
-SELECT plan(11);
+SELECT plan(13);
 
 CREATE TEMP VIEW executable AS
 	SELECT r.rolname, p.oid::regprocedure::text AS fn
@@ -31,7 +31,7 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$
 		'dalgo.validate_timezone(text)', 'dalgo.uuid_v7()',
 		-- recipes and warehouse
 		'dalgo.compile_recipe(uuid,jsonb)', 'dalgo.preview_recipe(uuid,jsonb,integer)',
-		'dalgo.read_warehouse_table(uuid,text,integer)', 'dalgo.warehouse_schema(uuid)',
+		'dalgo.read_warehouse_table(uuid,text,integer)', 'dalgo.ensure_warehouse(uuid)',
 		'dalgo.run_transformation(uuid,boolean)', 'dalgo.transformation_upstream(uuid)',
 		'dalgo.recipe_dependencies(jsonb)', 'dalgo.caller_may(uuid,dalgo.member_role)',
 		-- scheduling
@@ -58,7 +58,7 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 		'dalgo.is_org_member(uuid,dalgo.member_role)', 'dalgo.is_org_admin(uuid)', 'dalgo.org_role(uuid)',
 		'dalgo.current_org_ids(dalgo.member_role)', 'dalgo.validate_timezone(text)', 'dalgo.uuid_v7()',
 		'dalgo.compile_recipe(uuid,jsonb)', 'dalgo.preview_recipe(uuid,jsonb,integer)',
-		'dalgo.read_warehouse_table(uuid,text,integer)', 'dalgo.warehouse_schema(uuid)',
+		'dalgo.read_warehouse_table(uuid,text,integer)', 'dalgo.ensure_warehouse(uuid)',
 		'dalgo.run_transformation(uuid,boolean)', 'dalgo.transformation_upstream(uuid)',
 		'dalgo.recipe_dependencies(jsonb)', 'dalgo.caller_may(uuid,dalgo.member_role)',
 		'dalgo.next_run(dalgo.schedule_frequency,time without time zone,integer,text,timestamp with time zone)',
@@ -107,6 +107,18 @@ SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
 	   OR obj_description(p.oid, 'pg_proc') LIKE 'Internal:%')
 	  AND p.oid <> 'dalgo.set_updated_at()'::regprocedure$$,
 	'public_api_surface: trigger functions and Internal: helpers are not in schema dalgo');
+
+-- naming: organization parameters are named organization_id everywhere,
+-- and every trigger function is named for what it does, verb first.
+SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
+	WHERE p.pronamespace IN ('dalgo'::regnamespace, 'dalgo_internal'::regnamespace)
+	  AND p.proargnames && ARRAY['org', 'org_id']$$,
+	'naming: no function takes an organization as org or org_id');
+SELECT is_empty($$SELECT p.proname FROM pg_proc p
+	WHERE p.pronamespace IN ('dalgo'::regnamespace, 'dalgo_internal'::regnamespace)
+	  AND p.prorettype = 'trigger'::regtype
+	  AND p.proname !~ '^(audit|check|create|fill|guard|invalidate|record|redact|refuse|set|wake)_'$$,
+	'naming: trigger functions are named verb first');
 
 -- check_recipe_sql runs any SQL in the warehouse: internal, yet saving a
 -- transformation (which calls it from its trigger) still works for members.

@@ -87,7 +87,7 @@ SELECT is((SELECT count(*) FROM dalgo.transformation_runs WHERE organization_id 
 INSERT INTO dalgo.transformation_runs (id, organization_id, transformation_id, status, details) VALUES
 	('77777777-0000-4000-8000-0000000000f1', :A, '55555555-0000-4000-8000-0000000000a1', 'pending',
 	 '{"schedule_id": "88888888-0000-4000-8000-0000000000b1"}');
-SELECT is((SELECT (run_kind, run_id)::text FROM dalgo_internal.take_pending_run()), '(o,77777777-0000-4000-8000-0000000000f1)',
+SELECT is((SELECT (run_kind, run_id)::text FROM dalgo_internal.claim_pending_run()), '(o,77777777-0000-4000-8000-0000000000f1)',
 	'a run worker takes the forged row');
 SELECT throws_ok($$SELECT dalgo_internal.execute_scheduled_run('o', '77777777-0000-4000-8000-0000000000f1')$$,
 	'42501', 'run 77777777-0000-4000-8000-0000000000f1 was refused: it does not match its schedule',
