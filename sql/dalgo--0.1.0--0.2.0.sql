@@ -5879,6 +5879,547 @@ $function$
 ;
 
 
+-- r1: one home for each rule (issue 10 item 4, SQL side).  The warehouse
+-- schema and role names come from one IMMUTABLE function each; a view over
+-- the two run tables and one status writer replace the paired IFs on
+-- run_kind; the fill_organization_id triggers are made from a list in
+-- sql/schema.sql (same triggers, nothing to change here).
+-- The one rule that names an organization's warehouse: schema org_<hex>,
+-- owned by role dalgo_wh_<hex>, <hex> the organization id without dashes.
+CREATE FUNCTION dalgo_internal.warehouse_schema_name(organization_id uuid) RETURNS text
+	LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+	RETURN 'org_' || replace(organization_id::text, '-', '');
+COMMENT ON FUNCTION dalgo_internal.warehouse_schema_name(uuid) IS
+	'Internal: the name of an organization''s warehouse schema, org_<id without dashes>';
+CREATE FUNCTION dalgo_internal.warehouse_role_name(organization_id uuid) RETURNS text
+	LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+	RETURN 'dalgo_wh_' || replace(organization_id::text, '-', '');
+COMMENT ON FUNCTION dalgo_internal.warehouse_role_name(uuid) IS
+	'Internal: the name of the role that owns an organization''s warehouse schema, dalgo_wh_<id without dashes>';
+REVOKE ALL ON FUNCTION dalgo_internal.warehouse_schema_name(uuid), dalgo_internal.warehouse_role_name(uuid) FROM PUBLIC;
+
+-- The two run tables seen as one, for the scheduler's steps: run_kind 's'
+-- is a sync run (sync_runs), 'o' an output refresh (transformation_runs).
+CREATE VIEW dalgo_internal.scheduled_runs AS
+	SELECT 's'::text AS run_kind, r.id, r.organization_id, r.source_id, NULL::uuid AS transformation_id, r.details
+	FROM dalgo.sync_runs r
+	UNION ALL
+	SELECT 'o'::text, r.id, r.organization_id, NULL::uuid, r.transformation_id, r.details
+	FROM dalgo.transformation_runs r;
+COMMENT ON VIEW dalgo_internal.scheduled_runs IS
+	'Internal: sync runs (run_kind s) and transformation runs (run_kind o) as one relation, for the scheduler''s steps';
+
+-- The one place that writes a run's state by kind: running (started_at
+-- and extra details) or finished (completed_at, error_message, details).
+CREATE FUNCTION dalgo_internal.set_scheduled_run_status(run_kind text, run_id uuid, status dalgo.run_status,
+														 message text, extra jsonb) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	starting boolean := status = 'running';
+BEGIN
+	IF run_kind = 's' THEN
+		UPDATE dalgo.sync_runs r SET status = set_scheduled_run_status.status,
+			started_at = CASE WHEN starting THEN clock_timestamp() ELSE r.started_at END,
+			completed_at = CASE WHEN starting THEN r.completed_at ELSE clock_timestamp() END,
+			error_message = CASE WHEN starting THEN r.error_message ELSE message END,
+			details = r.details || coalesce(extra, '{}')
+		WHERE r.id = run_id;
+	ELSE
+		UPDATE dalgo.transformation_runs r SET status = set_scheduled_run_status.status,
+			started_at = CASE WHEN starting THEN clock_timestamp() ELSE r.started_at END,
+			completed_at = CASE WHEN starting THEN r.completed_at ELSE clock_timestamp() END,
+			error_message = CASE WHEN starting THEN r.error_message ELSE message END,
+			details = r.details || coalesce(extra, '{}')
+		WHERE r.id = run_id;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.set_scheduled_run_status(text, uuid, dalgo.run_status, text, jsonb) IS
+	'Internal: set a scheduled run''s status in its table (sync_runs for s, transformation_runs for o): running stamps started_at, any other status completed_at and error_message; extra is merged into details';
+REVOKE ALL ON FUNCTION dalgo_internal.set_scheduled_run_status(text, uuid, dalgo.run_status, text, jsonb) FROM PUBLIC;
+
+-- The bodies that now use them.
+CREATE OR REPLACE FUNCTION dalgo.ensure_warehouse(organization_id uuid)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	role_name text := dalgo_internal.warehouse_role_name(organization_id);
+	r pg_roles;
+	problem text;
+BEGIN
+	IF organization_id IS NULL THEN
+		RAISE EXCEPTION 'organization_id is required' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(organization_id, 'viewer')
+	   OR NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = ensure_warehouse.organization_id AND o.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT * INTO r FROM pg_roles WHERE rolname = role_name;
+	IF NOT FOUND THEN
+		EXECUTE format('CREATE ROLE %I NOLOGIN NOINHERIT', role_name);
+		EXECUTE format('COMMENT ON ROLE %I IS %L', role_name, 'dalgo: owns the warehouse of organization ' || organization_id);
+	ELSE
+		-- A role of that name that dalgo did not make the way it makes them is
+		-- never adopted: everything a viewer previews runs as this role.
+		problem := concat_ws(', ',
+			CASE WHEN r.rolcanlogin THEN 'it can log in' END,
+			CASE WHEN r.rolsuper THEN 'it is a superuser' END,
+			CASE WHEN r.rolbypassrls THEN 'it bypasses row-level security' END,
+			CASE WHEN r.rolcreaterole THEN 'it can create roles' END,
+			CASE WHEN r.rolcreatedb THEN 'it can create databases' END,
+			CASE WHEN r.rolreplication THEN 'it is a replication role' END,
+			(SELECT 'it is a member of ' || string_agg(quote_ident(g.rolname), ', ' ORDER BY g.rolname)
+			 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid),
+			(SELECT 'it is granted to ' || string_agg(quote_ident(u.rolname), ', ' ORDER BY u.rolname)
+			 FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member WHERE m.roleid = r.oid));
+		IF problem <> '' THEN
+			RAISE EXCEPTION 'role "%" exists but is not a warehouse role dalgo can use: %', role_name, problem
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  HINT = 'A warehouse role is NOLOGIN, NOSUPERUSER, NOBYPASSRLS, NOCREATEROLE, NOCREATEDB, NOREPLICATION and in no role membership; a superuser must fix or drop it.';
+		END IF;
+	END IF;
+	IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = schema_name) THEN
+		EXECUTE format('CREATE SCHEMA %I AUTHORIZATION %I', schema_name, role_name);
+		EXECUTE format('REVOKE ALL ON SCHEMA %I FROM PUBLIC', schema_name);
+		EXECUTE format('COMMENT ON SCHEMA %I IS %L', schema_name, 'dalgo: warehouse of organization ' || organization_id);
+	ELSIF NOT EXISTS (SELECT FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner
+					  WHERE n.nspname = schema_name AND o.rolname = role_name) THEN
+		RAISE EXCEPTION 'schema "%" exists but is not owned by the warehouse role "%"', schema_name, role_name
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'dalgo never adopts a schema it did not create for the organization; a superuser must fix its owner or drop it.';
+	END IF;
+	INSERT INTO dalgo.warehouse_connections (organization_id, database_name, is_connected, last_connected_at)
+		SELECT ensure_warehouse.organization_id, current_database(), true, now()
+		WHERE NOT EXISTS (SELECT FROM dalgo.warehouse_connections w
+						  WHERE w.organization_id = ensure_warehouse.organization_id AND w.deleted_at IS NULL);
+	RETURN schema_name;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_warehouse_quota(organization_id uuid, replacing text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	org uuid := check_warehouse_quota.organization_id;
+	lim bigint := dalgo_internal.organization_quota(org, 'warehouse_bytes');
+	ns oid;
+	n bigint;
+BEGIN
+	IF lim IS NULL THEN
+		RETURN;
+	END IF;
+	ns := to_regnamespace(dalgo_internal.warehouse_schema_name(org));
+	n := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
+				   WHERE c.relnamespace = ns AND c.relkind IN ('r', 'm', 'p')
+					 AND c.relname IS DISTINCT FROM replacing), 0);
+	IF n > lim OR (replacing IS NULL AND n >= lim) THEN
+		RAISE EXCEPTION 'quota warehouse_bytes exceeded: the warehouse % % bytes, the limit is %',
+			CASE WHEN replacing IS NULL THEN 'holds' ELSE 'would hold' END, n, lim
+			USING ERRCODE = 'configuration_limit_exceeded',
+				  HINT = 'Drop tables or outputs the organization no longer needs; a superuser can raise the quota.';
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.drop_output_views(organization_id uuid, table_names text[])
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	v record;
+	dropped jsonb := '[]';
+BEGIN
+	FOR v IN SELECT DISTINCT coalesce(x.destination_config->>'name', y.output_table_name) AS view_name,
+					y.output_table_name AS table_name
+			 FROM dalgo.outputs x JOIN dalgo.transformations y ON y.id = x.transformation_id
+			 WHERE x.organization_id = drop_output_views.organization_id
+			   AND y.organization_id = drop_output_views.organization_id
+			   AND x.deleted_at IS NULL AND x.destination_config->>'type' = 'view'
+			   AND y.output_table_name = ANY (table_names)
+	LOOP
+		IF v.view_name <> v.table_name AND dalgo_internal.output_view_reads(organization_id, v.view_name, v.table_name) THEN
+			PERFORM dalgo_internal.warehouse_execute(organization_id, format('DROP VIEW %I.%I', schema_name, v.view_name));
+			dropped := dropped || jsonb_build_object('view_name', v.view_name, 'table_name', v.table_name);
+		END IF;
+	END LOOP;
+	RETURN dropped;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.execute_scheduled_run(run_kind text, run_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	msg text;
+BEGIN
+	-- A run refused by a quota did not start: it fails with the quota's
+	-- message and, like a skipped slot, does not count against runs_per_hour
+	-- (else an organization whose schedules ask for more than its quota
+	-- would be refused for good, each refusal filling the next hour).
+	BEGIN
+		PERFORM dalgo_internal.check_run_quota((SELECT r.organization_id FROM dalgo_internal.scheduled_runs r
+												WHERE r.run_kind = execute_scheduled_run.run_kind AND r.id = run_id));
+	EXCEPTION WHEN configuration_limit_exceeded THEN
+		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+		PERFORM dalgo_internal.set_scheduled_run_status(run_kind, run_id, 'failed', msg,
+														 '{"skipped": true, "quota_refused": true}');
+		RETURN;
+	END;
+	IF run_kind = 's' THEN
+		PERFORM dalgo_internal.sync_source(run_id);
+	ELSIF run_kind = 'o' THEN
+		PERFORM dalgo_internal.refresh_output(run_id);
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.fail_scheduled_run(run_kind text, run_id uuid, message text)
+ RETURNS void
+ LANGUAGE sql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+BEGIN ATOMIC
+ SELECT dalgo_internal.set_scheduled_run_status(run_kind, run_id, 'failed'::dalgo.run_status, message, NULL::jsonb) AS set_scheduled_run_status;
+END
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.organization_usage(organization_id uuid, OUT quota text, OUT used bigint, OUT quota_limit bigint)
+ RETURNS SETOF record
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	org uuid := organization_usage.organization_id;
+BEGIN
+	quota := 'warehouse_bytes';
+	used := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
+					  WHERE c.relnamespace = to_regnamespace(dalgo_internal.warehouse_schema_name(org))
+						AND c.relkind IN ('r', 'm', 'p')), 0);
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'concurrent_runs';
+	used := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running')
+		  + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running');
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'runs_per_hour';
+	used := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
+			 AND NOT r.details ? 'skipped')
+		  + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
+			 AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped');
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'run_seconds';
+	used := NULL;
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.output_view_reads(organization_id uuid, view_name text, table_name text)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+	SELECT coalesce((
+		SELECT c.relkind = 'v' AND tbl IS NOT NULL
+			AND bool_and(d.refobjid = tbl) AND bool_or(d.refobjid = tbl)
+		FROM pg_class c
+		JOIN pg_rewrite rw ON rw.ev_class = c.oid
+		LEFT JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+			AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> c.oid,
+		LATERAL (SELECT to_regclass(format('%I.%I', dalgo_internal.warehouse_schema_name(output_view_reads.organization_id),
+										   output_view_reads.table_name))::oid AS tbl) x
+		WHERE c.oid = to_regclass(format('%I.%I', dalgo_internal.warehouse_schema_name(output_view_reads.organization_id),
+										 output_view_reads.view_name))
+		GROUP BY c.relkind, tbl), false)
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.refresh_output(run_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	r dalgo.transformation_runs;
+	o dalgo.outputs;
+	t dalgo.transformations;
+	v record;
+	dropped jsonb;
+	schema_name text;
+	dest text;
+	kind text;
+BEGIN
+	PERFORM dalgo_internal.verify_scheduled_run('o', run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+	SELECT * INTO o FROM dalgo.outputs x
+	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
+	schema_name := dalgo_internal.warehouse_schema_name(o.organization_id);
+	kind := coalesce(o.destination_config->>'type', 'table');
+	dest := coalesce(o.destination_config->>'name', t.output_table_name);
+	IF kind NOT IN ('table', 'view') THEN
+		RAISE EXCEPTION 'unknown destination type "%" (use table or view)', kind USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'view' AND dest = t.output_table_name THEN
+		RAISE EXCEPTION 'a view destination needs a name other than the transformation''s table "%"', dest
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
+	END IF;
+	-- destination_config.name is a member's text: it may name only what this
+	-- output makes.  Longer names would be truncated to another table's name.
+	IF dest = '' OR octet_length(dest) >= 64 OR dest LIKE '\_dalgo\_%' THEN
+		RAISE EXCEPTION 'output destination name "%" is not allowed', dest
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use a name of 1 to 63 bytes that does not start with _dalgo_.';
+	END IF;
+	IF dest <> t.output_table_name AND to_regclass(format('%I.%I', schema_name, dest)) IS NOT NULL
+	   AND NOT (CASE WHEN kind = 'view' THEN dalgo_internal.output_view_reads(o.organization_id, dest, t.output_table_name)
+				ELSE EXISTS (SELECT FROM dalgo.warehouse_tables w
+							 WHERE w.organization_id = o.organization_id AND w.table_name = dest
+							   AND w.deleted_at IS NULL AND w.output_id = o.id) END) THEN
+		RAISE EXCEPTION 'output destination "%" exists and was not made by this output', dest
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'An output replaces only a table or view that its own refreshes made.',
+				  HINT = 'Set destination_config.name to a new name.';
+	END IF;
+
+	-- The tables this refresh swaps: the transformation's and its upstream's.
+	dropped := dalgo_internal.drop_output_views(o.organization_id, ARRAY(
+		SELECT y.output_table_name FROM dalgo.transformations y
+		WHERE y.organization_id = o.organization_id AND y.output_table_name IS NOT NULL
+		  AND (y.id = t.id OR y.id IN (SELECT u.id FROM dalgo.transformation_upstream(t.id) u))));
+
+	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
+		PERFORM dalgo.run_transformation(v.id, false);
+	END LOOP;
+	PERFORM dalgo_internal.build_transformation(t.id, run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+
+	-- The views dropped above, again over the (new, or on failure the old) tables.
+	PERFORM dalgo_internal.restore_output_views(o.organization_id, dropped);
+	IF r.status <> 'success' THEN
+		RETURN;
+	END IF;
+	IF kind = 'view' THEN
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+			schema_name, dest, schema_name, t.output_table_name));
+	ELSIF dest <> t.output_table_name THEN
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
+			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
+		PERFORM dalgo_internal.check_warehouse_quota(o.organization_id, dest);
+		-- The swap records this output as the table's producer.
+		PERFORM dalgo_internal.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
+	END IF;
+	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.register_warehouse_table(organization_id uuid, table_name text, source_id uuid, transformation_id uuid, row_count bigint)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	rel regclass := to_regclass(format('%I.%I', schema_name, table_name));
+	conn uuid;
+	info jsonb;
+BEGIN
+	SELECT id INTO conn FROM dalgo.warehouse_connections w
+	WHERE w.organization_id = register_warehouse_table.organization_id AND w.deleted_at IS NULL;
+	SELECT coalesce(jsonb_agg(jsonb_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
+												 'nullable', NOT a.attnotnull) ORDER BY a.attnum), '[]')
+	INTO info FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
+	UPDATE dalgo.warehouse_tables w SET row_count = register_warehouse_table.row_count,
+		size_bytes = pg_total_relation_size(rel), schema_info = info, last_updated_at = now(),
+		source_id = register_warehouse_table.source_id, transformation_id = register_warehouse_table.transformation_id
+	WHERE w.warehouse_connection_id = conn AND w.table_name = register_warehouse_table.table_name AND w.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		INSERT INTO dalgo.warehouse_tables (organization_id, warehouse_connection_id, table_name, source_id,
+											transformation_id, row_count, size_bytes, schema_info, last_updated_at)
+		VALUES (register_warehouse_table.organization_id, conn, register_warehouse_table.table_name,
+				register_warehouse_table.source_id, register_warehouse_table.transformation_id,
+				register_warehouse_table.row_count, pg_total_relation_size(rel), info, now());
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.restore_output_views(organization_id uuid, dropped jsonb)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	v record;
+BEGIN
+	FOR v IN SELECT * FROM jsonb_to_recordset(dropped) AS d(view_name text, table_name text) LOOP
+		IF to_regclass(format('%I.%I', schema_name, v.table_name)) IS NOT NULL THEN
+			PERFORM dalgo_internal.warehouse_execute(organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+				schema_name, v.view_name, schema_name, v.table_name));
+		END IF;
+	END LOOP;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.start_scheduled_run(run_kind text, run_id uuid)
+ RETURNS void
+ LANGUAGE sql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+BEGIN ATOMIC
+ SELECT dalgo_internal.set_scheduled_run_status(run_kind, run_id, 'running'::dalgo.run_status, NULL::text, jsonb_build_object('runner_pid', pg_backend_pid())) AS set_scheduled_run_status;
+END
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.swap_warehouse_table(organization_id uuid, build_name text, table_name text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	by_source uuid;
+	by_transformation uuid;
+	by_output uuid;
+	context uuid;
+	claimant text;
+	reg dalgo.warehouse_tables;
+	dropped jsonb;
+BEGIN
+	-- The producer is the run the build is named after: dalgo names each
+	-- build table _dalgo_build_<transformation run>, _dalgo_sync_<sync run>
+	-- or _dalgo_out_<output refresh run>.
+	IF build_name ~ '^_dalgo_build_[0-9a-f]{32}$' THEN
+		SELECT r.transformation_id INTO by_transformation FROM dalgo.transformation_runs r
+		WHERE r.id = substr(build_name, 14)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+		context := by_transformation;
+	ELSIF build_name ~ '^_dalgo_sync_[0-9a-f]{32}$' THEN
+		SELECT r.source_id INTO by_source FROM dalgo.sync_runs r
+		WHERE r.id = substr(build_name, 13)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+	ELSIF build_name ~ '^_dalgo_out_[0-9a-f]{32}$' THEN
+		SELECT o.id, o.transformation_id INTO by_output, context
+		FROM dalgo.transformation_runs r
+		JOIN dalgo.schedules s ON s.id::text = r.details->>'schedule_id' AND s.organization_id = r.organization_id
+		JOIN dalgo.outputs o ON o.id = s.output_id AND o.organization_id = s.organization_id
+		WHERE r.id = substr(build_name, 12)::uuid AND r.organization_id = swap_warehouse_table.organization_id
+		  AND o.transformation_id = r.transformation_id;
+	END IF;
+	IF num_nonnulls(by_source, by_transformation, by_output) <> 1 THEN
+		RAISE EXCEPTION 'warehouse table build "%" belongs to no run of this organization', build_name
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Checked again at the moment of the swap, under the organization's name lock.
+	claimant := dalgo_internal.warehouse_table_claimant(organization_id, table_name, by_source, context, by_output);
+	IF claimant IS NOT NULL THEN
+		RAISE EXCEPTION 'warehouse table "%" belongs to %; it is not replaced', table_name, claimant
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT * INTO reg FROM dalgo.warehouse_tables w
+	WHERE w.organization_id = swap_warehouse_table.organization_id AND w.table_name = swap_warehouse_table.table_name
+	  AND w.deleted_at IS NULL
+	FOR UPDATE;
+	-- A table may be replaced only by the producer that made it.
+	IF to_regclass(format('%I.%I', schema_name, table_name)) IS NOT NULL
+	   AND (reg.id IS NULL OR reg.source_id IS DISTINCT FROM by_source
+			OR reg.transformation_id IS DISTINCT FROM by_transformation OR reg.output_id IS DISTINCT FROM by_output) THEN
+		RAISE EXCEPTION 'warehouse table "%" was not produced by this %; it is not replaced', table_name,
+			CASE WHEN by_source IS NOT NULL THEN 'source' WHEN by_transformation IS NOT NULL THEN 'transformation' ELSE 'output' END
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = CASE WHEN reg.id IS NULL THEN 'The table is not registered in dalgo.warehouse_tables.'
+						   ELSE 'dalgo.warehouse_tables records another producer for it.' END;
+	END IF;
+	-- Output views over the table depend on it: drop them around the swap
+	-- (in this transaction, so readers never miss them).
+	dropped := dalgo_internal.drop_output_views(organization_id, ARRAY[table_name]);
+	PERFORM dalgo_internal.warehouse_execute(organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, table_name));
+	PERFORM dalgo_internal.warehouse_execute(organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, table_name));
+	PERFORM dalgo_internal.restore_output_views(organization_id, dropped);
+	-- Record the producer (row count and size follow in register_warehouse_table).
+	IF reg.id IS NOT NULL THEN
+		UPDATE dalgo.warehouse_tables w SET source_id = by_source, transformation_id = by_transformation,
+			output_id = by_output, last_updated_at = now()
+		WHERE w.id = reg.id;
+	ELSE
+		INSERT INTO dalgo.warehouse_tables (organization_id, warehouse_connection_id, table_name, source_id,
+											transformation_id, output_id, last_updated_at)
+		SELECT swap_warehouse_table.organization_id, c.id, swap_warehouse_table.table_name, by_source,
+			by_transformation, by_output, now()
+		FROM dalgo.warehouse_connections c
+		WHERE c.organization_id = swap_warehouse_table.organization_id AND c.deleted_at IS NULL;
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.verify_scheduled_run(run_kind text, run_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	det jsonb;
+	run_org uuid;
+	run_source uuid;
+	run_transformation uuid;
+	sid uuid;
+	s dalgo.schedules;
+	agree boolean := false;
+BEGIN
+	SELECT r.details, r.organization_id, r.source_id, r.transformation_id
+	INTO det, run_org, run_source, run_transformation
+	FROM dalgo_internal.scheduled_runs r WHERE r.run_kind = verify_scheduled_run.run_kind AND r.id = run_id;
+	BEGIN
+		sid := (det->>'schedule_id')::uuid;
+	EXCEPTION WHEN invalid_text_representation THEN
+		sid := NULL;
+	END;
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = sid;
+	IF FOUND AND s.organization_id = run_org THEN
+		IF run_kind = 's' THEN
+			agree := s.source_id = run_source
+				AND EXISTS (SELECT FROM dalgo.sources x WHERE x.id = run_source AND x.organization_id = run_org);
+		ELSE
+			agree := EXISTS (SELECT FROM dalgo.outputs o JOIN dalgo.transformations t ON t.id = o.transformation_id
+							 WHERE o.id = s.output_id AND o.organization_id = run_org AND t.organization_id = run_org
+							   AND t.id = run_transformation);
+		END IF;
+	END IF;
+	IF NOT coalesce(agree, false) THEN
+		RAISE EXCEPTION 'run % was refused: it does not match its schedule', run_id
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'A scheduled run must name the schedule that created it, and schedule, source or output, transformation and run must belong to one organization.';
+	END IF;
+END
+$function$
+;
+
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

@@ -37,7 +37,7 @@ DECLARE
 BEGIN
 	quota := 'warehouse_bytes';
 	used := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
-					  WHERE c.relnamespace = to_regnamespace('org_' || replace(org::text, '-', ''))
+					  WHERE c.relnamespace = to_regnamespace(dalgo_internal.warehouse_schema_name(org))
 						AND c.relkind IN ('r', 'm', 'p')), 0);
 	quota_limit := dalgo_internal.organization_quota(org, quota);
 	RETURN NEXT;
@@ -184,7 +184,7 @@ BEGIN
 	IF lim IS NULL THEN
 		RETURN;
 	END IF;
-	ns := to_regnamespace('org_' || replace(org::text, '-', ''));
+	ns := to_regnamespace(dalgo_internal.warehouse_schema_name(org));
 	n := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
 				   WHERE c.relnamespace = ns AND c.relkind IN ('r', 'm', 'p')
 					 AND c.relname IS DISTINCT FROM replacing), 0);

@@ -19,6 +19,22 @@ CREATE FUNCTION dalgo_internal.warehouse_query(organization_id uuid, sql text, r
 COMMENT ON FUNCTION dalgo_internal.warehouse_query(uuid, text, integer) IS
 	'Internal: the rows of a query as jsonb, run as the organization''s warehouse role; row_limit 0 only parse-analyzes it';
 
+-- The one rule that names an organization's warehouse: schema org_<hex>,
+-- owned by role dalgo_wh_<hex>, <hex> the organization id without dashes.
+CREATE FUNCTION dalgo_internal.warehouse_schema_name(organization_id uuid) RETURNS text
+	LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+	RETURN 'org_' || replace(organization_id::text, '-', '');
+COMMENT ON FUNCTION dalgo_internal.warehouse_schema_name(uuid) IS
+	'Internal: the name of an organization''s warehouse schema, org_<id without dashes>';
+CREATE FUNCTION dalgo_internal.warehouse_role_name(organization_id uuid) RETURNS text
+	LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+	RETURN 'dalgo_wh_' || replace(organization_id::text, '-', '');
+COMMENT ON FUNCTION dalgo_internal.warehouse_role_name(uuid) IS
+	'Internal: the name of the role that owns an organization''s warehouse schema, dalgo_wh_<id without dashes>';
+REVOKE ALL ON FUNCTION dalgo_internal.warehouse_schema_name(uuid), dalgo_internal.warehouse_role_name(uuid) FROM PUBLIC;
+
 CREATE FUNCTION dalgo.caller_may(organization_id uuid, min_role dalgo.member_role) RETURNS boolean
 	AS 'MODULE_PATHNAME', 'dalgo_caller_may_sql'
 	LANGUAGE C STABLE PARALLEL RESTRICTED;
@@ -30,9 +46,8 @@ CREATE FUNCTION dalgo.ensure_warehouse(organization_id uuid) RETURNS text
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	hex text := replace(organization_id::text, '-', '');
-	schema_name text := 'org_' || hex;
-	role_name text := 'dalgo_wh_' || hex;
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	role_name text := dalgo_internal.warehouse_role_name(organization_id);
 	r pg_roles;
 	problem text;
 BEGIN
@@ -110,7 +125,7 @@ CREATE FUNCTION dalgo_internal.register_warehouse_table(organization_id uuid, ta
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
 	rel regclass := to_regclass(format('%I.%I', schema_name, table_name));
 	conn uuid;
 	info jsonb;
@@ -361,7 +376,7 @@ CREATE FUNCTION dalgo_internal.swap_warehouse_table(organization_id uuid, build_
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
 	by_source uuid;
 	by_transformation uuid;
 	by_output uuid;

@@ -221,38 +221,63 @@ COMMENT ON INDEX dalgo.sync_runs_active_idx IS 'Pending and running sync runs: t
 CREATE INDEX transformation_runs_active_idx ON dalgo.transformation_runs (created_at) WHERE status IN ('pending', 'running');
 COMMENT ON INDEX dalgo.transformation_runs_active_idx IS 'Pending and running transformation runs: the run queue and the one-run-at-a-time check';
 
-CREATE FUNCTION dalgo_internal.start_scheduled_run(run_kind text, run_id uuid) RETURNS void
+-- The two run tables seen as one, for the scheduler's steps: run_kind 's'
+-- is a sync run (sync_runs), 'o' an output refresh (transformation_runs).
+CREATE VIEW dalgo_internal.scheduled_runs AS
+	SELECT 's'::text AS run_kind, r.id, r.organization_id, r.source_id, NULL::uuid AS transformation_id, r.details
+	FROM dalgo.sync_runs r
+	UNION ALL
+	SELECT 'o'::text, r.id, r.organization_id, NULL::uuid, r.transformation_id, r.details
+	FROM dalgo.transformation_runs r;
+COMMENT ON VIEW dalgo_internal.scheduled_runs IS
+	'Internal: sync runs (run_kind s) and transformation runs (run_kind o) as one relation, for the scheduler''s steps';
+
+-- The one place that writes a run's state by kind: running (started_at
+-- and extra details) or finished (completed_at, error_message, details).
+CREATE FUNCTION dalgo_internal.set_scheduled_run_status(run_kind text, run_id uuid, status dalgo.run_status,
+														 message text, extra jsonb) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	starting boolean := status = 'running';
 BEGIN
 	IF run_kind = 's' THEN
-		UPDATE dalgo.sync_runs r SET status = 'running', started_at = clock_timestamp(),
-			details = r.details || jsonb_build_object('runner_pid', pg_backend_pid())
+		UPDATE dalgo.sync_runs r SET status = set_scheduled_run_status.status,
+			started_at = CASE WHEN starting THEN clock_timestamp() ELSE r.started_at END,
+			completed_at = CASE WHEN starting THEN r.completed_at ELSE clock_timestamp() END,
+			error_message = CASE WHEN starting THEN r.error_message ELSE message END,
+			details = r.details || coalesce(extra, '{}')
 		WHERE r.id = run_id;
 	ELSE
-		UPDATE dalgo.transformation_runs r SET status = 'running', started_at = clock_timestamp(),
-			details = r.details || jsonb_build_object('runner_pid', pg_backend_pid())
+		UPDATE dalgo.transformation_runs r SET status = set_scheduled_run_status.status,
+			started_at = CASE WHEN starting THEN clock_timestamp() ELSE r.started_at END,
+			completed_at = CASE WHEN starting THEN r.completed_at ELSE clock_timestamp() END,
+			error_message = CASE WHEN starting THEN r.error_message ELSE message END,
+			details = r.details || coalesce(extra, '{}')
 		WHERE r.id = run_id;
 	END IF;
 END
 $$;
+COMMENT ON FUNCTION dalgo_internal.set_scheduled_run_status(text, uuid, dalgo.run_status, text, jsonb) IS
+	'Internal: set a scheduled run''s status in its table (sync_runs for s, transformation_runs for o): running stamps started_at, any other status completed_at and error_message; extra is merged into details';
+REVOKE ALL ON FUNCTION dalgo_internal.set_scheduled_run_status(text, uuid, dalgo.run_status, text, jsonb) FROM PUBLIC;
+
+CREATE FUNCTION dalgo_internal.start_scheduled_run(run_kind text, run_id uuid) RETURNS void
+	LANGUAGE sql
+	SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT dalgo_internal.set_scheduled_run_status(run_kind, run_id, 'running', NULL,
+		jsonb_build_object('runner_pid', pg_backend_pid()));
+END;
 COMMENT ON FUNCTION dalgo_internal.start_scheduled_run(text, uuid) IS 'Internal: mark a claimed run running (committed before it executes)';
 
 CREATE FUNCTION dalgo_internal.fail_scheduled_run(run_kind text, run_id uuid, message text) RETURNS void
-	LANGUAGE plpgsql
+	LANGUAGE sql
 	SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	IF run_kind = 's' THEN
-		UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = message
-		WHERE r.id = run_id;
-	ELSE
-		UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = message
-		WHERE r.id = run_id;
-	END IF;
-END
-$$;
+BEGIN ATOMIC
+	SELECT dalgo_internal.set_scheduled_run_status(run_kind, run_id, 'failed', message, NULL);
+END;
 COMMENT ON FUNCTION dalgo_internal.fail_scheduled_run(text, uuid, text) IS 'Internal: record a run''s failure';
 
 -- A run row is acted on only if it is what dalgo's own claim made: its
@@ -273,13 +298,9 @@ DECLARE
 	s dalgo.schedules;
 	agree boolean := false;
 BEGIN
-	IF run_kind = 's' THEN
-		SELECT r.details, r.organization_id, r.source_id INTO det, run_org, run_source
-		FROM dalgo.sync_runs r WHERE r.id = run_id;
-	ELSIF run_kind = 'o' THEN
-		SELECT r.details, r.organization_id, r.transformation_id INTO det, run_org, run_transformation
-		FROM dalgo.transformation_runs r WHERE r.id = run_id;
-	END IF;
+	SELECT r.details, r.organization_id, r.source_id, r.transformation_id
+	INTO det, run_org, run_source, run_transformation
+	FROM dalgo_internal.scheduled_runs r WHERE r.run_kind = verify_scheduled_run.run_kind AND r.id = run_id;
 	BEGIN
 		sid := (det->>'schedule_id')::uuid;
 	EXCEPTION WHEN invalid_text_representation THEN
@@ -425,9 +446,9 @@ AS $$
 		JOIN pg_rewrite rw ON rw.ev_class = c.oid
 		LEFT JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
 			AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> c.oid,
-		LATERAL (SELECT to_regclass(format('%I.%I', 'org_' || replace(output_view_reads.organization_id::text, '-', ''),
+		LATERAL (SELECT to_regclass(format('%I.%I', dalgo_internal.warehouse_schema_name(output_view_reads.organization_id),
 										   output_view_reads.table_name))::oid AS tbl) x
-		WHERE c.oid = to_regclass(format('%I.%I', 'org_' || replace(output_view_reads.organization_id::text, '-', ''),
+		WHERE c.oid = to_regclass(format('%I.%I', dalgo_internal.warehouse_schema_name(output_view_reads.organization_id),
 										 output_view_reads.view_name))
 		GROUP BY c.relkind, tbl), false)
 $$;
@@ -444,7 +465,7 @@ CREATE FUNCTION dalgo_internal.drop_output_views(organization_id uuid, table_nam
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
 	v record;
 	dropped jsonb := '[]';
 BEGIN
@@ -472,7 +493,7 @@ CREATE FUNCTION dalgo_internal.restore_output_views(organization_id uuid, droppe
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
 	v record;
 BEGIN
 	FOR v IN SELECT * FROM jsonb_to_recordset(dropped) AS d(view_name text, table_name text) LOOP
@@ -511,7 +532,7 @@ BEGIN
 	SELECT * INTO o FROM dalgo.outputs x
 	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
 	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
-	schema_name := 'org_' || replace(o.organization_id::text, '-', '');
+	schema_name := dalgo_internal.warehouse_schema_name(o.organization_id);
 	kind := coalesce(o.destination_config->>'type', 'table');
 	dest := coalesce(o.destination_config->>'name', t.output_table_name);
 	IF kind NOT IN ('table', 'view') THEN
@@ -584,20 +605,12 @@ BEGIN
 	-- (else an organization whose schedules ask for more than its quota
 	-- would be refused for good, each refusal filling the next hour).
 	BEGIN
-		PERFORM dalgo_internal.check_run_quota(CASE WHEN run_kind = 's'
-			THEN (SELECT r.organization_id FROM dalgo.sync_runs r WHERE r.id = run_id)
-			ELSE (SELECT r.organization_id FROM dalgo.transformation_runs r WHERE r.id = run_id) END);
+		PERFORM dalgo_internal.check_run_quota((SELECT r.organization_id FROM dalgo_internal.scheduled_runs r
+												WHERE r.run_kind = execute_scheduled_run.run_kind AND r.id = run_id));
 	EXCEPTION WHEN configuration_limit_exceeded THEN
 		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-		IF run_kind = 's' THEN
-			UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
-				details = r.details || '{"skipped": true, "quota_refused": true}'
-			WHERE r.id = run_id;
-		ELSE
-			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
-				details = r.details || '{"skipped": true, "quota_refused": true}'
-			WHERE r.id = run_id;
-		END IF;
+		PERFORM dalgo_internal.set_scheduled_run_status(run_kind, run_id, 'failed', msg,
+														 '{"skipped": true, "quota_refused": true}');
 		RETURN;
 	END;
 	IF run_kind = 's' THEN

@@ -558,21 +558,29 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER fill_organization_id BEFORE INSERT ON dalgo.source_schemas
-	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.fill_organization_id('dalgo.sources', 'source_id');
-CREATE TRIGGER fill_organization_id BEFORE INSERT ON dalgo.sync_runs
-	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.fill_organization_id('dalgo.sources', 'source_id');
-CREATE TRIGGER fill_organization_id BEFORE INSERT ON dalgo.warehouse_tables
-	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.fill_organization_id('dalgo.warehouse_connections', 'warehouse_connection_id');
-CREATE TRIGGER fill_organization_id BEFORE INSERT ON dalgo.transformation_versions
-	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.fill_organization_id('dalgo.transformations', 'transformation_id');
-CREATE TRIGGER fill_organization_id BEFORE INSERT ON dalgo.transformation_runs
-	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.fill_organization_id('dalgo.transformations', 'transformation_id');
-COMMENT ON TRIGGER fill_organization_id ON dalgo.source_schemas IS 'Fills organization_id from the source';
-COMMENT ON TRIGGER fill_organization_id ON dalgo.sync_runs IS 'Fills organization_id from the source';
-COMMENT ON TRIGGER fill_organization_id ON dalgo.warehouse_tables IS 'Fills organization_id from the warehouse connection';
-COMMENT ON TRIGGER fill_organization_id ON dalgo.transformation_versions IS 'Fills organization_id from the transformation';
-COMMENT ON TRIGGER fill_organization_id ON dalgo.transformation_runs IS 'Fills organization_id from the transformation';
+-- Tenant-owned child tables take organization_id from their parent row:
+-- one line per child table (child, parent, foreign key column, parent as
+-- named in the trigger's comment).
+DO $$
+DECLARE
+	c record;
+BEGIN
+	FOR c IN SELECT * FROM (VALUES
+			('source_schemas', 'dalgo.sources', 'source_id', 'source'),
+			('sync_runs', 'dalgo.sources', 'source_id', 'source'),
+			('warehouse_tables', 'dalgo.warehouse_connections', 'warehouse_connection_id', 'warehouse connection'),
+			('transformation_versions', 'dalgo.transformations', 'transformation_id', 'transformation'),
+			('transformation_runs', 'dalgo.transformations', 'transformation_id', 'transformation'))
+			AS x(child, parent, fkey, parent_noun)
+	LOOP
+		EXECUTE format('CREATE TRIGGER fill_organization_id BEFORE INSERT ON dalgo.%I '
+					   'FOR EACH ROW EXECUTE FUNCTION dalgo_internal.fill_organization_id(%L, %L)',
+					   c.child, c.parent, c.fkey);
+		EXECUTE format('COMMENT ON TRIGGER fill_organization_id ON dalgo.%I IS %L',
+					   c.child, 'Fills organization_id from the ' || c.parent_noun);
+	END LOOP;
+END
+$$;
 
 -- A row never moves to another organization: every table with a tenant
 -- column refuses a change of organization_id (audit_logs is append-only
