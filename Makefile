@@ -86,6 +86,7 @@ REGRESS = \
 	rls_attacks \
 	rls_plan \
 	api_grants \
+	one_home_per_rule \
 	audit_trail \
 	audit_actor_capture \
 	audit_foreign_table \

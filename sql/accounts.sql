@@ -15,76 +15,76 @@
 -- Private helpers
 -- ---------------------------------------------------------------------------
 
-CREATE FUNCTION dalgo.pgcrypto_crypt(password text, salt text) RETURNS text
+CREATE FUNCTION dalgo_internal.pgcrypto_crypt(password text, salt text) RETURNS text
 	AS '$libdir/pgcrypto', 'pg_crypt'
 	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION dalgo.pgcrypto_crypt(text, text) IS 'pgcrypto''s crypt(), called in pgcrypto''s library (private)';
+COMMENT ON FUNCTION dalgo_internal.pgcrypto_crypt(text, text) IS 'pgcrypto''s crypt(), called in pgcrypto''s library (private)';
 
-CREATE FUNCTION dalgo.pgcrypto_gen_salt(kind text, rounds integer) RETURNS text
+CREATE FUNCTION dalgo_internal.pgcrypto_gen_salt(kind text, rounds integer) RETURNS text
 	AS '$libdir/pgcrypto', 'pg_gen_salt_rounds'
 	LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION dalgo.pgcrypto_gen_salt(text, integer) IS 'pgcrypto''s gen_salt(kind, rounds), called in pgcrypto''s library (private)';
+COMMENT ON FUNCTION dalgo_internal.pgcrypto_gen_salt(text, integer) IS 'pgcrypto''s gen_salt(kind, rounds), called in pgcrypto''s library (private)';
 
-CREATE FUNCTION dalgo.pgcrypto_random_bytes(n integer) RETURNS bytea
+CREATE FUNCTION dalgo_internal.pgcrypto_random_bytes(n integer) RETURNS bytea
 	AS '$libdir/pgcrypto', 'pg_random_bytes'
 	LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION dalgo.pgcrypto_random_bytes(integer) IS 'pgcrypto''s gen_random_bytes(), called in pgcrypto''s library (private)';
+COMMENT ON FUNCTION dalgo_internal.pgcrypto_random_bytes(integer) IS 'pgcrypto''s gen_random_bytes(), called in pgcrypto''s library (private)';
 
-CREATE FUNCTION dalgo.new_token(nbytes integer) RETURNS text
+CREATE FUNCTION dalgo_internal.new_token(nbytes integer) RETURNS text
 	LANGUAGE sql VOLATILE STRICT PARALLEL SAFE
 	SET search_path = pg_catalog, pg_temp
-	RETURN translate(rtrim(encode(dalgo.pgcrypto_random_bytes(nbytes), 'base64'), '='), E'+/\n', '-_');
-COMMENT ON FUNCTION dalgo.new_token(integer) IS 'nbytes random bytes from gen_random_bytes, base64url without padding (private)';
+	RETURN translate(rtrim(encode(dalgo_internal.pgcrypto_random_bytes(nbytes), 'base64'), '='), E'+/\n', '-_');
+COMMENT ON FUNCTION dalgo_internal.new_token(integer) IS 'nbytes random bytes from gen_random_bytes, base64url without padding (private)';
 
-CREATE FUNCTION dalgo.token_digest(token text) RETURNS text
+CREATE FUNCTION dalgo_internal.token_digest(token text) RETURNS text
 	LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 	SET search_path = pg_catalog, pg_temp
 	RETURN encode(sha256(convert_to(token, 'UTF8')), 'hex');
-COMMENT ON FUNCTION dalgo.token_digest(text) IS 'Hex SHA-256 of a token: what refresh_tokens, password_reset_tokens, invitations and api_keys store (private)';
+COMMENT ON FUNCTION dalgo_internal.token_digest(text) IS 'Hex SHA-256 of a token: what refresh_tokens, password_reset_tokens, invitations and api_keys store (private)';
 
-CREATE FUNCTION dalgo.email_key(email text) RETURNS bytea
+CREATE FUNCTION dalgo_internal.email_key(email text) RETURNS bytea
 	LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 	SET search_path = pg_catalog, pg_temp
 	RETURN sha256(convert_to(lower(btrim(email)), 'UTF8'));
-COMMENT ON FUNCTION dalgo.email_key(text) IS 'SHA-256 of a trimmed, lower-cased email: the key of sign-in attempts, so unknown emails are not stored in clear (private)';
+COMMENT ON FUNCTION dalgo_internal.email_key(text) IS 'SHA-256 of a trimmed, lower-cased email: the key of sign-in attempts, so unknown emails are not stored in clear (private)';
 
-CREATE FUNCTION dalgo.setting_interval(name text) RETURNS interval
+CREATE FUNCTION dalgo_internal.setting_interval(name text) RETURNS interval
 	LANGUAGE sql STABLE STRICT PARALLEL SAFE
 	SET search_path = pg_catalog, pg_temp
 	RETURN current_setting(name)::interval;
-COMMENT ON FUNCTION dalgo.setting_interval(text) IS 'A duration setting (dalgo.access_token_ttl and the like) as an interval in seconds (private)';
+COMMENT ON FUNCTION dalgo_internal.setting_interval(text) IS 'A duration setting (dalgo.access_token_ttl and the like) as an interval in seconds (private)';
 
-CREATE FUNCTION dalgo.sign_access_token(user_id uuid, expires_at timestamptz) RETURNS text
+CREATE FUNCTION dalgo_internal.sign_access_token(user_id uuid, expires_at timestamptz) RETURNS text
 	AS 'MODULE_PATHNAME', 'dalgo_sign_access_token'
 	LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
-COMMENT ON FUNCTION dalgo.sign_access_token(uuid, timestamptz) IS
+COMMENT ON FUNCTION dalgo_internal.sign_access_token(uuid, timestamptz) IS
 	'An HS256 access token {sub, iat, exp} signed with dalgo.jwt_secret, as dalgo.authenticate() accepts it (private)';
 
-CREATE FUNCTION dalgo.run_autonomously(action text, key bytea, id uuid) RETURNS void
+CREATE FUNCTION dalgo_internal.run_autonomously(action text, key bytea, id uuid) RETURNS void
 	AS 'MODULE_PATHNAME', 'dalgo_run_autonomously'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION dalgo.run_autonomously(text, bytea, uuid) IS
-	'Run a recorder (failed_sign_in: dalgo.note_failed_sign_in; token_reuse: dalgo.note_token_reuse) in a background worker''s own, committed transaction, so the record survives the caller''s error (private)';
+COMMENT ON FUNCTION dalgo_internal.run_autonomously(text, bytea, uuid) IS
+	'Run a recorder (failed_sign_in: dalgo_internal.note_failed_sign_in; token_reuse: dalgo_internal.note_token_reuse) in a background worker''s own, committed transaction, so the record survives the caller''s error (private)';
 
-CREATE FUNCTION dalgo.set_api_key_identity(key_id uuid, user_id uuid, organization_id uuid, role text) RETURNS void
+CREATE FUNCTION dalgo_internal.set_api_key_identity(key_id uuid, user_id uuid, organization_id uuid, role text) RETURNS void
 	AS 'MODULE_PATHNAME', 'dalgo_set_api_key_identity'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION dalgo.set_api_key_identity(uuid, uuid, uuid, text) IS
+COMMENT ON FUNCTION dalgo_internal.set_api_key_identity(uuid, uuid, uuid, text) IS
 	'Make user_id the caller for this transaction, seen by membership functions only in organization_id and at most at role (private; used by dalgo.authenticate_api_key)';
 
-CREATE FUNCTION dalgo.act_as(user_id uuid) RETURNS void
+CREATE FUNCTION dalgo_internal.act_as(user_id uuid) RETURNS void
 	AS 'MODULE_PATHNAME', 'dalgo_act_as'
 	LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
-COMMENT ON FUNCTION dalgo.act_as(uuid) IS
+COMMENT ON FUNCTION dalgo_internal.act_as(uuid) IS
 	'Make user_id the caller for the rest of this transaction (private; dalgo.accept_invitation adds the member under the inviter''s identity)';
 
-CREATE FUNCTION dalgo.api_key_is_live(id uuid) RETURNS boolean
+CREATE FUNCTION dalgo_internal.api_key_is_live(id uuid) RETURNS boolean
 	AS 'MODULE_PATHNAME', 'dalgo_api_key_is_live'
 	LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
-COMMENT ON FUNCTION dalgo.api_key_is_live(uuid) IS
+COMMENT ON FUNCTION dalgo_internal.api_key_is_live(uuid) IS
 	'True if the API key is neither revoked nor expired in the latest committed state, whatever the isolation level (private)';
 
-CREATE FUNCTION dalgo.require_read_committed(what text) RETURNS void
+CREATE FUNCTION dalgo_internal.require_read_committed(what text) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -96,7 +96,7 @@ BEGIN
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo.require_read_committed(text) IS
+COMMENT ON FUNCTION dalgo_internal.require_read_committed(text) IS
 	'Raise 25000 unless the transaction is READ COMMITTED: the lockout count and the reuse and single-use checks must see the latest commits (private)';
 
 CREATE FUNCTION dalgo.current_api_key_id() RETURNS uuid
@@ -104,7 +104,7 @@ CREATE FUNCTION dalgo.current_api_key_id() RETURNS uuid
 	LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION dalgo.current_api_key_id() IS 'The API key this transaction authenticated with (dalgo.authenticate_api_key), or NULL';
 
-CREATE FUNCTION dalgo.account_audit(action text, user_id uuid, organization_id uuid,
+CREATE FUNCTION dalgo_internal.account_audit(action text, user_id uuid, organization_id uuid,
 									resource_type text, resource_id uuid, details jsonb DEFAULT '{}')
 	RETURNS void
 	LANGUAGE sql
@@ -115,10 +115,10 @@ AS $$
 		VALUES (dalgo.uuid_v7(), account_audit.organization_id, account_audit.user_id, account_audit.action,
 				account_audit.resource_type, account_audit.resource_id, account_audit.details);
 $$;
-COMMENT ON FUNCTION dalgo.account_audit(text, uuid, uuid, text, uuid, jsonb) IS
+COMMENT ON FUNCTION dalgo_internal.account_audit(text, uuid, uuid, text, uuid, jsonb) IS
 	'Write one audit row for an account flow (never with a password, token or hash in it) (private)';
 
-CREATE FUNCTION dalgo.check_new_password(password text) RETURNS text
+CREATE FUNCTION dalgo_internal.check_new_password(password text) RETURNS text
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -131,13 +131,13 @@ BEGIN
 		RAISE EXCEPTION 'password must be at most 72 bytes long'
 			USING ERRCODE = 'invalid_parameter_value', DETAIL = 'bcrypt ignores what follows the 72nd byte.';
 	END IF;
-	RETURN dalgo.pgcrypto_crypt(password, dalgo.pgcrypto_gen_salt('bf', current_setting('dalgo.bcrypt_cost')::integer));
+	RETURN dalgo_internal.pgcrypto_crypt(password, dalgo_internal.pgcrypto_gen_salt('bf', current_setting('dalgo.bcrypt_cost')::integer));
 END
 $$;
-COMMENT ON FUNCTION dalgo.check_new_password(text) IS
+COMMENT ON FUNCTION dalgo_internal.check_new_password(text) IS
 	'Check a new password against dalgo.min_password_length and bcrypt''s 72-byte limit (22023 otherwise) and return its bcrypt hash at dalgo.bcrypt_cost (private)';
 
-CREATE FUNCTION dalgo.check_email(email text) RETURNS text
+CREATE FUNCTION dalgo_internal.check_email(email text) RETURNS text
 	LANGUAGE plpgsql IMMUTABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -151,9 +151,9 @@ BEGIN
 	RETURN e;
 END
 $$;
-COMMENT ON FUNCTION dalgo.check_email(text) IS 'Trim an email and check its form (22023 if malformed); returns the trimmed email (private)';
+COMMENT ON FUNCTION dalgo_internal.check_email(text) IS 'Trim an email and check its form (22023 if malformed); returns the trimmed email (private)';
 
-CREATE FUNCTION dalgo.refuse_api_key(what text) RETURNS void
+CREATE FUNCTION dalgo_internal.refuse_api_key(what text) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -164,7 +164,7 @@ BEGIN
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo.refuse_api_key(text) IS 'Raise 42501 when the transaction authenticated with an API key: account management needs a person (private)';
+COMMENT ON FUNCTION dalgo_internal.refuse_api_key(text) IS 'Raise 42501 when the transaction authenticated with an API key: account management needs a person (private)';
 
 -- ---------------------------------------------------------------------------
 -- Tables
@@ -264,7 +264,7 @@ CREATE TRIGGER set_updated_at BEFORE UPDATE ON dalgo.api_keys
 	FOR EACH ROW EXECUTE FUNCTION dalgo.set_updated_at();
 COMMENT ON TRIGGER set_updated_at ON dalgo.api_keys IS 'Stamps updated_at with now() on every update';
 CREATE TRIGGER tenant_fixed BEFORE UPDATE ON dalgo.api_keys
-	FOR EACH ROW EXECUTE FUNCTION dalgo.refuse_tenant_move();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.refuse_tenant_move();
 COMMENT ON TRIGGER tenant_fixed ON dalgo.api_keys IS 'A row never moves to another organization';
 
 -- Audit: the queue without its payload, keys without their hash.  Sign-in
@@ -303,7 +303,7 @@ COMMENT ON POLICY tenant_select ON dalgo.api_keys IS 'Admins and owners see thei
 -- Sessions
 -- ---------------------------------------------------------------------------
 
-CREATE FUNCTION dalgo.issue_session(for_user uuid, in_family uuid)
+CREATE FUNCTION dalgo_internal.issue_session(for_user uuid, in_family uuid)
 	RETURNS TABLE (user_id uuid, access_token text, refresh_token text, expires_at timestamptz)
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
@@ -311,32 +311,32 @@ AS $$
 #variable_conflict use_variable
 DECLARE
 	uid uuid := issue_session.for_user;
-	raw text := dalgo.new_token(32);
-	access_expires timestamptz := to_timestamp(floor(extract(epoch FROM now() + dalgo.setting_interval('dalgo.access_token_ttl'))));
+	raw text := dalgo_internal.new_token(32);
+	access_expires timestamptz := to_timestamp(floor(extract(epoch FROM now() + dalgo_internal.setting_interval('dalgo.access_token_ttl'))));
 BEGIN
 	INSERT INTO dalgo.refresh_tokens AS t (user_id, token_hash, expires_at, family_id)
-		VALUES (uid, dalgo.token_digest(raw), now() + dalgo.setting_interval('dalgo.refresh_token_ttl'),
+		VALUES (uid, dalgo_internal.token_digest(raw), now() + dalgo_internal.setting_interval('dalgo.refresh_token_ttl'),
 				coalesce(issue_session.in_family, gen_random_uuid()));
-	RETURN QUERY SELECT uid, dalgo.sign_access_token(uid, access_expires), raw, access_expires;
+	RETURN QUERY SELECT uid, dalgo_internal.sign_access_token(uid, access_expires), raw, access_expires;
 END
 $$;
-COMMENT ON FUNCTION dalgo.issue_session(uuid, uuid) IS
+COMMENT ON FUNCTION dalgo_internal.issue_session(uuid, uuid) IS
 	'Issue an access token and a new refresh token (in in_family, or a new family) for a user (private)';
 
-CREATE FUNCTION dalgo.note_failed_sign_in(email_hash bytea, user_id uuid) RETURNS void
+CREATE FUNCTION dalgo_internal.note_failed_sign_in(email_hash bytea, user_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	INSERT INTO dalgo.sign_in_attempts (email_hash, user_id, succeeded)
 		VALUES (note_failed_sign_in.email_hash, note_failed_sign_in.user_id, false);
-	PERFORM dalgo.account_audit('sign_in_failed', NULL, NULL, 'user', note_failed_sign_in.user_id);
+	PERFORM dalgo_internal.account_audit('sign_in_failed', NULL, NULL, 'user', note_failed_sign_in.user_id);
 END
 $$;
-COMMENT ON FUNCTION dalgo.note_failed_sign_in(bytea, uuid) IS
+COMMENT ON FUNCTION dalgo_internal.note_failed_sign_in(bytea, uuid) IS
 	'Record a failed sign-in and its audit row; run by the autonomous recorder, so it commits although the sign-in fails (private)';
 
-CREATE FUNCTION dalgo.note_token_reuse(unused bytea, family_id uuid) RETURNS void
+CREATE FUNCTION dalgo_internal.note_token_reuse(unused bytea, family_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 	SET lock_timeout = '10s'
@@ -355,11 +355,11 @@ BEGIN
 	IF owner IS NULL THEN
 		SELECT t.user_id INTO owner FROM dalgo.refresh_tokens t WHERE t.family_id = note_token_reuse.family_id LIMIT 1;
 	END IF;
-	PERFORM dalgo.account_audit('refresh_token_reused', NULL, NULL, 'user', owner,
+	PERFORM dalgo_internal.account_audit('refresh_token_reused', NULL, NULL, 'user', owner,
 								jsonb_build_object('family_id', note_token_reuse.family_id, 'revoked', n));
 END
 $$;
-COMMENT ON FUNCTION dalgo.note_token_reuse(bytea, uuid) IS
+COMMENT ON FUNCTION dalgo_internal.note_token_reuse(bytea, uuid) IS
 	'Revoke every live token of a refresh-token family after a rotated token was presented again, with an audit row; run by the autonomous recorder (private)';
 
 CREATE FUNCTION dalgo.sign_up(email text, password text, full_name text DEFAULT NULL) RETURNS uuid
@@ -367,8 +367,8 @@ CREATE FUNCTION dalgo.sign_up(email text, password text, full_name text DEFAULT 
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	e text := dalgo.check_email(sign_up.email);
-	hash text := dalgo.check_new_password(sign_up.password);
+	e text := dalgo_internal.check_email(sign_up.email);
+	hash text := dalgo_internal.check_new_password(sign_up.password);
 	uid uuid := gen_random_uuid();
 	org uuid;
 BEGIN
@@ -387,7 +387,7 @@ BEGIN
 		VALUES (coalesce(nullif(btrim(sign_up.full_name), ''), e), 'personal-' || replace(uid::text, '-', ''), 'personal')
 		RETURNING id INTO org;
 	INSERT INTO dalgo.organization_members (organization_id, user_id, role) VALUES (org, uid, 'owner');
-	PERFORM dalgo.account_audit('sign_up', uid, org, 'user', uid);
+	PERFORM dalgo_internal.account_audit('sign_up', uid, org, 'user', uid);
 	RETURN uid;
 END
 $$;
@@ -401,23 +401,23 @@ CREATE FUNCTION dalgo.sign_in(email text, password text)
 AS $$
 #variable_conflict use_variable
 DECLARE
-	k bytea := dalgo.email_key(sign_in.email);
+	k bytea := dalgo_internal.email_key(sign_in.email);
 	usr record;
 	last_success timestamptz;
 	failures bigint;
 	ok boolean := false;
 BEGIN
-	PERFORM dalgo.require_read_committed('dalgo.sign_in');
+	PERFORM dalgo_internal.require_read_committed('dalgo.sign_in');
 	IF k IS NULL OR sign_in.password IS NULL THEN
 		RAISE EXCEPTION 'invalid email or password' USING ERRCODE = 'invalid_password';
 	END IF;
 	-- One attempt per email at a time, so the count below is exact.
 	PERFORM pg_advisory_xact_lock(1684826469, hashtext(encode(k, 'hex')));
 	SELECT max(a.created_at) INTO last_success FROM dalgo.sign_in_attempts a
-		WHERE a.email_hash = k AND a.succeeded AND a.created_at > now() - dalgo.setting_interval('dalgo.sign_in_lockout');
+		WHERE a.email_hash = k AND a.succeeded AND a.created_at > now() - dalgo_internal.setting_interval('dalgo.sign_in_lockout');
 	SELECT count(*) INTO failures FROM dalgo.sign_in_attempts a
 		WHERE a.email_hash = k AND NOT a.succeeded
-		  AND a.created_at > greatest(clock_timestamp() - dalgo.setting_interval('dalgo.sign_in_lockout'),
+		  AND a.created_at > greatest(clock_timestamp() - dalgo_internal.setting_interval('dalgo.sign_in_lockout'),
 									  coalesce(last_success, '-infinity'));
 	IF failures >= current_setting('dalgo.max_failed_sign_ins')::integer THEN
 		RAISE EXCEPTION 'too many failed sign-ins for this email; try again later'
@@ -427,20 +427,20 @@ BEGIN
 	SELECT u.id, u.password_hash, u.is_active INTO usr
 		FROM dalgo.users u WHERE lower(u.email) = lower(btrim(sign_in.email)) AND u.deleted_at IS NULL;
 	IF usr.id IS NOT NULL AND usr.password_hash IS NOT NULL THEN
-		ok := dalgo.pgcrypto_crypt(sign_in.password, usr.password_hash) = usr.password_hash AND usr.is_active;
+		ok := dalgo_internal.pgcrypto_crypt(sign_in.password, usr.password_hash) = usr.password_hash AND usr.is_active;
 	ELSE
 		-- An unknown email spends the same bcrypt work as a wrong password.
-		PERFORM dalgo.pgcrypto_crypt(sign_in.password,
-			dalgo.pgcrypto_gen_salt('bf', current_setting('dalgo.bcrypt_cost')::integer));
+		PERFORM dalgo_internal.pgcrypto_crypt(sign_in.password,
+			dalgo_internal.pgcrypto_gen_salt('bf', current_setting('dalgo.bcrypt_cost')::integer));
 	END IF;
 	IF ok IS NOT TRUE THEN
-		PERFORM dalgo.run_autonomously('failed_sign_in', k, usr.id);
+		PERFORM dalgo_internal.run_autonomously('failed_sign_in', k, usr.id);
 		RAISE EXCEPTION 'invalid email or password' USING ERRCODE = 'invalid_password';
 	END IF;
 
 	INSERT INTO dalgo.sign_in_attempts (email_hash, user_id, succeeded) VALUES (k, usr.id, true);
-	PERFORM dalgo.account_audit('sign_in', usr.id, NULL, 'user', usr.id);
-	RETURN QUERY SELECT * FROM dalgo.issue_session(usr.id, NULL);
+	PERFORM dalgo_internal.account_audit('sign_in', usr.id, NULL, 'user', usr.id);
+	RETURN QUERY SELECT * FROM dalgo_internal.issue_session(usr.id, NULL);
 END
 $$;
 COMMENT ON FUNCTION dalgo.sign_in(text, text) IS
@@ -453,10 +453,10 @@ CREATE FUNCTION dalgo.refresh_session(token text)
 AS $$
 #variable_conflict use_variable
 DECLARE
-	h text := dalgo.token_digest(refresh_session.token);
+	h text := dalgo_internal.token_digest(refresh_session.token);
 	tok record;
 BEGIN
-	PERFORM dalgo.require_read_committed('dalgo.refresh_session');
+	PERFORM dalgo_internal.require_read_committed('dalgo.refresh_session');
 	SELECT t.id, t.user_id, t.family_id, t.expires_at, t.revoked_at, t.replaced_at INTO tok
 		FROM dalgo.refresh_tokens t WHERE t.token_hash = h;
 	IF tok.id IS NULL THEN
@@ -465,7 +465,7 @@ BEGIN
 	IF tok.replaced_at IS NOT NULL THEN
 		-- A rotated token came back: stolen-token signal.  The family dies
 		-- (in a transaction of its own, so it stays dead) and the call fails.
-		PERFORM dalgo.run_autonomously('token_reuse', NULL, tok.family_id);
+		PERFORM dalgo_internal.run_autonomously('token_reuse', NULL, tok.family_id);
 		RAISE EXCEPTION 'invalid refresh token' USING ERRCODE = 'invalid_authorization_specification';
 	END IF;
 	-- A refresh of this family in flight: this one loses, without killing the family.
@@ -479,7 +479,7 @@ BEGIN
 		RAISE EXCEPTION 'invalid refresh token' USING ERRCODE = 'invalid_authorization_specification';
 	END IF;
 	UPDATE dalgo.refresh_tokens t SET revoked_at = now(), replaced_at = now() WHERE t.id = tok.id;
-	RETURN QUERY SELECT * FROM dalgo.issue_session(tok.user_id, tok.family_id);
+	RETURN QUERY SELECT * FROM dalgo_internal.issue_session(tok.user_id, tok.family_id);
 END
 $$;
 COMMENT ON FUNCTION dalgo.refresh_session(text) IS
@@ -493,13 +493,13 @@ DECLARE
 	tok record;
 BEGIN
 	SELECT t.user_id, t.family_id INTO tok FROM dalgo.refresh_tokens t
-		WHERE t.token_hash = dalgo.token_digest(end_session.refresh_token);
+		WHERE t.token_hash = dalgo_internal.token_digest(end_session.refresh_token);
 	IF tok.family_id IS NULL THEN
 		RETURN;
 	END IF;
 	UPDATE dalgo.refresh_tokens t SET revoked_at = now()
 		WHERE t.family_id = tok.family_id AND t.revoked_at IS NULL;
-	PERFORM dalgo.account_audit('session_ended', tok.user_id, NULL, 'user', tok.user_id,
+	PERFORM dalgo_internal.account_audit('session_ended', tok.user_id, NULL, 'user', tok.user_id,
 								jsonb_build_object('family_id', tok.family_id));
 END
 $$;
@@ -513,14 +513,14 @@ DECLARE
 	me uuid := dalgo.current_user_id();
 	n bigint;
 BEGIN
-	PERFORM dalgo.refuse_api_key('ending sessions');
+	PERFORM dalgo_internal.refuse_api_key('ending sessions');
 	IF me IS NULL THEN
 		RAISE EXCEPTION 'ending sessions needs a signed-in user' USING ERRCODE = 'insufficient_privilege';
 	END IF;
 	WITH r AS (UPDATE dalgo.refresh_tokens t SET revoked_at = now()
 			   WHERE t.user_id = me AND t.revoked_at IS NULL RETURNING 1)
 	SELECT count(*) INTO n FROM r;
-	PERFORM dalgo.account_audit('all_sessions_ended', me, NULL, 'user', me, jsonb_build_object('revoked', n));
+	PERFORM dalgo_internal.account_audit('all_sessions_ended', me, NULL, 'user', me, jsonb_build_object('revoked', n));
 	RETURN n;
 END
 $$;
@@ -530,7 +530,7 @@ COMMENT ON FUNCTION dalgo.end_all_sessions() IS 'Sign the current user out every
 -- Mail queue
 -- ---------------------------------------------------------------------------
 
-CREATE FUNCTION dalgo.queue_mail(kind text, recipient text, payload jsonb) RETURNS uuid
+CREATE FUNCTION dalgo_internal.queue_mail(kind text, recipient text, payload jsonb) RETURNS uuid
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -544,7 +544,7 @@ BEGIN
 	RETURN id;
 END
 $$;
-COMMENT ON FUNCTION dalgo.queue_mail(text, text, jsonb) IS 'Queue a message and NOTIFY dalgo_mail with an empty payload (private)';
+COMMENT ON FUNCTION dalgo_internal.queue_mail(text, text, jsonb) IS 'Queue a message and NOTIFY dalgo_mail with an empty payload (private)';
 
 CREATE FUNCTION dalgo.claim_messages(max integer DEFAULT 10) RETURNS SETOF dalgo.mail_messages
 	LANGUAGE plpgsql SECURITY DEFINER
@@ -558,7 +558,7 @@ BEGIN
 	UPDATE dalgo.mail_messages m SET state = 'sending', claimed_at = now(), attempts = m.attempts + 1
 	WHERE m.id IN (SELECT q.id FROM dalgo.mail_messages q
 				   WHERE q.state = 'pending'
-					  OR (q.state = 'sending' AND q.claimed_at < now() - dalgo.setting_interval('dalgo.mail_claim_timeout'))
+					  OR (q.state = 'sending' AND q.claimed_at < now() - dalgo_internal.setting_interval('dalgo.mail_claim_timeout'))
 				   ORDER BY q.created_at, q.id LIMIT claim_messages.max
 				   FOR UPDATE SKIP LOCKED)
 	RETURNING m.*;
@@ -607,14 +607,14 @@ BEGIN
 	UPDATE dalgo.password_reset_tokens t SET used_at = now() WHERE t.user_id = usr.id AND t.used_at IS NULL;
 	UPDATE dalgo.mail_messages m SET state = 'cancelled', payload = NULL
 		WHERE m.kind = 'password_reset' AND m.state = 'pending' AND m.payload->>'user_id' = usr.id::text;
-	raw := dalgo.new_token(32);
+	raw := dalgo_internal.new_token(32);
 	INSERT INTO dalgo.password_reset_tokens AS t (user_id, token_hash, expires_at)
-		VALUES (usr.id, dalgo.token_digest(raw), now() + dalgo.setting_interval('dalgo.password_reset_ttl'))
+		VALUES (usr.id, dalgo_internal.token_digest(raw), now() + dalgo_internal.setting_interval('dalgo.password_reset_ttl'))
 		RETURNING t.id INTO rid;
-	PERFORM dalgo.queue_mail('password_reset', usr.email,
+	PERFORM dalgo_internal.queue_mail('password_reset', usr.email,
 		jsonb_build_object('token', raw, 'user_id', usr.id,
-						   'expires_at', now() + dalgo.setting_interval('dalgo.password_reset_ttl')));
-	PERFORM dalgo.account_audit('password_reset_requested', NULL, NULL, 'user', usr.id);
+						   'expires_at', now() + dalgo_internal.setting_interval('dalgo.password_reset_ttl')));
+	PERFORM dalgo_internal.account_audit('password_reset_requested', NULL, NULL, 'user', usr.id);
 END
 $$;
 COMMENT ON FUNCTION dalgo.request_password_reset(text) IS
@@ -625,12 +625,12 @@ CREATE FUNCTION dalgo.reset_password(token text, new_password text) RETURNS void
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	hash text := dalgo.check_new_password(reset_password.new_password);
+	hash text := dalgo_internal.check_new_password(reset_password.new_password);
 	tok record;
 BEGIN
-	PERFORM dalgo.require_read_committed('dalgo.reset_password');
+	PERFORM dalgo_internal.require_read_committed('dalgo.reset_password');
 	SELECT t.id, t.user_id, t.used_at, t.expires_at INTO tok FROM dalgo.password_reset_tokens t
-		WHERE t.token_hash = dalgo.token_digest(reset_password.token) FOR UPDATE;
+		WHERE t.token_hash = dalgo_internal.token_digest(reset_password.token) FOR UPDATE;
 	IF tok.id IS NULL OR tok.used_at IS NOT NULL OR tok.expires_at <= now()
 	   OR NOT EXISTS (SELECT FROM dalgo.users u WHERE u.id = tok.user_id AND u.is_active AND u.deleted_at IS NULL) THEN
 		RAISE EXCEPTION 'invalid or expired password reset token' USING ERRCODE = 'invalid_authorization_specification';
@@ -638,7 +638,7 @@ BEGIN
 	UPDATE dalgo.password_reset_tokens t SET used_at = now() WHERE t.id = tok.id;
 	UPDATE dalgo.users u SET password_hash = hash WHERE u.id = tok.user_id;
 	UPDATE dalgo.refresh_tokens t SET revoked_at = now() WHERE t.user_id = tok.user_id AND t.revoked_at IS NULL;
-	PERFORM dalgo.account_audit('password_reset', tok.user_id, NULL, 'user', tok.user_id);
+	PERFORM dalgo_internal.account_audit('password_reset', tok.user_id, NULL, 'user', tok.user_id);
 END
 $$;
 COMMENT ON FUNCTION dalgo.reset_password(text, text) IS
@@ -653,19 +653,19 @@ DECLARE
 	old_hash text;
 	hash text;
 BEGIN
-	PERFORM dalgo.refuse_api_key('changing a password');
+	PERFORM dalgo_internal.refuse_api_key('changing a password');
 	IF me IS NULL THEN
 		RAISE EXCEPTION 'changing a password needs a signed-in user' USING ERRCODE = 'insufficient_privilege';
 	END IF;
 	SELECT u.password_hash INTO old_hash FROM dalgo.users u
 		WHERE u.id = me AND u.is_active AND u.deleted_at IS NULL FOR UPDATE;
 	IF old_hash IS NULL OR current_password IS NULL
-	   OR dalgo.pgcrypto_crypt(current_password, old_hash) IS DISTINCT FROM old_hash THEN
+	   OR dalgo_internal.pgcrypto_crypt(current_password, old_hash) IS DISTINCT FROM old_hash THEN
 		RAISE EXCEPTION 'invalid password' USING ERRCODE = 'invalid_password';
 	END IF;
-	hash := dalgo.check_new_password(new_password);
+	hash := dalgo_internal.check_new_password(new_password);
 	UPDATE dalgo.users u SET password_hash = hash WHERE u.id = me;
-	PERFORM dalgo.account_audit('password_changed', me, NULL, 'user', me);
+	PERFORM dalgo_internal.account_audit('password_changed', me, NULL, 'user', me);
 END
 $$;
 COMMENT ON FUNCTION dalgo.change_password(text, text) IS
@@ -682,8 +682,8 @@ AS $$
 DECLARE
 	me uuid := dalgo.current_user_id();
 	org uuid := invite_member.organization_id;
-	e text := dalgo.check_email(invite_member.email);
-	raw text := dalgo.new_token(32);
+	e text := dalgo_internal.check_email(invite_member.email);
+	raw text := dalgo_internal.new_token(32);
 	org_name text;
 	iid uuid;
 BEGIN
@@ -712,14 +712,14 @@ BEGIN
 		WHERE i.organization_id = org AND lower(i.email) = lower(e) AND i.accepted_at IS NULL AND i.revoked_at IS NULL;
 
 	INSERT INTO dalgo.invitations AS i (email, organization_id, role, token, expires_at, invited_by_id)
-		VALUES (e, org, invite_member.role, dalgo.token_digest(raw),
-				now() + dalgo.setting_interval('dalgo.invitation_ttl'), me)
+		VALUES (e, org, invite_member.role, dalgo_internal.token_digest(raw),
+				now() + dalgo_internal.setting_interval('dalgo.invitation_ttl'), me)
 		RETURNING i.id INTO iid;
-	PERFORM dalgo.queue_mail('invitation', e,
+	PERFORM dalgo_internal.queue_mail('invitation', e,
 		jsonb_build_object('token', raw, 'invitation_id', iid, 'organization_id', org,
 						   'organization_name', org_name, 'role', invite_member.role,
-						   'expires_at', now() + dalgo.setting_interval('dalgo.invitation_ttl')));
-	PERFORM dalgo.account_audit('invitation_sent', me, org, 'invitation', iid,
+						   'expires_at', now() + dalgo_internal.setting_interval('dalgo.invitation_ttl')));
+	PERFORM dalgo_internal.account_audit('invitation_sent', me, org, 'invitation', iid,
 								jsonb_build_object('role', invite_member.role));
 	RETURN iid;
 END
@@ -736,12 +736,12 @@ DECLARE
 	inv record;
 	my_email text;
 BEGIN
-	PERFORM dalgo.refuse_api_key('accepting an invitation');
+	PERFORM dalgo_internal.refuse_api_key('accepting an invitation');
 	IF me IS NULL THEN
 		RAISE EXCEPTION 'accepting an invitation needs a signed-in user' USING ERRCODE = 'insufficient_privilege';
 	END IF;
 	SELECT i.* INTO inv FROM dalgo.invitations i
-		WHERE i.token = dalgo.token_digest(accept_invitation.token) FOR UPDATE;
+		WHERE i.token = dalgo_internal.token_digest(accept_invitation.token) FOR UPDATE;
 	IF inv.id IS NULL THEN
 		RAISE EXCEPTION 'invalid invitation token' USING ERRCODE = 'invalid_authorization_specification';
 	END IF;
@@ -769,16 +769,16 @@ BEGIN
 	IF inv.invited_by_id IS NULL THEN
 		RAISE EXCEPTION 'the inviter can no longer invite to this organization' USING ERRCODE = 'insufficient_privilege';
 	END IF;
-	PERFORM dalgo.act_as(inv.invited_by_id);
+	PERFORM dalgo_internal.act_as(inv.invited_by_id);
 	IF NOT dalgo.is_org_member(inv.organization_id, CASE WHEN inv.role = 'owner' THEN 'owner' ELSE 'admin' END::dalgo.member_role) THEN
-		PERFORM dalgo.act_as(me);
+		PERFORM dalgo_internal.act_as(me);
 		RAISE EXCEPTION 'the inviter can no longer invite to this organization' USING ERRCODE = 'insufficient_privilege';
 	END IF;
 	INSERT INTO dalgo.organization_members (organization_id, user_id, role) VALUES (inv.organization_id, me, inv.role);
-	PERFORM dalgo.act_as(me);
+	PERFORM dalgo_internal.act_as(me);
 
 	UPDATE dalgo.invitations i SET accepted_at = now() WHERE i.id = inv.id;
-	PERFORM dalgo.account_audit('invitation_accepted', me, inv.organization_id, 'invitation', inv.id,
+	PERFORM dalgo_internal.account_audit('invitation_accepted', me, inv.organization_id, 'invitation', inv.id,
 								jsonb_build_object('role', inv.role));
 	RETURN inv.organization_id;
 END
@@ -803,7 +803,7 @@ BEGIN
 	IF FOUND THEN
 		UPDATE dalgo.mail_messages m SET state = 'cancelled', payload = NULL
 			WHERE m.kind = 'invitation' AND m.state = 'pending' AND m.payload->>'invitation_id' = inv.id::text;
-		PERFORM dalgo.account_audit('invitation_revoked', dalgo.current_user_id(), inv.organization_id,
+		PERFORM dalgo_internal.account_audit('invitation_revoked', dalgo.current_user_id(), inv.organization_id,
 									'invitation', inv.id);
 	END IF;
 END
@@ -823,10 +823,10 @@ AS $$
 DECLARE
 	me uuid := dalgo.current_user_id();
 	org uuid := create_api_key.organization_id;
-	raw text := 'dk_' || dalgo.new_token(32);
+	raw text := 'dk_' || dalgo_internal.new_token(32);
 	kid uuid;
 BEGIN
-	PERFORM dalgo.refuse_api_key('creating an API key');
+	PERFORM dalgo_internal.refuse_api_key('creating an API key');
 	IF me IS NULL OR org IS NULL OR NOT dalgo.is_org_member(org, 'admin') THEN
 		RAISE EXCEPTION 'only admins and owners of the organization can create API keys'
 			USING ERRCODE = 'insufficient_privilege';
@@ -838,10 +838,10 @@ BEGIN
 		RAISE EXCEPTION 'expires_at must be in the future' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	INSERT INTO dalgo.api_keys AS k (organization_id, name, key_prefix, key_hash, role, expires_at, created_by_id)
-		VALUES (org, create_api_key.name, left(raw, 11), dalgo.token_digest(raw), create_api_key.role,
+		VALUES (org, create_api_key.name, left(raw, 11), dalgo_internal.token_digest(raw), create_api_key.role,
 				create_api_key.expires_at, me)
 		RETURNING k.id INTO kid;
-	PERFORM dalgo.account_audit('api_key_created', me, org, 'api_key', kid,
+	PERFORM dalgo_internal.account_audit('api_key_created', me, org, 'api_key', kid,
 								jsonb_build_object('name', create_api_key.name, 'role', create_api_key.role,
 												   'key_prefix', left(raw, 11)));
 	RETURN raw;
@@ -863,7 +863,7 @@ BEGIN
 	END IF;
 	UPDATE dalgo.api_keys a SET revoked_at = now() WHERE a.id = k.id AND a.revoked_at IS NULL;
 	IF FOUND THEN
-		PERFORM dalgo.account_audit('api_key_revoked', dalgo.current_user_id(), k.organization_id, 'api_key', k.id);
+		PERFORM dalgo_internal.account_audit('api_key_revoked', dalgo.current_user_id(), k.organization_id, 'api_key', k.id);
 	END IF;
 END
 $$;
@@ -877,9 +877,9 @@ DECLARE
 	k record;
 BEGIN
 	SELECT a.id, a.organization_id, a.role, a.created_by_id, a.expires_at, a.revoked_at, a.last_used_at INTO k
-		FROM dalgo.api_keys a WHERE a.key_hash = dalgo.token_digest(authenticate_api_key.key);
+		FROM dalgo.api_keys a WHERE a.key_hash = dalgo_internal.token_digest(authenticate_api_key.key);
 	IF k.id IS NULL OR k.revoked_at IS NOT NULL OR k.expires_at <= now() OR k.created_by_id IS NULL
-	   OR NOT dalgo.api_key_is_live(k.id)
+	   OR NOT dalgo_internal.api_key_is_live(k.id)
 	   OR NOT EXISTS (SELECT FROM dalgo.users u WHERE u.id = k.created_by_id AND u.is_active AND u.deleted_at IS NULL)
 	   OR NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = k.organization_id AND o.deleted_at IS NULL) THEN
 		RAISE EXCEPTION 'invalid API key' USING ERRCODE = 'invalid_authorization_specification';
@@ -888,26 +888,31 @@ BEGIN
 	   AND NOT current_setting('transaction_read_only')::boolean THEN
 		UPDATE dalgo.api_keys a SET last_used_at = now() WHERE a.id = k.id;
 	END IF;
-	PERFORM dalgo.set_api_key_identity(k.id, k.created_by_id, k.organization_id, k.role::text);
+	PERFORM dalgo_internal.set_api_key_identity(k.id, k.created_by_id, k.organization_id, k.role::text);
 	RETURN k.organization_id;
 END
 $$;
 COMMENT ON FUNCTION dalgo.authenticate_api_key(text) IS
 	'Verify an API key and make its creator the caller for this transaction, seen by every membership function and policy in the key''s organization only, at the lesser of the key''s role and the creator''s current role; returns the organization id. Unknown, revoked or expired: 28000 "invalid API key"';
 
-CREATE FUNCTION dalgo.refuse_api_key_organization() RETURNS trigger
+CREATE FUNCTION dalgo_internal.refuse_api_key_organization() RETURNS trigger
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	PERFORM dalgo.refuse_api_key('creating an organization');
+	-- The check of dalgo_internal.refuse_api_key, inline: this trigger runs
+	-- as the writing role, which has no USAGE on dalgo_internal.
+	IF dalgo.current_api_key_id() IS NOT NULL THEN
+		RAISE EXCEPTION 'creating an organization needs a signed-in user, not an API key'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
 	RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION dalgo.refuse_api_key_organization() IS
+COMMENT ON FUNCTION dalgo_internal.refuse_api_key_organization() IS
 	'BEFORE INSERT trigger on organizations: an API key acts in its one organization and creates no other (dalgo.create_organization, dalgo.sign_up)';
 CREATE TRIGGER api_key_scope BEFORE INSERT ON dalgo.organizations
-	FOR EACH ROW EXECUTE FUNCTION dalgo.refuse_api_key_organization();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.refuse_api_key_organization();
 COMMENT ON TRIGGER api_key_scope ON dalgo.organizations IS 'An API key creates no organization';
 
 -- ---------------------------------------------------------------------------
@@ -915,16 +920,16 @@ COMMENT ON TRIGGER api_key_scope ON dalgo.organizations IS 'An API key creates n
 -- ---------------------------------------------------------------------------
 
 REVOKE ALL ON FUNCTION
-	dalgo.pgcrypto_crypt(text, text), dalgo.pgcrypto_gen_salt(text, integer), dalgo.pgcrypto_random_bytes(integer),
-	dalgo.new_token(integer), dalgo.token_digest(text), dalgo.email_key(text), dalgo.setting_interval(text),
-	dalgo.sign_access_token(uuid, timestamptz), dalgo.run_autonomously(text, bytea, uuid),
-	dalgo.set_api_key_identity(uuid, uuid, uuid, text), dalgo.act_as(uuid), dalgo.current_api_key_id(),
-	dalgo.api_key_is_live(uuid), dalgo.require_read_committed(text), dalgo.refuse_api_key_organization(),
-	dalgo.account_audit(text, uuid, uuid, text, uuid, jsonb), dalgo.check_new_password(text),
-	dalgo.check_email(text), dalgo.refuse_api_key(text), dalgo.issue_session(uuid, uuid),
-	dalgo.note_failed_sign_in(bytea, uuid), dalgo.note_token_reuse(bytea, uuid),
+	dalgo_internal.pgcrypto_crypt(text, text), dalgo_internal.pgcrypto_gen_salt(text, integer), dalgo_internal.pgcrypto_random_bytes(integer),
+	dalgo_internal.new_token(integer), dalgo_internal.token_digest(text), dalgo_internal.email_key(text), dalgo_internal.setting_interval(text),
+	dalgo_internal.sign_access_token(uuid, timestamptz), dalgo_internal.run_autonomously(text, bytea, uuid),
+	dalgo_internal.set_api_key_identity(uuid, uuid, uuid, text), dalgo_internal.act_as(uuid), dalgo.current_api_key_id(),
+	dalgo_internal.api_key_is_live(uuid), dalgo_internal.require_read_committed(text), dalgo_internal.refuse_api_key_organization(),
+	dalgo_internal.account_audit(text, uuid, uuid, text, uuid, jsonb), dalgo_internal.check_new_password(text),
+	dalgo_internal.check_email(text), dalgo_internal.refuse_api_key(text), dalgo_internal.issue_session(uuid, uuid),
+	dalgo_internal.note_failed_sign_in(bytea, uuid), dalgo_internal.note_token_reuse(bytea, uuid),
 	dalgo.sign_up(text, text, text), dalgo.sign_in(text, text), dalgo.refresh_session(text),
-	dalgo.end_session(text), dalgo.end_all_sessions(), dalgo.queue_mail(text, text, jsonb),
+	dalgo.end_session(text), dalgo.end_all_sessions(), dalgo_internal.queue_mail(text, text, jsonb),
 	dalgo.claim_messages(integer), dalgo.complete_message(uuid, text),
 	dalgo.request_password_reset(text), dalgo.reset_password(text, text), dalgo.change_password(text, text),
 	dalgo.invite_member(uuid, text, dalgo.member_role), dalgo.accept_invitation(text), dalgo.revoke_invitation(uuid),

@@ -1,4 +1,4 @@
--- audit.sql: the audit trail.  dalgo.audit_trigger() (C) records who
+-- audit.sql: the audit trail.  dalgo_internal.audit_change() (C) records who
 -- changed what in every dalgo table and in any table handed to
 -- dalgo.enable_audit(); dalgo.audit_logs is append-only.
 
@@ -7,16 +7,16 @@ CREATE FUNCTION dalgo.uuid_v7() RETURNS uuid
 	LANGUAGE C VOLATILE PARALLEL SAFE;
 COMMENT ON FUNCTION dalgo.uuid_v7() IS 'A time-ordered (version 7) uuid; audit rows use these ids';
 
-CREATE FUNCTION dalgo.audit_trigger() RETURNS trigger
+CREATE FUNCTION dalgo_internal.audit_change() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'dalgo_audit_trigger'
 	LANGUAGE C;
-COMMENT ON FUNCTION dalgo.audit_trigger() IS
+COMMENT ON FUNCTION dalgo_internal.audit_change() IS
 	'AFTER trigger writing dalgo.audit_logs: per statement with transition tables (per row on foreign tables); arguments: organization column ('''' for none), then excluded columns. Attach it with dalgo.enable_audit()';
 
-CREATE FUNCTION dalgo.audit_log_guard() RETURNS trigger
+CREATE FUNCTION dalgo_internal.guard_audit_logs() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'dalgo_audit_log_guard'
 	LANGUAGE C;
-COMMENT ON FUNCTION dalgo.audit_log_guard() IS 'Refuses UPDATE, DELETE and TRUNCATE of dalgo.audit_logs (except inside dalgo.purge_audit_logs)';
+COMMENT ON FUNCTION dalgo_internal.guard_audit_logs() IS 'Refuses UPDATE, DELETE and TRUNCATE of dalgo.audit_logs (except inside dalgo.purge_audit_logs)';
 
 CREATE FUNCTION dalgo.purge_audit_logs(older_than interval) RETURNS bigint
 	AS 'MODULE_PATHNAME', 'dalgo_purge_audit_logs'
@@ -31,9 +31,9 @@ CREATE INDEX audit_logs_created_at_idx ON dalgo.audit_logs USING brin (created_a
 COMMENT ON INDEX dalgo.audit_logs_created_at_idx IS 'Time index for dalgo.purge_audit_logs(): BRIN, the trail is appended in time order';
 
 CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON dalgo.audit_logs
-	FOR EACH ROW EXECUTE FUNCTION dalgo.audit_log_guard();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.guard_audit_logs();
 CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON dalgo.audit_logs
-	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.audit_log_guard();
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.guard_audit_logs();
 COMMENT ON TRIGGER append_only ON dalgo.audit_logs IS 'The audit trail is append-only';
 COMMENT ON TRIGGER append_only_truncate ON dalgo.audit_logs IS 'The audit trail is append-only';
 
@@ -92,23 +92,23 @@ BEGIN
 	IF kind = 'f' THEN
 		-- Foreign tables cannot have transition tables: audit them row by row.
 		EXECUTE format('CREATE TRIGGER dalgo_audit AFTER INSERT OR UPDATE OR DELETE ON %s '
-					   'FOR EACH ROW EXECUTE FUNCTION dalgo.audit_trigger(%s)', tbl, args);
+					   'FOR EACH ROW EXECUTE FUNCTION dalgo_internal.audit_change(%s)', tbl, args);
 	ELSE
 		EXECUTE format('CREATE TRIGGER dalgo_audit_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
-					   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo.audit_trigger(%s)', tbl, args);
+					   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_change(%s)', tbl, args);
 		EXECUTE format('CREATE TRIGGER dalgo_audit_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows '
-					   'NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION dalgo.audit_trigger(%s)', tbl, args);
+					   'NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_change(%s)', tbl, args);
 		EXECUTE format('CREATE TRIGGER dalgo_audit_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows '
-					   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo.audit_trigger(%s)', tbl, args);
+					   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_change(%s)', tbl, args);
 		EXECUTE format('CREATE TRIGGER dalgo_audit_truncate AFTER TRUNCATE ON %s '
-					   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo.audit_trigger(%s)', tbl, args);
+					   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_change(%s)', tbl, args);
 	END IF;
 END
 $$;
 COMMENT ON FUNCTION dalgo.enable_audit(regclass, text[], text) IS
 	'Audit a table: exclude lists columns written as "[redacted]" (besides password_hash, token, token_hash, access_token_encrypted); organization_column names the uuid column of the organization (default: organization_id if present; '''' for none)';
 
-REVOKE ALL ON FUNCTION dalgo.uuid_v7(), dalgo.audit_trigger(), dalgo.audit_log_guard(),
+REVOKE ALL ON FUNCTION dalgo.uuid_v7(), dalgo_internal.audit_change(), dalgo_internal.guard_audit_logs(),
 	dalgo.purge_audit_logs(interval), dalgo.enable_audit(regclass, text[], text), dalgo.disable_audit(regclass)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.purge_audit_logs(interval) TO dalgo_service;

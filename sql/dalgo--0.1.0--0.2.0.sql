@@ -5098,6 +5098,3825 @@ CREATE TRIGGER restore_retention_policy BEFORE INSERT ON dalgo.retention_policie
 COMMENT ON TRIGGER restore_retention_policy ON dalgo.retention_policies IS
 	'A restored policy replaces the one the install script wrote';
 
+-- r1: public API apart from internals (issue 10 item 1).  Every function no
+-- application role may execute, and every trigger function, moves to schema
+-- dalgo_internal, on which application roles have no USAGE; \df dalgo.*
+-- then lists the documented API.  SET SCHEMA keeps each function's oid, so
+-- triggers, policies, ACLs and comments follow; the bodies that call a moved
+-- function by name are replaced below.
+CREATE SCHEMA dalgo_internal;
+COMMENT ON SCHEMA dalgo_internal IS 'dalgo: internal functions (triggers, scheduler steps, helpers); no application role may use them';
+REVOKE ALL ON SCHEMA dalgo_internal FROM PUBLIC;
+ALTER FUNCTION dalgo.account_audit(action text, user_id uuid, organization_id uuid, resource_type text, resource_id uuid, details jsonb) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.act_as(user_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.api_key_is_live(id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.audit_log_guard() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.audit_trigger() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.build_transformation(transformation_id uuid, run_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.cap_statement_deadline(seconds bigint) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.check_csv_source() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.check_email(email text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.check_new_password(password text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.check_recipe_sql(organization_id uuid, sql text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.check_run_quota(organization_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.check_warehouse_quota(organization_id uuid, replacing text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.check_warehouse_table_name(organization_id uuid, table_name text, source_id uuid, transformation_id uuid, output_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.claim_due_schedules(at timestamp with time zone, max_runs integer, only_schedule uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.create_warehouse_for_connection() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.csv_path(organization_id uuid, relative_path text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.drop_output_views(organization_id uuid, table_names text[]) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.email_key(email text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.execute_claimed(claimed_runs uuid[], kinds text[]) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.execute_scheduled_run(run_kind text, run_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.expire_connector_runs(timeout_seconds integer) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.expire_stalled_connector_runs(timeout_seconds integer) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.fail_scheduled_run(run_kind text, run_id uuid, message text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.fill_organization_id() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.guard_membership() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.guard_organization() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.guard_organization_quotas() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.guard_superadmin() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.guard_user_liveness() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.issue_session(for_user uuid, in_family uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.live_owner_count(organization_id uuid, except_membership uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.membership_changed() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.new_token(nbytes integer) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.note_failed_sign_in(email_hash bytea, user_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.note_token_reuse(unused bytea, family_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.organization_quota(organization_id uuid, quota text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.organization_usage(organization_id uuid, OUT quota text, OUT used bigint, OUT quota_limit bigint) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.output_check_table_name() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.output_view_reads(organization_id uuid, view_name text, table_name text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.pending_runs() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.pgcrypto_crypt(password text, salt text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.pgcrypto_gen_salt(kind text, rounds integer) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.pgcrypto_random_bytes(n integer) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.purge_run_history(days integer) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.queue_mail(kind text, recipient text, payload jsonb) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.recover_interrupted_runs() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.redact_sync_run() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.refresh_output(run_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.refuse_api_key(what text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.refuse_api_key_organization() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.refuse_tenant_move() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.register_warehouse_table(organization_id uuid, table_name text, source_id uuid, transformation_id uuid, row_count bigint) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.require_read_committed(what text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.restore_output_views(organization_id uuid, dropped jsonb) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.run_autonomously(action text, key bytea, id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.run_time_quota_hit() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.schedule_before_save() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.set_api_key_identity(key_id uuid, user_id uuid, organization_id uuid, role text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.setting_interval(name text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.sign_access_token(user_id uuid, expires_at timestamp with time zone) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.source_check_table_name() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.source_relation(config jsonb) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.start_scheduled_run(run_kind text, run_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.swap_warehouse_table(organization_id uuid, build_name text, table_name text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.sync_source(run_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.take_pending_run(OUT run_kind text, OUT run_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.token_digest(token text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.transformation_before_save() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.transformation_record_version() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.verify_scheduled_run(run_kind text, run_id uuid) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.wake_launcher() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.wake_scheduler() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.warehouse_execute(organization_id uuid, sql text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.warehouse_query(organization_id uuid, sql text, row_limit integer) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.warehouse_table_claimant(organization_id uuid, table_name text, source_id uuid, transformation_id uuid, output_id uuid) SET SCHEMA dalgo_internal;
+-- The bodies that name a moved function, now dalgo_internal.f().
+CREATE OR REPLACE FUNCTION dalgo.accept_invitation(token text)
+ RETURNS uuid
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	inv record;
+	my_email text;
+BEGIN
+	PERFORM dalgo_internal.refuse_api_key('accepting an invitation');
+	IF me IS NULL THEN
+		RAISE EXCEPTION 'accepting an invitation needs a signed-in user' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT i.* INTO inv FROM dalgo.invitations i
+		WHERE i.token = dalgo_internal.token_digest(accept_invitation.token) FOR UPDATE;
+	IF inv.id IS NULL THEN
+		RAISE EXCEPTION 'invalid invitation token' USING ERRCODE = 'invalid_authorization_specification';
+	END IF;
+	SELECT u.email INTO my_email FROM dalgo.users u WHERE u.id = me AND u.is_active AND u.deleted_at IS NULL;
+	IF my_email IS NULL OR lower(my_email) <> lower(inv.email) THEN
+		RAISE EXCEPTION 'this invitation was sent to another email address' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF inv.accepted_at IS NOT NULL THEN
+		RAISE EXCEPTION 'this invitation has already been accepted' USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	IF inv.revoked_at IS NOT NULL THEN
+		RAISE EXCEPTION 'this invitation has been revoked' USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	IF inv.expires_at <= now() THEN
+		RAISE EXCEPTION 'this invitation has expired' USING ERRCODE = 'object_not_in_prerequisite_state',
+			HINT = 'Ask for a new invitation.';
+	END IF;
+	IF EXISTS (SELECT FROM dalgo.organization_members m
+			   WHERE m.organization_id = inv.organization_id AND m.user_id = me AND m.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'you are already a member of this organization' USING ERRCODE = 'unique_violation';
+	END IF;
+
+	-- The member is added by the inviter, under the inviter's current role:
+	-- an invitation never grants more than its sender may grant now.
+	IF inv.invited_by_id IS NULL THEN
+		RAISE EXCEPTION 'the inviter can no longer invite to this organization' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo_internal.act_as(inv.invited_by_id);
+	IF NOT dalgo.is_org_member(inv.organization_id, CASE WHEN inv.role = 'owner' THEN 'owner' ELSE 'admin' END::dalgo.member_role) THEN
+		PERFORM dalgo_internal.act_as(me);
+		RAISE EXCEPTION 'the inviter can no longer invite to this organization' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	INSERT INTO dalgo.organization_members (organization_id, user_id, role) VALUES (inv.organization_id, me, inv.role);
+	PERFORM dalgo_internal.act_as(me);
+
+	UPDATE dalgo.invitations i SET accepted_at = now() WHERE i.id = inv.id;
+	PERFORM dalgo_internal.account_audit('invitation_accepted', me, inv.organization_id, 'invitation', inv.id,
+								jsonb_build_object('role', inv.role));
+	RETURN inv.organization_id;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.authenticate_api_key(key text)
+ RETURNS uuid
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	k record;
+BEGIN
+	SELECT a.id, a.organization_id, a.role, a.created_by_id, a.expires_at, a.revoked_at, a.last_used_at INTO k
+		FROM dalgo.api_keys a WHERE a.key_hash = dalgo_internal.token_digest(authenticate_api_key.key);
+	IF k.id IS NULL OR k.revoked_at IS NOT NULL OR k.expires_at <= now() OR k.created_by_id IS NULL
+	   OR NOT dalgo_internal.api_key_is_live(k.id)
+	   OR NOT EXISTS (SELECT FROM dalgo.users u WHERE u.id = k.created_by_id AND u.is_active AND u.deleted_at IS NULL)
+	   OR NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = k.organization_id AND o.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'invalid API key' USING ERRCODE = 'invalid_authorization_specification';
+	END IF;
+	IF (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute')
+	   AND NOT current_setting('transaction_read_only')::boolean THEN
+		UPDATE dalgo.api_keys a SET last_used_at = now() WHERE a.id = k.id;
+	END IF;
+	PERFORM dalgo_internal.set_api_key_identity(k.id, k.created_by_id, k.organization_id, k.role::text);
+	RETURN k.organization_id;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.change_password(current_password text, new_password text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	old_hash text;
+	hash text;
+BEGIN
+	PERFORM dalgo_internal.refuse_api_key('changing a password');
+	IF me IS NULL THEN
+		RAISE EXCEPTION 'changing a password needs a signed-in user' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT u.password_hash INTO old_hash FROM dalgo.users u
+		WHERE u.id = me AND u.is_active AND u.deleted_at IS NULL FOR UPDATE;
+	IF old_hash IS NULL OR current_password IS NULL
+	   OR dalgo_internal.pgcrypto_crypt(current_password, old_hash) IS DISTINCT FROM old_hash THEN
+		RAISE EXCEPTION 'invalid password' USING ERRCODE = 'invalid_password';
+	END IF;
+	hash := dalgo_internal.check_new_password(new_password);
+	UPDATE dalgo.users u SET password_hash = hash WHERE u.id = me;
+	PERFORM dalgo_internal.account_audit('password_changed', me, NULL, 'user', me);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.claim_messages(max integer DEFAULT 10)
+ RETURNS SETOF dalgo.mail_messages
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	IF max IS NULL OR max < 1 OR max > 1000 THEN
+		RAISE EXCEPTION 'max must be between 1 and 1000' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+	UPDATE dalgo.mail_messages m SET state = 'sending', claimed_at = now(), attempts = m.attempts + 1
+	WHERE m.id IN (SELECT q.id FROM dalgo.mail_messages q
+				   WHERE q.state = 'pending'
+					  OR (q.state = 'sending' AND q.claimed_at < now() - dalgo_internal.setting_interval('dalgo.mail_claim_timeout'))
+				   ORDER BY q.created_at, q.id LIMIT claim_messages.max
+				   FOR UPDATE SKIP LOCKED)
+	RETURNING m.*;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.claim_sync_run()
+ RETURNS dalgo.sync_runs
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	r dalgo.sync_runs;
+	org uuid;
+	msg text;
+BEGIN
+	FOR org IN
+		SELECT x.organization_id FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status IN ('pending', 'running') AND dalgo.is_connector_source(s.source_type) AND x.deleted_at IS NULL
+		GROUP BY x.organization_id
+		HAVING bool_or(x.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
+				 x.organization_id
+	LOOP
+		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo.is_connector_source(s.source_type)
+		  AND x.deleted_at IS NULL
+		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
+		IF FOUND THEN
+			-- A connector run is a run: the organization's quotas apply, as
+			-- to in-database runs (a refused run fails with the quota's message).
+			BEGIN
+				PERFORM dalgo_internal.check_run_quota(org);
+			EXCEPTION WHEN configuration_limit_exceeded THEN
+				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+				UPDATE dalgo.sync_runs x SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
+				WHERE x.id = r.id;
+				CONTINUE;
+			END;
+			UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
+			RETURN r;
+		END IF;
+	END LOOP;
+	RETURN NULL;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.create_api_key(organization_id uuid, name text, role dalgo.member_role DEFAULT 'member'::dalgo.member_role, expires_at timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	org uuid := create_api_key.organization_id;
+	raw text := 'dk_' || dalgo_internal.new_token(32);
+	kid uuid;
+BEGIN
+	PERFORM dalgo_internal.refuse_api_key('creating an API key');
+	IF me IS NULL OR org IS NULL OR NOT dalgo.is_org_member(org, 'admin') THEN
+		RAISE EXCEPTION 'only admins and owners of the organization can create API keys'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF create_api_key.role IS NULL OR NOT dalgo.is_org_member(org, create_api_key.role) THEN
+		RAISE EXCEPTION 'an API key''s role cannot exceed yours' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF create_api_key.expires_at IS NOT NULL AND create_api_key.expires_at <= now() THEN
+		RAISE EXCEPTION 'expires_at must be in the future' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	INSERT INTO dalgo.api_keys AS k (organization_id, name, key_prefix, key_hash, role, expires_at, created_by_id)
+		VALUES (org, create_api_key.name, left(raw, 11), dalgo_internal.token_digest(raw), create_api_key.role,
+				create_api_key.expires_at, me)
+		RETURNING k.id INTO kid;
+	PERFORM dalgo_internal.account_audit('api_key_created', me, org, 'api_key', kid,
+								jsonb_build_object('name', create_api_key.name, 'role', create_api_key.role,
+												   'key_prefix', left(raw, 11)));
+	RETURN raw;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.enable_audit(tbl regclass, exclude text[] DEFAULT '{}'::text[], organization_column text DEFAULT NULL::text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	kind "char";
+	orgcol text := organization_column;
+	c text;
+	args text;
+BEGIN
+	SELECT relkind INTO kind FROM pg_class WHERE oid = tbl;
+	IF kind IS NULL OR kind NOT IN ('r', 'p', 'f') THEN
+		RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = 'wrong_object_type';
+	END IF;
+	IF tbl = 'dalgo.audit_logs'::regclass THEN
+		RAISE EXCEPTION 'dalgo.audit_logs cannot audit itself' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOREACH c IN ARRAY coalesce(exclude, '{}') LOOP
+		IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = tbl AND attname = c AND attnum > 0 AND NOT attisdropped) THEN
+			RAISE EXCEPTION 'column "%" of % does not exist', c, tbl USING ERRCODE = 'undefined_column';
+		END IF;
+	END LOOP;
+	IF orgcol IS NULL THEN
+		orgcol := CASE WHEN EXISTS (SELECT FROM pg_attribute WHERE attrelid = tbl AND attname = 'organization_id'
+									AND atttypid = 'uuid'::regtype AND NOT attisdropped)
+					   THEN 'organization_id' ELSE '' END;
+	ELSIF orgcol <> '' AND NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = tbl AND attname = orgcol
+									   AND atttypid = 'uuid'::regtype AND NOT attisdropped) THEN
+		RAISE EXCEPTION 'organization column "%" of % does not exist or is not a uuid', orgcol, tbl
+			USING ERRCODE = 'undefined_column';
+	END IF;
+
+	PERFORM dalgo.disable_audit(tbl);
+	SELECT string_agg(quote_literal(a), ', ') INTO args FROM unnest(ARRAY[orgcol] || coalesce(exclude, '{}')) a;
+	IF kind = 'f' THEN
+		-- Foreign tables cannot have transition tables: audit them row by row.
+		EXECUTE format('CREATE TRIGGER dalgo_audit AFTER INSERT OR UPDATE OR DELETE ON %s '
+					   'FOR EACH ROW EXECUTE FUNCTION dalgo_internal.audit_trigger(%s)', tbl, args);
+	ELSE
+		EXECUTE format('CREATE TRIGGER dalgo_audit_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
+					   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_trigger(%s)', tbl, args);
+		EXECUTE format('CREATE TRIGGER dalgo_audit_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows '
+					   'NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_trigger(%s)', tbl, args);
+		EXECUTE format('CREATE TRIGGER dalgo_audit_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows '
+					   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_trigger(%s)', tbl, args);
+		EXECUTE format('CREATE TRIGGER dalgo_audit_truncate AFTER TRUNCATE ON %s '
+					   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_trigger(%s)', tbl, args);
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.end_all_sessions()
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	n bigint;
+BEGIN
+	PERFORM dalgo_internal.refuse_api_key('ending sessions');
+	IF me IS NULL THEN
+		RAISE EXCEPTION 'ending sessions needs a signed-in user' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	WITH r AS (UPDATE dalgo.refresh_tokens t SET revoked_at = now()
+			   WHERE t.user_id = me AND t.revoked_at IS NULL RETURNING 1)
+	SELECT count(*) INTO n FROM r;
+	PERFORM dalgo_internal.account_audit('all_sessions_ended', me, NULL, 'user', me, jsonb_build_object('revoked', n));
+	RETURN n;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.end_session(refresh_token text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	tok record;
+BEGIN
+	SELECT t.user_id, t.family_id INTO tok FROM dalgo.refresh_tokens t
+		WHERE t.token_hash = dalgo_internal.token_digest(end_session.refresh_token);
+	IF tok.family_id IS NULL THEN
+		RETURN;
+	END IF;
+	UPDATE dalgo.refresh_tokens t SET revoked_at = now()
+		WHERE t.family_id = tok.family_id AND t.revoked_at IS NULL;
+	PERFORM dalgo_internal.account_audit('session_ended', tok.user_id, NULL, 'user', tok.user_id,
+								jsonb_build_object('family_id', tok.family_id));
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.invite_member(organization_id uuid, email text, role dalgo.member_role)
+ RETURNS uuid
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	org uuid := invite_member.organization_id;
+	e text := dalgo_internal.check_email(invite_member.email);
+	raw text := dalgo_internal.new_token(32);
+	org_name text;
+	iid uuid;
+BEGIN
+	IF me IS NULL OR org IS NULL OR invite_member.role IS NULL OR NOT dalgo.is_org_member(org, 'admin') THEN
+		RAISE EXCEPTION 'only admins and owners of the organization can invite'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF invite_member.role = 'owner' AND NOT dalgo.is_org_member(org, 'owner') THEN
+		RAISE EXCEPTION 'only an owner can invite an owner' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF EXISTS (SELECT FROM dalgo.organization_members m JOIN dalgo.users u ON u.id = m.user_id
+			   WHERE m.organization_id = org AND m.deleted_at IS NULL
+				 AND lower(u.email) = lower(e) AND u.deleted_at IS NULL) THEN
+		RAISE EXCEPTION '% is already a member of this organization', e USING ERRCODE = 'unique_violation';
+	END IF;
+	SELECT o.name INTO org_name FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL;
+
+	-- Re-inviting a pending email replaces the earlier invitation.
+	UPDATE dalgo.mail_messages m SET state = 'cancelled', payload = NULL
+		WHERE m.kind = 'invitation' AND m.state = 'pending'
+		  AND (m.payload->>'invitation_id')::uuid IN (
+			SELECT i.id FROM dalgo.invitations i
+			WHERE i.organization_id = org AND lower(i.email) = lower(e)
+			  AND i.accepted_at IS NULL AND i.revoked_at IS NULL);
+	UPDATE dalgo.invitations i SET revoked_at = now()
+		WHERE i.organization_id = org AND lower(i.email) = lower(e) AND i.accepted_at IS NULL AND i.revoked_at IS NULL;
+
+	INSERT INTO dalgo.invitations AS i (email, organization_id, role, token, expires_at, invited_by_id)
+		VALUES (e, org, invite_member.role, dalgo_internal.token_digest(raw),
+				now() + dalgo_internal.setting_interval('dalgo.invitation_ttl'), me)
+		RETURNING i.id INTO iid;
+	PERFORM dalgo_internal.queue_mail('invitation', e,
+		jsonb_build_object('token', raw, 'invitation_id', iid, 'organization_id', org,
+						   'organization_name', org_name, 'role', invite_member.role,
+						   'expires_at', now() + dalgo_internal.setting_interval('dalgo.invitation_ttl')));
+	PERFORM dalgo_internal.account_audit('invitation_sent', me, org, 'invitation', iid,
+								jsonb_build_object('role', invite_member.role));
+	RETURN iid;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.preview_recipe(organization_id uuid, recipe jsonb, row_limit integer DEFAULT 50)
+ RETURNS SETOF jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	IF NOT dalgo.caller_may(organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF row_limit IS NULL OR row_limit < 1 OR row_limit > 10000 THEN
+		RAISE EXCEPTION 'row_limit must be between 1 and 10000' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM dalgo.warehouse_schema(organization_id);
+	RETURN QUERY SELECT * FROM dalgo_internal.warehouse_query(organization_id, dalgo.compile_recipe(organization_id, recipe), row_limit);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.quota_usage(organization_id uuid, OUT quota text, OUT used bigint, OUT quota_limit bigint)
+ RETURNS SETOF record
+ LANGUAGE plpgsql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	IF NOT dalgo.caller_may(quota_usage.organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', quota_usage.organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	RETURN QUERY SELECT * FROM dalgo_internal.organization_usage(quota_usage.organization_id);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.refresh_session(token text)
+ RETURNS TABLE(user_id uuid, access_token text, refresh_token text, expires_at timestamp with time zone)
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_variable
+DECLARE
+	h text := dalgo_internal.token_digest(refresh_session.token);
+	tok record;
+BEGIN
+	PERFORM dalgo_internal.require_read_committed('dalgo.refresh_session');
+	SELECT t.id, t.user_id, t.family_id, t.expires_at, t.revoked_at, t.replaced_at INTO tok
+		FROM dalgo.refresh_tokens t WHERE t.token_hash = h;
+	IF tok.id IS NULL THEN
+		RAISE EXCEPTION 'invalid refresh token' USING ERRCODE = 'invalid_authorization_specification';
+	END IF;
+	IF tok.replaced_at IS NOT NULL THEN
+		-- A rotated token came back: stolen-token signal.  The family dies
+		-- (in a transaction of its own, so it stays dead) and the call fails.
+		PERFORM dalgo_internal.run_autonomously('token_reuse', NULL, tok.family_id);
+		RAISE EXCEPTION 'invalid refresh token' USING ERRCODE = 'invalid_authorization_specification';
+	END IF;
+	-- A refresh of this family in flight: this one loses, without killing the family.
+	IF NOT pg_try_advisory_xact_lock(1684826471, hashtext(tok.family_id::text)) THEN
+		RAISE EXCEPTION 'invalid refresh token' USING ERRCODE = 'invalid_authorization_specification';
+	END IF;
+	SELECT t.id, t.user_id, t.family_id, t.expires_at, t.revoked_at, t.replaced_at INTO tok
+		FROM dalgo.refresh_tokens t WHERE t.id = tok.id FOR UPDATE;
+	IF tok.revoked_at IS NOT NULL OR tok.expires_at <= now()
+	   OR NOT EXISTS (SELECT FROM dalgo.users u WHERE u.id = tok.user_id AND u.is_active AND u.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'invalid refresh token' USING ERRCODE = 'invalid_authorization_specification';
+	END IF;
+	UPDATE dalgo.refresh_tokens t SET revoked_at = now(), replaced_at = now() WHERE t.id = tok.id;
+	RETURN QUERY SELECT * FROM dalgo_internal.issue_session(tok.user_id, tok.family_id);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.request_password_reset(email text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	usr record;
+	raw text;
+	rid uuid;
+BEGIN
+	SELECT u.id, u.email INTO usr FROM dalgo.users u
+		WHERE lower(u.email) = lower(btrim(request_password_reset.email)) AND u.deleted_at IS NULL AND u.is_active;
+	IF usr.id IS NULL THEN
+		RETURN;					-- says nothing about whether the email exists
+	END IF;
+	-- Only the newest token works.
+	UPDATE dalgo.password_reset_tokens t SET used_at = now() WHERE t.user_id = usr.id AND t.used_at IS NULL;
+	UPDATE dalgo.mail_messages m SET state = 'cancelled', payload = NULL
+		WHERE m.kind = 'password_reset' AND m.state = 'pending' AND m.payload->>'user_id' = usr.id::text;
+	raw := dalgo_internal.new_token(32);
+	INSERT INTO dalgo.password_reset_tokens AS t (user_id, token_hash, expires_at)
+		VALUES (usr.id, dalgo_internal.token_digest(raw), now() + dalgo_internal.setting_interval('dalgo.password_reset_ttl'))
+		RETURNING t.id INTO rid;
+	PERFORM dalgo_internal.queue_mail('password_reset', usr.email,
+		jsonb_build_object('token', raw, 'user_id', usr.id,
+						   'expires_at', now() + dalgo_internal.setting_interval('dalgo.password_reset_ttl')));
+	PERFORM dalgo_internal.account_audit('password_reset_requested', NULL, NULL, 'user', usr.id);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.reset_password(token text, new_password text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	hash text := dalgo_internal.check_new_password(reset_password.new_password);
+	tok record;
+BEGIN
+	PERFORM dalgo_internal.require_read_committed('dalgo.reset_password');
+	SELECT t.id, t.user_id, t.used_at, t.expires_at INTO tok FROM dalgo.password_reset_tokens t
+		WHERE t.token_hash = dalgo_internal.token_digest(reset_password.token) FOR UPDATE;
+	IF tok.id IS NULL OR tok.used_at IS NOT NULL OR tok.expires_at <= now()
+	   OR NOT EXISTS (SELECT FROM dalgo.users u WHERE u.id = tok.user_id AND u.is_active AND u.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'invalid or expired password reset token' USING ERRCODE = 'invalid_authorization_specification';
+	END IF;
+	UPDATE dalgo.password_reset_tokens t SET used_at = now() WHERE t.id = tok.id;
+	UPDATE dalgo.users u SET password_hash = hash WHERE u.id = tok.user_id;
+	UPDATE dalgo.refresh_tokens t SET revoked_at = now() WHERE t.user_id = tok.user_id AND t.revoked_at IS NULL;
+	PERFORM dalgo_internal.account_audit('password_reset', tok.user_id, NULL, 'user', tok.user_id);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.revoke_api_key(id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	k record;
+BEGIN
+	SELECT a.id, a.organization_id INTO k FROM dalgo.api_keys a WHERE a.id = revoke_api_key.id FOR UPDATE;
+	IF k.id IS NULL OR NOT dalgo.is_org_member(k.organization_id, 'admin') THEN
+		RAISE EXCEPTION 'API key not found' USING ERRCODE = 'no_data_found';
+	END IF;
+	UPDATE dalgo.api_keys a SET revoked_at = now() WHERE a.id = k.id AND a.revoked_at IS NULL;
+	IF FOUND THEN
+		PERFORM dalgo_internal.account_audit('api_key_revoked', dalgo.current_user_id(), k.organization_id, 'api_key', k.id);
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.revoke_invitation(invitation_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	inv record;
+BEGIN
+	SELECT i.id, i.organization_id INTO inv FROM dalgo.invitations i WHERE i.id = revoke_invitation.invitation_id
+		FOR UPDATE;
+	IF inv.id IS NULL OR NOT dalgo.is_org_member(inv.organization_id, 'admin') THEN
+		RAISE EXCEPTION 'invitation not found' USING ERRCODE = 'no_data_found';
+	END IF;
+	UPDATE dalgo.invitations i SET revoked_at = now()
+		WHERE i.id = inv.id AND i.accepted_at IS NULL AND i.revoked_at IS NULL;
+	IF FOUND THEN
+		UPDATE dalgo.mail_messages m SET state = 'cancelled', payload = NULL
+			WHERE m.kind = 'invitation' AND m.state = 'pending' AND m.payload->>'invitation_id' = inv.id::text;
+		PERFORM dalgo_internal.account_audit('invitation_revoked', dalgo.current_user_id(), inv.organization_id,
+									'invitation', inv.id);
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.run_due_schedules(at timestamp with time zone DEFAULT now())
+ RETURNS integer
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	ids uuid[];
+	kinds text[];
+BEGIN
+	IF dalgo.current_user_id() IS NOT NULL OR NOT pg_has_role(session_user, 'dalgo_service', 'MEMBER') THEN
+		RAISE EXCEPTION 'run_due_schedules is for dalgo_service and superusers' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT array_agg(c.run_id), array_agg(c.run_kind) INTO ids, kinds FROM dalgo_internal.claim_due_schedules(at, 1000) c;
+	PERFORM dalgo_internal.execute_claimed(ids, kinds);
+	RETURN (SELECT count(*) FROM unnest(kinds) k WHERE k IN ('s', 'o', 'connector'));
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.run_schedule_now(schedule_id uuid)
+ RETURNS uuid
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	s dalgo.schedules;
+	c record;
+BEGIN
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = run_schedule_now.schedule_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(s.organization_id, 'admin') THEN
+		RAISE EXCEPTION 'schedule % does not exist or you are not an admin of its organization', schedule_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Make it due now and claim it like the scheduler would (a concurrent claim wins the lock).
+	PERFORM FROM dalgo.schedules x WHERE x.id = s.id FOR UPDATE;
+	UPDATE dalgo.schedules x SET next_run_at = clock_timestamp(), is_active = true WHERE x.id = s.id;
+	SELECT * INTO c FROM dalgo_internal.claim_due_schedules(clock_timestamp(), 1, s.id);
+	PERFORM dalgo_internal.execute_claimed(ARRAY[c.run_id], ARRAY[c.run_kind]);
+	UPDATE dalgo.schedules x SET is_active = s.is_active,
+		next_run_at = CASE WHEN s.is_active THEN dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, now()) END
+	WHERE x.id = s.id;
+	RETURN c.run_id;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.run_transformation(transformation_id uuid, with_upstream boolean DEFAULT false)
+ RETURNS uuid
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	t dalgo.transformations;
+	run_id uuid;
+	up record;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x
+	WHERE x.id = run_transformation.transformation_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(t.organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'transformation % does not exist', transformation_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(t.organization_id, 'member') THEN
+		RAISE EXCEPTION 'running a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo_internal.check_run_quota(t.organization_id);
+	-- The run_seconds quota caps this call with its upstream (the outermost cap wins).
+	PERFORM dalgo_internal.cap_statement_deadline(dalgo_internal.organization_quota(t.organization_id, 'run_seconds'));
+	BEGIN
+		IF with_upstream THEN
+			-- transformation_upstream refuses a dependency outside the organization;
+			-- checked again here for each run, identity or not.
+			FOR up IN SELECT u.id, x.organization_id FROM dalgo.transformation_upstream(t.id) u
+					  LEFT JOIN dalgo.transformations x ON x.id = u.id LOOP
+				IF up.organization_id IS DISTINCT FROM t.organization_id THEN
+					RAISE EXCEPTION 'transformation % reads %, which is not a transformation of its organization', t.id, up.id
+						USING ERRCODE = 'invalid_parameter_value';
+				END IF;
+				PERFORM dalgo.run_transformation(up.id, false);
+			END LOOP;
+		END IF;
+		INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, version_number, status, started_at,
+											   triggered_by_id, details)
+		VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id(),
+				jsonb_build_object('runner_pid', pg_backend_pid()))
+		RETURNING id INTO run_id;
+		PERFORM dalgo_internal.build_transformation(t.id, run_id);
+	EXCEPTION WHEN query_canceled THEN
+		IF dalgo_internal.run_time_quota_hit() THEN
+			RAISE EXCEPTION 'quota run_seconds exceeded: the run with its upstream took more than % seconds',
+				dalgo_internal.organization_quota(t.organization_id, 'run_seconds')
+				USING ERRCODE = 'configuration_limit_exceeded',
+					  HINT = 'Split the work, or ask a superuser to raise the quota.';
+		END IF;
+		RAISE;
+	END;
+	RETURN run_id;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.sign_in(email text, password text)
+ RETURNS TABLE(user_id uuid, access_token text, refresh_token text, expires_at timestamp with time zone)
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_variable
+DECLARE
+	k bytea := dalgo_internal.email_key(sign_in.email);
+	usr record;
+	last_success timestamptz;
+	failures bigint;
+	ok boolean := false;
+BEGIN
+	PERFORM dalgo_internal.require_read_committed('dalgo.sign_in');
+	IF k IS NULL OR sign_in.password IS NULL THEN
+		RAISE EXCEPTION 'invalid email or password' USING ERRCODE = 'invalid_password';
+	END IF;
+	-- One attempt per email at a time, so the count below is exact.
+	PERFORM pg_advisory_xact_lock(1684826469, hashtext(encode(k, 'hex')));
+	SELECT max(a.created_at) INTO last_success FROM dalgo.sign_in_attempts a
+		WHERE a.email_hash = k AND a.succeeded AND a.created_at > now() - dalgo_internal.setting_interval('dalgo.sign_in_lockout');
+	SELECT count(*) INTO failures FROM dalgo.sign_in_attempts a
+		WHERE a.email_hash = k AND NOT a.succeeded
+		  AND a.created_at > greatest(clock_timestamp() - dalgo_internal.setting_interval('dalgo.sign_in_lockout'),
+									  coalesce(last_success, '-infinity'));
+	IF failures >= current_setting('dalgo.max_failed_sign_ins')::integer THEN
+		RAISE EXCEPTION 'too many failed sign-ins for this email; try again later'
+			USING ERRCODE = '28L01';
+	END IF;
+
+	SELECT u.id, u.password_hash, u.is_active INTO usr
+		FROM dalgo.users u WHERE lower(u.email) = lower(btrim(sign_in.email)) AND u.deleted_at IS NULL;
+	IF usr.id IS NOT NULL AND usr.password_hash IS NOT NULL THEN
+		ok := dalgo_internal.pgcrypto_crypt(sign_in.password, usr.password_hash) = usr.password_hash AND usr.is_active;
+	ELSE
+		-- An unknown email spends the same bcrypt work as a wrong password.
+		PERFORM dalgo_internal.pgcrypto_crypt(sign_in.password,
+			dalgo_internal.pgcrypto_gen_salt('bf', current_setting('dalgo.bcrypt_cost')::integer));
+	END IF;
+	IF ok IS NOT TRUE THEN
+		PERFORM dalgo_internal.run_autonomously('failed_sign_in', k, usr.id);
+		RAISE EXCEPTION 'invalid email or password' USING ERRCODE = 'invalid_password';
+	END IF;
+
+	INSERT INTO dalgo.sign_in_attempts (email_hash, user_id, succeeded) VALUES (k, usr.id, true);
+	PERFORM dalgo_internal.account_audit('sign_in', usr.id, NULL, 'user', usr.id);
+	RETURN QUERY SELECT * FROM dalgo_internal.issue_session(usr.id, NULL);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.sign_up(email text, password text, full_name text DEFAULT NULL::text)
+ RETURNS uuid
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	e text := dalgo_internal.check_email(sign_up.email);
+	hash text := dalgo_internal.check_new_password(sign_up.password);
+	uid uuid := gen_random_uuid();
+	org uuid;
+BEGIN
+	IF EXISTS (SELECT FROM dalgo.users u WHERE lower(u.email) = lower(e) AND u.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'an account with this email address already exists'
+			USING ERRCODE = 'unique_violation', HINT = 'Sign in, or reset the password.';
+	END IF;
+	BEGIN
+		INSERT INTO dalgo.users (id, email, password_hash, full_name)
+			VALUES (uid, e, hash, nullif(btrim(sign_up.full_name), ''));
+	EXCEPTION WHEN unique_violation THEN
+		RAISE EXCEPTION 'an account with this email address already exists'
+			USING ERRCODE = 'unique_violation', HINT = 'Sign in, or reset the password.';
+	END;
+	INSERT INTO dalgo.organizations (name, slug, org_type)
+		VALUES (coalesce(nullif(btrim(sign_up.full_name), ''), e), 'personal-' || replace(uid::text, '-', ''), 'personal')
+		RETURNING id INTO org;
+	INSERT INTO dalgo.organization_members (organization_id, user_id, role) VALUES (org, uid, 'owner');
+	PERFORM dalgo_internal.account_audit('sign_up', uid, org, 'user', uid);
+	RETURN uid;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.build_transformation(transformation_id uuid, run_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	t dalgo.transformations;
+	sql text;
+	schema_name text;
+	build_name text := '_dalgo_build_' || replace(run_id::text, '-', '');
+	n bigint;
+	err text;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = build_transformation.transformation_id;
+	UPDATE dalgo.transformation_runs r SET version_number = t.current_version WHERE r.id = run_id;
+	BEGIN
+		IF t.output_table_name IS NULL THEN
+			RAISE EXCEPTION 'transformation % has no output_table_name', t.id USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		schema_name := dalgo.warehouse_schema(t.organization_id);
+		sql := dalgo.compile_recipe(t.organization_id, t.recipe);
+		-- Build under a private name, then swap: readers never see a half-built table,
+		-- and a failure leaves the previous output as it was.
+		n := dalgo_internal.warehouse_execute(t.organization_id, format('CREATE TABLE %I.%I AS %s', schema_name, build_name, sql));
+		PERFORM dalgo_internal.check_warehouse_quota(t.organization_id, t.output_table_name);
+		PERFORM dalgo_internal.swap_warehouse_table(t.organization_id, build_name, t.output_table_name);
+		PERFORM dalgo_internal.register_warehouse_table(t.organization_id, t.output_table_name, NULL, t.id, n);
+		UPDATE dalgo.transformations x SET last_run_at = now() WHERE x.id = t.id;
+		UPDATE dalgo.transformation_runs r SET status = 'success', completed_at = clock_timestamp(),
+			rows_affected = least(n, 2147483647), executed_sql = sql
+		WHERE r.id = run_id;
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
+		UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
+			error_message = err, executed_sql = sql
+		WHERE r.id = run_id;
+		RAISE WARNING 'transformation run % failed: %', run_id, err;
+	END;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_csv_source()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	IF NEW.source_type <> 'csv' OR NEW.deleted_at IS NOT NULL OR NOT coalesce(NEW.config ? 'path', false) THEN
+		RETURN NEW;
+	END IF;
+	IF TG_OP = 'UPDATE' AND OLD.source_type = 'csv' AND OLD.deleted_at IS NULL
+	   AND (NEW.organization_id, NEW.config->'path') IS NOT DISTINCT FROM (OLD.organization_id, OLD.config->'path') THEN
+		RETURN NEW;
+	END IF;
+	IF jsonb_typeof(NEW.config->'path') <> 'string' THEN
+		RAISE EXCEPTION 'a csv source''s config.path must be a string' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- With csv sources disabled only the form of the path can be checked.
+	IF current_setting('dalgo.csv_dir') = '' THEN
+		IF NEW.config->>'path' = '' OR NEW.config->>'path' LIKE '/%' OR '..' = ANY (string_to_array(NEW.config->>'path', '/')) THEN
+			RAISE EXCEPTION 'csv path "%" must be relative to the organization''s csv directory and must not contain ".."',
+				NEW.config->>'path' USING ERRCODE = 'insufficient_privilege';
+		END IF;
+	ELSE
+		PERFORM dalgo_internal.csv_path(NEW.organization_id, NEW.config->>'path');
+	END IF;
+	RETURN NEW;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_new_password(password text)
+ RETURNS text
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	IF password IS NULL OR char_length(password) < current_setting('dalgo.min_password_length')::integer THEN
+		RAISE EXCEPTION 'password must be at least % characters long', current_setting('dalgo.min_password_length')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF octet_length(password) > 72 THEN
+		RAISE EXCEPTION 'password must be at most 72 bytes long'
+			USING ERRCODE = 'invalid_parameter_value', DETAIL = 'bcrypt ignores what follows the 72nd byte.';
+	END IF;
+	RETURN dalgo_internal.pgcrypto_crypt(password, dalgo_internal.pgcrypto_gen_salt('bf', current_setting('dalgo.bcrypt_cost')::integer));
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_recipe_sql(organization_id uuid, sql text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	msg text;
+BEGIN
+	IF NOT dalgo.caller_may(organization_id, 'member') THEN
+		RAISE EXCEPTION 'saving a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo.warehouse_schema(organization_id);
+	BEGIN
+		PERFORM * FROM dalgo_internal.warehouse_query(organization_id, sql, 0);
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+		RAISE EXCEPTION 'recipe does not type-check: %', msg USING ERRCODE = 'invalid_parameter_value';
+	END;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_run_quota(organization_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	org uuid := check_run_quota.organization_id;
+	me text := pg_backend_pid()::text;
+	slot bigint := hashtextextended('dalgo run slot ' || org::text, 0);
+	gate bigint := hashtextextended('dalgo run gate ' || org::text, 0);
+	old_timeout text := current_setting('lock_timeout');
+	others text[];
+	unseen bigint;
+	lim bigint;
+	n bigint;
+BEGIN
+	-- Advisory lock keys are one namespace for every role: a session that
+	-- holds this one must not stall the organization's runs for ever.
+	BEGIN
+		PERFORM set_config('lock_timeout', '10s', true);
+		PERFORM pg_advisory_lock(gate);
+		PERFORM set_config('lock_timeout', old_timeout, true);
+	EXCEPTION WHEN lock_not_available THEN
+		RAISE EXCEPTION 'the quota check of organization % is busy', org
+			USING ERRCODE = 'lock_not_available',
+				  DETAIL = 'Another session held the organization''s run gate for 10 seconds.',
+				  HINT = 'Try again.';
+	END;
+	BEGIN
+		-- Other backends executing a run of the organization now.
+		others := ARRAY(SELECT DISTINCT l.pid::text FROM pg_locks l
+						WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()
+						  AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+						  AND l.classid = ((slot >> 32) & 4294967295)::text::oid
+						  AND l.objid = (slot & 4294967295)::text::oid AND l.objsubid = 1);
+		-- ... of which this snapshot sees no running row yet.
+		unseen := (SELECT count(*) FROM unnest(others) p
+				   WHERE NOT EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
+									 AND r.details->>'runner_pid' = p)
+					 AND NOT EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.organization_id = org
+									 AND r.status = 'running' AND r.details->>'runner_pid' = p));
+		lim := dalgo_internal.organization_quota(org, 'concurrent_runs');
+		IF lim IS NOT NULL THEN
+			n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
+				  AND r.details->>'runner_pid' IS DISTINCT FROM me)
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running'
+				  AND r.details->>'runner_pid' IS DISTINCT FROM me)
+			   + unseen;
+			IF n >= lim THEN
+				RAISE EXCEPTION 'quota concurrent_runs exceeded: % runs of the organization are in progress, the limit is %', n, lim
+					USING ERRCODE = 'configuration_limit_exceeded',
+						  HINT = 'Wait for a run to finish; a superuser can raise the quota.';
+			END IF;
+		END IF;
+		lim := dalgo_internal.organization_quota(org, 'runs_per_hour');
+		IF lim IS NOT NULL THEN
+			n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
+				  AND NOT r.details ? 'skipped' AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
+				  AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped'
+				  AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
+			   + unseen;
+			IF n >= lim THEN
+				RAISE EXCEPTION 'quota runs_per_hour exceeded: the organization started % runs in the last hour, the limit is %', n, lim
+					USING ERRCODE = 'configuration_limit_exceeded',
+						  HINT = 'Try again later; a superuser can raise the quota.';
+			END IF;
+		END IF;
+		PERFORM dalgo_internal.check_warehouse_quota(org, NULL);
+		PERFORM pg_advisory_xact_lock_shared(slot);
+	EXCEPTION WHEN OTHERS OR query_canceled THEN
+		PERFORM pg_advisory_unlock(gate);
+		RAISE;
+	END;
+	PERFORM pg_advisory_unlock(gate);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_warehouse_quota(organization_id uuid, replacing text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	org uuid := check_warehouse_quota.organization_id;
+	lim bigint := dalgo_internal.organization_quota(org, 'warehouse_bytes');
+	ns oid;
+	n bigint;
+BEGIN
+	IF lim IS NULL THEN
+		RETURN;
+	END IF;
+	ns := to_regnamespace('org_' || replace(org::text, '-', ''));
+	n := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
+				   WHERE c.relnamespace = ns AND c.relkind IN ('r', 'm', 'p')
+					 AND c.relname IS DISTINCT FROM replacing), 0);
+	IF n > lim OR (replacing IS NULL AND n >= lim) THEN
+		RAISE EXCEPTION 'quota warehouse_bytes exceeded: the warehouse % % bytes, the limit is %',
+			CASE WHEN replacing IS NULL THEN 'holds' ELSE 'would hold' END, n, lim
+			USING ERRCODE = 'configuration_limit_exceeded',
+				  HINT = 'Drop tables or outputs the organization no longer needs; a superuser can raise the quota.';
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_warehouse_table_name(organization_id uuid, table_name text, source_id uuid, transformation_id uuid, output_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	claimant text := dalgo_internal.warehouse_table_claimant(organization_id, table_name, source_id, transformation_id, output_id);
+BEGIN
+	IF claimant IS NOT NULL AND NOT dalgo.caller_may(organization_id, 'viewer') THEN
+		-- Never name another organization's objects: row-level security refuses this row anyway.
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF claimant IS NOT NULL THEN
+		RAISE EXCEPTION 'warehouse table "%" already belongs to %', table_name, claimant
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Each warehouse table has one producer: a source, a transformation or an output. Choose another name.';
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.drop_output_views(organization_id uuid, table_names text[])
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	v record;
+	dropped jsonb := '[]';
+BEGIN
+	FOR v IN SELECT DISTINCT coalesce(x.destination_config->>'name', y.output_table_name) AS view_name,
+					y.output_table_name AS table_name
+			 FROM dalgo.outputs x JOIN dalgo.transformations y ON y.id = x.transformation_id
+			 WHERE x.organization_id = drop_output_views.organization_id
+			   AND y.organization_id = drop_output_views.organization_id
+			   AND x.deleted_at IS NULL AND x.destination_config->>'type' = 'view'
+			   AND y.output_table_name = ANY (table_names)
+	LOOP
+		IF v.view_name <> v.table_name AND dalgo_internal.output_view_reads(organization_id, v.view_name, v.table_name) THEN
+			PERFORM dalgo_internal.warehouse_execute(organization_id, format('DROP VIEW %I.%I', schema_name, v.view_name));
+			dropped := dropped || jsonb_build_object('view_name', v.view_name, 'table_name', v.table_name);
+		END IF;
+	END LOOP;
+	RETURN dropped;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.execute_claimed(claimed_runs uuid[], kinds text[])
+ RETURNS integer
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	msg text;
+	n integer := 0;
+BEGIN
+	FOR i IN 1..coalesce(array_length(claimed_runs, 1), 0) LOOP
+		CONTINUE WHEN kinds[i] NOT IN ('s', 'o');
+		PERFORM dalgo_internal.start_scheduled_run(kinds[i], claimed_runs[i]);
+		BEGIN
+			PERFORM dalgo_internal.execute_scheduled_run(kinds[i], claimed_runs[i]);
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+			PERFORM dalgo_internal.fail_scheduled_run(kinds[i], claimed_runs[i], msg);
+		END;
+		n := n + 1;
+	END LOOP;
+	RETURN n;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.execute_scheduled_run(run_kind text, run_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	msg text;
+BEGIN
+	-- A run refused by a quota did not start: it fails with the quota's
+	-- message and, like a skipped slot, does not count against runs_per_hour
+	-- (else an organization whose schedules ask for more than its quota
+	-- would be refused for good, each refusal filling the next hour).
+	BEGIN
+		PERFORM dalgo_internal.check_run_quota(CASE WHEN run_kind = 's'
+			THEN (SELECT r.organization_id FROM dalgo.sync_runs r WHERE r.id = run_id)
+			ELSE (SELECT r.organization_id FROM dalgo.transformation_runs r WHERE r.id = run_id) END);
+	EXCEPTION WHEN configuration_limit_exceeded THEN
+		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+		IF run_kind = 's' THEN
+			UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				details = r.details || '{"skipped": true, "quota_refused": true}'
+			WHERE r.id = run_id;
+		ELSE
+			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				details = r.details || '{"skipped": true, "quota_refused": true}'
+			WHERE r.id = run_id;
+		END IF;
+		RETURN;
+	END;
+	IF run_kind = 's' THEN
+		PERFORM dalgo_internal.sync_source(run_id);
+	ELSIF run_kind = 'o' THEN
+		PERFORM dalgo_internal.refresh_output(run_id);
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.guard_membership()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	org uuid;
+	my_role dalgo.member_role;
+	old_role dalgo.member_role;
+	new_role dalgo.member_role;
+	was_live boolean := false;
+	is_live boolean := false;
+	grants boolean;
+	first_owner boolean := false;
+BEGIN
+	IF TG_OP = 'UPDATE' AND (NEW.organization_id <> OLD.organization_id OR NEW.user_id <> OLD.user_id) THEN
+		RAISE EXCEPTION 'a membership cannot be moved to another organization or user'
+			USING ERRCODE = 'insufficient_privilege', HINT = 'Remove it and add a new membership.';
+	END IF;
+
+	-- The row before and after: a role held while live.
+	IF TG_OP = 'DELETE' THEN
+		org := OLD.organization_id;
+	ELSE
+		org := NEW.organization_id;
+		new_role := NEW.role;
+		is_live := NEW.deleted_at IS NULL;
+	END IF;
+	IF TG_OP <> 'INSERT' THEN
+		old_role := OLD.role;
+		was_live := OLD.deleted_at IS NULL;
+	END IF;
+	-- Does the change hand out a role the row did not give before?  An
+	-- insert, a restore (deleted_at back to NULL) and a raise all do.
+	grants := is_live AND (NOT was_live OR new_role > old_role);
+
+	-- What the acting user may do (service work without an identity is not limited here).
+	IF me IS NOT NULL THEN
+		my_role := dalgo.org_role(org);
+		-- The first owner of a new organization, which has no live members yet.
+		IF TG_OP = 'INSERT' AND new_role = 'owner' AND NEW.user_id = me THEN
+			first_owner := NOT EXISTS (SELECT FROM dalgo.organization_members m
+									   WHERE m.organization_id = org AND m.deleted_at IS NULL);
+		END IF;
+		IF NOT first_owner THEN
+			-- Nobody raises their own role, also not by restoring an old membership.
+			IF grants AND NEW.user_id = me AND (my_role IS NULL OR new_role > my_role) THEN
+				RAISE EXCEPTION 'you cannot raise your own role'
+					USING ERRCODE = 'insufficient_privilege';
+			END IF;
+			-- Owner rows are an owner's: adding, granting, revoking, restoring, removing.
+			IF my_role IS DISTINCT FROM 'owner' THEN
+				IF TG_OP = 'INSERT' AND new_role = 'owner' THEN
+					RAISE EXCEPTION 'only an owner can add an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND (new_role = 'owner' OR old_role = 'owner') AND new_role <> old_role THEN
+					RAISE EXCEPTION 'only an owner can grant or revoke the owner role'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND old_role = 'owner' AND was_live AND NOT is_live THEN
+					RAISE EXCEPTION 'only an owner can remove an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND new_role = 'owner' AND is_live AND NOT was_live THEN
+					RAISE EXCEPTION 'only an owner can restore an owner''s membership'
+						USING ERRCODE = 'insufficient_privilege',
+							  HINT = 'Restoring an owner row grants the owner role.';
+				ELSIF TG_OP = 'DELETE' AND old_role = 'owner' THEN
+					RAISE EXCEPTION 'only an owner can remove an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				END IF;
+			END IF;
+			-- Nobody hands out a role above their own.
+			IF grants AND (my_role IS NULL OR new_role > my_role) THEN
+				RAISE EXCEPTION 'you cannot grant a role above your own'
+					USING ERRCODE = 'insufficient_privilege',
+						  DETAIL = pg_catalog.format('Your role is %s; the membership would give %s.',
+													 coalesce(my_role::text, 'none'), new_role);
+			END IF;
+		END IF;
+	END IF;
+
+	-- An organization never loses its last owner (whoever acts).
+	IF was_live AND old_role = 'owner' AND NOT (is_live AND new_role = 'owner') THEN
+		-- Every owner removal locks the organization row, so they run one
+		-- at a time; the count then reads the latest committed state, not
+		-- this transaction's snapshot, so a removal committed while we
+		-- waited is seen under REPEATABLE READ and SERIALIZABLE too.
+		-- A deleted organization (its members cascading away) has no row left.
+		PERFORM FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL FOR NO KEY UPDATE;
+		IF FOUND AND dalgo_internal.live_owner_count(org, OLD.id) = 0 THEN
+			RAISE EXCEPTION 'cannot remove the last owner of organization %', org
+				USING ERRCODE = 'check_violation',
+					  HINT = 'Make another member an owner first, or delete the organization.';
+		END IF;
+	END IF;
+
+	IF TG_OP = 'DELETE' THEN
+		RETURN OLD;
+	END IF;
+	RETURN NEW;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.guard_user_liveness()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	was_live boolean := OLD.is_active AND OLD.deleted_at IS NULL;
+	is_live boolean := NEW.is_active AND NEW.deleted_at IS NULL;
+	m record;
+BEGIN
+	IF was_live = is_live THEN
+		RETURN NEW;
+	END IF;
+	IF me IS NOT NULL AND NOT coalesce((SELECT u.is_superadmin AND u.is_active AND u.deleted_at IS NULL
+										 FROM dalgo.users u WHERE u.id = me), false)
+	   AND (is_live OR me <> NEW.id) THEN
+		RAISE EXCEPTION 'only the user or a superadmin deactivates or deletes an account, and only a superadmin restores one'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF was_live THEN
+		FOR m IN SELECT x.id, x.organization_id FROM dalgo.organization_members x
+				 WHERE x.user_id = NEW.id AND x.role = 'owner' AND x.deleted_at IS NULL
+				 ORDER BY x.organization_id
+		LOOP
+			-- A personal organization belongs to its one user: it goes with them.
+			PERFORM FROM dalgo.organizations o WHERE o.id = m.organization_id AND o.deleted_at IS NULL
+				AND o.org_type <> 'personal' FOR NO KEY UPDATE;
+			IF FOUND AND dalgo_internal.live_owner_count(m.organization_id, m.id) = 0 THEN
+				RAISE EXCEPTION 'cannot deactivate or delete the last owner of organization %', m.organization_id
+					USING ERRCODE = 'check_violation',
+						  HINT = 'Make another member an owner first, or delete the organization.';
+			END IF;
+		END LOOP;
+	END IF;
+	RETURN NEW;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.issue_session(for_user uuid, in_family uuid)
+ RETURNS TABLE(user_id uuid, access_token text, refresh_token text, expires_at timestamp with time zone)
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_variable
+DECLARE
+	uid uuid := issue_session.for_user;
+	raw text := dalgo_internal.new_token(32);
+	access_expires timestamptz := to_timestamp(floor(extract(epoch FROM now() + dalgo_internal.setting_interval('dalgo.access_token_ttl'))));
+BEGIN
+	INSERT INTO dalgo.refresh_tokens AS t (user_id, token_hash, expires_at, family_id)
+		VALUES (uid, dalgo_internal.token_digest(raw), now() + dalgo_internal.setting_interval('dalgo.refresh_token_ttl'),
+				coalesce(issue_session.in_family, gen_random_uuid()));
+	RETURN QUERY SELECT uid, dalgo_internal.sign_access_token(uid, access_expires), raw, access_expires;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.note_failed_sign_in(email_hash bytea, user_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	INSERT INTO dalgo.sign_in_attempts (email_hash, user_id, succeeded)
+		VALUES (note_failed_sign_in.email_hash, note_failed_sign_in.user_id, false);
+	PERFORM dalgo_internal.account_audit('sign_in_failed', NULL, NULL, 'user', note_failed_sign_in.user_id);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.note_token_reuse(unused bytea, family_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+ SET lock_timeout TO '10s'
+AS $function$
+DECLARE
+	owner uuid;
+	n bigint;
+BEGIN
+	-- Wait for a refresh of this family in flight, then revoke what it left.
+	PERFORM pg_advisory_xact_lock(1684826471, hashtext(note_token_reuse.family_id::text));
+	WITH r AS (
+		UPDATE dalgo.refresh_tokens t SET revoked_at = now()
+		WHERE t.family_id = note_token_reuse.family_id AND t.revoked_at IS NULL
+		RETURNING t.user_id)
+	SELECT max(r.user_id::text)::uuid, count(*) INTO owner, n FROM r;
+	IF owner IS NULL THEN
+		SELECT t.user_id INTO owner FROM dalgo.refresh_tokens t WHERE t.family_id = note_token_reuse.family_id LIMIT 1;
+	END IF;
+	PERFORM dalgo_internal.account_audit('refresh_token_reused', NULL, NULL, 'user', owner,
+								jsonb_build_object('family_id', note_token_reuse.family_id, 'revoked', n));
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.organization_usage(organization_id uuid, OUT quota text, OUT used bigint, OUT quota_limit bigint)
+ RETURNS SETOF record
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	org uuid := organization_usage.organization_id;
+BEGIN
+	quota := 'warehouse_bytes';
+	used := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
+					  WHERE c.relnamespace = to_regnamespace('org_' || replace(org::text, '-', ''))
+						AND c.relkind IN ('r', 'm', 'p')), 0);
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'concurrent_runs';
+	used := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running')
+		  + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running');
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'runs_per_hour';
+	used := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
+			 AND NOT r.details ? 'skipped')
+		  + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
+			 AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped');
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'run_seconds';
+	used := NULL;
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.output_check_table_name()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	IF NEW.deleted_at IS NULL AND NEW.destination_config ? 'name'
+	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
+		IF jsonb_typeof(NEW.destination_config->'name') <> 'string' OR NEW.destination_config->>'name' = '' THEN
+			RAISE EXCEPTION 'destination_config.name must be a non-empty string' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		-- Publishing the transformation's own table claims nothing of its own.
+		IF NEW.destination_config->>'name' IS DISTINCT FROM
+		   (SELECT t.output_table_name FROM dalgo.transformations t
+			WHERE t.id = NEW.transformation_id AND t.organization_id = NEW.organization_id) THEN
+			PERFORM dalgo_internal.check_warehouse_table_name(NEW.organization_id, NEW.destination_config->>'name', NULL,
+													 NEW.transformation_id, NEW.id);
+		END IF;
+	END IF;
+	RETURN NEW;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.refresh_output(run_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	r dalgo.transformation_runs;
+	o dalgo.outputs;
+	t dalgo.transformations;
+	v record;
+	dropped jsonb;
+	schema_name text;
+	dest text;
+	kind text;
+BEGIN
+	PERFORM dalgo_internal.verify_scheduled_run('o', run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+	SELECT * INTO o FROM dalgo.outputs x
+	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
+	schema_name := 'org_' || replace(o.organization_id::text, '-', '');
+	kind := coalesce(o.destination_config->>'type', 'table');
+	dest := coalesce(o.destination_config->>'name', t.output_table_name);
+	IF kind NOT IN ('table', 'view') THEN
+		RAISE EXCEPTION 'unknown destination type "%" (use table or view)', kind USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'view' AND dest = t.output_table_name THEN
+		RAISE EXCEPTION 'a view destination needs a name other than the transformation''s table "%"', dest
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
+	END IF;
+	-- destination_config.name is a member's text: it may name only what this
+	-- output makes.  Longer names would be truncated to another table's name.
+	IF dest = '' OR octet_length(dest) >= 64 OR dest LIKE '\_dalgo\_%' THEN
+		RAISE EXCEPTION 'output destination name "%" is not allowed', dest
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use a name of 1 to 63 bytes that does not start with _dalgo_.';
+	END IF;
+	IF dest <> t.output_table_name AND to_regclass(format('%I.%I', schema_name, dest)) IS NOT NULL
+	   AND NOT (CASE WHEN kind = 'view' THEN dalgo_internal.output_view_reads(o.organization_id, dest, t.output_table_name)
+				ELSE EXISTS (SELECT FROM dalgo.warehouse_tables w
+							 WHERE w.organization_id = o.organization_id AND w.table_name = dest
+							   AND w.deleted_at IS NULL AND w.output_id = o.id) END) THEN
+		RAISE EXCEPTION 'output destination "%" exists and was not made by this output', dest
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'An output replaces only a table or view that its own refreshes made.',
+				  HINT = 'Set destination_config.name to a new name.';
+	END IF;
+
+	-- The tables this refresh swaps: the transformation's and its upstream's.
+	dropped := dalgo_internal.drop_output_views(o.organization_id, ARRAY(
+		SELECT y.output_table_name FROM dalgo.transformations y
+		WHERE y.organization_id = o.organization_id AND y.output_table_name IS NOT NULL
+		  AND (y.id = t.id OR y.id IN (SELECT u.id FROM dalgo.transformation_upstream(t.id) u))));
+
+	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
+		PERFORM dalgo.run_transformation(v.id, false);
+	END LOOP;
+	PERFORM dalgo_internal.build_transformation(t.id, run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+
+	-- The views dropped above, again over the (new, or on failure the old) tables.
+	PERFORM dalgo_internal.restore_output_views(o.organization_id, dropped);
+	IF r.status <> 'success' THEN
+		RETURN;
+	END IF;
+	IF kind = 'view' THEN
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+			schema_name, dest, schema_name, t.output_table_name));
+	ELSIF dest <> t.output_table_name THEN
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
+			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
+		PERFORM dalgo_internal.check_warehouse_quota(o.organization_id, dest);
+		-- The swap records this output as the table's producer.
+		PERFORM dalgo_internal.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
+	END IF;
+	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.refuse_api_key_organization()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	-- The check of dalgo_internal.refuse_api_key, inline: this trigger runs
+	-- as the writing role, which has no USAGE on dalgo_internal.
+	IF dalgo.current_api_key_id() IS NOT NULL THEN
+		RAISE EXCEPTION 'creating an organization needs a signed-in user, not an API key'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	RETURN NEW;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.restore_output_views(organization_id uuid, dropped jsonb)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	v record;
+BEGIN
+	FOR v IN SELECT * FROM jsonb_to_recordset(dropped) AS d(view_name text, table_name text) LOOP
+		IF to_regclass(format('%I.%I', schema_name, v.table_name)) IS NOT NULL THEN
+			PERFORM dalgo_internal.warehouse_execute(organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+				schema_name, v.view_name, schema_name, v.table_name));
+		END IF;
+	END LOOP;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.source_check_table_name()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	IF NEW.deleted_at IS NULL AND NEW.warehouse_table_name IS NOT NULL
+	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
+		PERFORM dalgo_internal.check_warehouse_table_name(NEW.organization_id, NEW.warehouse_table_name, NEW.id, NULL, NULL);
+	END IF;
+	RETURN NEW;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.swap_warehouse_table(organization_id uuid, build_name text, table_name text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	by_source uuid;
+	by_transformation uuid;
+	by_output uuid;
+	context uuid;
+	claimant text;
+	reg dalgo.warehouse_tables;
+	dropped jsonb;
+BEGIN
+	-- The producer is the run the build is named after: dalgo names each
+	-- build table _dalgo_build_<transformation run>, _dalgo_sync_<sync run>
+	-- or _dalgo_out_<output refresh run>.
+	IF build_name ~ '^_dalgo_build_[0-9a-f]{32}$' THEN
+		SELECT r.transformation_id INTO by_transformation FROM dalgo.transformation_runs r
+		WHERE r.id = substr(build_name, 14)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+		context := by_transformation;
+	ELSIF build_name ~ '^_dalgo_sync_[0-9a-f]{32}$' THEN
+		SELECT r.source_id INTO by_source FROM dalgo.sync_runs r
+		WHERE r.id = substr(build_name, 13)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+	ELSIF build_name ~ '^_dalgo_out_[0-9a-f]{32}$' THEN
+		SELECT o.id, o.transformation_id INTO by_output, context
+		FROM dalgo.transformation_runs r
+		JOIN dalgo.schedules s ON s.id::text = r.details->>'schedule_id' AND s.organization_id = r.organization_id
+		JOIN dalgo.outputs o ON o.id = s.output_id AND o.organization_id = s.organization_id
+		WHERE r.id = substr(build_name, 12)::uuid AND r.organization_id = swap_warehouse_table.organization_id
+		  AND o.transformation_id = r.transformation_id;
+	END IF;
+	IF num_nonnulls(by_source, by_transformation, by_output) <> 1 THEN
+		RAISE EXCEPTION 'warehouse table build "%" belongs to no run of this organization', build_name
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Checked again at the moment of the swap, under the organization's name lock.
+	claimant := dalgo_internal.warehouse_table_claimant(organization_id, table_name, by_source, context, by_output);
+	IF claimant IS NOT NULL THEN
+		RAISE EXCEPTION 'warehouse table "%" belongs to %; it is not replaced', table_name, claimant
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT * INTO reg FROM dalgo.warehouse_tables w
+	WHERE w.organization_id = swap_warehouse_table.organization_id AND w.table_name = swap_warehouse_table.table_name
+	  AND w.deleted_at IS NULL
+	FOR UPDATE;
+	-- A table may be replaced only by the producer that made it.
+	IF to_regclass(format('%I.%I', schema_name, table_name)) IS NOT NULL
+	   AND (reg.id IS NULL OR reg.source_id IS DISTINCT FROM by_source
+			OR reg.transformation_id IS DISTINCT FROM by_transformation OR reg.output_id IS DISTINCT FROM by_output) THEN
+		RAISE EXCEPTION 'warehouse table "%" was not produced by this %; it is not replaced', table_name,
+			CASE WHEN by_source IS NOT NULL THEN 'source' WHEN by_transformation IS NOT NULL THEN 'transformation' ELSE 'output' END
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = CASE WHEN reg.id IS NULL THEN 'The table is not registered in dalgo.warehouse_tables.'
+						   ELSE 'dalgo.warehouse_tables records another producer for it.' END;
+	END IF;
+	-- Output views over the table depend on it: drop them around the swap
+	-- (in this transaction, so readers never miss them).
+	dropped := dalgo_internal.drop_output_views(organization_id, ARRAY[table_name]);
+	PERFORM dalgo_internal.warehouse_execute(organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, table_name));
+	PERFORM dalgo_internal.warehouse_execute(organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, table_name));
+	PERFORM dalgo_internal.restore_output_views(organization_id, dropped);
+	-- Record the producer (row count and size follow in register_warehouse_table).
+	IF reg.id IS NOT NULL THEN
+		UPDATE dalgo.warehouse_tables w SET source_id = by_source, transformation_id = by_transformation,
+			output_id = by_output, last_updated_at = now()
+		WHERE w.id = reg.id;
+	ELSE
+		INSERT INTO dalgo.warehouse_tables (organization_id, warehouse_connection_id, table_name, source_id,
+											transformation_id, output_id, last_updated_at)
+		SELECT swap_warehouse_table.organization_id, c.id, swap_warehouse_table.table_name, by_source,
+			by_transformation, by_output, now()
+		FROM dalgo.warehouse_connections c
+		WHERE c.organization_id = swap_warehouse_table.organization_id AND c.deleted_at IS NULL;
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.sync_source(run_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	r dalgo.sync_runs;
+	src dalgo.sources;
+	schema_name text;
+	build_name text := '_dalgo_sync_' || replace(run_id::text, '-', '');
+	target text;
+	n bigint;
+	relation text;
+	path text;
+	header text;
+	cols text;
+BEGIN
+	PERFORM dalgo_internal.verify_scheduled_run('s', run_id);
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = run_id;
+	SELECT * INTO src FROM dalgo.sources x WHERE x.id = r.source_id AND x.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'the source of run % no longer exists', run_id;
+	END IF;
+	schema_name := dalgo.warehouse_schema(src.organization_id);
+	target := coalesce(src.warehouse_table_name, 'source_' || left(replace(src.id::text, '-', ''), 12));
+	IF src.source_type = 'postgres' THEN
+		-- Read as the warehouse role: it sees only what it was granted.
+		relation := dalgo_internal.source_relation(src.config);
+		n := dalgo_internal.warehouse_execute(src.organization_id,
+			format('CREATE TABLE %I.%I AS SELECT * FROM %s', schema_name, build_name, relation));
+	ELSIF src.source_type = 'csv' THEN
+		path := dalgo_internal.csv_path(src.organization_id, src.config->>'path');
+		header := split_part(pg_read_file(path, 0, 65536), E'\n', 1);
+		SELECT string_agg(format('%I text', trim(both '"' FROM trim(c))), ', ') INTO cols
+		FROM unnest(string_to_array(rtrim(header, E'\r'), ',')) c;
+		IF cols IS NULL THEN
+			RAISE EXCEPTION 'csv file % has no header line', src.config->>'path' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		PERFORM dalgo_internal.warehouse_execute(src.organization_id, format('CREATE TABLE %I.%I (%s)', schema_name, build_name, cols));
+		EXECUTE format('COPY %I.%I FROM %L WITH (FORMAT csv, HEADER true)', schema_name, build_name, path);
+		GET DIAGNOSTICS n = ROW_COUNT;
+	ELSE
+		RAISE EXCEPTION '% sources are synced by a connector', src.source_type;
+	END IF;
+	PERFORM dalgo_internal.check_warehouse_quota(src.organization_id, target);
+	PERFORM dalgo_internal.swap_warehouse_table(src.organization_id, build_name, target);
+	PERFORM dalgo_internal.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
+
+	-- source_schemas: columns, types, order and nullability of what was synced.
+	DELETE FROM dalgo.source_schemas x WHERE x.source_id = src.id;
+	INSERT INTO dalgo.source_schemas (organization_id, source_id, column_name, column_type, column_order, is_nullable)
+	SELECT src.organization_id, src.id, a.attname, format_type(a.atttypid, a.atttypmod), a.attnum, NOT a.attnotnull
+	FROM pg_attribute a
+	WHERE a.attrelid = to_regclass(format('%I.%I', schema_name, target)) AND a.attnum > 0 AND NOT a.attisdropped;
+	IF relation IS NOT NULL THEN
+		UPDATE dalgo.source_schemas x SET is_nullable = NOT a.attnotnull
+		FROM pg_attribute a
+		WHERE x.source_id = src.id AND a.attrelid = relation::regclass
+		  AND a.attname = x.column_name;
+	END IF;
+
+	UPDATE dalgo.sources x SET last_synced_at = now(), warehouse_table_name = target WHERE x.id = src.id;
+	UPDATE dalgo.sync_runs x SET status = 'success', completed_at = clock_timestamp(), rows_synced = least(n, 2147483647)
+	WHERE x.id = run_id;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.take_pending_run(OUT run_kind text, OUT run_id uuid)
+ RETURNS record
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	org uuid;
+BEGIN
+	FOR org IN
+		WITH queued AS (
+			SELECT r.organization_id, r.status, r.created_at
+			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+			WHERE r.status IN ('pending', 'running') AND NOT dalgo.is_connector_source(s.source_type)
+			  AND r.details ? 'schedule_id'
+			UNION ALL
+			SELECT r.organization_id, r.status, r.created_at FROM dalgo.transformation_runs r
+			WHERE r.status IN ('pending', 'running') AND r.details ? 'schedule_id')
+		SELECT q.organization_id FROM queued q
+		GROUP BY q.organization_id
+		HAVING bool_or(q.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE q.status = 'running'), min(q.created_at) FILTER (WHERE q.status = 'pending'),
+				 q.organization_id
+	LOOP
+		SELECT 's', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo.is_connector_source(s.source_type)
+		  AND r.details ? 'schedule_id'
+		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
+		IF NOT FOUND THEN
+			SELECT 'o', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
+			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ? 'schedule_id'
+			ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED;
+		END IF;
+		EXIT WHEN run_id IS NOT NULL;
+	END LOOP;
+	IF run_id IS NOT NULL THEN
+		PERFORM dalgo_internal.start_scheduled_run(run_kind, run_id);
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.transformation_before_save()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	deps uuid[];
+BEGIN
+	IF TG_OP = 'INSERT' AND dalgo.restoring() THEN RETURN NEW; END IF;	-- restored as dumped
+	-- The output table name is checked on every insert and update, whatever changed
+	-- (a move to another organization is refused by the tenant_fixed trigger).
+	IF NEW.deleted_at IS NULL AND NEW.output_table_name IS NOT NULL
+	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
+		PERFORM dalgo_internal.check_warehouse_table_name(NEW.organization_id, NEW.output_table_name, NULL, NEW.id, NULL);
+	END IF;
+	IF TG_OP = 'UPDATE' AND NEW.recipe IS NOT DISTINCT FROM OLD.recipe THEN
+		NEW.current_version := OLD.current_version;
+		RETURN NEW;
+	END IF;
+	PERFORM dalgo_internal.check_recipe_sql(NEW.organization_id, dalgo.compile_recipe(NEW.organization_id, NEW.recipe));
+	deps := dalgo.recipe_dependencies(NEW.recipe);
+	IF NEW.id = ANY (deps) OR EXISTS (
+		WITH RECURSIVE walk(id) AS (
+			SELECT unnest(deps)
+			UNION
+			SELECT d FROM walk JOIN dalgo.transformations t ON t.id = walk.id AND t.organization_id = NEW.organization_id,
+				unnest(dalgo.recipe_dependencies(t.recipe)) d)
+		SELECT FROM walk WHERE walk.id = NEW.id) THEN
+		RAISE EXCEPTION 'recipe: transformation % would depend on itself (a dependency cycle)', NEW.id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	NEW.current_version := CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE OLD.current_version + 1 END;
+	RETURN NEW;
+END
+$function$
+;
+COMMENT ON FUNCTION dalgo_internal.run_autonomously(action text, key bytea, id uuid) IS 'Run a recorder (failed_sign_in: dalgo_internal.note_failed_sign_in; token_reuse: dalgo_internal.note_token_reuse) in a background worker''s own, committed transaction, so the record survives the caller''s error (private)';
+
+
+-- r1: naming pass (issue 10 item 2).  Organization parameters are named
+-- organization_id everywhere: is_org_member, is_org_admin and org_role
+-- called theirs org.  CREATE OR REPLACE cannot rename a parameter and
+-- nothing may drop these functions (the API); they are C functions, whose
+-- parameter names only label calls, so the names are set in the catalog.
+UPDATE pg_catalog.pg_proc SET proargnames = '{organization_id,min_role}'
+	WHERE oid = 'dalgo.is_org_member(uuid, dalgo.member_role)'::pg_catalog.regprocedure;
+UPDATE pg_catalog.pg_proc SET proargnames = '{organization_id}'
+	WHERE oid IN ('dalgo.is_org_admin(uuid)'::pg_catalog.regprocedure, 'dalgo.org_role(uuid)'::pg_catalog.regprocedure);
+-- One verb per concept (claim_pending_run, like claim_due_schedules),
+-- ensure_warehouse for what creates a warehouse's role, schema and row, and
+-- one scheme for trigger functions: what they do, verb first.
+ALTER FUNCTION dalgo.warehouse_schema(organization_id uuid) RENAME TO ensure_warehouse;
+ALTER FUNCTION dalgo_internal.take_pending_run(OUT run_kind text, OUT run_id uuid) RENAME TO claim_pending_run;
+ALTER FUNCTION dalgo_internal.audit_trigger() RENAME TO audit_change;
+ALTER FUNCTION dalgo_internal.audit_log_guard() RENAME TO guard_audit_logs;
+ALTER FUNCTION dalgo_internal.membership_changed() RENAME TO invalidate_membership_caches;
+ALTER FUNCTION dalgo_internal.transformation_before_save() RENAME TO check_transformation;
+ALTER FUNCTION dalgo_internal.transformation_record_version() RENAME TO record_transformation_version;
+ALTER FUNCTION dalgo_internal.source_check_table_name() RENAME TO check_source_table_name;
+ALTER FUNCTION dalgo_internal.output_check_table_name() RENAME TO check_output_table_name;
+ALTER FUNCTION dalgo_internal.schedule_before_save() RENAME TO set_schedule_next_run;
+-- The bodies that name a renamed function.
+CREATE OR REPLACE FUNCTION dalgo.enable_audit(tbl regclass, exclude text[] DEFAULT '{}'::text[], organization_column text DEFAULT NULL::text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	kind "char";
+	orgcol text := organization_column;
+	c text;
+	args text;
+BEGIN
+	SELECT relkind INTO kind FROM pg_class WHERE oid = tbl;
+	IF kind IS NULL OR kind NOT IN ('r', 'p', 'f') THEN
+		RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = 'wrong_object_type';
+	END IF;
+	IF tbl = 'dalgo.audit_logs'::regclass THEN
+		RAISE EXCEPTION 'dalgo.audit_logs cannot audit itself' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOREACH c IN ARRAY coalesce(exclude, '{}') LOOP
+		IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = tbl AND attname = c AND attnum > 0 AND NOT attisdropped) THEN
+			RAISE EXCEPTION 'column "%" of % does not exist', c, tbl USING ERRCODE = 'undefined_column';
+		END IF;
+	END LOOP;
+	IF orgcol IS NULL THEN
+		orgcol := CASE WHEN EXISTS (SELECT FROM pg_attribute WHERE attrelid = tbl AND attname = 'organization_id'
+									AND atttypid = 'uuid'::regtype AND NOT attisdropped)
+					   THEN 'organization_id' ELSE '' END;
+	ELSIF orgcol <> '' AND NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = tbl AND attname = orgcol
+									   AND atttypid = 'uuid'::regtype AND NOT attisdropped) THEN
+		RAISE EXCEPTION 'organization column "%" of % does not exist or is not a uuid', orgcol, tbl
+			USING ERRCODE = 'undefined_column';
+	END IF;
+
+	PERFORM dalgo.disable_audit(tbl);
+	SELECT string_agg(quote_literal(a), ', ') INTO args FROM unnest(ARRAY[orgcol] || coalesce(exclude, '{}')) a;
+	IF kind = 'f' THEN
+		-- Foreign tables cannot have transition tables: audit them row by row.
+		EXECUTE format('CREATE TRIGGER dalgo_audit AFTER INSERT OR UPDATE OR DELETE ON %s '
+					   'FOR EACH ROW EXECUTE FUNCTION dalgo_internal.audit_change(%s)', tbl, args);
+	ELSE
+		EXECUTE format('CREATE TRIGGER dalgo_audit_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
+					   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_change(%s)', tbl, args);
+		EXECUTE format('CREATE TRIGGER dalgo_audit_update AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows '
+					   'NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_change(%s)', tbl, args);
+		EXECUTE format('CREATE TRIGGER dalgo_audit_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows '
+					   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_change(%s)', tbl, args);
+		EXECUTE format('CREATE TRIGGER dalgo_audit_truncate AFTER TRUNCATE ON %s '
+					   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_change(%s)', tbl, args);
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.ensure_warehouse(organization_id uuid)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	hex text := replace(organization_id::text, '-', '');
+	schema_name text := 'org_' || hex;
+	role_name text := 'dalgo_wh_' || hex;
+	r pg_roles;
+	problem text;
+BEGIN
+	IF organization_id IS NULL THEN
+		RAISE EXCEPTION 'organization_id is required' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(organization_id, 'viewer')
+	   OR NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = ensure_warehouse.organization_id AND o.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT * INTO r FROM pg_roles WHERE rolname = role_name;
+	IF NOT FOUND THEN
+		EXECUTE format('CREATE ROLE %I NOLOGIN NOINHERIT', role_name);
+		EXECUTE format('COMMENT ON ROLE %I IS %L', role_name, 'dalgo: owns the warehouse of organization ' || organization_id);
+	ELSE
+		-- A role of that name that dalgo did not make the way it makes them is
+		-- never adopted: everything a viewer previews runs as this role.
+		problem := concat_ws(', ',
+			CASE WHEN r.rolcanlogin THEN 'it can log in' END,
+			CASE WHEN r.rolsuper THEN 'it is a superuser' END,
+			CASE WHEN r.rolbypassrls THEN 'it bypasses row-level security' END,
+			CASE WHEN r.rolcreaterole THEN 'it can create roles' END,
+			CASE WHEN r.rolcreatedb THEN 'it can create databases' END,
+			CASE WHEN r.rolreplication THEN 'it is a replication role' END,
+			(SELECT 'it is a member of ' || string_agg(quote_ident(g.rolname), ', ' ORDER BY g.rolname)
+			 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid),
+			(SELECT 'it is granted to ' || string_agg(quote_ident(u.rolname), ', ' ORDER BY u.rolname)
+			 FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member WHERE m.roleid = r.oid));
+		IF problem <> '' THEN
+			RAISE EXCEPTION 'role "%" exists but is not a warehouse role dalgo can use: %', role_name, problem
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  HINT = 'A warehouse role is NOLOGIN, NOSUPERUSER, NOBYPASSRLS, NOCREATEROLE, NOCREATEDB, NOREPLICATION and in no role membership; a superuser must fix or drop it.';
+		END IF;
+	END IF;
+	IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = schema_name) THEN
+		EXECUTE format('CREATE SCHEMA %I AUTHORIZATION %I', schema_name, role_name);
+		EXECUTE format('REVOKE ALL ON SCHEMA %I FROM PUBLIC', schema_name);
+		EXECUTE format('COMMENT ON SCHEMA %I IS %L', schema_name, 'dalgo: warehouse of organization ' || organization_id);
+	ELSIF NOT EXISTS (SELECT FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner
+					  WHERE n.nspname = schema_name AND o.rolname = role_name) THEN
+		RAISE EXCEPTION 'schema "%" exists but is not owned by the warehouse role "%"', schema_name, role_name
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'dalgo never adopts a schema it did not create for the organization; a superuser must fix its owner or drop it.';
+	END IF;
+	INSERT INTO dalgo.warehouse_connections (organization_id, database_name, is_connected, last_connected_at)
+		SELECT ensure_warehouse.organization_id, current_database(), true, now()
+		WHERE NOT EXISTS (SELECT FROM dalgo.warehouse_connections w
+						  WHERE w.organization_id = ensure_warehouse.organization_id AND w.deleted_at IS NULL);
+	RETURN schema_name;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo.preview_recipe(organization_id uuid, recipe jsonb, row_limit integer DEFAULT 50)
+ RETURNS SETOF jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	IF NOT dalgo.caller_may(organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF row_limit IS NULL OR row_limit < 1 OR row_limit > 10000 THEN
+		RAISE EXCEPTION 'row_limit must be between 1 and 10000' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM dalgo.ensure_warehouse(organization_id);
+	RETURN QUERY SELECT * FROM dalgo_internal.warehouse_query(organization_id, dalgo.compile_recipe(organization_id, recipe), row_limit);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.build_transformation(transformation_id uuid, run_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	t dalgo.transformations;
+	sql text;
+	schema_name text;
+	build_name text := '_dalgo_build_' || replace(run_id::text, '-', '');
+	n bigint;
+	err text;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = build_transformation.transformation_id;
+	UPDATE dalgo.transformation_runs r SET version_number = t.current_version WHERE r.id = run_id;
+	BEGIN
+		IF t.output_table_name IS NULL THEN
+			RAISE EXCEPTION 'transformation % has no output_table_name', t.id USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		schema_name := dalgo.ensure_warehouse(t.organization_id);
+		sql := dalgo.compile_recipe(t.organization_id, t.recipe);
+		-- Build under a private name, then swap: readers never see a half-built table,
+		-- and a failure leaves the previous output as it was.
+		n := dalgo_internal.warehouse_execute(t.organization_id, format('CREATE TABLE %I.%I AS %s', schema_name, build_name, sql));
+		PERFORM dalgo_internal.check_warehouse_quota(t.organization_id, t.output_table_name);
+		PERFORM dalgo_internal.swap_warehouse_table(t.organization_id, build_name, t.output_table_name);
+		PERFORM dalgo_internal.register_warehouse_table(t.organization_id, t.output_table_name, NULL, t.id, n);
+		UPDATE dalgo.transformations x SET last_run_at = now() WHERE x.id = t.id;
+		UPDATE dalgo.transformation_runs r SET status = 'success', completed_at = clock_timestamp(),
+			rows_affected = least(n, 2147483647), executed_sql = sql
+		WHERE r.id = run_id;
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
+		UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
+			error_message = err, executed_sql = sql
+		WHERE r.id = run_id;
+		RAISE WARNING 'transformation run % failed: %', run_id, err;
+	END;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_recipe_sql(organization_id uuid, sql text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	msg text;
+BEGIN
+	IF NOT dalgo.caller_may(organization_id, 'member') THEN
+		RAISE EXCEPTION 'saving a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo.ensure_warehouse(organization_id);
+	BEGIN
+		PERFORM * FROM dalgo_internal.warehouse_query(organization_id, sql, 0);
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+		RAISE EXCEPTION 'recipe does not type-check: %', msg USING ERRCODE = 'invalid_parameter_value';
+	END;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.create_warehouse_for_connection()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+	IF dalgo.restoring() THEN RETURN NULL; END IF;	-- restored: the schema is in the dump
+	PERFORM dalgo.ensure_warehouse(NEW.organization_id);
+	RETURN NULL;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.sync_source(run_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	r dalgo.sync_runs;
+	src dalgo.sources;
+	schema_name text;
+	build_name text := '_dalgo_sync_' || replace(run_id::text, '-', '');
+	target text;
+	n bigint;
+	relation text;
+	path text;
+	header text;
+	cols text;
+BEGIN
+	PERFORM dalgo_internal.verify_scheduled_run('s', run_id);
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = run_id;
+	SELECT * INTO src FROM dalgo.sources x WHERE x.id = r.source_id AND x.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'the source of run % no longer exists', run_id;
+	END IF;
+	schema_name := dalgo.ensure_warehouse(src.organization_id);
+	target := coalesce(src.warehouse_table_name, 'source_' || left(replace(src.id::text, '-', ''), 12));
+	IF src.source_type = 'postgres' THEN
+		-- Read as the warehouse role: it sees only what it was granted.
+		relation := dalgo_internal.source_relation(src.config);
+		n := dalgo_internal.warehouse_execute(src.organization_id,
+			format('CREATE TABLE %I.%I AS SELECT * FROM %s', schema_name, build_name, relation));
+	ELSIF src.source_type = 'csv' THEN
+		path := dalgo_internal.csv_path(src.organization_id, src.config->>'path');
+		header := split_part(pg_read_file(path, 0, 65536), E'\n', 1);
+		SELECT string_agg(format('%I text', trim(both '"' FROM trim(c))), ', ') INTO cols
+		FROM unnest(string_to_array(rtrim(header, E'\r'), ',')) c;
+		IF cols IS NULL THEN
+			RAISE EXCEPTION 'csv file % has no header line', src.config->>'path' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		PERFORM dalgo_internal.warehouse_execute(src.organization_id, format('CREATE TABLE %I.%I (%s)', schema_name, build_name, cols));
+		EXECUTE format('COPY %I.%I FROM %L WITH (FORMAT csv, HEADER true)', schema_name, build_name, path);
+		GET DIAGNOSTICS n = ROW_COUNT;
+	ELSE
+		RAISE EXCEPTION '% sources are synced by a connector', src.source_type;
+	END IF;
+	PERFORM dalgo_internal.check_warehouse_quota(src.organization_id, target);
+	PERFORM dalgo_internal.swap_warehouse_table(src.organization_id, build_name, target);
+	PERFORM dalgo_internal.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
+
+	-- source_schemas: columns, types, order and nullability of what was synced.
+	DELETE FROM dalgo.source_schemas x WHERE x.source_id = src.id;
+	INSERT INTO dalgo.source_schemas (organization_id, source_id, column_name, column_type, column_order, is_nullable)
+	SELECT src.organization_id, src.id, a.attname, format_type(a.atttypid, a.atttypmod), a.attnum, NOT a.attnotnull
+	FROM pg_attribute a
+	WHERE a.attrelid = to_regclass(format('%I.%I', schema_name, target)) AND a.attnum > 0 AND NOT a.attisdropped;
+	IF relation IS NOT NULL THEN
+		UPDATE dalgo.source_schemas x SET is_nullable = NOT a.attnotnull
+		FROM pg_attribute a
+		WHERE x.source_id = src.id AND a.attrelid = relation::regclass
+		  AND a.attname = x.column_name;
+	END IF;
+
+	UPDATE dalgo.sources x SET last_synced_at = now(), warehouse_table_name = target WHERE x.id = src.id;
+	UPDATE dalgo.sync_runs x SET status = 'success', completed_at = clock_timestamp(), rows_synced = least(n, 2147483647)
+	WHERE x.id = run_id;
+END
+$function$
+;
+
+
+-- r1: one home for each rule (issue 10 item 4, SQL side).  The warehouse
+-- schema and role names come from one IMMUTABLE function each; a view over
+-- the two run tables and one status writer replace the paired IFs on
+-- run_kind; the fill_organization_id triggers are made from a list in
+-- sql/schema.sql (same triggers, nothing to change here).
+-- The one rule that names an organization's warehouse: schema org_<hex>,
+-- owned by role dalgo_wh_<hex>, <hex> the organization id without dashes.
+CREATE FUNCTION dalgo_internal.warehouse_schema_name(organization_id uuid) RETURNS text
+	LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+	RETURN 'org_' || replace(organization_id::text, '-', '');
+COMMENT ON FUNCTION dalgo_internal.warehouse_schema_name(uuid) IS
+	'Internal: the name of an organization''s warehouse schema, org_<id without dashes>';
+CREATE FUNCTION dalgo_internal.warehouse_role_name(organization_id uuid) RETURNS text
+	LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+	RETURN 'dalgo_wh_' || replace(organization_id::text, '-', '');
+COMMENT ON FUNCTION dalgo_internal.warehouse_role_name(uuid) IS
+	'Internal: the name of the role that owns an organization''s warehouse schema, dalgo_wh_<id without dashes>';
+REVOKE ALL ON FUNCTION dalgo_internal.warehouse_schema_name(uuid), dalgo_internal.warehouse_role_name(uuid) FROM PUBLIC;
+
+-- The two run tables seen as one, for the scheduler's steps: run_kind 's'
+-- is a sync run (sync_runs), 'o' an output refresh (transformation_runs).
+CREATE VIEW dalgo_internal.scheduled_runs AS
+	SELECT 's'::text AS run_kind, r.id, r.organization_id, r.source_id, NULL::uuid AS transformation_id, r.details
+	FROM dalgo.sync_runs r
+	UNION ALL
+	SELECT 'o'::text, r.id, r.organization_id, NULL::uuid, r.transformation_id, r.details
+	FROM dalgo.transformation_runs r;
+COMMENT ON VIEW dalgo_internal.scheduled_runs IS
+	'Internal: sync runs (run_kind s) and transformation runs (run_kind o) as one relation, for the scheduler''s steps';
+
+-- The one place that writes a run's state by kind: running (started_at
+-- and extra details) or finished (completed_at, error_message, details).
+CREATE FUNCTION dalgo_internal.set_scheduled_run_status(run_kind text, run_id uuid, status dalgo.run_status,
+														 message text, extra jsonb) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	starting boolean := status = 'running';
+BEGIN
+	IF run_kind = 's' THEN
+		UPDATE dalgo.sync_runs r SET status = set_scheduled_run_status.status,
+			started_at = CASE WHEN starting THEN clock_timestamp() ELSE r.started_at END,
+			completed_at = CASE WHEN starting THEN r.completed_at ELSE clock_timestamp() END,
+			error_message = CASE WHEN starting THEN r.error_message ELSE message END,
+			details = r.details || coalesce(extra, '{}')
+		WHERE r.id = run_id;
+	ELSE
+		UPDATE dalgo.transformation_runs r SET status = set_scheduled_run_status.status,
+			started_at = CASE WHEN starting THEN clock_timestamp() ELSE r.started_at END,
+			completed_at = CASE WHEN starting THEN r.completed_at ELSE clock_timestamp() END,
+			error_message = CASE WHEN starting THEN r.error_message ELSE message END,
+			details = r.details || coalesce(extra, '{}')
+		WHERE r.id = run_id;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.set_scheduled_run_status(text, uuid, dalgo.run_status, text, jsonb) IS
+	'Internal: set a scheduled run''s status in its table (sync_runs for s, transformation_runs for o): running stamps started_at, any other status completed_at and error_message; extra is merged into details';
+REVOKE ALL ON FUNCTION dalgo_internal.set_scheduled_run_status(text, uuid, dalgo.run_status, text, jsonb) FROM PUBLIC;
+
+-- The bodies that now use them.
+CREATE OR REPLACE FUNCTION dalgo.ensure_warehouse(organization_id uuid)
+ RETURNS text
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	role_name text := dalgo_internal.warehouse_role_name(organization_id);
+	r pg_roles;
+	problem text;
+BEGIN
+	IF organization_id IS NULL THEN
+		RAISE EXCEPTION 'organization_id is required' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(organization_id, 'viewer')
+	   OR NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = ensure_warehouse.organization_id AND o.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT * INTO r FROM pg_roles WHERE rolname = role_name;
+	IF NOT FOUND THEN
+		EXECUTE format('CREATE ROLE %I NOLOGIN NOINHERIT', role_name);
+		EXECUTE format('COMMENT ON ROLE %I IS %L', role_name, 'dalgo: owns the warehouse of organization ' || organization_id);
+	ELSE
+		-- A role of that name that dalgo did not make the way it makes them is
+		-- never adopted: everything a viewer previews runs as this role.
+		problem := concat_ws(', ',
+			CASE WHEN r.rolcanlogin THEN 'it can log in' END,
+			CASE WHEN r.rolsuper THEN 'it is a superuser' END,
+			CASE WHEN r.rolbypassrls THEN 'it bypasses row-level security' END,
+			CASE WHEN r.rolcreaterole THEN 'it can create roles' END,
+			CASE WHEN r.rolcreatedb THEN 'it can create databases' END,
+			CASE WHEN r.rolreplication THEN 'it is a replication role' END,
+			(SELECT 'it is a member of ' || string_agg(quote_ident(g.rolname), ', ' ORDER BY g.rolname)
+			 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid),
+			(SELECT 'it is granted to ' || string_agg(quote_ident(u.rolname), ', ' ORDER BY u.rolname)
+			 FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member WHERE m.roleid = r.oid));
+		IF problem <> '' THEN
+			RAISE EXCEPTION 'role "%" exists but is not a warehouse role dalgo can use: %', role_name, problem
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  HINT = 'A warehouse role is NOLOGIN, NOSUPERUSER, NOBYPASSRLS, NOCREATEROLE, NOCREATEDB, NOREPLICATION and in no role membership; a superuser must fix or drop it.';
+		END IF;
+	END IF;
+	IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = schema_name) THEN
+		EXECUTE format('CREATE SCHEMA %I AUTHORIZATION %I', schema_name, role_name);
+		EXECUTE format('REVOKE ALL ON SCHEMA %I FROM PUBLIC', schema_name);
+		EXECUTE format('COMMENT ON SCHEMA %I IS %L', schema_name, 'dalgo: warehouse of organization ' || organization_id);
+	ELSIF NOT EXISTS (SELECT FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner
+					  WHERE n.nspname = schema_name AND o.rolname = role_name) THEN
+		RAISE EXCEPTION 'schema "%" exists but is not owned by the warehouse role "%"', schema_name, role_name
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'dalgo never adopts a schema it did not create for the organization; a superuser must fix its owner or drop it.';
+	END IF;
+	INSERT INTO dalgo.warehouse_connections (organization_id, database_name, is_connected, last_connected_at)
+		SELECT ensure_warehouse.organization_id, current_database(), true, now()
+		WHERE NOT EXISTS (SELECT FROM dalgo.warehouse_connections w
+						  WHERE w.organization_id = ensure_warehouse.organization_id AND w.deleted_at IS NULL);
+	RETURN schema_name;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_warehouse_quota(organization_id uuid, replacing text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	org uuid := check_warehouse_quota.organization_id;
+	lim bigint := dalgo_internal.organization_quota(org, 'warehouse_bytes');
+	ns oid;
+	n bigint;
+BEGIN
+	IF lim IS NULL THEN
+		RETURN;
+	END IF;
+	ns := to_regnamespace(dalgo_internal.warehouse_schema_name(org));
+	n := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
+				   WHERE c.relnamespace = ns AND c.relkind IN ('r', 'm', 'p')
+					 AND c.relname IS DISTINCT FROM replacing), 0);
+	IF n > lim OR (replacing IS NULL AND n >= lim) THEN
+		RAISE EXCEPTION 'quota warehouse_bytes exceeded: the warehouse % % bytes, the limit is %',
+			CASE WHEN replacing IS NULL THEN 'holds' ELSE 'would hold' END, n, lim
+			USING ERRCODE = 'configuration_limit_exceeded',
+				  HINT = 'Drop tables or outputs the organization no longer needs; a superuser can raise the quota.';
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.drop_output_views(organization_id uuid, table_names text[])
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	v record;
+	dropped jsonb := '[]';
+BEGIN
+	FOR v IN SELECT DISTINCT coalesce(x.destination_config->>'name', y.output_table_name) AS view_name,
+					y.output_table_name AS table_name
+			 FROM dalgo.outputs x JOIN dalgo.transformations y ON y.id = x.transformation_id
+			 WHERE x.organization_id = drop_output_views.organization_id
+			   AND y.organization_id = drop_output_views.organization_id
+			   AND x.deleted_at IS NULL AND x.destination_config->>'type' = 'view'
+			   AND y.output_table_name = ANY (table_names)
+	LOOP
+		IF v.view_name <> v.table_name AND dalgo_internal.output_view_reads(organization_id, v.view_name, v.table_name) THEN
+			PERFORM dalgo_internal.warehouse_execute(organization_id, format('DROP VIEW %I.%I', schema_name, v.view_name));
+			dropped := dropped || jsonb_build_object('view_name', v.view_name, 'table_name', v.table_name);
+		END IF;
+	END LOOP;
+	RETURN dropped;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.execute_scheduled_run(run_kind text, run_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	msg text;
+BEGIN
+	-- A run refused by a quota did not start: it fails with the quota's
+	-- message and, like a skipped slot, does not count against runs_per_hour
+	-- (else an organization whose schedules ask for more than its quota
+	-- would be refused for good, each refusal filling the next hour).
+	BEGIN
+		PERFORM dalgo_internal.check_run_quota((SELECT r.organization_id FROM dalgo_internal.scheduled_runs r
+												WHERE r.run_kind = execute_scheduled_run.run_kind AND r.id = run_id));
+	EXCEPTION WHEN configuration_limit_exceeded THEN
+		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+		PERFORM dalgo_internal.set_scheduled_run_status(run_kind, run_id, 'failed', msg,
+														 '{"skipped": true, "quota_refused": true}');
+		RETURN;
+	END;
+	IF run_kind = 's' THEN
+		PERFORM dalgo_internal.sync_source(run_id);
+	ELSIF run_kind = 'o' THEN
+		PERFORM dalgo_internal.refresh_output(run_id);
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.fail_scheduled_run(run_kind text, run_id uuid, message text)
+ RETURNS void
+ LANGUAGE sql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+BEGIN ATOMIC
+ SELECT dalgo_internal.set_scheduled_run_status(run_kind, run_id, 'failed'::dalgo.run_status, message, NULL::jsonb) AS set_scheduled_run_status;
+END
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.organization_usage(organization_id uuid, OUT quota text, OUT used bigint, OUT quota_limit bigint)
+ RETURNS SETOF record
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	org uuid := organization_usage.organization_id;
+BEGIN
+	quota := 'warehouse_bytes';
+	used := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
+					  WHERE c.relnamespace = to_regnamespace(dalgo_internal.warehouse_schema_name(org))
+						AND c.relkind IN ('r', 'm', 'p')), 0);
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'concurrent_runs';
+	used := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running')
+		  + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running');
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'runs_per_hour';
+	used := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
+			 AND NOT r.details ? 'skipped')
+		  + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
+			 AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped');
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'run_seconds';
+	used := NULL;
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.output_view_reads(organization_id uuid, view_name text, table_name text)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+	SELECT coalesce((
+		SELECT c.relkind = 'v' AND tbl IS NOT NULL
+			AND bool_and(d.refobjid = tbl) AND bool_or(d.refobjid = tbl)
+		FROM pg_class c
+		JOIN pg_rewrite rw ON rw.ev_class = c.oid
+		LEFT JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+			AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> c.oid,
+		LATERAL (SELECT to_regclass(format('%I.%I', dalgo_internal.warehouse_schema_name(output_view_reads.organization_id),
+										   output_view_reads.table_name))::oid AS tbl) x
+		WHERE c.oid = to_regclass(format('%I.%I', dalgo_internal.warehouse_schema_name(output_view_reads.organization_id),
+										 output_view_reads.view_name))
+		GROUP BY c.relkind, tbl), false)
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.refresh_output(run_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	r dalgo.transformation_runs;
+	o dalgo.outputs;
+	t dalgo.transformations;
+	v record;
+	dropped jsonb;
+	schema_name text;
+	dest text;
+	kind text;
+BEGIN
+	PERFORM dalgo_internal.verify_scheduled_run('o', run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+	SELECT * INTO o FROM dalgo.outputs x
+	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
+	schema_name := dalgo_internal.warehouse_schema_name(o.organization_id);
+	kind := coalesce(o.destination_config->>'type', 'table');
+	dest := coalesce(o.destination_config->>'name', t.output_table_name);
+	IF kind NOT IN ('table', 'view') THEN
+		RAISE EXCEPTION 'unknown destination type "%" (use table or view)', kind USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'view' AND dest = t.output_table_name THEN
+		RAISE EXCEPTION 'a view destination needs a name other than the transformation''s table "%"', dest
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
+	END IF;
+	-- destination_config.name is a member's text: it may name only what this
+	-- output makes.  Longer names would be truncated to another table's name.
+	IF dest = '' OR octet_length(dest) >= 64 OR dest LIKE '\_dalgo\_%' THEN
+		RAISE EXCEPTION 'output destination name "%" is not allowed', dest
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use a name of 1 to 63 bytes that does not start with _dalgo_.';
+	END IF;
+	IF dest <> t.output_table_name AND to_regclass(format('%I.%I', schema_name, dest)) IS NOT NULL
+	   AND NOT (CASE WHEN kind = 'view' THEN dalgo_internal.output_view_reads(o.organization_id, dest, t.output_table_name)
+				ELSE EXISTS (SELECT FROM dalgo.warehouse_tables w
+							 WHERE w.organization_id = o.organization_id AND w.table_name = dest
+							   AND w.deleted_at IS NULL AND w.output_id = o.id) END) THEN
+		RAISE EXCEPTION 'output destination "%" exists and was not made by this output', dest
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'An output replaces only a table or view that its own refreshes made.',
+				  HINT = 'Set destination_config.name to a new name.';
+	END IF;
+
+	-- The tables this refresh swaps: the transformation's and its upstream's.
+	dropped := dalgo_internal.drop_output_views(o.organization_id, ARRAY(
+		SELECT y.output_table_name FROM dalgo.transformations y
+		WHERE y.organization_id = o.organization_id AND y.output_table_name IS NOT NULL
+		  AND (y.id = t.id OR y.id IN (SELECT u.id FROM dalgo.transformation_upstream(t.id) u))));
+
+	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
+		PERFORM dalgo.run_transformation(v.id, false);
+	END LOOP;
+	PERFORM dalgo_internal.build_transformation(t.id, run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+
+	-- The views dropped above, again over the (new, or on failure the old) tables.
+	PERFORM dalgo_internal.restore_output_views(o.organization_id, dropped);
+	IF r.status <> 'success' THEN
+		RETURN;
+	END IF;
+	IF kind = 'view' THEN
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+			schema_name, dest, schema_name, t.output_table_name));
+	ELSIF dest <> t.output_table_name THEN
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
+			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
+		PERFORM dalgo_internal.check_warehouse_quota(o.organization_id, dest);
+		-- The swap records this output as the table's producer.
+		PERFORM dalgo_internal.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
+	END IF;
+	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.register_warehouse_table(organization_id uuid, table_name text, source_id uuid, transformation_id uuid, row_count bigint)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	rel regclass := to_regclass(format('%I.%I', schema_name, table_name));
+	conn uuid;
+	info jsonb;
+BEGIN
+	SELECT id INTO conn FROM dalgo.warehouse_connections w
+	WHERE w.organization_id = register_warehouse_table.organization_id AND w.deleted_at IS NULL;
+	SELECT coalesce(jsonb_agg(jsonb_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
+												 'nullable', NOT a.attnotnull) ORDER BY a.attnum), '[]')
+	INTO info FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
+	UPDATE dalgo.warehouse_tables w SET row_count = register_warehouse_table.row_count,
+		size_bytes = pg_total_relation_size(rel), schema_info = info, last_updated_at = now(),
+		source_id = register_warehouse_table.source_id, transformation_id = register_warehouse_table.transformation_id
+	WHERE w.warehouse_connection_id = conn AND w.table_name = register_warehouse_table.table_name AND w.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		INSERT INTO dalgo.warehouse_tables (organization_id, warehouse_connection_id, table_name, source_id,
+											transformation_id, row_count, size_bytes, schema_info, last_updated_at)
+		VALUES (register_warehouse_table.organization_id, conn, register_warehouse_table.table_name,
+				register_warehouse_table.source_id, register_warehouse_table.transformation_id,
+				register_warehouse_table.row_count, pg_total_relation_size(rel), info, now());
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.restore_output_views(organization_id uuid, dropped jsonb)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	v record;
+BEGIN
+	FOR v IN SELECT * FROM jsonb_to_recordset(dropped) AS d(view_name text, table_name text) LOOP
+		IF to_regclass(format('%I.%I', schema_name, v.table_name)) IS NOT NULL THEN
+			PERFORM dalgo_internal.warehouse_execute(organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+				schema_name, v.view_name, schema_name, v.table_name));
+		END IF;
+	END LOOP;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.start_scheduled_run(run_kind text, run_id uuid)
+ RETURNS void
+ LANGUAGE sql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+BEGIN ATOMIC
+ SELECT dalgo_internal.set_scheduled_run_status(run_kind, run_id, 'running'::dalgo.run_status, NULL::text, jsonb_build_object('runner_pid', pg_backend_pid())) AS set_scheduled_run_status;
+END
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.swap_warehouse_table(organization_id uuid, build_name text, table_name text)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	by_source uuid;
+	by_transformation uuid;
+	by_output uuid;
+	context uuid;
+	claimant text;
+	reg dalgo.warehouse_tables;
+	dropped jsonb;
+BEGIN
+	-- The producer is the run the build is named after: dalgo names each
+	-- build table _dalgo_build_<transformation run>, _dalgo_sync_<sync run>
+	-- or _dalgo_out_<output refresh run>.
+	IF build_name ~ '^_dalgo_build_[0-9a-f]{32}$' THEN
+		SELECT r.transformation_id INTO by_transformation FROM dalgo.transformation_runs r
+		WHERE r.id = substr(build_name, 14)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+		context := by_transformation;
+	ELSIF build_name ~ '^_dalgo_sync_[0-9a-f]{32}$' THEN
+		SELECT r.source_id INTO by_source FROM dalgo.sync_runs r
+		WHERE r.id = substr(build_name, 13)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+	ELSIF build_name ~ '^_dalgo_out_[0-9a-f]{32}$' THEN
+		SELECT o.id, o.transformation_id INTO by_output, context
+		FROM dalgo.transformation_runs r
+		JOIN dalgo.schedules s ON s.id::text = r.details->>'schedule_id' AND s.organization_id = r.organization_id
+		JOIN dalgo.outputs o ON o.id = s.output_id AND o.organization_id = s.organization_id
+		WHERE r.id = substr(build_name, 12)::uuid AND r.organization_id = swap_warehouse_table.organization_id
+		  AND o.transformation_id = r.transformation_id;
+	END IF;
+	IF num_nonnulls(by_source, by_transformation, by_output) <> 1 THEN
+		RAISE EXCEPTION 'warehouse table build "%" belongs to no run of this organization', build_name
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Checked again at the moment of the swap, under the organization's name lock.
+	claimant := dalgo_internal.warehouse_table_claimant(organization_id, table_name, by_source, context, by_output);
+	IF claimant IS NOT NULL THEN
+		RAISE EXCEPTION 'warehouse table "%" belongs to %; it is not replaced', table_name, claimant
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT * INTO reg FROM dalgo.warehouse_tables w
+	WHERE w.organization_id = swap_warehouse_table.organization_id AND w.table_name = swap_warehouse_table.table_name
+	  AND w.deleted_at IS NULL
+	FOR UPDATE;
+	-- A table may be replaced only by the producer that made it.
+	IF to_regclass(format('%I.%I', schema_name, table_name)) IS NOT NULL
+	   AND (reg.id IS NULL OR reg.source_id IS DISTINCT FROM by_source
+			OR reg.transformation_id IS DISTINCT FROM by_transformation OR reg.output_id IS DISTINCT FROM by_output) THEN
+		RAISE EXCEPTION 'warehouse table "%" was not produced by this %; it is not replaced', table_name,
+			CASE WHEN by_source IS NOT NULL THEN 'source' WHEN by_transformation IS NOT NULL THEN 'transformation' ELSE 'output' END
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = CASE WHEN reg.id IS NULL THEN 'The table is not registered in dalgo.warehouse_tables.'
+						   ELSE 'dalgo.warehouse_tables records another producer for it.' END;
+	END IF;
+	-- Output views over the table depend on it: drop them around the swap
+	-- (in this transaction, so readers never miss them).
+	dropped := dalgo_internal.drop_output_views(organization_id, ARRAY[table_name]);
+	PERFORM dalgo_internal.warehouse_execute(organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, table_name));
+	PERFORM dalgo_internal.warehouse_execute(organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, table_name));
+	PERFORM dalgo_internal.restore_output_views(organization_id, dropped);
+	-- Record the producer (row count and size follow in register_warehouse_table).
+	IF reg.id IS NOT NULL THEN
+		UPDATE dalgo.warehouse_tables w SET source_id = by_source, transformation_id = by_transformation,
+			output_id = by_output, last_updated_at = now()
+		WHERE w.id = reg.id;
+	ELSE
+		INSERT INTO dalgo.warehouse_tables (organization_id, warehouse_connection_id, table_name, source_id,
+											transformation_id, output_id, last_updated_at)
+		SELECT swap_warehouse_table.organization_id, c.id, swap_warehouse_table.table_name, by_source,
+			by_transformation, by_output, now()
+		FROM dalgo.warehouse_connections c
+		WHERE c.organization_id = swap_warehouse_table.organization_id AND c.deleted_at IS NULL;
+	END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.verify_scheduled_run(run_kind text, run_id uuid)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+	det jsonb;
+	run_org uuid;
+	run_source uuid;
+	run_transformation uuid;
+	sid uuid;
+	s dalgo.schedules;
+	agree boolean := false;
+BEGIN
+	SELECT r.details, r.organization_id, r.source_id, r.transformation_id
+	INTO det, run_org, run_source, run_transformation
+	FROM dalgo_internal.scheduled_runs r WHERE r.run_kind = verify_scheduled_run.run_kind AND r.id = run_id;
+	BEGIN
+		sid := (det->>'schedule_id')::uuid;
+	EXCEPTION WHEN invalid_text_representation THEN
+		sid := NULL;
+	END;
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = sid;
+	IF FOUND AND s.organization_id = run_org THEN
+		IF run_kind = 's' THEN
+			agree := s.source_id = run_source
+				AND EXISTS (SELECT FROM dalgo.sources x WHERE x.id = run_source AND x.organization_id = run_org);
+		ELSE
+			agree := EXISTS (SELECT FROM dalgo.outputs o JOIN dalgo.transformations t ON t.id = o.transformation_id
+							 WHERE o.id = s.output_id AND o.organization_id = run_org AND t.organization_id = run_org
+							   AND t.id = run_transformation);
+		END IF;
+	END IF;
+	IF NOT coalesce(agree, false) THEN
+		RAISE EXCEPTION 'run % was refused: it does not match its schedule', run_id
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'A scheduled run must name the schedule that created it, and schedule, source or output, transformation and run must belong to one organization.';
+	END IF;
+END
+$function$
+;
+
+
+-- lead: the toolkit's helpers and trigger functions move to dalgo_internal (issue 10 item 1)
+ALTER FUNCTION dalgo.redact_trigger() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.toolkit_condition(regclass, text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.toolkit_policy_problems(pg_node_tree) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.is_secret_name(text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.toolkit_target(regclass) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.toolkit_column(regclass, name, regtype[]) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.toolkit_ensure_index(regclass, name) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.toolkit_drop_policies(regclass, text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.toolkit_prepare(regclass, text[], boolean) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.toolkit_policy(regclass, name, text, text, text, text, text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.toolkit_org_test(name, dalgo.member_role) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.toolkit_own_test(name) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.toolkit_share_guard() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo_internal.toolkit_share_guard() RENAME TO guard_shares;
+ALTER FUNCTION dalgo.restore_retention_policy() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo_internal.restore_retention_policy() RENAME TO record_restored_retention_policy;
+ALTER FUNCTION dalgo.toolkit_pgcrypto() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.toolkit_secret_key() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.toolkit_encrypt(text, text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.toolkit_decrypt(text, text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.toolkit_stored_text(jsonb, boolean) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.encrypt_trigger() SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo_internal.encrypt_trigger() RENAME TO set_encrypted_column;
+ALTER FUNCTION dalgo.toolkit_rewrite_unaudited(regclass, text, text, text) SET SCHEMA dalgo_internal;
+ALTER FUNCTION dalgo.toolkit_read_secret(regclass, name, text, boolean) SET SCHEMA dalgo_internal;
+
+CREATE OR REPLACE FUNCTION dalgo.apply_retention(batch_size integer DEFAULT 10000, max_batches integer DEFAULT NULL)
+	RETURNS TABLE (table_name text, action text, rows_affected bigint, batches integer)
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p record;
+	target text;
+	cutoff timestamptz;
+	stmt text;
+	n bigint;
+BEGIN
+	IF batch_size IS NULL OR batch_size < 1 THEN
+		RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR p IN SELECT r.*, c.relnamespace, c.relname
+			 FROM dalgo.retention_policies r JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.table_name
+			 WHERE r.enabled ORDER BY r.table_name::oid
+	LOOP
+		cutoff := pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(days => p.retention_days);
+		table_name := p.table_name::text;
+		action := p.action;
+		rows_affected := 0;
+		batches := 0;
+		IF p.table_name OPERATOR(pg_catalog.=) 'dalgo.audit_logs'::regclass THEN
+			rows_affected := dalgo.purge_audit_logs(pg_catalog.make_interval(days => p.retention_days));
+			batches := 1;
+		ELSE
+			target := pg_catalog.format('%I.%I', p.relnamespace::regnamespace::text, p.relname);
+			IF p.action = 'delete' THEN
+				stmt := pg_catalog.format('DELETE FROM ONLY %s WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY('
+					'SELECT ctid FROM ONLY %s WHERE %I OPERATOR(pg_catalog.<) $1 LIMIT $2 FOR UPDATE SKIP LOCKED))',
+					target, target, p.time_column);
+			ELSE
+				stmt := pg_catalog.format('UPDATE ONLY %s SET %s WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY('
+					'SELECT ctid FROM ONLY %s WHERE %I OPERATOR(pg_catalog.<) $1 AND (%s) LIMIT $2 FOR UPDATE SKIP LOCKED))',
+					target,
+					(SELECT pg_catalog.string_agg(pg_catalog.format('%I = NULL', c), ', ') FROM pg_catalog.unnest(p.columns) c),
+					target, p.time_column,
+					(SELECT pg_catalog.string_agg(pg_catalog.format('%I IS NOT NULL', c), ' OR ') FROM pg_catalog.unnest(p.columns) c));
+			END IF;
+			LOOP
+				EXECUTE stmt USING cutoff, batch_size;
+				GET DIAGNOSTICS n = ROW_COUNT;
+				rows_affected := rows_affected OPERATOR(pg_catalog.+) n;
+				batches := batches OPERATOR(pg_catalog.+) 1;
+				EXIT WHEN n OPERATOR(pg_catalog.<) batch_size
+					OR (max_batches IS NOT NULL AND batches OPERATOR(pg_catalog.>=) max_batches);
+			END LOOP;
+		END IF;
+		UPDATE dalgo.retention_policies r SET last_run_at = pg_catalog.now(), last_rows = rows_affected
+			WHERE r.table_name OPERATOR(pg_catalog.=) p.table_name;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo.apply_retention(integer, integer) IS
+	'Apply every enabled retention policy, batch_size rows per statement (at most max_batches per table; NULL: until done); returns what it did per table. Superusers and dalgo_service. Run daily with CALL dalgo.run_retention(), which commits between batches';
+
+CREATE OR REPLACE FUNCTION dalgo.disable_child_rows(tbl regclass) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_child_');
+END
+$$;
+COMMENT ON FUNCTION dalgo.disable_child_rows(regclass) IS
+	'Removes the policies of dalgo.enable_child_rows(); row-level security stays on';
+
+CREATE OR REPLACE FUNCTION dalgo.disable_encryption(tbl regclass, "column" name) RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo_internal.toolkit_target(tbl);
+	is_json boolean;
+	coltype text;
+	k text := dalgo_internal.toolkit_secret_key();
+BEGIN
+	EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', 'dalgo_encrypt_' || "column", target);
+	SELECT a.atttypid IN ('json'::regtype, 'jsonb'::regtype), pg_catalog.format_type(a.atttypid, a.atttypmod)
+	INTO is_json, coltype FROM pg_catalog.pg_attribute a
+	WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) "column";
+	RETURN dalgo_internal.toolkit_rewrite_unaudited(tbl,
+		pg_catalog.format('UPDATE %s SET %I = dalgo_internal.toolkit_decrypt(dalgo_internal.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1::boolean), $2)::%s '
+						  'WHERE pg_catalog.starts_with(dalgo_internal.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1::boolean), ''dalgo:pgp1:'')',
+						  target, "column", "column", coltype, "column"), is_json::text, k);
+END
+$$;
+COMMENT ON FUNCTION dalgo.disable_encryption(regclass, name) IS
+	'Store a column in plaintext again: drops the trigger of dalgo.enable_encryption() and decrypts the stored values; returns the rows decrypted';
+
+CREATE OR REPLACE FUNCTION dalgo.disable_org_rows(tbl regclass) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_org_');
+END
+$$;
+COMMENT ON FUNCTION dalgo.disable_org_rows(regclass) IS
+	'Removes the policies of dalgo.enable_org_rows(); row-level security stays on (no end user sees the rows until another pattern or policy allows it)';
+
+CREATE OR REPLACE FUNCTION dalgo.disable_own_rows(tbl regclass) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_own_');
+END
+$$;
+COMMENT ON FUNCTION dalgo.disable_own_rows(regclass) IS
+	'Removes the policies of dalgo.enable_own_rows(); row-level security stays on';
+
+CREATE OR REPLACE FUNCTION dalgo.disable_public_read(tbl regclass) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_public_');
+	EXECUTE pg_catalog.format('REVOKE SELECT ON %s FROM dalgo_anon', dalgo_internal.toolkit_target(tbl));
+END
+$$;
+COMMENT ON FUNCTION dalgo.disable_public_read(regclass) IS
+	'Removes the policy of dalgo.enable_public_read() and dalgo_anon''s SELECT; row-level security stays on';
+
+CREATE OR REPLACE FUNCTION dalgo.disable_redaction(tbl regclass, "column" name) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', 'dalgo_redact_' || "column", dalgo_internal.toolkit_target(tbl));
+END
+$$;
+COMMENT ON FUNCTION dalgo.disable_redaction(regclass, name) IS 'Removes the trigger of dalgo.enable_redaction()';
+
+CREATE OR REPLACE FUNCTION dalgo.disable_retention(tbl regclass) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM dalgo.retention_policies WHERE table_name OPERATOR(pg_catalog.=) tbl;
+END
+$$;
+COMMENT ON FUNCTION dalgo.disable_retention(regclass) IS 'Removes a table''s retention policy';
+
+CREATE OR REPLACE FUNCTION dalgo.disable_shared_rows(tbl regclass, shares regclass) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_shared_');
+	PERFORM dalgo_internal.toolkit_drop_policies(shares, 'dalgo_shares_');
+	EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS dalgo_shares_guard ON %s', dalgo_internal.toolkit_target(shares));
+END
+$$;
+COMMENT ON FUNCTION dalgo.disable_shared_rows(regclass, regclass) IS
+	'Removes the policies of dalgo.enable_shared_rows() from both tables; row-level security stays on';
+
+CREATE OR REPLACE FUNCTION dalgo.disable_updated_at(tbl regclass) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS dalgo_updated_at ON %s', dalgo_internal.toolkit_target(tbl));
+END
+$$;
+COMMENT ON FUNCTION dalgo.disable_updated_at(regclass) IS 'Removes the trigger of dalgo.enable_updated_at()';
+
+CREATE OR REPLACE FUNCTION dalgo.enable_child_rows(tbl regclass, parent regclass, parent_column name DEFAULT NULL)
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo_internal.toolkit_target(tbl);
+	parent_target text := dalgo_internal.toolkit_target(parent);
+	key_col name;
+	ref_col name;
+	readable text;
+	writable text;
+BEGIN
+	SELECT ka.attname, ra.attname INTO key_col, ref_col
+	FROM pg_catalog.pg_constraint c
+	JOIN pg_catalog.pg_attribute ka ON ka.attrelid OPERATOR(pg_catalog.=) c.conrelid AND ka.attnum OPERATOR(pg_catalog.=) c.conkey[1]
+	JOIN pg_catalog.pg_attribute ra ON ra.attrelid OPERATOR(pg_catalog.=) c.confrelid AND ra.attnum OPERATOR(pg_catalog.=) c.confkey[1]
+	WHERE c.contype = 'f' AND c.conrelid OPERATOR(pg_catalog.=) tbl AND c.confrelid OPERATOR(pg_catalog.=) parent
+	  AND pg_catalog.cardinality(c.conkey) OPERATOR(pg_catalog.=) 1
+	  AND (parent_column IS NULL OR ka.attname OPERATOR(pg_catalog.=) parent_column)
+	ORDER BY c.conname LIMIT 1;
+	IF key_col IS NULL THEN
+		RAISE EXCEPTION '% has no one-column foreign key to %', tbl, parent USING ERRCODE = 'invalid_foreign_key';
+	END IF;
+	-- The parent rows the caller reads (its SELECT policies), and those it
+	-- may update (a locking clause applies its UPDATE policies too; KEY
+	-- SHARE, the lock a foreign key takes, blocks no ordinary update): one
+	-- uncorrelated subquery each, an initPlan.
+	readable := pg_catalog.format('%I OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT p.%I FROM %s p))', key_col, ref_col, parent_target);
+	writable := pg_catalog.format('%I OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT p.%I FROM %s p FOR KEY SHARE))', key_col, ref_col, parent_target);
+	PERFORM dalgo_internal.toolkit_prepare(tbl, ARRAY['dalgo_authenticated']);
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_child_');
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_child_select', 'SELECT', 'dalgo_authenticated', readable, NULL,
+		pg_catalog.format('Rows whose %s row the caller reads', parent_target));
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_child_insert', 'INSERT', 'dalgo_authenticated', NULL, writable,
+		pg_catalog.format('Rows are added under a %s row the caller may change', parent_target));
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_child_update', 'UPDATE', 'dalgo_authenticated', writable, writable,
+		pg_catalog.format('Rows under a %s row the caller may change are changed, and stay under one', parent_target));
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_child_delete', 'DELETE', 'dalgo_authenticated', writable, NULL,
+		pg_catalog.format('Rows under a %s row the caller may change are deleted', parent_target));
+	EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO dalgo_authenticated', target);
+	PERFORM dalgo_internal.toolkit_ensure_index(tbl, key_col);
+END
+$$;
+COMMENT ON FUNCTION dalgo.enable_child_rows(regclass, regclass, name) IS
+	'Secure a table whose rows belong to a row of parent (through a one-column foreign key, or parent_column): a row is read by whoever reads its parent and written by whoever may update its parent, by the parent''s own policies. Idempotent; undo with dalgo.disable_child_rows()';
+
+CREATE OR REPLACE FUNCTION dalgo.enable_encryption(tbl regclass, "column" name, org_column name DEFAULT 'organization_id',
+										read_role dalgo.member_role DEFAULT 'admin')
+	RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo_internal.toolkit_target(tbl);
+BEGIN
+	PERFORM dalgo_internal.toolkit_pgcrypto();
+	PERFORM dalgo_internal.toolkit_secret_key();
+	PERFORM dalgo_internal.toolkit_column(tbl, "column", ARRAY['text'::regtype, 'varchar'::regtype, 'json'::regtype, 'jsonb'::regtype]);
+	PERFORM dalgo_internal.toolkit_column(tbl, org_column, ARRAY['uuid'::regtype]);
+	IF read_role IS NULL THEN
+		RAISE EXCEPTION 'read_role is required' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_constraint WHERE conrelid OPERATOR(pg_catalog.=) tbl AND contype = 'p'
+		AND pg_catalog.cardinality(conkey) OPERATOR(pg_catalog.=) 1) OPERATOR(pg_catalog.<>) 1 THEN
+		RAISE EXCEPTION '% needs a one-column primary key', tbl USING ERRCODE = 'invalid_table_definition';
+	END IF;
+	EXECUTE pg_catalog.format('CREATE OR REPLACE TRIGGER %I BEFORE INSERT OR UPDATE ON %s '
+							  'FOR EACH ROW EXECUTE FUNCTION dalgo_internal.set_encrypted_column(%L, %L, %L)',
+							  'dalgo_encrypt_' || "column", target, "column", org_column, read_role);
+	EXECUTE pg_catalog.format('COMMENT ON TRIGGER %I ON %s IS %L', 'dalgo_encrypt_' || "column", target,
+							  pg_catalog.format('%s is stored encrypted (dalgo toolkit)', "column"));
+	-- Encrypt what is there (the trigger does the work).
+	RETURN dalgo_internal.toolkit_rewrite_unaudited(tbl,
+		pg_catalog.format('UPDATE %s SET %I = %I WHERE %I IS NOT NULL', target, "column", "column", "column"));
+END
+$$;
+COMMENT ON FUNCTION dalgo.enable_encryption(regclass, name, name, dalgo.member_role) IS
+	'Store a text, json or jsonb column encrypted at rest (pgcrypto, AES-256, key in the data directory): existing values are encrypted now, new ones on write. Members at read_role of the row''s organization read it with dalgo.read_secret(), dalgo_service with dalgo.read_secret_service(). Superusers; returns the rows encrypted';
+
+CREATE OR REPLACE FUNCTION dalgo.enable_org_rows(tbl regclass, org_column name DEFAULT 'organization_id',
+									  read_role dalgo.member_role DEFAULT 'viewer',
+									  write_role dalgo.member_role DEFAULT 'member',
+									  owner_column name DEFAULT NULL)
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo_internal.toolkit_target(tbl);
+	r_read text := dalgo_internal.toolkit_org_test(org_column, read_role);
+	r_write text := dalgo_internal.toolkit_org_test(org_column, write_role);
+	w_check text;
+BEGIN
+	IF read_role IS NULL OR write_role IS NULL THEN
+		RAISE EXCEPTION 'read_role and write_role are required' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF write_role OPERATOR(pg_catalog.<) read_role THEN
+		RAISE EXCEPTION 'write_role (%) must be at least read_role (%)', write_role, read_role
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM dalgo_internal.toolkit_column(tbl, org_column, ARRAY['uuid'::regtype]);
+	w_check := r_write;
+	IF owner_column IS NOT NULL THEN
+		PERFORM dalgo_internal.toolkit_column(tbl, owner_column, ARRAY['uuid'::regtype]);
+		r_read := r_read || ' OR ' || dalgo_internal.toolkit_own_test(owner_column);
+		-- An owner's row may stay outside any organization; it never enters
+		-- one where the owner lacks write_role.
+		w_check := r_write || pg_catalog.format(' OR (%I IS NULL AND ', org_column) || dalgo_internal.toolkit_own_test(owner_column) || ')';
+		r_write := r_write || ' OR ' || dalgo_internal.toolkit_own_test(owner_column);
+	END IF;
+	PERFORM dalgo_internal.toolkit_prepare(tbl, ARRAY['dalgo_authenticated']);
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_org_');
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_org_select', 'SELECT', 'dalgo_authenticated', r_read, NULL,
+		pg_catalog.format('Rows of organizations where the caller is at least %s', read_role)
+		|| CASE WHEN owner_column IS NOT NULL THEN ', and the caller''s own rows' ELSE '' END);
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_org_insert', 'INSERT', 'dalgo_authenticated', NULL, w_check,
+		pg_catalog.format('Only %s and above add rows, and only to their organizations', write_role));
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_org_update', 'UPDATE', 'dalgo_authenticated', r_write, w_check,
+		pg_catalog.format('Only %s and above change rows, and never move them to an organization where they are less', write_role));
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_org_delete', 'DELETE', 'dalgo_authenticated', r_write, NULL,
+		pg_catalog.format('Only %s and above delete rows', write_role));
+	EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO dalgo_authenticated', target);
+	PERFORM dalgo_internal.toolkit_ensure_index(tbl, org_column);
+	IF owner_column IS NOT NULL THEN
+		PERFORM dalgo_internal.toolkit_ensure_index(tbl, owner_column);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.enable_org_rows(regclass, name, dalgo.member_role, dalgo.member_role, name) IS
+	'Secure a table by organization: members at read_role or above read, at write_role or above write; with owner_column the owner also reads and writes their rows. No row enters an organization where the writer lacks write_role. Idempotent; undo with dalgo.disable_org_rows()';
+
+CREATE OR REPLACE FUNCTION dalgo.enable_own_rows(tbl regclass, owner_column name DEFAULT 'user_id', immutable boolean DEFAULT false)
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo_internal.toolkit_target(tbl);
+	mine text := dalgo_internal.toolkit_own_test(owner_column);
+BEGIN
+	PERFORM dalgo_internal.toolkit_column(tbl, owner_column, ARRAY['uuid'::regtype]);
+	PERFORM dalgo_internal.toolkit_prepare(tbl, ARRAY['dalgo_authenticated'], NOT coalesce(immutable, false));
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_own_');
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_own_select', 'SELECT', 'dalgo_authenticated', mine, NULL,
+		'Users read only their own rows');
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_own_insert', 'INSERT', 'dalgo_authenticated', NULL, mine,
+		'Users add rows only as themselves');
+	IF coalesce(immutable, false) THEN
+		EXECUTE pg_catalog.format('GRANT SELECT, INSERT ON %s TO dalgo_authenticated', target);
+		EXECUTE pg_catalog.format('REVOKE UPDATE, DELETE, TRUNCATE ON %s FROM dalgo_authenticated, dalgo_anon', target);
+	ELSE
+		PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_own_update', 'UPDATE', 'dalgo_authenticated', mine, mine,
+			'Users change only their own rows, and cannot give them away');
+		PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_own_delete', 'DELETE', 'dalgo_authenticated', mine, NULL,
+			'Users delete only their own rows');
+		EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO dalgo_authenticated', target);
+	END IF;
+	PERFORM dalgo_internal.toolkit_ensure_index(tbl, owner_column);
+END
+$$;
+COMMENT ON FUNCTION dalgo.enable_own_rows(regclass, name, boolean) IS
+	'Secure a table by owner: only the owner reads and writes a row. With immutable (zero trust), rows are only inserted and read: no update or delete by anyone, dalgo_service included. Idempotent; undo with dalgo.disable_own_rows()';
+
+CREATE OR REPLACE FUNCTION dalgo.enable_public_read(tbl regclass, condition text DEFAULT NULL) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo_internal.toolkit_target(tbl);
+	cond text := 'true';
+BEGIN
+	IF condition IS NOT NULL THEN
+		cond := dalgo_internal.toolkit_condition(tbl, condition);
+	END IF;
+	PERFORM dalgo_internal.toolkit_prepare(tbl, ARRAY['dalgo_authenticated', 'dalgo_anon']);
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_public_');
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_public_select', 'SELECT', 'dalgo_anon, dalgo_authenticated', cond, NULL,
+		CASE WHEN condition IS NULL THEN 'Everyone reads every row' ELSE 'Everyone reads the rows where ' || cond END);
+	EXECUTE pg_catalog.format('GRANT SELECT ON %s TO dalgo_anon, dalgo_authenticated', target);
+END
+$$;
+COMMENT ON FUNCTION dalgo.enable_public_read(regclass, text) IS
+	'Everyone, dalgo_anon included, reads the rows where condition holds (a boolean expression over the table''s own columns: no subquery, only immutable functions; NULL: every row); only dalgo_service writes. Idempotent; undo with dalgo.disable_public_read()';
+
+CREATE OR REPLACE FUNCTION dalgo.enable_redaction(tbl regclass, "column" name, keys text[] DEFAULT NULL, pii boolean DEFAULT false)
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo_internal.toolkit_target(tbl);
+	args text;
+BEGIN
+	PERFORM dalgo_internal.toolkit_column(tbl, "column", ARRAY['jsonb'::regtype, 'text'::regtype, 'varchar'::regtype]);
+	SELECT pg_catalog.string_agg(pg_catalog.quote_literal(a), ', ' ORDER BY o) INTO args
+	FROM pg_catalog.unnest(ARRAY["column", CASE WHEN pii THEN 't' ELSE 'f' END]
+						   || coalesce(keys, '{}'::text[])) WITH ORDINALITY AS u(a, o)
+	WHERE a IS NOT NULL;
+	EXECUTE pg_catalog.format('CREATE OR REPLACE TRIGGER %I BEFORE INSERT OR UPDATE ON %s '
+							  'FOR EACH ROW EXECUTE FUNCTION dalgo_internal.redact_trigger(%s)',
+							  'dalgo_redact_' || "column", target, args);
+	EXECUTE pg_catalog.format('COMMENT ON TRIGGER %I ON %s IS %L', 'dalgo_redact_' || "column", target,
+							  pg_catalog.format('%s is redacted before it is stored (dalgo toolkit)', "column"));
+END
+$$;
+COMMENT ON FUNCTION dalgo.enable_redaction(regclass, name, text[], boolean) IS
+	'Redact a jsonb or text column before every insert and update, as dalgo.redact_jsonb(value, keys, pii) does (keys NULL: the secret names). Idempotent; undo with dalgo.disable_redaction()';
+
+CREATE OR REPLACE FUNCTION dalgo.enable_service_only(tbl regclass) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo_internal.toolkit_target(tbl);
+BEGIN
+	PERFORM dalgo_internal.toolkit_prepare(tbl, '{}'::text[]);
+	EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM dalgo_authenticated, dalgo_anon', target);
+END
+$$;
+COMMENT ON FUNCTION dalgo.enable_service_only(regclass) IS
+	'Secure a table for dalgo_service alone (the service-role pattern): row-level security on and forced, no end-user privilege. Undo by enabling another pattern';
+
+CREATE OR REPLACE FUNCTION dalgo.enable_shared_rows(tbl regclass, shares regclass,
+										 owner_column name DEFAULT 'user_id',
+										 shared_with_column name DEFAULT 'user_id',
+										 permission_column name DEFAULT 'permission',
+										 shared_by_column name DEFAULT 'shared_by',
+										 public_column name DEFAULT 'is_public')
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo_internal.toolkit_target(tbl);
+	shares_target text := dalgo_internal.toolkit_target(shares);
+	key_col name;
+	ref_col name;
+	has_public boolean;
+	mine text := dalgo_internal.toolkit_own_test(owner_column);
+	shared text;
+	editable text;
+	read_expr text;
+	cols text;
+BEGIN
+	-- The shares table points at tbl with a one-column foreign key.
+	SELECT ka.attname, ra.attname INTO key_col, ref_col
+	FROM pg_catalog.pg_constraint c
+	JOIN pg_catalog.pg_attribute ka ON ka.attrelid OPERATOR(pg_catalog.=) c.conrelid AND ka.attnum OPERATOR(pg_catalog.=) c.conkey[1]
+	JOIN pg_catalog.pg_attribute ra ON ra.attrelid OPERATOR(pg_catalog.=) c.confrelid AND ra.attnum OPERATOR(pg_catalog.=) c.confkey[1]
+	WHERE c.contype = 'f' AND c.conrelid OPERATOR(pg_catalog.=) shares AND c.confrelid OPERATOR(pg_catalog.=) tbl
+	  AND pg_catalog.cardinality(c.conkey) OPERATOR(pg_catalog.=) 1
+	ORDER BY c.conname LIMIT 1;
+	IF key_col IS NULL THEN
+		RAISE EXCEPTION '% has no one-column foreign key to %', shares, tbl USING ERRCODE = 'invalid_foreign_key';
+	END IF;
+	PERFORM dalgo_internal.toolkit_column(tbl, owner_column, ARRAY['uuid'::regtype]);
+	PERFORM dalgo_internal.toolkit_column(shares, shared_with_column, ARRAY['uuid'::regtype]);
+	PERFORM dalgo_internal.toolkit_column(shares, permission_column, NULL);
+	PERFORM dalgo_internal.toolkit_column(shares, shared_by_column, ARRAY['uuid'::regtype]);
+	has_public := public_column IS NOT NULL AND EXISTS (SELECT FROM pg_catalog.pg_attribute
+		WHERE attrelid OPERATOR(pg_catalog.=) tbl AND attname OPERATOR(pg_catalog.=) public_column AND NOT attisdropped);
+	IF has_public THEN
+		PERFORM dalgo_internal.toolkit_column(tbl, public_column, ARRAY['boolean'::regtype]);
+	END IF;
+
+	-- Row ids shared with the caller: one uncorrelated subquery (an initPlan).
+	shared := pg_catalog.format('%I OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT s.%I FROM %s s WHERE s.%I OPERATOR(pg_catalog.=) '
+		'(SELECT dalgo.current_user_id()) AND s.%I::text OPERATOR(pg_catalog.=) ANY (%%L::text[])))',
+		ref_col, key_col, shares_target, shared_with_column, permission_column);
+	editable := pg_catalog.format(shared, '{edit}');
+	shared := pg_catalog.format(shared, '{view,edit}');
+	read_expr := mine || ' OR ' || shared;
+	IF has_public THEN
+		read_expr := read_expr || pg_catalog.format(' OR %I', public_column);
+	END IF;
+
+	PERFORM dalgo_internal.toolkit_prepare(tbl, ARRAY['dalgo_authenticated']);
+	PERFORM dalgo_internal.toolkit_prepare(shares, ARRAY['dalgo_authenticated']);
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_shared_');
+	PERFORM dalgo_internal.toolkit_drop_policies(shares, 'dalgo_shares_');
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_shared_select', 'SELECT', 'dalgo_authenticated', read_expr, NULL,
+		'Owners, users with a view or edit share' || CASE WHEN has_public THEN ', and everyone signed in for public rows' ELSE '' END);
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_shared_insert', 'INSERT', 'dalgo_authenticated', NULL, mine,
+		'Users create rows only as their owner');
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_shared_update', 'UPDATE', 'dalgo_authenticated', mine || ' OR ' || editable,
+		mine || ' OR ' || editable, 'Owners and users with an edit share change rows (never the owner or the id)');
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_shared_delete', 'DELETE', 'dalgo_authenticated', mine, NULL,
+		'Only owners delete rows');
+	-- Editors change every column but the owner and the shared id.
+	SELECT pg_catalog.string_agg(pg_catalog.quote_ident(attname), ', ' ORDER BY attnum) INTO cols
+	FROM pg_catalog.pg_attribute
+	WHERE attrelid OPERATOR(pg_catalog.=) tbl AND attnum OPERATOR(pg_catalog.>) 0 AND NOT attisdropped
+	  AND attname NOT IN (owner_column, ref_col);
+	EXECUTE pg_catalog.format('REVOKE UPDATE ON %s FROM dalgo_authenticated', target);
+	EXECUTE pg_catalog.format('GRANT SELECT, INSERT, DELETE ON %s TO dalgo_authenticated', target);
+	IF cols IS NOT NULL THEN
+		EXECUTE pg_catalog.format('GRANT UPDATE (%s) ON %s TO dalgo_authenticated', cols, target);
+	END IF;
+
+	-- The shares: seen by the user shared with and by who shared; made by
+	-- the row's owner (checked by a trigger, see dalgo_internal.guard_shares).
+	PERFORM dalgo_internal.toolkit_policy(shares, 'dalgo_shares_select', 'SELECT', 'dalgo_authenticated',
+		dalgo_internal.toolkit_own_test(shared_with_column) || ' OR ' || dalgo_internal.toolkit_own_test(shared_by_column), NULL,
+		'A share is seen by the user it is for and by who shared');
+	PERFORM dalgo_internal.toolkit_policy(shares, 'dalgo_shares_insert', 'INSERT', 'dalgo_authenticated', NULL,
+		dalgo_internal.toolkit_own_test(shared_by_column), 'Shares are made in the name of who shares, the row''s owner');
+	PERFORM dalgo_internal.toolkit_policy(shares, 'dalgo_shares_update', 'UPDATE', 'dalgo_authenticated',
+		dalgo_internal.toolkit_own_test(shared_by_column), dalgo_internal.toolkit_own_test(shared_by_column),
+		'Who shared changes the share');
+	PERFORM dalgo_internal.toolkit_policy(shares, 'dalgo_shares_delete', 'DELETE', 'dalgo_authenticated',
+		dalgo_internal.toolkit_own_test(shared_by_column) || ' OR ' || dalgo_internal.toolkit_own_test(shared_with_column), NULL,
+		'Who shared revokes a share; the user it is for leaves it');
+	EXECUTE pg_catalog.format('CREATE OR REPLACE TRIGGER dalgo_shares_guard BEFORE INSERT OR UPDATE ON %s '
+							  'FOR EACH ROW EXECUTE FUNCTION dalgo_internal.guard_shares(%L, %L, %L, %L)',
+							  shares_target, target, ref_col, key_col, owner_column);
+	EXECUTE pg_catalog.format('COMMENT ON TRIGGER dalgo_shares_guard ON %s IS %L', shares_target,
+							  pg_catalog.format('Only the owner of a %s row shares it (dalgo toolkit)', target));
+	EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO dalgo_authenticated', shares_target);
+
+	PERFORM dalgo_internal.toolkit_ensure_index(tbl, owner_column);
+	PERFORM dalgo_internal.toolkit_ensure_index(shares, shared_with_column);
+	PERFORM dalgo_internal.toolkit_ensure_index(shares, key_col);
+	PERFORM dalgo_internal.toolkit_ensure_index(shares, shared_by_column);
+END
+$$;
+COMMENT ON FUNCTION dalgo.enable_shared_rows(regclass, regclass, name, name, name, name, name) IS
+	'Secure an owner-plus-shares table: owners read and write their rows; users with a view or edit share (a row of shares, found by its foreign key to tbl) read them, edit shares change them (never the owner column); rows whose public_column is true are read by everyone signed in. Also secures shares: only a row''s owner shares it, in their name (shared_by_column). Idempotent; undo with dalgo.disable_shared_rows()';
+
+CREATE OR REPLACE FUNCTION dalgo.enable_updated_at(tbl regclass, "column" name DEFAULT 'updated_at') RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo_internal.toolkit_target(tbl);
+BEGIN
+	PERFORM dalgo_internal.toolkit_column(tbl, "column", ARRAY['timestamptz'::regtype, 'timestamp'::regtype]);
+	EXECUTE pg_catalog.format('CREATE OR REPLACE TRIGGER dalgo_updated_at BEFORE UPDATE ON %s '
+							  'FOR EACH ROW EXECUTE FUNCTION dalgo.set_updated_at(%L)', target, "column");
+	EXECUTE pg_catalog.format('COMMENT ON TRIGGER dalgo_updated_at ON %s IS %L', target,
+							  pg_catalog.format('%s is set on every update (dalgo toolkit)', "column"));
+END
+$$;
+COMMENT ON FUNCTION dalgo.enable_updated_at(regclass, name) IS
+	'Attach dalgo.set_updated_at() to a table: the column (timestamptz or timestamp) is set on every update. Idempotent; undo with dalgo.disable_updated_at()';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.guard_shares() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	owned boolean;
+BEGIN
+	-- Arguments: shared table (qualified), its key column, the shares' key column, its owner column.
+	IF TG_NARGS <> 4 THEN
+		RAISE EXCEPTION 'dalgo_internal.guard_shares() takes 4 arguments' USING ERRCODE = 'E0001',
+			HINT = 'Attach it with dalgo.enable_shared_rows().';
+	END IF;
+	IF pg_catalog.pg_has_role(current_user, 'dalgo_authenticated', 'MEMBER')
+	   AND NOT pg_catalog.pg_has_role(current_user, 'dalgo_service', 'MEMBER') THEN
+		EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %s p WHERE p.%I OPERATOR(pg_catalog.=) ($1).%I '
+								  'AND p.%I OPERATOR(pg_catalog.=) dalgo.current_user_id())',
+								  TG_ARGV[0], TG_ARGV[1], TG_ARGV[2], TG_ARGV[3])
+			INTO owned USING NEW;
+		IF NOT owned THEN
+			RAISE EXCEPTION 'only the owner of a row shares it' USING ERRCODE = 'insufficient_privilege';
+		END IF;
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.guard_shares() IS
+	'BEFORE INSERT OR UPDATE trigger of a shares table (dalgo.enable_shared_rows()): end users share only rows they own';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.is_secret_name(name text) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'dalgo_is_secret_name'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_internal.is_secret_name(text) IS
+	'True if a key or column name names a secret by the audit trail''s rules (password, token, api_key, *_secret, ...)';
+
+CREATE OR REPLACE FUNCTION dalgo.read_secret(tbl regclass, "column" name, id text) RETURNS text
+	LANGUAGE sql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	RETURN dalgo_internal.toolkit_read_secret(tbl, "column", id, true);
+COMMENT ON FUNCTION dalgo.read_secret(regclass, name, text) IS
+	'The plaintext of an encrypted column (dalgo.enable_encryption()) of the row whose primary key is id, for members at the column''s read_role of the row''s organization; NULL for anyone else or no such row';
+
+CREATE OR REPLACE FUNCTION dalgo.read_secret_service(tbl regclass, "column" name, id text) RETURNS text
+	LANGUAGE sql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	RETURN dalgo_internal.toolkit_read_secret(tbl, "column", id, false);
+COMMENT ON FUNCTION dalgo.read_secret_service(regclass, name, text) IS
+	'The plaintext of an encrypted column of the row whose primary key is id, for dalgo_service (workers that use the credentials)';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.record_restored_retention_policy() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT dalgo.restoring() THEN
+		RETURN NEW;
+	END IF;
+	UPDATE dalgo.retention_policies p
+	SET id = NEW.id, time_column = NEW.time_column, retention_days = NEW.retention_days, action = NEW.action,
+		columns = NEW.columns, enabled = NEW.enabled, last_run_at = NEW.last_run_at, last_rows = NEW.last_rows,
+		created_at = NEW.created_at, updated_at = NEW.updated_at
+	WHERE p.table_name = NEW.table_name;
+	IF FOUND THEN
+		RETURN NULL;
+	END IF;
+	RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo.redact_jsonb(value jsonb, keys text[] DEFAULT NULL, pii boolean DEFAULT false)
+	RETURNS jsonb
+	AS 'MODULE_PATHNAME', 'dalgo_redact_jsonb_keys'
+	LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo.redact_jsonb(jsonb, text[], boolean) IS
+	'The document with the values of keys (at any depth; NULL: the secret names the audit trail redacts) made "[redacted]", credentials inside strings stripped, and with pii e-mail addresses and phone numbers masked (***); the audit trail''s rules (src/redact.c)';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.redact_trigger() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'dalgo_redact_trigger'
+	LANGUAGE C;
+COMMENT ON FUNCTION dalgo_internal.redact_trigger() IS
+	'BEFORE INSERT OR UPDATE row trigger redacting one jsonb or text column (arguments: column, pii flag, keys); attach it with dalgo.enable_redaction()';
+
+CREATE OR REPLACE FUNCTION dalgo.rotate_secret_key(new_key text DEFAULT NULL) RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	old_key text := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+	k text := new_key;
+	t record;
+	n bigint;
+	total bigint := 0;
+BEGIN
+	IF k IS NULL THEN
+		EXECUTE pg_catalog.format('SELECT pg_catalog.encode(%s.gen_random_bytes(32), ''hex'')', dalgo_internal.toolkit_pgcrypto()) INTO k;
+	ELSIF pg_catalog.length(k) OPERATOR(pg_catalog.<) 16 OR k !~ '^[A-Za-z0-9+/=_-]+$' THEN
+		RAISE EXCEPTION 'a secret key has at least 16 characters among A-Z, a-z, 0-9, +, /, =, _ and -'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF old_key IS NOT NULL AND old_key <> '' THEN
+		old_key := dalgo_internal.toolkit_secret_key();
+		FOR t IN SELECT tr.tgrelid::regclass AS tbl, a.attname, a.atttypid IN ('json'::regtype, 'jsonb'::regtype) AS is_json,
+					  pg_catalog.format_type(a.atttypid, a.atttypmod) AS coltype
+				 FROM pg_catalog.pg_trigger tr
+				 JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) tr.tgrelid
+					AND a.attname OPERATOR(pg_catalog.=) pg_catalog.split_part(pg_catalog.encode(tr.tgargs, 'escape'), E'\\000', 1)
+				 WHERE tr.tgfoid OPERATOR(pg_catalog.=) 'dalgo_internal.set_encrypted_column()'::regprocedure
+		LOOP
+			EXECUTE pg_catalog.format('UPDATE %s SET %I = %s(dalgo_internal.toolkit_encrypt(dalgo_internal.toolkit_decrypt('
+				'dalgo_internal.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1), $2), $3))::%s '
+				'WHERE pg_catalog.starts_with(dalgo_internal.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1), ''dalgo:pgp1:'')',
+				t.tbl, t.attname, CASE WHEN t.is_json THEN 'pg_catalog.to_jsonb' ELSE '' END, t.attname, t.coltype, t.attname)
+				USING t.is_json, old_key, k;
+			GET DIAGNOSTICS n = ROW_COUNT;
+			total := total OPERATOR(pg_catalog.+) n;
+		END LOOP;
+	END IF;
+	-- The file keeps the previous key after the new one: if this transaction
+	-- rolls back after the file is written, the values it re-encrypted are
+	-- still readable.  The key never appears in a statement's text (logs,
+	-- error contexts).
+	PERFORM pg_catalog.set_config('dalgo_toolkit.pending_key',
+		k || coalesce(E'\n' || NULLIF(pg_catalog.split_part(old_key, E'\n', 1), ''), ''), true);
+	EXECUTE pg_catalog.format('COPY (SELECT pg_catalog.unnest(pg_catalog.string_to_array('
+							  'pg_catalog.current_setting(''dalgo_toolkit.pending_key''), E''\n''))) TO %L',
+							  pg_catalog.current_setting('data_directory') || '/dalgo_secret.key');
+	PERFORM pg_catalog.set_config('dalgo_toolkit.pending_key', '', true);
+	RETURN total;
+END
+$$;
+COMMENT ON FUNCTION dalgo.rotate_secret_key(text) IS
+	'Set the encryption key (new_key, or 32 random bytes) and re-encrypt every value stored by dalgo.enable_encryption() under it; returns the values re-encrypted. Superusers. The key is the file dalgo_secret.key in the data directory: back it up apart from the database';
+
+CREATE OR REPLACE PROCEDURE dalgo.run_retention(batch_size integer DEFAULT 10000)
+	LANGUAGE plpgsql
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	LOOP
+		SELECT pg_catalog.sum(r.rows_affected) INTO n FROM dalgo.apply_retention(batch_size, 1) r;
+		COMMIT;
+		EXIT WHEN n IS NULL OR n OPERATOR(pg_catalog.=) 0;
+	END LOOP;
+END
+$$;
+COMMENT ON PROCEDURE dalgo.run_retention(integer) IS
+	'Apply every retention policy one batch at a time, committing after each batch, so that no lock is held longer than one batch; run it daily (docs/toolkit.md#retention)';
+
+CREATE OR REPLACE FUNCTION dalgo.security_report(schema name DEFAULT NULL)
+	RETURNS TABLE (table_name text, severity text, problem text, fix text)
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	WITH nsp AS (
+		SELECT n.oid, n.nspname FROM pg_catalog.pg_namespace n
+		WHERE (security_report.schema IS NULL AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+			   AND n.nspname NOT LIKE 'pg\_temp\_%' AND n.nspname NOT LIKE 'pg\_toast\_temp\_%')
+		   OR n.nspname OPERATOR(pg_catalog.=) security_report.schema
+	), rel AS (
+		SELECT c.oid, c.relname, c.relkind, c.relrowsecurity, c.relforcerowsecurity, c.relacl, c.relispartition,
+			   pg_catalog.format('%I.%I', nsp.nspname, c.relname) AS qname
+		FROM pg_catalog.pg_class c JOIN nsp ON nsp.oid OPERATOR(pg_catalog.=) c.relnamespace
+	), findings AS (
+		SELECT r.qname, 'high' AS severity, 'row-level security is not enabled' AS problem,
+			   pg_catalog.format('SELECT dalgo.enable_org_rows(%L) (or enable_own_rows, enable_public_read, enable_shared_rows)', r.qname) AS fix
+		FROM rel r WHERE r.relkind IN ('r', 'p') AND NOT r.relispartition AND NOT r.relrowsecurity
+		UNION ALL
+		SELECT r.qname, 'medium', 'row-level security is not forced: the table owner bypasses it',
+			   pg_catalog.format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', r.qname)
+		FROM rel r WHERE r.relkind IN ('r', 'p') AND NOT r.relispartition AND r.relrowsecurity AND NOT r.relforcerowsecurity
+		UNION ALL
+		SELECT r.qname, 'medium', pg_catalog.format('policy %I %s', pol.polname, prob),
+			   'Wrap per-row calls in a scalar subquery, (SELECT f()), so they run once per statement; never call volatile functions in a policy'
+		FROM rel r JOIN pg_catalog.pg_policy pol ON pol.polrelid OPERATOR(pg_catalog.=) r.oid
+		CROSS JOIN LATERAL pg_catalog.unnest(
+			coalesce(dalgo_internal.toolkit_policy_problems(pol.polqual), '{}'::text[])
+			OPERATOR(pg_catalog.||) coalesce(dalgo_internal.toolkit_policy_problems(pol.polwithcheck), '{}'::text[])) AS prob
+		UNION ALL
+		SELECT DISTINCT r.qname, 'medium',
+			   pg_catalog.format('column %I is tested by a policy but has no index', a.attname),
+			   pg_catalog.format('CREATE INDEX ON %s (%I)', r.qname, a.attname)
+		FROM rel r
+		JOIN pg_catalog.pg_depend d ON d.refobjid OPERATOR(pg_catalog.=) r.oid
+			AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_policy'::pg_catalog.regclass
+			AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+			AND d.refobjsubid OPERATOR(pg_catalog.>) 0
+		JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) r.oid
+			AND a.attnum OPERATOR(pg_catalog.=) d.refobjsubid
+		WHERE a.atttypid IN ('uuid'::pg_catalog.regtype, 'int4'::pg_catalog.regtype, 'int8'::pg_catalog.regtype)
+		  AND NOT EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indrelid OPERATOR(pg_catalog.=) r.oid
+						  AND i.indkey[0] OPERATOR(pg_catalog.=) a.attnum AND i.indpred IS NULL)
+		UNION ALL
+		SELECT r.qname, 'high',
+			   pg_catalog.format('column %I looks like a credential and is stored in plaintext', a.attname),
+			   pg_catalog.format('SELECT dalgo.enable_encryption(%L, %L), store only a hash, or SELECT dalgo.enable_redaction(%L, %L)', r.qname, a.attname, r.qname, a.attname)
+		FROM rel r JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) r.oid
+		WHERE r.relkind IN ('r', 'p', 'f', 'v', 'm') AND NOT r.relispartition AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
+		  AND dalgo_internal.is_secret_name(a.attname::text)
+		  AND a.attname::text !~* '(hash|digest|encrypted|_enc)$'
+		  AND coalesce(pg_catalog.col_description(r.oid, a.attnum) !~ '\[not a secret\]', true)
+		  AND a.atttypid NOT IN ('bytea'::pg_catalog.regtype, 'bool'::pg_catalog.regtype)
+		  AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) r.oid
+						  AND t.tgname IN (('dalgo_redact_' OPERATOR(pg_catalog.||) a.attname::text)::name,
+										   ('dalgo_encrypt_' OPERATOR(pg_catalog.||) a.attname::text)::name))
+		UNION ALL
+		SELECT r.qname, CASE WHEN acl.privilege_type = 'SELECT' THEN 'medium' ELSE 'high' END,
+			   pg_catalog.format('PUBLIC has %s', acl.privilege_type),
+			   pg_catalog.format('REVOKE %s ON %s FROM PUBLIC', acl.privilege_type, r.qname)
+		FROM rel r CROSS JOIN LATERAL pg_catalog.aclexplode(r.relacl) acl
+		WHERE r.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND acl.grantee OPERATOR(pg_catalog.=) 0
+		UNION ALL
+		SELECT p.oid::pg_catalog.regprocedure::text, 'high',
+			   CASE WHEN NOT coalesce(pg_catalog.array_to_string(p.proconfig, ',') ~ 'search_path=', false)
+					THEN 'SECURITY DEFINER function without a fixed search_path'
+					ELSE 'SECURITY DEFINER function whose search_path does not list pg_temp (it is searched first)' END,
+			   pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', p.oid::pg_catalog.regprocedure)
+		FROM pg_catalog.pg_proc p JOIN nsp ON nsp.oid OPERATOR(pg_catalog.=) p.pronamespace
+		WHERE p.prosecdef AND NOT EXISTS (SELECT FROM pg_catalog.unnest(p.proconfig) s
+										  WHERE s ~ '^search_path=' AND s ~ 'pg_temp')
+		UNION ALL
+		SELECT p.oid::pg_catalog.regprocedure::text, 'high',
+			   'PUBLIC may execute this SECURITY DEFINER function',
+			   pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', p.oid::pg_catalog.regprocedure)
+		FROM pg_catalog.pg_proc p JOIN nsp ON nsp.oid OPERATOR(pg_catalog.=) p.pronamespace
+		CROSS JOIN LATERAL pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) acl
+		WHERE p.prosecdef AND acl.grantee OPERATOR(pg_catalog.=) 0
+		UNION ALL
+		SELECT nsp.nspname::text, 'high', 'PUBLIC may create objects in the schema',
+			   pg_catalog.format('REVOKE CREATE ON SCHEMA %I FROM PUBLIC', nsp.nspname)
+		FROM nsp JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) nsp.oid
+		CROSS JOIN LATERAL pg_catalog.aclexplode(coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner))) acl
+		WHERE acl.grantee OPERATOR(pg_catalog.=) 0 AND acl.privilege_type = 'CREATE'
+	)
+	SELECT f.qname, f.severity, f.problem, f.fix FROM findings f
+	ORDER BY CASE f.severity WHEN 'high' THEN 0 ELSE 1 END, 1, 3;
+END;
+COMMENT ON FUNCTION dalgo.security_report(name) IS
+	'What is unprotected in a schema (NULL: every schema): tables without row-level security or not forcing it, policies calling volatile or per-row functions, policy columns without an index, SECURITY DEFINER functions without a fixed search_path or executable by PUBLIC, grants to PUBLIC, credentials-looking columns in plaintext (a column whose comment says [not a secret] is not one)';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.set_encrypted_column() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	col text := TG_ARGV[0];
+	is_json boolean;
+	plain text;
+BEGIN
+	SELECT a.atttypid IN ('json'::regtype, 'jsonb'::regtype) INTO is_json FROM pg_catalog.pg_attribute a
+	WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID AND a.attname OPERATOR(pg_catalog.=) col;
+	plain := dalgo_internal.toolkit_stored_text(pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.->) col, is_json);
+	IF plain IS NULL OR pg_catalog.starts_with(plain, 'dalgo:pgp1:') THEN
+		RETURN NEW;
+	END IF;
+	RETURN pg_catalog.jsonb_populate_record(NEW, pg_catalog.jsonb_build_object(col,
+		dalgo_internal.toolkit_encrypt(plain, dalgo_internal.toolkit_secret_key())));
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.set_encrypted_column() IS
+	'BEFORE INSERT OR UPDATE trigger storing a column encrypted (arguments: column, organization column, read role); attach it with dalgo.enable_encryption()';
+
+CREATE OR REPLACE FUNCTION dalgo.set_retention(tbl regclass, time_column name, retention_days integer,
+								   action text DEFAULT 'delete', columns text[] DEFAULT NULL)
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c text;
+BEGIN
+	IF tbl OPERATOR(pg_catalog.<>) 'dalgo.audit_logs'::regclass THEN
+		PERFORM dalgo_internal.toolkit_target(tbl);
+		IF (SELECT relkind FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) tbl) = 'p' THEN
+			RAISE EXCEPTION '% is partitioned', tbl USING ERRCODE = 'wrong_object_type',
+				HINT = 'Expire the rows of a partitioned table by detaching and dropping its old partitions.';
+		END IF;
+	ELSIF time_column <> 'created_at' OR action <> 'delete' THEN
+		RAISE EXCEPTION 'the audit trail only expires by created_at, with delete' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM dalgo_internal.toolkit_column(tbl, time_column, ARRAY['timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype]);
+	IF action IS NULL OR action NOT IN ('delete', 'anonymize') THEN
+		RAISE EXCEPTION 'action must be delete or anonymize' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF action = 'anonymize' THEN
+		IF columns IS NULL OR pg_catalog.cardinality(columns) = 0 THEN
+			RAISE EXCEPTION 'anonymize needs the columns to set to NULL' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		FOREACH c IN ARRAY columns LOOP
+			PERFORM dalgo_internal.toolkit_column(tbl, c, NULL);
+			IF EXISTS (SELECT FROM pg_catalog.pg_attribute WHERE attrelid OPERATOR(pg_catalog.=) tbl
+					   AND attname OPERATOR(pg_catalog.=) c AND attnotnull) THEN
+				RAISE EXCEPTION 'column "%" of % is NOT NULL and cannot be anonymized', c, tbl
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		END LOOP;
+	ELSIF columns IS NOT NULL THEN
+		RAISE EXCEPTION 'columns are only for anonymize' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	INSERT INTO dalgo.retention_policies AS p (table_name, time_column, retention_days, action, columns)
+		VALUES (tbl, time_column, retention_days, action, columns)
+		ON CONFLICT (table_name) DO UPDATE
+		SET time_column = excluded.time_column, retention_days = excluded.retention_days,
+			action = excluded.action, columns = excluded.columns, enabled = true;
+	IF tbl OPERATOR(pg_catalog.<>) 'dalgo.audit_logs'::regclass THEN
+		PERFORM dalgo_internal.toolkit_ensure_index(tbl, time_column);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.set_retention(regclass, name, integer, text, text[]) IS
+	'Add or replace a table''s retention policy: rows whose time_column is older than retention_days are deleted, or (action anonymize) have columns set to NULL, by dalgo.apply_retention(). Superusers (the policies table is theirs)';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_column(tbl regclass, col name, types regtype[]) RETURNS regtype
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t regtype;
+BEGIN
+	SELECT a.atttypid::regtype INTO t FROM pg_catalog.pg_attribute a
+	WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) col
+	  AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped;
+	IF t IS NULL THEN
+		RAISE EXCEPTION 'column "%" of % does not exist', col, tbl USING ERRCODE = 'undefined_column';
+	END IF;
+	IF types IS NOT NULL AND NOT t OPERATOR(pg_catalog.=) ANY (types) THEN
+		RAISE EXCEPTION 'column "%" of % is of type %, not %', col, tbl, t, pg_catalog.array_to_string(types, ' or ')
+			USING ERRCODE = 'datatype_mismatch';
+	END IF;
+	RETURN t;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.toolkit_column(regclass, name, regtype[]) IS
+	'Internal: the type of a column, which must exist and be of one of the given types';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_condition(tbl regclass, condition text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_toolkit_condition'
+	LANGUAGE C STABLE STRICT;
+COMMENT ON FUNCTION dalgo_internal.toolkit_condition(regclass, text) IS
+	'Internal: parses and analyzes a public-read condition (one boolean expression over the table''s own columns, no subquery, only immutable functions) and returns it deparsed';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_decrypt(stored text, key text) RETURNS text
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p text;
+	k text;
+	q text;
+BEGIN
+	IF stored IS NULL OR NOT pg_catalog.starts_with(stored, 'dalgo:pgp1:') THEN
+		RETURN stored;
+	END IF;
+	q := pg_catalog.format('SELECT %s.pgp_sym_decrypt($1, $2)', dalgo_internal.toolkit_pgcrypto());
+	-- The current key first, then the previous one (see rotate_secret_key).
+	FOREACH k IN ARRAY pg_catalog.string_to_array(key, E'\n') LOOP
+		BEGIN
+			EXECUTE q INTO p USING pg_catalog.decode(pg_catalog.substr(stored, 12), 'base64'), k;
+			RETURN p;
+		EXCEPTION WHEN external_routine_invocation_exception OR data_exception THEN
+			NULL;
+		END;
+	END LOOP;
+	RAISE EXCEPTION 'a stored secret cannot be decrypted with the current or the previous key'
+		USING ERRCODE = 'data_corrupted';
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.toolkit_decrypt(text, text) IS
+	'Internal: decrypt a value stored by dalgo_internal.toolkit_encrypt(), with the current key or else the previous one';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_drop_policies(tbl regclass, prefix text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p name;
+	target text := dalgo_internal.toolkit_target(tbl);
+BEGIN
+	FOR p IN SELECT polname FROM pg_catalog.pg_policy
+			 WHERE polrelid OPERATOR(pg_catalog.=) tbl AND pg_catalog.starts_with(polname, prefix)
+	LOOP
+		EXECUTE pg_catalog.format('DROP POLICY %I ON %s', p, target);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.toolkit_drop_policies(regclass, text) IS 'Internal: drops the policies a pattern created';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_encrypt(plain text, key text) RETURNS text
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c bytea;
+BEGIN
+	IF plain IS NULL OR pg_catalog.starts_with(plain, 'dalgo:pgp1:') THEN
+		RETURN plain;
+	END IF;
+	EXECUTE pg_catalog.format('SELECT %s.pgp_sym_encrypt($1, $2, %L)', dalgo_internal.toolkit_pgcrypto(), 'cipher-algo=aes256')
+		INTO c USING plain, pg_catalog.split_part(key, E'\n', 1);
+	RETURN 'dalgo:pgp1:' || pg_catalog.translate(pg_catalog.encode(c, 'base64'), E'\n', '');
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.toolkit_encrypt(text, text) IS 'Internal: pgp_sym_encrypt (AES-256) a value into dalgo''s stored form';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_ensure_index(tbl regclass, col name) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	attnum int2;
+BEGIN
+	SELECT a.attnum INTO attnum FROM pg_catalog.pg_attribute a
+	WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) col AND NOT a.attisdropped;
+	IF NOT EXISTS (SELECT FROM pg_catalog.pg_index i
+				   WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND i.indkey[0] OPERATOR(pg_catalog.=) attnum
+					 AND i.indpred IS NULL AND i.indisvalid) THEN
+		EXECUTE pg_catalog.format('CREATE INDEX ON %s (%I)', dalgo_internal.toolkit_target(tbl), col);
+		RAISE NOTICE 'dalgo: created an index on %(%)', tbl, col;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.toolkit_ensure_index(regclass, name) IS
+	'Internal: creates the btree index a policy pattern needs on a column (with a NOTICE) unless an index leads with it';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_org_test(col name, role dalgo.member_role) RETURNS text
+	LANGUAGE sql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+	RETURN pg_catalog.format('%I OPERATOR(pg_catalog.=) ANY ((SELECT dalgo.current_org_ids(%L::dalgo.member_role))::uuid[])',
+							 col, role);
+COMMENT ON FUNCTION dalgo_internal.toolkit_org_test(name, dalgo.member_role) IS
+	'Internal: the policy expression testing membership at a role, an initPlan over dalgo.current_org_ids()';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_own_test(col name) RETURNS text
+	LANGUAGE sql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+	RETURN pg_catalog.format('%I OPERATOR(pg_catalog.=) (SELECT dalgo.current_user_id())', col);
+COMMENT ON FUNCTION dalgo_internal.toolkit_own_test(name) IS
+	'Internal: the policy expression testing ownership, an initPlan over dalgo.current_user_id()';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_pgcrypto() RETURNS text
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	nsp text;
+BEGIN
+	SELECT pg_catalog.quote_ident(n.nspname) INTO nsp
+	FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+	WHERE e.extname = 'pgcrypto';
+	IF nsp IS NULL THEN
+		RAISE EXCEPTION 'encryption at rest needs the pgcrypto extension' USING ERRCODE = 'undefined_object',
+			HINT = 'CREATE EXTENSION pgcrypto;';
+	END IF;
+	RETURN nsp;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.toolkit_pgcrypto() IS 'Internal: the quoted schema of pgcrypto; raises if it is not installed';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_policy(tbl regclass, policy name, command text, roles text, using_expr text,
+									 check_expr text, description text)
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo_internal.toolkit_target(tbl);
+BEGIN
+	EXECUTE pg_catalog.format('CREATE POLICY %I ON %s FOR %s TO %s', policy, target, command, roles)
+		|| CASE WHEN using_expr IS NOT NULL THEN ' USING (' || using_expr || ')' ELSE '' END
+		|| CASE WHEN check_expr IS NOT NULL THEN ' WITH CHECK (' || check_expr || ')' ELSE '' END;
+	EXECUTE pg_catalog.format('COMMENT ON POLICY %I ON %s IS %L', policy, target, description || ' (dalgo toolkit)');
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.toolkit_policy(regclass, name, text, text, text, text, text) IS
+	'Internal: creates one policy of a pattern, with its comment';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_policy_problems(qual pg_node_tree) RETURNS text[]
+	AS 'MODULE_PATHNAME', 'dalgo_toolkit_policy_problems'
+	LANGUAGE C STABLE STRICT;
+COMMENT ON FUNCTION dalgo_internal.toolkit_policy_problems(pg_node_tree) IS
+	'Internal: the volatile and per-row function calls of a policy expression, for dalgo.security_report()';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_prepare(tbl regclass, roles text[], service_writes boolean DEFAULT true)
+	RETURNS text
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo_internal.toolkit_target(tbl);
+	nsp oid := (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) tbl);
+	r text;
+	s text;
+BEGIN
+	EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', target);
+	EXECUTE pg_catalog.format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', target);
+	FOREACH r IN ARRAY roles || ARRAY['dalgo_service'] LOOP
+		IF NOT pg_catalog.has_schema_privilege(r, nsp, 'USAGE') THEN
+			EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %I TO %I', nsp::regnamespace::text, r);
+		END IF;
+		-- Sequences behind identity and serial columns, for INSERT.
+		FOR s IN SELECT pg_catalog.format('%I.%I', sn.nspname, sc.relname)
+				 FROM pg_catalog.pg_depend d
+				 JOIN pg_catalog.pg_class sc ON sc.oid OPERATOR(pg_catalog.=) d.objid AND sc.relkind = 'S'
+				 JOIN pg_catalog.pg_namespace sn ON sn.oid OPERATOR(pg_catalog.=) sc.relnamespace
+				 WHERE d.refobjid OPERATOR(pg_catalog.=) tbl AND d.classid = 'pg_catalog.pg_class'::regclass
+				   AND d.deptype IN ('a', 'i')
+		LOOP
+			IF r <> 'dalgo_anon' THEN
+				EXECUTE pg_catalog.format('GRANT USAGE ON SEQUENCE %s TO %I', s, r);
+			END IF;
+		END LOOP;
+	END LOOP;
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_service');
+	IF service_writes THEN
+		EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO dalgo_service', target);
+		EXECUTE pg_catalog.format('CREATE POLICY dalgo_service ON %s TO dalgo_service USING (true) WITH CHECK (true)', target);
+		EXECUTE pg_catalog.format('COMMENT ON POLICY dalgo_service ON %s IS %L', target, 'dalgo_service passes (dalgo toolkit)');
+	ELSE
+		EXECUTE pg_catalog.format('GRANT SELECT, INSERT ON %s TO dalgo_service', target);
+		EXECUTE pg_catalog.format('REVOKE UPDATE, DELETE, TRUNCATE ON %s FROM dalgo_service', target);
+		EXECUTE pg_catalog.format('CREATE POLICY dalgo_service_select ON %s FOR SELECT TO dalgo_service USING (true)', target);
+		EXECUTE pg_catalog.format('CREATE POLICY dalgo_service_insert ON %s FOR INSERT TO dalgo_service WITH CHECK (true)', target);
+		EXECUTE pg_catalog.format('COMMENT ON POLICY dalgo_service_select ON %s IS %L', target, 'dalgo_service reads (dalgo toolkit, immutable rows)');
+		EXECUTE pg_catalog.format('COMMENT ON POLICY dalgo_service_insert ON %s IS %L', target, 'dalgo_service inserts (dalgo toolkit, immutable rows)');
+	END IF;
+	RETURN target;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.toolkit_prepare(regclass, text[], boolean) IS
+	'Internal: enables and forces row-level security, grants the schema and sequences to the app roles and lets dalgo_service through';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_read_secret(tbl regclass, "column" name, id text, check_membership boolean) RETURNS text
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	args text[];
+	pk name;
+	pktype text;
+	is_json boolean;
+	org uuid;
+	stored jsonb;
+BEGIN
+	-- Only columns a superuser handed to enable_encryption().
+	SELECT pg_catalog.string_to_array(pg_catalog.rtrim(pg_catalog.encode(t.tgargs, 'escape'), E'\\000'), E'\\000') INTO args
+	FROM pg_catalog.pg_trigger t
+	WHERE t.tgrelid OPERATOR(pg_catalog.=) tbl AND t.tgname OPERATOR(pg_catalog.=) ('dalgo_encrypt_' || "column")::name
+	  AND t.tgfoid OPERATOR(pg_catalog.=) 'dalgo_internal.set_encrypted_column()'::regprocedure;
+	IF args IS NULL OR args[1] OPERATOR(pg_catalog.<>) "column" THEN
+		RAISE EXCEPTION 'column "%" of % is not encrypted by dalgo', "column", tbl USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) INTO pk, pktype
+	FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_attribute a
+		ON a.attrelid OPERATOR(pg_catalog.=) c.conrelid AND a.attnum OPERATOR(pg_catalog.=) c.conkey[1]
+	WHERE c.conrelid OPERATOR(pg_catalog.=) tbl AND c.contype = 'p';
+	SELECT a.atttypid IN ('json'::regtype, 'jsonb'::regtype) INTO is_json FROM pg_catalog.pg_attribute a
+	WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) "column";
+	EXECUTE pg_catalog.format('SELECT %I, pg_catalog.to_jsonb(%I) FROM %s WHERE %I OPERATOR(pg_catalog.=) $1::%s',
+							  args[2], "column", tbl, pk, pktype)
+		INTO org, stored USING id;
+	IF check_membership AND NOT coalesce(org OPERATOR(pg_catalog.=) ANY (dalgo.current_org_ids(args[3]::dalgo.member_role)), false) THEN
+		RETURN NULL;
+	END IF;
+	RETURN dalgo_internal.toolkit_decrypt(dalgo_internal.toolkit_stored_text(stored, is_json), dalgo_internal.toolkit_secret_key());
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.toolkit_read_secret(regclass, name, text, boolean) IS
+	'Internal: the plaintext of one encrypted value, by the row''s primary key, with or without the membership check';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_rewrite_unaudited(tbl regclass, stmt text, arg1 text DEFAULT NULL, arg2 text DEFAULT NULL) RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo_internal.toolkit_target(tbl);
+	quiet name[];
+	t name;
+	n bigint;
+BEGIN
+	SELECT pg_catalog.array_agg(tgname) INTO quiet FROM pg_catalog.pg_trigger
+	WHERE tgrelid OPERATOR(pg_catalog.=) tbl AND tgname IN ('dalgo_audit', 'dalgo_audit_update') AND tgenabled <> 'D';
+	FOREACH t IN ARRAY coalesce(quiet, '{}') LOOP
+		EXECUTE pg_catalog.format('ALTER TABLE %s DISABLE TRIGGER %I', target, t);
+	END LOOP;
+	EXECUTE stmt USING arg1, arg2;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	FOREACH t IN ARRAY coalesce(quiet, '{}') LOOP
+		EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE TRIGGER %I', target, t);
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.toolkit_rewrite_unaudited(regclass, text, text, text) IS
+	'Internal: runs an UPDATE that encrypts or decrypts a column in place with the table''s audit triggers off';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_secret_key() RETURNS text
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k text := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+BEGIN
+	IF k IS NULL OR k = '' THEN
+		RAISE EXCEPTION 'no secret key is set' USING ERRCODE = 'object_not_in_prerequisite_state',
+			HINT = 'A superuser sets one with SELECT dalgo.rotate_secret_key();';
+	END IF;
+	RETURN k;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.toolkit_secret_key() IS
+	'Internal: the encryption key, read from dalgo_secret.key in the data directory';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_stored_text(value jsonb, is_json boolean) RETURNS text
+	LANGUAGE sql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+	RETURN CASE WHEN value IS NULL OR value OPERATOR(pg_catalog.=) 'null'::jsonb THEN NULL
+				WHEN NOT is_json OR pg_catalog.jsonb_typeof(value) = 'string' THEN value OPERATOR(pg_catalog.#>>) '{}'::text[]
+				ELSE value::text END;
+COMMENT ON FUNCTION dalgo_internal.toolkit_stored_text(jsonb, boolean) IS 'Internal: the text that encryption reads from a column value';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_target(tbl regclass) RETURNS text
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c record;
+BEGIN
+	SELECT n.nspname, r.relname, r.relkind, r.relowner, r.relpersistence INTO c
+	FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) r.relnamespace
+	WHERE r.oid OPERATOR(pg_catalog.=) tbl;
+	IF NOT FOUND OR c.relkind NOT IN ('r', 'p') THEN
+		RAISE EXCEPTION '% is not a table', tbl USING ERRCODE = 'wrong_object_type';
+	END IF;
+	IF c.nspname = 'dalgo' THEN
+		RAISE EXCEPTION 'dalgo''s own tables have their own policies' USING ERRCODE = 'invalid_parameter_value',
+			HINT = 'The toolkit secures the tables of other schemas.';
+	END IF;
+	IF c.relpersistence = 't' THEN
+		RAISE EXCEPTION '% is a temporary table', tbl USING ERRCODE = 'wrong_object_type';
+	END IF;
+	IF NOT pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', c.relname USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	RETURN pg_catalog.format('%I.%I', c.nspname, c.relname);
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.toolkit_target(regclass) IS
+	'Internal: the qualified name of a table the caller owns, outside schema dalgo; raises otherwise';
+
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

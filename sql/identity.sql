@@ -51,18 +51,18 @@ COMMENT ON FUNCTION dalgo.sign_out() IS 'Forget the identity set by dalgo.authen
 -- Membership
 -- ---------------------------------------------------------------------------
 
-CREATE FUNCTION dalgo.is_org_member(org uuid, min_role dalgo.member_role DEFAULT 'viewer') RETURNS boolean
+CREATE FUNCTION dalgo.is_org_member(organization_id uuid, min_role dalgo.member_role DEFAULT 'viewer') RETURNS boolean
 	AS 'MODULE_PATHNAME', 'dalgo_is_org_member'
 	LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION dalgo.is_org_member(uuid, dalgo.member_role) IS
 	'True if the caller holds at least min_role in the organization (live membership, live organization, active live user; superadmins are owners everywhere); false for NULL arguments';
 
-CREATE FUNCTION dalgo.is_org_admin(org uuid) RETURNS boolean
+CREATE FUNCTION dalgo.is_org_admin(organization_id uuid) RETURNS boolean
 	AS 'MODULE_PATHNAME', 'dalgo_is_org_admin'
 	LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION dalgo.is_org_admin(uuid) IS 'True if the caller is an admin or owner of the organization';
 
-CREATE FUNCTION dalgo.org_role(org uuid) RETURNS dalgo.member_role
+CREATE FUNCTION dalgo.org_role(organization_id uuid) RETURNS dalgo.member_role
 	AS 'MODULE_PATHNAME', 'dalgo_org_role'
 	LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION dalgo.org_role(uuid) IS 'The caller''s role in the organization, or NULL when not a member';
@@ -73,24 +73,24 @@ CREATE FUNCTION dalgo.current_org_ids(min_role dalgo.member_role DEFAULT 'viewer
 COMMENT ON FUNCTION dalgo.current_org_ids(dalgo.member_role) IS
 	'Ids of the organizations where the caller holds at least min_role; the index-friendly form for policies: organization_id = ANY ((SELECT dalgo.current_org_ids())::uuid[])';
 
-CREATE FUNCTION dalgo.membership_changed() RETURNS trigger
+CREATE FUNCTION dalgo_internal.invalidate_membership_caches() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'dalgo_membership_changed'
 	LANGUAGE C;
-COMMENT ON FUNCTION dalgo.membership_changed() IS
+COMMENT ON FUNCTION dalgo_internal.invalidate_membership_caches() IS
 	'AFTER statement (and, for logical-replication apply, row) trigger on users, organizations and organization_members: invalidates every backend''s membership cache (this transaction''s next statement, other sessions at commit)';
 
 -- On users and organizations only the columns membership depends on count:
 -- a sign-in, a password change or a renamed organization flushes no cache.
 CREATE TRIGGER membership_changed AFTER INSERT OR DELETE OR TRUNCATE ON dalgo.users
-	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.invalidate_membership_caches();
 CREATE TRIGGER membership_changed_update AFTER UPDATE OF id, is_active, deleted_at, is_superadmin ON dalgo.users
-	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.invalidate_membership_caches();
 CREATE TRIGGER membership_changed AFTER INSERT OR DELETE OR TRUNCATE ON dalgo.organizations
-	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.invalidate_membership_caches();
 CREATE TRIGGER membership_changed_update AFTER UPDATE OF id, deleted_at ON dalgo.organizations
-	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.invalidate_membership_caches();
 CREATE TRIGGER membership_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON dalgo.organization_members
-	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.membership_changed();
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.invalidate_membership_caches();
 COMMENT ON TRIGGER membership_changed ON dalgo.users IS 'Invalidates membership caches';
 COMMENT ON TRIGGER membership_changed ON dalgo.organizations IS 'Invalidates membership caches';
 COMMENT ON TRIGGER membership_changed ON dalgo.organization_members IS 'Invalidates membership caches';
@@ -108,11 +108,11 @@ ALTER TABLE dalgo.organizations ENABLE ALWAYS TRIGGER membership_changed_update;
 -- initial table copy and TRUNCATE): a row trigger, enabled only in replica
 -- mode, so it costs nothing on the origin.
 CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.users
-	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.invalidate_membership_caches();
 CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.organizations
-	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.invalidate_membership_caches();
 CREATE TRIGGER membership_replicated AFTER INSERT OR UPDATE OR DELETE ON dalgo.organization_members
-	FOR EACH ROW EXECUTE FUNCTION dalgo.membership_changed();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.invalidate_membership_caches();
 ALTER TABLE dalgo.users ENABLE REPLICA TRIGGER membership_replicated;
 ALTER TABLE dalgo.organizations ENABLE REPLICA TRIGGER membership_replicated;
 ALTER TABLE dalgo.organization_members ENABLE REPLICA TRIGGER membership_replicated;
@@ -124,14 +124,14 @@ COMMENT ON TRIGGER membership_replicated ON dalgo.organization_members IS 'Inval
 -- Role protection
 -- ---------------------------------------------------------------------------
 
-CREATE FUNCTION dalgo.live_owner_count(organization_id uuid, except_membership uuid) RETURNS integer
+CREATE FUNCTION dalgo_internal.live_owner_count(organization_id uuid, except_membership uuid) RETURNS integer
 	AS 'MODULE_PATHNAME', 'dalgo_live_owner_count'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
-REVOKE ALL ON FUNCTION dalgo.live_owner_count(uuid, uuid) FROM PUBLIC;
-COMMENT ON FUNCTION dalgo.live_owner_count(uuid, uuid) IS
+REVOKE ALL ON FUNCTION dalgo_internal.live_owner_count(uuid, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.live_owner_count(uuid, uuid) IS
 	'Internal (guard_membership): live owner memberships of active, live users in the organization, but except_membership, counted under a fresh snapshot (the latest committed state), whatever the isolation level';
 
-CREATE FUNCTION dalgo.guard_membership() RETURNS trigger
+CREATE FUNCTION dalgo_internal.guard_membership() RETURNS trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -219,7 +219,7 @@ BEGIN
 		-- waited is seen under REPEATABLE READ and SERIALIZABLE too.
 		-- A deleted organization (its members cascading away) has no row left.
 		PERFORM FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL FOR NO KEY UPDATE;
-		IF FOUND AND dalgo.live_owner_count(org, OLD.id) = 0 THEN
+		IF FOUND AND dalgo_internal.live_owner_count(org, OLD.id) = 0 THEN
 			RAISE EXCEPTION 'cannot remove the last owner of organization %', org
 				USING ERRCODE = 'check_violation',
 					  HINT = 'Make another member an owner first, or delete the organization.';
@@ -232,18 +232,18 @@ BEGIN
 	RETURN NEW;
 END
 $$;
-REVOKE ALL ON FUNCTION dalgo.guard_membership() FROM PUBLIC;
-COMMENT ON FUNCTION dalgo.guard_membership() IS
+REVOKE ALL ON FUNCTION dalgo_internal.guard_membership() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.guard_membership() IS
 	'BEFORE row trigger on organization_members: only owners add, grant, revoke, restore or remove the owner role, nobody raises their own role or grants one above their own (restoring a membership grants its role), memberships never move, and an organization keeps at least one live owner (checked under the organization''s row lock against the latest committed state)';
 CREATE TRIGGER guard_membership BEFORE INSERT OR UPDATE OR DELETE ON dalgo.organization_members
-	FOR EACH ROW EXECUTE FUNCTION dalgo.guard_membership();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.guard_membership();
 COMMENT ON TRIGGER guard_membership ON dalgo.organization_members IS 'Role protection';
 
 -- The superadmin flag makes a user an owner of every organization: with an
 -- identity in force (an app request, dalgo_service acting for a user) only
 -- a superadmin grants or revokes it.  Without one (operator or service work,
 -- a restore) it is not limited here; end users cannot write the column.
-CREATE FUNCTION dalgo.guard_superadmin() RETURNS trigger
+CREATE FUNCTION dalgo_internal.guard_superadmin() RETURNS trigger
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -262,11 +262,11 @@ BEGIN
 	RETURN NEW;
 END
 $$;
-REVOKE ALL ON FUNCTION dalgo.guard_superadmin() FROM PUBLIC;
-COMMENT ON FUNCTION dalgo.guard_superadmin() IS
+REVOKE ALL ON FUNCTION dalgo_internal.guard_superadmin() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.guard_superadmin() IS
 	'BEFORE INSERT OR UPDATE row trigger on users: with an identity in force, only a superadmin grants or revokes is_superadmin (it makes a user owner of every organization)';
 CREATE TRIGGER guard_superadmin BEFORE INSERT OR UPDATE OF is_superadmin ON dalgo.users
-	FOR EACH ROW EXECUTE FUNCTION dalgo.guard_superadmin();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.guard_superadmin();
 COMMENT ON TRIGGER guard_superadmin ON dalgo.users IS 'Only a superadmin grants or revokes the superadmin flag';
 
 -- An account that stops being active and live takes its memberships with
@@ -276,7 +276,7 @@ COMMENT ON TRIGGER guard_superadmin ON dalgo.users IS 'Only a superadmin grants 
 -- organization loses its last live owner this way (the rule guard_membership
 -- keeps for membership rows, under the same organization lock and
 -- fresh-snapshot count).
-CREATE FUNCTION dalgo.guard_user_liveness() RETURNS trigger
+CREATE FUNCTION dalgo_internal.guard_user_liveness() RETURNS trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -303,7 +303,7 @@ BEGIN
 			-- A personal organization belongs to its one user: it goes with them.
 			PERFORM FROM dalgo.organizations o WHERE o.id = m.organization_id AND o.deleted_at IS NULL
 				AND o.org_type <> 'personal' FOR NO KEY UPDATE;
-			IF FOUND AND dalgo.live_owner_count(m.organization_id, m.id) = 0 THEN
+			IF FOUND AND dalgo_internal.live_owner_count(m.organization_id, m.id) = 0 THEN
 				RAISE EXCEPTION 'cannot deactivate or delete the last owner of organization %', m.organization_id
 					USING ERRCODE = 'check_violation',
 						  HINT = 'Make another member an owner first, or delete the organization.';
@@ -313,14 +313,14 @@ BEGIN
 	RETURN NEW;
 END
 $$;
-REVOKE ALL ON FUNCTION dalgo.guard_user_liveness() FROM PUBLIC;
-COMMENT ON FUNCTION dalgo.guard_user_liveness() IS
+REVOKE ALL ON FUNCTION dalgo_internal.guard_user_liveness() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.guard_user_liveness() IS
 	'BEFORE UPDATE row trigger on users: with an identity in force only the user deactivates or deletes their own account (a superadmin anyone''s) and only a superadmin restores one; whoever acts, no organization loses its last live owner';
 CREATE TRIGGER guard_user_liveness BEFORE UPDATE OF is_active, deleted_at ON dalgo.users
-	FOR EACH ROW EXECUTE FUNCTION dalgo.guard_user_liveness();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.guard_user_liveness();
 COMMENT ON TRIGGER guard_user_liveness ON dalgo.users IS 'Accounts: who deactivates them, and never the last owner';
 
-CREATE FUNCTION dalgo.guard_organization() RETURNS trigger
+CREATE FUNCTION dalgo_internal.guard_organization() RETURNS trigger
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -333,10 +333,10 @@ BEGIN
 	RETURN NEW;
 END
 $$;
-REVOKE ALL ON FUNCTION dalgo.guard_organization() FROM PUBLIC;
-COMMENT ON FUNCTION dalgo.guard_organization() IS 'BEFORE UPDATE row trigger on organizations: only an owner soft-deletes or restores it';
+REVOKE ALL ON FUNCTION dalgo_internal.guard_organization() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.guard_organization() IS 'BEFORE UPDATE row trigger on organizations: only an owner soft-deletes or restores it';
 CREATE TRIGGER guard_organization BEFORE UPDATE ON dalgo.organizations
-	FOR EACH ROW EXECUTE FUNCTION dalgo.guard_organization();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.guard_organization();
 COMMENT ON TRIGGER guard_organization ON dalgo.organizations IS 'Only owners soft-delete an organization';
 
 CREATE FUNCTION dalgo.create_organization(name text, slug text, org_type dalgo.org_type DEFAULT 'team')

@@ -9,7 +9,7 @@
 --   run_seconds       run time of one run_transformation call with its upstream
 
 -- The limit in force for one organization, or NULL when there is none.
-CREATE FUNCTION dalgo.organization_quota(organization_id uuid, quota text) RETURNS bigint
+CREATE FUNCTION dalgo_internal.organization_quota(organization_id uuid, quota text) RETURNS bigint
 	LANGUAGE sql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -23,11 +23,11 @@ AS $$
 			WHEN 'run_seconds' THEN extract(epoch FROM current_setting('dalgo.quota_run_seconds')::interval)::bigint
 		END), 0)
 $$;
-COMMENT ON FUNCTION dalgo.organization_quota(uuid, text) IS
+COMMENT ON FUNCTION dalgo_internal.organization_quota(uuid, text) IS
 	'Internal: an organization''s limit for one quota (its settings->''quotas'' override, else the dalgo.quota_* default); NULL means no limit';
 
 -- What an organization uses now, quota by quota.
-CREATE FUNCTION dalgo.organization_usage(organization_id uuid, OUT quota text, OUT used bigint, OUT quota_limit bigint)
+CREATE FUNCTION dalgo_internal.organization_usage(organization_id uuid, OUT quota text, OUT used bigint, OUT quota_limit bigint)
 	RETURNS SETOF record
 	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
@@ -37,29 +37,29 @@ DECLARE
 BEGIN
 	quota := 'warehouse_bytes';
 	used := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
-					  WHERE c.relnamespace = to_regnamespace('org_' || replace(org::text, '-', ''))
+					  WHERE c.relnamespace = to_regnamespace(dalgo_internal.warehouse_schema_name(org))
 						AND c.relkind IN ('r', 'm', 'p')), 0);
-	quota_limit := dalgo.organization_quota(org, quota);
+	quota_limit := dalgo_internal.organization_quota(org, quota);
 	RETURN NEXT;
 	quota := 'concurrent_runs';
 	used := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running')
 		  + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running');
-	quota_limit := dalgo.organization_quota(org, quota);
+	quota_limit := dalgo_internal.organization_quota(org, quota);
 	RETURN NEXT;
 	quota := 'runs_per_hour';
 	used := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
 			 AND NOT r.details ? 'skipped')
 		  + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
 			 AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped');
-	quota_limit := dalgo.organization_quota(org, quota);
+	quota_limit := dalgo_internal.organization_quota(org, quota);
 	RETURN NEXT;
 	quota := 'run_seconds';
 	used := NULL;
-	quota_limit := dalgo.organization_quota(org, quota);
+	quota_limit := dalgo_internal.organization_quota(org, quota);
 	RETURN NEXT;
 END
 $$;
-COMMENT ON FUNCTION dalgo.organization_usage(uuid) IS
+COMMENT ON FUNCTION dalgo_internal.organization_usage(uuid) IS
 	'Internal: an organization''s usage and limit for each quota (see dalgo.quota_usage)';
 
 CREATE FUNCTION dalgo.quota_usage(organization_id uuid, OUT quota text, OUT used bigint, OUT quota_limit bigint)
@@ -72,7 +72,7 @@ BEGIN
 		RAISE EXCEPTION 'organization % does not exist or you are not a member', quota_usage.organization_id
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
-	RETURN QUERY SELECT * FROM dalgo.organization_usage(quota_usage.organization_id);
+	RETURN QUERY SELECT * FROM dalgo_internal.organization_usage(quota_usage.organization_id);
 END
 $$;
 COMMENT ON FUNCTION dalgo.quota_usage(uuid) IS
@@ -90,7 +90,7 @@ COMMENT ON FUNCTION dalgo.quota_usage(uuid) IS
 -- ends, and the backends holding it count as running even before their rows
 -- are visible.  The check and the taking of the slot are one step under a
 -- second advisory lock (the gate), held only for the check.
-CREATE FUNCTION dalgo.check_run_quota(organization_id uuid) RETURNS void
+CREATE FUNCTION dalgo_internal.check_run_quota(organization_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -130,7 +130,7 @@ BEGIN
 									 AND r.details->>'runner_pid' = p)
 					 AND NOT EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.organization_id = org
 									 AND r.status = 'running' AND r.details->>'runner_pid' = p));
-		lim := dalgo.organization_quota(org, 'concurrent_runs');
+		lim := dalgo_internal.organization_quota(org, 'concurrent_runs');
 		IF lim IS NOT NULL THEN
 			n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
 				  AND r.details->>'runner_pid' IS DISTINCT FROM me)
@@ -143,7 +143,7 @@ BEGIN
 						  HINT = 'Wait for a run to finish; a superuser can raise the quota.';
 			END IF;
 		END IF;
-		lim := dalgo.organization_quota(org, 'runs_per_hour');
+		lim := dalgo_internal.organization_quota(org, 'runs_per_hour');
 		IF lim IS NOT NULL THEN
 			n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
 				  AND NOT r.details ? 'skipped' AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
@@ -157,7 +157,7 @@ BEGIN
 						  HINT = 'Try again later; a superuser can raise the quota.';
 			END IF;
 		END IF;
-		PERFORM dalgo.check_warehouse_quota(org, NULL);
+		PERFORM dalgo_internal.check_warehouse_quota(org, NULL);
 		PERFORM pg_advisory_xact_lock_shared(slot);
 	EXCEPTION WHEN OTHERS OR query_canceled THEN
 		PERFORM pg_advisory_unlock(gate);
@@ -166,25 +166,25 @@ BEGIN
 	PERFORM pg_advisory_unlock(gate);
 END
 $$;
-COMMENT ON FUNCTION dalgo.check_run_quota(uuid) IS
+COMMENT ON FUNCTION dalgo_internal.check_run_quota(uuid) IS
 	'Internal: refuse a run that would exceed the organization''s concurrent_runs, runs_per_hour or warehouse_bytes quota';
 
 -- Refuse when the warehouse is at or over its size quota.  replacing names
 -- the table a swap is about to replace: it no longer counts.
-CREATE FUNCTION dalgo.check_warehouse_quota(organization_id uuid, replacing text) RETURNS void
+CREATE FUNCTION dalgo_internal.check_warehouse_quota(organization_id uuid, replacing text) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	org uuid := check_warehouse_quota.organization_id;
-	lim bigint := dalgo.organization_quota(org, 'warehouse_bytes');
+	lim bigint := dalgo_internal.organization_quota(org, 'warehouse_bytes');
 	ns oid;
 	n bigint;
 BEGIN
 	IF lim IS NULL THEN
 		RETURN;
 	END IF;
-	ns := to_regnamespace('org_' || replace(org::text, '-', ''));
+	ns := to_regnamespace(dalgo_internal.warehouse_schema_name(org));
 	n := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
 				   WHERE c.relnamespace = ns AND c.relkind IN ('r', 'm', 'p')
 					 AND c.relname IS DISTINCT FROM replacing), 0);
@@ -196,12 +196,12 @@ BEGIN
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo.check_warehouse_quota(uuid, text) IS
+COMMENT ON FUNCTION dalgo_internal.check_warehouse_quota(uuid, text) IS
 	'Internal: refuse when the organization''s warehouse is over its warehouse_bytes quota (not counting the table a swap replaces)';
 
 -- Only superusers set or change an organization's quotas, and only to
 -- known quotas with whole, non-negative figures.
-CREATE FUNCTION dalgo.guard_organization_quotas() RETURNS trigger
+CREATE FUNCTION dalgo_internal.guard_organization_quotas() RETURNS trigger
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -243,28 +243,28 @@ BEGIN
 	RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION dalgo.guard_organization_quotas() IS
+COMMENT ON FUNCTION dalgo_internal.guard_organization_quotas() IS
 	'BEFORE INSERT OR UPDATE row trigger on organizations: only superusers set settings->''quotas'', to known quotas and valid figures';
 CREATE TRIGGER guard_organization_quotas BEFORE INSERT OR UPDATE OF settings ON dalgo.organizations
-	FOR EACH ROW EXECUTE FUNCTION dalgo.guard_organization_quotas();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.guard_organization_quotas();
 COMMENT ON TRIGGER guard_organization_quotas ON dalgo.organizations IS 'Quotas are set by superusers only';
 
 -- run_seconds: a cap on the deadline of the statement that runs a
 -- transformation with its upstream (src/deadline.c).
-CREATE FUNCTION dalgo.cap_statement_deadline(seconds bigint) RETURNS void
+CREATE FUNCTION dalgo_internal.cap_statement_deadline(seconds bigint) RETURNS void
 	AS 'MODULE_PATHNAME', 'dalgo_cap_statement_deadline'
 	LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION dalgo.cap_statement_deadline(bigint) IS
+COMMENT ON FUNCTION dalgo_internal.cap_statement_deadline(bigint) IS
 	'Internal: cap the current statement''s recipe deadline (dalgo.statement_timeout) at this many seconds from now; the outermost cap wins';
 
-CREATE FUNCTION dalgo.run_time_quota_hit() RETURNS boolean
+CREATE FUNCTION dalgo_internal.run_time_quota_hit() RETURNS boolean
 	AS 'MODULE_PATHNAME', 'dalgo_run_time_quota_hit'
 	LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION dalgo.run_time_quota_hit() IS
+COMMENT ON FUNCTION dalgo_internal.run_time_quota_hit() IS
 	'Internal: true when the current statement has passed the cap that cap_statement_deadline set (the run_seconds quota)';
 
-REVOKE ALL ON FUNCTION dalgo.cap_statement_deadline(bigint), dalgo.run_time_quota_hit(),
-	dalgo.organization_quota(uuid, text), dalgo.organization_usage(uuid), dalgo.quota_usage(uuid),
-	dalgo.check_run_quota(uuid), dalgo.check_warehouse_quota(uuid, text), dalgo.guard_organization_quotas()
+REVOKE ALL ON FUNCTION dalgo_internal.cap_statement_deadline(bigint), dalgo_internal.run_time_quota_hit(),
+	dalgo_internal.organization_quota(uuid, text), dalgo_internal.organization_usage(uuid), dalgo.quota_usage(uuid),
+	dalgo_internal.check_run_quota(uuid), dalgo_internal.check_warehouse_quota(uuid, text), dalgo_internal.guard_organization_quotas()
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.quota_usage(uuid) TO dalgo_authenticated, dalgo_service;

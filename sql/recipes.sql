@@ -7,17 +7,33 @@ CREATE FUNCTION dalgo.compile_recipe(organization_id uuid, recipe jsonb) RETURNS
 COMMENT ON FUNCTION dalgo.compile_recipe(uuid, jsonb) IS
 	'Compile a JSON recipe (see the recipe contract) into one SELECT over the organization''s warehouse; errors are 22023 and name the step, its type and the field';
 
-CREATE FUNCTION dalgo.warehouse_execute(organization_id uuid, sql text) RETURNS bigint
+CREATE FUNCTION dalgo_internal.warehouse_execute(organization_id uuid, sql text) RETURNS bigint
 	AS 'MODULE_PATHNAME', 'dalgo_warehouse_execute'
 	LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
-COMMENT ON FUNCTION dalgo.warehouse_execute(uuid, text) IS
+COMMENT ON FUNCTION dalgo_internal.warehouse_execute(uuid, text) IS
 	'Internal: run a command as the organization''s warehouse role (search_path pinned, dalgo.statement_timeout); returns rows processed';
 
-CREATE FUNCTION dalgo.warehouse_query(organization_id uuid, sql text, row_limit integer) RETURNS SETOF jsonb
+CREATE FUNCTION dalgo_internal.warehouse_query(organization_id uuid, sql text, row_limit integer) RETURNS SETOF jsonb
 	AS 'MODULE_PATHNAME', 'dalgo_warehouse_query'
 	LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
-COMMENT ON FUNCTION dalgo.warehouse_query(uuid, text, integer) IS
+COMMENT ON FUNCTION dalgo_internal.warehouse_query(uuid, text, integer) IS
 	'Internal: the rows of a query as jsonb, run as the organization''s warehouse role; row_limit 0 only parse-analyzes it';
+
+-- The one rule that names an organization's warehouse: schema org_<hex>,
+-- owned by role dalgo_wh_<hex>, <hex> the organization id without dashes.
+CREATE FUNCTION dalgo_internal.warehouse_schema_name(organization_id uuid) RETURNS text
+	LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+	RETURN 'org_' || replace(organization_id::text, '-', '');
+COMMENT ON FUNCTION dalgo_internal.warehouse_schema_name(uuid) IS
+	'Internal: the name of an organization''s warehouse schema, org_<id without dashes>';
+CREATE FUNCTION dalgo_internal.warehouse_role_name(organization_id uuid) RETURNS text
+	LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+	RETURN 'dalgo_wh_' || replace(organization_id::text, '-', '');
+COMMENT ON FUNCTION dalgo_internal.warehouse_role_name(uuid) IS
+	'Internal: the name of the role that owns an organization''s warehouse schema, dalgo_wh_<id without dashes>';
+REVOKE ALL ON FUNCTION dalgo_internal.warehouse_schema_name(uuid), dalgo_internal.warehouse_role_name(uuid) FROM PUBLIC;
 
 CREATE FUNCTION dalgo.caller_may(organization_id uuid, min_role dalgo.member_role) RETURNS boolean
 	AS 'MODULE_PATHNAME', 'dalgo_caller_may_sql'
@@ -25,14 +41,13 @@ CREATE FUNCTION dalgo.caller_may(organization_id uuid, min_role dalgo.member_rol
 COMMENT ON FUNCTION dalgo.caller_may(uuid, dalgo.member_role) IS
 	'True if the caller may act in the organization with min_role: the signed-in user''s role, or, without an identity, a login that is a superuser or dalgo_service';
 
-CREATE FUNCTION dalgo.warehouse_schema(organization_id uuid) RETURNS text
+CREATE FUNCTION dalgo.ensure_warehouse(organization_id uuid) RETURNS text
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	hex text := replace(organization_id::text, '-', '');
-	schema_name text := 'org_' || hex;
-	role_name text := 'dalgo_wh_' || hex;
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	role_name text := dalgo_internal.warehouse_role_name(organization_id);
 	r pg_roles;
 	problem text;
 BEGIN
@@ -40,7 +55,7 @@ BEGIN
 		RAISE EXCEPTION 'organization_id is required' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	IF NOT dalgo.caller_may(organization_id, 'viewer')
-	   OR NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = warehouse_schema.organization_id AND o.deleted_at IS NULL) THEN
+	   OR NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = ensure_warehouse.organization_id AND o.deleted_at IS NULL) THEN
 		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
@@ -79,38 +94,38 @@ BEGIN
 				  HINT = 'dalgo never adopts a schema it did not create for the organization; a superuser must fix its owner or drop it.';
 	END IF;
 	INSERT INTO dalgo.warehouse_connections (organization_id, database_name, is_connected, last_connected_at)
-		SELECT warehouse_schema.organization_id, current_database(), true, now()
+		SELECT ensure_warehouse.organization_id, current_database(), true, now()
 		WHERE NOT EXISTS (SELECT FROM dalgo.warehouse_connections w
-						  WHERE w.organization_id = warehouse_schema.organization_id AND w.deleted_at IS NULL);
+						  WHERE w.organization_id = ensure_warehouse.organization_id AND w.deleted_at IS NULL);
 	RETURN schema_name;
 END
 $$;
-COMMENT ON FUNCTION dalgo.warehouse_schema(uuid) IS
+COMMENT ON FUNCTION dalgo.ensure_warehouse(uuid) IS
 	'The organization''s warehouse schema (org_<id>, owned by role dalgo_wh_<id>), created with its warehouse_connections row on first use; a role or schema of that name that dalgo would not have made (login, superuser, role memberships, another owner...) is refused, never adopted';
 
-CREATE FUNCTION dalgo.create_warehouse_for_connection() RETURNS trigger
+CREATE FUNCTION dalgo_internal.create_warehouse_for_connection() RETURNS trigger
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	IF dalgo.restoring() THEN RETURN NULL; END IF;	-- restored: the schema is in the dump
-	PERFORM dalgo.warehouse_schema(NEW.organization_id);
+	PERFORM dalgo.ensure_warehouse(NEW.organization_id);
 	RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION dalgo.create_warehouse_for_connection() IS 'AFTER INSERT trigger on warehouse_connections: creates the warehouse schema';
+COMMENT ON FUNCTION dalgo_internal.create_warehouse_for_connection() IS 'AFTER INSERT trigger on warehouse_connections: creates the warehouse schema';
 CREATE TRIGGER create_warehouse AFTER INSERT ON dalgo.warehouse_connections
-	FOR EACH ROW WHEN (NEW.deleted_at IS NULL) EXECUTE FUNCTION dalgo.create_warehouse_for_connection();
+	FOR EACH ROW WHEN (NEW.deleted_at IS NULL) EXECUTE FUNCTION dalgo_internal.create_warehouse_for_connection();
 COMMENT ON TRIGGER create_warehouse ON dalgo.warehouse_connections IS 'A warehouse connection creates its warehouse schema';
 
-CREATE FUNCTION dalgo.register_warehouse_table(organization_id uuid, table_name text, source_id uuid,
+CREATE FUNCTION dalgo_internal.register_warehouse_table(organization_id uuid, table_name text, source_id uuid,
 											   transformation_id uuid, row_count bigint)
 	RETURNS void
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
 	rel regclass := to_regclass(format('%I.%I', schema_name, table_name));
 	conn uuid;
 	info jsonb;
@@ -133,7 +148,7 @@ BEGIN
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo.register_warehouse_table(uuid, text, uuid, uuid, bigint) IS
+COMMENT ON FUNCTION dalgo_internal.register_warehouse_table(uuid, text, uuid, uuid, bigint) IS
 	'Internal: record a warehouse table''s row count, size and columns in warehouse_tables';
 
 -- ---------------------------------------------------------------------------
@@ -194,7 +209,7 @@ $$;
 COMMENT ON FUNCTION dalgo.transformation_upstream(uuid) IS
 	'The transformations a transformation reads, directly or not, deepest first (the order to run them in); all of its own organization, or an error';
 
-CREATE FUNCTION dalgo.check_recipe_sql(organization_id uuid, sql text) RETURNS void
+CREATE FUNCTION dalgo_internal.check_recipe_sql(organization_id uuid, sql text) RETURNS void
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -204,32 +219,32 @@ BEGIN
 	IF NOT dalgo.caller_may(organization_id, 'member') THEN
 		RAISE EXCEPTION 'saving a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
 	END IF;
-	PERFORM dalgo.warehouse_schema(organization_id);
+	PERFORM dalgo.ensure_warehouse(organization_id);
 	BEGIN
-		PERFORM * FROM dalgo.warehouse_query(organization_id, sql, 0);
+		PERFORM * FROM dalgo_internal.warehouse_query(organization_id, sql, 0);
 	EXCEPTION WHEN OTHERS THEN
 		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
 		RAISE EXCEPTION 'recipe does not type-check: %', msg USING ERRCODE = 'invalid_parameter_value';
 	END;
 END
 $$;
-COMMENT ON FUNCTION dalgo.check_recipe_sql(uuid, text) IS 'Internal: parse-analyze compiled recipe SQL in the organization''s warehouse';
+COMMENT ON FUNCTION dalgo_internal.check_recipe_sql(uuid, text) IS 'Internal: parse-analyze compiled recipe SQL in the organization''s warehouse';
 
-CREATE FUNCTION dalgo.warehouse_table_claimant(organization_id uuid, table_name text, source_id uuid,
+CREATE FUNCTION dalgo_internal.warehouse_table_claimant(organization_id uuid, table_name text, source_id uuid,
 												transformation_id uuid, output_id uuid) RETURNS text
 	AS 'MODULE_PATHNAME', 'dalgo_warehouse_table_claimant'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE
 	SET search_path = pg_catalog, pg_temp;
-COMMENT ON FUNCTION dalgo.warehouse_table_claimant(uuid, text, uuid, uuid, uuid) IS
+COMMENT ON FUNCTION dalgo_internal.warehouse_table_claimant(uuid, text, uuid, uuid, uuid) IS
 	'Internal: which other live source, transformation or output of the organization claims a warehouse table name (NULL if none); serialized per organization and read from the latest committed rows';
 
-CREATE FUNCTION dalgo.check_warehouse_table_name(organization_id uuid, table_name text, source_id uuid,
+CREATE FUNCTION dalgo_internal.check_warehouse_table_name(organization_id uuid, table_name text, source_id uuid,
 												 transformation_id uuid, output_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	claimant text := dalgo.warehouse_table_claimant(organization_id, table_name, source_id, transformation_id, output_id);
+	claimant text := dalgo_internal.warehouse_table_claimant(organization_id, table_name, source_id, transformation_id, output_id);
 BEGIN
 	IF claimant IS NOT NULL AND NOT dalgo.caller_may(organization_id, 'viewer') THEN
 		-- Never name another organization's objects: row-level security refuses this row anyway.
@@ -243,10 +258,10 @@ BEGIN
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo.check_warehouse_table_name(uuid, text, uuid, uuid, uuid) IS
+COMMENT ON FUNCTION dalgo_internal.check_warehouse_table_name(uuid, text, uuid, uuid, uuid) IS
 	'Internal: refuse a warehouse table name that another live producer of the organization claims';
 
-CREATE FUNCTION dalgo.transformation_before_save() RETURNS trigger
+CREATE FUNCTION dalgo_internal.check_transformation() RETURNS trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -258,13 +273,13 @@ BEGIN
 	-- (a move to another organization is refused by the tenant_fixed trigger).
 	IF NEW.deleted_at IS NULL AND NEW.output_table_name IS NOT NULL
 	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
-		PERFORM dalgo.check_warehouse_table_name(NEW.organization_id, NEW.output_table_name, NULL, NEW.id, NULL);
+		PERFORM dalgo_internal.check_warehouse_table_name(NEW.organization_id, NEW.output_table_name, NULL, NEW.id, NULL);
 	END IF;
 	IF TG_OP = 'UPDATE' AND NEW.recipe IS NOT DISTINCT FROM OLD.recipe THEN
 		NEW.current_version := OLD.current_version;
 		RETURN NEW;
 	END IF;
-	PERFORM dalgo.check_recipe_sql(NEW.organization_id, dalgo.compile_recipe(NEW.organization_id, NEW.recipe));
+	PERFORM dalgo_internal.check_recipe_sql(NEW.organization_id, dalgo.compile_recipe(NEW.organization_id, NEW.recipe));
 	deps := dalgo.recipe_dependencies(NEW.recipe);
 	IF NEW.id = ANY (deps) OR EXISTS (
 		WITH RECURSIVE walk(id) AS (
@@ -280,31 +295,31 @@ BEGIN
 	RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION dalgo.transformation_before_save() IS
+COMMENT ON FUNCTION dalgo_internal.check_transformation() IS
 	'BEFORE trigger on transformations: the output table must belong to no other producer (every insert and update); a new or changed recipe must compile and type-check, must not create a cycle, and bumps current_version';
 CREATE TRIGGER before_save BEFORE INSERT OR UPDATE ON dalgo.transformations
-	FOR EACH ROW EXECUTE FUNCTION dalgo.transformation_before_save();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.check_transformation();
 COMMENT ON TRIGGER before_save ON dalgo.transformations IS 'Validates recipes and numbers versions';
 
-CREATE FUNCTION dalgo.source_check_table_name() RETURNS trigger
+CREATE FUNCTION dalgo_internal.check_source_table_name() RETURNS trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	IF NEW.deleted_at IS NULL AND NEW.warehouse_table_name IS NOT NULL
 	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
-		PERFORM dalgo.check_warehouse_table_name(NEW.organization_id, NEW.warehouse_table_name, NEW.id, NULL, NULL);
+		PERFORM dalgo_internal.check_warehouse_table_name(NEW.organization_id, NEW.warehouse_table_name, NEW.id, NULL, NULL);
 	END IF;
 	RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION dalgo.source_check_table_name() IS
+COMMENT ON FUNCTION dalgo_internal.check_source_table_name() IS
 	'BEFORE trigger on sources: the warehouse table must belong to no other producer (every insert and update)';
 CREATE TRIGGER check_table_name BEFORE INSERT OR UPDATE ON dalgo.sources
-	FOR EACH ROW EXECUTE FUNCTION dalgo.source_check_table_name();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.check_source_table_name();
 COMMENT ON TRIGGER check_table_name ON dalgo.sources IS 'A source''s warehouse table belongs to no transformation or output';
 
-CREATE FUNCTION dalgo.output_check_table_name() RETURNS trigger
+CREATE FUNCTION dalgo_internal.check_output_table_name() RETURNS trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -318,20 +333,20 @@ BEGIN
 		IF NEW.destination_config->>'name' IS DISTINCT FROM
 		   (SELECT t.output_table_name FROM dalgo.transformations t
 			WHERE t.id = NEW.transformation_id AND t.organization_id = NEW.organization_id) THEN
-			PERFORM dalgo.check_warehouse_table_name(NEW.organization_id, NEW.destination_config->>'name', NULL,
+			PERFORM dalgo_internal.check_warehouse_table_name(NEW.organization_id, NEW.destination_config->>'name', NULL,
 													 NEW.transformation_id, NEW.id);
 		END IF;
 	END IF;
 	RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION dalgo.output_check_table_name() IS
+COMMENT ON FUNCTION dalgo_internal.check_output_table_name() IS
 	'BEFORE trigger on outputs: destination_config.name must belong to no other producer (every insert and update)';
 CREATE TRIGGER check_table_name BEFORE INSERT OR UPDATE ON dalgo.outputs
-	FOR EACH ROW EXECUTE FUNCTION dalgo.output_check_table_name();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.check_output_table_name();
 COMMENT ON TRIGGER check_table_name ON dalgo.outputs IS 'An output''s destination table belongs to no source or other transformation';
 
-CREATE FUNCTION dalgo.transformation_record_version() RETURNS trigger
+CREATE FUNCTION dalgo_internal.record_transformation_version() RETURNS trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -345,10 +360,10 @@ BEGIN
 	RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION dalgo.transformation_record_version() IS
+COMMENT ON FUNCTION dalgo_internal.record_transformation_version() IS
 	'AFTER trigger on transformations: records a transformation_versions row for each new recipe (change_description from the setting dalgo.change_description)';
 CREATE TRIGGER record_version AFTER INSERT OR UPDATE OF recipe ON dalgo.transformations
-	FOR EACH ROW WHEN (NEW.current_version > 0) EXECUTE FUNCTION dalgo.transformation_record_version();
+	FOR EACH ROW WHEN (NEW.current_version > 0) EXECUTE FUNCTION dalgo_internal.record_transformation_version();
 COMMENT ON TRIGGER record_version ON dalgo.transformations IS 'Records versions';
 
 -- ---------------------------------------------------------------------------
@@ -356,12 +371,12 @@ COMMENT ON TRIGGER record_version ON dalgo.transformations IS 'Records versions'
 -- ---------------------------------------------------------------------------
 
 -- Swap a freshly built warehouse table in under its real name.
-CREATE FUNCTION dalgo.swap_warehouse_table(organization_id uuid, build_name text, table_name text) RETURNS void
+CREATE FUNCTION dalgo_internal.swap_warehouse_table(organization_id uuid, build_name text, table_name text) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
 	by_source uuid;
 	by_transformation uuid;
 	by_output uuid;
@@ -393,7 +408,7 @@ BEGIN
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
 	-- Checked again at the moment of the swap, under the organization's name lock.
-	claimant := dalgo.warehouse_table_claimant(organization_id, table_name, by_source, context, by_output);
+	claimant := dalgo_internal.warehouse_table_claimant(organization_id, table_name, by_source, context, by_output);
 	IF claimant IS NOT NULL THEN
 		RAISE EXCEPTION 'warehouse table "%" belongs to %; it is not replaced', table_name, claimant
 			USING ERRCODE = 'insufficient_privilege';
@@ -414,10 +429,10 @@ BEGIN
 	END IF;
 	-- Output views over the table depend on it: drop them around the swap
 	-- (in this transaction, so readers never miss them).
-	dropped := dalgo.drop_output_views(organization_id, ARRAY[table_name]);
-	PERFORM dalgo.warehouse_execute(organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, table_name));
-	PERFORM dalgo.warehouse_execute(organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, table_name));
-	PERFORM dalgo.restore_output_views(organization_id, dropped);
+	dropped := dalgo_internal.drop_output_views(organization_id, ARRAY[table_name]);
+	PERFORM dalgo_internal.warehouse_execute(organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, table_name));
+	PERFORM dalgo_internal.warehouse_execute(organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, table_name));
+	PERFORM dalgo_internal.restore_output_views(organization_id, dropped);
 	-- Record the producer (row count and size follow in register_warehouse_table).
 	IF reg.id IS NOT NULL THEN
 		UPDATE dalgo.warehouse_tables w SET source_id = by_source, transformation_id = by_transformation,
@@ -433,10 +448,10 @@ BEGIN
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo.swap_warehouse_table(uuid, text, text) IS
+COMMENT ON FUNCTION dalgo_internal.swap_warehouse_table(uuid, text, text) IS
 	'Internal: replace a warehouse table by a freshly built one, atomically; only the producer (source, transformation or output) that the build''s run names, whose name no other producer claims, and that produced the existing table, if any; records it in warehouse_tables';
 
-CREATE FUNCTION dalgo.build_transformation(transformation_id uuid, run_id uuid) RETURNS void
+CREATE FUNCTION dalgo_internal.build_transformation(transformation_id uuid, run_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -454,14 +469,14 @@ BEGIN
 		IF t.output_table_name IS NULL THEN
 			RAISE EXCEPTION 'transformation % has no output_table_name', t.id USING ERRCODE = 'invalid_parameter_value';
 		END IF;
-		schema_name := dalgo.warehouse_schema(t.organization_id);
+		schema_name := dalgo.ensure_warehouse(t.organization_id);
 		sql := dalgo.compile_recipe(t.organization_id, t.recipe);
 		-- Build under a private name, then swap: readers never see a half-built table,
 		-- and a failure leaves the previous output as it was.
-		n := dalgo.warehouse_execute(t.organization_id, format('CREATE TABLE %I.%I AS %s', schema_name, build_name, sql));
-		PERFORM dalgo.check_warehouse_quota(t.organization_id, t.output_table_name);
-		PERFORM dalgo.swap_warehouse_table(t.organization_id, build_name, t.output_table_name);
-		PERFORM dalgo.register_warehouse_table(t.organization_id, t.output_table_name, NULL, t.id, n);
+		n := dalgo_internal.warehouse_execute(t.organization_id, format('CREATE TABLE %I.%I AS %s', schema_name, build_name, sql));
+		PERFORM dalgo_internal.check_warehouse_quota(t.organization_id, t.output_table_name);
+		PERFORM dalgo_internal.swap_warehouse_table(t.organization_id, build_name, t.output_table_name);
+		PERFORM dalgo_internal.register_warehouse_table(t.organization_id, t.output_table_name, NULL, t.id, n);
 		UPDATE dalgo.transformations x SET last_run_at = now() WHERE x.id = t.id;
 		UPDATE dalgo.transformation_runs r SET status = 'success', completed_at = clock_timestamp(),
 			rows_affected = least(n, 2147483647), executed_sql = sql
@@ -475,7 +490,7 @@ BEGIN
 	END;
 END
 $$;
-COMMENT ON FUNCTION dalgo.build_transformation(uuid, uuid) IS
+COMMENT ON FUNCTION dalgo_internal.build_transformation(uuid, uuid) IS
 	'Internal: build a transformation''s output for an existing run row (atomic swap) and record the outcome on it';
 
 CREATE FUNCTION dalgo.run_transformation(transformation_id uuid, with_upstream boolean DEFAULT false)
@@ -496,9 +511,9 @@ BEGIN
 	IF NOT dalgo.caller_may(t.organization_id, 'member') THEN
 		RAISE EXCEPTION 'running a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
 	END IF;
-	PERFORM dalgo.check_run_quota(t.organization_id);
+	PERFORM dalgo_internal.check_run_quota(t.organization_id);
 	-- The run_seconds quota caps this call with its upstream (the outermost cap wins).
-	PERFORM dalgo.cap_statement_deadline(dalgo.organization_quota(t.organization_id, 'run_seconds'));
+	PERFORM dalgo_internal.cap_statement_deadline(dalgo_internal.organization_quota(t.organization_id, 'run_seconds'));
 	BEGIN
 		IF with_upstream THEN
 			-- transformation_upstream refuses a dependency outside the organization;
@@ -517,11 +532,11 @@ BEGIN
 		VALUES (t.organization_id, t.id, t.current_version, 'running', clock_timestamp(), dalgo.current_user_id(),
 				jsonb_build_object('runner_pid', pg_backend_pid()))
 		RETURNING id INTO run_id;
-		PERFORM dalgo.build_transformation(t.id, run_id);
+		PERFORM dalgo_internal.build_transformation(t.id, run_id);
 	EXCEPTION WHEN query_canceled THEN
-		IF dalgo.run_time_quota_hit() THEN
+		IF dalgo_internal.run_time_quota_hit() THEN
 			RAISE EXCEPTION 'quota run_seconds exceeded: the run with its upstream took more than % seconds',
-				dalgo.organization_quota(t.organization_id, 'run_seconds')
+				dalgo_internal.organization_quota(t.organization_id, 'run_seconds')
 				USING ERRCODE = 'configuration_limit_exceeded',
 					  HINT = 'Split the work, or ask a superuser to raise the quota.';
 		END IF;
@@ -546,8 +561,8 @@ BEGIN
 	IF row_limit IS NULL OR row_limit < 1 OR row_limit > 10000 THEN
 		RAISE EXCEPTION 'row_limit must be between 1 and 10000' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	PERFORM dalgo.warehouse_schema(organization_id);
-	RETURN QUERY SELECT * FROM dalgo.warehouse_query(organization_id, dalgo.compile_recipe(organization_id, recipe), row_limit);
+	PERFORM dalgo.ensure_warehouse(organization_id);
+	RETURN QUERY SELECT * FROM dalgo_internal.warehouse_query(organization_id, dalgo.compile_recipe(organization_id, recipe), row_limit);
 END
 $$;
 COMMENT ON FUNCTION dalgo.preview_recipe(uuid, jsonb, integer) IS
@@ -561,19 +576,19 @@ CREATE FUNCTION dalgo.read_warehouse_table(organization_id uuid, table_name text
 		jsonb_build_object('version', 1, 'source', jsonb_build_object('table', table_name), 'steps', '[]'::jsonb), row_limit) $$;
 COMMENT ON FUNCTION dalgo.read_warehouse_table(uuid, text, integer) IS 'The rows of one of the organization''s warehouse tables, for its members';
 
-REVOKE ALL ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo.warehouse_execute(uuid, text),
-	dalgo.warehouse_query(uuid, text, integer), dalgo.caller_may(uuid, dalgo.member_role),
-	dalgo.warehouse_schema(uuid), dalgo.create_warehouse_for_connection(),
-	dalgo.register_warehouse_table(uuid, text, uuid, uuid, bigint), dalgo.recipe_dependencies(jsonb),
-	dalgo.transformation_upstream(uuid), dalgo.check_recipe_sql(uuid, text), dalgo.transformation_before_save(),
-	dalgo.transformation_record_version(), dalgo.run_transformation(uuid, boolean), dalgo.build_transformation(uuid, uuid),
-	dalgo.swap_warehouse_table(uuid, text, text),
+REVOKE ALL ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo_internal.warehouse_execute(uuid, text),
+	dalgo_internal.warehouse_query(uuid, text, integer), dalgo.caller_may(uuid, dalgo.member_role),
+	dalgo.ensure_warehouse(uuid), dalgo_internal.create_warehouse_for_connection(),
+	dalgo_internal.register_warehouse_table(uuid, text, uuid, uuid, bigint), dalgo.recipe_dependencies(jsonb),
+	dalgo.transformation_upstream(uuid), dalgo_internal.check_recipe_sql(uuid, text), dalgo_internal.check_transformation(),
+	dalgo_internal.record_transformation_version(), dalgo.run_transformation(uuid, boolean), dalgo_internal.build_transformation(uuid, uuid),
+	dalgo_internal.swap_warehouse_table(uuid, text, text),
 	dalgo.preview_recipe(uuid, jsonb, integer), dalgo.read_warehouse_table(uuid, text, integer),
-	dalgo.warehouse_table_claimant(uuid, text, uuid, uuid, uuid), dalgo.check_warehouse_table_name(uuid, text, uuid, uuid, uuid),
-	dalgo.source_check_table_name(), dalgo.output_check_table_name()
+	dalgo_internal.warehouse_table_claimant(uuid, text, uuid, uuid, uuid), dalgo_internal.check_warehouse_table_name(uuid, text, uuid, uuid, uuid),
+	dalgo_internal.check_source_table_name(), dalgo_internal.check_output_table_name()
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo.caller_may(uuid, dalgo.member_role),
-	dalgo.warehouse_schema(uuid), dalgo.recipe_dependencies(jsonb), dalgo.transformation_upstream(uuid),
+	dalgo.ensure_warehouse(uuid), dalgo.recipe_dependencies(jsonb), dalgo.transformation_upstream(uuid),
 	dalgo.run_transformation(uuid, boolean),
 	dalgo.preview_recipe(uuid, jsonb, integer), dalgo.read_warehouse_table(uuid, text, integer)
 	TO dalgo_authenticated, dalgo_service;

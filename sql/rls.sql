@@ -12,7 +12,7 @@
 -- ---------------------------------------------------------------------------
 
 REVOKE ALL ON ALL TABLES IN SCHEMA dalgo FROM PUBLIC;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA dalgo FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA dalgo, dalgo_internal FROM PUBLIC;
 
 -- End users: tables of their organizations, never secrets, never TRUNCATE.
 GRANT SELECT, INSERT, UPDATE, DELETE ON

@@ -10,15 +10,15 @@ CREATE FUNCTION dalgo.next_run(frequency dalgo.schedule_frequency, run_at_time t
 COMMENT ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text, timestamptz) IS
 	'The first slot of a schedule strictly after "after": local dates in the time zone, DST gaps run at the gap''s end, repeated times run once at their second occurrence, monthly days clamp to the month''s end';
 
-CREATE FUNCTION dalgo.wake_scheduler() RETURNS trigger
+CREATE FUNCTION dalgo_internal.wake_scheduler() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'dalgo_wake_scheduler'
 	LANGUAGE C;
-COMMENT ON FUNCTION dalgo.wake_scheduler() IS 'Statement trigger on schedules: wakes this database''s scheduler when the transaction commits';
+COMMENT ON FUNCTION dalgo_internal.wake_scheduler() IS 'Statement trigger on schedules: wakes this database''s scheduler when the transaction commits';
 
-CREATE FUNCTION dalgo.wake_launcher() RETURNS void
+CREATE FUNCTION dalgo_internal.wake_launcher() RETURNS void
 	AS 'MODULE_PATHNAME', 'dalgo_wake_launcher'
 	LANGUAGE C;
-COMMENT ON FUNCTION dalgo.wake_launcher() IS 'Ask the launcher to start this database''s scheduler once the transaction commits (CREATE EXTENSION calls it)';
+COMMENT ON FUNCTION dalgo_internal.wake_launcher() IS 'Ask the launcher to start this database''s scheduler once the transaction commits (CREATE EXTENSION calls it)';
 
 CREATE FUNCTION dalgo.scheduler_status()
 	RETURNS TABLE (database_oid oid, dalgo_installed boolean, worker_pid integer, last_tick timestamptz,
@@ -29,7 +29,7 @@ COMMENT ON FUNCTION dalgo.scheduler_status() IS
 	'Per database the launcher knows: whether dalgo is installed, the scheduler''s pid, its last tick, due and running counts, runs started, and the last error';
 
 -- next_run_at follows the schedule's definition.
-CREATE FUNCTION dalgo.schedule_before_save() RETURNS trigger
+CREATE FUNCTION dalgo_internal.set_schedule_next_run() RETURNS trigger
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -45,13 +45,13 @@ BEGIN
 	RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION dalgo.schedule_before_save() IS
+COMMENT ON FUNCTION dalgo_internal.set_schedule_next_run() IS
 	'BEFORE trigger on schedules: keeps next_run_at current on insert, on a change of frequency, time, day or zone, and when is_active or deleted_at change';
 CREATE TRIGGER before_save BEFORE INSERT OR UPDATE ON dalgo.schedules
-	FOR EACH ROW EXECUTE FUNCTION dalgo.schedule_before_save();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.set_schedule_next_run();
 COMMENT ON TRIGGER before_save ON dalgo.schedules IS 'Keeps next_run_at current';
 CREATE TRIGGER wake_scheduler AFTER INSERT OR UPDATE OR DELETE ON dalgo.schedules
-	FOR EACH STATEMENT EXECUTE FUNCTION dalgo.wake_scheduler();
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.wake_scheduler();
 COMMENT ON TRIGGER wake_scheduler ON dalgo.schedules IS 'A change to schedules wakes the scheduler';
 
 -- sched: 24:00 is the end of a day, not a time a schedule runs at; 00:00 is.
@@ -75,7 +75,7 @@ COMMENT ON FUNCTION dalgo.is_connector_source(dalgo.source_type) IS
 -- and create the run row.  run_kind: 'o' output refresh, 's' in-database sync,
 -- 'connector' (queued for a connector, NOTIFY dalgo_sync with an empty
 -- payload), 'skipped'.
-CREATE FUNCTION dalgo.claim_due_schedules(at timestamptz, max_runs integer, only_schedule uuid DEFAULT NULL)
+CREATE FUNCTION dalgo_internal.claim_due_schedules(at timestamptz, max_runs integer, only_schedule uuid DEFAULT NULL)
 	RETURNS TABLE (schedule_id uuid, run_kind text, run_id uuid)
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
@@ -158,7 +158,7 @@ BEGIN
 	END LOOP;
 END
 $$;
-COMMENT ON FUNCTION dalgo.claim_due_schedules(timestamptz, integer, uuid) IS
+COMMENT ON FUNCTION dalgo_internal.claim_due_schedules(timestamptz, integer, uuid) IS
 	'Internal: claim up to max_runs due schedules (FOR UPDATE SKIP LOCKED), advance them and create their run rows';
 
 -- Take a pending in-database run (SKIP LOCKED) and mark it running; run
@@ -167,7 +167,7 @@ COMMENT ON FUNCTION dalgo.claim_due_schedules(timestamptz, integer, uuid) IS
 -- first, and within that order the one waiting longest; inside an
 -- organization, syncs before output refreshes, oldest first.  One
 -- organization's backlog therefore never starves another's due run.
-CREATE FUNCTION dalgo.take_pending_run(OUT run_kind text, OUT run_id uuid)
+CREATE FUNCTION dalgo_internal.claim_pending_run(OUT run_kind text, OUT run_id uuid)
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -201,66 +201,91 @@ BEGIN
 		EXIT WHEN run_id IS NOT NULL;
 	END LOOP;
 	IF run_id IS NOT NULL THEN
-		PERFORM dalgo.start_scheduled_run(run_kind, run_id);
+		PERFORM dalgo_internal.start_scheduled_run(run_kind, run_id);
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo.take_pending_run() IS
+COMMENT ON FUNCTION dalgo_internal.claim_pending_run() IS
 	'Internal: a run worker takes a pending in-database run and marks it running: the organization with the fewest running runs first, then the one waiting longest';
 
-CREATE FUNCTION dalgo.pending_runs() RETURNS integer
+CREATE FUNCTION dalgo_internal.pending_runs() RETURNS integer
 	LANGUAGE sql STABLE
 	SET search_path = pg_catalog, pg_temp
 	AS $$ SELECT (SELECT count(*) FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
 				  WHERE r.status = 'pending' AND NOT dalgo.is_connector_source(s.source_type) AND r.details ? 'schedule_id')::integer
 			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.status = 'pending' AND r.details ? 'schedule_id')::integer $$;
-COMMENT ON FUNCTION dalgo.pending_runs() IS 'Internal: in-database runs waiting for a run worker';
+COMMENT ON FUNCTION dalgo_internal.pending_runs() IS 'Internal: in-database runs waiting for a run worker';
 
 CREATE INDEX sync_runs_active_idx ON dalgo.sync_runs (created_at) WHERE status IN ('pending', 'running');
 COMMENT ON INDEX dalgo.sync_runs_active_idx IS 'Pending and running sync runs: the run queue and the one-run-at-a-time check';
 CREATE INDEX transformation_runs_active_idx ON dalgo.transformation_runs (created_at) WHERE status IN ('pending', 'running');
 COMMENT ON INDEX dalgo.transformation_runs_active_idx IS 'Pending and running transformation runs: the run queue and the one-run-at-a-time check';
 
-CREATE FUNCTION dalgo.start_scheduled_run(run_kind text, run_id uuid) RETURNS void
-	LANGUAGE plpgsql
-	SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	IF run_kind = 's' THEN
-		UPDATE dalgo.sync_runs r SET status = 'running', started_at = clock_timestamp(),
-			details = r.details || jsonb_build_object('runner_pid', pg_backend_pid())
-		WHERE r.id = run_id;
-	ELSE
-		UPDATE dalgo.transformation_runs r SET status = 'running', started_at = clock_timestamp(),
-			details = r.details || jsonb_build_object('runner_pid', pg_backend_pid())
-		WHERE r.id = run_id;
-	END IF;
-END
-$$;
-COMMENT ON FUNCTION dalgo.start_scheduled_run(text, uuid) IS 'Internal: mark a claimed run running (committed before it executes)';
+-- The two run tables seen as one, for the scheduler's steps: run_kind 's'
+-- is a sync run (sync_runs), 'o' an output refresh (transformation_runs).
+CREATE VIEW dalgo_internal.scheduled_runs AS
+	SELECT 's'::text AS run_kind, r.id, r.organization_id, r.source_id, NULL::uuid AS transformation_id, r.details
+	FROM dalgo.sync_runs r
+	UNION ALL
+	SELECT 'o'::text, r.id, r.organization_id, NULL::uuid, r.transformation_id, r.details
+	FROM dalgo.transformation_runs r;
+COMMENT ON VIEW dalgo_internal.scheduled_runs IS
+	'Internal: sync runs (run_kind s) and transformation runs (run_kind o) as one relation, for the scheduler''s steps';
 
-CREATE FUNCTION dalgo.fail_scheduled_run(run_kind text, run_id uuid, message text) RETURNS void
+-- The one place that writes a run's state by kind: running (started_at
+-- and extra details) or finished (completed_at, error_message, details).
+CREATE FUNCTION dalgo_internal.set_scheduled_run_status(run_kind text, run_id uuid, status dalgo.run_status,
+														 message text, extra jsonb) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	starting boolean := status = 'running';
 BEGIN
 	IF run_kind = 's' THEN
-		UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = message
+		UPDATE dalgo.sync_runs r SET status = set_scheduled_run_status.status,
+			started_at = CASE WHEN starting THEN clock_timestamp() ELSE r.started_at END,
+			completed_at = CASE WHEN starting THEN r.completed_at ELSE clock_timestamp() END,
+			error_message = CASE WHEN starting THEN r.error_message ELSE message END,
+			details = r.details || coalesce(extra, '{}')
 		WHERE r.id = run_id;
 	ELSE
-		UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = message
+		UPDATE dalgo.transformation_runs r SET status = set_scheduled_run_status.status,
+			started_at = CASE WHEN starting THEN clock_timestamp() ELSE r.started_at END,
+			completed_at = CASE WHEN starting THEN r.completed_at ELSE clock_timestamp() END,
+			error_message = CASE WHEN starting THEN r.error_message ELSE message END,
+			details = r.details || coalesce(extra, '{}')
 		WHERE r.id = run_id;
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo.fail_scheduled_run(text, uuid, text) IS 'Internal: record a run''s failure';
+COMMENT ON FUNCTION dalgo_internal.set_scheduled_run_status(text, uuid, dalgo.run_status, text, jsonb) IS
+	'Internal: set a scheduled run''s status in its table (sync_runs for s, transformation_runs for o): running stamps started_at, any other status completed_at and error_message; extra is merged into details';
+REVOKE ALL ON FUNCTION dalgo_internal.set_scheduled_run_status(text, uuid, dalgo.run_status, text, jsonb) FROM PUBLIC;
+
+CREATE FUNCTION dalgo_internal.start_scheduled_run(run_kind text, run_id uuid) RETURNS void
+	LANGUAGE sql
+	SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT dalgo_internal.set_scheduled_run_status(run_kind, run_id, 'running', NULL,
+		jsonb_build_object('runner_pid', pg_backend_pid()));
+END;
+COMMENT ON FUNCTION dalgo_internal.start_scheduled_run(text, uuid) IS 'Internal: mark a claimed run running (committed before it executes)';
+
+CREATE FUNCTION dalgo_internal.fail_scheduled_run(run_kind text, run_id uuid, message text) RETURNS void
+	LANGUAGE sql
+	SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT dalgo_internal.set_scheduled_run_status(run_kind, run_id, 'failed', message, NULL);
+END;
+COMMENT ON FUNCTION dalgo_internal.fail_scheduled_run(text, uuid, text) IS 'Internal: record a run''s failure';
 
 -- A run row is acted on only if it is what dalgo's own claim made: its
 -- schedule (details.schedule_id) exists and names the run's source, or the
 -- output whose transformation is the run's, and schedule, source or output,
 -- transformation and run all belong to one organization.  Anything else is
 -- refused (the worker then records the run as failed).
-CREATE FUNCTION dalgo.verify_scheduled_run(run_kind text, run_id uuid) RETURNS void
+CREATE FUNCTION dalgo_internal.verify_scheduled_run(run_kind text, run_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -273,13 +298,9 @@ DECLARE
 	s dalgo.schedules;
 	agree boolean := false;
 BEGIN
-	IF run_kind = 's' THEN
-		SELECT r.details, r.organization_id, r.source_id INTO det, run_org, run_source
-		FROM dalgo.sync_runs r WHERE r.id = run_id;
-	ELSIF run_kind = 'o' THEN
-		SELECT r.details, r.organization_id, r.transformation_id INTO det, run_org, run_transformation
-		FROM dalgo.transformation_runs r WHERE r.id = run_id;
-	END IF;
+	SELECT r.details, r.organization_id, r.source_id, r.transformation_id
+	INTO det, run_org, run_source, run_transformation
+	FROM dalgo_internal.scheduled_runs r WHERE r.run_kind = verify_scheduled_run.run_kind AND r.id = run_id;
 	BEGIN
 		sid := (det->>'schedule_id')::uuid;
 	EXCEPTION WHEN invalid_text_representation THEN
@@ -303,12 +324,12 @@ BEGIN
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo.verify_scheduled_run(text, uuid) IS
+COMMENT ON FUNCTION dalgo_internal.verify_scheduled_run(text, uuid) IS
 	'Internal: refuse a run row whose schedule, source or output, transformation and organization do not agree (a forged row); sync_source and refresh_output call it first';
 
 -- The relation a postgres source syncs from: config {"relation": "schema.table"}
 -- or {"schema": ..., "table": ...}; never dalgo's own schema.
-CREATE FUNCTION dalgo.source_relation(config jsonb) RETURNS text
+CREATE FUNCTION dalgo_internal.source_relation(config jsonb) RETURNS text
 	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -338,12 +359,12 @@ BEGIN
 	RETURN rel;
 END
 $$;
-COMMENT ON FUNCTION dalgo.source_relation(jsonb) IS 'Internal: the relation a postgres source reads, from its config';
+COMMENT ON FUNCTION dalgo_internal.source_relation(jsonb) IS 'Internal: the relation a postgres source reads, from its config';
 
 -- An in-database sync: postgres sources copy a table, view or foreign table the
 -- organization's warehouse role may read; csv sources load a file from the
 -- organization's own directory dalgo.csv_dir/org_<hex id>/.
-CREATE FUNCTION dalgo.sync_source(run_id uuid) RETURNS void
+CREATE FUNCTION dalgo_internal.sync_source(run_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -359,36 +380,36 @@ DECLARE
 	header text;
 	cols text;
 BEGIN
-	PERFORM dalgo.verify_scheduled_run('s', run_id);
+	PERFORM dalgo_internal.verify_scheduled_run('s', run_id);
 	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = run_id;
 	SELECT * INTO src FROM dalgo.sources x WHERE x.id = r.source_id AND x.deleted_at IS NULL;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'the source of run % no longer exists', run_id;
 	END IF;
-	schema_name := dalgo.warehouse_schema(src.organization_id);
+	schema_name := dalgo.ensure_warehouse(src.organization_id);
 	target := coalesce(src.warehouse_table_name, 'source_' || left(replace(src.id::text, '-', ''), 12));
 	IF src.source_type = 'postgres' THEN
 		-- Read as the warehouse role: it sees only what it was granted.
-		relation := dalgo.source_relation(src.config);
-		n := dalgo.warehouse_execute(src.organization_id,
+		relation := dalgo_internal.source_relation(src.config);
+		n := dalgo_internal.warehouse_execute(src.organization_id,
 			format('CREATE TABLE %I.%I AS SELECT * FROM %s', schema_name, build_name, relation));
 	ELSIF src.source_type = 'csv' THEN
-		path := dalgo.csv_path(src.organization_id, src.config->>'path');
+		path := dalgo_internal.csv_path(src.organization_id, src.config->>'path');
 		header := split_part(pg_read_file(path, 0, 65536), E'\n', 1);
 		SELECT string_agg(format('%I text', trim(both '"' FROM trim(c))), ', ') INTO cols
 		FROM unnest(string_to_array(rtrim(header, E'\r'), ',')) c;
 		IF cols IS NULL THEN
 			RAISE EXCEPTION 'csv file % has no header line', src.config->>'path' USING ERRCODE = 'invalid_parameter_value';
 		END IF;
-		PERFORM dalgo.warehouse_execute(src.organization_id, format('CREATE TABLE %I.%I (%s)', schema_name, build_name, cols));
+		PERFORM dalgo_internal.warehouse_execute(src.organization_id, format('CREATE TABLE %I.%I (%s)', schema_name, build_name, cols));
 		EXECUTE format('COPY %I.%I FROM %L WITH (FORMAT csv, HEADER true)', schema_name, build_name, path);
 		GET DIAGNOSTICS n = ROW_COUNT;
 	ELSE
 		RAISE EXCEPTION '% sources are synced by a connector', src.source_type;
 	END IF;
-	PERFORM dalgo.check_warehouse_quota(src.organization_id, target);
-	PERFORM dalgo.swap_warehouse_table(src.organization_id, build_name, target);
-	PERFORM dalgo.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
+	PERFORM dalgo_internal.check_warehouse_quota(src.organization_id, target);
+	PERFORM dalgo_internal.swap_warehouse_table(src.organization_id, build_name, target);
+	PERFORM dalgo_internal.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
 
 	-- source_schemas: columns, types, order and nullability of what was synced.
 	DELETE FROM dalgo.source_schemas x WHERE x.source_id = src.id;
@@ -408,13 +429,13 @@ BEGIN
 	WHERE x.id = run_id;
 END
 $$;
-COMMENT ON FUNCTION dalgo.sync_source(uuid) IS 'Internal: an in-database sync of a postgres or csv source into its warehouse table';
+COMMENT ON FUNCTION dalgo_internal.sync_source(uuid) IS 'Internal: an in-database sync of a postgres or csv source into its warehouse table';
 
 -- An output may drop or replace only a view it made itself: a view over
 -- the one warehouse table its transformation builds, and over nothing else.
 -- An output's destination_config.name is a member's text; without this test
 -- it names any view of the warehouse (an operator's, another output's).
-CREATE FUNCTION dalgo.output_view_reads(organization_id uuid, view_name text, table_name text) RETURNS boolean
+CREATE FUNCTION dalgo_internal.output_view_reads(organization_id uuid, view_name text, table_name text) RETURNS boolean
 	LANGUAGE sql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -425,13 +446,13 @@ AS $$
 		JOIN pg_rewrite rw ON rw.ev_class = c.oid
 		LEFT JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
 			AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> c.oid,
-		LATERAL (SELECT to_regclass(format('%I.%I', 'org_' || replace(output_view_reads.organization_id::text, '-', ''),
+		LATERAL (SELECT to_regclass(format('%I.%I', dalgo_internal.warehouse_schema_name(output_view_reads.organization_id),
 										   output_view_reads.table_name))::oid AS tbl) x
-		WHERE c.oid = to_regclass(format('%I.%I', 'org_' || replace(output_view_reads.organization_id::text, '-', ''),
+		WHERE c.oid = to_regclass(format('%I.%I', dalgo_internal.warehouse_schema_name(output_view_reads.organization_id),
 										 output_view_reads.view_name))
 		GROUP BY c.relkind, tbl), false)
 $$;
-COMMENT ON FUNCTION dalgo.output_view_reads(uuid, text, text) IS
+COMMENT ON FUNCTION dalgo_internal.output_view_reads(uuid, text, text) IS
 	'Internal: true when the warehouse relation view_name is a view that reads the warehouse table table_name and no other relation (an output view dalgo made)';
 
 -- Views over a warehouse table block its swap (DROP TABLE): the
@@ -439,12 +460,12 @@ COMMENT ON FUNCTION dalgo.output_view_reads(uuid, text, text) IS
 -- tables are dropped before a swap and created again after it, in the same
 -- transaction, so readers wait and never miss them.  drop_output_views
 -- returns what restore_output_views needs.
-CREATE FUNCTION dalgo.drop_output_views(organization_id uuid, table_names text[]) RETURNS jsonb
+CREATE FUNCTION dalgo_internal.drop_output_views(organization_id uuid, table_names text[]) RETURNS jsonb
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
 	v record;
 	dropped jsonb := '[]';
 BEGIN
@@ -456,34 +477,34 @@ BEGIN
 			   AND x.deleted_at IS NULL AND x.destination_config->>'type' = 'view'
 			   AND y.output_table_name = ANY (table_names)
 	LOOP
-		IF v.view_name <> v.table_name AND dalgo.output_view_reads(organization_id, v.view_name, v.table_name) THEN
-			PERFORM dalgo.warehouse_execute(organization_id, format('DROP VIEW %I.%I', schema_name, v.view_name));
+		IF v.view_name <> v.table_name AND dalgo_internal.output_view_reads(organization_id, v.view_name, v.table_name) THEN
+			PERFORM dalgo_internal.warehouse_execute(organization_id, format('DROP VIEW %I.%I', schema_name, v.view_name));
 			dropped := dropped || jsonb_build_object('view_name', v.view_name, 'table_name', v.table_name);
 		END IF;
 	END LOOP;
 	RETURN dropped;
 END
 $$;
-COMMENT ON FUNCTION dalgo.drop_output_views(uuid, text[]) IS
+COMMENT ON FUNCTION dalgo_internal.drop_output_views(uuid, text[]) IS
 	'Internal: drop the organization''s output views over the given warehouse tables before they are swapped; returns what restore_output_views needs';
 
-CREATE FUNCTION dalgo.restore_output_views(organization_id uuid, dropped jsonb) RETURNS void
+CREATE FUNCTION dalgo_internal.restore_output_views(organization_id uuid, dropped jsonb) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	schema_name text := 'org_' || replace(organization_id::text, '-', '');
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
 	v record;
 BEGIN
 	FOR v IN SELECT * FROM jsonb_to_recordset(dropped) AS d(view_name text, table_name text) LOOP
 		IF to_regclass(format('%I.%I', schema_name, v.table_name)) IS NOT NULL THEN
-			PERFORM dalgo.warehouse_execute(organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+			PERFORM dalgo_internal.warehouse_execute(organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
 				schema_name, v.view_name, schema_name, v.table_name));
 		END IF;
 	END LOOP;
 END
 $$;
-COMMENT ON FUNCTION dalgo.restore_output_views(uuid, jsonb) IS
+COMMENT ON FUNCTION dalgo_internal.restore_output_views(uuid, jsonb) IS
 	'Internal: create again, over the (new) tables, the output views drop_output_views dropped';
 
 -- An output refresh: the transformation (and what it reads), then the
@@ -492,7 +513,7 @@ COMMENT ON FUNCTION dalgo.restore_output_views(uuid, jsonb) IS
 -- A view destination depends on the table it reads, and a swap drops that
 -- table: the organization's output views over the tables this refresh
 -- rebuilds are dropped first and created again afterwards.
-CREATE FUNCTION dalgo.refresh_output(run_id uuid) RETURNS void
+CREATE FUNCTION dalgo_internal.refresh_output(run_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -506,12 +527,12 @@ DECLARE
 	dest text;
 	kind text;
 BEGIN
-	PERFORM dalgo.verify_scheduled_run('o', run_id);
+	PERFORM dalgo_internal.verify_scheduled_run('o', run_id);
 	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
 	SELECT * INTO o FROM dalgo.outputs x
 	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
 	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
-	schema_name := 'org_' || replace(o.organization_id::text, '-', '');
+	schema_name := dalgo_internal.warehouse_schema_name(o.organization_id);
 	kind := coalesce(o.destination_config->>'type', 'table');
 	dest := coalesce(o.destination_config->>'name', t.output_table_name);
 	IF kind NOT IN ('table', 'view') THEN
@@ -529,7 +550,7 @@ BEGIN
 				  HINT = 'Use a name of 1 to 63 bytes that does not start with _dalgo_.';
 	END IF;
 	IF dest <> t.output_table_name AND to_regclass(format('%I.%I', schema_name, dest)) IS NOT NULL
-	   AND NOT (CASE WHEN kind = 'view' THEN dalgo.output_view_reads(o.organization_id, dest, t.output_table_name)
+	   AND NOT (CASE WHEN kind = 'view' THEN dalgo_internal.output_view_reads(o.organization_id, dest, t.output_table_name)
 				ELSE EXISTS (SELECT FROM dalgo.warehouse_tables w
 							 WHERE w.organization_id = o.organization_id AND w.table_name = dest
 							   AND w.deleted_at IS NULL AND w.output_id = o.id) END) THEN
@@ -540,7 +561,7 @@ BEGIN
 	END IF;
 
 	-- The tables this refresh swaps: the transformation's and its upstream's.
-	dropped := dalgo.drop_output_views(o.organization_id, ARRAY(
+	dropped := dalgo_internal.drop_output_views(o.organization_id, ARRAY(
 		SELECT y.output_table_name FROM dalgo.transformations y
 		WHERE y.organization_id = o.organization_id AND y.output_table_name IS NOT NULL
 		  AND (y.id = t.id OR y.id IN (SELECT u.id FROM dalgo.transformation_upstream(t.id) u))));
@@ -548,31 +569,31 @@ BEGIN
 	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
 		PERFORM dalgo.run_transformation(v.id, false);
 	END LOOP;
-	PERFORM dalgo.build_transformation(t.id, run_id);
+	PERFORM dalgo_internal.build_transformation(t.id, run_id);
 	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
 
 	-- The views dropped above, again over the (new, or on failure the old) tables.
-	PERFORM dalgo.restore_output_views(o.organization_id, dropped);
+	PERFORM dalgo_internal.restore_output_views(o.organization_id, dropped);
 	IF r.status <> 'success' THEN
 		RETURN;
 	END IF;
 	IF kind = 'view' THEN
-		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
 			schema_name, dest, schema_name, t.output_table_name));
 	ELSIF dest <> t.output_table_name THEN
-		PERFORM dalgo.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
 			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
-		PERFORM dalgo.check_warehouse_quota(o.organization_id, dest);
+		PERFORM dalgo_internal.check_warehouse_quota(o.organization_id, dest);
 		-- The swap records this output as the table's producer.
-		PERFORM dalgo.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
+		PERFORM dalgo_internal.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
 	END IF;
 	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
 END
 $$;
-COMMENT ON FUNCTION dalgo.refresh_output(uuid) IS
+COMMENT ON FUNCTION dalgo_internal.refresh_output(uuid) IS
 	'Internal: run an output''s transformation with its upstream, then refresh destination_config ({"type": "table"|"view", "name": ...}); output views over rebuilt tables are dropped and created again around the swap';
 
-CREATE FUNCTION dalgo.execute_scheduled_run(run_kind text, run_id uuid) RETURNS void
+CREATE FUNCTION dalgo_internal.execute_scheduled_run(run_kind text, run_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -584,32 +605,24 @@ BEGIN
 	-- (else an organization whose schedules ask for more than its quota
 	-- would be refused for good, each refusal filling the next hour).
 	BEGIN
-		PERFORM dalgo.check_run_quota(CASE WHEN run_kind = 's'
-			THEN (SELECT r.organization_id FROM dalgo.sync_runs r WHERE r.id = run_id)
-			ELSE (SELECT r.organization_id FROM dalgo.transformation_runs r WHERE r.id = run_id) END);
+		PERFORM dalgo_internal.check_run_quota((SELECT r.organization_id FROM dalgo_internal.scheduled_runs r
+												WHERE r.run_kind = execute_scheduled_run.run_kind AND r.id = run_id));
 	EXCEPTION WHEN configuration_limit_exceeded THEN
 		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-		IF run_kind = 's' THEN
-			UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
-				details = r.details || '{"skipped": true, "quota_refused": true}'
-			WHERE r.id = run_id;
-		ELSE
-			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
-				details = r.details || '{"skipped": true, "quota_refused": true}'
-			WHERE r.id = run_id;
-		END IF;
+		PERFORM dalgo_internal.set_scheduled_run_status(run_kind, run_id, 'failed', msg,
+														 '{"skipped": true, "quota_refused": true}');
 		RETURN;
 	END;
 	IF run_kind = 's' THEN
-		PERFORM dalgo.sync_source(run_id);
+		PERFORM dalgo_internal.sync_source(run_id);
 	ELSIF run_kind = 'o' THEN
-		PERFORM dalgo.refresh_output(run_id);
+		PERFORM dalgo_internal.refresh_output(run_id);
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo.execute_scheduled_run(text, uuid) IS 'Internal: execute a claimed run (what a run worker does); a run over a quota fails without counting as started';
+COMMENT ON FUNCTION dalgo_internal.execute_scheduled_run(text, uuid) IS 'Internal: execute a claimed run (what a run worker does); a run over a quota fails without counting as started';
 
-CREATE FUNCTION dalgo.recover_interrupted_runs() RETURNS integer
+CREATE FUNCTION dalgo_internal.recover_interrupted_runs() RETURNS integer
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -644,10 +657,10 @@ BEGIN
 	RETURN n + m;
 END
 $$;
-COMMENT ON FUNCTION dalgo.recover_interrupted_runs() IS
+COMMENT ON FUNCTION dalgo_internal.recover_interrupted_runs() IS
 	'Mark scheduled runs whose worker is gone (same pid and a backend start no later than the run''s) as failed; the scheduler calls it on every tick (pending runs simply wait for a worker)';
 
-CREATE FUNCTION dalgo.expire_connector_runs(timeout_seconds integer) RETURNS integer
+CREATE FUNCTION dalgo_internal.expire_connector_runs(timeout_seconds integer) RETURNS integer
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -662,10 +675,10 @@ BEGIN
 	RETURN n;
 END
 $$;
-COMMENT ON FUNCTION dalgo.expire_connector_runs(integer) IS 'Mark connector runs nobody claimed in time as failed';
+COMMENT ON FUNCTION dalgo_internal.expire_connector_runs(integer) IS 'Mark connector runs nobody claimed in time as failed';
 
 -- sched: a connector that claimed a run and went away.
-CREATE FUNCTION dalgo.expire_stalled_connector_runs(timeout_seconds integer) RETURNS integer
+CREATE FUNCTION dalgo_internal.expire_stalled_connector_runs(timeout_seconds integer) RETURNS integer
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -683,11 +696,11 @@ BEGIN
 	RETURN n;
 END
 $$;
-COMMENT ON FUNCTION dalgo.expire_stalled_connector_runs(integer) IS
+COMMENT ON FUNCTION dalgo_internal.expire_stalled_connector_runs(integer) IS
 	'Mark connector runs claimed but not completed within timeout_seconds (dalgo.run_timeout) as failed; 0 disables it';
-REVOKE ALL ON FUNCTION dalgo.expire_stalled_connector_runs(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION dalgo_internal.expire_stalled_connector_runs(integer) FROM PUBLIC;
 
-CREATE FUNCTION dalgo.purge_run_history(days integer) RETURNS bigint
+CREATE FUNCTION dalgo_internal.purge_run_history(days integer) RETURNS bigint
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -702,7 +715,7 @@ BEGIN
 	RETURN n + m;
 END
 $$;
-COMMENT ON FUNCTION dalgo.purge_run_history(integer) IS 'Delete finished runs older than the given number of days (dalgo.run_history_days)';
+COMMENT ON FUNCTION dalgo_internal.purge_run_history(integer) IS 'Delete finished runs older than the given number of days (dalgo.run_history_days)';
 
 -- ---------------------------------------------------------------------------
 -- Running by hand
@@ -710,7 +723,7 @@ COMMENT ON FUNCTION dalgo.purge_run_history(integer) IS 'Delete finished runs ol
 
 -- Execute claimed runs here and now, each in a subtransaction (the worker's
 -- code path without the worker).
-CREATE FUNCTION dalgo.execute_claimed(claimed_runs uuid[], kinds text[]) RETURNS integer
+CREATE FUNCTION dalgo_internal.execute_claimed(claimed_runs uuid[], kinds text[]) RETURNS integer
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -720,19 +733,19 @@ DECLARE
 BEGIN
 	FOR i IN 1..coalesce(array_length(claimed_runs, 1), 0) LOOP
 		CONTINUE WHEN kinds[i] NOT IN ('s', 'o');
-		PERFORM dalgo.start_scheduled_run(kinds[i], claimed_runs[i]);
+		PERFORM dalgo_internal.start_scheduled_run(kinds[i], claimed_runs[i]);
 		BEGIN
-			PERFORM dalgo.execute_scheduled_run(kinds[i], claimed_runs[i]);
+			PERFORM dalgo_internal.execute_scheduled_run(kinds[i], claimed_runs[i]);
 		EXCEPTION WHEN OTHERS THEN
 			GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-			PERFORM dalgo.fail_scheduled_run(kinds[i], claimed_runs[i], msg);
+			PERFORM dalgo_internal.fail_scheduled_run(kinds[i], claimed_runs[i], msg);
 		END;
 		n := n + 1;
 	END LOOP;
 	RETURN n;
 END
 $$;
-COMMENT ON FUNCTION dalgo.execute_claimed(uuid[], text[]) IS 'Internal: execute claimed runs in this session';
+COMMENT ON FUNCTION dalgo_internal.execute_claimed(uuid[], text[]) IS 'Internal: execute claimed runs in this session';
 
 CREATE FUNCTION dalgo.run_due_schedules(at timestamptz DEFAULT now()) RETURNS integer
 	LANGUAGE plpgsql SECURITY DEFINER
@@ -745,8 +758,8 @@ BEGIN
 	IF dalgo.current_user_id() IS NOT NULL OR NOT pg_has_role(session_user, 'dalgo_service', 'MEMBER') THEN
 		RAISE EXCEPTION 'run_due_schedules is for dalgo_service and superusers' USING ERRCODE = 'insufficient_privilege';
 	END IF;
-	SELECT array_agg(c.run_id), array_agg(c.run_kind) INTO ids, kinds FROM dalgo.claim_due_schedules(at, 1000) c;
-	PERFORM dalgo.execute_claimed(ids, kinds);
+	SELECT array_agg(c.run_id), array_agg(c.run_kind) INTO ids, kinds FROM dalgo_internal.claim_due_schedules(at, 1000) c;
+	PERFORM dalgo_internal.execute_claimed(ids, kinds);
 	RETURN (SELECT count(*) FROM unnest(kinds) k WHERE k IN ('s', 'o', 'connector'));
 END
 $$;
@@ -769,8 +782,8 @@ BEGIN
 	-- Make it due now and claim it like the scheduler would (a concurrent claim wins the lock).
 	PERFORM FROM dalgo.schedules x WHERE x.id = s.id FOR UPDATE;
 	UPDATE dalgo.schedules x SET next_run_at = clock_timestamp(), is_active = true WHERE x.id = s.id;
-	SELECT * INTO c FROM dalgo.claim_due_schedules(clock_timestamp(), 1, s.id);
-	PERFORM dalgo.execute_claimed(ARRAY[c.run_id], ARRAY[c.run_kind]);
+	SELECT * INTO c FROM dalgo_internal.claim_due_schedules(clock_timestamp(), 1, s.id);
+	PERFORM dalgo_internal.execute_claimed(ARRAY[c.run_id], ARRAY[c.run_kind]);
 	UPDATE dalgo.schedules x SET is_active = s.is_active,
 		next_run_at = CASE WHEN s.is_active THEN dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, now()) END
 	WHERE x.id = s.id;
@@ -785,7 +798,7 @@ COMMENT ON FUNCTION dalgo.run_schedule_now(uuid) IS 'Run a schedule now, synchro
 
 -- Run rows are written only by dalgo's own functions (app roles read them):
 -- the connector protocol runs with the extension owner's rights, for callers
--- granted EXECUTE (dalgo_service).  Fair like take_pending_run: the
+-- granted EXECUTE (dalgo_service).  Fair like claim_pending_run: the
 -- organization with the fewest connector runs running first, then the one
 -- waiting longest.
 CREATE FUNCTION dalgo.claim_sync_run() RETURNS dalgo.sync_runs
@@ -813,7 +826,7 @@ BEGIN
 			-- A connector run is a run: the organization's quotas apply, as
 			-- to in-database runs (a refused run fails with the quota's message).
 			BEGIN
-				PERFORM dalgo.check_run_quota(org);
+				PERFORM dalgo_internal.check_run_quota(org);
 			EXCEPTION WHEN configuration_limit_exceeded THEN
 				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
 				UPDATE dalgo.sync_runs x SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
@@ -872,14 +885,14 @@ COMMENT ON FUNCTION dalgo.complete_sync_run(uuid, integer, text, jsonb) IS
 -- (the name of its warehouse schema).  Paths are relative to it; "..",
 -- absolute paths and symlinks that lead out of it are refused, and a file
 -- that does not exist gives the same error as one that is not allowed.
-CREATE FUNCTION dalgo.csv_path(organization_id uuid, relative_path text) RETURNS text
+CREATE FUNCTION dalgo_internal.csv_path(organization_id uuid, relative_path text) RETURNS text
 	AS 'MODULE_PATHNAME', 'dalgo_csv_path_org'
 	LANGUAGE C STABLE;
-COMMENT ON FUNCTION dalgo.csv_path(uuid, text) IS
+COMMENT ON FUNCTION dalgo_internal.csv_path(uuid, text) IS
 	'Internal: the canonical path of a readable csv file under dalgo.csv_dir/org_<hex id>/; ".." and absolute paths are refused, and a missing file and a path that leaves the directory give one error';
 
 -- A csv source's path is checked when the source is saved, and again at sync time.
-CREATE FUNCTION dalgo.check_csv_source() RETURNS trigger
+CREATE FUNCTION dalgo_internal.check_csv_source() RETURNS trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -901,29 +914,29 @@ BEGIN
 				NEW.config->>'path' USING ERRCODE = 'insufficient_privilege';
 		END IF;
 	ELSE
-		PERFORM dalgo.csv_path(NEW.organization_id, NEW.config->>'path');
+		PERFORM dalgo_internal.csv_path(NEW.organization_id, NEW.config->>'path');
 	END IF;
 	RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION dalgo.check_csv_source() IS
+COMMENT ON FUNCTION dalgo_internal.check_csv_source() IS
 	'BEFORE trigger on sources: a csv source''s config.path must be a readable file in its organization''s csv directory (dalgo.csv_dir/org_<hex id>/)';
 CREATE TRIGGER check_csv_source BEFORE INSERT OR UPDATE ON dalgo.sources
-	FOR EACH ROW WHEN (NEW.source_type = 'csv') EXECUTE FUNCTION dalgo.check_csv_source();
+	FOR EACH ROW WHEN (NEW.source_type = 'csv') EXECUTE FUNCTION dalgo_internal.check_csv_source();
 COMMENT ON TRIGGER check_csv_source ON dalgo.sources IS 'A csv source reads only its organization''s csv directory';
 
 REVOKE ALL ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text, timestamptz),
-	dalgo.wake_scheduler(), dalgo.wake_launcher(), dalgo.scheduler_status(), dalgo.schedule_before_save(),
-	dalgo.claim_due_schedules(timestamptz, integer, uuid), dalgo.start_scheduled_run(text, uuid),
-	dalgo.take_pending_run(), dalgo.pending_runs(),
-	dalgo.fail_scheduled_run(text, uuid, text), dalgo.source_relation(jsonb),
-	dalgo.sync_source(uuid), dalgo.refresh_output(uuid), dalgo.execute_scheduled_run(text, uuid),
-	dalgo.recover_interrupted_runs(), dalgo.expire_connector_runs(integer), dalgo.purge_run_history(integer),
-	dalgo.execute_claimed(uuid[], text[]), dalgo.run_due_schedules(timestamptz), dalgo.run_schedule_now(uuid),
-	dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb), dalgo.csv_path(uuid, text),
-	dalgo.verify_scheduled_run(text, uuid), dalgo.check_csv_source(),
-	dalgo.drop_output_views(uuid, text[]), dalgo.restore_output_views(uuid, jsonb),
-	dalgo.output_view_reads(uuid, text, text),
+	dalgo_internal.wake_scheduler(), dalgo_internal.wake_launcher(), dalgo.scheduler_status(), dalgo_internal.set_schedule_next_run(),
+	dalgo_internal.claim_due_schedules(timestamptz, integer, uuid), dalgo_internal.start_scheduled_run(text, uuid),
+	dalgo_internal.claim_pending_run(), dalgo_internal.pending_runs(),
+	dalgo_internal.fail_scheduled_run(text, uuid, text), dalgo_internal.source_relation(jsonb),
+	dalgo_internal.sync_source(uuid), dalgo_internal.refresh_output(uuid), dalgo_internal.execute_scheduled_run(text, uuid),
+	dalgo_internal.recover_interrupted_runs(), dalgo_internal.expire_connector_runs(integer), dalgo_internal.purge_run_history(integer),
+	dalgo_internal.execute_claimed(uuid[], text[]), dalgo.run_due_schedules(timestamptz), dalgo.run_schedule_now(uuid),
+	dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb), dalgo_internal.csv_path(uuid, text),
+	dalgo_internal.verify_scheduled_run(text, uuid), dalgo_internal.check_csv_source(),
+	dalgo_internal.drop_output_views(uuid, text[]), dalgo_internal.restore_output_views(uuid, jsonb),
+	dalgo_internal.output_view_reads(uuid, text, text),
 	dalgo.is_connector_source(dalgo.source_type)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.is_connector_source(dalgo.source_type) TO dalgo_authenticated, dalgo_service;
@@ -933,4 +946,4 @@ GRANT EXECUTE ON FUNCTION dalgo.run_schedule_now(uuid) TO dalgo_authenticated, d
 GRANT EXECUTE ON FUNCTION dalgo.run_due_schedules(timestamptz), dalgo.scheduler_status(),
 	dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb) TO dalgo_service;
 
-SELECT dalgo.wake_launcher();
+SELECT dalgo_internal.wake_launcher();

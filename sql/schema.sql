@@ -7,6 +7,13 @@
 CREATE SCHEMA dalgo;
 COMMENT ON SCHEMA dalgo IS 'Dalgo Lite: every table, type and function of the dalgo extension';
 
+-- Internal functions (trigger functions, the scheduler's steps, helpers of
+-- the public functions) live apart, so that \df dalgo.* lists the API.  No
+-- application role has USAGE on this schema.
+CREATE SCHEMA dalgo_internal;
+COMMENT ON SCHEMA dalgo_internal IS 'dalgo: internal functions (triggers, scheduler steps, helpers); no application role may use them';
+REVOKE ALL ON SCHEMA dalgo_internal FROM PUBLIC;
+
 -- ---------------------------------------------------------------------------
 -- Generic helpers
 -- ---------------------------------------------------------------------------
@@ -23,7 +30,7 @@ CREATE FUNCTION dalgo.validate_timezone(tz text) RETURNS boolean
 COMMENT ON FUNCTION dalgo.validate_timezone(text) IS
 	'True for an IANA time zone name; raises 22023 naming the value otherwise (POSIX TZ strings are refused)';
 
-CREATE FUNCTION dalgo.fill_organization_id() RETURNS trigger
+CREATE FUNCTION dalgo_internal.fill_organization_id() RETURNS trigger
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -42,14 +49,14 @@ BEGIN
 	RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION dalgo.fill_organization_id() IS
+COMMENT ON FUNCTION dalgo_internal.fill_organization_id() IS
 	'BEFORE INSERT row trigger for tenant-owned child tables: fills organization_id from the parent row (trigger args: parent table, parent-id column) when the insert omits it';
 
-CREATE FUNCTION dalgo.refuse_tenant_move() RETURNS trigger
+CREATE FUNCTION dalgo_internal.refuse_tenant_move() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'dalgo_refuse_tenant_move'
 	LANGUAGE C;
-REVOKE ALL ON FUNCTION dalgo.refuse_tenant_move() FROM PUBLIC;
-COMMENT ON FUNCTION dalgo.refuse_tenant_move() IS
+REVOKE ALL ON FUNCTION dalgo_internal.refuse_tenant_move() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.refuse_tenant_move() IS
 	'BEFORE UPDATE row trigger for tenant tables: a row''s organization (the column named by the trigger argument, default organization_id) is fixed when it is created; changing it is refused (42501), whoever runs the update';
 
 -- ---------------------------------------------------------------------------
@@ -551,21 +558,29 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER fill_organization_id BEFORE INSERT ON dalgo.source_schemas
-	FOR EACH ROW EXECUTE FUNCTION dalgo.fill_organization_id('dalgo.sources', 'source_id');
-CREATE TRIGGER fill_organization_id BEFORE INSERT ON dalgo.sync_runs
-	FOR EACH ROW EXECUTE FUNCTION dalgo.fill_organization_id('dalgo.sources', 'source_id');
-CREATE TRIGGER fill_organization_id BEFORE INSERT ON dalgo.warehouse_tables
-	FOR EACH ROW EXECUTE FUNCTION dalgo.fill_organization_id('dalgo.warehouse_connections', 'warehouse_connection_id');
-CREATE TRIGGER fill_organization_id BEFORE INSERT ON dalgo.transformation_versions
-	FOR EACH ROW EXECUTE FUNCTION dalgo.fill_organization_id('dalgo.transformations', 'transformation_id');
-CREATE TRIGGER fill_organization_id BEFORE INSERT ON dalgo.transformation_runs
-	FOR EACH ROW EXECUTE FUNCTION dalgo.fill_organization_id('dalgo.transformations', 'transformation_id');
-COMMENT ON TRIGGER fill_organization_id ON dalgo.source_schemas IS 'Fills organization_id from the source';
-COMMENT ON TRIGGER fill_organization_id ON dalgo.sync_runs IS 'Fills organization_id from the source';
-COMMENT ON TRIGGER fill_organization_id ON dalgo.warehouse_tables IS 'Fills organization_id from the warehouse connection';
-COMMENT ON TRIGGER fill_organization_id ON dalgo.transformation_versions IS 'Fills organization_id from the transformation';
-COMMENT ON TRIGGER fill_organization_id ON dalgo.transformation_runs IS 'Fills organization_id from the transformation';
+-- Tenant-owned child tables take organization_id from their parent row:
+-- one line per child table (child, parent, foreign key column, parent as
+-- named in the trigger's comment).
+DO $$
+DECLARE
+	c record;
+BEGIN
+	FOR c IN SELECT * FROM (VALUES
+			('source_schemas', 'dalgo.sources', 'source_id', 'source'),
+			('sync_runs', 'dalgo.sources', 'source_id', 'source'),
+			('warehouse_tables', 'dalgo.warehouse_connections', 'warehouse_connection_id', 'warehouse connection'),
+			('transformation_versions', 'dalgo.transformations', 'transformation_id', 'transformation'),
+			('transformation_runs', 'dalgo.transformations', 'transformation_id', 'transformation'))
+			AS x(child, parent, fkey, parent_noun)
+	LOOP
+		EXECUTE format('CREATE TRIGGER fill_organization_id BEFORE INSERT ON dalgo.%I '
+					   'FOR EACH ROW EXECUTE FUNCTION dalgo_internal.fill_organization_id(%L, %L)',
+					   c.child, c.parent, c.fkey);
+		EXECUTE format('COMMENT ON TRIGGER fill_organization_id ON dalgo.%I IS %L',
+					   c.child, 'Fills organization_id from the ' || c.parent_noun);
+	END LOOP;
+END
+$$;
 
 -- A row never moves to another organization: every table with a tenant
 -- column refuses a change of organization_id (audit_logs is append-only
@@ -580,7 +595,7 @@ BEGIN
 			 ORDER BY c.relname
 	LOOP
 		EXECUTE format('CREATE TRIGGER tenant_fixed BEFORE UPDATE ON dalgo.%I '
-					   'FOR EACH ROW EXECUTE FUNCTION dalgo.refuse_tenant_move()', t);
+					   'FOR EACH ROW EXECUTE FUNCTION dalgo_internal.refuse_tenant_move()', t);
 		EXECUTE format('COMMENT ON TRIGGER tenant_fixed ON dalgo.%I IS %L',
 					   t, 'A row never moves to another organization');
 	END LOOP;

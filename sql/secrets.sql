@@ -48,7 +48,7 @@ COMMENT ON COLUMN dalgo.sources.config IS
 
 -- Run history is read by every member: what a connector or a failed sync
 -- writes into a sync run passes through the same redaction.
-CREATE FUNCTION dalgo.redact_sync_run() RETURNS trigger
+CREATE FUNCTION dalgo_internal.redact_sync_run() RETURNS trigger
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -58,9 +58,9 @@ BEGIN
 	RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION dalgo.redact_sync_run() IS
+COMMENT ON FUNCTION dalgo_internal.redact_sync_run() IS
 	'BEFORE trigger on sync_runs: error_message and details pass through dalgo.redact(), so run history never shows credentials';
-REVOKE ALL ON FUNCTION dalgo.redact_sync_run() FROM PUBLIC;
+REVOKE ALL ON FUNCTION dalgo_internal.redact_sync_run() FROM PUBLIC;
 CREATE TRIGGER redact_secrets BEFORE INSERT OR UPDATE OF error_message, details ON dalgo.sync_runs
-	FOR EACH ROW EXECUTE FUNCTION dalgo.redact_sync_run();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.redact_sync_run();
 COMMENT ON TRIGGER redact_secrets ON dalgo.sync_runs IS 'Run history never shows credentials (dalgo.redact)';

@@ -20,32 +20,32 @@ CREATE FUNCTION dalgo.redact_jsonb(value jsonb, keys text[] DEFAULT NULL, pii bo
 COMMENT ON FUNCTION dalgo.redact_jsonb(jsonb, text[], boolean) IS
 	'The document with the values of keys (at any depth; NULL: the secret names the audit trail redacts) made "[redacted]", credentials inside strings stripped, and with pii e-mail addresses and phone numbers masked (***); the audit trail''s rules (src/redact.c)';
 
-CREATE FUNCTION dalgo.redact_trigger() RETURNS trigger
+CREATE FUNCTION dalgo_internal.redact_trigger() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'dalgo_redact_trigger'
 	LANGUAGE C;
-COMMENT ON FUNCTION dalgo.redact_trigger() IS
+COMMENT ON FUNCTION dalgo_internal.redact_trigger() IS
 	'BEFORE INSERT OR UPDATE row trigger redacting one jsonb or text column (arguments: column, pii flag, keys); attach it with dalgo.enable_redaction()';
 
-CREATE FUNCTION dalgo.toolkit_condition(tbl regclass, condition text) RETURNS text
+CREATE FUNCTION dalgo_internal.toolkit_condition(tbl regclass, condition text) RETURNS text
 	AS 'MODULE_PATHNAME', 'dalgo_toolkit_condition'
 	LANGUAGE C STABLE STRICT;
-COMMENT ON FUNCTION dalgo.toolkit_condition(regclass, text) IS
+COMMENT ON FUNCTION dalgo_internal.toolkit_condition(regclass, text) IS
 	'Internal: parses and analyzes a public-read condition (one boolean expression over the table''s own columns, no subquery, only immutable functions) and returns it deparsed';
 
-CREATE FUNCTION dalgo.toolkit_policy_problems(qual pg_node_tree) RETURNS text[]
+CREATE FUNCTION dalgo_internal.toolkit_policy_problems(qual pg_node_tree) RETURNS text[]
 	AS 'MODULE_PATHNAME', 'dalgo_toolkit_policy_problems'
 	LANGUAGE C STABLE STRICT;
-COMMENT ON FUNCTION dalgo.toolkit_policy_problems(pg_node_tree) IS
+COMMENT ON FUNCTION dalgo_internal.toolkit_policy_problems(pg_node_tree) IS
 	'Internal: the volatile and per-row function calls of a policy expression, for dalgo.security_report()';
 
-CREATE FUNCTION dalgo.is_secret_name(name text) RETURNS boolean
+CREATE FUNCTION dalgo_internal.is_secret_name(name text) RETURNS boolean
 	AS 'MODULE_PATHNAME', 'dalgo_is_secret_name'
 	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION dalgo.is_secret_name(text) IS
+COMMENT ON FUNCTION dalgo_internal.is_secret_name(text) IS
 	'True if a key or column name names a secret by the audit trail''s rules (password, token, api_key, *_secret, ...)';
 
 -- The checked, schema-qualified name of a table the caller may secure.
-CREATE FUNCTION dalgo.toolkit_target(tbl regclass) RETURNS text
+CREATE FUNCTION dalgo_internal.toolkit_target(tbl regclass) RETURNS text
 	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -71,11 +71,11 @@ BEGIN
 	RETURN pg_catalog.format('%I.%I', c.nspname, c.relname);
 END
 $$;
-COMMENT ON FUNCTION dalgo.toolkit_target(regclass) IS
+COMMENT ON FUNCTION dalgo_internal.toolkit_target(regclass) IS
 	'Internal: the qualified name of a table the caller owns, outside schema dalgo; raises otherwise';
 
 -- The type of a column of tbl, checked against the allowed types.
-CREATE FUNCTION dalgo.toolkit_column(tbl regclass, col name, types regtype[]) RETURNS regtype
+CREATE FUNCTION dalgo_internal.toolkit_column(tbl regclass, col name, types regtype[]) RETURNS regtype
 	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -95,11 +95,11 @@ BEGIN
 	RETURN t;
 END
 $$;
-COMMENT ON FUNCTION dalgo.toolkit_column(regclass, name, regtype[]) IS
+COMMENT ON FUNCTION dalgo_internal.toolkit_column(regclass, name, regtype[]) IS
 	'Internal: the type of a column, which must exist and be of one of the given types';
 
 -- Create a btree index on col unless an index already leads with it.
-CREATE FUNCTION dalgo.toolkit_ensure_index(tbl regclass, col name) RETURNS void
+CREATE FUNCTION dalgo_internal.toolkit_ensure_index(tbl regclass, col name) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -111,22 +111,22 @@ BEGIN
 	IF NOT EXISTS (SELECT FROM pg_catalog.pg_index i
 				   WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND i.indkey[0] OPERATOR(pg_catalog.=) attnum
 					 AND i.indpred IS NULL AND i.indisvalid) THEN
-		EXECUTE pg_catalog.format('CREATE INDEX ON %s (%I)', dalgo.toolkit_target(tbl), col);
+		EXECUTE pg_catalog.format('CREATE INDEX ON %s (%I)', dalgo_internal.toolkit_target(tbl), col);
 		RAISE NOTICE 'dalgo: created an index on %(%)', tbl, col;
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo.toolkit_ensure_index(regclass, name) IS
+COMMENT ON FUNCTION dalgo_internal.toolkit_ensure_index(regclass, name) IS
 	'Internal: creates the btree index a policy pattern needs on a column (with a NOTICE) unless an index leads with it';
 
 -- Drop the policies of tbl whose names start with prefix.
-CREATE FUNCTION dalgo.toolkit_drop_policies(tbl regclass, prefix text) RETURNS void
+CREATE FUNCTION dalgo_internal.toolkit_drop_policies(tbl regclass, prefix text) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	p name;
-	target text := dalgo.toolkit_target(tbl);
+	target text := dalgo_internal.toolkit_target(tbl);
 BEGIN
 	FOR p IN SELECT polname FROM pg_catalog.pg_policy
 			 WHERE polrelid OPERATOR(pg_catalog.=) tbl AND pg_catalog.starts_with(polname, prefix)
@@ -135,16 +135,16 @@ BEGIN
 	END LOOP;
 END
 $$;
-COMMENT ON FUNCTION dalgo.toolkit_drop_policies(regclass, text) IS 'Internal: drops the policies a pattern created';
+COMMENT ON FUNCTION dalgo_internal.toolkit_drop_policies(regclass, text) IS 'Internal: drops the policies a pattern created';
 
 -- Enable and force RLS, give the schema to the app roles, let dalgo_service through.
-CREATE FUNCTION dalgo.toolkit_prepare(tbl regclass, roles text[], service_writes boolean DEFAULT true)
+CREATE FUNCTION dalgo_internal.toolkit_prepare(tbl regclass, roles text[], service_writes boolean DEFAULT true)
 	RETURNS text
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	target text := dalgo.toolkit_target(tbl);
+	target text := dalgo_internal.toolkit_target(tbl);
 	nsp oid := (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) tbl);
 	r text;
 	s text;
@@ -168,7 +168,7 @@ BEGIN
 			END IF;
 		END LOOP;
 	END LOOP;
-	PERFORM dalgo.toolkit_drop_policies(tbl, 'dalgo_service');
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_service');
 	IF service_writes THEN
 		EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO dalgo_service', target);
 		EXECUTE pg_catalog.format('CREATE POLICY dalgo_service ON %s TO dalgo_service USING (true) WITH CHECK (true)', target);
@@ -184,18 +184,18 @@ BEGIN
 	RETURN target;
 END
 $$;
-COMMENT ON FUNCTION dalgo.toolkit_prepare(regclass, text[], boolean) IS
+COMMENT ON FUNCTION dalgo_internal.toolkit_prepare(regclass, text[], boolean) IS
 	'Internal: enables and forces row-level security, grants the schema and sequences to the app roles and lets dalgo_service through';
 
 -- Create one policy with its comment.
-CREATE FUNCTION dalgo.toolkit_policy(tbl regclass, policy name, command text, roles text, using_expr text,
+CREATE FUNCTION dalgo_internal.toolkit_policy(tbl regclass, policy name, command text, roles text, using_expr text,
 									 check_expr text, description text)
 	RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	target text := dalgo.toolkit_target(tbl);
+	target text := dalgo_internal.toolkit_target(tbl);
 BEGIN
 	EXECUTE pg_catalog.format('CREATE POLICY %I ON %s FOR %s TO %s', policy, target, command, roles)
 		|| CASE WHEN using_expr IS NOT NULL THEN ' USING (' || using_expr || ')' ELSE '' END
@@ -203,24 +203,24 @@ BEGIN
 	EXECUTE pg_catalog.format('COMMENT ON POLICY %I ON %s IS %L', policy, target, description || ' (dalgo toolkit)');
 END
 $$;
-COMMENT ON FUNCTION dalgo.toolkit_policy(regclass, name, text, text, text, text, text) IS
+COMMENT ON FUNCTION dalgo_internal.toolkit_policy(regclass, name, text, text, text, text, text) IS
 	'Internal: creates one policy of a pattern, with its comment';
 
 -- The index-friendly test "the caller is at least role in the row's organization".
-CREATE FUNCTION dalgo.toolkit_org_test(col name, role dalgo.member_role) RETURNS text
+CREATE FUNCTION dalgo_internal.toolkit_org_test(col name, role dalgo.member_role) RETURNS text
 	LANGUAGE sql IMMUTABLE
 	SET search_path = pg_catalog, pg_temp
 	RETURN pg_catalog.format('%I OPERATOR(pg_catalog.=) ANY ((SELECT dalgo.current_org_ids(%L::dalgo.member_role))::uuid[])',
 							 col, role);
-COMMENT ON FUNCTION dalgo.toolkit_org_test(name, dalgo.member_role) IS
+COMMENT ON FUNCTION dalgo_internal.toolkit_org_test(name, dalgo.member_role) IS
 	'Internal: the policy expression testing membership at a role, an initPlan over dalgo.current_org_ids()';
 
 -- The index-friendly test "the row is the caller's".
-CREATE FUNCTION dalgo.toolkit_own_test(col name) RETURNS text
+CREATE FUNCTION dalgo_internal.toolkit_own_test(col name) RETURNS text
 	LANGUAGE sql IMMUTABLE
 	SET search_path = pg_catalog, pg_temp
 	RETURN pg_catalog.format('%I OPERATOR(pg_catalog.=) (SELECT dalgo.current_user_id())', col);
-COMMENT ON FUNCTION dalgo.toolkit_own_test(name) IS
+COMMENT ON FUNCTION dalgo_internal.toolkit_own_test(name) IS
 	'Internal: the policy expression testing ownership, an initPlan over dalgo.current_user_id()';
 
 -- ---------------------------------------------------------------------------
@@ -232,7 +232,7 @@ CREATE FUNCTION dalgo.disable_org_rows(tbl regclass) RETURNS void
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	PERFORM dalgo.toolkit_drop_policies(tbl, 'dalgo_org_');
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_org_');
 END
 $$;
 COMMENT ON FUNCTION dalgo.disable_org_rows(regclass) IS
@@ -247,9 +247,9 @@ CREATE FUNCTION dalgo.enable_org_rows(tbl regclass, org_column name DEFAULT 'org
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	target text := dalgo.toolkit_target(tbl);
-	r_read text := dalgo.toolkit_org_test(org_column, read_role);
-	r_write text := dalgo.toolkit_org_test(org_column, write_role);
+	target text := dalgo_internal.toolkit_target(tbl);
+	r_read text := dalgo_internal.toolkit_org_test(org_column, read_role);
+	r_write text := dalgo_internal.toolkit_org_test(org_column, write_role);
 	w_check text;
 BEGIN
 	IF read_role IS NULL OR write_role IS NULL THEN
@@ -259,31 +259,31 @@ BEGIN
 		RAISE EXCEPTION 'write_role (%) must be at least read_role (%)', write_role, read_role
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	PERFORM dalgo.toolkit_column(tbl, org_column, ARRAY['uuid'::regtype]);
+	PERFORM dalgo_internal.toolkit_column(tbl, org_column, ARRAY['uuid'::regtype]);
 	w_check := r_write;
 	IF owner_column IS NOT NULL THEN
-		PERFORM dalgo.toolkit_column(tbl, owner_column, ARRAY['uuid'::regtype]);
-		r_read := r_read || ' OR ' || dalgo.toolkit_own_test(owner_column);
+		PERFORM dalgo_internal.toolkit_column(tbl, owner_column, ARRAY['uuid'::regtype]);
+		r_read := r_read || ' OR ' || dalgo_internal.toolkit_own_test(owner_column);
 		-- An owner's row may stay outside any organization; it never enters
 		-- one where the owner lacks write_role.
-		w_check := r_write || pg_catalog.format(' OR (%I IS NULL AND ', org_column) || dalgo.toolkit_own_test(owner_column) || ')';
-		r_write := r_write || ' OR ' || dalgo.toolkit_own_test(owner_column);
+		w_check := r_write || pg_catalog.format(' OR (%I IS NULL AND ', org_column) || dalgo_internal.toolkit_own_test(owner_column) || ')';
+		r_write := r_write || ' OR ' || dalgo_internal.toolkit_own_test(owner_column);
 	END IF;
-	PERFORM dalgo.toolkit_prepare(tbl, ARRAY['dalgo_authenticated']);
-	PERFORM dalgo.toolkit_drop_policies(tbl, 'dalgo_org_');
-	PERFORM dalgo.toolkit_policy(tbl, 'dalgo_org_select', 'SELECT', 'dalgo_authenticated', r_read, NULL,
+	PERFORM dalgo_internal.toolkit_prepare(tbl, ARRAY['dalgo_authenticated']);
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_org_');
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_org_select', 'SELECT', 'dalgo_authenticated', r_read, NULL,
 		pg_catalog.format('Rows of organizations where the caller is at least %s', read_role)
 		|| CASE WHEN owner_column IS NOT NULL THEN ', and the caller''s own rows' ELSE '' END);
-	PERFORM dalgo.toolkit_policy(tbl, 'dalgo_org_insert', 'INSERT', 'dalgo_authenticated', NULL, w_check,
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_org_insert', 'INSERT', 'dalgo_authenticated', NULL, w_check,
 		pg_catalog.format('Only %s and above add rows, and only to their organizations', write_role));
-	PERFORM dalgo.toolkit_policy(tbl, 'dalgo_org_update', 'UPDATE', 'dalgo_authenticated', r_write, w_check,
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_org_update', 'UPDATE', 'dalgo_authenticated', r_write, w_check,
 		pg_catalog.format('Only %s and above change rows, and never move them to an organization where they are less', write_role));
-	PERFORM dalgo.toolkit_policy(tbl, 'dalgo_org_delete', 'DELETE', 'dalgo_authenticated', r_write, NULL,
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_org_delete', 'DELETE', 'dalgo_authenticated', r_write, NULL,
 		pg_catalog.format('Only %s and above delete rows', write_role));
 	EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO dalgo_authenticated', target);
-	PERFORM dalgo.toolkit_ensure_index(tbl, org_column);
+	PERFORM dalgo_internal.toolkit_ensure_index(tbl, org_column);
 	IF owner_column IS NOT NULL THEN
-		PERFORM dalgo.toolkit_ensure_index(tbl, owner_column);
+		PERFORM dalgo_internal.toolkit_ensure_index(tbl, owner_column);
 	END IF;
 END
 $$;
@@ -295,7 +295,7 @@ CREATE FUNCTION dalgo.disable_own_rows(tbl regclass) RETURNS void
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	PERFORM dalgo.toolkit_drop_policies(tbl, 'dalgo_own_');
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_own_');
 END
 $$;
 COMMENT ON FUNCTION dalgo.disable_own_rows(regclass) IS
@@ -307,27 +307,27 @@ CREATE FUNCTION dalgo.enable_own_rows(tbl regclass, owner_column name DEFAULT 'u
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	target text := dalgo.toolkit_target(tbl);
-	mine text := dalgo.toolkit_own_test(owner_column);
+	target text := dalgo_internal.toolkit_target(tbl);
+	mine text := dalgo_internal.toolkit_own_test(owner_column);
 BEGIN
-	PERFORM dalgo.toolkit_column(tbl, owner_column, ARRAY['uuid'::regtype]);
-	PERFORM dalgo.toolkit_prepare(tbl, ARRAY['dalgo_authenticated'], NOT coalesce(immutable, false));
-	PERFORM dalgo.toolkit_drop_policies(tbl, 'dalgo_own_');
-	PERFORM dalgo.toolkit_policy(tbl, 'dalgo_own_select', 'SELECT', 'dalgo_authenticated', mine, NULL,
+	PERFORM dalgo_internal.toolkit_column(tbl, owner_column, ARRAY['uuid'::regtype]);
+	PERFORM dalgo_internal.toolkit_prepare(tbl, ARRAY['dalgo_authenticated'], NOT coalesce(immutable, false));
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_own_');
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_own_select', 'SELECT', 'dalgo_authenticated', mine, NULL,
 		'Users read only their own rows');
-	PERFORM dalgo.toolkit_policy(tbl, 'dalgo_own_insert', 'INSERT', 'dalgo_authenticated', NULL, mine,
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_own_insert', 'INSERT', 'dalgo_authenticated', NULL, mine,
 		'Users add rows only as themselves');
 	IF coalesce(immutable, false) THEN
 		EXECUTE pg_catalog.format('GRANT SELECT, INSERT ON %s TO dalgo_authenticated', target);
 		EXECUTE pg_catalog.format('REVOKE UPDATE, DELETE, TRUNCATE ON %s FROM dalgo_authenticated, dalgo_anon', target);
 	ELSE
-		PERFORM dalgo.toolkit_policy(tbl, 'dalgo_own_update', 'UPDATE', 'dalgo_authenticated', mine, mine,
+		PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_own_update', 'UPDATE', 'dalgo_authenticated', mine, mine,
 			'Users change only their own rows, and cannot give them away');
-		PERFORM dalgo.toolkit_policy(tbl, 'dalgo_own_delete', 'DELETE', 'dalgo_authenticated', mine, NULL,
+		PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_own_delete', 'DELETE', 'dalgo_authenticated', mine, NULL,
 			'Users delete only their own rows');
 		EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO dalgo_authenticated', target);
 	END IF;
-	PERFORM dalgo.toolkit_ensure_index(tbl, owner_column);
+	PERFORM dalgo_internal.toolkit_ensure_index(tbl, owner_column);
 END
 $$;
 COMMENT ON FUNCTION dalgo.enable_own_rows(regclass, name, boolean) IS
@@ -338,8 +338,8 @@ CREATE FUNCTION dalgo.disable_public_read(tbl regclass) RETURNS void
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	PERFORM dalgo.toolkit_drop_policies(tbl, 'dalgo_public_');
-	EXECUTE pg_catalog.format('REVOKE SELECT ON %s FROM dalgo_anon', dalgo.toolkit_target(tbl));
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_public_');
+	EXECUTE pg_catalog.format('REVOKE SELECT ON %s FROM dalgo_anon', dalgo_internal.toolkit_target(tbl));
 END
 $$;
 COMMENT ON FUNCTION dalgo.disable_public_read(regclass) IS
@@ -350,15 +350,15 @@ CREATE FUNCTION dalgo.enable_public_read(tbl regclass, condition text DEFAULT NU
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	target text := dalgo.toolkit_target(tbl);
+	target text := dalgo_internal.toolkit_target(tbl);
 	cond text := 'true';
 BEGIN
 	IF condition IS NOT NULL THEN
-		cond := dalgo.toolkit_condition(tbl, condition);
+		cond := dalgo_internal.toolkit_condition(tbl, condition);
 	END IF;
-	PERFORM dalgo.toolkit_prepare(tbl, ARRAY['dalgo_authenticated', 'dalgo_anon']);
-	PERFORM dalgo.toolkit_drop_policies(tbl, 'dalgo_public_');
-	PERFORM dalgo.toolkit_policy(tbl, 'dalgo_public_select', 'SELECT', 'dalgo_anon, dalgo_authenticated', cond, NULL,
+	PERFORM dalgo_internal.toolkit_prepare(tbl, ARRAY['dalgo_authenticated', 'dalgo_anon']);
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_public_');
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_public_select', 'SELECT', 'dalgo_anon, dalgo_authenticated', cond, NULL,
 		CASE WHEN condition IS NULL THEN 'Everyone reads every row' ELSE 'Everyone reads the rows where ' || cond END);
 	EXECUTE pg_catalog.format('GRANT SELECT ON %s TO dalgo_anon, dalgo_authenticated', target);
 END
@@ -368,7 +368,7 @@ COMMENT ON FUNCTION dalgo.enable_public_read(regclass, text) IS
 
 -- Checked outside the policies: a policy on the shares table that read the
 -- shared table would recurse (that table's policy reads the shares).
-CREATE FUNCTION dalgo.toolkit_share_guard() RETURNS trigger
+CREATE FUNCTION dalgo_internal.guard_shares() RETURNS trigger
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -377,7 +377,7 @@ DECLARE
 BEGIN
 	-- Arguments: shared table (qualified), its key column, the shares' key column, its owner column.
 	IF TG_NARGS <> 4 THEN
-		RAISE EXCEPTION 'dalgo.toolkit_share_guard() takes 4 arguments' USING ERRCODE = 'E0001',
+		RAISE EXCEPTION 'dalgo_internal.guard_shares() takes 4 arguments' USING ERRCODE = 'E0001',
 			HINT = 'Attach it with dalgo.enable_shared_rows().';
 	END IF;
 	IF pg_catalog.pg_has_role(current_user, 'dalgo_authenticated', 'MEMBER')
@@ -393,7 +393,7 @@ BEGIN
 	RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION dalgo.toolkit_share_guard() IS
+COMMENT ON FUNCTION dalgo_internal.guard_shares() IS
 	'BEFORE INSERT OR UPDATE trigger of a shares table (dalgo.enable_shared_rows()): end users share only rows they own';
 
 CREATE FUNCTION dalgo.disable_shared_rows(tbl regclass, shares regclass) RETURNS void
@@ -401,9 +401,9 @@ CREATE FUNCTION dalgo.disable_shared_rows(tbl regclass, shares regclass) RETURNS
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	PERFORM dalgo.toolkit_drop_policies(tbl, 'dalgo_shared_');
-	PERFORM dalgo.toolkit_drop_policies(shares, 'dalgo_shares_');
-	EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS dalgo_shares_guard ON %s', dalgo.toolkit_target(shares));
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_shared_');
+	PERFORM dalgo_internal.toolkit_drop_policies(shares, 'dalgo_shares_');
+	EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS dalgo_shares_guard ON %s', dalgo_internal.toolkit_target(shares));
 END
 $$;
 COMMENT ON FUNCTION dalgo.disable_shared_rows(regclass, regclass) IS
@@ -420,12 +420,12 @@ CREATE FUNCTION dalgo.enable_shared_rows(tbl regclass, shares regclass,
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	target text := dalgo.toolkit_target(tbl);
-	shares_target text := dalgo.toolkit_target(shares);
+	target text := dalgo_internal.toolkit_target(tbl);
+	shares_target text := dalgo_internal.toolkit_target(shares);
 	key_col name;
 	ref_col name;
 	has_public boolean;
-	mine text := dalgo.toolkit_own_test(owner_column);
+	mine text := dalgo_internal.toolkit_own_test(owner_column);
 	shared text;
 	editable text;
 	read_expr text;
@@ -442,14 +442,14 @@ BEGIN
 	IF key_col IS NULL THEN
 		RAISE EXCEPTION '% has no one-column foreign key to %', shares, tbl USING ERRCODE = 'invalid_foreign_key';
 	END IF;
-	PERFORM dalgo.toolkit_column(tbl, owner_column, ARRAY['uuid'::regtype]);
-	PERFORM dalgo.toolkit_column(shares, shared_with_column, ARRAY['uuid'::regtype]);
-	PERFORM dalgo.toolkit_column(shares, permission_column, NULL);
-	PERFORM dalgo.toolkit_column(shares, shared_by_column, ARRAY['uuid'::regtype]);
+	PERFORM dalgo_internal.toolkit_column(tbl, owner_column, ARRAY['uuid'::regtype]);
+	PERFORM dalgo_internal.toolkit_column(shares, shared_with_column, ARRAY['uuid'::regtype]);
+	PERFORM dalgo_internal.toolkit_column(shares, permission_column, NULL);
+	PERFORM dalgo_internal.toolkit_column(shares, shared_by_column, ARRAY['uuid'::regtype]);
 	has_public := public_column IS NOT NULL AND EXISTS (SELECT FROM pg_catalog.pg_attribute
 		WHERE attrelid OPERATOR(pg_catalog.=) tbl AND attname OPERATOR(pg_catalog.=) public_column AND NOT attisdropped);
 	IF has_public THEN
-		PERFORM dalgo.toolkit_column(tbl, public_column, ARRAY['boolean'::regtype]);
+		PERFORM dalgo_internal.toolkit_column(tbl, public_column, ARRAY['boolean'::regtype]);
 	END IF;
 
 	-- Row ids shared with the caller: one uncorrelated subquery (an initPlan).
@@ -463,17 +463,17 @@ BEGIN
 		read_expr := read_expr || pg_catalog.format(' OR %I', public_column);
 	END IF;
 
-	PERFORM dalgo.toolkit_prepare(tbl, ARRAY['dalgo_authenticated']);
-	PERFORM dalgo.toolkit_prepare(shares, ARRAY['dalgo_authenticated']);
-	PERFORM dalgo.toolkit_drop_policies(tbl, 'dalgo_shared_');
-	PERFORM dalgo.toolkit_drop_policies(shares, 'dalgo_shares_');
-	PERFORM dalgo.toolkit_policy(tbl, 'dalgo_shared_select', 'SELECT', 'dalgo_authenticated', read_expr, NULL,
+	PERFORM dalgo_internal.toolkit_prepare(tbl, ARRAY['dalgo_authenticated']);
+	PERFORM dalgo_internal.toolkit_prepare(shares, ARRAY['dalgo_authenticated']);
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_shared_');
+	PERFORM dalgo_internal.toolkit_drop_policies(shares, 'dalgo_shares_');
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_shared_select', 'SELECT', 'dalgo_authenticated', read_expr, NULL,
 		'Owners, users with a view or edit share' || CASE WHEN has_public THEN ', and everyone signed in for public rows' ELSE '' END);
-	PERFORM dalgo.toolkit_policy(tbl, 'dalgo_shared_insert', 'INSERT', 'dalgo_authenticated', NULL, mine,
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_shared_insert', 'INSERT', 'dalgo_authenticated', NULL, mine,
 		'Users create rows only as their owner');
-	PERFORM dalgo.toolkit_policy(tbl, 'dalgo_shared_update', 'UPDATE', 'dalgo_authenticated', mine || ' OR ' || editable,
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_shared_update', 'UPDATE', 'dalgo_authenticated', mine || ' OR ' || editable,
 		mine || ' OR ' || editable, 'Owners and users with an edit share change rows (never the owner or the id)');
-	PERFORM dalgo.toolkit_policy(tbl, 'dalgo_shared_delete', 'DELETE', 'dalgo_authenticated', mine, NULL,
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_shared_delete', 'DELETE', 'dalgo_authenticated', mine, NULL,
 		'Only owners delete rows');
 	-- Editors change every column but the owner and the shared id.
 	SELECT pg_catalog.string_agg(pg_catalog.quote_ident(attname), ', ' ORDER BY attnum) INTO cols
@@ -487,29 +487,29 @@ BEGIN
 	END IF;
 
 	-- The shares: seen by the user shared with and by who shared; made by
-	-- the row's owner (checked by a trigger, see toolkit_share_guard).
-	PERFORM dalgo.toolkit_policy(shares, 'dalgo_shares_select', 'SELECT', 'dalgo_authenticated',
-		dalgo.toolkit_own_test(shared_with_column) || ' OR ' || dalgo.toolkit_own_test(shared_by_column), NULL,
+	-- the row's owner (checked by a trigger, see dalgo_internal.guard_shares).
+	PERFORM dalgo_internal.toolkit_policy(shares, 'dalgo_shares_select', 'SELECT', 'dalgo_authenticated',
+		dalgo_internal.toolkit_own_test(shared_with_column) || ' OR ' || dalgo_internal.toolkit_own_test(shared_by_column), NULL,
 		'A share is seen by the user it is for and by who shared');
-	PERFORM dalgo.toolkit_policy(shares, 'dalgo_shares_insert', 'INSERT', 'dalgo_authenticated', NULL,
-		dalgo.toolkit_own_test(shared_by_column), 'Shares are made in the name of who shares, the row''s owner');
-	PERFORM dalgo.toolkit_policy(shares, 'dalgo_shares_update', 'UPDATE', 'dalgo_authenticated',
-		dalgo.toolkit_own_test(shared_by_column), dalgo.toolkit_own_test(shared_by_column),
+	PERFORM dalgo_internal.toolkit_policy(shares, 'dalgo_shares_insert', 'INSERT', 'dalgo_authenticated', NULL,
+		dalgo_internal.toolkit_own_test(shared_by_column), 'Shares are made in the name of who shares, the row''s owner');
+	PERFORM dalgo_internal.toolkit_policy(shares, 'dalgo_shares_update', 'UPDATE', 'dalgo_authenticated',
+		dalgo_internal.toolkit_own_test(shared_by_column), dalgo_internal.toolkit_own_test(shared_by_column),
 		'Who shared changes the share');
-	PERFORM dalgo.toolkit_policy(shares, 'dalgo_shares_delete', 'DELETE', 'dalgo_authenticated',
-		dalgo.toolkit_own_test(shared_by_column) || ' OR ' || dalgo.toolkit_own_test(shared_with_column), NULL,
+	PERFORM dalgo_internal.toolkit_policy(shares, 'dalgo_shares_delete', 'DELETE', 'dalgo_authenticated',
+		dalgo_internal.toolkit_own_test(shared_by_column) || ' OR ' || dalgo_internal.toolkit_own_test(shared_with_column), NULL,
 		'Who shared revokes a share; the user it is for leaves it');
 	EXECUTE pg_catalog.format('CREATE OR REPLACE TRIGGER dalgo_shares_guard BEFORE INSERT OR UPDATE ON %s '
-							  'FOR EACH ROW EXECUTE FUNCTION dalgo.toolkit_share_guard(%L, %L, %L, %L)',
+							  'FOR EACH ROW EXECUTE FUNCTION dalgo_internal.guard_shares(%L, %L, %L, %L)',
 							  shares_target, target, ref_col, key_col, owner_column);
 	EXECUTE pg_catalog.format('COMMENT ON TRIGGER dalgo_shares_guard ON %s IS %L', shares_target,
 							  pg_catalog.format('Only the owner of a %s row shares it (dalgo toolkit)', target));
 	EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO dalgo_authenticated', shares_target);
 
-	PERFORM dalgo.toolkit_ensure_index(tbl, owner_column);
-	PERFORM dalgo.toolkit_ensure_index(shares, shared_with_column);
-	PERFORM dalgo.toolkit_ensure_index(shares, key_col);
-	PERFORM dalgo.toolkit_ensure_index(shares, shared_by_column);
+	PERFORM dalgo_internal.toolkit_ensure_index(tbl, owner_column);
+	PERFORM dalgo_internal.toolkit_ensure_index(shares, shared_with_column);
+	PERFORM dalgo_internal.toolkit_ensure_index(shares, key_col);
+	PERFORM dalgo_internal.toolkit_ensure_index(shares, shared_by_column);
 END
 $$;
 COMMENT ON FUNCTION dalgo.enable_shared_rows(regclass, regclass, name, name, name, name, name) IS
@@ -520,7 +520,7 @@ CREATE FUNCTION dalgo.disable_child_rows(tbl regclass) RETURNS void
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	PERFORM dalgo.toolkit_drop_policies(tbl, 'dalgo_child_');
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_child_');
 END
 $$;
 COMMENT ON FUNCTION dalgo.disable_child_rows(regclass) IS
@@ -532,8 +532,8 @@ CREATE FUNCTION dalgo.enable_child_rows(tbl regclass, parent regclass, parent_co
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	target text := dalgo.toolkit_target(tbl);
-	parent_target text := dalgo.toolkit_target(parent);
+	target text := dalgo_internal.toolkit_target(tbl);
+	parent_target text := dalgo_internal.toolkit_target(parent);
 	key_col name;
 	ref_col name;
 	readable text;
@@ -556,18 +556,18 @@ BEGIN
 	-- uncorrelated subquery each, an initPlan.
 	readable := pg_catalog.format('%I OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT p.%I FROM %s p))', key_col, ref_col, parent_target);
 	writable := pg_catalog.format('%I OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT p.%I FROM %s p FOR KEY SHARE))', key_col, ref_col, parent_target);
-	PERFORM dalgo.toolkit_prepare(tbl, ARRAY['dalgo_authenticated']);
-	PERFORM dalgo.toolkit_drop_policies(tbl, 'dalgo_child_');
-	PERFORM dalgo.toolkit_policy(tbl, 'dalgo_child_select', 'SELECT', 'dalgo_authenticated', readable, NULL,
+	PERFORM dalgo_internal.toolkit_prepare(tbl, ARRAY['dalgo_authenticated']);
+	PERFORM dalgo_internal.toolkit_drop_policies(tbl, 'dalgo_child_');
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_child_select', 'SELECT', 'dalgo_authenticated', readable, NULL,
 		pg_catalog.format('Rows whose %s row the caller reads', parent_target));
-	PERFORM dalgo.toolkit_policy(tbl, 'dalgo_child_insert', 'INSERT', 'dalgo_authenticated', NULL, writable,
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_child_insert', 'INSERT', 'dalgo_authenticated', NULL, writable,
 		pg_catalog.format('Rows are added under a %s row the caller may change', parent_target));
-	PERFORM dalgo.toolkit_policy(tbl, 'dalgo_child_update', 'UPDATE', 'dalgo_authenticated', writable, writable,
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_child_update', 'UPDATE', 'dalgo_authenticated', writable, writable,
 		pg_catalog.format('Rows under a %s row the caller may change are changed, and stay under one', parent_target));
-	PERFORM dalgo.toolkit_policy(tbl, 'dalgo_child_delete', 'DELETE', 'dalgo_authenticated', writable, NULL,
+	PERFORM dalgo_internal.toolkit_policy(tbl, 'dalgo_child_delete', 'DELETE', 'dalgo_authenticated', writable, NULL,
 		pg_catalog.format('Rows under a %s row the caller may change are deleted', parent_target));
 	EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO dalgo_authenticated', target);
-	PERFORM dalgo.toolkit_ensure_index(tbl, key_col);
+	PERFORM dalgo_internal.toolkit_ensure_index(tbl, key_col);
 END
 $$;
 COMMENT ON FUNCTION dalgo.enable_child_rows(regclass, regclass, name) IS
@@ -578,9 +578,9 @@ CREATE FUNCTION dalgo.enable_service_only(tbl regclass) RETURNS void
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	target text := dalgo.toolkit_target(tbl);
+	target text := dalgo_internal.toolkit_target(tbl);
 BEGIN
-	PERFORM dalgo.toolkit_prepare(tbl, '{}'::text[]);
+	PERFORM dalgo_internal.toolkit_prepare(tbl, '{}'::text[]);
 	EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM dalgo_authenticated, dalgo_anon', target);
 END
 $$;
@@ -596,7 +596,7 @@ CREATE FUNCTION dalgo.disable_updated_at(tbl regclass) RETURNS void
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS dalgo_updated_at ON %s', dalgo.toolkit_target(tbl));
+	EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS dalgo_updated_at ON %s', dalgo_internal.toolkit_target(tbl));
 END
 $$;
 COMMENT ON FUNCTION dalgo.disable_updated_at(regclass) IS 'Removes the trigger of dalgo.enable_updated_at()';
@@ -606,9 +606,9 @@ CREATE FUNCTION dalgo.enable_updated_at(tbl regclass, "column" name DEFAULT 'upd
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	target text := dalgo.toolkit_target(tbl);
+	target text := dalgo_internal.toolkit_target(tbl);
 BEGIN
-	PERFORM dalgo.toolkit_column(tbl, "column", ARRAY['timestamptz'::regtype, 'timestamp'::regtype]);
+	PERFORM dalgo_internal.toolkit_column(tbl, "column", ARRAY['timestamptz'::regtype, 'timestamp'::regtype]);
 	EXECUTE pg_catalog.format('CREATE OR REPLACE TRIGGER dalgo_updated_at BEFORE UPDATE ON %s '
 							  'FOR EACH ROW EXECUTE FUNCTION dalgo.set_updated_at(%L)', target, "column");
 	EXECUTE pg_catalog.format('COMMENT ON TRIGGER dalgo_updated_at ON %s IS %L', target,
@@ -623,7 +623,7 @@ CREATE FUNCTION dalgo.disable_redaction(tbl regclass, "column" name) RETURNS voi
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', 'dalgo_redact_' || "column", dalgo.toolkit_target(tbl));
+	EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', 'dalgo_redact_' || "column", dalgo_internal.toolkit_target(tbl));
 END
 $$;
 COMMENT ON FUNCTION dalgo.disable_redaction(regclass, name) IS 'Removes the trigger of dalgo.enable_redaction()';
@@ -634,16 +634,16 @@ CREATE FUNCTION dalgo.enable_redaction(tbl regclass, "column" name, keys text[] 
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	target text := dalgo.toolkit_target(tbl);
+	target text := dalgo_internal.toolkit_target(tbl);
 	args text;
 BEGIN
-	PERFORM dalgo.toolkit_column(tbl, "column", ARRAY['jsonb'::regtype, 'text'::regtype, 'varchar'::regtype]);
+	PERFORM dalgo_internal.toolkit_column(tbl, "column", ARRAY['jsonb'::regtype, 'text'::regtype, 'varchar'::regtype]);
 	SELECT pg_catalog.string_agg(pg_catalog.quote_literal(a), ', ' ORDER BY o) INTO args
 	FROM pg_catalog.unnest(ARRAY["column", CASE WHEN pii THEN 't' ELSE 'f' END]
 						   || coalesce(keys, '{}'::text[])) WITH ORDINALITY AS u(a, o)
 	WHERE a IS NOT NULL;
 	EXECUTE pg_catalog.format('CREATE OR REPLACE TRIGGER %I BEFORE INSERT OR UPDATE ON %s '
-							  'FOR EACH ROW EXECUTE FUNCTION dalgo.redact_trigger(%s)',
+							  'FOR EACH ROW EXECUTE FUNCTION dalgo_internal.redact_trigger(%s)',
 							  'dalgo_redact_' || "column", target, args);
 	EXECUTE pg_catalog.format('COMMENT ON TRIGGER %I ON %s IS %L', 'dalgo_redact_' || "column", target,
 							  pg_catalog.format('%s is redacted before it is stored (dalgo toolkit)', "column"));
@@ -695,7 +695,7 @@ INSERT INTO dalgo.retention_policies (table_name, time_column, retention_days)
 -- the dumped one back.  While restoring, a dumped policy for a table that
 -- already has one replaces it (with its id), instead of failing on the
 -- unique key, so a changed audit_logs policy survives pg_dump/pg_restore.
-CREATE FUNCTION dalgo.restore_retention_policy() RETURNS trigger
+CREATE FUNCTION dalgo_internal.record_restored_retention_policy() RETURNS trigger
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -714,11 +714,11 @@ BEGIN
 	RETURN NEW;
 END
 $$;
-REVOKE ALL ON FUNCTION dalgo.restore_retention_policy() FROM PUBLIC;
-COMMENT ON FUNCTION dalgo.restore_retention_policy() IS
+REVOKE ALL ON FUNCTION dalgo_internal.record_restored_retention_policy() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.record_restored_retention_policy() IS
 	'Internal: BEFORE INSERT trigger on retention_policies; while restoring a dump, a policy for a table that already has one (the installed audit_logs policy) replaces it';
 CREATE TRIGGER restore_retention_policy BEFORE INSERT ON dalgo.retention_policies
-	FOR EACH ROW EXECUTE FUNCTION dalgo.restore_retention_policy();
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.record_restored_retention_policy();
 COMMENT ON TRIGGER restore_retention_policy ON dalgo.retention_policies IS
 	'A restored policy replaces the one the install script wrote';
 SELECT dalgo.enable_audit('dalgo.retention_policies', '{}', '');
@@ -743,7 +743,7 @@ DECLARE
 	c text;
 BEGIN
 	IF tbl OPERATOR(pg_catalog.<>) 'dalgo.audit_logs'::regclass THEN
-		PERFORM dalgo.toolkit_target(tbl);
+		PERFORM dalgo_internal.toolkit_target(tbl);
 		IF (SELECT relkind FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) tbl) = 'p' THEN
 			RAISE EXCEPTION '% is partitioned', tbl USING ERRCODE = 'wrong_object_type',
 				HINT = 'Expire the rows of a partitioned table by detaching and dropping its old partitions.';
@@ -751,7 +751,7 @@ BEGIN
 	ELSIF time_column <> 'created_at' OR action <> 'delete' THEN
 		RAISE EXCEPTION 'the audit trail only expires by created_at, with delete' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	PERFORM dalgo.toolkit_column(tbl, time_column, ARRAY['timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype]);
+	PERFORM dalgo_internal.toolkit_column(tbl, time_column, ARRAY['timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype]);
 	IF action IS NULL OR action NOT IN ('delete', 'anonymize') THEN
 		RAISE EXCEPTION 'action must be delete or anonymize' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -760,7 +760,7 @@ BEGIN
 			RAISE EXCEPTION 'anonymize needs the columns to set to NULL' USING ERRCODE = 'invalid_parameter_value';
 		END IF;
 		FOREACH c IN ARRAY columns LOOP
-			PERFORM dalgo.toolkit_column(tbl, c, NULL);
+			PERFORM dalgo_internal.toolkit_column(tbl, c, NULL);
 			IF EXISTS (SELECT FROM pg_catalog.pg_attribute WHERE attrelid OPERATOR(pg_catalog.=) tbl
 					   AND attname OPERATOR(pg_catalog.=) c AND attnotnull) THEN
 				RAISE EXCEPTION 'column "%" of % is NOT NULL and cannot be anonymized', c, tbl
@@ -776,7 +776,7 @@ BEGIN
 		SET time_column = excluded.time_column, retention_days = excluded.retention_days,
 			action = excluded.action, columns = excluded.columns, enabled = true;
 	IF tbl OPERATOR(pg_catalog.<>) 'dalgo.audit_logs'::regclass THEN
-		PERFORM dalgo.toolkit_ensure_index(tbl, time_column);
+		PERFORM dalgo_internal.toolkit_ensure_index(tbl, time_column);
 	END IF;
 END
 $$;
@@ -872,7 +872,7 @@ COMMENT ON PROCEDURE dalgo.run_retention(integer) IS
 -- dalgo.read_secret_service() (dalgo_service).
 
 -- The schema of pgcrypto, which encryption needs.
-CREATE FUNCTION dalgo.toolkit_pgcrypto() RETURNS text
+CREATE FUNCTION dalgo_internal.toolkit_pgcrypto() RETURNS text
 	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -889,10 +889,10 @@ BEGIN
 	RETURN nsp;
 END
 $$;
-COMMENT ON FUNCTION dalgo.toolkit_pgcrypto() IS 'Internal: the quoted schema of pgcrypto; raises if it is not installed';
+COMMENT ON FUNCTION dalgo_internal.toolkit_pgcrypto() IS 'Internal: the quoted schema of pgcrypto; raises if it is not installed';
 
 -- The current key, from the data directory.
-CREATE FUNCTION dalgo.toolkit_secret_key() RETURNS text
+CREATE FUNCTION dalgo_internal.toolkit_secret_key() RETURNS text
 	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -906,11 +906,11 @@ BEGIN
 	RETURN k;
 END
 $$;
-COMMENT ON FUNCTION dalgo.toolkit_secret_key() IS
+COMMENT ON FUNCTION dalgo_internal.toolkit_secret_key() IS
 	'Internal: the encryption key, read from dalgo_secret.key in the data directory';
 
 -- Encrypt one value (already encrypted values are returned as they are).
-CREATE FUNCTION dalgo.toolkit_encrypt(plain text, key text) RETURNS text
+CREATE FUNCTION dalgo_internal.toolkit_encrypt(plain text, key text) RETURNS text
 	LANGUAGE plpgsql VOLATILE
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -920,15 +920,15 @@ BEGIN
 	IF plain IS NULL OR pg_catalog.starts_with(plain, 'dalgo:pgp1:') THEN
 		RETURN plain;
 	END IF;
-	EXECUTE pg_catalog.format('SELECT %s.pgp_sym_encrypt($1, $2, %L)', dalgo.toolkit_pgcrypto(), 'cipher-algo=aes256')
+	EXECUTE pg_catalog.format('SELECT %s.pgp_sym_encrypt($1, $2, %L)', dalgo_internal.toolkit_pgcrypto(), 'cipher-algo=aes256')
 		INTO c USING plain, pg_catalog.split_part(key, E'\n', 1);
 	RETURN 'dalgo:pgp1:' || pg_catalog.translate(pg_catalog.encode(c, 'base64'), E'\n', '');
 END
 $$;
-COMMENT ON FUNCTION dalgo.toolkit_encrypt(text, text) IS 'Internal: pgp_sym_encrypt (AES-256) a value into dalgo''s stored form';
+COMMENT ON FUNCTION dalgo_internal.toolkit_encrypt(text, text) IS 'Internal: pgp_sym_encrypt (AES-256) a value into dalgo''s stored form';
 
 -- Decrypt one stored value.
-CREATE FUNCTION dalgo.toolkit_decrypt(stored text, key text) RETURNS text
+CREATE FUNCTION dalgo_internal.toolkit_decrypt(stored text, key text) RETURNS text
 	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -940,7 +940,7 @@ BEGIN
 	IF stored IS NULL OR NOT pg_catalog.starts_with(stored, 'dalgo:pgp1:') THEN
 		RETURN stored;
 	END IF;
-	q := pg_catalog.format('SELECT %s.pgp_sym_decrypt($1, $2)', dalgo.toolkit_pgcrypto());
+	q := pg_catalog.format('SELECT %s.pgp_sym_decrypt($1, $2)', dalgo_internal.toolkit_pgcrypto());
 	-- The current key first, then the previous one (see rotate_secret_key).
 	FOREACH k IN ARRAY pg_catalog.string_to_array(key, E'\n') LOOP
 		BEGIN
@@ -954,19 +954,19 @@ BEGIN
 		USING ERRCODE = 'data_corrupted';
 END
 $$;
-COMMENT ON FUNCTION dalgo.toolkit_decrypt(text, text) IS
-	'Internal: decrypt a value stored by dalgo.toolkit_encrypt(), with the current key or else the previous one';
+COMMENT ON FUNCTION dalgo_internal.toolkit_decrypt(text, text) IS
+	'Internal: decrypt a value stored by dalgo_internal.toolkit_encrypt(), with the current key or else the previous one';
 
 -- The stored text of a column value (a JSON string is its content).
-CREATE FUNCTION dalgo.toolkit_stored_text(value jsonb, is_json boolean) RETURNS text
+CREATE FUNCTION dalgo_internal.toolkit_stored_text(value jsonb, is_json boolean) RETURNS text
 	LANGUAGE sql IMMUTABLE
 	SET search_path = pg_catalog, pg_temp
 	RETURN CASE WHEN value IS NULL OR value OPERATOR(pg_catalog.=) 'null'::jsonb THEN NULL
 				WHEN NOT is_json OR pg_catalog.jsonb_typeof(value) = 'string' THEN value OPERATOR(pg_catalog.#>>) '{}'::text[]
 				ELSE value::text END;
-COMMENT ON FUNCTION dalgo.toolkit_stored_text(jsonb, boolean) IS 'Internal: the text that encryption reads from a column value';
+COMMENT ON FUNCTION dalgo_internal.toolkit_stored_text(jsonb, boolean) IS 'Internal: the text that encryption reads from a column value';
 
-CREATE FUNCTION dalgo.encrypt_trigger() RETURNS trigger
+CREATE FUNCTION dalgo_internal.set_encrypted_column() RETURNS trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -977,25 +977,25 @@ DECLARE
 BEGIN
 	SELECT a.atttypid IN ('json'::regtype, 'jsonb'::regtype) INTO is_json FROM pg_catalog.pg_attribute a
 	WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID AND a.attname OPERATOR(pg_catalog.=) col;
-	plain := dalgo.toolkit_stored_text(pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.->) col, is_json);
+	plain := dalgo_internal.toolkit_stored_text(pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.->) col, is_json);
 	IF plain IS NULL OR pg_catalog.starts_with(plain, 'dalgo:pgp1:') THEN
 		RETURN NEW;
 	END IF;
 	RETURN pg_catalog.jsonb_populate_record(NEW, pg_catalog.jsonb_build_object(col,
-		dalgo.toolkit_encrypt(plain, dalgo.toolkit_secret_key())));
+		dalgo_internal.toolkit_encrypt(plain, dalgo_internal.toolkit_secret_key())));
 END
 $$;
-COMMENT ON FUNCTION dalgo.encrypt_trigger() IS
+COMMENT ON FUNCTION dalgo_internal.set_encrypted_column() IS
 	'BEFORE INSERT OR UPDATE trigger storing a column encrypted (arguments: column, organization column, read role); attach it with dalgo.enable_encryption()';
 
 -- Rewrite a column without the audit trail recording the rewrite: the
 -- values do not change, and an audit row would hold the plaintext.
-CREATE FUNCTION dalgo.toolkit_rewrite_unaudited(tbl regclass, stmt text, arg1 text DEFAULT NULL, arg2 text DEFAULT NULL) RETURNS bigint
+CREATE FUNCTION dalgo_internal.toolkit_rewrite_unaudited(tbl regclass, stmt text, arg1 text DEFAULT NULL, arg2 text DEFAULT NULL) RETURNS bigint
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	target text := dalgo.toolkit_target(tbl);
+	target text := dalgo_internal.toolkit_target(tbl);
 	quiet name[];
 	t name;
 	n bigint;
@@ -1013,7 +1013,7 @@ BEGIN
 	RETURN n;
 END
 $$;
-COMMENT ON FUNCTION dalgo.toolkit_rewrite_unaudited(regclass, text, text, text) IS
+COMMENT ON FUNCTION dalgo_internal.toolkit_rewrite_unaudited(regclass, text, text, text) IS
 	'Internal: runs an UPDATE that encrypts or decrypts a column in place with the table''s audit triggers off';
 
 CREATE FUNCTION dalgo.enable_encryption(tbl regclass, "column" name, org_column name DEFAULT 'organization_id',
@@ -1023,12 +1023,12 @@ CREATE FUNCTION dalgo.enable_encryption(tbl regclass, "column" name, org_column 
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	target text := dalgo.toolkit_target(tbl);
+	target text := dalgo_internal.toolkit_target(tbl);
 BEGIN
-	PERFORM dalgo.toolkit_pgcrypto();
-	PERFORM dalgo.toolkit_secret_key();
-	PERFORM dalgo.toolkit_column(tbl, "column", ARRAY['text'::regtype, 'varchar'::regtype, 'json'::regtype, 'jsonb'::regtype]);
-	PERFORM dalgo.toolkit_column(tbl, org_column, ARRAY['uuid'::regtype]);
+	PERFORM dalgo_internal.toolkit_pgcrypto();
+	PERFORM dalgo_internal.toolkit_secret_key();
+	PERFORM dalgo_internal.toolkit_column(tbl, "column", ARRAY['text'::regtype, 'varchar'::regtype, 'json'::regtype, 'jsonb'::regtype]);
+	PERFORM dalgo_internal.toolkit_column(tbl, org_column, ARRAY['uuid'::regtype]);
 	IF read_role IS NULL THEN
 		RAISE EXCEPTION 'read_role is required' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
@@ -1037,12 +1037,12 @@ BEGIN
 		RAISE EXCEPTION '% needs a one-column primary key', tbl USING ERRCODE = 'invalid_table_definition';
 	END IF;
 	EXECUTE pg_catalog.format('CREATE OR REPLACE TRIGGER %I BEFORE INSERT OR UPDATE ON %s '
-							  'FOR EACH ROW EXECUTE FUNCTION dalgo.encrypt_trigger(%L, %L, %L)',
+							  'FOR EACH ROW EXECUTE FUNCTION dalgo_internal.set_encrypted_column(%L, %L, %L)',
 							  'dalgo_encrypt_' || "column", target, "column", org_column, read_role);
 	EXECUTE pg_catalog.format('COMMENT ON TRIGGER %I ON %s IS %L', 'dalgo_encrypt_' || "column", target,
 							  pg_catalog.format('%s is stored encrypted (dalgo toolkit)', "column"));
 	-- Encrypt what is there (the trigger does the work).
-	RETURN dalgo.toolkit_rewrite_unaudited(tbl,
+	RETURN dalgo_internal.toolkit_rewrite_unaudited(tbl,
 		pg_catalog.format('UPDATE %s SET %I = %I WHERE %I IS NOT NULL', target, "column", "column", "column"));
 END
 $$;
@@ -1054,18 +1054,18 @@ CREATE FUNCTION dalgo.disable_encryption(tbl regclass, "column" name) RETURNS bi
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	target text := dalgo.toolkit_target(tbl);
+	target text := dalgo_internal.toolkit_target(tbl);
 	is_json boolean;
 	coltype text;
-	k text := dalgo.toolkit_secret_key();
+	k text := dalgo_internal.toolkit_secret_key();
 BEGIN
 	EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', 'dalgo_encrypt_' || "column", target);
 	SELECT a.atttypid IN ('json'::regtype, 'jsonb'::regtype), pg_catalog.format_type(a.atttypid, a.atttypmod)
 	INTO is_json, coltype FROM pg_catalog.pg_attribute a
 	WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) "column";
-	RETURN dalgo.toolkit_rewrite_unaudited(tbl,
-		pg_catalog.format('UPDATE %s SET %I = dalgo.toolkit_decrypt(dalgo.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1::boolean), $2)::%s '
-						  'WHERE pg_catalog.starts_with(dalgo.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1::boolean), ''dalgo:pgp1:'')',
+	RETURN dalgo_internal.toolkit_rewrite_unaudited(tbl,
+		pg_catalog.format('UPDATE %s SET %I = dalgo_internal.toolkit_decrypt(dalgo_internal.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1::boolean), $2)::%s '
+						  'WHERE pg_catalog.starts_with(dalgo_internal.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1::boolean), ''dalgo:pgp1:'')',
 						  target, "column", "column", coltype, "column"), is_json::text, k);
 END
 $$;
@@ -1073,7 +1073,7 @@ COMMENT ON FUNCTION dalgo.disable_encryption(regclass, name) IS
 	'Store a column in plaintext again: drops the trigger of dalgo.enable_encryption() and decrypts the stored values; returns the rows decrypted';
 
 -- Read one encrypted value: the row by its primary key, checked by the caller.
-CREATE FUNCTION dalgo.toolkit_read_secret(tbl regclass, "column" name, id text, check_membership boolean) RETURNS text
+CREATE FUNCTION dalgo_internal.toolkit_read_secret(tbl regclass, "column" name, id text, check_membership boolean) RETURNS text
 	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1089,7 +1089,7 @@ BEGIN
 	SELECT pg_catalog.string_to_array(pg_catalog.rtrim(pg_catalog.encode(t.tgargs, 'escape'), E'\\000'), E'\\000') INTO args
 	FROM pg_catalog.pg_trigger t
 	WHERE t.tgrelid OPERATOR(pg_catalog.=) tbl AND t.tgname OPERATOR(pg_catalog.=) ('dalgo_encrypt_' || "column")::name
-	  AND t.tgfoid OPERATOR(pg_catalog.=) 'dalgo.encrypt_trigger()'::regprocedure;
+	  AND t.tgfoid OPERATOR(pg_catalog.=) 'dalgo_internal.set_encrypted_column()'::regprocedure;
 	IF args IS NULL OR args[1] OPERATOR(pg_catalog.<>) "column" THEN
 		RAISE EXCEPTION 'column "%" of % is not encrypted by dalgo', "column", tbl USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -1105,23 +1105,23 @@ BEGIN
 	IF check_membership AND NOT coalesce(org OPERATOR(pg_catalog.=) ANY (dalgo.current_org_ids(args[3]::dalgo.member_role)), false) THEN
 		RETURN NULL;
 	END IF;
-	RETURN dalgo.toolkit_decrypt(dalgo.toolkit_stored_text(stored, is_json), dalgo.toolkit_secret_key());
+	RETURN dalgo_internal.toolkit_decrypt(dalgo_internal.toolkit_stored_text(stored, is_json), dalgo_internal.toolkit_secret_key());
 END
 $$;
-COMMENT ON FUNCTION dalgo.toolkit_read_secret(regclass, name, text, boolean) IS
+COMMENT ON FUNCTION dalgo_internal.toolkit_read_secret(regclass, name, text, boolean) IS
 	'Internal: the plaintext of one encrypted value, by the row''s primary key, with or without the membership check';
 
 CREATE FUNCTION dalgo.read_secret(tbl regclass, "column" name, id text) RETURNS text
 	LANGUAGE sql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
-	RETURN dalgo.toolkit_read_secret(tbl, "column", id, true);
+	RETURN dalgo_internal.toolkit_read_secret(tbl, "column", id, true);
 COMMENT ON FUNCTION dalgo.read_secret(regclass, name, text) IS
 	'The plaintext of an encrypted column (dalgo.enable_encryption()) of the row whose primary key is id, for members at the column''s read_role of the row''s organization; NULL for anyone else or no such row';
 
 CREATE FUNCTION dalgo.read_secret_service(tbl regclass, "column" name, id text) RETURNS text
 	LANGUAGE sql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
-	RETURN dalgo.toolkit_read_secret(tbl, "column", id, false);
+	RETURN dalgo_internal.toolkit_read_secret(tbl, "column", id, false);
 COMMENT ON FUNCTION dalgo.read_secret_service(regclass, name, text) IS
 	'The plaintext of an encrypted column of the row whose primary key is id, for dalgo_service (workers that use the credentials)';
 
@@ -1137,23 +1137,23 @@ DECLARE
 	total bigint := 0;
 BEGIN
 	IF k IS NULL THEN
-		EXECUTE pg_catalog.format('SELECT pg_catalog.encode(%s.gen_random_bytes(32), ''hex'')', dalgo.toolkit_pgcrypto()) INTO k;
+		EXECUTE pg_catalog.format('SELECT pg_catalog.encode(%s.gen_random_bytes(32), ''hex'')', dalgo_internal.toolkit_pgcrypto()) INTO k;
 	ELSIF pg_catalog.length(k) OPERATOR(pg_catalog.<) 16 OR k !~ '^[A-Za-z0-9+/=_-]+$' THEN
 		RAISE EXCEPTION 'a secret key has at least 16 characters among A-Z, a-z, 0-9, +, /, =, _ and -'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	IF old_key IS NOT NULL AND old_key <> '' THEN
-		old_key := dalgo.toolkit_secret_key();
+		old_key := dalgo_internal.toolkit_secret_key();
 		FOR t IN SELECT tr.tgrelid::regclass AS tbl, a.attname, a.atttypid IN ('json'::regtype, 'jsonb'::regtype) AS is_json,
 					  pg_catalog.format_type(a.atttypid, a.atttypmod) AS coltype
 				 FROM pg_catalog.pg_trigger tr
 				 JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) tr.tgrelid
 					AND a.attname OPERATOR(pg_catalog.=) pg_catalog.split_part(pg_catalog.encode(tr.tgargs, 'escape'), E'\\000', 1)
-				 WHERE tr.tgfoid OPERATOR(pg_catalog.=) 'dalgo.encrypt_trigger()'::regprocedure
+				 WHERE tr.tgfoid OPERATOR(pg_catalog.=) 'dalgo_internal.set_encrypted_column()'::regprocedure
 		LOOP
-			EXECUTE pg_catalog.format('UPDATE %s SET %I = %s(dalgo.toolkit_encrypt(dalgo.toolkit_decrypt('
-				'dalgo.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1), $2), $3))::%s '
-				'WHERE pg_catalog.starts_with(dalgo.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1), ''dalgo:pgp1:'')',
+			EXECUTE pg_catalog.format('UPDATE %s SET %I = %s(dalgo_internal.toolkit_encrypt(dalgo_internal.toolkit_decrypt('
+				'dalgo_internal.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1), $2), $3))::%s '
+				'WHERE pg_catalog.starts_with(dalgo_internal.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1), ''dalgo:pgp1:'')',
 				t.tbl, t.attname, CASE WHEN t.is_json THEN 'pg_catalog.to_jsonb' ELSE '' END, t.attname, t.coltype, t.attname)
 				USING t.is_json, old_key, k;
 			GET DIAGNOSTICS n = ROW_COUNT;
@@ -1207,8 +1207,8 @@ BEGIN ATOMIC
 			   'Wrap per-row calls in a scalar subquery, (SELECT f()), so they run once per statement; never call volatile functions in a policy'
 		FROM rel r JOIN pg_catalog.pg_policy pol ON pol.polrelid OPERATOR(pg_catalog.=) r.oid
 		CROSS JOIN LATERAL pg_catalog.unnest(
-			coalesce(dalgo.toolkit_policy_problems(pol.polqual), '{}'::text[])
-			OPERATOR(pg_catalog.||) coalesce(dalgo.toolkit_policy_problems(pol.polwithcheck), '{}'::text[])) AS prob
+			coalesce(dalgo_internal.toolkit_policy_problems(pol.polqual), '{}'::text[])
+			OPERATOR(pg_catalog.||) coalesce(dalgo_internal.toolkit_policy_problems(pol.polwithcheck), '{}'::text[])) AS prob
 		UNION ALL
 		SELECT DISTINCT r.qname, 'medium',
 			   pg_catalog.format('column %I is tested by a policy but has no index', a.attname),
@@ -1229,7 +1229,7 @@ BEGIN ATOMIC
 			   pg_catalog.format('SELECT dalgo.enable_encryption(%L, %L), store only a hash, or SELECT dalgo.enable_redaction(%L, %L)', r.qname, a.attname, r.qname, a.attname)
 		FROM rel r JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) r.oid
 		WHERE r.relkind IN ('r', 'p', 'f', 'v', 'm') AND NOT r.relispartition AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
-		  AND dalgo.is_secret_name(a.attname::text)
+		  AND dalgo_internal.is_secret_name(a.attname::text)
 		  AND a.attname::text !~* '(hash|digest|encrypted|_enc)$'
 		  AND coalesce(pg_catalog.col_description(r.oid, a.attnum) !~ '\[not a secret\]', true)
 		  AND a.atttypid NOT IN ('bytea'::pg_catalog.regtype, 'bool'::pg_catalog.regtype)
@@ -1272,27 +1272,27 @@ COMMENT ON FUNCTION dalgo.security_report(name) IS
 	'What is unprotected in a schema (NULL: every schema): tables without row-level security or not forcing it, policies calling volatile or per-row functions, policy columns without an index, SECURITY DEFINER functions without a fixed search_path or executable by PUBLIC, grants to PUBLIC, credentials-looking columns in plaintext (a column whose comment says [not a secret] is not one)';
 
 REVOKE ALL ON FUNCTION
-	dalgo.redact_jsonb(jsonb, text[], boolean), dalgo.redact_trigger(), dalgo.toolkit_condition(regclass, text),
-	dalgo.toolkit_policy_problems(pg_node_tree), dalgo.is_secret_name(text), dalgo.toolkit_target(regclass),
-	dalgo.toolkit_column(regclass, name, regtype[]), dalgo.toolkit_ensure_index(regclass, name),
-	dalgo.toolkit_drop_policies(regclass, text), dalgo.toolkit_prepare(regclass, text[], boolean),
-	dalgo.toolkit_policy(regclass, name, text, text, text, text, text),
-	dalgo.toolkit_org_test(name, dalgo.member_role), dalgo.toolkit_own_test(name),
+	dalgo.redact_jsonb(jsonb, text[], boolean), dalgo_internal.redact_trigger(), dalgo_internal.toolkit_condition(regclass, text),
+	dalgo_internal.toolkit_policy_problems(pg_node_tree), dalgo_internal.is_secret_name(text), dalgo_internal.toolkit_target(regclass),
+	dalgo_internal.toolkit_column(regclass, name, regtype[]), dalgo_internal.toolkit_ensure_index(regclass, name),
+	dalgo_internal.toolkit_drop_policies(regclass, text), dalgo_internal.toolkit_prepare(regclass, text[], boolean),
+	dalgo_internal.toolkit_policy(regclass, name, text, text, text, text, text),
+	dalgo_internal.toolkit_org_test(name, dalgo.member_role), dalgo_internal.toolkit_own_test(name),
 	dalgo.enable_org_rows(regclass, name, dalgo.member_role, dalgo.member_role, name), dalgo.disable_org_rows(regclass),
 	dalgo.enable_own_rows(regclass, name, boolean), dalgo.disable_own_rows(regclass),
 	dalgo.enable_public_read(regclass, text), dalgo.disable_public_read(regclass),
 	dalgo.enable_shared_rows(regclass, regclass, name, name, name, name, name), dalgo.disable_shared_rows(regclass, regclass),
-	dalgo.toolkit_share_guard(), dalgo.enable_child_rows(regclass, regclass, name), dalgo.disable_child_rows(regclass), dalgo.enable_service_only(regclass),
+	dalgo_internal.guard_shares(), dalgo.enable_child_rows(regclass, regclass, name), dalgo.disable_child_rows(regclass), dalgo.enable_service_only(regclass),
 	dalgo.enable_updated_at(regclass, name), dalgo.disable_updated_at(regclass),
 	dalgo.enable_redaction(regclass, name, text[], boolean), dalgo.disable_redaction(regclass, name),
 	dalgo.set_retention(regclass, name, integer, text, text[]), dalgo.disable_retention(regclass),
 	dalgo.apply_retention(integer, integer), dalgo.security_report(name),
-	dalgo.toolkit_pgcrypto(), dalgo.toolkit_secret_key(), dalgo.toolkit_encrypt(text, text), dalgo.toolkit_decrypt(text, text),
-	dalgo.toolkit_stored_text(jsonb, boolean), dalgo.encrypt_trigger(),
+	dalgo_internal.toolkit_pgcrypto(), dalgo_internal.toolkit_secret_key(), dalgo_internal.toolkit_encrypt(text, text), dalgo_internal.toolkit_decrypt(text, text),
+	dalgo_internal.toolkit_stored_text(jsonb, boolean), dalgo_internal.set_encrypted_column(),
 	dalgo.enable_encryption(regclass, name, name, dalgo.member_role), dalgo.disable_encryption(regclass, name),
-	dalgo.toolkit_read_secret(regclass, name, text, boolean), dalgo.read_secret(regclass, name, text),
+	dalgo_internal.toolkit_read_secret(regclass, name, text, boolean), dalgo.read_secret(regclass, name, text),
 	dalgo.read_secret_service(regclass, name, text), dalgo.rotate_secret_key(text),
-	dalgo.toolkit_rewrite_unaudited(regclass, text, text, text)
+	dalgo_internal.toolkit_rewrite_unaudited(regclass, text, text, text)
 	FROM PUBLIC;
 REVOKE ALL ON PROCEDURE dalgo.run_retention(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.redact_jsonb(jsonb, text[], boolean) TO dalgo_authenticated, dalgo_service;

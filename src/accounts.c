@@ -301,8 +301,8 @@ dalgo_autonomous_main(Datum arg)
 	seg = dsm_attach(req.result);
 
 	sql = req.action == AUTONOMOUS_FAILED_SIGN_IN ?
-		"SELECT dalgo.note_failed_sign_in($1, $2)" :
-		"SELECT dalgo.note_token_reuse($1, $2)";
+		"SELECT dalgo_internal.note_failed_sign_in($1, $2)" :
+		"SELECT dalgo_internal.note_token_reuse($1, $2)";
 	if (req.has_key)
 	{
 		bytea	   *key = palloc(VARHDRSZ + PG_SHA256_DIGEST_LENGTH);

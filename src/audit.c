@@ -689,19 +689,19 @@ dalgo_audit_trigger(PG_FUNCTION_ARGS)
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("audit_trigger() was not called by the trigger manager")));
+				 errmsg("audit_change() was not called by the trigger manager")));
 	ev = trigdata->tg_event;
 	if (!TRIGGER_FIRED_AFTER(ev))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("audit_trigger() must be fired AFTER"),
+				 errmsg("audit_change() must be fired AFTER"),
 				 errhint("Use dalgo.enable_audit() to attach it.")));
 	if (TRIGGER_FIRED_FOR_STATEMENT(ev) && !TRIGGER_FIRED_BY_TRUNCATE(ev) &&
 		(TRIGGER_FIRED_BY_DELETE(ev) ? trigdata->tg_oldtable == NULL : trigdata->tg_newtable == NULL ||
 		 (TRIGGER_FIRED_BY_UPDATE(ev) && trigdata->tg_oldtable == NULL)))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("audit_trigger() per statement needs its transition tables"),
+				 errmsg("audit_change() per statement needs its transition tables"),
 				 errhint("Use dalgo.enable_audit() to attach it.")));
 	/*
 	 * A restore loads rows and their audit trail as dumped: no new rows, also
@@ -733,7 +733,7 @@ dalgo_audit_log_guard(PG_FUNCTION_ARGS)
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("audit_log_guard() was not called by the trigger manager")));
+				 errmsg("guard_audit_logs() was not called by the trigger manager")));
 	if (purge_in_progress && TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 		return PointerGetDatum(trigdata->tg_trigtuple);
 	ereport(ERROR,

@@ -418,7 +418,7 @@ dalgo_membership_changed(PG_FUNCTION_ARGS)
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(trigdata->tg_event))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("membership_changed() must be fired AFTER ... FOR EACH STATEMENT or ROW")));
+				 errmsg("invalidate_membership_caches() must be fired AFTER ... FOR EACH STATEMENT or ROW")));
 	CacheInvalidateRelcache(trigdata->tg_relation);
 	return PointerGetDatum(NULL);
 }

@@ -74,7 +74,7 @@ take_run(char *kind, char *idtext)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute("SELECT run_kind, run_id FROM dalgo.take_pending_run() WHERE run_id IS NOT NULL", false, 0) == SPI_OK_SELECT &&
+	if (SPI_execute("SELECT run_kind, run_id FROM dalgo_internal.claim_pending_run() WHERE run_id IS NOT NULL", false, 0) == SPI_OK_SELECT &&
 		SPI_processed == 1)
 	{
 		*kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)[0];
@@ -103,7 +103,7 @@ execute_run(char kind, const char *idtext)
 			enable_timeout_after(STATEMENT_TIMEOUT, dalgo_run_timeout);
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute(psprintf("SELECT dalgo.execute_scheduled_run('%c', '%s')", kind, idtext), false, 0) < 0)
+		if (SPI_execute(psprintf("SELECT dalgo_internal.execute_scheduled_run('%c', '%s')", kind, idtext), false, 0) < 0)
 			elog(ERROR, "execute_scheduled_run failed");
 		SPI_finish();
 		disable_timeout(STATEMENT_TIMEOUT, false);
@@ -122,7 +122,7 @@ execute_run(char kind, const char *idtext)
 		AbortCurrentTransaction();
 		QueryCancelPending = false;
 		RESUME_INTERRUPTS();
-		run_in_transaction(psprintf("SELECT dalgo.fail_scheduled_run('%c', '%s', %s)", kind, idtext,
+		run_in_transaction(psprintf("SELECT dalgo_internal.fail_scheduled_run('%c', '%s', %s)", kind, idtext,
 									quote_literal_cstr(edata->message)));
 		FreeErrorData(edata);
 	}

@@ -195,9 +195,9 @@ scheduler_tick(int *pending, TimestampTz *last_purge)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	spi_run("SELECT dalgo.recover_interrupted_runs()", SPI_OK_SELECT);
-	spi_run("SELECT count(*) FROM dalgo.claim_due_schedules(pg_catalog.now(), 1000)", SPI_OK_SELECT);
-	spi_run("SELECT dalgo.pending_runs()", SPI_OK_SELECT);
+	spi_run("SELECT dalgo_internal.recover_interrupted_runs()", SPI_OK_SELECT);
+	spi_run("SELECT count(*) FROM dalgo_internal.claim_due_schedules(pg_catalog.now(), 1000)", SPI_OK_SELECT);
+	spi_run("SELECT dalgo_internal.pending_runs()", SPI_OK_SELECT);
 	if (SPI_processed == 1)
 	{
 		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -206,12 +206,12 @@ scheduler_tick(int *pending, TimestampTz *last_purge)
 			*pending = DatumGetInt32(d);
 	}
 
-	spi_run(psprintf("SELECT dalgo.expire_connector_runs(%d)", dalgo_connector_timeout), SPI_OK_SELECT);
-	spi_run(psprintf("SELECT dalgo.expire_stalled_connector_runs(%d)",
+	spi_run(psprintf("SELECT dalgo_internal.expire_connector_runs(%d)", dalgo_connector_timeout), SPI_OK_SELECT);
+	spi_run(psprintf("SELECT dalgo_internal.expire_stalled_connector_runs(%d)",
 					 dalgo_run_timeout > 0 ? (int) Max(1, dalgo_run_timeout / 1000) : 0), SPI_OK_SELECT);
 	if (TimestampDifferenceExceeds(*last_purge, GetCurrentTimestamp(), PURGE_INTERVAL_SECS * 1000))
 	{
-		spi_run(psprintf("SELECT dalgo.purge_run_history(%d)", dalgo_run_history_days), SPI_OK_SELECT);
+		spi_run(psprintf("SELECT dalgo_internal.purge_run_history(%d)", dalgo_run_history_days), SPI_OK_SELECT);
 		*last_purge = GetCurrentTimestamp();
 	}
 

@@ -6,14 +6,14 @@
  *	  document by the same rules as the audit trail (src/redact.c: secret
  *	  key names, credentials inside strings), with an optional list of keys
  *	  and, when asked, e-mail addresses and phone numbers found in values;
- *	- dalgo.redact_trigger(): the BEFORE trigger dalgo.enable_redaction()
+ *	- dalgo_internal.redact_trigger(): the BEFORE trigger dalgo.enable_redaction()
  *	  attaches;
- *	- dalgo.toolkit_condition(tbl, condition): parses and analyzes the
+ *	- dalgo_internal.toolkit_condition(tbl, condition): parses and analyzes the
  *	  condition of dalgo.enable_public_read() as a boolean expression over
  *	  the table's own columns and returns it deparsed;
- *	- dalgo.toolkit_policy_problems(qual): what dalgo.security_report() says
+ *	- dalgo_internal.toolkit_policy_problems(qual): what dalgo.security_report() says
  *	  about the functions a policy expression calls;
- *	- dalgo.is_secret_name(name): the audit trail's test of a secret name.
+ *	- dalgo_internal.is_secret_name(name): the audit trail's test of a secret name.
  */
 #include "dalgo.h"
 
@@ -352,13 +352,13 @@ dalgo_redact_trigger(PG_FUNCTION_ARGS)
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event) || TRIGGER_FIRED_BY_DELETE(td->tg_event))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("dalgo.redact_trigger() must be a BEFORE INSERT OR UPDATE row trigger"),
+				 errmsg("dalgo_internal.redact_trigger() must be a BEFORE INSERT OR UPDATE row trigger"),
 				 errhint("Attach it with dalgo.enable_redaction().")));
 	tg = td->tg_trigger;
 	if (tg->tgnargs < 2)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("dalgo.redact_trigger() needs a column and a pii flag"),
+				 errmsg("dalgo_internal.redact_trigger() needs a column and a pii flag"),
 				 errhint("Attach it with dalgo.enable_redaction().")));
 	tuple = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
 	desc = RelationGetDescr(td->tg_relation);
@@ -473,7 +473,7 @@ condition_walker(Node *node, ConditionCheck *ctx)
 }
 
 /*
- * SQL: dalgo.toolkit_condition(tbl regclass, condition text) RETURNS text.
+ * SQL: dalgo_internal.toolkit_condition(tbl regclass, condition text) RETURNS text.
  * The condition must be one boolean expression over tbl's columns: no
  * subquery, no function that is not immutable, nothing but one expression
  * (it is parsed as the target of "SELECT <condition>" and every other
@@ -596,7 +596,7 @@ policy_walker(Node *node, PolicyCheck *ctx)
 }
 
 /*
- * SQL: dalgo.toolkit_policy_problems(qual pg_node_tree) RETURNS text[]:
+ * SQL: dalgo_internal.toolkit_policy_problems(qual pg_node_tree) RETURNS text[]:
  * volatile calls anywhere, and calls evaluated once per row (outside any
  * subquery, to anything but an immutable built-in function).
  */
@@ -618,7 +618,7 @@ dalgo_toolkit_policy_problems(PG_FUNCTION_ARGS)
 	PG_RETURN_ARRAYTYPE_P(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
-/* SQL: dalgo.is_secret_name(name text): the audit trail's test of a secret name. */
+/* SQL: dalgo_internal.is_secret_name(name text): the audit trail's test of a secret name. */
 Datum
 dalgo_is_secret_name(PG_FUNCTION_ARGS)
 {

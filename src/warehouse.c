@@ -70,7 +70,7 @@ warehouse_role(const pg_uuid_t *org)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("the organization has no warehouse yet"),
-				 errhint("Call dalgo.warehouse_schema(organization_id) first.")));
+				 errhint("Call dalgo.ensure_warehouse(organization_id) first.")));
 	warehouse_role_check(role, name);
 	return role;
 }

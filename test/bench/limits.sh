@@ -20,7 +20,7 @@ psql -v big="${BENCH_BIG:-0}" <<'SQL'
 SET client_min_messages = warning;
 CREATE EXTENSION dalgo;
 INSERT INTO dalgo.organizations (id, name, slug) VALUES ('a0000000-0000-4000-8000-000000000001', 'Bench', 'bench');
-SELECT dalgo.warehouse_schema('a0000000-0000-4000-8000-000000000001') AS schema \gset
+SELECT dalgo.ensure_warehouse('a0000000-0000-4000-8000-000000000001') AS schema \gset
 CREATE TABLE :"schema".visits ("NGO" text, "SPOC" text, "Month" text, measure1 text, measure2 text, "Indicator" text, data text);
 
 -- The recipe of a kind and size.

@@ -15,7 +15,7 @@ psql <<'SQL'
 SET client_min_messages = warning;
 CREATE EXTENSION dalgo;
 INSERT INTO dalgo.organizations (id, name, slug) VALUES ('a0000000-0000-4000-8000-000000000001', 'Bench', 'bench');
-SELECT dalgo.warehouse_schema('a0000000-0000-4000-8000-000000000001') \g /dev/null
+SELECT dalgo.ensure_warehouse('a0000000-0000-4000-8000-000000000001') \g /dev/null
 CREATE TABLE public.tiny AS SELECT g AS id FROM generate_series(1, 10) g;
 GRANT USAGE ON SCHEMA public TO dalgo_wh_a0000000000040008000000000000001;
 GRANT SELECT ON public.tiny TO dalgo_wh_a0000000000040008000000000000001;

@@ -185,12 +185,12 @@ COMMIT;
 
 -- Forging identities and records through the private functions.
 SET ROLE dalgo_authenticated;
-SELECT throws_ok(format('SELECT dalgo.set_api_key_identity(%L, %L, %L, %L)', :'org', :'owner', :'org', 'owner'), '42501', NULL,
+SELECT throws_ok(format('SELECT dalgo_internal.set_api_key_identity(%L, %L, %L, %L)', :'org', :'owner', :'org', 'owner'), '42501', NULL,
 	'forged_identity: set_api_key_identity is not callable');
-SELECT throws_ok(format('SELECT dalgo.act_as(%L)', :'owner'), '42501', NULL, 'forged_identity: act_as is not callable');
-SELECT throws_ok($$SELECT dalgo.run_autonomously('failed_sign_in', sha256('x'), NULL)$$, '42501', NULL,
+SELECT throws_ok(format('SELECT dalgo_internal.act_as(%L)', :'owner'), '42501', NULL, 'forged_identity: act_as is not callable');
+SELECT throws_ok($$SELECT dalgo_internal.run_autonomously('failed_sign_in', sha256('x'), NULL)$$, '42501', NULL,
 	'forged_records: the autonomous recorder is not callable');
-SELECT throws_ok($$SELECT dalgo.sign_access_token(gen_random_uuid(), now() + interval '1 day')$$, '42501', NULL,
+SELECT throws_ok($$SELECT dalgo_internal.sign_access_token(gen_random_uuid(), now() + interval '1 day')$$, '42501', NULL,
 	'forged_tokens: token signing is not callable');
 RESET ROLE;
 SET ROLE dalgo_anon;
@@ -236,7 +236,7 @@ RESET ROLE;
 SELECT is((SELECT count(*) FROM dalgo.audit_logs a
 		   WHERE a.details::text ~ ANY (ARRAY[:'stolen', :'victim_next', :'inv_token', :'inv2_token', :'key', :'revoked_key',
 										 'owner password 1', 'admin password 1', 'eve password 1', '\$2a\$',
-										 dalgo.token_digest(:'stolen'), dalgo.token_digest(:'key'), dalgo.token_digest(:'inv_token')])),
+										 dalgo_internal.token_digest(:'stolen'), dalgo_internal.token_digest(:'key'), dalgo_internal.token_digest(:'inv_token')])),
 	0::bigint, 'secrets: no password, token or hash in audit_logs');
 
 -- Settings that weaken security are for superusers only.

@@ -125,7 +125,7 @@ SELECT refresh_token AS r2, access_token AS a2 FROM dalgo.refresh_session(:'s1_r
 SELECT refresh_token AS r3 FROM dalgo.refresh_session(:'r2') \gset
 RESET ROLE;
 SELECT is(dalgo.authenticate(:'a2'), :'owner'::uuid, 'a refreshed access token authenticates');
-SELECT family_id AS family FROM dalgo.refresh_tokens WHERE token_hash = dalgo.token_digest(:'s1_refresh_token') \gset
+SELECT family_id AS family FROM dalgo.refresh_tokens WHERE token_hash = dalgo_internal.token_digest(:'s1_refresh_token') \gset
 SELECT is((SELECT count(*) FROM dalgo.refresh_tokens WHERE family_id = :'family'), 3::bigint, 'each refresh adds a token to the family');
 SELECT is((SELECT count(*) FROM dalgo.refresh_tokens WHERE family_id = :'family' AND revoked_at IS NULL), 1::bigint,
 	'only the newest token of the family is live');
@@ -174,7 +174,7 @@ SELECT dalgo.complete_message(:'reset_msg') \g /dev/null
 SELECT is((SELECT payload FROM dalgo.mail_messages WHERE id = :'reset_msg'), NULL::jsonb, 'a delivered message loses its payload');
 SELECT throws_ok(format('SELECT dalgo.complete_message(%L)', :'reset_msg'), '55000', NULL, 'a message is completed once');
 RESET ROLE;
-SELECT is((SELECT count(*) FROM dalgo.password_reset_tokens WHERE token_hash = dalgo.token_digest(:'reset_token')), 1::bigint,
+SELECT is((SELECT count(*) FROM dalgo.password_reset_tokens WHERE token_hash = dalgo_internal.token_digest(:'reset_token')), 1::bigint,
 	'the reset token is stored hashed');
 SET ROLE dalgo_anon;
 SELECT throws_ok(format('SELECT dalgo.reset_password(%L, %L)', :'reset_token', 'short'), '22023', NULL, 'the new password follows the rules');
@@ -215,7 +215,7 @@ COMMIT;
 SET ROLE dalgo_service;
 SELECT payload->>'token' AS inv1_token FROM dalgo.claim_messages(10) WHERE kind = 'invitation' \gset
 RESET ROLE;
-SELECT is((SELECT token FROM dalgo.invitations WHERE id = :'inv1'), dalgo.token_digest(:'inv1_token'),
+SELECT is((SELECT token FROM dalgo.invitations WHERE id = :'inv1'), dalgo_internal.token_digest(:'inv1_token'),
 	'invitations.token holds the SHA-256 of the mailed token');
 BEGIN;
 SET LOCAL dalgo.user_id = :'admin';
@@ -259,7 +259,7 @@ SET LOCAL ROLE dalgo_authenticated;
 SELECT dalgo.create_api_key(:'personal', 'nightly sync', 'member') AS key \gset
 COMMIT;
 SELECT matches(:'key'::text, '^dk_[A-Za-z0-9_-]{43}$', 'create_api_key returns the key');
-SELECT is((SELECT key_hash FROM dalgo.api_keys WHERE name = 'nightly sync'), dalgo.token_digest(:'key'), 'only the key''s hash is stored');
+SELECT is((SELECT key_hash FROM dalgo.api_keys WHERE name = 'nightly sync'), dalgo_internal.token_digest(:'key'), 'only the key''s hash is stored');
 BEGIN;
 SET LOCAL ROLE dalgo_authenticated;
 SELECT is(dalgo.authenticate_api_key(:'key'), :'personal'::uuid, 'authenticate_api_key returns the key''s organization');

@@ -4,7 +4,7 @@
 \set ECHO none
 \i test/fixtures/tap_setup.sql
 BEGIN;
-SELECT plan(7);
+SELECT plan(13);
 
 CREATE TEMP VIEW executable AS
 	SELECT r.rolname, p.oid::regprocedure::text AS fn
@@ -31,7 +31,7 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$
 		'dalgo.validate_timezone(text)', 'dalgo.uuid_v7()',
 		-- recipes and warehouse
 		'dalgo.compile_recipe(uuid,jsonb)', 'dalgo.preview_recipe(uuid,jsonb,integer)',
-		'dalgo.read_warehouse_table(uuid,text,integer)', 'dalgo.warehouse_schema(uuid)',
+		'dalgo.read_warehouse_table(uuid,text,integer)', 'dalgo.ensure_warehouse(uuid)',
 		'dalgo.run_transformation(uuid,boolean)', 'dalgo.transformation_upstream(uuid)',
 		'dalgo.recipe_dependencies(jsonb)', 'dalgo.caller_may(uuid,dalgo.member_role)',
 		-- scheduling
@@ -60,7 +60,7 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 		'dalgo.is_org_member(uuid,dalgo.member_role)', 'dalgo.is_org_admin(uuid)', 'dalgo.org_role(uuid)',
 		'dalgo.current_org_ids(dalgo.member_role)', 'dalgo.validate_timezone(text)', 'dalgo.uuid_v7()',
 		'dalgo.compile_recipe(uuid,jsonb)', 'dalgo.preview_recipe(uuid,jsonb,integer)',
-		'dalgo.read_warehouse_table(uuid,text,integer)', 'dalgo.warehouse_schema(uuid)',
+		'dalgo.read_warehouse_table(uuid,text,integer)', 'dalgo.ensure_warehouse(uuid)',
 		'dalgo.run_transformation(uuid,boolean)', 'dalgo.transformation_upstream(uuid)',
 		'dalgo.recipe_dependencies(jsonb)', 'dalgo.caller_may(uuid,dalgo.member_role)',
 		'dalgo.next_run(dalgo.schedule_frequency,time without time zone,integer,text,timestamp with time zone)',
@@ -78,21 +78,70 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 
 SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p,
 		aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
-	WHERE p.pronamespace = 'dalgo'::regnamespace AND a.grantee = 0 AND a.privilege_type = 'EXECUTE'
+	WHERE p.pronamespace IN ('dalgo'::regnamespace, 'dalgo_internal'::regnamespace)
+	  AND a.grantee = 0 AND a.privilege_type = 'EXECUTE'
 	  AND p.oid <> 'dalgo.restoring()'::regprocedure$$,
 	'PUBLIC executes no dalgo function (but restoring(), which every writer''s triggers call)');
 
 SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
-	WHERE p.pronamespace = 'dalgo'::regnamespace AND p.prosecdef
+	WHERE p.pronamespace IN ('dalgo'::regnamespace, 'dalgo_internal'::regnamespace) AND p.prosecdef
 	  AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)$$,
 	'every SECURITY DEFINER function pins search_path');
+
+-- public_api_surface: schema dalgo holds exactly the documented API (what
+-- app roles call, and the administrator's tools); everything else lives in
+-- dalgo_internal, which no app role may even look up names in.
+SELECT set_eq($$SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = 'dalgo'::regnamespace$$,
+	$$SELECT fn FROM executable UNION
+	  SELECT unnest(ARRAY['dalgo.enable_audit(regclass,text[],text)', 'dalgo.disable_audit(regclass)',
+						  'dalgo.set_updated_at()',
+						  -- the toolkit (docs/toolkit.md): table owners and superusers
+						  'dalgo.enable_org_rows(regclass,name,dalgo.member_role,dalgo.member_role,name)', 'dalgo.disable_org_rows(regclass)',
+						  'dalgo.enable_own_rows(regclass,name,boolean)', 'dalgo.disable_own_rows(regclass)',
+						  'dalgo.enable_public_read(regclass,text)', 'dalgo.disable_public_read(regclass)',
+						  'dalgo.enable_shared_rows(regclass,regclass,name,name,name,name,name)', 'dalgo.disable_shared_rows(regclass,regclass)',
+						  'dalgo.enable_child_rows(regclass,regclass,name)', 'dalgo.disable_child_rows(regclass)',
+						  'dalgo.enable_service_only(regclass)', 'dalgo.enable_updated_at(regclass,name)', 'dalgo.disable_updated_at(regclass)',
+						  'dalgo.enable_redaction(regclass,name,text[],boolean)', 'dalgo.disable_redaction(regclass,name)',
+						  'dalgo.set_retention(regclass,name,integer,text,text[])', 'dalgo.disable_retention(regclass)',
+						  'dalgo.enable_encryption(regclass,name,name,dalgo.member_role)', 'dalgo.disable_encryption(regclass,name)',
+						  'dalgo.rotate_secret_key(text)', 'dalgo.security_report(name)'])$$,
+	'public_api_surface: \df dalgo.* lists the app roles'' API and the documented admin tools, nothing else');
+SELECT is_empty($$SELECT r.rolname FROM pg_roles r
+	WHERE r.rolname IN ('dalgo_authenticated', 'dalgo_anon', 'dalgo_service', 'public')
+	  AND has_schema_privilege(r.oid, 'dalgo_internal', 'USAGE')
+	UNION ALL SELECT 'PUBLIC' FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+	WHERE n.nspname = 'dalgo_internal' AND a.grantee = 0$$,
+	'public_api_surface: no app role and not PUBLIC has USAGE on dalgo_internal');
+SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p, pg_roles r
+	WHERE p.pronamespace = 'dalgo_internal'::regnamespace
+	  AND r.rolname IN ('dalgo_authenticated', 'dalgo_anon', 'dalgo_service')
+	  AND has_function_privilege(r.oid, p.oid, 'EXECUTE')$$,
+	'public_api_surface: no app role may execute an internal function');
+SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
+	WHERE p.pronamespace = 'dalgo'::regnamespace AND (p.prorettype = 'trigger'::regtype
+	   OR obj_description(p.oid, 'pg_proc') LIKE 'Internal:%')
+	  AND p.oid <> 'dalgo.set_updated_at()'::regprocedure$$,
+	'public_api_surface: trigger functions and Internal: helpers are not in schema dalgo');
+
+-- naming: organization parameters are named organization_id everywhere,
+-- and every trigger function is named for what it does, verb first.
+SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
+	WHERE p.pronamespace IN ('dalgo'::regnamespace, 'dalgo_internal'::regnamespace)
+	  AND p.proargnames && ARRAY['org', 'org_id']$$,
+	'naming: no function takes an organization as org or org_id');
+SELECT is_empty($$SELECT p.proname FROM pg_proc p
+	WHERE p.pronamespace IN ('dalgo'::regnamespace, 'dalgo_internal'::regnamespace)
+	  AND p.prorettype = 'trigger'::regtype
+	  AND p.proname !~ '^(audit|check|create|fill|guard|invalidate|record|redact|refuse|set|wake)_'$$,
+	'naming: trigger functions are named verb first');
 
 -- check_recipe_sql runs any SQL in the warehouse: internal, yet saving a
 -- transformation (which calls it from its trigger) still works for members.
 \i test/fixtures/two_orgs.sql
 SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-000000000002';
 SET LOCAL ROLE dalgo_authenticated;
-SELECT throws_ok($$SELECT dalgo.check_recipe_sql('22222222-0000-4000-8000-0000000000a0', 'SELECT 1')$$,
+SELECT throws_ok($$SELECT dalgo_internal.check_recipe_sql('22222222-0000-4000-8000-0000000000a0', 'SELECT 1')$$,
 	'42501', NULL, 'a member cannot call check_recipe_sql');
 SELECT lives_ok($$INSERT INTO dalgo.transformations (organization_id, name, recipe)
 	VALUES ('22222222-0000-4000-8000-0000000000a0', 'checked', '{"version": 1, "source": {"table": "visits"}, "steps": []}')$$,

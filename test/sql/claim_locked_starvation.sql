@@ -33,7 +33,7 @@ BEGIN;
 SELECT count(DISTINCT organization_id) + 1 AS places FROM dalgo.schedules
 WHERE is_active AND deleted_at IS NULL AND next_run_at <= '2100-01-02 00:00+00'
   AND organization_id NOT IN ('22222222-0000-4000-8000-0000000000f0', '22222222-0000-4000-8000-0000000000f1') \gset
-CREATE TEMP TABLE claimed ON COMMIT DROP AS SELECT * FROM dalgo.claim_due_schedules('2100-01-02 00:00+00', :places);
+CREATE TEMP TABLE claimed ON COMMIT DROP AS SELECT * FROM dalgo_internal.claim_due_schedules('2100-01-02 00:00+00', :places);
 SELECT count(*) FILTER (WHERE schedule_id = '88888888-0000-4000-8000-0000000000f0') AS held,
 	   count(*) FILTER (WHERE schedule_id = '88888888-0000-4000-8000-0000000000f1') AS victim,
 	   count(*) AS total FROM claimed \gset

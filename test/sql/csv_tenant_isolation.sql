@@ -110,10 +110,10 @@ SELECT is((SELECT (status, rows_synced)::text FROM dalgo.sync_runs WHERE id = :'
 
 -- The function itself, as the workers call it.
 :as_super
-SELECT throws_ok(format($$SELECT dalgo.csv_path(%L, 'to_b.csv')$$, :A), '58P01', 'csv file "to_b.csv" is not available',
+SELECT throws_ok(format($$SELECT dalgo_internal.csv_path(%L, 'to_b.csv')$$, :A), '58P01', 'csv file "to_b.csv" is not available',
 	'csv_path refuses the symlink');
-SELECT is(dalgo.csv_path(:B, 'secret.csv'), :'dir_b' || '/secret.csv', 'and resolves B''s own file for B');
-SELECT is(dalgo.csv_path(:A, './mine.csv'), :'dir_a' || '/mine.csv', 'a path is canonicalised');
+SELECT is(dalgo_internal.csv_path(:B, 'secret.csv'), :'dir_b' || '/secret.csv', 'and resolves B''s own file for B');
+SELECT is(dalgo_internal.csv_path(:A, './mine.csv'), :'dir_a' || '/mine.csv', 'a path is canonicalised');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -11,7 +11,7 @@ SELECT plan(9);
 INSERT INTO dalgo.users (id, email) VALUES ('11111111-0000-4000-8000-0000000000f1', 'scope@example.org');
 INSERT INTO dalgo.organizations (id, name, slug) VALUES ('22222222-0000-4000-8000-0000000000f0', 'Scope org', 'scope-org');
 CREATE FUNCTION pg_temp.invalidations() RETURNS bigint LANGUAGE sql AS $$
-	SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE schemaname = 'dalgo' AND funcname = 'membership_changed' $$;
+	SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE schemaname = 'dalgo_internal' AND funcname = 'invalidate_membership_caches' $$;
 SELECT pg_temp.invalidations() AS base \gset
 UPDATE dalgo.users SET password_hash = 'x', full_name = 'Scope' WHERE id = '11111111-0000-4000-8000-0000000000f1';
 SELECT is(pg_temp.invalidations() - :base, 0::bigint, 'a password or name change does not invalidate');

@@ -15,14 +15,14 @@ INSERT INTO dalgo.schedules (organization_id, output_id, frequency)
 SELECT :A, id, 'daily' FROM dalgo.outputs WHERE organization_id = :A;
 UPDATE dalgo.organizations SET settings = '{"quotas": {"runs_per_hour": 1}}' WHERE id = :A;
 -- Three due slots, one allowed: the first runs, the other two are refused.
-CREATE TEMP TABLE claimed AS SELECT * FROM dalgo.claim_due_schedules(now() + interval '2 days', 10);
-SELECT dalgo.execute_claimed(ARRAY(SELECT run_id FROM claimed), ARRAY(SELECT run_kind FROM claimed)) \g /dev/null
+CREATE TEMP TABLE claimed AS SELECT * FROM dalgo_internal.claim_due_schedules(now() + interval '2 days', 10);
+SELECT dalgo_internal.execute_claimed(ARRAY(SELECT run_id FROM claimed), ARRAY(SELECT run_kind FROM claimed)) \g /dev/null
 SELECT is((SELECT count(*) FROM claimed c JOIN dalgo.transformation_runs r ON r.id = c.run_id WHERE r.status = 'success'),
 	1::bigint, 'one scheduled run runs');
 SELECT is((SELECT count(*) FROM claimed c JOIN dalgo.transformation_runs r ON r.id = c.run_id
 		   WHERE r.status = 'failed' AND r.error_message LIKE 'quota runs_per_hour exceeded:%'), 2::bigint,
 	'the others fail with the quota''s message');
-SELECT is((SELECT used FROM dalgo.organization_usage(:A) WHERE quota = 'runs_per_hour'), 1::bigint,
+SELECT is((SELECT used FROM dalgo_internal.organization_usage(:A) WHERE quota = 'runs_per_hour'), 1::bigint,
 	'only the run that ran counts as started');
 UPDATE dalgo.organizations SET settings = '{"quotas": {"runs_per_hour": 2}}' WHERE id = :A;
 SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-000000000002';

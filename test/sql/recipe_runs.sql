@@ -105,7 +105,7 @@ SELECT is((SELECT count(*) FROM dalgo.preview_recipe(:A, '{"version": 1, "source
 SELECT throws_ok($$SELECT dalgo.run_transformation('55555555-0000-4000-8000-0000000000b1')$$, '22023', NULL,
 	'another organization''s transformation does not exist for them');
 SELECT throws_ok($$SELECT * FROM org_222222220000400080000000000000a0.by_ngo$$, '42501', NULL, 'warehouse schemas are closed to end users');
-SELECT throws_ok($$SELECT dalgo.warehouse_execute('22222222-0000-4000-8000-0000000000a0', 'DROP TABLE org_222222220000400080000000000000a0.by_ngo')$$,
+SELECT throws_ok($$SELECT dalgo_internal.warehouse_execute('22222222-0000-4000-8000-0000000000a0', 'DROP TABLE org_222222220000400080000000000000a0.by_ngo')$$,
 	'42501', NULL, 'the internal executor is not callable');
 RESET ROLE;
 

@@ -19,18 +19,18 @@ INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, statu
 SELECT :A, '55555555-0000-4000-8000-0000000000a1', 'pending',
 	   '{"schedule_id": "88888888-0000-4000-8000-0000000000a1"}', now() - interval '1 hour' + g * interval '1 ms'
 FROM generate_series(1, 3000) g;
-SELECT is(dalgo.pending_runs(), 3000, 'A has 3,000 runs waiting');
-SELECT is((SELECT (t.run_kind, r.organization_id)::text FROM dalgo.take_pending_run() t JOIN dalgo.transformation_runs r ON r.id = t.run_id),
+SELECT is(dalgo_internal.pending_runs(), 3000, 'A has 3,000 runs waiting');
+SELECT is((SELECT (t.run_kind, r.organization_id)::text FROM dalgo_internal.claim_pending_run() t JOIN dalgo.transformation_runs r ON r.id = t.run_id),
 	'(o,22222222-0000-4000-8000-0000000000a0)', 'a worker takes A''s oldest run');
 
 -- B's schedule falls due while A's backlog waits.
 UPDATE dalgo.schedules SET next_run_at = now() - interval '1 minute' WHERE id = '88888888-0000-4000-8000-0000000000b1';
-SELECT is((SELECT run_kind FROM dalgo.claim_due_schedules(now(), 1000)), 'o', 'the scheduler claims B''s due schedule');
-SELECT is((SELECT r.organization_id FROM dalgo.take_pending_run() t JOIN dalgo.transformation_runs r ON r.id = t.run_id),
+SELECT is((SELECT run_kind FROM dalgo_internal.claim_due_schedules(now(), 1000)), 'o', 'the scheduler claims B''s due schedule');
+SELECT is((SELECT r.organization_id FROM dalgo_internal.claim_pending_run() t JOIN dalgo.transformation_runs r ON r.id = t.run_id),
 	:B::uuid, 'the next worker takes B''s run, not A''s 3,000 older ones');
-SELECT is((SELECT r.organization_id FROM dalgo.take_pending_run() t JOIN dalgo.transformation_runs r ON r.id = t.run_id),
+SELECT is((SELECT r.organization_id FROM dalgo_internal.claim_pending_run() t JOIN dalgo.transformation_runs r ON r.id = t.run_id),
 	:A::uuid, 'and A''s backlog goes on after it');
-SELECT is(dalgo.pending_runs(), 2998, 'one run of each taken, then A''s again');
+SELECT is(dalgo_internal.pending_runs(), 2998, 'one run of each taken, then A''s again');
 
 -- The scheduler's claim: A's many due schedules do not hold B's back to a later tick.
 CREATE TABLE public.src (id int);
@@ -42,11 +42,11 @@ INSERT INTO dalgo.schedules (organization_id, source_id, frequency)
 SELECT organization_id, id, 'daily' FROM dalgo.sources WHERE source_type = 'postgres';
 UPDATE dalgo.schedules SET next_run_at = now() - interval '2 hours' WHERE source_id IS NOT NULL AND organization_id = :A;
 UPDATE dalgo.schedules SET next_run_at = now() - interval '1 minute' WHERE source_id = '33333333-0000-4000-8000-0000000000b2';
-CREATE TEMP TABLE claimed AS SELECT * FROM dalgo.claim_due_schedules(now(), 2);
+CREATE TEMP TABLE claimed AS SELECT * FROM dalgo_internal.claim_due_schedules(now(), 2);
 SELECT is((SELECT array_agg(DISTINCT r.organization_id ORDER BY r.organization_id)
 		   FROM claimed c JOIN dalgo.sync_runs r ON r.id = c.run_id),
 	ARRAY[:A::uuid, :B::uuid], 'a claim of two due schedules takes one of A''s and B''s');
-SELECT is((SELECT count(*) FROM dalgo.claim_due_schedules(now(), 100)), 19::bigint, 'the rest of A''s follow');
+SELECT is((SELECT count(*) FROM dalgo_internal.claim_due_schedules(now(), 100)), 19::bigint, 'the rest of A''s follow');
 
 -- Connectors: 3,000 pending google_sheets runs of A, then one of B.
 INSERT INTO dalgo.sources (id, organization_id, name, source_type, warehouse_table_name) VALUES

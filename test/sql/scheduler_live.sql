@@ -59,9 +59,9 @@ UPDATE dalgo.schedules SET next_run_at = now() + interval '1 hour' WHERE source_
 SELECT dblink_connect('other', format('dbname=%s port=%s host=%s', current_database(), current_setting('port'),
 	split_part(current_setting('unix_socket_directories'), ',', 1))) AS connected;
 SELECT dblink_exec('other', 'BEGIN') AS other_begins;
-SELECT count(*) AS other_claimed FROM dblink('other', $$SELECT schedule_id FROM dalgo.claim_due_schedules(now() + interval '2 hours', 10)$$) AS t(id uuid);
+SELECT count(*) AS other_claimed FROM dblink('other', $$SELECT schedule_id FROM dalgo_internal.claim_due_schedules(now() + interval '2 hours', 10)$$) AS t(id uuid);
 BEGIN;
-SELECT count(*) AS we_claimed FROM dalgo.claim_due_schedules(now() + interval '2 hours', 100);
+SELECT count(*) AS we_claimed FROM dalgo_internal.claim_due_schedules(now() + interval '2 hours', 100);
 COMMIT;
 SELECT dblink_exec('other', 'COMMIT') AS other_commits;
 SELECT count(*) AS runs, count(DISTINCT source_id) AS distinct_sources FROM dalgo.sync_runs WHERE source_id IN (SELECT id FROM dalgo.sources WHERE name LIKE 'queued %');

@@ -76,7 +76,7 @@ RESET ROLE;
 UPDATE dalgo.schedules SET next_run_at = now() - interval '1 minute' WHERE id = '88888888-0000-4000-8000-0000000000c3';
 SELECT dalgo.run_due_schedules() AS queued \gset
 UPDATE dalgo.sync_runs SET created_at = now() - interval '2 hours' WHERE status = 'pending';
-SELECT is(dalgo.expire_connector_runs(3600), 1, 'a run no connector claims in time');
+SELECT is(dalgo_internal.expire_connector_runs(3600), 1, 'a run no connector claims in time');
 SELECT is((SELECT error_message FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000c3' AND status = 'failed'),
 	'no connector claimed the run within 3600 seconds', 'is marked failed');
 
@@ -88,7 +88,7 @@ SELECT is((SELECT error_message FROM dalgo.sync_runs WHERE source_id = '33333333
 	'skipped: the previous run of this schedule is still going', 'the skip is recorded');
 -- Recovery: a running run no run worker owns was interrupted.
 UPDATE dalgo.sync_runs SET details = details || '{"runner_pid": 1}' WHERE source_id = '33333333-0000-4000-8000-0000000000c1' AND status = 'running';
-SELECT is(dalgo.recover_interrupted_runs(), 1, 'recover_interrupted_runs finds the orphan');
+SELECT is(dalgo_internal.recover_interrupted_runs(), 1, 'recover_interrupted_runs finds the orphan');
 SELECT is((SELECT error_message FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000c1' AND NOT details ? 'skipped'),
 	'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)', 'and marks it failed');
 
@@ -105,8 +105,8 @@ INSERT INTO dalgo.schedules (id, organization_id, source_id, frequency)
 SELECT isnt(dalgo.run_schedule_now('88888888-0000-4000-8000-0000000000c6'), NULL, 'run_schedule_now runs a schedule at once');
 SELECT is((SELECT (status, rows_synced)::text FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000c6'),
 	'(success,5)', 'a csv file in the organization''s directory under dalgo.csv_dir is loaded');
-SELECT throws_ok($$SELECT dalgo.csv_path('22222222-0000-4000-8000-0000000000a0', '../postgresql.conf')$$, '42501', NULL, 'a path with .. is refused');
-SELECT throws_ok($$SELECT dalgo.csv_path('22222222-0000-4000-8000-0000000000a0', '/etc/passwd')$$, '42501', NULL, 'an absolute path is refused');
+SELECT throws_ok($$SELECT dalgo_internal.csv_path('22222222-0000-4000-8000-0000000000a0', '../postgresql.conf')$$, '42501', NULL, 'a path with .. is refused');
+SELECT throws_ok($$SELECT dalgo_internal.csv_path('22222222-0000-4000-8000-0000000000a0', '/etc/passwd')$$, '42501', NULL, 'an absolute path is refused');
 
 -- Output schedules: the transformation with its upstream, then the destination.
 INSERT INTO dalgo.outputs (id, organization_id, transformation_id, name, destination_config) VALUES

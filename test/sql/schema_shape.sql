@@ -149,7 +149,7 @@ SELECT is_empty($$SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'dalgo
 	AND c.relkind IN ('r', 'i', 'v') AND obj_description(c.oid, 'pg_class') IS NULL
 	AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = c.oid)$$,
 	'every table, view and free-standing index has a comment');
-SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace = 'dalgo'::regnamespace
+SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronamespace IN ('dalgo'::regnamespace, 'dalgo_internal'::regnamespace)
 	AND obj_description(p.oid, 'pg_proc') IS NULL$$, 'every function has a comment');
 SELECT is_empty($$SELECT t.typname FROM pg_type t WHERE t.typnamespace = 'dalgo'::regnamespace
 	AND t.typtype = 'e' AND obj_description(t.oid, 'pg_type') IS NULL$$, 'every type has a comment');

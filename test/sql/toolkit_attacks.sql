@@ -17,8 +17,8 @@ INSERT INTO app.notes (organization_id, user_id, body) VALUES
 INSERT INTO app.flags (name, enabled, secret) VALUES ('on', true, 's1'), ('off', false, 's2');
 CREATE ROLE tk_mallory;
 GRANT EXECUTE ON FUNCTION dalgo.enable_public_read(regclass, text), dalgo.disable_org_rows(regclass) TO tk_mallory;
-GRANT EXECUTE ON FUNCTION dalgo.toolkit_target(regclass), dalgo.toolkit_drop_policies(regclass, text) TO tk_mallory;
-GRANT USAGE ON SCHEMA app, dalgo TO tk_mallory;
+GRANT EXECUTE ON FUNCTION dalgo_internal.toolkit_target(regclass), dalgo_internal.toolkit_drop_policies(regclass, text) TO tk_mallory;
+GRANT USAGE ON SCHEMA app, dalgo, dalgo_internal TO tk_mallory;
 SELECT plan(29);
 
 -- Who may call.

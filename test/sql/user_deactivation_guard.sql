@@ -27,7 +27,7 @@ SELECT throws_ok($$UPDATE dalgo.users SET deleted_at = now() WHERE id = '1111111
 SELECT throws_ok($$UPDATE dalgo.users SET is_active = false WHERE id = '11111111-0000-4000-8000-000000000001'$$, '23514',
 	'cannot deactivate or delete the last owner of organization 22222222-0000-4000-8000-0000000000a0',
 	'nor can an operator take away the last owner');
-SELECT is(dalgo.live_owner_count(:A, NULL), 1, 'the organization keeps its owner');
+SELECT is(dalgo_internal.live_owner_count(:A, NULL), 1, 'the organization keeps its owner');
 UPDATE dalgo.organization_members SET role = 'owner' WHERE user_id = '11111111-0000-4000-8000-000000000002';
 SELECT lives_ok($$UPDATE dalgo.users SET is_active = false WHERE id = '11111111-0000-4000-8000-000000000001'$$,
 	'with a second owner the first can be deactivated');

@@ -64,7 +64,7 @@ SELECT is(current_setting('statement_timeout') || ' ' || current_setting('defaul
 	'as are statement_timeout and default_transaction_read_only');
 RESET ROLE;
 -- The run worker's path: execute_scheduled_run without identity.
-SELECT lives_ok($$SELECT dalgo.warehouse_execute('22222222-0000-4000-8000-0000000000a0',
+SELECT lives_ok($$SELECT dalgo_internal.warehouse_execute('22222222-0000-4000-8000-0000000000a0',
 	'SELECT pg_catalog.set_config(''search_path'', ''public'', false), pg_catalog.set_config(''work_mem'', ''77MB'', false)')$$,
 	'warehouse_execute runs a statement that sets settings');
 SELECT is(current_setting('search_path') || ' ' || current_setting('work_mem'), :'path_before' || ' 4MB',

@@ -19,7 +19,7 @@ my $wh = 'dalgo_wh_222222220000400080000000000000c0';
 $node->safe_psql('postgres', qq{
 	CREATE EXTENSION dalgo;
 	INSERT INTO dalgo.organizations (id, name, slug) VALUES ('$org', 'Overdue', 'overdue');
-	SELECT dalgo.warehouse_schema('$org');
+	SELECT dalgo.ensure_warehouse('$org');
 	CREATE VIEW public.small_source AS SELECT g AS id FROM generate_series(1, 5) g;
 	GRANT USAGE ON SCHEMA public TO $wh;
 	GRANT SELECT ON public.small_source TO $wh;

@@ -20,7 +20,7 @@ my $wh = 'dalgo_wh_222222220000400080000000000000e0';
 $node->safe_psql('postgres', qq{
 	CREATE EXTENSION dalgo;
 	INSERT INTO dalgo.organizations (id, name, slug) VALUES ('$org', 'Terminated', 'terminated');
-	SELECT dalgo.warehouse_schema('$org');
+	SELECT dalgo.ensure_warehouse('$org');
 	CREATE VIEW public.slow_source AS SELECT g AS id FROM generate_series(1, 3) g, pg_sleep(300) s;
 	GRANT USAGE ON SCHEMA public TO $wh;
 	GRANT SELECT ON public.slow_source TO $wh;

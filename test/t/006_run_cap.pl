@@ -22,7 +22,7 @@ for my $db ('one', 'two')
 	$node->safe_psql($db, qq{
 		CREATE EXTENSION dalgo;
 		INSERT INTO dalgo.organizations (id, name, slug) VALUES ('$org', 'Cap', 'cap');
-		SELECT dalgo.warehouse_schema('$org');
+		SELECT dalgo.ensure_warehouse('$org');
 		CREATE VIEW public.slowish AS SELECT g AS id FROM generate_series(1, 2) g, pg_sleep(0.5) s;
 		GRANT USAGE ON SCHEMA public TO $wh;
 		GRANT SELECT ON public.slowish TO $wh;

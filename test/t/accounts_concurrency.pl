@@ -35,7 +35,7 @@ sub live_in_family
 	my ($token) = @_;
 	return $node->safe_psql('postgres', qq{
 		SELECT count(*) FROM dalgo.refresh_tokens
-		WHERE family_id = (SELECT family_id FROM dalgo.refresh_tokens WHERE token_hash = dalgo.token_digest('$token'))
+		WHERE family_id = (SELECT family_id FROM dalgo.refresh_tokens WHERE token_hash = dalgo_internal.token_digest('$token'))
 		  AND revoked_at IS NULL});
 }
 

@@ -15,7 +15,7 @@ $primary->start;
 $primary->safe_psql('postgres', q{
 	CREATE EXTENSION dalgo;
 	INSERT INTO dalgo.organizations (id, name, slug) VALUES ('22222222-0000-4000-8000-0000000000f0', 'Failover', 'failover');
-	SELECT dalgo.warehouse_schema('22222222-0000-4000-8000-0000000000f0');
+	SELECT dalgo.ensure_warehouse('22222222-0000-4000-8000-0000000000f0');
 	CREATE VIEW public.slow_source AS SELECT g AS id FROM generate_series(1, 3) g, pg_sleep(300) s;
 	CREATE VIEW public.fast_source AS SELECT g AS id FROM generate_series(1, 5) g;
 	GRANT USAGE ON SCHEMA public TO dalgo_wh_222222220000400080000000000000f0;

@@ -21,7 +21,7 @@ my $wh = 'org_222222220000400080000000000000c0';
 $node->safe_psql('postgres', qq{
 	CREATE EXTENSION dalgo;
 	INSERT INTO dalgo.organizations (id, name, slug) VALUES ('$org', 'Cancel', 'cancel');
-	SELECT dalgo.warehouse_schema('$org');
+	SELECT dalgo.ensure_warehouse('$org');
 	-- 1,500 columns with long names: the widest chain a recipe can build
 	SELECT format('CREATE TABLE $wh.wide (%s)', string_agg(format('%I text', repeat('c', 50) || g), ', '))
 		FROM generate_series(1, 1500) g \\gexec

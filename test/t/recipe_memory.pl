@@ -23,7 +23,7 @@ my $wh = 'org_222222220000400080000000000000d0';
 $node->safe_psql('postgres', qq{
 	CREATE EXTENSION dalgo;
 	INSERT INTO dalgo.organizations (id, name, slug) VALUES ('$org', 'Memory', 'memory');
-	SELECT dalgo.warehouse_schema('$org');
+	SELECT dalgo.ensure_warehouse('$org');
 	CREATE TABLE $wh.t AS SELECT g AS id, 'row ' || g AS name FROM generate_series(1, 1000) g;
 	ALTER TABLE $wh.t OWNER TO dalgo_wh_222222220000400080000000000000d0;
 });

@@ -16,7 +16,7 @@ $node->start;
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION dalgo;
 	INSERT INTO dalgo.organizations (id, name, slug) VALUES ('22222222-0000-4000-8000-0000000000e0', 'Race', 'race');
-	SELECT dalgo.warehouse_schema('22222222-0000-4000-8000-0000000000e0');
+	SELECT dalgo.ensure_warehouse('22222222-0000-4000-8000-0000000000e0');
 	CREATE TABLE org_222222220000400080000000000000e0.base (n int);
 	ALTER TABLE org_222222220000400080000000000000e0.base OWNER TO dalgo_wh_222222220000400080000000000000e0;
 	INSERT INTO dalgo.transformations (id, organization_id, name, recipe, output_table_name) VALUES
