@@ -8917,6 +8917,231 @@ COMMENT ON FUNCTION dalgo_internal.toolkit_target(regclass) IS
 	'Internal: the qualified name of a table the caller owns, outside schema dalgo; raises otherwise';
 
 
+-- lead: one run relation and one warehouse-size helper for the quotas;
+-- swap_warehouse_table alone keeps the output views around a refresh's swaps.
+CREATE OR REPLACE VIEW dalgo_internal.scheduled_runs AS
+	SELECT 's'::text AS run_kind, r.id, r.organization_id, r.source_id, NULL::uuid AS transformation_id, r.details,
+		   r.status, r.started_at
+	FROM dalgo.sync_runs r
+	UNION ALL
+	SELECT 'o'::text, r.id, r.organization_id, NULL::uuid, r.transformation_id, r.details, r.status, r.started_at
+	FROM dalgo.transformation_runs r;
+COMMENT ON VIEW dalgo_internal.scheduled_runs IS
+	'Internal: sync runs (run_kind s) and transformation runs (run_kind o) as one relation, for the scheduler''s steps and the run quotas';
+
+CREATE FUNCTION dalgo_internal.warehouse_bytes(organization_id uuid, excluding text DEFAULT NULL) RETURNS bigint
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(sum(pg_total_relation_size(c.oid))::bigint, 0) FROM pg_class c
+	WHERE c.relnamespace = to_regnamespace(dalgo_internal.warehouse_schema_name(warehouse_bytes.organization_id))
+	  AND c.relkind IN ('r', 'm', 'p') AND c.relname IS DISTINCT FROM warehouse_bytes.excluding
+$$;
+COMMENT ON FUNCTION dalgo_internal.warehouse_bytes(uuid, text) IS
+	'Internal: bytes of the organization''s warehouse tables (pg_total_relation_size), without the table named by excluding';
+REVOKE ALL ON FUNCTION dalgo_internal.warehouse_bytes(uuid, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.organization_usage(organization_id uuid, OUT quota text, OUT used bigint, OUT quota_limit bigint)
+	RETURNS SETOF record
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid := organization_usage.organization_id;
+BEGIN
+	quota := 'warehouse_bytes';
+	used := dalgo_internal.warehouse_bytes(org);
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'concurrent_runs';
+	used := (SELECT count(*) FROM dalgo_internal.scheduled_runs r WHERE r.organization_id = org AND r.status = 'running');
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'runs_per_hour';
+	used := (SELECT count(*) FROM dalgo_internal.scheduled_runs r WHERE r.organization_id = org
+			 AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped');
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+	quota := 'run_seconds';
+	used := NULL;
+	quota_limit := dalgo_internal.organization_quota(org, quota);
+	RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.organization_usage(uuid) IS
+	'Internal: an organization''s usage and limit for each quota (see dalgo.quota_usage)';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_run_quota(organization_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid := check_run_quota.organization_id;
+	me text := pg_backend_pid()::text;
+	slot bigint := hashtextextended('dalgo run slot ' || org::text, 0);
+	gate bigint := hashtextextended('dalgo run gate ' || org::text, 0);
+	old_timeout text := current_setting('lock_timeout');
+	others text[];
+	unseen bigint;
+	lim bigint;
+	n bigint;
+BEGIN
+	-- Advisory lock keys are one namespace for every role: a session that
+	-- holds this one must not stall the organization's runs for ever.
+	BEGIN
+		PERFORM set_config('lock_timeout', '10s', true);
+		PERFORM pg_advisory_lock(gate);
+		PERFORM set_config('lock_timeout', old_timeout, true);
+	EXCEPTION WHEN lock_not_available THEN
+		RAISE EXCEPTION 'the quota check of organization % is busy', org
+			USING ERRCODE = 'lock_not_available',
+				  DETAIL = 'Another session held the organization''s run gate for 10 seconds.',
+				  HINT = 'Try again.';
+	END;
+	BEGIN
+		-- Other backends executing a run of the organization now.
+		others := ARRAY(SELECT DISTINCT l.pid::text FROM pg_locks l
+						WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()
+						  AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+						  AND l.classid = ((slot >> 32) & 4294967295)::text::oid
+						  AND l.objid = (slot & 4294967295)::text::oid AND l.objsubid = 1);
+		-- ... of which this snapshot sees no running row yet.
+		unseen := (SELECT count(*) FROM unnest(others) p
+				   WHERE NOT EXISTS (SELECT FROM dalgo_internal.scheduled_runs r WHERE r.organization_id = org
+									 AND r.status = 'running' AND r.details->>'runner_pid' = p));
+		lim := dalgo_internal.organization_quota(org, 'concurrent_runs');
+		IF lim IS NOT NULL THEN
+			n := (SELECT count(*) FROM dalgo_internal.scheduled_runs r WHERE r.organization_id = org AND r.status = 'running'
+				  AND r.details->>'runner_pid' IS DISTINCT FROM me)
+			   + unseen;
+			IF n >= lim THEN
+				RAISE EXCEPTION 'quota concurrent_runs exceeded: % runs of the organization are in progress, the limit is %', n, lim
+					USING ERRCODE = 'configuration_limit_exceeded',
+						  HINT = 'Wait for a run to finish; a superuser can raise the quota.';
+			END IF;
+		END IF;
+		lim := dalgo_internal.organization_quota(org, 'runs_per_hour');
+		IF lim IS NOT NULL THEN
+			n := (SELECT count(*) FROM dalgo_internal.scheduled_runs r WHERE r.organization_id = org
+				  AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped'
+				  AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
+			   + unseen;
+			IF n >= lim THEN
+				RAISE EXCEPTION 'quota runs_per_hour exceeded: the organization started % runs in the last hour, the limit is %', n, lim
+					USING ERRCODE = 'configuration_limit_exceeded',
+						  HINT = 'Try again later; a superuser can raise the quota.';
+			END IF;
+		END IF;
+		PERFORM dalgo_internal.check_warehouse_quota(org, NULL);
+		PERFORM pg_advisory_xact_lock_shared(slot);
+	EXCEPTION WHEN OTHERS OR query_canceled THEN
+		PERFORM pg_advisory_unlock(gate);
+		RAISE;
+	END;
+	PERFORM pg_advisory_unlock(gate);
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.check_run_quota(uuid) IS
+	'Internal: refuse a run that would exceed the organization''s concurrent_runs, runs_per_hour or warehouse_bytes quota';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_warehouse_quota(organization_id uuid, replacing text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid := check_warehouse_quota.organization_id;
+	lim bigint := dalgo_internal.organization_quota(org, 'warehouse_bytes');
+	n bigint;
+BEGIN
+	IF lim IS NULL THEN
+		RETURN;
+	END IF;
+	n := dalgo_internal.warehouse_bytes(org, replacing);
+	IF n > lim OR (replacing IS NULL AND n >= lim) THEN
+		RAISE EXCEPTION 'quota warehouse_bytes exceeded: the warehouse % % bytes, the limit is %',
+			CASE WHEN replacing IS NULL THEN 'holds' ELSE 'would hold' END, n, lim
+			USING ERRCODE = 'configuration_limit_exceeded',
+				  HINT = 'Drop tables or outputs the organization no longer needs; a superuser can raise the quota.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.check_warehouse_quota(uuid, text) IS
+	'Internal: refuse when the organization''s warehouse is over its warehouse_bytes quota (not counting the table a swap replaces)';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.refresh_output(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.transformation_runs;
+	o dalgo.outputs;
+	t dalgo.transformations;
+	v record;
+	schema_name text;
+	dest text;
+	kind text;
+BEGIN
+	PERFORM dalgo_internal.verify_scheduled_run('o', run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+	SELECT * INTO o FROM dalgo.outputs x
+	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
+	schema_name := dalgo_internal.warehouse_schema_name(o.organization_id);
+	kind := coalesce(o.destination_config->>'type', 'table');
+	dest := coalesce(o.destination_config->>'name', t.output_table_name);
+	IF kind NOT IN ('table', 'view') THEN
+		RAISE EXCEPTION 'unknown destination type "%" (use table or view)', kind USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'view' AND dest = t.output_table_name THEN
+		RAISE EXCEPTION 'a view destination needs a name other than the transformation''s table "%"', dest
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
+	END IF;
+	-- destination_config.name is a member's text: it may name only what this
+	-- output makes.  Longer names would be truncated to another table's name.
+	IF dest = '' OR octet_length(dest) >= 64 OR dest LIKE '\_dalgo\_%' THEN
+		RAISE EXCEPTION 'output destination name "%" is not allowed', dest
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use a name of 1 to 63 bytes that does not start with _dalgo_.';
+	END IF;
+	IF dest <> t.output_table_name AND to_regclass(format('%I.%I', schema_name, dest)) IS NOT NULL
+	   AND NOT (CASE WHEN kind = 'view' THEN dalgo_internal.output_view_reads(o.organization_id, dest, t.output_table_name)
+				ELSE EXISTS (SELECT FROM dalgo.warehouse_tables w
+							 WHERE w.organization_id = o.organization_id AND w.table_name = dest
+							   AND w.deleted_at IS NULL AND w.output_id = o.id) END) THEN
+		RAISE EXCEPTION 'output destination "%" exists and was not made by this output', dest
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'An output replaces only a table or view that its own refreshes made.',
+				  HINT = 'Set destination_config.name to a new name.';
+	END IF;
+
+	-- Each swap below keeps the output views over its table
+	-- (swap_warehouse_table drops and restores them).
+	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
+		PERFORM dalgo.run_transformation(v.id, false);
+	END LOOP;
+	PERFORM dalgo_internal.build_transformation(t.id, run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+
+	IF r.status <> 'success' THEN
+		RETURN;
+	END IF;
+	IF kind = 'view' THEN
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+			schema_name, dest, schema_name, t.output_table_name));
+	ELSIF dest <> t.output_table_name THEN
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
+			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
+		PERFORM dalgo_internal.check_warehouse_quota(o.organization_id, dest);
+		-- The swap records this output as the table's producer.
+		PERFORM dalgo_internal.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
+	END IF;
+	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.refresh_output(uuid) IS
+	'Internal: run an output''s transformation with its upstream, then refresh destination_config ({"type": "table"|"view", "name": ...}); output views over rebuilt tables are dropped and created again around the swap';
+
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

@@ -26,6 +26,19 @@ $$;
 COMMENT ON FUNCTION dalgo_internal.organization_quota(uuid, text) IS
 	'Internal: an organization''s limit for one quota (its settings->''quotas'' override, else the dalgo.quota_* default); NULL means no limit';
 
+-- The size of an organization's warehouse, leaving out one table (the one
+-- a swap is about to replace) when excluding names it.
+CREATE FUNCTION dalgo_internal.warehouse_bytes(organization_id uuid, excluding text DEFAULT NULL) RETURNS bigint
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(sum(pg_total_relation_size(c.oid))::bigint, 0) FROM pg_class c
+	WHERE c.relnamespace = to_regnamespace(dalgo_internal.warehouse_schema_name(warehouse_bytes.organization_id))
+	  AND c.relkind IN ('r', 'm', 'p') AND c.relname IS DISTINCT FROM warehouse_bytes.excluding
+$$;
+COMMENT ON FUNCTION dalgo_internal.warehouse_bytes(uuid, text) IS
+	'Internal: bytes of the organization''s warehouse tables (pg_total_relation_size), without the table named by excluding';
+
 -- What an organization uses now, quota by quota.
 CREATE FUNCTION dalgo_internal.organization_usage(organization_id uuid, OUT quota text, OUT used bigint, OUT quota_limit bigint)
 	RETURNS SETOF record
@@ -36,20 +49,15 @@ DECLARE
 	org uuid := organization_usage.organization_id;
 BEGIN
 	quota := 'warehouse_bytes';
-	used := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
-					  WHERE c.relnamespace = to_regnamespace(dalgo_internal.warehouse_schema_name(org))
-						AND c.relkind IN ('r', 'm', 'p')), 0);
+	used := dalgo_internal.warehouse_bytes(org);
 	quota_limit := dalgo_internal.organization_quota(org, quota);
 	RETURN NEXT;
 	quota := 'concurrent_runs';
-	used := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running')
-		  + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running');
+	used := (SELECT count(*) FROM dalgo_internal.scheduled_runs r WHERE r.organization_id = org AND r.status = 'running');
 	quota_limit := dalgo_internal.organization_quota(org, quota);
 	RETURN NEXT;
 	quota := 'runs_per_hour';
-	used := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
-			 AND NOT r.details ? 'skipped')
-		  + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
+	used := (SELECT count(*) FROM dalgo_internal.scheduled_runs r WHERE r.organization_id = org
 			 AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped');
 	quota_limit := dalgo_internal.organization_quota(org, quota);
 	RETURN NEXT;
@@ -126,15 +134,11 @@ BEGIN
 						  AND l.objid = (slot & 4294967295)::text::oid AND l.objsubid = 1);
 		-- ... of which this snapshot sees no running row yet.
 		unseen := (SELECT count(*) FROM unnest(others) p
-				   WHERE NOT EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
-									 AND r.details->>'runner_pid' = p)
-					 AND NOT EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.organization_id = org
+				   WHERE NOT EXISTS (SELECT FROM dalgo_internal.scheduled_runs r WHERE r.organization_id = org
 									 AND r.status = 'running' AND r.details->>'runner_pid' = p));
 		lim := dalgo_internal.organization_quota(org, 'concurrent_runs');
 		IF lim IS NOT NULL THEN
-			n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.status = 'running'
-				  AND r.details->>'runner_pid' IS DISTINCT FROM me)
-			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org AND r.status = 'running'
+			n := (SELECT count(*) FROM dalgo_internal.scheduled_runs r WHERE r.organization_id = org AND r.status = 'running'
 				  AND r.details->>'runner_pid' IS DISTINCT FROM me)
 			   + unseen;
 			IF n >= lim THEN
@@ -145,9 +149,7 @@ BEGIN
 		END IF;
 		lim := dalgo_internal.organization_quota(org, 'runs_per_hour');
 		IF lim IS NOT NULL THEN
-			n := (SELECT count(*) FROM dalgo.sync_runs r WHERE r.organization_id = org AND r.started_at > now() - interval '1 hour'
-				  AND NOT r.details ? 'skipped' AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
-			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.organization_id = org
+			n := (SELECT count(*) FROM dalgo_internal.scheduled_runs r WHERE r.organization_id = org
 				  AND r.started_at > now() - interval '1 hour' AND NOT r.details ? 'skipped'
 				  AND NOT (r.status = 'running' AND r.details->>'runner_pid' = me))
 			   + unseen;
@@ -178,16 +180,12 @@ AS $$
 DECLARE
 	org uuid := check_warehouse_quota.organization_id;
 	lim bigint := dalgo_internal.organization_quota(org, 'warehouse_bytes');
-	ns oid;
 	n bigint;
 BEGIN
 	IF lim IS NULL THEN
 		RETURN;
 	END IF;
-	ns := to_regnamespace(dalgo_internal.warehouse_schema_name(org));
-	n := coalesce((SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
-				   WHERE c.relnamespace = ns AND c.relkind IN ('r', 'm', 'p')
-					 AND c.relname IS DISTINCT FROM replacing), 0);
+	n := dalgo_internal.warehouse_bytes(org, replacing);
 	IF n > lim OR (replacing IS NULL AND n >= lim) THEN
 		RAISE EXCEPTION 'quota warehouse_bytes exceeded: the warehouse % % bytes, the limit is %',
 			CASE WHEN replacing IS NULL THEN 'holds' ELSE 'would hold' END, n, lim
@@ -265,6 +263,7 @@ COMMENT ON FUNCTION dalgo_internal.run_time_quota_hit() IS
 
 REVOKE ALL ON FUNCTION dalgo_internal.cap_statement_deadline(bigint), dalgo_internal.run_time_quota_hit(),
 	dalgo_internal.organization_quota(uuid, text), dalgo_internal.organization_usage(uuid), dalgo.quota_usage(uuid),
-	dalgo_internal.check_run_quota(uuid), dalgo_internal.check_warehouse_quota(uuid, text), dalgo_internal.guard_organization_quotas()
+	dalgo_internal.check_run_quota(uuid), dalgo_internal.check_warehouse_quota(uuid, text), dalgo_internal.guard_organization_quotas(),
+	dalgo_internal.warehouse_bytes(uuid, text)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.quota_usage(uuid) TO dalgo_authenticated, dalgo_service;

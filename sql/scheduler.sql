@@ -224,13 +224,14 @@ COMMENT ON INDEX dalgo.transformation_runs_active_idx IS 'Pending and running tr
 -- The two run tables seen as one, for the scheduler's steps: run_kind 's'
 -- is a sync run (sync_runs), 'o' an output refresh (transformation_runs).
 CREATE VIEW dalgo_internal.scheduled_runs AS
-	SELECT 's'::text AS run_kind, r.id, r.organization_id, r.source_id, NULL::uuid AS transformation_id, r.details
+	SELECT 's'::text AS run_kind, r.id, r.organization_id, r.source_id, NULL::uuid AS transformation_id, r.details,
+		   r.status, r.started_at
 	FROM dalgo.sync_runs r
 	UNION ALL
-	SELECT 'o'::text, r.id, r.organization_id, NULL::uuid, r.transformation_id, r.details
+	SELECT 'o'::text, r.id, r.organization_id, NULL::uuid, r.transformation_id, r.details, r.status, r.started_at
 	FROM dalgo.transformation_runs r;
 COMMENT ON VIEW dalgo_internal.scheduled_runs IS
-	'Internal: sync runs (run_kind s) and transformation runs (run_kind o) as one relation, for the scheduler''s steps';
+	'Internal: sync runs (run_kind s) and transformation runs (run_kind o) as one relation, for the scheduler''s steps and the run quotas';
 
 -- The one place that writes a run's state by kind: running (started_at
 -- and extra details) or finished (completed_at, error_message, details).
@@ -522,7 +523,6 @@ DECLARE
 	o dalgo.outputs;
 	t dalgo.transformations;
 	v record;
-	dropped jsonb;
 	schema_name text;
 	dest text;
 	kind text;
@@ -560,20 +560,14 @@ BEGIN
 				  HINT = 'Set destination_config.name to a new name.';
 	END IF;
 
-	-- The tables this refresh swaps: the transformation's and its upstream's.
-	dropped := dalgo_internal.drop_output_views(o.organization_id, ARRAY(
-		SELECT y.output_table_name FROM dalgo.transformations y
-		WHERE y.organization_id = o.organization_id AND y.output_table_name IS NOT NULL
-		  AND (y.id = t.id OR y.id IN (SELECT u.id FROM dalgo.transformation_upstream(t.id) u))));
-
+	-- Each swap below keeps the output views over its table
+	-- (swap_warehouse_table drops and restores them).
 	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
 		PERFORM dalgo.run_transformation(v.id, false);
 	END LOOP;
 	PERFORM dalgo_internal.build_transformation(t.id, run_id);
 	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
 
-	-- The views dropped above, again over the (new, or on failure the old) tables.
-	PERFORM dalgo_internal.restore_output_views(o.organization_id, dropped);
 	IF r.status <> 'success' THEN
 		RETURN;
 	END IF;
