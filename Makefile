@@ -43,6 +43,7 @@ SQL_FRAGMENTS = \
 	sql/audit.sql \
 	sql/secrets.sql \
 	sql/recipes.sql \
+	sql/sync.sql \
 	sql/scheduler.sql \
 	sql/quotas.sql \
 	sql/accounts.sql \

@@ -9142,6 +9142,533 @@ COMMENT ON FUNCTION dalgo_internal.refresh_output(uuid) IS
 	'Internal: run an output''s transformation with its upstream, then refresh destination_config ({"type": "table"|"view", "name": ...}); output views over rebuilt tables are dropped and created again around the swap';
 
 
+-- lead: run kinds are the enum dalgo.run_kind (sync, output); claim_due_schedules reports
+-- the outcome (queued, connector, skipped) apart from the kind.  The functions that take a
+-- kind change signature, so they are dropped and created again (all internal).
+DROP VIEW dalgo_internal.scheduled_runs;
+DROP FUNCTION dalgo_internal.start_scheduled_run(text, uuid);
+DROP FUNCTION dalgo_internal.fail_scheduled_run(text, uuid, text);
+DROP FUNCTION dalgo_internal.set_scheduled_run_status(text, uuid, dalgo.run_status, text, jsonb);
+DROP FUNCTION dalgo_internal.verify_scheduled_run(text, uuid);
+DROP FUNCTION dalgo_internal.execute_scheduled_run(text, uuid);
+DROP FUNCTION dalgo_internal.execute_claimed(uuid[], text[]);
+DROP FUNCTION dalgo_internal.claim_due_schedules(timestamptz, integer, uuid);
+DROP FUNCTION dalgo_internal.claim_pending_run();
+
+-- What a scheduled run does: sync a source (a sync_runs row) or refresh an
+-- output (a transformation_runs row).  The one name for the two kinds, in
+-- SQL and in the run workers.
+CREATE TYPE dalgo.run_kind AS ENUM ('sync', 'output');
+COMMENT ON TYPE dalgo.run_kind IS
+	'What a scheduled run does: sync (a source, recorded in sync_runs) or output (an output refresh, recorded in transformation_runs)';
+
+-- The two run tables seen as one, for the scheduler's steps: run_kind sync
+-- is a sync run (sync_runs), output an output refresh (transformation_runs).
+CREATE VIEW dalgo_internal.scheduled_runs AS
+	SELECT 'sync'::dalgo.run_kind AS run_kind, r.id, r.organization_id, r.source_id, NULL::uuid AS transformation_id, r.details,
+		   r.status, r.started_at
+	FROM dalgo.sync_runs r
+	UNION ALL
+	SELECT 'output'::dalgo.run_kind, r.id, r.organization_id, NULL::uuid, r.transformation_id, r.details, r.status, r.started_at
+	FROM dalgo.transformation_runs r;
+COMMENT ON VIEW dalgo_internal.scheduled_runs IS
+	'Internal: sync runs (run_kind sync) and transformation runs (run_kind output) as one relation, for the scheduler''s steps and the run quotas';
+
+-- Claim due schedules: lock with SKIP LOCKED, advance next_run_at past "at"
+-- (missed slots run once), skip a schedule whose previous run is still going,
+-- and create the run row.  outcome: 'queued' (a pending run for the run
+-- workers), 'connector' (a pending sync for an outside connector, NOTIFY
+-- dalgo_sync with an empty payload) or 'skipped' (a failed run row).
+CREATE FUNCTION dalgo_internal.claim_due_schedules(at timestamptz, max_runs integer, only_schedule uuid DEFAULT NULL)
+	RETURNS TABLE (schedule_id uuid, run_kind dalgo.run_kind, run_id uuid, outcome text)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s dalgo.schedules;
+	src dalgo.sources;
+	out dalgo.outputs;
+	busy boolean;
+	det jsonb;
+	rid uuid;
+BEGIN
+	IF max_runs <= 0 THEN
+		RETURN;
+	END IF;
+	-- Fair between organizations: each organization's oldest due schedule
+	-- first, then each one's second, and so on, so that one organization's
+	-- backlog never holds another's due schedule back to a later tick.  The
+	-- due test is repeated on x: a row another claimer committed in between is
+	-- re-checked after its lock.
+	-- The limit applies after SKIP LOCKED: a schedule row another
+	-- transaction holds (run_schedule_now's run, an open UPDATE) is passed
+	-- over and does not use up a place, so locked rows cannot crowd every
+	-- other organization's due schedule out of the claim.
+	FOR s IN SELECT x.* FROM dalgo.schedules x
+			 JOIN (SELECT y.id,
+						  row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
+				   FROM dalgo.schedules y
+				   WHERE y.is_active AND y.deleted_at IS NULL AND y.next_run_at <= at
+					 AND (only_schedule IS NULL OR y.id = only_schedule)) d ON d.id = x.id
+			 WHERE x.is_active AND x.deleted_at IS NULL AND x.next_run_at <= at
+			   AND (only_schedule IS NULL OR x.id = only_schedule)
+			 ORDER BY d.turn, x.next_run_at, x.id
+			 LIMIT max_runs
+			 FOR UPDATE OF x SKIP LOCKED
+	LOOP
+		det := jsonb_build_object('schedule_id', s.id, 'attempt', 1,
+								  'lag_ms', round(extract(epoch FROM clock_timestamp() - s.next_run_at) * 1000));
+		UPDATE dalgo.schedules x SET last_run_at = at,
+			next_run_at = dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, greatest(at, s.next_run_at))
+		WHERE x.id = s.id;
+		schedule_id := s.id;
+		IF s.source_id IS NOT NULL THEN
+			run_kind := 'sync';
+			SELECT * INTO src FROM dalgo.sources x WHERE x.id = s.source_id;
+			busy := EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.source_id = s.source_id
+							AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL);
+			IF busy THEN
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, started_at, completed_at, error_message, details)
+				VALUES (s.organization_id, s.source_id, 'failed', clock_timestamp(), clock_timestamp(),
+						'skipped: the previous run of this schedule is still going', det || '{"skipped": true}')
+				RETURNING id INTO rid;
+				outcome := 'skipped';
+			ELSE
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, details)
+				VALUES (s.organization_id, s.source_id, 'pending', det) RETURNING id INTO rid;
+				IF dalgo.is_connector_source(src.source_type) THEN
+					-- Anyone can LISTEN: the payload is empty, connectors learn
+					-- the work from claim_sync_run().
+					PERFORM pg_notify('dalgo_sync', '');
+					outcome := 'connector';
+				ELSE
+					outcome := 'queued';
+				END IF;
+			END IF;
+		ELSE
+			run_kind := 'output';
+			SELECT * INTO out FROM dalgo.outputs x WHERE x.id = s.output_id;
+			busy := EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.transformation_id = out.transformation_id
+							AND r.status IN ('pending', 'running') AND r.details->>'schedule_id' = s.id::text);
+			INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, started_at, completed_at,
+												   error_message, details)
+			VALUES (s.organization_id, out.transformation_id, CASE WHEN busy THEN 'failed' ELSE 'pending' END::dalgo.run_status,
+					CASE WHEN busy THEN clock_timestamp() END, CASE WHEN busy THEN clock_timestamp() END,
+					CASE WHEN busy THEN 'skipped: the previous run of this schedule is still going' END,
+					det || CASE WHEN busy THEN '{"skipped": true}'::jsonb ELSE '{}'::jsonb END)
+			RETURNING id INTO rid;
+			outcome := CASE WHEN busy THEN 'skipped' ELSE 'queued' END;
+		END IF;
+		run_id := rid;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.claim_due_schedules(timestamptz, integer, uuid) IS
+	'Internal: claim up to max_runs due schedules (FOR UPDATE SKIP LOCKED), advance them and create their run rows; outcome is queued (for the run workers), connector or skipped';
+
+-- Take a pending in-database run (SKIP LOCKED) and mark it running; run
+-- workers loop on this until nothing is left.  The queue is fair between
+-- organizations: the organization with the fewest runs already running goes
+-- first, and within that order the one waiting longest; inside an
+-- organization, syncs before output refreshes, oldest first.  One
+-- organization's backlog therefore never starves another's due run.
+CREATE FUNCTION dalgo_internal.claim_pending_run(OUT run_kind dalgo.run_kind, OUT run_id uuid)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+BEGIN
+	FOR org IN
+		WITH queued AS (
+			SELECT r.organization_id, r.status, r.created_at
+			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+			WHERE r.status IN ('pending', 'running') AND NOT dalgo.is_connector_source(s.source_type)
+			  AND r.details ? 'schedule_id'
+			UNION ALL
+			SELECT r.organization_id, r.status, r.created_at FROM dalgo.transformation_runs r
+			WHERE r.status IN ('pending', 'running') AND r.details ? 'schedule_id')
+		SELECT q.organization_id FROM queued q
+		GROUP BY q.organization_id
+		HAVING bool_or(q.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE q.status = 'running'), min(q.created_at) FILTER (WHERE q.status = 'pending'),
+				 q.organization_id
+	LOOP
+		SELECT 'sync', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo.is_connector_source(s.source_type)
+		  AND r.details ? 'schedule_id'
+		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
+		IF NOT FOUND THEN
+			SELECT 'output', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
+			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ? 'schedule_id'
+			ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED;
+		END IF;
+		EXIT WHEN run_id IS NOT NULL;
+	END LOOP;
+	IF run_id IS NOT NULL THEN
+		PERFORM dalgo_internal.start_scheduled_run(run_kind, run_id);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.claim_pending_run() IS
+	'Internal: a run worker takes a pending in-database run and marks it running: the organization with the fewest running runs first, then the one waiting longest';
+
+-- The one place that writes a run's state by kind: running (started_at
+-- and extra details) or finished (completed_at, error_message, details).
+CREATE FUNCTION dalgo_internal.set_scheduled_run_status(run_kind dalgo.run_kind, run_id uuid, status dalgo.run_status,
+														 message text, extra jsonb) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	starting boolean := status = 'running';
+BEGIN
+	IF run_kind = 'sync' THEN
+		UPDATE dalgo.sync_runs r SET status = set_scheduled_run_status.status,
+			started_at = CASE WHEN starting THEN clock_timestamp() ELSE r.started_at END,
+			completed_at = CASE WHEN starting THEN r.completed_at ELSE clock_timestamp() END,
+			error_message = CASE WHEN starting THEN r.error_message ELSE message END,
+			details = r.details || coalesce(extra, '{}')
+		WHERE r.id = run_id;
+	ELSE
+		UPDATE dalgo.transformation_runs r SET status = set_scheduled_run_status.status,
+			started_at = CASE WHEN starting THEN clock_timestamp() ELSE r.started_at END,
+			completed_at = CASE WHEN starting THEN r.completed_at ELSE clock_timestamp() END,
+			error_message = CASE WHEN starting THEN r.error_message ELSE message END,
+			details = r.details || coalesce(extra, '{}')
+		WHERE r.id = run_id;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.set_scheduled_run_status(dalgo.run_kind, uuid, dalgo.run_status, text, jsonb) IS
+	'Internal: set a scheduled run''s status in its table (sync_runs for sync, transformation_runs for output): running stamps started_at, any other status completed_at and error_message; extra is merged into details';
+REVOKE ALL ON FUNCTION dalgo_internal.set_scheduled_run_status(dalgo.run_kind, uuid, dalgo.run_status, text, jsonb) FROM PUBLIC;
+
+CREATE FUNCTION dalgo_internal.start_scheduled_run(run_kind dalgo.run_kind, run_id uuid) RETURNS void
+	LANGUAGE sql
+	SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT dalgo_internal.set_scheduled_run_status(run_kind, run_id, 'running', NULL,
+		jsonb_build_object('runner_pid', pg_backend_pid()));
+END;
+COMMENT ON FUNCTION dalgo_internal.start_scheduled_run(dalgo.run_kind, uuid) IS 'Internal: mark a claimed run running (committed before it executes)';
+
+CREATE FUNCTION dalgo_internal.fail_scheduled_run(run_kind dalgo.run_kind, run_id uuid, message text) RETURNS void
+	LANGUAGE sql
+	SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT dalgo_internal.set_scheduled_run_status(run_kind, run_id, 'failed', message, NULL);
+END;
+COMMENT ON FUNCTION dalgo_internal.fail_scheduled_run(dalgo.run_kind, uuid, text) IS 'Internal: record a run''s failure';
+
+-- A run row is acted on only if it is what dalgo's own claim made: its
+-- schedule (details.schedule_id) exists and names the run's source, or the
+-- output whose transformation is the run's, and schedule, source or output,
+-- transformation and run all belong to one organization.  Anything else is
+-- refused (the worker then records the run as failed).
+CREATE FUNCTION dalgo_internal.verify_scheduled_run(run_kind dalgo.run_kind, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	det jsonb;
+	run_org uuid;
+	run_source uuid;
+	run_transformation uuid;
+	sid uuid;
+	s dalgo.schedules;
+	agree boolean := false;
+BEGIN
+	SELECT r.details, r.organization_id, r.source_id, r.transformation_id
+	INTO det, run_org, run_source, run_transformation
+	FROM dalgo_internal.scheduled_runs r WHERE r.run_kind = verify_scheduled_run.run_kind AND r.id = run_id;
+	BEGIN
+		sid := (det->>'schedule_id')::uuid;
+	EXCEPTION WHEN invalid_text_representation THEN
+		sid := NULL;
+	END;
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = sid;
+	IF FOUND AND s.organization_id = run_org THEN
+		IF run_kind = 'sync' THEN
+			agree := s.source_id = run_source
+				AND EXISTS (SELECT FROM dalgo.sources x WHERE x.id = run_source AND x.organization_id = run_org);
+		ELSE
+			agree := EXISTS (SELECT FROM dalgo.outputs o JOIN dalgo.transformations t ON t.id = o.transformation_id
+							 WHERE o.id = s.output_id AND o.organization_id = run_org AND t.organization_id = run_org
+							   AND t.id = run_transformation);
+		END IF;
+	END IF;
+	IF NOT coalesce(agree, false) THEN
+		RAISE EXCEPTION 'run % was refused: it does not match its schedule', run_id
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'A scheduled run must name the schedule that created it, and schedule, source or output, transformation and run must belong to one organization.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.verify_scheduled_run(dalgo.run_kind, uuid) IS
+	'Internal: refuse a run row whose schedule, source or output, transformation and organization do not agree (a forged row); sync_source and refresh_output call it first';
+
+CREATE FUNCTION dalgo_internal.execute_scheduled_run(run_kind dalgo.run_kind, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	msg text;
+BEGIN
+	-- A run refused by a quota did not start: it fails with the quota's
+	-- message and, like a skipped slot, does not count against runs_per_hour
+	-- (else an organization whose schedules ask for more than its quota
+	-- would be refused for good, each refusal filling the next hour).
+	BEGIN
+		PERFORM dalgo_internal.check_run_quota((SELECT r.organization_id FROM dalgo_internal.scheduled_runs r
+												WHERE r.run_kind = execute_scheduled_run.run_kind AND r.id = run_id));
+	EXCEPTION WHEN configuration_limit_exceeded THEN
+		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+		PERFORM dalgo_internal.set_scheduled_run_status(run_kind, run_id, 'failed', msg,
+														 '{"skipped": true, "quota_refused": true}');
+		RETURN;
+	END;
+	IF run_kind = 'sync' THEN
+		PERFORM dalgo_internal.sync_source(run_id);
+	ELSE
+		PERFORM dalgo_internal.refresh_output(run_id);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.execute_scheduled_run(dalgo.run_kind, uuid) IS 'Internal: execute a claimed run (what a run worker does); a run over a quota fails without counting as started';
+
+-- Execute claimed runs here and now, each in a subtransaction (the worker's
+-- code path without the worker).
+CREATE FUNCTION dalgo_internal.execute_claimed(claimed_runs uuid[], kinds dalgo.run_kind[]) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	msg text;
+	n integer := 0;
+BEGIN
+	FOR i IN 1..coalesce(array_length(claimed_runs, 1), 0) LOOP
+		CONTINUE WHEN claimed_runs[i] IS NULL;
+		PERFORM dalgo_internal.start_scheduled_run(kinds[i], claimed_runs[i]);
+		BEGIN
+			PERFORM dalgo_internal.execute_scheduled_run(kinds[i], claimed_runs[i]);
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+			PERFORM dalgo_internal.fail_scheduled_run(kinds[i], claimed_runs[i], msg);
+		END;
+		n := n + 1;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.execute_claimed(uuid[], dalgo.run_kind[]) IS 'Internal: execute claimed runs in this session';
+
+-- An output refresh: the transformation (and what it reads), then the
+-- destination.  Output, transformation and organization come from the run's
+-- schedule, after verify_scheduled_run checked that the run row agrees.
+-- A view destination depends on the table it reads, and a swap drops that
+-- table: the organization's output views over the tables this refresh
+-- rebuilds are dropped first and created again afterwards.
+CREATE OR REPLACE FUNCTION dalgo_internal.refresh_output(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.transformation_runs;
+	o dalgo.outputs;
+	t dalgo.transformations;
+	v record;
+	schema_name text;
+	dest text;
+	kind text;
+BEGIN
+	PERFORM dalgo_internal.verify_scheduled_run('output', run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+	SELECT * INTO o FROM dalgo.outputs x
+	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
+	schema_name := dalgo_internal.warehouse_schema_name(o.organization_id);
+	kind := coalesce(o.destination_config->>'type', 'table');
+	dest := coalesce(o.destination_config->>'name', t.output_table_name);
+	IF kind NOT IN ('table', 'view') THEN
+		RAISE EXCEPTION 'unknown destination type "%" (use table or view)', kind USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'view' AND dest = t.output_table_name THEN
+		RAISE EXCEPTION 'a view destination needs a name other than the transformation''s table "%"', dest
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
+	END IF;
+	-- destination_config.name is a member's text: it may name only what this
+	-- output makes.  Longer names would be truncated to another table's name.
+	IF dest = '' OR octet_length(dest) >= 64 OR dest LIKE '\_dalgo\_%' THEN
+		RAISE EXCEPTION 'output destination name "%" is not allowed', dest
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use a name of 1 to 63 bytes that does not start with _dalgo_.';
+	END IF;
+	IF dest <> t.output_table_name AND to_regclass(format('%I.%I', schema_name, dest)) IS NOT NULL
+	   AND NOT (CASE WHEN kind = 'view' THEN dalgo_internal.output_view_reads(o.organization_id, dest, t.output_table_name)
+				ELSE EXISTS (SELECT FROM dalgo.warehouse_tables w
+							 WHERE w.organization_id = o.organization_id AND w.table_name = dest
+							   AND w.deleted_at IS NULL AND w.output_id = o.id) END) THEN
+		RAISE EXCEPTION 'output destination "%" exists and was not made by this output', dest
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'An output replaces only a table or view that its own refreshes made.',
+				  HINT = 'Set destination_config.name to a new name.';
+	END IF;
+
+	-- Each swap below keeps the output views over its table
+	-- (swap_warehouse_table drops and restores them).
+	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
+		PERFORM dalgo.run_transformation(v.id, false);
+	END LOOP;
+	PERFORM dalgo_internal.build_transformation(t.id, run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+
+	IF r.status <> 'success' THEN
+		RETURN;
+	END IF;
+	IF kind = 'view' THEN
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+			schema_name, dest, schema_name, t.output_table_name));
+	ELSIF dest <> t.output_table_name THEN
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
+			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
+		PERFORM dalgo_internal.check_warehouse_quota(o.organization_id, dest);
+		-- The swap records this output as the table's producer.
+		PERFORM dalgo_internal.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
+	END IF;
+	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.refresh_output(uuid) IS
+	'Internal: run an output''s transformation with its upstream, then refresh destination_config ({"type": "table"|"view", "name": ...}); output views over rebuilt tables are dropped and created again around the swap';
+
+CREATE OR REPLACE FUNCTION dalgo.run_due_schedules(at timestamptz DEFAULT now()) RETURNS integer
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ids uuid[];
+	kinds dalgo.run_kind[];
+	started integer;
+BEGIN
+	IF dalgo.current_user_id() IS NOT NULL OR NOT pg_has_role(session_user, 'dalgo_service', 'MEMBER') THEN
+		RAISE EXCEPTION 'run_due_schedules is for dalgo_service and superusers' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT array_agg(c.run_id) FILTER (WHERE c.outcome = 'queued'), array_agg(c.run_kind) FILTER (WHERE c.outcome = 'queued'),
+		   count(*) FILTER (WHERE c.outcome <> 'skipped')
+	INTO ids, kinds, started FROM dalgo_internal.claim_due_schedules(at, 1000) c;
+	PERFORM dalgo_internal.execute_claimed(ids, kinds);
+	RETURN started;
+END
+$$;
+COMMENT ON FUNCTION dalgo.run_due_schedules(timestamptz) IS
+	'Claim every schedule due at "at" and run it synchronously, through the scheduler''s own claim and run code; returns the runs started (skips not counted). dalgo_service and superusers';
+
+CREATE OR REPLACE FUNCTION dalgo.run_schedule_now(schedule_id uuid) RETURNS uuid
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s dalgo.schedules;
+	c record;
+BEGIN
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = run_schedule_now.schedule_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(s.organization_id, 'admin') THEN
+		RAISE EXCEPTION 'schedule % does not exist or you are not an admin of its organization', schedule_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Make it due now and claim it like the scheduler would (a concurrent claim wins the lock).
+	PERFORM FROM dalgo.schedules x WHERE x.id = s.id FOR UPDATE;
+	UPDATE dalgo.schedules x SET next_run_at = clock_timestamp(), is_active = true WHERE x.id = s.id;
+	SELECT * INTO c FROM dalgo_internal.claim_due_schedules(clock_timestamp(), 1, s.id);
+	IF c.outcome = 'queued' THEN
+		PERFORM dalgo_internal.execute_claimed(ARRAY[c.run_id], ARRAY[c.run_kind]);
+	END IF;
+	UPDATE dalgo.schedules x SET is_active = s.is_active,
+		next_run_at = CASE WHEN s.is_active THEN dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, now()) END
+	WHERE x.id = s.id;
+	RETURN c.run_id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.run_schedule_now(uuid) IS 'Run a schedule now, synchronously (admins of its organization); returns the run id';
+
+-- An in-database sync: postgres sources copy a table, view or foreign table the
+-- organization's warehouse role may read; csv sources load a file from the
+-- organization's own directory dalgo.csv_dir/org_<hex id>/.
+CREATE OR REPLACE FUNCTION dalgo_internal.sync_source(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	src dalgo.sources;
+	schema_name text;
+	build_name text := '_dalgo_sync_' || replace(run_id::text, '-', '');
+	target text;
+	n bigint;
+	relation text;
+	path text;
+	header text;
+	cols text;
+BEGIN
+	PERFORM dalgo_internal.verify_scheduled_run('sync', run_id);
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = run_id;
+	SELECT * INTO src FROM dalgo.sources x WHERE x.id = r.source_id AND x.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'the source of run % no longer exists', run_id;
+	END IF;
+	schema_name := dalgo.ensure_warehouse(src.organization_id);
+	target := coalesce(src.warehouse_table_name, 'source_' || left(replace(src.id::text, '-', ''), 12));
+	IF src.source_type = 'postgres' THEN
+		-- Read as the warehouse role: it sees only what it was granted.
+		relation := dalgo_internal.source_relation(src.config);
+		n := dalgo_internal.warehouse_execute(src.organization_id,
+			format('CREATE TABLE %I.%I AS SELECT * FROM %s', schema_name, build_name, relation));
+	ELSIF src.source_type = 'csv' THEN
+		path := dalgo_internal.csv_path(src.organization_id, src.config->>'path');
+		header := split_part(pg_read_file(path, 0, 65536), E'\n', 1);
+		SELECT string_agg(format('%I text', trim(both '"' FROM trim(c))), ', ') INTO cols
+		FROM unnest(string_to_array(rtrim(header, E'\r'), ',')) c;
+		IF cols IS NULL THEN
+			RAISE EXCEPTION 'csv file % has no header line', src.config->>'path' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		PERFORM dalgo_internal.warehouse_execute(src.organization_id, format('CREATE TABLE %I.%I (%s)', schema_name, build_name, cols));
+		EXECUTE format('COPY %I.%I FROM %L WITH (FORMAT csv, HEADER true)', schema_name, build_name, path);
+		GET DIAGNOSTICS n = ROW_COUNT;
+	ELSE
+		RAISE EXCEPTION '% sources are synced by a connector', src.source_type;
+	END IF;
+	PERFORM dalgo_internal.check_warehouse_quota(src.organization_id, target);
+	PERFORM dalgo_internal.swap_warehouse_table(src.organization_id, build_name, target);
+	PERFORM dalgo_internal.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
+
+	-- source_schemas: columns, types, order and nullability of what was synced.
+	DELETE FROM dalgo.source_schemas x WHERE x.source_id = src.id;
+	INSERT INTO dalgo.source_schemas (organization_id, source_id, column_name, column_type, column_order, is_nullable)
+	SELECT src.organization_id, src.id, a.attname, format_type(a.atttypid, a.atttypmod), a.attnum, NOT a.attnotnull
+	FROM pg_attribute a
+	WHERE a.attrelid = to_regclass(format('%I.%I', schema_name, target)) AND a.attnum > 0 AND NOT a.attisdropped;
+	IF relation IS NOT NULL THEN
+		UPDATE dalgo.source_schemas x SET is_nullable = NOT a.attnotnull
+		FROM pg_attribute a
+		WHERE x.source_id = src.id AND a.attrelid = relation::regclass
+		  AND a.attname = x.column_name;
+	END IF;
+
+	UPDATE dalgo.sources x SET last_synced_at = now(), warehouse_table_name = target WHERE x.id = src.id;
+	UPDATE dalgo.sync_runs x SET status = 'success', completed_at = clock_timestamp(), rows_synced = least(n, 2147483647)
+	WHERE x.id = run_id;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.sync_source(uuid) IS 'Internal: an in-database sync of a postgres or csv source into its warehouse table';
+
+REVOKE ALL ON FUNCTION dalgo_internal.claim_due_schedules(timestamptz, integer, uuid),
+	dalgo_internal.start_scheduled_run(dalgo.run_kind, uuid), dalgo_internal.claim_pending_run(),
+	dalgo_internal.fail_scheduled_run(dalgo.run_kind, uuid, text), dalgo_internal.execute_scheduled_run(dalgo.run_kind, uuid),
+	dalgo_internal.execute_claimed(uuid[], dalgo.run_kind[]), dalgo_internal.verify_scheduled_run(dalgo.run_kind, uuid)
+	FROM PUBLIC;
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

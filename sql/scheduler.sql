@@ -1,6 +1,7 @@
 -- scheduler.sql: schedule time arithmetic, the run lifecycle the background
--- workers drive (claim, start, execute, fail, recover, expire, purge), the
--- connector protocol, and the functions to run schedules by hand.
+-- workers drive (claim, start, execute, fail, recover, expire, purge), output
+-- refreshes, and the functions to run schedules by hand.  What a sync does
+-- is in sync.sql.
 
 CREATE FUNCTION dalgo.next_run(frequency dalgo.schedule_frequency, run_at_time time, run_at_day integer,
 							   timezone text, after timestamptz)
@@ -63,20 +64,20 @@ COMMENT ON CONSTRAINT schedules_run_at_time_of_day ON dalgo.schedules IS
 -- The run lifecycle
 -- ---------------------------------------------------------------------------
 
--- Which sources an external connector syncs (the rest sync in the database).
-CREATE FUNCTION dalgo.is_connector_source(source_type dalgo.source_type) RETURNS boolean
-	LANGUAGE sql IMMUTABLE PARALLEL SAFE
-	AS $$ SELECT source_type OPERATOR(pg_catalog.=) ANY ('{google_sheets,api}'::dalgo.source_type[]) $$;
-COMMENT ON FUNCTION dalgo.is_connector_source(dalgo.source_type) IS
-	'True for sources an external connector syncs (google_sheets, api); postgres and csv sources sync in the database';
+-- What a scheduled run does: sync a source (a sync_runs row) or refresh an
+-- output (a transformation_runs row).  The one name for the two kinds, in
+-- SQL and in the run workers.
+CREATE TYPE dalgo.run_kind AS ENUM ('sync', 'output');
+COMMENT ON TYPE dalgo.run_kind IS
+	'What a scheduled run does: sync (a source, recorded in sync_runs) or output (an output refresh, recorded in transformation_runs)';
 
 -- Claim due schedules: lock with SKIP LOCKED, advance next_run_at past "at"
 -- (missed slots run once), skip a schedule whose previous run is still going,
--- and create the run row.  run_kind: 'o' output refresh, 's' in-database sync,
--- 'connector' (queued for a connector, NOTIFY dalgo_sync with an empty
--- payload), 'skipped'.
+-- and create the run row.  outcome: 'queued' (a pending run for the run
+-- workers), 'connector' (a pending sync for an outside connector, NOTIFY
+-- dalgo_sync with an empty payload) or 'skipped' (a failed run row).
 CREATE FUNCTION dalgo_internal.claim_due_schedules(at timestamptz, max_runs integer, only_schedule uuid DEFAULT NULL)
-	RETURNS TABLE (schedule_id uuid, run_kind text, run_id uuid)
+	RETURNS TABLE (schedule_id uuid, run_kind dalgo.run_kind, run_id uuid, outcome text)
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -119,6 +120,7 @@ BEGIN
 		WHERE x.id = s.id;
 		schedule_id := s.id;
 		IF s.source_id IS NOT NULL THEN
+			run_kind := 'sync';
 			SELECT * INTO src FROM dalgo.sources x WHERE x.id = s.source_id;
 			busy := EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.source_id = s.source_id
 							AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL);
@@ -127,7 +129,7 @@ BEGIN
 				VALUES (s.organization_id, s.source_id, 'failed', clock_timestamp(), clock_timestamp(),
 						'skipped: the previous run of this schedule is still going', det || '{"skipped": true}')
 				RETURNING id INTO rid;
-				run_kind := 'skipped';
+				outcome := 'skipped';
 			ELSE
 				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, details)
 				VALUES (s.organization_id, s.source_id, 'pending', det) RETURNING id INTO rid;
@@ -135,12 +137,13 @@ BEGIN
 					-- Anyone can LISTEN: the payload is empty, connectors learn
 					-- the work from claim_sync_run().
 					PERFORM pg_notify('dalgo_sync', '');
-					run_kind := 'connector';
+					outcome := 'connector';
 				ELSE
-					run_kind := 's';
+					outcome := 'queued';
 				END IF;
 			END IF;
 		ELSE
+			run_kind := 'output';
 			SELECT * INTO out FROM dalgo.outputs x WHERE x.id = s.output_id;
 			busy := EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.transformation_id = out.transformation_id
 							AND r.status IN ('pending', 'running') AND r.details->>'schedule_id' = s.id::text);
@@ -151,7 +154,7 @@ BEGIN
 					CASE WHEN busy THEN 'skipped: the previous run of this schedule is still going' END,
 					det || CASE WHEN busy THEN '{"skipped": true}'::jsonb ELSE '{}'::jsonb END)
 			RETURNING id INTO rid;
-			run_kind := CASE WHEN busy THEN 'skipped' ELSE 'o' END;
+			outcome := CASE WHEN busy THEN 'skipped' ELSE 'queued' END;
 		END IF;
 		run_id := rid;
 		RETURN NEXT;
@@ -159,7 +162,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dalgo_internal.claim_due_schedules(timestamptz, integer, uuid) IS
-	'Internal: claim up to max_runs due schedules (FOR UPDATE SKIP LOCKED), advance them and create their run rows';
+	'Internal: claim up to max_runs due schedules (FOR UPDATE SKIP LOCKED), advance them and create their run rows; outcome is queued (for the run workers), connector or skipped';
 
 -- Take a pending in-database run (SKIP LOCKED) and mark it running; run
 -- workers loop on this until nothing is left.  The queue is fair between
@@ -167,7 +170,7 @@ COMMENT ON FUNCTION dalgo_internal.claim_due_schedules(timestamptz, integer, uui
 -- first, and within that order the one waiting longest; inside an
 -- organization, syncs before output refreshes, oldest first.  One
 -- organization's backlog therefore never starves another's due run.
-CREATE FUNCTION dalgo_internal.claim_pending_run(OUT run_kind text, OUT run_id uuid)
+CREATE FUNCTION dalgo_internal.claim_pending_run(OUT run_kind dalgo.run_kind, OUT run_id uuid)
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -189,12 +192,12 @@ BEGIN
 		ORDER BY count(*) FILTER (WHERE q.status = 'running'), min(q.created_at) FILTER (WHERE q.status = 'pending'),
 				 q.organization_id
 	LOOP
-		SELECT 's', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+		SELECT 'sync', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
 		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo.is_connector_source(s.source_type)
 		  AND r.details ? 'schedule_id'
 		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
 		IF NOT FOUND THEN
-			SELECT 'o', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
+			SELECT 'output', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
 			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ? 'schedule_id'
 			ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED;
 		END IF;
@@ -221,21 +224,21 @@ COMMENT ON INDEX dalgo.sync_runs_active_idx IS 'Pending and running sync runs: t
 CREATE INDEX transformation_runs_active_idx ON dalgo.transformation_runs (created_at) WHERE status IN ('pending', 'running');
 COMMENT ON INDEX dalgo.transformation_runs_active_idx IS 'Pending and running transformation runs: the run queue and the one-run-at-a-time check';
 
--- The two run tables seen as one, for the scheduler's steps: run_kind 's'
--- is a sync run (sync_runs), 'o' an output refresh (transformation_runs).
+-- The two run tables seen as one, for the scheduler's steps: run_kind sync
+-- is a sync run (sync_runs), output an output refresh (transformation_runs).
 CREATE VIEW dalgo_internal.scheduled_runs AS
-	SELECT 's'::text AS run_kind, r.id, r.organization_id, r.source_id, NULL::uuid AS transformation_id, r.details,
+	SELECT 'sync'::dalgo.run_kind AS run_kind, r.id, r.organization_id, r.source_id, NULL::uuid AS transformation_id, r.details,
 		   r.status, r.started_at
 	FROM dalgo.sync_runs r
 	UNION ALL
-	SELECT 'o'::text, r.id, r.organization_id, NULL::uuid, r.transformation_id, r.details, r.status, r.started_at
+	SELECT 'output'::dalgo.run_kind, r.id, r.organization_id, NULL::uuid, r.transformation_id, r.details, r.status, r.started_at
 	FROM dalgo.transformation_runs r;
 COMMENT ON VIEW dalgo_internal.scheduled_runs IS
-	'Internal: sync runs (run_kind s) and transformation runs (run_kind o) as one relation, for the scheduler''s steps and the run quotas';
+	'Internal: sync runs (run_kind sync) and transformation runs (run_kind output) as one relation, for the scheduler''s steps and the run quotas';
 
 -- The one place that writes a run's state by kind: running (started_at
 -- and extra details) or finished (completed_at, error_message, details).
-CREATE FUNCTION dalgo_internal.set_scheduled_run_status(run_kind text, run_id uuid, status dalgo.run_status,
+CREATE FUNCTION dalgo_internal.set_scheduled_run_status(run_kind dalgo.run_kind, run_id uuid, status dalgo.run_status,
 														 message text, extra jsonb) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
@@ -243,7 +246,7 @@ AS $$
 DECLARE
 	starting boolean := status = 'running';
 BEGIN
-	IF run_kind = 's' THEN
+	IF run_kind = 'sync' THEN
 		UPDATE dalgo.sync_runs r SET status = set_scheduled_run_status.status,
 			started_at = CASE WHEN starting THEN clock_timestamp() ELSE r.started_at END,
 			completed_at = CASE WHEN starting THEN r.completed_at ELSE clock_timestamp() END,
@@ -260,33 +263,33 @@ BEGIN
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo_internal.set_scheduled_run_status(text, uuid, dalgo.run_status, text, jsonb) IS
-	'Internal: set a scheduled run''s status in its table (sync_runs for s, transformation_runs for o): running stamps started_at, any other status completed_at and error_message; extra is merged into details';
-REVOKE ALL ON FUNCTION dalgo_internal.set_scheduled_run_status(text, uuid, dalgo.run_status, text, jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.set_scheduled_run_status(dalgo.run_kind, uuid, dalgo.run_status, text, jsonb) IS
+	'Internal: set a scheduled run''s status in its table (sync_runs for sync, transformation_runs for output): running stamps started_at, any other status completed_at and error_message; extra is merged into details';
+REVOKE ALL ON FUNCTION dalgo_internal.set_scheduled_run_status(dalgo.run_kind, uuid, dalgo.run_status, text, jsonb) FROM PUBLIC;
 
-CREATE FUNCTION dalgo_internal.start_scheduled_run(run_kind text, run_id uuid) RETURNS void
+CREATE FUNCTION dalgo_internal.start_scheduled_run(run_kind dalgo.run_kind, run_id uuid) RETURNS void
 	LANGUAGE sql
 	SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
 	SELECT dalgo_internal.set_scheduled_run_status(run_kind, run_id, 'running', NULL,
 		jsonb_build_object('runner_pid', pg_backend_pid()));
 END;
-COMMENT ON FUNCTION dalgo_internal.start_scheduled_run(text, uuid) IS 'Internal: mark a claimed run running (committed before it executes)';
+COMMENT ON FUNCTION dalgo_internal.start_scheduled_run(dalgo.run_kind, uuid) IS 'Internal: mark a claimed run running (committed before it executes)';
 
-CREATE FUNCTION dalgo_internal.fail_scheduled_run(run_kind text, run_id uuid, message text) RETURNS void
+CREATE FUNCTION dalgo_internal.fail_scheduled_run(run_kind dalgo.run_kind, run_id uuid, message text) RETURNS void
 	LANGUAGE sql
 	SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
 	SELECT dalgo_internal.set_scheduled_run_status(run_kind, run_id, 'failed', message, NULL);
 END;
-COMMENT ON FUNCTION dalgo_internal.fail_scheduled_run(text, uuid, text) IS 'Internal: record a run''s failure';
+COMMENT ON FUNCTION dalgo_internal.fail_scheduled_run(dalgo.run_kind, uuid, text) IS 'Internal: record a run''s failure';
 
 -- A run row is acted on only if it is what dalgo's own claim made: its
 -- schedule (details.schedule_id) exists and names the run's source, or the
 -- output whose transformation is the run's, and schedule, source or output,
 -- transformation and run all belong to one organization.  Anything else is
 -- refused (the worker then records the run as failed).
-CREATE FUNCTION dalgo_internal.verify_scheduled_run(run_kind text, run_id uuid) RETURNS void
+CREATE FUNCTION dalgo_internal.verify_scheduled_run(run_kind dalgo.run_kind, run_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -309,7 +312,7 @@ BEGIN
 	END;
 	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = sid;
 	IF FOUND AND s.organization_id = run_org THEN
-		IF run_kind = 's' THEN
+		IF run_kind = 'sync' THEN
 			agree := s.source_id = run_source
 				AND EXISTS (SELECT FROM dalgo.sources x WHERE x.id = run_source AND x.organization_id = run_org);
 		ELSE
@@ -325,112 +328,8 @@ BEGIN
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo_internal.verify_scheduled_run(text, uuid) IS
+COMMENT ON FUNCTION dalgo_internal.verify_scheduled_run(dalgo.run_kind, uuid) IS
 	'Internal: refuse a run row whose schedule, source or output, transformation and organization do not agree (a forged row); sync_source and refresh_output call it first';
-
--- The relation a postgres source syncs from: config {"relation": "schema.table"}
--- or {"schema": ..., "table": ...}; never dalgo's own schema.
-CREATE FUNCTION dalgo_internal.source_relation(config jsonb) RETURNS text
-	LANGUAGE plpgsql STABLE
-	SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	parts text[];
-	rel text;
-BEGIN
-	IF config ? 'relation' THEN
-		parts := parse_ident(config->>'relation');
-	ELSIF config ? 'table' THEN
-		parts := ARRAY[coalesce(config->>'schema', 'public'), config->>'table'];
-	ELSE
-		RAISE EXCEPTION 'a postgres source needs config.relation (or config.schema and config.table)'
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	IF array_length(parts, 1) = 1 THEN
-		parts := ARRAY['public'] || parts;
-	END IF;
-	IF array_length(parts, 1) <> 2 OR parts[1] IN ('dalgo', 'pg_catalog', 'information_schema') OR parts[1] LIKE 'pg\_%' THEN
-		RAISE EXCEPTION 'source relation "%" is not allowed', array_to_string(parts, '.')
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	rel := format('%I.%I', parts[1], parts[2]);
-	IF to_regclass(rel) IS NULL THEN
-		RAISE EXCEPTION 'source relation % does not exist', rel USING ERRCODE = 'undefined_table';
-	END IF;
-	RETURN rel;
-END
-$$;
-COMMENT ON FUNCTION dalgo_internal.source_relation(jsonb) IS 'Internal: the relation a postgres source reads, from its config';
-
--- An in-database sync: postgres sources copy a table, view or foreign table the
--- organization's warehouse role may read; csv sources load a file from the
--- organization's own directory dalgo.csv_dir/org_<hex id>/.
-CREATE FUNCTION dalgo_internal.sync_source(run_id uuid) RETURNS void
-	LANGUAGE plpgsql
-	SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	r dalgo.sync_runs;
-	src dalgo.sources;
-	schema_name text;
-	build_name text := '_dalgo_sync_' || replace(run_id::text, '-', '');
-	target text;
-	n bigint;
-	relation text;
-	path text;
-	header text;
-	cols text;
-BEGIN
-	PERFORM dalgo_internal.verify_scheduled_run('s', run_id);
-	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = run_id;
-	SELECT * INTO src FROM dalgo.sources x WHERE x.id = r.source_id AND x.deleted_at IS NULL;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'the source of run % no longer exists', run_id;
-	END IF;
-	schema_name := dalgo.ensure_warehouse(src.organization_id);
-	target := coalesce(src.warehouse_table_name, 'source_' || left(replace(src.id::text, '-', ''), 12));
-	IF src.source_type = 'postgres' THEN
-		-- Read as the warehouse role: it sees only what it was granted.
-		relation := dalgo_internal.source_relation(src.config);
-		n := dalgo_internal.warehouse_execute(src.organization_id,
-			format('CREATE TABLE %I.%I AS SELECT * FROM %s', schema_name, build_name, relation));
-	ELSIF src.source_type = 'csv' THEN
-		path := dalgo_internal.csv_path(src.organization_id, src.config->>'path');
-		header := split_part(pg_read_file(path, 0, 65536), E'\n', 1);
-		SELECT string_agg(format('%I text', trim(both '"' FROM trim(c))), ', ') INTO cols
-		FROM unnest(string_to_array(rtrim(header, E'\r'), ',')) c;
-		IF cols IS NULL THEN
-			RAISE EXCEPTION 'csv file % has no header line', src.config->>'path' USING ERRCODE = 'invalid_parameter_value';
-		END IF;
-		PERFORM dalgo_internal.warehouse_execute(src.organization_id, format('CREATE TABLE %I.%I (%s)', schema_name, build_name, cols));
-		EXECUTE format('COPY %I.%I FROM %L WITH (FORMAT csv, HEADER true)', schema_name, build_name, path);
-		GET DIAGNOSTICS n = ROW_COUNT;
-	ELSE
-		RAISE EXCEPTION '% sources are synced by a connector', src.source_type;
-	END IF;
-	PERFORM dalgo_internal.check_warehouse_quota(src.organization_id, target);
-	PERFORM dalgo_internal.swap_warehouse_table(src.organization_id, build_name, target);
-	PERFORM dalgo_internal.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
-
-	-- source_schemas: columns, types, order and nullability of what was synced.
-	DELETE FROM dalgo.source_schemas x WHERE x.source_id = src.id;
-	INSERT INTO dalgo.source_schemas (organization_id, source_id, column_name, column_type, column_order, is_nullable)
-	SELECT src.organization_id, src.id, a.attname, format_type(a.atttypid, a.atttypmod), a.attnum, NOT a.attnotnull
-	FROM pg_attribute a
-	WHERE a.attrelid = to_regclass(format('%I.%I', schema_name, target)) AND a.attnum > 0 AND NOT a.attisdropped;
-	IF relation IS NOT NULL THEN
-		UPDATE dalgo.source_schemas x SET is_nullable = NOT a.attnotnull
-		FROM pg_attribute a
-		WHERE x.source_id = src.id AND a.attrelid = relation::regclass
-		  AND a.attname = x.column_name;
-	END IF;
-
-	UPDATE dalgo.sources x SET last_synced_at = now(), warehouse_table_name = target WHERE x.id = src.id;
-	UPDATE dalgo.sync_runs x SET status = 'success', completed_at = clock_timestamp(), rows_synced = least(n, 2147483647)
-	WHERE x.id = run_id;
-END
-$$;
-COMMENT ON FUNCTION dalgo_internal.sync_source(uuid) IS 'Internal: an in-database sync of a postgres or csv source into its warehouse table';
 
 -- An output may drop or replace only a view it made itself: a view over
 -- the one warehouse table its transformation builds, and over nothing else.
@@ -527,7 +426,7 @@ DECLARE
 	dest text;
 	kind text;
 BEGIN
-	PERFORM dalgo_internal.verify_scheduled_run('o', run_id);
+	PERFORM dalgo_internal.verify_scheduled_run('output', run_id);
 	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
 	SELECT * INTO o FROM dalgo.outputs x
 	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
@@ -587,7 +486,7 @@ $$;
 COMMENT ON FUNCTION dalgo_internal.refresh_output(uuid) IS
 	'Internal: run an output''s transformation with its upstream, then refresh destination_config ({"type": "table"|"view", "name": ...}); output views over rebuilt tables are dropped and created again around the swap';
 
-CREATE FUNCTION dalgo_internal.execute_scheduled_run(run_kind text, run_id uuid) RETURNS void
+CREATE FUNCTION dalgo_internal.execute_scheduled_run(run_kind dalgo.run_kind, run_id uuid) RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -607,14 +506,14 @@ BEGIN
 														 '{"skipped": true, "quota_refused": true}');
 		RETURN;
 	END;
-	IF run_kind = 's' THEN
+	IF run_kind = 'sync' THEN
 		PERFORM dalgo_internal.sync_source(run_id);
-	ELSIF run_kind = 'o' THEN
+	ELSE
 		PERFORM dalgo_internal.refresh_output(run_id);
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo_internal.execute_scheduled_run(text, uuid) IS 'Internal: execute a claimed run (what a run worker does); a run over a quota fails without counting as started';
+COMMENT ON FUNCTION dalgo_internal.execute_scheduled_run(dalgo.run_kind, uuid) IS 'Internal: execute a claimed run (what a run worker does); a run over a quota fails without counting as started';
 
 CREATE FUNCTION dalgo_internal.recover_interrupted_runs() RETURNS integer
 	LANGUAGE plpgsql
@@ -717,7 +616,7 @@ COMMENT ON FUNCTION dalgo_internal.purge_run_history(integer) IS 'Delete finishe
 
 -- Execute claimed runs here and now, each in a subtransaction (the worker's
 -- code path without the worker).
-CREATE FUNCTION dalgo_internal.execute_claimed(claimed_runs uuid[], kinds text[]) RETURNS integer
+CREATE FUNCTION dalgo_internal.execute_claimed(claimed_runs uuid[], kinds dalgo.run_kind[]) RETURNS integer
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -726,7 +625,7 @@ DECLARE
 	n integer := 0;
 BEGIN
 	FOR i IN 1..coalesce(array_length(claimed_runs, 1), 0) LOOP
-		CONTINUE WHEN kinds[i] NOT IN ('s', 'o');
+		CONTINUE WHEN claimed_runs[i] IS NULL;
 		PERFORM dalgo_internal.start_scheduled_run(kinds[i], claimed_runs[i]);
 		BEGIN
 			PERFORM dalgo_internal.execute_scheduled_run(kinds[i], claimed_runs[i]);
@@ -739,7 +638,7 @@ BEGIN
 	RETURN n;
 END
 $$;
-COMMENT ON FUNCTION dalgo_internal.execute_claimed(uuid[], text[]) IS 'Internal: execute claimed runs in this session';
+COMMENT ON FUNCTION dalgo_internal.execute_claimed(uuid[], dalgo.run_kind[]) IS 'Internal: execute claimed runs in this session';
 
 CREATE FUNCTION dalgo.run_due_schedules(at timestamptz DEFAULT now()) RETURNS integer
 	LANGUAGE plpgsql SECURITY DEFINER
@@ -747,14 +646,17 @@ CREATE FUNCTION dalgo.run_due_schedules(at timestamptz DEFAULT now()) RETURNS in
 AS $$
 DECLARE
 	ids uuid[];
-	kinds text[];
+	kinds dalgo.run_kind[];
+	started integer;
 BEGIN
 	IF dalgo.current_user_id() IS NOT NULL OR NOT pg_has_role(session_user, 'dalgo_service', 'MEMBER') THEN
 		RAISE EXCEPTION 'run_due_schedules is for dalgo_service and superusers' USING ERRCODE = 'insufficient_privilege';
 	END IF;
-	SELECT array_agg(c.run_id), array_agg(c.run_kind) INTO ids, kinds FROM dalgo_internal.claim_due_schedules(at, 1000) c;
+	SELECT array_agg(c.run_id) FILTER (WHERE c.outcome = 'queued'), array_agg(c.run_kind) FILTER (WHERE c.outcome = 'queued'),
+		   count(*) FILTER (WHERE c.outcome <> 'skipped')
+	INTO ids, kinds, started FROM dalgo_internal.claim_due_schedules(at, 1000) c;
 	PERFORM dalgo_internal.execute_claimed(ids, kinds);
-	RETURN (SELECT count(*) FROM unnest(kinds) k WHERE k IN ('s', 'o', 'connector'));
+	RETURN started;
 END
 $$;
 COMMENT ON FUNCTION dalgo.run_due_schedules(timestamptz) IS
@@ -777,7 +679,9 @@ BEGIN
 	PERFORM FROM dalgo.schedules x WHERE x.id = s.id FOR UPDATE;
 	UPDATE dalgo.schedules x SET next_run_at = clock_timestamp(), is_active = true WHERE x.id = s.id;
 	SELECT * INTO c FROM dalgo_internal.claim_due_schedules(clock_timestamp(), 1, s.id);
-	PERFORM dalgo_internal.execute_claimed(ARRAY[c.run_id], ARRAY[c.run_kind]);
+	IF c.outcome = 'queued' THEN
+		PERFORM dalgo_internal.execute_claimed(ARRAY[c.run_id], ARRAY[c.run_kind]);
+	END IF;
 	UPDATE dalgo.schedules x SET is_active = s.is_active,
 		next_run_at = CASE WHEN s.is_active THEN dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, now()) END
 	WHERE x.id = s.id;
@@ -786,158 +690,21 @@ END
 $$;
 COMMENT ON FUNCTION dalgo.run_schedule_now(uuid) IS 'Run a schedule now, synchronously (admins of its organization); returns the run id';
 
--- ---------------------------------------------------------------------------
--- The connector protocol
--- ---------------------------------------------------------------------------
-
--- Run rows are written only by dalgo's own functions (app roles read them):
--- the connector protocol runs with the extension owner's rights, for callers
--- granted EXECUTE (dalgo_service).  Fair like claim_pending_run: the
--- organization with the fewest connector runs running first, then the one
--- waiting longest.
-CREATE FUNCTION dalgo.claim_sync_run() RETURNS dalgo.sync_runs
-	LANGUAGE plpgsql SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	r dalgo.sync_runs;
-	org uuid;
-	msg text;
-BEGIN
-	FOR org IN
-		SELECT x.organization_id FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
-		WHERE x.status IN ('pending', 'running') AND dalgo.is_connector_source(s.source_type) AND x.deleted_at IS NULL
-		GROUP BY x.organization_id
-		HAVING bool_or(x.status = 'pending')
-		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
-				 x.organization_id
-	LOOP
-		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
-		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo.is_connector_source(s.source_type)
-		  AND x.deleted_at IS NULL
-		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
-		IF FOUND THEN
-			-- A connector run is a run: the organization's quotas apply, as
-			-- to in-database runs (a refused run fails with the quota's message).
-			BEGIN
-				PERFORM dalgo_internal.check_run_quota(org);
-			EXCEPTION WHEN configuration_limit_exceeded THEN
-				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-				UPDATE dalgo.sync_runs x SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
-				WHERE x.id = r.id;
-				CONTINUE;
-			END;
-			UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
-			RETURN r;
-		END IF;
-	END LOOP;
-	RETURN NULL;
-END
-$$;
-COMMENT ON FUNCTION dalgo.claim_sync_run() IS
-	'Connector protocol: claim a pending connector sync run (SKIP LOCKED; the organization with the fewest running, then the oldest) and mark it running; a run over its organization''s quota fails instead; NULL when there is none';
-
-CREATE FUNCTION dalgo.complete_sync_run(run_id uuid, rows_synced integer, error_message text DEFAULT NULL,
-										details jsonb DEFAULT '{}')
-	RETURNS dalgo.sync_runs
-	LANGUAGE plpgsql SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	r dalgo.sync_runs;
-BEGIN
-	IF jsonb_typeof(coalesce(complete_sync_run.details, '{}')) <> 'object' THEN
-		RAISE EXCEPTION 'details must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	-- The keys dalgo's own code reads (the schedule, skips that quotas do not
-	-- count, the runner) are dalgo's: a connector does not set them.
-	UPDATE dalgo.sync_runs x SET status = CASE WHEN complete_sync_run.error_message IS NULL THEN 'success' ELSE 'failed' END::dalgo.run_status,
-		completed_at = clock_timestamp(), rows_synced = complete_sync_run.rows_synced,
-		error_message = complete_sync_run.error_message,
-		details = x.details || (coalesce(complete_sync_run.details, '{}')
-								- ARRAY['schedule_id', 'skipped', 'runner_pid', 'attempt', 'lag_ms'])
-	WHERE x.id = run_id AND x.status = 'running'
-	RETURNING * INTO r;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'sync run % is not running (claim it first)', run_id USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	IF r.status = 'success' THEN
-		UPDATE dalgo.sources s SET last_synced_at = now() WHERE s.id = r.source_id;
-	END IF;
-	RETURN r;
-END
-$$;
-COMMENT ON FUNCTION dalgo.complete_sync_run(uuid, integer, text, jsonb) IS
-	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails); details (an object) is merged in, except dalgo''s own keys schedule_id, skipped, runner_pid, attempt and lag_ms';
-
--- ---------------------------------------------------------------------------
--- csv sources
--- ---------------------------------------------------------------------------
-
--- Layout: each organization reads only its own directory
---   <dalgo.csv_dir>/org_<organization id, 32 hex digits without dashes>/
--- (the name of its warehouse schema).  Paths are relative to it; "..",
--- absolute paths and symlinks that lead out of it are refused, and a file
--- that does not exist gives the same error as one that is not allowed.
-CREATE FUNCTION dalgo_internal.csv_path(organization_id uuid, relative_path text) RETURNS text
-	AS 'MODULE_PATHNAME', 'dalgo_csv_path_org'
-	LANGUAGE C STABLE;
-COMMENT ON FUNCTION dalgo_internal.csv_path(uuid, text) IS
-	'Internal: the canonical path of a readable csv file under dalgo.csv_dir/org_<hex id>/; ".." and absolute paths are refused, and a missing file and a path that leaves the directory give one error';
-
--- A csv source's path is checked when the source is saved, and again at sync time.
-CREATE FUNCTION dalgo_internal.check_csv_source() RETURNS trigger
-	LANGUAGE plpgsql SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	IF NEW.source_type <> 'csv' OR NEW.deleted_at IS NOT NULL OR NOT coalesce(NEW.config ? 'path', false) THEN
-		RETURN NEW;
-	END IF;
-	IF TG_OP = 'UPDATE' AND OLD.source_type = 'csv' AND OLD.deleted_at IS NULL
-	   AND (NEW.organization_id, NEW.config->'path') IS NOT DISTINCT FROM (OLD.organization_id, OLD.config->'path') THEN
-		RETURN NEW;
-	END IF;
-	IF jsonb_typeof(NEW.config->'path') <> 'string' THEN
-		RAISE EXCEPTION 'a csv source''s config.path must be a string' USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	-- With csv sources disabled only the form of the path can be checked.
-	IF current_setting('dalgo.csv_dir') = '' THEN
-		IF NEW.config->>'path' = '' OR NEW.config->>'path' LIKE '/%' OR '..' = ANY (string_to_array(NEW.config->>'path', '/')) THEN
-			RAISE EXCEPTION 'csv path "%" must be relative to the organization''s csv directory and must not contain ".."',
-				NEW.config->>'path' USING ERRCODE = 'insufficient_privilege';
-		END IF;
-	ELSE
-		PERFORM dalgo_internal.csv_path(NEW.organization_id, NEW.config->>'path');
-	END IF;
-	RETURN NEW;
-END
-$$;
-COMMENT ON FUNCTION dalgo_internal.check_csv_source() IS
-	'BEFORE trigger on sources: a csv source''s config.path must be a readable file in its organization''s csv directory (dalgo.csv_dir/org_<hex id>/)';
-CREATE TRIGGER check_csv_source BEFORE INSERT OR UPDATE ON dalgo.sources
-	FOR EACH ROW WHEN (NEW.source_type = 'csv') EXECUTE FUNCTION dalgo_internal.check_csv_source();
-COMMENT ON TRIGGER check_csv_source ON dalgo.sources IS 'A csv source reads only its organization''s csv directory';
-
 REVOKE ALL ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text, timestamptz),
 	dalgo_internal.wake_scheduler(), dalgo_internal.wake_launcher(), dalgo.scheduler_status(), dalgo_internal.set_schedule_next_run(),
-	dalgo_internal.claim_due_schedules(timestamptz, integer, uuid), dalgo_internal.start_scheduled_run(text, uuid),
+	dalgo_internal.claim_due_schedules(timestamptz, integer, uuid), dalgo_internal.start_scheduled_run(dalgo.run_kind, uuid),
 	dalgo_internal.claim_pending_run(), dalgo_internal.pending_runs(),
-	dalgo_internal.fail_scheduled_run(text, uuid, text), dalgo_internal.source_relation(jsonb),
-	dalgo_internal.sync_source(uuid), dalgo_internal.refresh_output(uuid), dalgo_internal.execute_scheduled_run(text, uuid),
+	dalgo_internal.fail_scheduled_run(dalgo.run_kind, uuid, text),
+	dalgo_internal.refresh_output(uuid), dalgo_internal.execute_scheduled_run(dalgo.run_kind, uuid),
 	dalgo_internal.recover_interrupted_runs(), dalgo_internal.expire_connector_runs(integer), dalgo_internal.purge_run_history(integer),
-	dalgo_internal.execute_claimed(uuid[], text[]), dalgo.run_due_schedules(timestamptz), dalgo.run_schedule_now(uuid),
-	dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb), dalgo_internal.csv_path(uuid, text),
-	dalgo_internal.verify_scheduled_run(text, uuid), dalgo_internal.check_csv_source(),
+	dalgo_internal.execute_claimed(uuid[], dalgo.run_kind[]), dalgo.run_due_schedules(timestamptz), dalgo.run_schedule_now(uuid),
+	dalgo_internal.verify_scheduled_run(dalgo.run_kind, uuid),
 	dalgo_internal.drop_output_views(uuid, text[]), dalgo_internal.restore_output_views(uuid, jsonb),
-	dalgo_internal.output_view_reads(uuid, text, text),
-	dalgo.is_connector_source(dalgo.source_type)
+	dalgo_internal.output_view_reads(uuid, text, text)
 	FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION dalgo.is_connector_source(dalgo.source_type) TO dalgo_authenticated, dalgo_service;
 GRANT EXECUTE ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text, timestamptz)
 	TO dalgo_authenticated, dalgo_service;
 GRANT EXECUTE ON FUNCTION dalgo.run_schedule_now(uuid) TO dalgo_authenticated, dalgo_service;
-GRANT EXECUTE ON FUNCTION dalgo.run_due_schedules(timestamptz), dalgo.scheduler_status(),
-	dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb) TO dalgo_service;
+GRANT EXECUTE ON FUNCTION dalgo.run_due_schedules(timestamptz), dalgo.scheduler_status() TO dalgo_service;
 
 SELECT dalgo_internal.wake_launcher();

@@ -22,6 +22,9 @@
 #include "utils/snapmgr.h"
 #include "utils/timeout.h"
 
+/* Room for a dalgo.run_kind label ("sync", "output") and its terminator. */
+#define RUN_KIND_LEN 16
+
 static RunTicket my_ticket = {-1, 0};
 
 /*
@@ -77,7 +80,7 @@ take_run(char *kind, char *idtext)
 	if (SPI_execute("SELECT run_kind, run_id FROM dalgo_internal.claim_pending_run() WHERE run_id IS NOT NULL", false, 0) == SPI_OK_SELECT &&
 		SPI_processed == 1)
 	{
-		*kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)[0];
+		strlcpy(kind, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), RUN_KIND_LEN);
 		strlcpy(idtext, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), UUID_LEN * 2 + 5);
 		found = true;
 	}
@@ -89,7 +92,7 @@ take_run(char *kind, char *idtext)
 
 /* Execute one taken run; a failure is recorded in a fresh transaction. */
 static void
-execute_run(char kind, const char *idtext)
+execute_run(const char *kind, const char *idtext)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 
@@ -103,7 +106,7 @@ execute_run(char kind, const char *idtext)
 			enable_timeout_after(STATEMENT_TIMEOUT, dalgo_run_timeout);
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute(psprintf("SELECT dalgo_internal.execute_scheduled_run('%c', '%s')", kind, idtext), false, 0) < 0)
+		if (SPI_execute(psprintf("SELECT dalgo_internal.execute_scheduled_run(%s, '%s')", quote_literal_cstr(kind), idtext), false, 0) < 0)
 			elog(ERROR, "execute_scheduled_run failed");
 		SPI_finish();
 		disable_timeout(STATEMENT_TIMEOUT, false);
@@ -122,7 +125,7 @@ execute_run(char kind, const char *idtext)
 		AbortCurrentTransaction();
 		QueryCancelPending = false;
 		RESUME_INTERRUPTS();
-		run_in_transaction(psprintf("SELECT dalgo_internal.fail_scheduled_run('%c', '%s', %s)", kind, idtext,
+		run_in_transaction(psprintf("SELECT dalgo_internal.fail_scheduled_run(%s, '%s', %s)", quote_literal_cstr(kind), idtext,
 									quote_literal_cstr(edata->message)));
 		FreeErrorData(edata);
 	}
@@ -161,14 +164,14 @@ dalgo_run_main(Datum arg)
 
 	for (;;)
 	{
-		char		kind;
+		char		kind[RUN_KIND_LEN];
 		char		idtext[UUID_LEN * 2 + 5];
 		MemoryContext old;
 
 		CHECK_FOR_INTERRUPTS();
 		dalgo_reload_if_needed();
 		old = MemoryContextSwitchTo(runcxt);
-		if (!take_run(&kind, idtext))
+		if (!take_run(kind, idtext))
 		{
 			MemoryContextSwitchTo(old);
 			break;

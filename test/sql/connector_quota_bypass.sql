@@ -15,7 +15,7 @@ INSERT INTO dalgo.sources (id, organization_id, name, source_type, warehouse_tab
 INSERT INTO dalgo.schedules (organization_id, source_id, frequency)
 SELECT organization_id, id, 'daily' FROM dalgo.sources WHERE organization_id = :A AND source_type = 'google_sheets';
 UPDATE dalgo.organizations SET settings = '{"quotas": {"concurrent_runs": 1}}' WHERE id = :A;
-SELECT is((SELECT count(*) FROM dalgo_internal.claim_due_schedules(now() + interval '2 days', 10) WHERE run_kind = 'connector'),
+SELECT is((SELECT count(*) FROM dalgo_internal.claim_due_schedules(now() + interval '2 days', 10) WHERE outcome = 'connector'),
 	3::bigint, 'three connector runs are queued');
 
 SET LOCAL ROLE dalgo_service;

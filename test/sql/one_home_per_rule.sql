@@ -7,7 +7,7 @@
 \i test/fixtures/tap_setup.sql
 BEGIN;
 \i test/fixtures/two_orgs.sql
-SELECT plan(6);
+SELECT plan(8);
 SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
 	WHERE p.pronamespace IN ('dalgo'::regnamespace, 'dalgo_internal'::regnamespace)
 	  AND (p.prosrc ~ '''(org|dalgo_wh)_''\s*\|\|' OR p.prosrc ~ 'format\(''(org|dalgo_wh)_%')
@@ -24,12 +24,18 @@ SELECT is(dalgo_internal.warehouse_schema_name('22222222-0000-4000-8000-00000000
 	'org_222222220000400080000000000000a0', 'one_home_per_rule: org_ and the id without dashes');
 SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
 	WHERE p.pronamespace IN ('dalgo'::regnamespace, 'dalgo_internal'::regnamespace)
-	  AND p.prosrc ~ 'run_kind = ''s''' AND p.prosrc ~ 'UPDATE dalgo\.sync_runs'
+	  AND p.prosrc ~ 'run_kind = ''sync''' AND p.prosrc ~ 'UPDATE dalgo\.sync_runs'
 	  AND p.prosrc ~ 'UPDATE dalgo\.transformation_runs'
 	  AND p.proname <> 'set_scheduled_run_status'$$,
 	'one_home_per_rule: only set_scheduled_run_status updates either run table by kind');
 SELECT set_eq($$SELECT run_kind, id FROM dalgo_internal.scheduled_runs$$,
-	$$SELECT 's', id FROM dalgo.sync_runs UNION ALL SELECT 'o', id FROM dalgo.transformation_runs$$,
+	$$SELECT 'sync'::dalgo.run_kind, id FROM dalgo.sync_runs UNION ALL SELECT 'output', id FROM dalgo.transformation_runs$$,
 	'one_home_per_rule: scheduled_runs holds every run of both tables, by kind');
+SELECT is(enum_range(NULL::dalgo.run_kind)::text, '{sync,output}',
+	'one_home_per_rule: run kinds are one enum, dalgo.run_kind');
+SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
+	WHERE p.pronamespace IN ('dalgo'::regnamespace, 'dalgo_internal'::regnamespace)
+	  AND p.prosrc ~ '(run_kind|kinds\[i\])\s*(=|:=|IN)\s*\(?''(s|o|connector|skipped)'''$$,
+	'one_home_per_rule: no function spells a run kind as a letter or mixes it with an outcome');
 SELECT * FROM finish();
 ROLLBACK;

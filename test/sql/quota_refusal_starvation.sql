@@ -16,7 +16,7 @@ SELECT :A, id, 'daily' FROM dalgo.outputs WHERE organization_id = :A;
 UPDATE dalgo.organizations SET settings = '{"quotas": {"runs_per_hour": 1}}' WHERE id = :A;
 -- Three due slots, one allowed: the first runs, the other two are refused.
 CREATE TEMP TABLE claimed AS SELECT * FROM dalgo_internal.claim_due_schedules(now() + interval '2 days', 10);
-SELECT dalgo_internal.execute_claimed(ARRAY(SELECT run_id FROM claimed), ARRAY(SELECT run_kind FROM claimed)) \g /dev/null
+SELECT dalgo_internal.execute_claimed(ARRAY(SELECT run_id FROM claimed WHERE outcome = 'queued'), ARRAY(SELECT run_kind FROM claimed WHERE outcome = 'queued')) \g /dev/null
 SELECT is((SELECT count(*) FROM claimed c JOIN dalgo.transformation_runs r ON r.id = c.run_id WHERE r.status = 'success'),
 	1::bigint, 'one scheduled run runs');
 SELECT is((SELECT count(*) FROM claimed c JOIN dalgo.transformation_runs r ON r.id = c.run_id

@@ -87,14 +87,14 @@ SELECT is((SELECT count(*) FROM dalgo.transformation_runs WHERE organization_id 
 INSERT INTO dalgo.transformation_runs (id, organization_id, transformation_id, status, details) VALUES
 	('77777777-0000-4000-8000-0000000000f1', :A, '55555555-0000-4000-8000-0000000000a1', 'pending',
 	 '{"schedule_id": "88888888-0000-4000-8000-0000000000b1"}');
-SELECT is((SELECT (run_kind, run_id)::text FROM dalgo_internal.claim_pending_run()), '(o,77777777-0000-4000-8000-0000000000f1)',
+SELECT is((SELECT (run_kind, run_id)::text FROM dalgo_internal.claim_pending_run()), '(output,77777777-0000-4000-8000-0000000000f1)',
 	'a run worker takes the forged row');
-SELECT throws_ok($$SELECT dalgo_internal.execute_scheduled_run('o', '77777777-0000-4000-8000-0000000000f1')$$,
+SELECT throws_ok($$SELECT dalgo_internal.execute_scheduled_run('output', '77777777-0000-4000-8000-0000000000f1')$$,
 	'42501', 'run 77777777-0000-4000-8000-0000000000f1 was refused: it does not match its schedule',
 	'and refuses to execute it');
 -- The same row through the worker's whole code path (start, execute, fail).
 UPDATE dalgo.transformation_runs SET status = 'pending' WHERE id = '77777777-0000-4000-8000-0000000000f1';
-SELECT is(dalgo_internal.execute_claimed(ARRAY['77777777-0000-4000-8000-0000000000f1'::uuid], ARRAY['o']), 1, 'the worker path handles it');
+SELECT is(dalgo_internal.execute_claimed(ARRAY['77777777-0000-4000-8000-0000000000f1'::uuid], ARRAY['output']::dalgo.run_kind[]), 1, 'the worker path handles it');
 SELECT is((SELECT (status, error_message)::text FROM dalgo.transformation_runs WHERE id = '77777777-0000-4000-8000-0000000000f1'),
 	'(failed,"run 77777777-0000-4000-8000-0000000000f1 was refused: it does not match its schedule")', 'and marks it failed');
 SELECT is(to_regclass('org_222222220000400080000000000000b0.published'), NULL, 'B''s published table was not written');
@@ -117,12 +117,12 @@ INSERT INTO dalgo.sync_runs (id, organization_id, source_id, status, details) VA
 	('77777777-0000-4000-8000-0000000000f6', :B, '33333333-0000-4000-8000-0000000000b1', 'pending',
 	 '{"schedule_id": "88888888-0000-4000-8000-0000000000a2"}');
 SELECT is(dalgo_internal.execute_claimed(ARRAY['77777777-0000-4000-8000-0000000000f2', '77777777-0000-4000-8000-0000000000f3',
-									  '77777777-0000-4000-8000-0000000000f4']::uuid[], ARRAY['o', 'o', 'o']), 3, 'three forged refreshes');
+									  '77777777-0000-4000-8000-0000000000f4']::uuid[], ARRAY['output', 'output', 'output']::dalgo.run_kind[]), 3, 'three forged refreshes');
 SELECT is((SELECT array_agg(status::text ORDER BY id) FROM dalgo.transformation_runs
 		   WHERE id IN ('77777777-0000-4000-8000-0000000000f2', '77777777-0000-4000-8000-0000000000f3', '77777777-0000-4000-8000-0000000000f4')),
 	ARRAY['failed', 'failed', 'failed'], 'are all refused');
 SELECT is(dalgo_internal.execute_claimed(ARRAY['77777777-0000-4000-8000-0000000000f5', '77777777-0000-4000-8000-0000000000f6']::uuid[],
-								ARRAY['s', 's']), 2, 'two forged syncs');
+								ARRAY['sync', 'sync']::dalgo.run_kind[]), 2, 'two forged syncs');
 SELECT is((SELECT array_agg(error_message ORDER BY id) FROM dalgo.sync_runs
 		   WHERE id IN ('77777777-0000-4000-8000-0000000000f5', '77777777-0000-4000-8000-0000000000f6')),
 	ARRAY['run 77777777-0000-4000-8000-0000000000f5 was refused: it does not match its schedule',

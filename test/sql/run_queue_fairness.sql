@@ -21,11 +21,11 @@ SELECT :A, '55555555-0000-4000-8000-0000000000a1', 'pending',
 FROM generate_series(1, 3000) g;
 SELECT is(dalgo_internal.pending_runs(), 3000, 'A has 3,000 runs waiting');
 SELECT is((SELECT (t.run_kind, r.organization_id)::text FROM dalgo_internal.claim_pending_run() t JOIN dalgo.transformation_runs r ON r.id = t.run_id),
-	'(o,22222222-0000-4000-8000-0000000000a0)', 'a worker takes A''s oldest run');
+	'(output,22222222-0000-4000-8000-0000000000a0)', 'a worker takes A''s oldest run');
 
 -- B's schedule falls due while A's backlog waits.
 UPDATE dalgo.schedules SET next_run_at = now() - interval '1 minute' WHERE id = '88888888-0000-4000-8000-0000000000b1';
-SELECT is((SELECT run_kind FROM dalgo_internal.claim_due_schedules(now(), 1000)), 'o', 'the scheduler claims B''s due schedule');
+SELECT is((SELECT run_kind FROM dalgo_internal.claim_due_schedules(now(), 1000)), 'output'::dalgo.run_kind, 'the scheduler claims B''s due schedule');
 SELECT is((SELECT r.organization_id FROM dalgo_internal.claim_pending_run() t JOIN dalgo.transformation_runs r ON r.id = t.run_id),
 	:B::uuid, 'the next worker takes B''s run, not A''s 3,000 older ones');
 SELECT is((SELECT r.organization_id FROM dalgo_internal.claim_pending_run() t JOIN dalgo.transformation_runs r ON r.id = t.run_id),

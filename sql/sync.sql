@@ -1,0 +1,255 @@
+-- sync.sql: what a sync does.  Which source types sync in the database,
+-- the in-database sync of postgres and csv sources, the connector protocol
+-- for the source types an outside connector loads, and the csv directory
+-- rules.  The run lifecycle that calls these is in scheduler.sql.
+
+-- Which sources an external connector syncs (the rest sync in the database).
+CREATE FUNCTION dalgo.is_connector_source(source_type dalgo.source_type) RETURNS boolean
+	LANGUAGE sql IMMUTABLE PARALLEL SAFE
+	AS $$ SELECT source_type OPERATOR(pg_catalog.=) ANY ('{google_sheets,api}'::dalgo.source_type[]) $$;
+COMMENT ON FUNCTION dalgo.is_connector_source(dalgo.source_type) IS
+	'True for sources an external connector syncs (google_sheets, api); postgres and csv sources sync in the database';
+
+-- The relation a postgres source syncs from: config {"relation": "schema.table"}
+-- or {"schema": ..., "table": ...}; never dalgo's own schema.
+CREATE FUNCTION dalgo_internal.source_relation(config jsonb) RETURNS text
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	parts text[];
+	rel text;
+BEGIN
+	IF config ? 'relation' THEN
+		parts := parse_ident(config->>'relation');
+	ELSIF config ? 'table' THEN
+		parts := ARRAY[coalesce(config->>'schema', 'public'), config->>'table'];
+	ELSE
+		RAISE EXCEPTION 'a postgres source needs config.relation (or config.schema and config.table)'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF array_length(parts, 1) = 1 THEN
+		parts := ARRAY['public'] || parts;
+	END IF;
+	IF array_length(parts, 1) <> 2 OR parts[1] IN ('dalgo', 'pg_catalog', 'information_schema') OR parts[1] LIKE 'pg\_%' THEN
+		RAISE EXCEPTION 'source relation "%" is not allowed', array_to_string(parts, '.')
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	rel := format('%I.%I', parts[1], parts[2]);
+	IF to_regclass(rel) IS NULL THEN
+		RAISE EXCEPTION 'source relation % does not exist', rel USING ERRCODE = 'undefined_table';
+	END IF;
+	RETURN rel;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.source_relation(jsonb) IS 'Internal: the relation a postgres source reads, from its config';
+
+-- An in-database sync: postgres sources copy a table, view or foreign table the
+-- organization's warehouse role may read; csv sources load a file from the
+-- organization's own directory dalgo.csv_dir/org_<hex id>/.
+CREATE FUNCTION dalgo_internal.sync_source(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	src dalgo.sources;
+	schema_name text;
+	build_name text := '_dalgo_sync_' || replace(run_id::text, '-', '');
+	target text;
+	n bigint;
+	relation text;
+	path text;
+	header text;
+	cols text;
+BEGIN
+	PERFORM dalgo_internal.verify_scheduled_run('sync', run_id);
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = run_id;
+	SELECT * INTO src FROM dalgo.sources x WHERE x.id = r.source_id AND x.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'the source of run % no longer exists', run_id;
+	END IF;
+	schema_name := dalgo.ensure_warehouse(src.organization_id);
+	target := coalesce(src.warehouse_table_name, 'source_' || left(replace(src.id::text, '-', ''), 12));
+	IF src.source_type = 'postgres' THEN
+		-- Read as the warehouse role: it sees only what it was granted.
+		relation := dalgo_internal.source_relation(src.config);
+		n := dalgo_internal.warehouse_execute(src.organization_id,
+			format('CREATE TABLE %I.%I AS SELECT * FROM %s', schema_name, build_name, relation));
+	ELSIF src.source_type = 'csv' THEN
+		path := dalgo_internal.csv_path(src.organization_id, src.config->>'path');
+		header := split_part(pg_read_file(path, 0, 65536), E'\n', 1);
+		SELECT string_agg(format('%I text', trim(both '"' FROM trim(c))), ', ') INTO cols
+		FROM unnest(string_to_array(rtrim(header, E'\r'), ',')) c;
+		IF cols IS NULL THEN
+			RAISE EXCEPTION 'csv file % has no header line', src.config->>'path' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		PERFORM dalgo_internal.warehouse_execute(src.organization_id, format('CREATE TABLE %I.%I (%s)', schema_name, build_name, cols));
+		EXECUTE format('COPY %I.%I FROM %L WITH (FORMAT csv, HEADER true)', schema_name, build_name, path);
+		GET DIAGNOSTICS n = ROW_COUNT;
+	ELSE
+		RAISE EXCEPTION '% sources are synced by a connector', src.source_type;
+	END IF;
+	PERFORM dalgo_internal.check_warehouse_quota(src.organization_id, target);
+	PERFORM dalgo_internal.swap_warehouse_table(src.organization_id, build_name, target);
+	PERFORM dalgo_internal.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
+
+	-- source_schemas: columns, types, order and nullability of what was synced.
+	DELETE FROM dalgo.source_schemas x WHERE x.source_id = src.id;
+	INSERT INTO dalgo.source_schemas (organization_id, source_id, column_name, column_type, column_order, is_nullable)
+	SELECT src.organization_id, src.id, a.attname, format_type(a.atttypid, a.atttypmod), a.attnum, NOT a.attnotnull
+	FROM pg_attribute a
+	WHERE a.attrelid = to_regclass(format('%I.%I', schema_name, target)) AND a.attnum > 0 AND NOT a.attisdropped;
+	IF relation IS NOT NULL THEN
+		UPDATE dalgo.source_schemas x SET is_nullable = NOT a.attnotnull
+		FROM pg_attribute a
+		WHERE x.source_id = src.id AND a.attrelid = relation::regclass
+		  AND a.attname = x.column_name;
+	END IF;
+
+	UPDATE dalgo.sources x SET last_synced_at = now(), warehouse_table_name = target WHERE x.id = src.id;
+	UPDATE dalgo.sync_runs x SET status = 'success', completed_at = clock_timestamp(), rows_synced = least(n, 2147483647)
+	WHERE x.id = run_id;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.sync_source(uuid) IS 'Internal: an in-database sync of a postgres or csv source into its warehouse table';
+
+-- ---------------------------------------------------------------------------
+-- The connector protocol
+-- ---------------------------------------------------------------------------
+
+-- Run rows are written only by dalgo's own functions (app roles read them):
+-- the connector protocol runs with the extension owner's rights, for callers
+-- granted EXECUTE (dalgo_service).  Fair like claim_pending_run: the
+-- organization with the fewest connector runs running first, then the one
+-- waiting longest.
+CREATE FUNCTION dalgo.claim_sync_run() RETURNS dalgo.sync_runs
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	org uuid;
+	msg text;
+BEGIN
+	FOR org IN
+		SELECT x.organization_id FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status IN ('pending', 'running') AND dalgo.is_connector_source(s.source_type) AND x.deleted_at IS NULL
+		GROUP BY x.organization_id
+		HAVING bool_or(x.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
+				 x.organization_id
+	LOOP
+		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo.is_connector_source(s.source_type)
+		  AND x.deleted_at IS NULL
+		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
+		IF FOUND THEN
+			-- A connector run is a run: the organization's quotas apply, as
+			-- to in-database runs (a refused run fails with the quota's message).
+			BEGIN
+				PERFORM dalgo_internal.check_run_quota(org);
+			EXCEPTION WHEN configuration_limit_exceeded THEN
+				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+				UPDATE dalgo.sync_runs x SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
+				WHERE x.id = r.id;
+				CONTINUE;
+			END;
+			UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
+			RETURN r;
+		END IF;
+	END LOOP;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo.claim_sync_run() IS
+	'Connector protocol: claim a pending connector sync run (SKIP LOCKED; the organization with the fewest running, then the oldest) and mark it running; a run over its organization''s quota fails instead; NULL when there is none';
+
+CREATE FUNCTION dalgo.complete_sync_run(run_id uuid, rows_synced integer, error_message text DEFAULT NULL,
+										details jsonb DEFAULT '{}')
+	RETURNS dalgo.sync_runs
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+BEGIN
+	IF jsonb_typeof(coalesce(complete_sync_run.details, '{}')) <> 'object' THEN
+		RAISE EXCEPTION 'details must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- The keys dalgo's own code reads (the schedule, skips that quotas do not
+	-- count, the runner) are dalgo's: a connector does not set them.
+	UPDATE dalgo.sync_runs x SET status = CASE WHEN complete_sync_run.error_message IS NULL THEN 'success' ELSE 'failed' END::dalgo.run_status,
+		completed_at = clock_timestamp(), rows_synced = complete_sync_run.rows_synced,
+		error_message = complete_sync_run.error_message,
+		details = x.details || (coalesce(complete_sync_run.details, '{}')
+								- ARRAY['schedule_id', 'skipped', 'runner_pid', 'attempt', 'lag_ms'])
+	WHERE x.id = run_id AND x.status = 'running'
+	RETURNING * INTO r;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'sync run % is not running (claim it first)', run_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF r.status = 'success' THEN
+		UPDATE dalgo.sources s SET last_synced_at = now() WHERE s.id = r.source_id;
+	END IF;
+	RETURN r;
+END
+$$;
+COMMENT ON FUNCTION dalgo.complete_sync_run(uuid, integer, text, jsonb) IS
+	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails); details (an object) is merged in, except dalgo''s own keys schedule_id, skipped, runner_pid, attempt and lag_ms';
+
+-- ---------------------------------------------------------------------------
+-- csv sources
+-- ---------------------------------------------------------------------------
+
+-- Layout: each organization reads only its own directory
+--   <dalgo.csv_dir>/org_<organization id, 32 hex digits without dashes>/
+-- (the name of its warehouse schema).  Paths are relative to it; "..",
+-- absolute paths and symlinks that lead out of it are refused, and a file
+-- that does not exist gives the same error as one that is not allowed.
+CREATE FUNCTION dalgo_internal.csv_path(organization_id uuid, relative_path text) RETURNS text
+	AS 'MODULE_PATHNAME', 'dalgo_csv_path_org'
+	LANGUAGE C STABLE;
+COMMENT ON FUNCTION dalgo_internal.csv_path(uuid, text) IS
+	'Internal: the canonical path of a readable csv file under dalgo.csv_dir/org_<hex id>/; ".." and absolute paths are refused, and a missing file and a path that leaves the directory give one error';
+
+-- A csv source's path is checked when the source is saved, and again at sync time.
+CREATE FUNCTION dalgo_internal.check_csv_source() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.source_type <> 'csv' OR NEW.deleted_at IS NOT NULL OR NOT coalesce(NEW.config ? 'path', false) THEN
+		RETURN NEW;
+	END IF;
+	IF TG_OP = 'UPDATE' AND OLD.source_type = 'csv' AND OLD.deleted_at IS NULL
+	   AND (NEW.organization_id, NEW.config->'path') IS NOT DISTINCT FROM (OLD.organization_id, OLD.config->'path') THEN
+		RETURN NEW;
+	END IF;
+	IF jsonb_typeof(NEW.config->'path') <> 'string' THEN
+		RAISE EXCEPTION 'a csv source''s config.path must be a string' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- With csv sources disabled only the form of the path can be checked.
+	IF current_setting('dalgo.csv_dir') = '' THEN
+		IF NEW.config->>'path' = '' OR NEW.config->>'path' LIKE '/%' OR '..' = ANY (string_to_array(NEW.config->>'path', '/')) THEN
+			RAISE EXCEPTION 'csv path "%" must be relative to the organization''s csv directory and must not contain ".."',
+				NEW.config->>'path' USING ERRCODE = 'insufficient_privilege';
+		END IF;
+	ELSE
+		PERFORM dalgo_internal.csv_path(NEW.organization_id, NEW.config->>'path');
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.check_csv_source() IS
+	'BEFORE trigger on sources: a csv source''s config.path must be a readable file in its organization''s csv directory (dalgo.csv_dir/org_<hex id>/)';
+CREATE TRIGGER check_csv_source BEFORE INSERT OR UPDATE ON dalgo.sources
+	FOR EACH ROW WHEN (NEW.source_type = 'csv') EXECUTE FUNCTION dalgo_internal.check_csv_source();
+COMMENT ON TRIGGER check_csv_source ON dalgo.sources IS 'A csv source reads only its organization''s csv directory';
+
+REVOKE ALL ON FUNCTION dalgo.is_connector_source(dalgo.source_type), dalgo_internal.source_relation(jsonb),
+	dalgo_internal.sync_source(uuid), dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb),
+	dalgo_internal.csv_path(uuid, text), dalgo_internal.check_csv_source()
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.is_connector_source(dalgo.source_type) TO dalgo_authenticated, dalgo_service;
+GRANT EXECUTE ON FUNCTION dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb) TO dalgo_service;
