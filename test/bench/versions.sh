@@ -17,11 +17,15 @@ ROUNDS=${ROUNDS:-2}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-# One run of the three benchmarks against one installation.
+# One run of the three benchmarks against one installation (one cluster each).
 run_one() {
 	local label=$1 bin=$2 round=$3
 	echo "==> round $round: $label ($bin)" >&2
-	PGBIN=$bin ROUNDS=2 SECONDS_PER_RUN=5 "$HERE/run.sh" rls recipe audit > "$out/$label.$round" 2>&1
+	: > "$out/$label.$round"
+	for name in rls recipe audit; do
+		PGBIN=$bin ROUNDS=2 SECONDS_PER_RUN=5 "$HERE/run.sh" "$name" >> "$out/$label.$round" 2>&1 ||
+			{ echo "$name failed against $bin:" >&2; tail -20 "$out/$label.$round" >&2; exit 1; }
+	done
 }
 
 # The figures of one run: rls ratio, member ms, compile us, compiled/hand ratio, audit TPS.
