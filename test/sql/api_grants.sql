@@ -51,7 +51,10 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$
 		-- restore mode, asked by triggers
 		'dalgo.restoring()',
 		-- toolkit: redaction by chosen keys, encrypted secrets
-		'dalgo.redact_jsonb(jsonb,text[],boolean)', 'dalgo.read_secret(regclass,name,text)'],
+		'dalgo.redact_jsonb(jsonb,text[],boolean)', 'dalgo.read_secret(regclass,name,text)',
+		-- journeys: versions, lineage
+		'dalgo.revert_transformation(uuid,integer)', 'dalgo.diff_versions(uuid,integer,integer)',
+		'dalgo.lineage(uuid,uuid,text)', 'dalgo.impact(uuid)', 'dalgo.lineage_dot(uuid)'],
 	'dalgo_authenticated executes exactly the documented end-user API');
 
 SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
@@ -73,7 +76,10 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 		'dalgo.claim_messages(integer)', 'dalgo.complete_message(uuid,text)', 'dalgo.current_api_key_id()', 'dalgo.restoring()',
 		-- toolkit: redaction, retention
 		'dalgo.redact_jsonb(jsonb,text[],boolean)', 'dalgo.apply_retention(integer,integer)', 'dalgo.run_retention(integer)',
-		'dalgo.read_secret_service(regclass,name,text)'],
+		'dalgo.read_secret_service(regclass,name,text)',
+		-- journeys: versions, lineage
+		'dalgo.revert_transformation(uuid,integer)', 'dalgo.diff_versions(uuid,integer,integer)',
+		'dalgo.lineage(uuid,uuid,text)', 'dalgo.impact(uuid)', 'dalgo.lineage_dot(uuid)'],
 	'dalgo_service executes exactly the documented service API');
 
 SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p,

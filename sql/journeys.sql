@@ -1,0 +1,401 @@
+-- journeys.sql: what completes the journeys of a data team (issue 14):
+-- versions that can be used (revert, diff), lineage and impact, export, syncs
+-- and refreshes on demand, and failure alerts.  docs/journeys.md walks
+-- through them.
+
+-- ---------------------------------------------------------------------------
+-- Versions
+-- ---------------------------------------------------------------------------
+
+-- Version rows are written only by the record_version trigger
+-- (transformation_versions grants no INSERT to any app role): a revert is a
+-- save of the old recipe, which numbers and records the new version itself.
+CREATE FUNCTION dalgo.revert_transformation(transformation_id uuid, version integer) RETURNS integer
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t dalgo.transformations;
+	old_recipe jsonb;
+	previous text := current_setting('dalgo.change_description');
+	new_version integer;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x
+	WHERE x.id = revert_transformation.transformation_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(t.organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'transformation % does not exist', transformation_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(t.organization_id, 'member') THEN
+		RAISE EXCEPTION 'reverting a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT v.recipe INTO old_recipe FROM dalgo.transformation_versions v
+	WHERE v.transformation_id = t.id AND v.organization_id = t.organization_id
+	  AND v.version_number = revert_transformation.version AND v.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'transformation % has no version %', transformation_id, version
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = format('Its versions are 1 to %s.', t.current_version);
+	END IF;
+	IF old_recipe = t.recipe THEN
+		RAISE NOTICE 'version % is the current recipe of transformation %; nothing saved', version, t.id;
+		RETURN t.current_version;
+	END IF;
+	-- The save's own triggers check the recipe, number the version and record
+	-- it, with the caller as its author.
+	PERFORM set_config('dalgo.change_description',
+					   coalesce(nullif(previous, ''), format('revert to version %s', version)), true);
+	UPDATE dalgo.transformations x SET recipe = old_recipe WHERE x.id = t.id
+	RETURNING x.current_version INTO new_version;
+	PERFORM set_config('dalgo.change_description', previous, true);
+	RETURN new_version;
+END
+$$;
+COMMENT ON FUNCTION dalgo.revert_transformation(uuid, integer) IS
+	'Save an earlier version''s recipe as the transformation''s new version (checked, numbered and recorded like any save; change_description "revert to version N" unless dalgo.change_description is set); returns the new version number. Members and above';
+
+-- A step-by-step diff: the two step lists are aligned on their longest
+-- common subsequence (equal steps); in each gap between aligned steps a
+-- removed and an added step of the same type are one changed step.
+CREATE FUNCTION dalgo.diff_versions(transformation_id uuid, a integer, b integer) RETURNS jsonb
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+	ra jsonb;
+	rb jsonb;
+	sa jsonb;
+	sb jsonb;
+	n integer;
+	m integer;
+	l integer[];
+	i integer;
+	j integer;
+	ops jsonb := '[]';
+	removed integer[] := '{}';
+	added integer[] := '{}';
+	out jsonb := '[]';
+	k integer;
+	q integer;
+	used boolean[];
+	changed_keys jsonb;
+	other jsonb;
+BEGIN
+	SELECT x.organization_id INTO org FROM dalgo.transformations x
+	WHERE x.id = diff_versions.transformation_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(org, 'viewer') THEN
+		RAISE EXCEPTION 'transformation % does not exist', transformation_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT v.recipe INTO ra FROM dalgo.transformation_versions v
+	WHERE v.transformation_id = diff_versions.transformation_id AND v.organization_id = org AND v.version_number = a;
+	SELECT v.recipe INTO rb FROM dalgo.transformation_versions v
+	WHERE v.transformation_id = diff_versions.transformation_id AND v.organization_id = org AND v.version_number = b;
+	IF ra IS NULL OR rb IS NULL THEN
+		RAISE EXCEPTION 'transformation % has no version %', transformation_id, CASE WHEN ra IS NULL THEN a ELSE b END
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	sa := CASE WHEN jsonb_typeof(ra->'steps') = 'array' THEN ra->'steps' ELSE '[]' END;
+	sb := CASE WHEN jsonb_typeof(rb->'steps') = 'array' THEN rb->'steps' ELSE '[]' END;
+	n := jsonb_array_length(sa);
+	m := jsonb_array_length(sb);
+	-- l[(i)*(m+1)+j+1]: length of the longest common subsequence of sa[i:] and sb[j:].
+	l := array_fill(0, ARRAY[(n + 1) * (m + 1)]);
+	FOR i IN REVERSE n - 1..0 LOOP
+		FOR j IN REVERSE m - 1..0 LOOP
+			IF sa->i = sb->j THEN
+				l[i * (m + 1) + j + 1] := l[(i + 1) * (m + 1) + j + 2] + 1;
+			ELSE
+				l[i * (m + 1) + j + 1] := greatest(l[(i + 1) * (m + 1) + j + 1], l[i * (m + 1) + j + 2]);
+			END IF;
+		END LOOP;
+	END LOOP;
+	-- Walk the alignment; flush each gap's removed and added steps at an equal step and at the end.
+	i := 0;
+	j := 0;
+	LOOP
+		IF i < n AND j < m AND sa->i = sb->j THEN
+			ops := ops || jsonb_build_object('r', to_jsonb(removed), 'a', to_jsonb(added));
+			removed := '{}';
+			added := '{}';
+			i := i + 1;
+			j := j + 1;
+		ELSIF j < m AND (i >= n OR l[i * (m + 1) + j + 2] >= l[(i + 1) * (m + 1) + j + 1]) THEN
+			added := added || j;
+			j := j + 1;
+		ELSIF i < n THEN
+			removed := removed || i;
+			i := i + 1;
+		ELSE
+			EXIT;
+		END IF;
+	END LOOP;
+	ops := ops || jsonb_build_object('r', to_jsonb(removed), 'a', to_jsonb(added));
+	-- Each gap: pair a removed step with the first unpaired added step of the same type.
+	FOR k IN 0..jsonb_array_length(ops) - 1 LOOP
+		removed := ARRAY(SELECT jsonb_array_elements_text(ops->k->'r')::integer);
+		added := ARRAY(SELECT jsonb_array_elements_text(ops->k->'a')::integer);
+		used := array_fill(false, ARRAY[greatest(cardinality(added), 1)]);
+		FOR i IN 1..cardinality(removed) LOOP
+			q := NULL;
+			FOR j IN 1..cardinality(added) LOOP
+				IF NOT used[j] AND sa->removed[i]->'type' = sb->added[j]->'type' THEN
+					q := j;
+					EXIT;
+				END IF;
+			END LOOP;
+			IF q IS NULL THEN
+				out := out || jsonb_build_object('change', 'removed', 'position_a', removed[i] + 1, 'type', sa->removed[i]->'type',
+												 'step', sa->removed[i]);
+			ELSE
+				used[q] := true;
+				SELECT coalesce(jsonb_agg(key ORDER BY key), '[]') INTO changed_keys
+				FROM (SELECT key FROM jsonb_object_keys(CASE WHEN jsonb_typeof(sa->removed[i]) = 'object' THEN sa->removed[i] ELSE '{}' END) key
+					  UNION SELECT key FROM jsonb_object_keys(CASE WHEN jsonb_typeof(sb->added[q]) = 'object' THEN sb->added[q] ELSE '{}' END) key) ks
+				WHERE sa->removed[i]->key IS DISTINCT FROM sb->added[q]->key;
+				out := out || jsonb_build_object('change', 'changed', 'position_a', removed[i] + 1, 'position_b', added[q] + 1,
+												 'type', sa->removed[i]->'type', 'keys', changed_keys,
+												 'from', sa->removed[i], 'to', sb->added[q]);
+			END IF;
+		END LOOP;
+		FOR j IN 1..cardinality(added) LOOP
+			IF NOT used[j] THEN
+				out := out || jsonb_build_object('change', 'added', 'position_b', added[j] + 1, 'type', sb->added[j]->'type',
+												 'step', sb->added[j]);
+			END IF;
+		END LOOP;
+	END LOOP;
+	-- What changed outside the steps (the source, the version field...).
+	SELECT coalesce(jsonb_object_agg(key, jsonb_build_object('from', ra->key, 'to', rb->key)), '{}') INTO other
+	FROM (SELECT jsonb_object_keys(ra) AS key UNION SELECT jsonb_object_keys(rb)) ks
+	WHERE key <> 'steps' AND ra->key IS DISTINCT FROM rb->key;
+	RETURN jsonb_build_object(
+		'transformation_id', transformation_id, 'a', a, 'b', b,
+		'recipe', other,
+		'steps', out,
+		'summary', jsonb_build_object(
+			'added', (SELECT count(*) FROM jsonb_array_elements(out) e WHERE e->>'change' = 'added'),
+			'removed', (SELECT count(*) FROM jsonb_array_elements(out) e WHERE e->>'change' = 'removed'),
+			'changed', (SELECT count(*) FROM jsonb_array_elements(out) e WHERE e->>'change' = 'changed'),
+			'unchanged', l[1]));
+END
+$$;
+COMMENT ON FUNCTION dalgo.diff_versions(uuid, integer, integer) IS
+	'What changed from version a to version b of a transformation, step by step, as jsonb: steps added, removed and changed (with the keys that changed; steps aligned on the longest run of equal steps), other recipe keys that changed (the source), and a summary. Members of its organization';
+
+-- ---------------------------------------------------------------------------
+-- Lineage
+-- ---------------------------------------------------------------------------
+
+-- Every relation a recipe reads, from where the recipe contract allows one:
+-- the source, a join's "with" and each of a union's "with" sources; each as
+-- (kind, value) with kind source_id, transformation_id or table.
+CREATE FUNCTION dalgo_internal.recipe_references(recipe jsonb) RETURNS TABLE (ref_kind text, ref text)
+	LANGUAGE sql IMMUTABLE PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH src(obj) AS (
+		SELECT recipe->'source' WHERE jsonb_typeof(recipe) = 'object'
+		UNION ALL
+		SELECT s->'with' FROM jsonb_array_elements(CASE WHEN jsonb_typeof(recipe->'steps') = 'array' THEN recipe->'steps' ELSE '[]' END) s
+		WHERE jsonb_typeof(s) = 'object' AND s->>'type' = 'join'
+		UNION ALL
+		SELECT w FROM jsonb_array_elements(CASE WHEN jsonb_typeof(recipe->'steps') = 'array' THEN recipe->'steps' ELSE '[]' END) s,
+			jsonb_array_elements(CASE WHEN jsonb_typeof(s->'with') = 'array' THEN s->'with' ELSE '[]' END) w
+		WHERE jsonb_typeof(s) = 'object' AND s->>'type' = 'union')
+	SELECT DISTINCT k, obj->>k FROM src, unnest(ARRAY['source_id', 'transformation_id', 'table']) k
+	WHERE jsonb_typeof(obj) = 'object' AND jsonb_typeof(obj->k) = 'string'
+$$;
+COMMENT ON FUNCTION dalgo_internal.recipe_references(jsonb) IS
+	'Internal: every relation a recipe reads (source, join.with, union.with[]), as (source_id | transformation_id | table, value)';
+
+-- The whole graph of one organization.  A warehouse table's node id is its
+-- dalgo.warehouse_tables id, or, for a table not registered there (not yet
+-- built, or made outside dalgo), a uuid derived from the organization and
+-- the name.
+CREATE FUNCTION dalgo_internal.lineage_graph(organization_id uuid)
+	RETURNS TABLE (node_type text, id uuid, name text, depends_on uuid[])
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH
+	src AS (SELECT s.id, s.name,
+				   coalesce(s.warehouse_table_name, 'source_' || left(replace(s.id::text, '-', ''), 12)) AS table_name
+			FROM dalgo.sources s WHERE s.organization_id = lineage_graph.organization_id AND s.deleted_at IS NULL),
+	tr AS (SELECT t.id, t.name, t.recipe, t.output_table_name
+		   FROM dalgo.transformations t WHERE t.organization_id = lineage_graph.organization_id AND t.deleted_at IS NULL),
+	outp AS (SELECT o.id, o.name, o.transformation_id, o.destination_config->>'name' AS dest
+			 FROM dalgo.outputs o JOIN tr ON tr.id = o.transformation_id
+			 WHERE o.organization_id = lineage_graph.organization_id AND o.deleted_at IS NULL),
+	refs AS (SELECT tr.id AS tid, r.ref_kind, r.ref FROM tr, dalgo_internal.recipe_references(tr.recipe) r),
+	-- Every table name any node produces or reads.
+	names AS (SELECT table_name AS n FROM src
+			  UNION SELECT output_table_name FROM tr WHERE output_table_name IS NOT NULL
+			  UNION SELECT dest FROM outp WHERE dest IS NOT NULL
+			  UNION SELECT ref FROM refs WHERE ref_kind = 'table'),
+	tbl AS (SELECT names.n, coalesce(
+				(SELECT w.id FROM dalgo.warehouse_tables w
+				 WHERE w.organization_id = lineage_graph.organization_id AND w.table_name = names.n AND w.deleted_at IS NULL
+				 ORDER BY w.created_at LIMIT 1),
+				md5('dalgo warehouse table ' || lineage_graph.organization_id::text || '/' || names.n)::uuid) AS tid
+			FROM names),
+	edges AS (
+		SELECT 'source'::text AS node_type, src.id, src.name, NULL::uuid AS dep FROM src
+		UNION ALL
+		SELECT 'warehouse_table', tbl.tid, src.table_name, src.id FROM src JOIN tbl ON tbl.n = src.table_name
+		UNION ALL
+		SELECT 'transformation', tr.id, tr.name, NULL FROM tr
+		UNION ALL
+		-- A transformation reads tables: a source's, another transformation's
+		-- output table (or the transformation, if it has none), or a table by name.
+		SELECT 'transformation', refs.tid, tr.name,
+			CASE refs.ref_kind
+				WHEN 'table' THEN (SELECT tbl.tid FROM tbl WHERE tbl.n = refs.ref)
+				WHEN 'source_id' THEN (SELECT tbl.tid FROM src JOIN tbl ON tbl.n = src.table_name WHERE src.id::text = refs.ref)
+				ELSE (SELECT coalesce((SELECT tbl.tid FROM tbl WHERE tbl.n = up.output_table_name), up.id)
+					  FROM tr up WHERE up.id::text = refs.ref) END
+		FROM refs JOIN tr ON tr.id = refs.tid
+		UNION ALL
+		SELECT 'warehouse_table', tbl.tid, tr.output_table_name, tr.id FROM tr JOIN tbl ON tbl.n = tr.output_table_name
+		UNION ALL
+		SELECT 'output', outp.id, outp.name, outp.transformation_id FROM outp
+		UNION ALL
+		SELECT 'warehouse_table', tbl.tid, outp.dest, outp.id
+		FROM outp JOIN tr ON tr.id = outp.transformation_id JOIN tbl ON tbl.n = outp.dest
+		WHERE outp.dest IS DISTINCT FROM tr.output_table_name
+		UNION ALL
+		SELECT 'warehouse_table', tbl.tid, tbl.n, NULL FROM tbl
+		UNION ALL
+		SELECT 'schedule', s.id, format('%s at %s (%s)', s.frequency, to_char(s.run_at_time, 'HH24:MI'), s.timezone),
+			coalesce(s.source_id, s.output_id)
+		FROM dalgo.schedules s
+		WHERE s.organization_id = lineage_graph.organization_id AND s.deleted_at IS NULL
+		  AND (s.source_id IN (SELECT src.id FROM src) OR s.output_id IN (SELECT outp.id FROM outp)))
+	SELECT min(e.node_type), e.id, min(e.name),
+		coalesce(array_agg(DISTINCT e.dep ORDER BY e.dep) FILTER (WHERE e.dep IS NOT NULL), '{}')
+	FROM edges e GROUP BY e.id
+$$;
+COMMENT ON FUNCTION dalgo_internal.lineage_graph(uuid) IS
+	'Internal: the lineage graph of an organization''s live objects: (node_type, id, name, depends_on)';
+
+-- The organization of a lineage node, for impact(): the object's own row.
+CREATE FUNCTION dalgo_internal.lineage_node_organization(node_id uuid) RETURNS uuid
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(
+		(SELECT organization_id FROM dalgo.sources WHERE id = node_id AND deleted_at IS NULL),
+		(SELECT organization_id FROM dalgo.transformations WHERE id = node_id AND deleted_at IS NULL),
+		(SELECT organization_id FROM dalgo.outputs WHERE id = node_id AND deleted_at IS NULL),
+		(SELECT organization_id FROM dalgo.schedules WHERE id = node_id AND deleted_at IS NULL),
+		(SELECT organization_id FROM dalgo.warehouse_tables WHERE id = node_id AND deleted_at IS NULL))
+$$;
+COMMENT ON FUNCTION dalgo_internal.lineage_node_organization(uuid) IS
+	'Internal: the organization of a source, transformation, output, schedule or registered warehouse table';
+
+CREATE FUNCTION dalgo.lineage(organization_id uuid, node_id uuid DEFAULT NULL, direction text DEFAULT 'both')
+	RETURNS TABLE (node_type text, id uuid, name text, depends_on uuid[])
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF organization_id IS NULL OR NOT dalgo.caller_may(organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF direction IS NULL OR direction NOT IN ('both', 'upstream', 'downstream') THEN
+		RAISE EXCEPTION 'direction must be both, upstream or downstream' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF node_id IS NULL THEN
+		RETURN QUERY SELECT g.* FROM dalgo_internal.lineage_graph(organization_id) g ORDER BY g.node_type, g.name, g.id;
+		RETURN;
+	END IF;
+	IF NOT EXISTS (SELECT FROM dalgo_internal.lineage_graph(organization_id) g WHERE g.id = node_id) THEN
+		RAISE EXCEPTION 'node % is not in the lineage of organization %', node_id, organization_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+		WITH RECURSIVE g AS MATERIALIZED (SELECT * FROM dalgo_internal.lineage_graph(organization_id)),
+		up(id) AS (SELECT lineage.node_id WHERE direction IN ('both', 'upstream')
+				   UNION SELECT d FROM up JOIN g ON g.id = up.id, unnest(g.depends_on) d),
+		down(id) AS (SELECT lineage.node_id WHERE direction IN ('both', 'downstream')
+					 UNION SELECT g.id FROM down JOIN g ON down.id = ANY (g.depends_on))
+		SELECT g.* FROM g WHERE g.id IN (SELECT up.id FROM up UNION SELECT down.id FROM down)
+		ORDER BY g.node_type, g.name, g.id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.lineage(uuid, uuid, text) IS
+	'The lineage graph of an organization: sources, warehouse tables, transformations (every source, join, union and transformation reference of their recipes), outputs and schedules, as (node_type, id, name, depends_on); with node_id, only what it depends on (upstream), what depends on it (downstream), or both. Members of the organization';
+
+CREATE FUNCTION dalgo.impact(node_id uuid)
+	RETURNS TABLE (run_order integer, node_type text, id uuid, name text)
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid := dalgo_internal.lineage_node_organization(node_id);
+BEGIN
+	IF org IS NULL OR NOT dalgo.caller_may(org, 'viewer') THEN
+		RAISE EXCEPTION 'node % does not exist or you are not a member of its organization', node_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- run_order: the longest path from node_id, so that everything a node
+	-- reads comes before it.
+	RETURN QUERY
+		WITH RECURSIVE g AS MATERIALIZED (SELECT * FROM dalgo_internal.lineage_graph(org)),
+		down(id, depth, path) AS (
+			SELECT impact.node_id, 0, ARRAY[impact.node_id]
+			UNION ALL
+			SELECT g.id, down.depth + 1, down.path || g.id
+			FROM down JOIN g ON down.id = ANY (g.depends_on)
+			WHERE NOT g.id = ANY (down.path) AND down.depth < 1000)
+		SELECT max(down.depth)::integer, min(g.node_type), down.id, min(g.name)
+		FROM down JOIN g ON g.id = down.id
+		WHERE down.id <> impact.node_id
+		GROUP BY down.id
+		ORDER BY 1, 2, 4, 3;
+END
+$$;
+COMMENT ON FUNCTION dalgo.impact(uuid) IS
+	'Everything downstream of a source, warehouse table, transformation or output that a change would touch, in run order (run_order 1 first); members of its organization';
+
+CREATE FUNCTION dalgo.lineage_dot(organization_id uuid) RETURNS text
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	dot text;
+BEGIN
+	IF organization_id IS NULL OR NOT dalgo.caller_may(organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Names are users' text: in a DOT string only backslash, double quote and
+	-- line breaks need escaping.
+	WITH g AS MATERIALIZED (SELECT * FROM dalgo_internal.lineage_graph(organization_id))
+	SELECT concat_ws(E'\n',
+		'digraph lineage {',
+		'  rankdir=LR;',
+		'  node [fontname="Helvetica", fontsize=11];',
+		(SELECT string_agg(format('  "%s" [label="%s\n%s", shape=%s, style=filled, fillcolor="%s"];', g.id,
+								  replace(g.node_type, '_', ' '),
+								  replace(replace(replace(replace(g.name, '\', '\\'), '"', '\"'), E'\r', ''), E'\n', '\n'),
+								  CASE g.node_type WHEN 'source' THEN 'cylinder' WHEN 'warehouse_table' THEN 'box'
+									   WHEN 'transformation' THEN 'ellipse' WHEN 'output' THEN 'note' ELSE 'octagon' END,
+								  CASE g.node_type WHEN 'source' THEN '#cfe2f3' WHEN 'warehouse_table' THEN '#eeeeee'
+									   WHEN 'transformation' THEN '#d9ead3' WHEN 'output' THEN '#fff2cc' ELSE '#f4cccc' END),
+						  E'\n' ORDER BY g.node_type, g.name, g.id) FROM g),
+		(SELECT string_agg(format('  "%s" -> "%s";', d, g.id), E'\n' ORDER BY g.id, d) FROM g, unnest(g.depends_on) d),
+		'}') INTO dot;
+	RETURN dot;
+END
+$$;
+COMMENT ON FUNCTION dalgo.lineage_dot(uuid) IS
+	'The lineage graph of an organization as Graphviz DOT (dot -Tsvg renders it); members of the organization';
+
+REVOKE ALL ON FUNCTION dalgo.revert_transformation(uuid, integer), dalgo.diff_versions(uuid, integer, integer),
+	dalgo_internal.recipe_references(jsonb), dalgo_internal.lineage_graph(uuid), dalgo_internal.lineage_node_organization(uuid),
+	dalgo.lineage(uuid, uuid, text), dalgo.impact(uuid), dalgo.lineage_dot(uuid)
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.revert_transformation(uuid, integer), dalgo.diff_versions(uuid, integer, integer),
+	dalgo.lineage(uuid, uuid, text), dalgo.impact(uuid), dalgo.lineage_dot(uuid)
+	TO dalgo_authenticated, dalgo_service;
