@@ -134,7 +134,8 @@ REGRESS = \
 	toolkit_seed_003 \
 	toolkit_seed_004 \
 	version_history \
-	lineage
+	lineage \
+	warehouse_export
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \

@@ -399,3 +399,107 @@ REVOKE ALL ON FUNCTION dalgo.revert_transformation(uuid, integer), dalgo.diff_ve
 GRANT EXECUTE ON FUNCTION dalgo.revert_transformation(uuid, integer), dalgo.diff_versions(uuid, integer, integer),
 	dalgo.lineage(uuid, uuid, text), dalgo.impact(uuid), dalgo.lineage_dot(uuid)
 	TO dalgo_authenticated, dalgo_service;
+
+-- ---------------------------------------------------------------------------
+-- Export
+-- ---------------------------------------------------------------------------
+
+-- What export_warehouse_table reads: the checks and the compiled read of
+-- read_warehouse_table (membership, the warehouse, a plain table name of the
+-- organization's own schema).
+CREATE FUNCTION dalgo_internal.export_query(organization_id uuid, table_name text) RETURNS text
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT dalgo.caller_may(organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo.ensure_warehouse(organization_id);
+	RETURN dalgo.compile_recipe(organization_id,
+		jsonb_build_object('version', 1, 'source', jsonb_build_object('table', table_name), 'steps', '[]'::jsonb));
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.export_query(uuid, text) IS
+	'Internal: check that the caller may read the organization''s warehouse and return the compiled read of one of its tables';
+
+-- A C set-returning function in value-per-call mode: one line per call,
+-- read through a cursor in batches of about 1 MB, so that a table of any
+-- size streams in flat memory.
+CREATE FUNCTION dalgo.export_warehouse_table(organization_id uuid, table_name text, format text DEFAULT 'csv')
+	RETURNS SETOF text
+	AS 'MODULE_PATHNAME', 'dalgo_export_warehouse_table'
+	LANGUAGE C VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+	SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION dalgo.export_warehouse_table(uuid, text, text) IS
+	'Every row of one of the organization''s warehouse tables, one line per row, without a row cap: csv (a header line, then the rows as COPY (FORMAT csv) writes them), text (COPY''s text format) or json (one object per row). Streams in flat memory (call it in the select list); read as the warehouse role, read-only, for members of the organization, like read_warehouse_table';
+
+-- Everything of an organization but its data and its secrets.
+CREATE FUNCTION dalgo.export_organization(organization_id uuid) RETURNS jsonb
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org dalgo.organizations;
+BEGIN
+	SELECT * INTO org FROM dalgo.organizations o WHERE o.id = export_organization.organization_id AND o.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(org.id, 'viewer') THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF NOT dalgo.caller_may(org.id, 'owner') THEN
+		RAISE EXCEPTION 'exporting an organization needs the owner role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	RETURN jsonb_build_object(
+		'format', 'dalgo organization export',
+		'version', 1,
+		'exported_at', now(),
+		'organization', jsonb_build_object('id', org.id, 'name', org.name, 'slug', org.slug, 'description', org.description,
+										   'org_type', org.org_type, 'settings', org.settings, 'created_at', org.created_at),
+		'members', (SELECT coalesce(jsonb_agg(jsonb_build_object('user_id', u.id, 'email', u.email, 'full_name', u.full_name,
+																  'role', m.role, 'since', m.created_at) ORDER BY m.role DESC, u.email), '[]')
+					FROM dalgo.organization_members m JOIN dalgo.users u ON u.id = m.user_id
+					WHERE m.organization_id = org.id AND m.deleted_at IS NULL AND u.deleted_at IS NULL),
+		-- Credentials stay behind: the config as dalgo.redact shows it.
+		'sources', (SELECT coalesce(jsonb_agg(jsonb_build_object('id', s.id, 'name', s.name, 'description', s.description,
+																  'source_type', s.source_type, 'config', dalgo.redact(s.config),
+																  'warehouse_table_name', s.warehouse_table_name,
+																  'last_synced_at', s.last_synced_at, 'created_at', s.created_at)
+											 ORDER BY s.name, s.id), '[]')
+					FROM dalgo.sources s WHERE s.organization_id = org.id AND s.deleted_at IS NULL),
+		'transformations', (SELECT coalesce(jsonb_agg(jsonb_build_object('id', t.id, 'name', t.name, 'description', t.description,
+																  'recipe', t.recipe, 'output_table_name', t.output_table_name,
+																  'current_version', t.current_version,
+																  'versions', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+																		'version_number', v.version_number, 'recipe', v.recipe,
+																		'created_by_id', v.created_by_id, 'change_description', v.change_description,
+																		'created_at', v.created_at) ORDER BY v.version_number), '[]')
+																	FROM dalgo.transformation_versions v
+																	WHERE v.transformation_id = t.id AND v.organization_id = org.id
+																	  AND v.deleted_at IS NULL))
+											 ORDER BY t.name, t.id), '[]')
+					FROM dalgo.transformations t WHERE t.organization_id = org.id AND t.deleted_at IS NULL),
+		'outputs', (SELECT coalesce(jsonb_agg(jsonb_build_object('id', o.id, 'name', o.name, 'description', o.description,
+																  'transformation_id', o.transformation_id,
+																  'destination_config', o.destination_config) ORDER BY o.name, o.id), '[]')
+					FROM dalgo.outputs o WHERE o.organization_id = org.id AND o.deleted_at IS NULL),
+		'schedules', (SELECT coalesce(jsonb_agg(jsonb_build_object('id', s.id, 'source_id', s.source_id, 'output_id', s.output_id,
+																	'frequency', s.frequency, 'run_at_time', s.run_at_time,
+																	'run_at_day', s.run_at_day, 'timezone', s.timezone,
+																	'is_active', s.is_active) ORDER BY s.created_at, s.id), '[]')
+					  FROM dalgo.schedules s WHERE s.organization_id = org.id AND s.deleted_at IS NULL),
+		'warehouse_tables', (SELECT coalesce(jsonb_agg(jsonb_build_object('table_name', w.table_name, 'row_count', w.row_count,
+																	'size_bytes', w.size_bytes, 'columns', w.schema_info,
+																	'last_updated_at', w.last_updated_at) ORDER BY w.table_name), '[]')
+							 FROM dalgo.warehouse_tables w WHERE w.organization_id = org.id AND w.deleted_at IS NULL));
+END
+$$;
+COMMENT ON FUNCTION dalgo.export_organization(uuid) IS
+	'An organization''s metadata as one jsonb document: the organization, members, sources (config redacted: no credentials), transformations with every version, outputs, schedules and warehouse tables (names, sizes, columns; the rows come from export_warehouse_table). Owners only';
+
+REVOKE ALL ON FUNCTION dalgo_internal.export_query(uuid, text), dalgo.export_warehouse_table(uuid, text, text),
+	dalgo.export_organization(uuid)
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.export_warehouse_table(uuid, text, text), dalgo.export_organization(uuid)
+	TO dalgo_authenticated, dalgo_service;

@@ -31,7 +31,7 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$
 		'dalgo.validate_timezone(text)', 'dalgo.uuid_v7()',
 		-- recipes and warehouse
 		'dalgo.compile_recipe(uuid,jsonb)', 'dalgo.preview_recipe(uuid,jsonb,integer)',
-		'dalgo.read_warehouse_table(uuid,text,integer)', 'dalgo.ensure_warehouse(uuid)',
+		'dalgo.read_warehouse_table(uuid,text,integer,text,jsonb)', 'dalgo.ensure_warehouse(uuid)',
 		'dalgo.run_transformation(uuid,boolean)', 'dalgo.transformation_upstream(uuid)',
 		'dalgo.recipe_dependencies(jsonb)', 'dalgo.caller_may(uuid,dalgo.member_role)',
 		-- scheduling
@@ -54,7 +54,9 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$
 		'dalgo.redact_jsonb(jsonb,text[],boolean)', 'dalgo.read_secret(regclass,name,text)',
 		-- journeys: versions, lineage
 		'dalgo.revert_transformation(uuid,integer)', 'dalgo.diff_versions(uuid,integer,integer)',
-		'dalgo.lineage(uuid,uuid,text)', 'dalgo.impact(uuid)', 'dalgo.lineage_dot(uuid)'],
+		'dalgo.lineage(uuid,uuid,text)', 'dalgo.impact(uuid)', 'dalgo.lineage_dot(uuid)',
+		-- journeys: export
+		'dalgo.export_warehouse_table(uuid,text,text)', 'dalgo.export_organization(uuid)'],
 	'dalgo_authenticated executes exactly the documented end-user API');
 
 SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
@@ -63,7 +65,7 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 		'dalgo.is_org_member(uuid,dalgo.member_role)', 'dalgo.is_org_admin(uuid)', 'dalgo.org_role(uuid)',
 		'dalgo.current_org_ids(dalgo.member_role)', 'dalgo.validate_timezone(text)', 'dalgo.uuid_v7()',
 		'dalgo.compile_recipe(uuid,jsonb)', 'dalgo.preview_recipe(uuid,jsonb,integer)',
-		'dalgo.read_warehouse_table(uuid,text,integer)', 'dalgo.ensure_warehouse(uuid)',
+		'dalgo.read_warehouse_table(uuid,text,integer,text,jsonb)', 'dalgo.ensure_warehouse(uuid)',
 		'dalgo.run_transformation(uuid,boolean)', 'dalgo.transformation_upstream(uuid)',
 		'dalgo.recipe_dependencies(jsonb)', 'dalgo.caller_may(uuid,dalgo.member_role)',
 		'dalgo.next_run(dalgo.schedule_frequency,time without time zone,integer,text,timestamp with time zone)',
@@ -79,7 +81,9 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 		'dalgo.read_secret_service(regclass,name,text)',
 		-- journeys: versions, lineage
 		'dalgo.revert_transformation(uuid,integer)', 'dalgo.diff_versions(uuid,integer,integer)',
-		'dalgo.lineage(uuid,uuid,text)', 'dalgo.impact(uuid)', 'dalgo.lineage_dot(uuid)'],
+		'dalgo.lineage(uuid,uuid,text)', 'dalgo.impact(uuid)', 'dalgo.lineage_dot(uuid)',
+		-- journeys: export
+		'dalgo.export_warehouse_table(uuid,text,text)', 'dalgo.export_organization(uuid)'],
 	'dalgo_service executes exactly the documented service API');
 
 SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p,
