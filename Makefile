@@ -135,7 +135,8 @@ REGRESS = \
 	toolkit_seed_004 \
 	version_history \
 	lineage \
-	warehouse_export
+	warehouse_export \
+	runs_on_demand
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \

@@ -9711,6 +9711,411 @@ COMMENT ON FUNCTION dalgo.read_warehouse_table(uuid, text, integer, text, jsonb)
 REVOKE ALL ON FUNCTION dalgo.read_warehouse_table(uuid, text, integer, text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.read_warehouse_table(uuid, text, integer, text, jsonb) TO dalgo_authenticated, dalgo_service;
 
+
+-- runs on demand: the run queue, the recovery and the worker's checks take runs that
+-- sync_now and refresh_output_now queued (details.on_demand); a due schedule counts
+-- them as going.
+
+CREATE OR REPLACE FUNCTION dalgo_internal.claim_due_schedules(at timestamptz, max_runs integer, only_schedule uuid DEFAULT NULL)
+	RETURNS TABLE (schedule_id uuid, run_kind dalgo.run_kind, run_id uuid, outcome text)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s dalgo.schedules;
+	src dalgo.sources;
+	out dalgo.outputs;
+	busy boolean;
+	det jsonb;
+	rid uuid;
+BEGIN
+	IF max_runs <= 0 THEN
+		RETURN;
+	END IF;
+	-- Fair between organizations: each organization's oldest due schedule
+	-- first, then each one's second, and so on, so that one organization's
+	-- backlog never holds another's due schedule back to a later tick.  The
+	-- due test is repeated on x: a row another claimer committed in between is
+	-- re-checked after its lock.
+	-- The limit applies after SKIP LOCKED: a schedule row another
+	-- transaction holds (run_schedule_now's run, an open UPDATE) is passed
+	-- over and does not use up a place, so locked rows cannot crowd every
+	-- other organization's due schedule out of the claim.
+	FOR s IN SELECT x.* FROM dalgo.schedules x
+			 JOIN (SELECT y.id,
+						  row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
+				   FROM dalgo.schedules y
+				   WHERE y.is_active AND y.deleted_at IS NULL AND y.next_run_at <= at
+					 AND (only_schedule IS NULL OR y.id = only_schedule)) d ON d.id = x.id
+			 WHERE x.is_active AND x.deleted_at IS NULL AND x.next_run_at <= at
+			   AND (only_schedule IS NULL OR x.id = only_schedule)
+			 ORDER BY d.turn, x.next_run_at, x.id
+			 LIMIT max_runs
+			 FOR UPDATE OF x SKIP LOCKED
+	LOOP
+		det := jsonb_build_object('schedule_id', s.id, 'attempt', 1,
+								  'lag_ms', round(extract(epoch FROM clock_timestamp() - s.next_run_at) * 1000));
+		UPDATE dalgo.schedules x SET last_run_at = at,
+			next_run_at = dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, greatest(at, s.next_run_at))
+		WHERE x.id = s.id;
+		schedule_id := s.id;
+		IF s.source_id IS NOT NULL THEN
+			run_kind := 'sync';
+			SELECT * INTO src FROM dalgo.sources x WHERE x.id = s.source_id;
+			-- sync_now holds the source row FOR UPDATE while it queues or runs
+			-- a sync: that run is going, even if not yet committed.
+			PERFORM FROM dalgo.sources x WHERE x.id = s.source_id FOR KEY SHARE SKIP LOCKED;
+			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.source_id = s.source_id
+										 AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL);
+			IF busy THEN
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, started_at, completed_at, error_message, details)
+				VALUES (s.organization_id, s.source_id, 'failed', clock_timestamp(), clock_timestamp(),
+						'skipped: the previous run of this schedule is still going', det || '{"skipped": true}')
+				RETURNING id INTO rid;
+				outcome := 'skipped';
+			ELSE
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, details)
+				VALUES (s.organization_id, s.source_id, 'pending', det) RETURNING id INTO rid;
+				IF dalgo.is_connector_source(src.source_type) THEN
+					-- Anyone can LISTEN: the payload is empty, connectors learn
+					-- the work from claim_sync_run().
+					PERFORM pg_notify('dalgo_sync', '');
+					outcome := 'connector';
+				ELSE
+					outcome := 'queued';
+				END IF;
+			END IF;
+		ELSE
+			run_kind := 'output';
+			SELECT * INTO out FROM dalgo.outputs x WHERE x.id = s.output_id;
+			-- Likewise refresh_output_now and the output row; its on-demand
+			-- runs (details.output_id) count as this schedule's.
+			PERFORM FROM dalgo.outputs x WHERE x.id = s.output_id FOR KEY SHARE SKIP LOCKED;
+			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.transformation_id = out.transformation_id
+										 AND r.status IN ('pending', 'running')
+										 AND (r.details->>'schedule_id' = s.id::text OR r.details->>'output_id' = s.output_id::text));
+			INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, started_at, completed_at,
+												   error_message, details)
+			VALUES (s.organization_id, out.transformation_id, CASE WHEN busy THEN 'failed' ELSE 'pending' END::dalgo.run_status,
+					CASE WHEN busy THEN clock_timestamp() END, CASE WHEN busy THEN clock_timestamp() END,
+					CASE WHEN busy THEN 'skipped: the previous run of this schedule is still going' END,
+					det || CASE WHEN busy THEN '{"skipped": true}'::jsonb ELSE '{}'::jsonb END)
+			RETURNING id INTO rid;
+			outcome := CASE WHEN busy THEN 'skipped' ELSE 'queued' END;
+		END IF;
+		run_id := rid;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.claim_due_schedules(timestamptz, integer, uuid) IS
+	'Internal: claim up to max_runs due schedules (FOR UPDATE SKIP LOCKED), advance them and create their run rows; outcome is queued (for the run workers), connector or skipped';
+
+
+CREATE OR REPLACE FUNCTION dalgo_internal.claim_pending_run(OUT run_kind dalgo.run_kind, OUT run_id uuid)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+BEGIN
+	FOR org IN
+		WITH queued AS (
+			SELECT r.organization_id, r.status, r.created_at
+			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+			WHERE r.status IN ('pending', 'running') AND NOT dalgo.is_connector_source(s.source_type)
+			  AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			UNION ALL
+			SELECT r.organization_id, r.status, r.created_at FROM dalgo.transformation_runs r
+			WHERE r.status IN ('pending', 'running') AND r.details ?| ARRAY['schedule_id', 'on_demand'])
+		SELECT q.organization_id FROM queued q
+		GROUP BY q.organization_id
+		HAVING bool_or(q.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE q.status = 'running'), min(q.created_at) FILTER (WHERE q.status = 'pending'),
+				 q.organization_id
+	LOOP
+		SELECT 'sync', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo.is_connector_source(s.source_type)
+		  AND r.details ?| ARRAY['schedule_id', 'on_demand']
+		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
+		IF NOT FOUND THEN
+			SELECT 'output', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
+			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED;
+		END IF;
+		EXIT WHEN run_id IS NOT NULL;
+	END LOOP;
+	IF run_id IS NOT NULL THEN
+		PERFORM dalgo_internal.start_scheduled_run(run_kind, run_id);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.claim_pending_run() IS
+	'Internal: a run worker takes a pending in-database run and marks it running: the organization with the fewest running runs first, then the one waiting longest';
+
+
+CREATE OR REPLACE FUNCTION dalgo_internal.pending_runs() RETURNS integer
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT (SELECT count(*) FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+				  WHERE r.status = 'pending' AND NOT dalgo.is_connector_source(s.source_type) AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.status = 'pending' AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer $$;
+COMMENT ON FUNCTION dalgo_internal.pending_runs() IS 'Internal: in-database runs waiting for a run worker';
+
+
+CREATE OR REPLACE FUNCTION dalgo_internal.verify_scheduled_run(run_kind dalgo.run_kind, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	det jsonb;
+	run_org uuid;
+	run_source uuid;
+	run_transformation uuid;
+	sid uuid;
+	s dalgo.schedules;
+	agree boolean := false;
+BEGIN
+	SELECT r.details, r.organization_id, r.source_id, r.transformation_id
+	INTO det, run_org, run_source, run_transformation
+	FROM dalgo_internal.scheduled_runs r WHERE r.run_kind = verify_scheduled_run.run_kind AND r.id = run_id;
+	BEGIN
+		sid := (det->>'schedule_id')::uuid;
+	EXCEPTION WHEN invalid_text_representation THEN
+		sid := NULL;
+	END;
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = sid;
+	IF det ? 'on_demand' AND NOT det ? 'schedule_id' THEN
+		-- A run sync_now or refresh_output_now queued: its source, or the
+		-- output (details.output_id) whose transformation is the run's, in
+		-- the run's organization.
+		IF run_kind = 'sync' THEN
+			agree := NOT det ? 'output_id'
+				AND EXISTS (SELECT FROM dalgo.sources x WHERE x.id = run_source AND x.organization_id = run_org);
+		ELSIF det->>'output_id' ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+			agree := EXISTS (SELECT FROM dalgo.outputs o JOIN dalgo.transformations t ON t.id = o.transformation_id
+							 WHERE o.id = (det->>'output_id')::uuid AND o.organization_id = run_org
+							   AND t.organization_id = run_org AND t.id = run_transformation);
+		END IF;
+	ELSIF FOUND AND s.organization_id = run_org AND NOT det ? 'output_id' THEN
+		IF run_kind = 'sync' THEN
+			agree := s.source_id = run_source
+				AND EXISTS (SELECT FROM dalgo.sources x WHERE x.id = run_source AND x.organization_id = run_org);
+		ELSE
+			agree := EXISTS (SELECT FROM dalgo.outputs o JOIN dalgo.transformations t ON t.id = o.transformation_id
+							 WHERE o.id = s.output_id AND o.organization_id = run_org AND t.organization_id = run_org
+							   AND t.id = run_transformation);
+		END IF;
+	END IF;
+	IF NOT coalesce(agree, false) THEN
+		RAISE EXCEPTION 'run % was refused: it does not match its schedule', run_id
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'A scheduled run must name the schedule that created it, and schedule, source or output, transformation and run must belong to one organization.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.verify_scheduled_run(dalgo.run_kind, uuid) IS
+	'Internal: refuse a run row whose schedule (or, for a run queued on demand, details.output_id), source or output, transformation and organization do not agree (a forged row); sync_source and refresh_output call it first';
+
+
+CREATE OR REPLACE FUNCTION dalgo_internal.refresh_output(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.transformation_runs;
+	o dalgo.outputs;
+	t dalgo.transformations;
+	v record;
+	schema_name text;
+	dest text;
+	kind text;
+BEGIN
+	PERFORM dalgo_internal.verify_scheduled_run('output', run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+	SELECT * INTO o FROM dalgo.outputs x
+	WHERE x.id = coalesce((SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid),
+						  (r.details->>'output_id')::uuid);
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
+	schema_name := dalgo_internal.warehouse_schema_name(o.organization_id);
+	kind := coalesce(o.destination_config->>'type', 'table');
+	dest := coalesce(o.destination_config->>'name', t.output_table_name);
+	IF kind NOT IN ('table', 'view') THEN
+		RAISE EXCEPTION 'unknown destination type "%" (use table or view)', kind USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'view' AND dest = t.output_table_name THEN
+		RAISE EXCEPTION 'a view destination needs a name other than the transformation''s table "%"', dest
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
+	END IF;
+	-- destination_config.name is a member's text: it may name only what this
+	-- output makes.  Longer names would be truncated to another table's name.
+	IF dest = '' OR octet_length(dest) >= 64 OR dest LIKE '\_dalgo\_%' THEN
+		RAISE EXCEPTION 'output destination name "%" is not allowed', dest
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use a name of 1 to 63 bytes that does not start with _dalgo_.';
+	END IF;
+	IF dest <> t.output_table_name AND to_regclass(format('%I.%I', schema_name, dest)) IS NOT NULL
+	   AND NOT (CASE WHEN kind = 'view' THEN dalgo_internal.output_view_reads(o.organization_id, dest, t.output_table_name)
+				ELSE EXISTS (SELECT FROM dalgo.warehouse_tables w
+							 WHERE w.organization_id = o.organization_id AND w.table_name = dest
+							   AND w.deleted_at IS NULL AND w.output_id = o.id) END) THEN
+		RAISE EXCEPTION 'output destination "%" exists and was not made by this output', dest
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'An output replaces only a table or view that its own refreshes made.',
+				  HINT = 'Set destination_config.name to a new name.';
+	END IF;
+
+	-- Each swap below keeps the output views over its table
+	-- (swap_warehouse_table drops and restores them).
+	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
+		PERFORM dalgo.run_transformation(v.id, false);
+	END LOOP;
+	PERFORM dalgo_internal.build_transformation(t.id, run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+
+	IF r.status <> 'success' THEN
+		RETURN;
+	END IF;
+	IF kind = 'view' THEN
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+			schema_name, dest, schema_name, t.output_table_name));
+	ELSIF dest <> t.output_table_name THEN
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
+			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
+		PERFORM dalgo_internal.check_warehouse_quota(o.organization_id, dest);
+		-- The swap records this output as the table's producer.
+		PERFORM dalgo_internal.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
+	END IF;
+	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.refresh_output(uuid) IS
+	'Internal: run an output''s transformation with its upstream, then refresh destination_config ({"type": "table"|"view", "name": ...}); output views over rebuilt tables are dropped and created again around the swap';
+
+
+CREATE OR REPLACE FUNCTION dalgo_internal.recover_interrupted_runs() RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+	m integer;
+	seen timestamptz;
+	live_pids integer[];
+	live_starts timestamptz[];
+BEGIN
+	-- A run is alive while the backend that marked it running is: the same
+	-- pid, started no later than the run (a reused pid starts later).  Only
+	-- runs marked before the list of backends was read are judged by it.
+	PERFORM pg_stat_clear_snapshot();
+	seen := clock_timestamp();
+	SELECT array_agg(a.pid), array_agg(a.backend_start) INTO live_pids, live_starts
+	FROM pg_stat_activity a WHERE a.backend_start IS NOT NULL;
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
+	FROM dalgo.sources s
+	WHERE s.id = r.source_id AND NOT dalgo.is_connector_source(s.source_type) AND r.status = 'running'
+	  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
+	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
+					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
+	WHERE r.status = 'running' AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
+	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
+					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
+	GET DIAGNOSTICS m = ROW_COUNT;
+	RETURN n + m;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.recover_interrupted_runs() IS
+	'Mark scheduled runs whose worker is gone (same pid and a backend start no later than the run''s) as failed; the scheduler calls it on every tick (pending runs simply wait for a worker)';
+
+
+CREATE OR REPLACE FUNCTION dalgo_internal.swap_warehouse_table(organization_id uuid, build_name text, table_name text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	by_source uuid;
+	by_transformation uuid;
+	by_output uuid;
+	context uuid;
+	claimant text;
+	reg dalgo.warehouse_tables;
+	dropped jsonb;
+BEGIN
+	-- The producer is the run the build is named after: dalgo names each
+	-- build table _dalgo_build_<transformation run>, _dalgo_sync_<sync run>
+	-- or _dalgo_out_<output refresh run>.
+	IF build_name ~ '^_dalgo_build_[0-9a-f]{32}$' THEN
+		SELECT r.transformation_id INTO by_transformation FROM dalgo.transformation_runs r
+		WHERE r.id = substr(build_name, 14)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+		context := by_transformation;
+	ELSIF build_name ~ '^_dalgo_sync_[0-9a-f]{32}$' THEN
+		SELECT r.source_id INTO by_source FROM dalgo.sync_runs r
+		WHERE r.id = substr(build_name, 13)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+	ELSIF build_name ~ '^_dalgo_out_[0-9a-f]{32}$' THEN
+		-- The output is the run's schedule's, or, for a run queued by
+		-- refresh_output_now, the one its details name.
+		SELECT o.id, o.transformation_id INTO by_output, context
+		FROM dalgo.transformation_runs r
+		LEFT JOIN dalgo.schedules s ON s.id::text = r.details->>'schedule_id' AND s.organization_id = r.organization_id
+		JOIN dalgo.outputs o ON o.id::text = coalesce(s.output_id::text, r.details->>'output_id')
+			AND o.organization_id = r.organization_id
+		WHERE r.id = substr(build_name, 12)::uuid AND r.organization_id = swap_warehouse_table.organization_id
+		  AND o.transformation_id = r.transformation_id;
+	END IF;
+	IF num_nonnulls(by_source, by_transformation, by_output) <> 1 THEN
+		RAISE EXCEPTION 'warehouse table build "%" belongs to no run of this organization', build_name
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Checked again at the moment of the swap, under the organization's name lock.
+	claimant := dalgo_internal.warehouse_table_claimant(organization_id, table_name, by_source, context, by_output);
+	IF claimant IS NOT NULL THEN
+		RAISE EXCEPTION 'warehouse table "%" belongs to %; it is not replaced', table_name, claimant
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT * INTO reg FROM dalgo.warehouse_tables w
+	WHERE w.organization_id = swap_warehouse_table.organization_id AND w.table_name = swap_warehouse_table.table_name
+	  AND w.deleted_at IS NULL
+	FOR UPDATE;
+	-- A table may be replaced only by the producer that made it.
+	IF to_regclass(format('%I.%I', schema_name, table_name)) IS NOT NULL
+	   AND (reg.id IS NULL OR reg.source_id IS DISTINCT FROM by_source
+			OR reg.transformation_id IS DISTINCT FROM by_transformation OR reg.output_id IS DISTINCT FROM by_output) THEN
+		RAISE EXCEPTION 'warehouse table "%" was not produced by this %; it is not replaced', table_name,
+			CASE WHEN by_source IS NOT NULL THEN 'source' WHEN by_transformation IS NOT NULL THEN 'transformation' ELSE 'output' END
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = CASE WHEN reg.id IS NULL THEN 'The table is not registered in dalgo.warehouse_tables.'
+						   ELSE 'dalgo.warehouse_tables records another producer for it.' END;
+	END IF;
+	-- Output views over the table depend on it: drop them around the swap
+	-- (in this transaction, so readers never miss them).
+	dropped := dalgo_internal.drop_output_views(organization_id, ARRAY[table_name]);
+	PERFORM dalgo_internal.warehouse_execute(organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, table_name));
+	PERFORM dalgo_internal.warehouse_execute(organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, table_name));
+	PERFORM dalgo_internal.restore_output_views(organization_id, dropped);
+	-- Record the producer (row count and size follow in register_warehouse_table).
+	IF reg.id IS NOT NULL THEN
+		UPDATE dalgo.warehouse_tables w SET source_id = by_source, transformation_id = by_transformation,
+			output_id = by_output, last_updated_at = now()
+		WHERE w.id = reg.id;
+	ELSE
+		INSERT INTO dalgo.warehouse_tables (organization_id, warehouse_connection_id, table_name, source_id,
+											transformation_id, output_id, last_updated_at)
+		SELECT swap_warehouse_table.organization_id, c.id, swap_warehouse_table.table_name, by_source,
+			by_transformation, by_output, now()
+		FROM dalgo.warehouse_connections c
+		WHERE c.organization_id = swap_warehouse_table.organization_id AND c.deleted_at IS NULL;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.swap_warehouse_table(uuid, text, text) IS
+	'Internal: replace a warehouse table by a freshly built one, atomically; only the producer (source, transformation or output) that the build''s run names, whose name no other producer claims, and that produced the existing table, if any; records it in warehouse_tables';
+
+
 -- journeys.sql: what completes the journeys of a data team (issue 14):
 -- versions that can be used (revert, diff), lineage and impact, export, syncs
 -- and refreshes on demand, and failure alerts.  docs/journeys.md walks
@@ -10215,6 +10620,167 @@ REVOKE ALL ON FUNCTION dalgo_internal.export_query(uuid, text), dalgo.export_war
 	dalgo.export_organization(uuid)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.export_warehouse_table(uuid, text, text), dalgo.export_organization(uuid)
+	TO dalgo_authenticated, dalgo_service;
+
+-- ---------------------------------------------------------------------------
+-- Syncs and refreshes on demand
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION dalgo_internal.wake_scheduler_at_commit() RETURNS void
+	AS 'MODULE_PATHNAME', 'dalgo_wake_scheduler'
+	LANGUAGE C;
+COMMENT ON FUNCTION dalgo_internal.wake_scheduler_at_commit() IS
+	'Internal: wake this database''s scheduler when the transaction commits, so that it starts run workers for a run queued now';
+
+-- Wait until a committed run finishes (each poll reads the latest committed
+-- row); the caller's statement_timeout bounds the wait.
+CREATE FUNCTION dalgo_internal.wait_for_run(run_kind dalgo.run_kind, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	WHILE EXISTS (SELECT FROM dalgo_internal.scheduled_runs r
+				  WHERE r.run_kind = wait_for_run.run_kind AND r.id = run_id AND r.status IN ('pending', 'running')) LOOP
+		PERFORM pg_sleep(0.05);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.wait_for_run(dalgo.run_kind, uuid) IS
+	'Internal: wait until a run another transaction committed is no longer pending or running';
+
+-- The run of a source or an output that is pending or running, if any: the
+-- one-run-at-a-time rule of claim_due_schedules, for both kinds of run.
+CREATE FUNCTION dalgo_internal.active_run(run_kind dalgo.run_kind, target_id uuid) RETURNS uuid
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT r.id FROM dalgo.sync_runs r
+	WHERE run_kind = 'sync' AND r.source_id = target_id AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL
+	UNION ALL
+	SELECT r.id FROM dalgo.outputs o
+	JOIN dalgo.transformation_runs r ON r.transformation_id = o.transformation_id AND r.organization_id = o.organization_id
+	LEFT JOIN dalgo.schedules s ON s.output_id = o.id AND s.organization_id = o.organization_id
+	WHERE run_kind = 'output' AND o.id = target_id AND r.status IN ('pending', 'running')
+	  AND (r.details->>'output_id' = o.id::text OR r.details->>'schedule_id' = s.id::text)
+	LIMIT 1
+$$;
+COMMENT ON FUNCTION dalgo_internal.active_run(dalgo.run_kind, uuid) IS
+	'Internal: the pending or running run of a source (sync) or an output (output), if any';
+
+-- The scheduler's rules, without a schedule: the same run rows, queue, run
+-- workers, quotas and one-run-at-a-time rule.  The target's row is held FOR
+-- UPDATE from the check until the caller's transaction ends, so that the
+-- scheduler's claim (FOR KEY SHARE SKIP LOCKED) counts this run as going and
+-- two calls queue one run.  A run already pending or running is the answer
+-- (and the lock is given back: its worker updates the target's row).  wait:
+-- a run queued by this call cannot reach a worker before the caller commits,
+-- so it runs here, through the worker's own code (start, execute, fail); a
+-- run already committed is waited for while a worker runs it.
+CREATE FUNCTION dalgo_internal.run_now(run_kind dalgo.run_kind, target_id uuid, wait boolean) RETURNS uuid
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+	src dalgo.sources;
+	o dalgo.outputs;
+	tid uuid;
+	rid uuid;
+	connector boolean := false;
+	noun text := CASE WHEN run_kind = 'sync' THEN 'source' ELSE 'output' END;
+BEGIN
+	IF run_kind = 'sync' THEN
+		SELECT * INTO src FROM dalgo.sources x WHERE x.id = target_id AND x.deleted_at IS NULL;
+		org := src.organization_id;
+		connector := dalgo.is_connector_source(src.source_type);
+	ELSE
+		SELECT * INTO o FROM dalgo.outputs x WHERE x.id = target_id AND x.deleted_at IS NULL;
+		org := o.organization_id;
+		SELECT x.id INTO tid FROM dalgo.transformations x
+		WHERE x.id = o.transformation_id AND x.organization_id = org AND x.deleted_at IS NULL;
+	END IF;
+	IF org IS NULL OR NOT dalgo.caller_may(org, 'viewer') OR (run_kind = 'output' AND tid IS NULL) THEN
+		RAISE EXCEPTION '% % does not exist', noun, target_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(org, 'member') THEN
+		RAISE EXCEPTION 'running a % now needs the member role', CASE WHEN run_kind = 'sync' THEN 'sync' ELSE 'refresh' END
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF wait AND connector THEN
+		RAISE EXCEPTION 'a % source is synced by a connector, which sees the run only once this transaction commits', src.source_type
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'Call sync_now with wait => false, commit, and read the run in dalgo.sync_runs.';
+	END IF;
+	IF wait AND current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION 'wait => true needs READ COMMITTED: the call must see the run finish'
+			USING ERRCODE = 'feature_not_supported';
+	END IF;
+	rid := dalgo_internal.active_run(run_kind, target_id);
+	IF rid IS NULL THEN
+		BEGIN
+			IF run_kind = 'sync' THEN
+				PERFORM FROM dalgo.sources x WHERE x.id = target_id FOR UPDATE;
+			ELSE
+				PERFORM FROM dalgo.outputs x WHERE x.id = target_id FOR UPDATE;
+			END IF;
+			-- Checked again under the lock: a run committed while we waited for it.
+			rid := dalgo_internal.active_run(run_kind, target_id);
+			IF rid IS NOT NULL THEN
+				RAISE EXCEPTION USING ERRCODE = 'DL001';	-- gives the lock back
+			END IF;
+		EXCEPTION WHEN SQLSTATE 'DL001' THEN
+			NULL;
+		END;
+	END IF;
+	IF rid IS NOT NULL THEN
+		RAISE NOTICE 'a run of % % is already pending or running: %', noun, target_id, rid;
+		IF wait THEN
+			PERFORM dalgo_internal.wait_for_run(run_kind, rid);
+		END IF;
+		RETURN rid;
+	END IF;
+	-- Quotas refuse the call itself (the worker checks them again).
+	PERFORM dalgo_internal.check_run_quota(org);
+	IF run_kind = 'sync' THEN
+		INSERT INTO dalgo.sync_runs (organization_id, source_id, status, triggered_by_id, details)
+		VALUES (org, target_id, 'pending', dalgo.current_user_id(), '{"on_demand": true}')
+		RETURNING id INTO rid;
+	ELSE
+		INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, triggered_by_id, details)
+		VALUES (org, tid, 'pending', dalgo.current_user_id(), jsonb_build_object('on_demand', true, 'output_id', target_id))
+		RETURNING id INTO rid;
+	END IF;
+	IF wait THEN
+		PERFORM dalgo_internal.execute_claimed(ARRAY[rid], ARRAY[run_kind]);
+	ELSIF connector THEN
+		PERFORM pg_notify('dalgo_sync', '');
+	ELSE
+		PERFORM dalgo_internal.wake_scheduler_at_commit();
+	END IF;
+	RETURN rid;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.run_now(dalgo.run_kind, uuid, boolean) IS
+	'Internal: queue (or, with wait, run here) a sync of a source or a refresh of an output without a schedule, under the scheduler''s rules; returns the run, or the run already pending or running';
+
+CREATE FUNCTION dalgo.sync_now(source_id uuid, wait boolean DEFAULT false) RETURNS uuid
+	LANGUAGE sql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	RETURN dalgo_internal.run_now('sync', source_id, coalesce(wait, false));
+COMMENT ON FUNCTION dalgo.sync_now(uuid, boolean) IS
+	'Sync a source now, without a schedule, for members and above: queues a run for the run workers (a connector''s, for google_sheets and api sources) and returns its id in dalgo.sync_runs, or the id of the run already pending or running (one run at a time, as for schedules). wait => true returns when the run has finished (in-database sources)';
+
+CREATE FUNCTION dalgo.refresh_output_now(output_id uuid, wait boolean DEFAULT false) RETURNS uuid
+	LANGUAGE sql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	RETURN dalgo_internal.run_now('output', output_id, coalesce(wait, false));
+COMMENT ON FUNCTION dalgo.refresh_output_now(uuid, boolean) IS
+	'Refresh an output now (its transformation with what it reads, then its destination), without a schedule, for members and above: queues a run for the run workers and returns its id in dalgo.transformation_runs, or the id of the run already pending or running. wait => true returns when the run has finished';
+
+REVOKE ALL ON FUNCTION dalgo_internal.wake_scheduler_at_commit(), dalgo_internal.wait_for_run(dalgo.run_kind, uuid),
+	dalgo_internal.active_run(dalgo.run_kind, uuid), dalgo_internal.run_now(dalgo.run_kind, uuid, boolean), dalgo.sync_now(uuid, boolean), dalgo.refresh_output_now(uuid, boolean)
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.sync_now(uuid, boolean), dalgo.refresh_output_now(uuid, boolean)
 	TO dalgo_authenticated, dalgo_service;
 
 

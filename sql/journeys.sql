@@ -503,3 +503,164 @@ REVOKE ALL ON FUNCTION dalgo_internal.export_query(uuid, text), dalgo.export_war
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.export_warehouse_table(uuid, text, text), dalgo.export_organization(uuid)
 	TO dalgo_authenticated, dalgo_service;
+
+-- ---------------------------------------------------------------------------
+-- Syncs and refreshes on demand
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION dalgo_internal.wake_scheduler_at_commit() RETURNS void
+	AS 'MODULE_PATHNAME', 'dalgo_wake_scheduler'
+	LANGUAGE C;
+COMMENT ON FUNCTION dalgo_internal.wake_scheduler_at_commit() IS
+	'Internal: wake this database''s scheduler when the transaction commits, so that it starts run workers for a run queued now';
+
+-- Wait until a committed run finishes (each poll reads the latest committed
+-- row); the caller's statement_timeout bounds the wait.
+CREATE FUNCTION dalgo_internal.wait_for_run(run_kind dalgo.run_kind, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	WHILE EXISTS (SELECT FROM dalgo_internal.scheduled_runs r
+				  WHERE r.run_kind = wait_for_run.run_kind AND r.id = run_id AND r.status IN ('pending', 'running')) LOOP
+		PERFORM pg_sleep(0.05);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.wait_for_run(dalgo.run_kind, uuid) IS
+	'Internal: wait until a run another transaction committed is no longer pending or running';
+
+-- The run of a source or an output that is pending or running, if any: the
+-- one-run-at-a-time rule of claim_due_schedules, for both kinds of run.
+CREATE FUNCTION dalgo_internal.active_run(run_kind dalgo.run_kind, target_id uuid) RETURNS uuid
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT r.id FROM dalgo.sync_runs r
+	WHERE run_kind = 'sync' AND r.source_id = target_id AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL
+	UNION ALL
+	SELECT r.id FROM dalgo.outputs o
+	JOIN dalgo.transformation_runs r ON r.transformation_id = o.transformation_id AND r.organization_id = o.organization_id
+	LEFT JOIN dalgo.schedules s ON s.output_id = o.id AND s.organization_id = o.organization_id
+	WHERE run_kind = 'output' AND o.id = target_id AND r.status IN ('pending', 'running')
+	  AND (r.details->>'output_id' = o.id::text OR r.details->>'schedule_id' = s.id::text)
+	LIMIT 1
+$$;
+COMMENT ON FUNCTION dalgo_internal.active_run(dalgo.run_kind, uuid) IS
+	'Internal: the pending or running run of a source (sync) or an output (output), if any';
+
+-- The scheduler's rules, without a schedule: the same run rows, queue, run
+-- workers, quotas and one-run-at-a-time rule.  The target's row is held FOR
+-- UPDATE from the check until the caller's transaction ends, so that the
+-- scheduler's claim (FOR KEY SHARE SKIP LOCKED) counts this run as going and
+-- two calls queue one run.  A run already pending or running is the answer
+-- (and the lock is given back: its worker updates the target's row).  wait:
+-- a run queued by this call cannot reach a worker before the caller commits,
+-- so it runs here, through the worker's own code (start, execute, fail); a
+-- run already committed is waited for while a worker runs it.
+CREATE FUNCTION dalgo_internal.run_now(run_kind dalgo.run_kind, target_id uuid, wait boolean) RETURNS uuid
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+	src dalgo.sources;
+	o dalgo.outputs;
+	tid uuid;
+	rid uuid;
+	connector boolean := false;
+	noun text := CASE WHEN run_kind = 'sync' THEN 'source' ELSE 'output' END;
+BEGIN
+	IF run_kind = 'sync' THEN
+		SELECT * INTO src FROM dalgo.sources x WHERE x.id = target_id AND x.deleted_at IS NULL;
+		org := src.organization_id;
+		connector := dalgo.is_connector_source(src.source_type);
+	ELSE
+		SELECT * INTO o FROM dalgo.outputs x WHERE x.id = target_id AND x.deleted_at IS NULL;
+		org := o.organization_id;
+		SELECT x.id INTO tid FROM dalgo.transformations x
+		WHERE x.id = o.transformation_id AND x.organization_id = org AND x.deleted_at IS NULL;
+	END IF;
+	IF org IS NULL OR NOT dalgo.caller_may(org, 'viewer') OR (run_kind = 'output' AND tid IS NULL) THEN
+		RAISE EXCEPTION '% % does not exist', noun, target_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(org, 'member') THEN
+		RAISE EXCEPTION 'running a % now needs the member role', CASE WHEN run_kind = 'sync' THEN 'sync' ELSE 'refresh' END
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF wait AND connector THEN
+		RAISE EXCEPTION 'a % source is synced by a connector, which sees the run only once this transaction commits', src.source_type
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'Call sync_now with wait => false, commit, and read the run in dalgo.sync_runs.';
+	END IF;
+	IF wait AND current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION 'wait => true needs READ COMMITTED: the call must see the run finish'
+			USING ERRCODE = 'feature_not_supported';
+	END IF;
+	rid := dalgo_internal.active_run(run_kind, target_id);
+	IF rid IS NULL THEN
+		BEGIN
+			IF run_kind = 'sync' THEN
+				PERFORM FROM dalgo.sources x WHERE x.id = target_id FOR UPDATE;
+			ELSE
+				PERFORM FROM dalgo.outputs x WHERE x.id = target_id FOR UPDATE;
+			END IF;
+			-- Checked again under the lock: a run committed while we waited for it.
+			rid := dalgo_internal.active_run(run_kind, target_id);
+			IF rid IS NOT NULL THEN
+				RAISE EXCEPTION USING ERRCODE = 'DL001';	-- gives the lock back
+			END IF;
+		EXCEPTION WHEN SQLSTATE 'DL001' THEN
+			NULL;
+		END;
+	END IF;
+	IF rid IS NOT NULL THEN
+		RAISE NOTICE 'a run of % % is already pending or running: %', noun, target_id, rid;
+		IF wait THEN
+			PERFORM dalgo_internal.wait_for_run(run_kind, rid);
+		END IF;
+		RETURN rid;
+	END IF;
+	-- Quotas refuse the call itself (the worker checks them again).
+	PERFORM dalgo_internal.check_run_quota(org);
+	IF run_kind = 'sync' THEN
+		INSERT INTO dalgo.sync_runs (organization_id, source_id, status, triggered_by_id, details)
+		VALUES (org, target_id, 'pending', dalgo.current_user_id(), '{"on_demand": true}')
+		RETURNING id INTO rid;
+	ELSE
+		INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, triggered_by_id, details)
+		VALUES (org, tid, 'pending', dalgo.current_user_id(), jsonb_build_object('on_demand', true, 'output_id', target_id))
+		RETURNING id INTO rid;
+	END IF;
+	IF wait THEN
+		PERFORM dalgo_internal.execute_claimed(ARRAY[rid], ARRAY[run_kind]);
+	ELSIF connector THEN
+		PERFORM pg_notify('dalgo_sync', '');
+	ELSE
+		PERFORM dalgo_internal.wake_scheduler_at_commit();
+	END IF;
+	RETURN rid;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.run_now(dalgo.run_kind, uuid, boolean) IS
+	'Internal: queue (or, with wait, run here) a sync of a source or a refresh of an output without a schedule, under the scheduler''s rules; returns the run, or the run already pending or running';
+
+CREATE FUNCTION dalgo.sync_now(source_id uuid, wait boolean DEFAULT false) RETURNS uuid
+	LANGUAGE sql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	RETURN dalgo_internal.run_now('sync', source_id, coalesce(wait, false));
+COMMENT ON FUNCTION dalgo.sync_now(uuid, boolean) IS
+	'Sync a source now, without a schedule, for members and above: queues a run for the run workers (a connector''s, for google_sheets and api sources) and returns its id in dalgo.sync_runs, or the id of the run already pending or running (one run at a time, as for schedules). wait => true returns when the run has finished (in-database sources)';
+
+CREATE FUNCTION dalgo.refresh_output_now(output_id uuid, wait boolean DEFAULT false) RETURNS uuid
+	LANGUAGE sql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	RETURN dalgo_internal.run_now('output', output_id, coalesce(wait, false));
+COMMENT ON FUNCTION dalgo.refresh_output_now(uuid, boolean) IS
+	'Refresh an output now (its transformation with what it reads, then its destination), without a schedule, for members and above: queues a run for the run workers and returns its id in dalgo.transformation_runs, or the id of the run already pending or running. wait => true returns when the run has finished';
+
+REVOKE ALL ON FUNCTION dalgo_internal.wake_scheduler_at_commit(), dalgo_internal.wait_for_run(dalgo.run_kind, uuid),
+	dalgo_internal.active_run(dalgo.run_kind, uuid), dalgo_internal.run_now(dalgo.run_kind, uuid, boolean), dalgo.sync_now(uuid, boolean), dalgo.refresh_output_now(uuid, boolean)
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.sync_now(uuid, boolean), dalgo.refresh_output_now(uuid, boolean)
+	TO dalgo_authenticated, dalgo_service;

@@ -396,10 +396,13 @@ BEGIN
 		SELECT r.source_id INTO by_source FROM dalgo.sync_runs r
 		WHERE r.id = substr(build_name, 13)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
 	ELSIF build_name ~ '^_dalgo_out_[0-9a-f]{32}$' THEN
+		-- The output is the run's schedule's, or, for a run queued by
+		-- refresh_output_now, the one its details name.
 		SELECT o.id, o.transformation_id INTO by_output, context
 		FROM dalgo.transformation_runs r
-		JOIN dalgo.schedules s ON s.id::text = r.details->>'schedule_id' AND s.organization_id = r.organization_id
-		JOIN dalgo.outputs o ON o.id = s.output_id AND o.organization_id = s.organization_id
+		LEFT JOIN dalgo.schedules s ON s.id::text = r.details->>'schedule_id' AND s.organization_id = r.organization_id
+		JOIN dalgo.outputs o ON o.id::text = coalesce(s.output_id::text, r.details->>'output_id')
+			AND o.organization_id = r.organization_id
 		WHERE r.id = substr(build_name, 12)::uuid AND r.organization_id = swap_warehouse_table.organization_id
 		  AND o.transformation_id = r.transformation_id;
 	END IF;

@@ -56,7 +56,9 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$
 		'dalgo.revert_transformation(uuid,integer)', 'dalgo.diff_versions(uuid,integer,integer)',
 		'dalgo.lineage(uuid,uuid,text)', 'dalgo.impact(uuid)', 'dalgo.lineage_dot(uuid)',
 		-- journeys: export
-		'dalgo.export_warehouse_table(uuid,text,text)', 'dalgo.export_organization(uuid)'],
+		'dalgo.export_warehouse_table(uuid,text,text)', 'dalgo.export_organization(uuid)',
+		-- journeys: runs on demand
+		'dalgo.sync_now(uuid,boolean)', 'dalgo.refresh_output_now(uuid,boolean)'],
 	'dalgo_authenticated executes exactly the documented end-user API');
 
 SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
@@ -83,7 +85,9 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 		'dalgo.revert_transformation(uuid,integer)', 'dalgo.diff_versions(uuid,integer,integer)',
 		'dalgo.lineage(uuid,uuid,text)', 'dalgo.impact(uuid)', 'dalgo.lineage_dot(uuid)',
 		-- journeys: export
-		'dalgo.export_warehouse_table(uuid,text,text)', 'dalgo.export_organization(uuid)'],
+		'dalgo.export_warehouse_table(uuid,text,text)', 'dalgo.export_organization(uuid)',
+		-- journeys: runs on demand
+		'dalgo.sync_now(uuid,boolean)', 'dalgo.refresh_output_now(uuid,boolean)'],
 	'dalgo_service executes exactly the documented service API');
 
 SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p,
