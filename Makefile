@@ -136,7 +136,8 @@ REGRESS = \
 	version_history \
 	lineage \
 	warehouse_export \
-	runs_on_demand
+	runs_on_demand \
+	failure_alerts
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \

@@ -664,3 +664,129 @@ REVOKE ALL ON FUNCTION dalgo_internal.wake_scheduler_at_commit(), dalgo_internal
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.sync_now(uuid, boolean), dalgo.refresh_output_now(uuid, boolean)
 	TO dalgo_authenticated, dalgo_service;
+
+-- ---------------------------------------------------------------------------
+-- Failure alerts
+-- ---------------------------------------------------------------------------
+
+-- When a scheduled run finishes: the schedule's failure streak is the run of
+-- failed runs (skipped slots aside) up to this one.  The admins and owners
+-- of the organization get one message when the streak reaches
+-- dalgo.alert_after_failures, and one when a run succeeds after such a
+-- streak, through the accounts' mail queue (NOTIFY dalgo_mail).  The error
+-- is redacted (dalgo.redact) before it is queued.
+CREATE FUNCTION dalgo_internal.alert_on_run_outcome() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer := greatest(coalesce(nullif(current_setting('dalgo.alert_after_failures', true), '')::integer, 1), 1);
+	sid uuid;
+	s dalgo.schedules;
+	org dalgo.organizations;
+	previous text[];
+	before integer;
+	target_type text;
+	target_name text;
+	kind text;
+	payload jsonb;
+	recipient text;
+BEGIN
+	IF dalgo.restoring() OR NEW.details ? 'skipped' THEN
+		RETURN NULL;
+	END IF;
+	BEGIN
+		sid := (NEW.details->>'schedule_id')::uuid;
+	EXCEPTION WHEN invalid_text_representation THEN
+		RETURN NULL;
+	END;
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = sid AND x.organization_id = NEW.organization_id;
+	SELECT * INTO org FROM dalgo.organizations o WHERE o.id = NEW.organization_id AND o.deleted_at IS NULL;
+	IF s.id IS NULL OR org.id IS NULL THEN
+		RETURN NULL;
+	END IF;
+	-- The outcomes of the schedule's previous runs, newest first: n of them
+	-- tell whether the streak before this run was n - 1 long, or reached n.
+	IF TG_TABLE_NAME = 'sync_runs' THEN
+		previous := ARRAY(SELECT r.status::text FROM dalgo.sync_runs r
+						  WHERE r.source_id = NEW.source_id AND r.organization_id = NEW.organization_id AND r.id <> NEW.id
+							AND r.details->>'schedule_id' = sid::text AND NOT r.details ? 'skipped'
+							AND r.status IN ('success', 'failed')
+						  ORDER BY r.completed_at DESC NULLS LAST, r.created_at DESC LIMIT n);
+		target_type := 'source';
+		SELECT x.name INTO target_name FROM dalgo.sources x WHERE x.id = s.source_id;
+	ELSE
+		previous := ARRAY(SELECT r.status::text FROM dalgo.transformation_runs r
+						  WHERE r.transformation_id = NEW.transformation_id AND r.organization_id = NEW.organization_id
+							AND r.id <> NEW.id AND r.details->>'schedule_id' = sid::text AND NOT r.details ? 'skipped'
+							AND r.status IN ('success', 'failed')
+						  ORDER BY r.completed_at DESC NULLS LAST, r.created_at DESC LIMIT n);
+		target_type := 'output';
+		SELECT x.name INTO target_name FROM dalgo.outputs x WHERE x.id = s.output_id;
+	END IF;
+	before := coalesce(array_position(previous, 'success') - 1, cardinality(previous));
+	IF NEW.status = 'failed' AND before = n - 1 THEN
+		kind := 'run_failed';
+	ELSIF NEW.status = 'success' AND before >= n THEN
+		kind := 'run_recovered';
+	ELSE
+		RETURN NULL;
+	END IF;
+	payload := jsonb_build_object(
+		'organization_id', org.id, 'organization_name', org.name,
+		'schedule_id', s.id, 'target_type', target_type, 'target_id', coalesce(s.source_id, s.output_id),
+		'target_name', target_name, 'run_id', NEW.id, 'at', NEW.completed_at,
+		'failures', CASE WHEN kind = 'run_failed' THEN n END,
+		'error', CASE WHEN kind = 'run_failed' THEN dalgo.redact(NEW.error_message) END,
+		'subject', CASE WHEN kind = 'run_failed'
+						THEN format('[%s] %s "%s" failed%s', org.name, CASE WHEN target_type = 'source' THEN 'sync of' ELSE 'refresh of' END,
+									target_name, CASE WHEN n > 1 THEN format(' %s times in a row', n) ELSE '' END)
+						ELSE format('[%s] %s "%s" is back to normal', org.name,
+									CASE WHEN target_type = 'source' THEN 'sync of' ELSE 'refresh of' END, target_name) END);
+	FOR recipient IN
+		SELECT DISTINCT u.email FROM dalgo.organization_members m JOIN dalgo.users u ON u.id = m.user_id
+		WHERE m.organization_id = org.id AND m.deleted_at IS NULL AND m.role >= 'admin'
+		  AND u.deleted_at IS NULL AND u.is_active
+		ORDER BY u.email
+	LOOP
+		PERFORM dalgo_internal.queue_mail(kind, recipient, payload);
+	END LOOP;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.alert_on_run_outcome() IS
+	'AFTER UPDATE trigger on sync_runs and transformation_runs: when a scheduled run fails for the dalgo.alert_after_failures-th time in a row, or succeeds after such a streak, queue one run_failed or run_recovered message (error redacted) to each admin and owner of the organization';
+CREATE TRIGGER alert_on_outcome AFTER UPDATE OF status ON dalgo.sync_runs
+	FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status IN ('success', 'failed')
+					   AND NEW.details ? 'schedule_id')
+	EXECUTE FUNCTION dalgo_internal.alert_on_run_outcome();
+COMMENT ON TRIGGER alert_on_outcome ON dalgo.sync_runs IS 'Failure alerts: one message per failure streak of a schedule, one on recovery';
+CREATE TRIGGER alert_on_outcome AFTER UPDATE OF status ON dalgo.transformation_runs
+	FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status IN ('success', 'failed')
+					   AND NEW.details ? 'schedule_id')
+	EXECUTE FUNCTION dalgo_internal.alert_on_run_outcome();
+COMMENT ON TRIGGER alert_on_outcome ON dalgo.transformation_runs IS 'Failure alerts: one message per failure streak of a schedule, one on recovery';
+REVOKE ALL ON FUNCTION dalgo_internal.alert_on_run_outcome() FROM PUBLIC;
+
+-- Run errors are read by every member of the organization (and mailed to
+-- its admins): whatever wrote one (a worker, a connector, a failed build),
+-- it is stored redacted, so that a secret of a source's write-only config
+-- quoted by an error does not reach them.
+CREATE FUNCTION dalgo_internal.redact_run_error() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	NEW.error_message := dalgo.redact(NEW.error_message);
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.redact_run_error() IS
+	'BEFORE INSERT OR UPDATE trigger on sync_runs and transformation_runs: stores error_message redacted (dalgo.redact)';
+CREATE TRIGGER redact_error BEFORE INSERT OR UPDATE OF error_message ON dalgo.sync_runs
+	FOR EACH ROW WHEN (NEW.error_message IS NOT NULL) EXECUTE FUNCTION dalgo_internal.redact_run_error();
+COMMENT ON TRIGGER redact_error ON dalgo.sync_runs IS 'Run errors are stored redacted';
+CREATE TRIGGER redact_error BEFORE INSERT OR UPDATE OF error_message ON dalgo.transformation_runs
+	FOR EACH ROW WHEN (NEW.error_message IS NOT NULL) EXECUTE FUNCTION dalgo_internal.redact_run_error();
+COMMENT ON TRIGGER redact_error ON dalgo.transformation_runs IS 'Run errors are stored redacted';
+REVOKE ALL ON FUNCTION dalgo_internal.redact_run_error() FROM PUBLIC;
