@@ -675,7 +675,7 @@ GRANT EXECUTE ON FUNCTION dalgo.sync_now(uuid, boolean), dalgo.refresh_output_no
 -- dalgo.alert_after_failures, and one when a run succeeds after such a
 -- streak, through the accounts' mail queue (NOTIFY dalgo_mail).  The error
 -- is redacted (dalgo.redact) before it is queued.
-CREATE FUNCTION dalgo_internal.alert_on_run_outcome() RETURNS trigger
+CREATE FUNCTION dalgo_internal.record_run_alert() RETURNS trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
@@ -754,19 +754,19 @@ BEGIN
 	RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION dalgo_internal.alert_on_run_outcome() IS
+COMMENT ON FUNCTION dalgo_internal.record_run_alert() IS
 	'AFTER UPDATE trigger on sync_runs and transformation_runs: when a scheduled run fails for the dalgo.alert_after_failures-th time in a row, or succeeds after such a streak, queue one run_failed or run_recovered message (error redacted) to each admin and owner of the organization';
 CREATE TRIGGER alert_on_outcome AFTER UPDATE OF status ON dalgo.sync_runs
 	FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status IN ('success', 'failed')
 					   AND NEW.details ? 'schedule_id')
-	EXECUTE FUNCTION dalgo_internal.alert_on_run_outcome();
+	EXECUTE FUNCTION dalgo_internal.record_run_alert();
 COMMENT ON TRIGGER alert_on_outcome ON dalgo.sync_runs IS 'Failure alerts: one message per failure streak of a schedule, one on recovery';
 CREATE TRIGGER alert_on_outcome AFTER UPDATE OF status ON dalgo.transformation_runs
 	FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status IN ('success', 'failed')
 					   AND NEW.details ? 'schedule_id')
-	EXECUTE FUNCTION dalgo_internal.alert_on_run_outcome();
+	EXECUTE FUNCTION dalgo_internal.record_run_alert();
 COMMENT ON TRIGGER alert_on_outcome ON dalgo.transformation_runs IS 'Failure alerts: one message per failure streak of a schedule, one on recovery';
-REVOKE ALL ON FUNCTION dalgo_internal.alert_on_run_outcome() FROM PUBLIC;
+REVOKE ALL ON FUNCTION dalgo_internal.record_run_alert() FROM PUBLIC;
 
 -- Run errors are read by every member of the organization (and mailed to
 -- its admins): whatever wrote one (a worker, a connector, a failed build),
