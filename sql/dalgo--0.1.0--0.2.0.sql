@@ -10901,6 +10901,7 @@ CREATE FUNCTION dalgo_internal.redact_run_error() RETURNS trigger
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	IF TG_OP = 'INSERT' AND dalgo.restoring() THEN RETURN NEW; END IF;	-- restored as dumped
 	NEW.error_message := dalgo.redact(NEW.error_message);
 	RETURN NEW;
 END
