@@ -27,17 +27,15 @@ viewer="BEGIN; SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-0000000000e1';
 for form in "SELECT dalgo.export_warehouse_table('$ORG', 'TABLE')" "SELECT * FROM dalgo.export_warehouse_table('$ORG', 'TABLE', 'json')"; do
 	echo "-- ${form//TABLE/...}"
 	{
-		echo "\\timing on"
+		echo "\\pset tuples_only on"
 		for t in small big; do
 			echo "$viewer"
 			echo "\\echo $t"
-			echo "\\copy (${form//TABLE/$t}) TO '$OUT/$t.out'"
-			echo "COMMIT;"
-			echo "\\timing off"
-			echo "\\pset tuples_only on"
-			echo "$mem"
-			echo "\\pset tuples_only off"
 			echo "\\timing on"
+			echo "\\copy (${form//TABLE/$t}) TO '$OUT/$t.out'"
+			echo "\\timing off"
+			echo "COMMIT;"
+			echo "$mem"
 		done
 	} | $P | grep -v '^$'
 	echo "rows written: $(wc -l < "$OUT/big.out"), $(($(stat -c %s "$OUT/big.out") / 1048576)) MB"
