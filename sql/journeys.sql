@@ -333,25 +333,43 @@ CREATE FUNCTION dalgo.impact(node_id uuid)
 AS $$
 DECLARE
 	org uuid := dalgo_internal.lineage_node_organization(node_id);
+	g jsonb;
+	down uuid[];
+	levels jsonb;
+	step jsonb;
 BEGIN
 	IF org IS NULL OR NOT dalgo.caller_may(org, 'viewer') THEN
 		RAISE EXCEPTION 'node % does not exist or you are not a member of its organization', node_id
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	-- run_order: the longest path from node_id, so that everything a node
-	-- reads comes before it.
+	SELECT jsonb_object_agg(l.id, jsonb_build_object('t', l.node_type, 'n', l.name, 'd', to_jsonb(l.depends_on)))
+	INTO g FROM dalgo_internal.lineage_graph(org) l;
+	-- Everything downstream (a set: no path is walked twice).
+	WITH RECURSIVE d(id) AS (
+		SELECT impact.node_id
+		UNION
+		SELECT k::uuid FROM d, jsonb_each(g) e(k, v)
+		WHERE v->'d' ? d.id::text)
+	SELECT array_agg(d.id) INTO down FROM d;
+	-- run_order: the longest path from node_id, level by level (each node
+	-- after everything it reads); what a cycle leaves comes last.
+	levels := jsonb_build_object(node_id::text, 0);
+	LOOP
+		SELECT jsonb_object_agg(x.id, x.lvl) INTO step
+		FROM (SELECT u.id, max((levels->>dep)::integer) + 1 AS lvl
+			  FROM unnest(down) u(id), jsonb_array_elements_text(g->u.id::text->'d') dep
+			  WHERE NOT levels ? u.id::text AND dep::uuid = ANY (down)
+			  GROUP BY u.id
+			  HAVING bool_and(levels ? dep)) x;
+		EXIT WHEN step IS NULL;
+		levels := levels || step;
+	END LOOP;
 	RETURN QUERY
-		WITH RECURSIVE g AS MATERIALIZED (SELECT * FROM dalgo_internal.lineage_graph(org)),
-		down(id, depth, path) AS (
-			SELECT impact.node_id, 0, ARRAY[impact.node_id]
-			UNION ALL
-			SELECT g.id, down.depth + 1, down.path || g.id
-			FROM down JOIN g ON down.id = ANY (g.depends_on)
-			WHERE NOT g.id = ANY (down.path) AND down.depth < 1000)
-		SELECT max(down.depth)::integer, min(g.node_type), down.id, min(g.name)
-		FROM down JOIN g ON g.id = down.id
-		WHERE down.id <> impact.node_id
-		GROUP BY down.id
+		SELECT coalesce((levels->>u.id::text)::integer,
+						(SELECT max(v::text::integer) + 1 FROM jsonb_each(levels) e(k, v))),
+			   g->u.id::text->>'t', u.id, g->u.id::text->>'n'
+		FROM unnest(down) u(id)
+		WHERE u.id <> impact.node_id
 		ORDER BY 1, 2, 4, 3;
 END
 $$;
