@@ -80,6 +80,8 @@ DECLARE
 	used boolean[];
 	changed_keys jsonb;
 	other jsonb;
+	ta text[];
+	tb text[];
 BEGIN
 	SELECT x.organization_id INTO org FROM dalgo.transformations x
 	WHERE x.id = diff_versions.transformation_id AND x.deleted_at IS NULL;
@@ -98,11 +100,14 @@ BEGIN
 	sb := CASE WHEN jsonb_typeof(rb->'steps') = 'array' THEN rb->'steps' ELSE '[]' END;
 	n := jsonb_array_length(sa);
 	m := jsonb_array_length(sb);
+	-- Steps compared as their canonical jsonb text (equal jsonb, equal text).
+	ta := ARRAY(SELECT e::text FROM jsonb_array_elements(sa) WITH ORDINALITY x(e, ord) ORDER BY x.ord);
+	tb := ARRAY(SELECT e::text FROM jsonb_array_elements(sb) WITH ORDINALITY x(e, ord) ORDER BY x.ord);
 	-- l[(i)*(m+1)+j+1]: length of the longest common subsequence of sa[i:] and sb[j:].
 	l := array_fill(0, ARRAY[(n + 1) * (m + 1)]);
 	FOR i IN REVERSE n - 1..0 LOOP
 		FOR j IN REVERSE m - 1..0 LOOP
-			IF sa->i = sb->j THEN
+			IF ta[i + 1] = tb[j + 1] THEN
 				l[i * (m + 1) + j + 1] := l[(i + 1) * (m + 1) + j + 2] + 1;
 			ELSE
 				l[i * (m + 1) + j + 1] := greatest(l[(i + 1) * (m + 1) + j + 1], l[i * (m + 1) + j + 2]);
@@ -113,7 +118,7 @@ BEGIN
 	i := 0;
 	j := 0;
 	LOOP
-		IF i < n AND j < m AND sa->i = sb->j THEN
+		IF i < n AND j < m AND ta[i + 1] = tb[j + 1] THEN
 			ops := ops || jsonb_build_object('r', to_jsonb(removed), 'a', to_jsonb(added));
 			removed := '{}';
 			added := '{}';
