@@ -48,6 +48,7 @@ SQL_FRAGMENTS = \
 	sql/quotas.sql \
 	sql/accounts.sql \
 	sql/toolkit.sql \
+	sql/journeys.sql \
 	sql/backup.sql
 
 # The install script of the version under work is generated; the install
@@ -131,7 +132,12 @@ REGRESS = \
 	toolkit_seed_001 \
 	toolkit_seed_002 \
 	toolkit_seed_003 \
-	toolkit_seed_004
+	toolkit_seed_004 \
+	version_history \
+	lineage \
+	warehouse_export \
+	runs_on_demand \
+	failure_alerts
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \

@@ -122,8 +122,11 @@ BEGIN
 		IF s.source_id IS NOT NULL THEN
 			run_kind := 'sync';
 			SELECT * INTO src FROM dalgo.sources x WHERE x.id = s.source_id;
-			busy := EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.source_id = s.source_id
-							AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL);
+			-- sync_now holds the source row FOR UPDATE while it queues or runs
+			-- a sync: that run is going, even if not yet committed.
+			PERFORM FROM dalgo.sources x WHERE x.id = s.source_id FOR KEY SHARE SKIP LOCKED;
+			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.source_id = s.source_id
+										 AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL);
 			IF busy THEN
 				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, started_at, completed_at, error_message, details)
 				VALUES (s.organization_id, s.source_id, 'failed', clock_timestamp(), clock_timestamp(),
@@ -145,8 +148,12 @@ BEGIN
 		ELSE
 			run_kind := 'output';
 			SELECT * INTO out FROM dalgo.outputs x WHERE x.id = s.output_id;
-			busy := EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.transformation_id = out.transformation_id
-							AND r.status IN ('pending', 'running') AND r.details->>'schedule_id' = s.id::text);
+			-- Likewise refresh_output_now and the output row; its on-demand
+			-- runs (details.output_id) count as this schedule's.
+			PERFORM FROM dalgo.outputs x WHERE x.id = s.output_id FOR KEY SHARE SKIP LOCKED;
+			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.transformation_id = out.transformation_id
+										 AND r.status IN ('pending', 'running')
+										 AND (r.details->>'schedule_id' = s.id::text OR r.details->>'output_id' = s.output_id::text));
 			INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, started_at, completed_at,
 												   error_message, details)
 			VALUES (s.organization_id, out.transformation_id, CASE WHEN busy THEN 'failed' ELSE 'pending' END::dalgo.run_status,
@@ -182,10 +189,10 @@ BEGIN
 			SELECT r.organization_id, r.status, r.created_at
 			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
 			WHERE r.status IN ('pending', 'running') AND NOT dalgo.is_connector_source(s.source_type)
-			  AND r.details ? 'schedule_id'
+			  AND r.details ?| ARRAY['schedule_id', 'on_demand']
 			UNION ALL
 			SELECT r.organization_id, r.status, r.created_at FROM dalgo.transformation_runs r
-			WHERE r.status IN ('pending', 'running') AND r.details ? 'schedule_id')
+			WHERE r.status IN ('pending', 'running') AND r.details ?| ARRAY['schedule_id', 'on_demand'])
 		SELECT q.organization_id FROM queued q
 		GROUP BY q.organization_id
 		HAVING bool_or(q.status = 'pending')
@@ -194,11 +201,11 @@ BEGIN
 	LOOP
 		SELECT 'sync', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
 		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo.is_connector_source(s.source_type)
-		  AND r.details ? 'schedule_id'
+		  AND r.details ?| ARRAY['schedule_id', 'on_demand']
 		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
 		IF NOT FOUND THEN
 			SELECT 'output', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
-			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ? 'schedule_id'
+			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ?| ARRAY['schedule_id', 'on_demand']
 			ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED;
 		END IF;
 		EXIT WHEN run_id IS NOT NULL;
@@ -215,8 +222,8 @@ CREATE FUNCTION dalgo_internal.pending_runs() RETURNS integer
 	LANGUAGE sql STABLE
 	SET search_path = pg_catalog, pg_temp
 	AS $$ SELECT (SELECT count(*) FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
-				  WHERE r.status = 'pending' AND NOT dalgo.is_connector_source(s.source_type) AND r.details ? 'schedule_id')::integer
-			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.status = 'pending' AND r.details ? 'schedule_id')::integer $$;
+				  WHERE r.status = 'pending' AND NOT dalgo.is_connector_source(s.source_type) AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.status = 'pending' AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer $$;
 COMMENT ON FUNCTION dalgo_internal.pending_runs() IS 'Internal: in-database runs waiting for a run worker';
 
 CREATE INDEX sync_runs_active_idx ON dalgo.sync_runs (created_at) WHERE status IN ('pending', 'running');
@@ -311,7 +318,19 @@ BEGIN
 		sid := NULL;
 	END;
 	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = sid;
-	IF FOUND AND s.organization_id = run_org THEN
+	IF det ? 'on_demand' AND NOT det ? 'schedule_id' THEN
+		-- A run sync_now or refresh_output_now queued: its source, or the
+		-- output (details.output_id) whose transformation is the run's, in
+		-- the run's organization.
+		IF run_kind = 'sync' THEN
+			agree := NOT det ? 'output_id'
+				AND EXISTS (SELECT FROM dalgo.sources x WHERE x.id = run_source AND x.organization_id = run_org);
+		ELSIF det->>'output_id' ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+			agree := EXISTS (SELECT FROM dalgo.outputs o JOIN dalgo.transformations t ON t.id = o.transformation_id
+							 WHERE o.id = (det->>'output_id')::uuid AND o.organization_id = run_org
+							   AND t.organization_id = run_org AND t.id = run_transformation);
+		END IF;
+	ELSIF FOUND AND s.organization_id = run_org AND NOT det ? 'output_id' THEN
 		IF run_kind = 'sync' THEN
 			agree := s.source_id = run_source
 				AND EXISTS (SELECT FROM dalgo.sources x WHERE x.id = run_source AND x.organization_id = run_org);
@@ -329,7 +348,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dalgo_internal.verify_scheduled_run(dalgo.run_kind, uuid) IS
-	'Internal: refuse a run row whose schedule, source or output, transformation and organization do not agree (a forged row); sync_source and refresh_output call it first';
+	'Internal: refuse a run row whose schedule (or, for a run queued on demand, details.output_id), source or output, transformation and organization do not agree (a forged row); sync_source and refresh_output call it first';
 
 -- An output may drop or replace only a view it made itself: a view over
 -- the one warehouse table its transformation builds, and over nothing else.
@@ -409,7 +428,8 @@ COMMENT ON FUNCTION dalgo_internal.restore_output_views(uuid, jsonb) IS
 
 -- An output refresh: the transformation (and what it reads), then the
 -- destination.  Output, transformation and organization come from the run's
--- schedule, after verify_scheduled_run checked that the run row agrees.
+-- schedule (or, queued by refresh_output_now, its details.output_id), after
+-- verify_scheduled_run checked that the run row agrees.
 -- A view destination depends on the table it reads, and a swap drops that
 -- table: the organization's output views over the tables this refresh
 -- rebuilds are dropped first and created again afterwards.
@@ -429,7 +449,8 @@ BEGIN
 	PERFORM dalgo_internal.verify_scheduled_run('output', run_id);
 	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
 	SELECT * INTO o FROM dalgo.outputs x
-	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
+	WHERE x.id = coalesce((SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid),
+						  (r.details->>'output_id')::uuid);
 	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
 	schema_name := dalgo_internal.warehouse_schema_name(o.organization_id);
 	kind := coalesce(o.destination_config->>'type', 'table');
@@ -537,13 +558,13 @@ BEGIN
 		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
 	FROM dalgo.sources s
 	WHERE s.id = r.source_id AND NOT dalgo.is_connector_source(s.source_type) AND r.status = 'running'
-	  AND r.details ? 'schedule_id' AND coalesce(r.started_at, '-infinity') < seen
+	  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
 	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
 					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
 	GET DIAGNOSTICS n = ROW_COUNT;
 	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
 		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
-	WHERE r.status = 'running' AND r.details ? 'schedule_id' AND coalesce(r.started_at, '-infinity') < seen
+	WHERE r.status = 'running' AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
 	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
 					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
 	GET DIAGNOSTICS m = ROW_COUNT;

@@ -34,6 +34,7 @@ PG_FUNCTION_INFO_V1(dalgo_scheduler_status);
 int			dalgo_max_concurrent_runs = 4;
 int			dalgo_run_timeout = 3600000;
 int			dalgo_run_history_days = 30;
+static int	dalgo_alert_after_failures = 1;
 int			dalgo_connector_timeout = 900;
 
 DalgoShared *dalgo_shared = NULL;
@@ -277,6 +278,11 @@ dalgo_scheduler_init(void)
 							"Finished sync and transformation runs are purged after this many days.",
 							NULL, &dalgo_run_history_days, 30, 1, 36500,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("dalgo.alert_after_failures",
+							"A schedule's admins are alerted when it has failed this many times in a row.",
+							"One message per failure streak, and one when the schedule runs well again.",
+							&dalgo_alert_after_failures, 1, 1, 1000,
+							PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("dalgo.connector_timeout",
 							"A connector sync run nobody claims within this time is marked failed.",
 							NULL, &dalgo_connector_timeout, 900, 1, INT_MAX,
