@@ -131,7 +131,8 @@ REGRESS = \
 	toolkit_seed_001 \
 	toolkit_seed_002 \
 	toolkit_seed_003 \
-	toolkit_seed_004
+	toolkit_seed_004 \
+	own_secrets_at_rest
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \

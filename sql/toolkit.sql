@@ -871,25 +871,17 @@ COMMENT ON PROCEDURE dalgo.run_retention(integer) IS
 -- dalgo.read_secret() (members at the column's read_role) or
 -- dalgo.read_secret_service() (dalgo_service).
 
--- The schema of pgcrypto, which encryption needs.
-CREATE FUNCTION dalgo_internal.toolkit_pgcrypto() RETURNS text
-	LANGUAGE plpgsql STABLE
-	SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	nsp text;
-BEGIN
-	SELECT pg_catalog.quote_ident(n.nspname) INTO nsp
-	FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
-	WHERE e.extname = 'pgcrypto';
-	IF nsp IS NULL THEN
-		RAISE EXCEPTION 'encryption at rest needs the pgcrypto extension' USING ERRCODE = 'undefined_object',
-			HINT = 'CREATE EXTENSION pgcrypto;';
-	END IF;
-	RETURN nsp;
-END
-$$;
-COMMENT ON FUNCTION dalgo_internal.toolkit_pgcrypto() IS 'Internal: the quoted schema of pgcrypto; raises if it is not installed';
+-- pgp_sym_encrypt and pgp_sym_decrypt in pgcrypto's library, as
+-- sql/accounts.sql does for crypt(): no CREATE EXTENSION pgcrypto needed.
+CREATE FUNCTION dalgo_internal.pgcrypto_pgp_sym_encrypt(data text, key text, options text) RETURNS bytea
+	AS '$libdir/pgcrypto', 'pgp_sym_encrypt_text'
+	LANGUAGE C STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_internal.pgcrypto_pgp_sym_encrypt(text, text, text) IS 'pgcrypto''s pgp_sym_encrypt(data, key, options), called in pgcrypto''s library (private)';
+
+CREATE FUNCTION dalgo_internal.pgcrypto_pgp_sym_decrypt(data bytea, key text) RETURNS text
+	AS '$libdir/pgcrypto', 'pgp_sym_decrypt_text'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_internal.pgcrypto_pgp_sym_decrypt(bytea, text) IS 'pgcrypto''s pgp_sym_decrypt(data, key), called in pgcrypto''s library (private)';
 
 -- The current key, from the data directory.
 CREATE FUNCTION dalgo_internal.toolkit_secret_key() RETURNS text
@@ -909,6 +901,49 @@ $$;
 COMMENT ON FUNCTION dalgo_internal.toolkit_secret_key() IS
 	'Internal: the encryption key, read from dalgo_secret.key in the data directory';
 
+-- Write the key file: keys is the current key, then the previous one on
+-- the next line.  The keys never appear in a statement's text (logs, error
+-- contexts): COPY reads them from a transaction-local setting.
+CREATE FUNCTION dalgo_internal.write_secret_key(keys text) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM pg_catalog.set_config('dalgo_toolkit.pending_key', keys, true);
+	EXECUTE pg_catalog.format('COPY (SELECT pg_catalog.unnest(pg_catalog.string_to_array('
+							  'pg_catalog.current_setting(''dalgo_toolkit.pending_key''), E''\n''))) TO %L',
+							  pg_catalog.current_setting('data_directory') || '/dalgo_secret.key');
+	PERFORM pg_catalog.set_config('dalgo_toolkit.pending_key', '', true);
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.write_secret_key(text) IS
+	'Internal: writes dalgo_secret.key in the data directory (the current key, then the previous one)';
+
+-- The key to encrypt with: created (32 random bytes) when there is none yet.
+CREATE FUNCTION dalgo_internal.secret_key_for_writing() RETURNS text
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k text := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+BEGIN
+	IF k IS NULL OR k = '' THEN
+		-- One creator at a time; the file outlives a rollback, so a
+		-- second creator finds it after the first one's lock is gone.
+		PERFORM pg_catalog.pg_advisory_xact_lock(7316028433216171853);
+		k := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+		IF k IS NULL OR k = '' THEN
+			k := pg_catalog.encode(dalgo_internal.pgcrypto_random_bytes(32), 'hex');
+			PERFORM dalgo_internal.write_secret_key(k);
+			RAISE LOG 'dalgo: created the secret key dalgo_secret.key in the data directory; back it up apart from the database';
+		END IF;
+	END IF;
+	RETURN k;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.secret_key_for_writing() IS
+	'Internal: the encryption key, created (32 random bytes in dalgo_secret.key of the data directory) on first need';
+
 -- Encrypt one value (already encrypted values are returned as they are).
 CREATE FUNCTION dalgo_internal.toolkit_encrypt(plain text, key text) RETURNS text
 	LANGUAGE plpgsql VOLATILE
@@ -920,8 +955,9 @@ BEGIN
 	IF plain IS NULL OR pg_catalog.starts_with(plain, 'dalgo:pgp1:') THEN
 		RETURN plain;
 	END IF;
-	EXECUTE pg_catalog.format('SELECT %s.pgp_sym_encrypt($1, $2, %L)', dalgo_internal.toolkit_pgcrypto(), 'cipher-algo=aes256')
-		INTO c USING plain, pg_catalog.split_part(key, E'\n', 1);
+	-- s2k-mode=1 (salted, not iterated): the key is random, not a password,
+	-- and iterating would cost a quarter millisecond per value.
+	c := dalgo_internal.pgcrypto_pgp_sym_encrypt(plain, pg_catalog.split_part(key, E'\n', 1), 'cipher-algo=aes256, s2k-mode=1');
 	RETURN 'dalgo:pgp1:' || pg_catalog.translate(pg_catalog.encode(c, 'base64'), E'\n', '');
 END
 $$;
@@ -933,19 +969,15 @@ CREATE FUNCTION dalgo_internal.toolkit_decrypt(stored text, key text) RETURNS te
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	p text;
 	k text;
-	q text;
 BEGIN
 	IF stored IS NULL OR NOT pg_catalog.starts_with(stored, 'dalgo:pgp1:') THEN
 		RETURN stored;
 	END IF;
-	q := pg_catalog.format('SELECT %s.pgp_sym_decrypt($1, $2)', dalgo_internal.toolkit_pgcrypto());
 	-- The current key first, then the previous one (see rotate_secret_key).
 	FOREACH k IN ARRAY pg_catalog.string_to_array(key, E'\n') LOOP
 		BEGIN
-			EXECUTE q INTO p USING pg_catalog.decode(pg_catalog.substr(stored, 12), 'base64'), k;
-			RETURN p;
+			RETURN dalgo_internal.pgcrypto_pgp_sym_decrypt(pg_catalog.decode(pg_catalog.substr(stored, 12), 'base64'), k);
 		EXCEPTION WHEN external_routine_invocation_exception OR data_exception THEN
 			NULL;
 		END;
@@ -1025,8 +1057,7 @@ AS $$
 DECLARE
 	target text := dalgo_internal.toolkit_target(tbl);
 BEGIN
-	PERFORM dalgo_internal.toolkit_pgcrypto();
-	PERFORM dalgo_internal.toolkit_secret_key();
+	PERFORM dalgo_internal.secret_key_for_writing();
 	PERFORM dalgo_internal.toolkit_column(tbl, "column", ARRAY['text'::regtype, 'varchar'::regtype, 'json'::regtype, 'jsonb'::regtype]);
 	PERFORM dalgo_internal.toolkit_column(tbl, org_column, ARRAY['uuid'::regtype]);
 	IF read_role IS NULL THEN
@@ -1130,14 +1161,17 @@ CREATE FUNCTION dalgo.rotate_secret_key(new_key text DEFAULT NULL) RETURNS bigin
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	old_key text := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+	old_key text;
 	k text := new_key;
 	t record;
 	n bigint;
 	total bigint := 0;
 BEGIN
+	-- One writer of the key file at a time (dalgo_internal.secret_key_for_writing).
+	PERFORM pg_catalog.pg_advisory_xact_lock(7316028433216171853);
+	old_key := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
 	IF k IS NULL THEN
-		EXECUTE pg_catalog.format('SELECT pg_catalog.encode(%s.gen_random_bytes(32), ''hex'')', dalgo_internal.toolkit_pgcrypto()) INTO k;
+		k := pg_catalog.encode(dalgo_internal.pgcrypto_random_bytes(32), 'hex');
 	ELSIF pg_catalog.length(k) OPERATOR(pg_catalog.<) 16 OR k !~ '^[A-Za-z0-9+/=_-]+$' THEN
 		RAISE EXCEPTION 'a secret key has at least 16 characters among A-Z, a-z, 0-9, +, /, =, _ and -'
 			USING ERRCODE = 'invalid_parameter_value';
@@ -1159,22 +1193,18 @@ BEGIN
 			GET DIAGNOSTICS n = ROW_COUNT;
 			total := total OPERATOR(pg_catalog.+) n;
 		END LOOP;
+		-- dalgo's own secrets: sources.config.credentials, warehouse access tokens.
+		total := total OPERATOR(pg_catalog.+) dalgo_internal.reseal_own_secrets(old_key, k);
 	END IF;
 	-- The file keeps the previous key after the new one: if this transaction
 	-- rolls back after the file is written, the values it re-encrypted are
-	-- still readable.  The key never appears in a statement's text (logs,
-	-- error contexts).
-	PERFORM pg_catalog.set_config('dalgo_toolkit.pending_key',
-		k || coalesce(E'\n' || NULLIF(pg_catalog.split_part(old_key, E'\n', 1), ''), ''), true);
-	EXECUTE pg_catalog.format('COPY (SELECT pg_catalog.unnest(pg_catalog.string_to_array('
-							  'pg_catalog.current_setting(''dalgo_toolkit.pending_key''), E''\n''))) TO %L',
-							  pg_catalog.current_setting('data_directory') || '/dalgo_secret.key');
-	PERFORM pg_catalog.set_config('dalgo_toolkit.pending_key', '', true);
+	-- still readable.
+	PERFORM dalgo_internal.write_secret_key(k || coalesce(E'\n' || NULLIF(pg_catalog.split_part(old_key, E'\n', 1), ''), ''));
 	RETURN total;
 END
 $$;
 COMMENT ON FUNCTION dalgo.rotate_secret_key(text) IS
-	'Set the encryption key (new_key, or 32 random bytes) and re-encrypt every value stored by dalgo.enable_encryption() under it; returns the values re-encrypted. Superusers. The key is the file dalgo_secret.key in the data directory: back it up apart from the database';
+	'Set the encryption key (new_key, or 32 random bytes) and re-encrypt under it every value stored by dalgo.enable_encryption(), the credentials in dalgo.sources.config and the warehouse access tokens; returns the values re-encrypted. Superusers. The key is the file dalgo_secret.key in the data directory: back it up apart from the database';
 
 -- ---------------------------------------------------------------------------
 -- Security report
@@ -1287,7 +1317,8 @@ REVOKE ALL ON FUNCTION
 	dalgo.enable_redaction(regclass, name, text[], boolean), dalgo.disable_redaction(regclass, name),
 	dalgo.set_retention(regclass, name, integer, text, text[]), dalgo.disable_retention(regclass),
 	dalgo.apply_retention(integer, integer), dalgo.security_report(name),
-	dalgo_internal.toolkit_pgcrypto(), dalgo_internal.toolkit_secret_key(), dalgo_internal.toolkit_encrypt(text, text), dalgo_internal.toolkit_decrypt(text, text),
+	dalgo_internal.pgcrypto_pgp_sym_encrypt(text, text, text), dalgo_internal.pgcrypto_pgp_sym_decrypt(bytea, text),
+	dalgo_internal.write_secret_key(text), dalgo_internal.secret_key_for_writing(), dalgo_internal.toolkit_secret_key(), dalgo_internal.toolkit_encrypt(text, text), dalgo_internal.toolkit_decrypt(text, text),
 	dalgo_internal.toolkit_stored_text(jsonb, boolean), dalgo_internal.set_encrypted_column(),
 	dalgo.enable_encryption(regclass, name, name, dalgo.member_role), dalgo.disable_encryption(regclass, name),
 	dalgo_internal.toolkit_read_secret(regclass, name, text, boolean), dalgo.read_secret(regclass, name, text),

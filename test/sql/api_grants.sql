@@ -133,7 +133,7 @@ SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
 SELECT is_empty($$SELECT p.proname FROM pg_proc p
 	WHERE p.pronamespace IN ('dalgo'::regnamespace, 'dalgo_internal'::regnamespace)
 	  AND p.prorettype = 'trigger'::regtype
-	  AND p.proname !~ '^(audit|check|create|fill|guard|invalidate|record|redact|refuse|set|wake)_'$$,
+	  AND p.proname !~ '^(audit|check|create|encrypt|fill|guard|invalidate|record|redact|refuse|set|wake)_'$$,
 	'naming: trigger functions are named verb first');
 
 -- check_recipe_sql runs any SQL in the warehouse: internal, yet saving a
