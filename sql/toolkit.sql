@@ -667,7 +667,12 @@ CREATE TABLE dalgo.retention_policies (
 	last_run_at timestamptz,
 	last_rows bigint,
 	created_at timestamptz NOT NULL DEFAULT now(),
-	updated_at timestamptz NOT NULL DEFAULT now()
+	updated_at timestamptz NOT NULL DEFAULT now(),
+	user_column name,
+	user_days_table regclass,
+	user_days_column name,
+	user_key_column name,
+	CONSTRAINT retention_policies_user_days CHECK (num_nulls(user_column, user_days_table, user_days_column, user_key_column) IN (0, 4))
 );
 COMMENT ON TABLE dalgo.retention_policies IS
 	'One retention policy per table: rows whose time_column is older than retention_days are deleted, or have columns set to NULL (anonymize), by dalgo.apply_retention(). Written by superusers through dalgo.set_retention()';
@@ -682,6 +687,11 @@ COMMENT ON COLUMN dalgo.retention_policies.last_run_at IS 'When dalgo.apply_rete
 COMMENT ON COLUMN dalgo.retention_policies.last_rows IS 'Rows deleted or anonymized by that run';
 COMMENT ON COLUMN dalgo.retention_policies.created_at IS 'When the policy was created';
 COMMENT ON COLUMN dalgo.retention_policies.updated_at IS 'When the policy was last changed';
+COMMENT ON COLUMN dalgo.retention_policies.user_column IS 'Per-user override: the column of the table naming the row''s user';
+COMMENT ON COLUMN dalgo.retention_policies.user_days_table IS 'Per-user override: the table holding each user''s number of days';
+COMMENT ON COLUMN dalgo.retention_policies.user_days_column IS 'Per-user override: its column of days (NULL or below 1: retention_days)';
+COMMENT ON COLUMN dalgo.retention_policies.user_key_column IS 'Per-user override: its column matched to user_column (unique)';
+COMMENT ON CONSTRAINT retention_policies_user_days ON dalgo.retention_policies IS 'A per-user override names all four, or none';
 ALTER TABLE dalgo.retention_policies ENABLE ROW LEVEL SECURITY;
 ALTER TABLE dalgo.retention_policies FORCE ROW LEVEL SECURITY;
 REVOKE ALL ON dalgo.retention_policies FROM PUBLIC;
@@ -706,7 +716,8 @@ BEGIN
 	UPDATE dalgo.retention_policies p
 	SET id = NEW.id, time_column = NEW.time_column, retention_days = NEW.retention_days, action = NEW.action,
 		columns = NEW.columns, enabled = NEW.enabled, last_run_at = NEW.last_run_at, last_rows = NEW.last_rows,
-		created_at = NEW.created_at, updated_at = NEW.updated_at
+		created_at = NEW.created_at, updated_at = NEW.updated_at, user_column = NEW.user_column,
+		user_days_table = NEW.user_days_table, user_days_column = NEW.user_days_column, user_key_column = NEW.user_key_column
 	WHERE p.table_name = NEW.table_name;
 	IF FOUND THEN
 		RETURN NULL;
@@ -734,13 +745,18 @@ $$;
 COMMENT ON FUNCTION dalgo.disable_retention(regclass) IS 'Removes a table''s retention policy';
 
 CREATE FUNCTION dalgo.set_retention(tbl regclass, time_column name, retention_days integer,
-								   action text DEFAULT 'delete', columns text[] DEFAULT NULL)
+								   action text DEFAULT 'delete', columns text[] DEFAULT NULL,
+								   user_column name DEFAULT NULL, user_days text DEFAULT NULL, user_key name DEFAULT NULL)
 	RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	c text;
+	parts text[];
+	days_tbl regclass;
+	days_col name;
+	key_col name;
 BEGIN
 	IF tbl OPERATOR(pg_catalog.<>) 'dalgo.audit_logs'::regclass THEN
 		PERFORM dalgo_internal.toolkit_target(tbl);
@@ -748,7 +764,7 @@ BEGIN
 			RAISE EXCEPTION '% is partitioned', tbl USING ERRCODE = 'wrong_object_type',
 				HINT = 'Expire the rows of a partitioned table by detaching and dropping its old partitions.';
 		END IF;
-	ELSIF time_column <> 'created_at' OR action <> 'delete' THEN
+	ELSIF time_column <> 'created_at' OR action <> 'delete' OR user_column IS NOT NULL THEN
 		RAISE EXCEPTION 'the audit trail only expires by created_at, with delete' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	PERFORM dalgo_internal.toolkit_column(tbl, time_column, ARRAY['timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype]);
@@ -770,18 +786,57 @@ BEGIN
 	ELSIF columns IS NOT NULL THEN
 		RAISE EXCEPTION 'columns are only for anonymize' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	INSERT INTO dalgo.retention_policies AS p (table_name, time_column, retention_days, action, columns)
-		VALUES (tbl, time_column, retention_days, action, columns)
+	-- Per-user override: user_days names a column "schema.table.column" of
+	-- days, found by the row's user_column in its unique column user_key.
+	IF (user_column IS NULL) <> (user_days IS NULL) OR (user_key IS NOT NULL AND user_column IS NULL) THEN
+		RAISE EXCEPTION 'a per-user retention needs both user_column and user_days' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF user_column IS NOT NULL THEN
+		parts := pg_catalog.parse_ident(user_days);
+		IF pg_catalog.cardinality(parts) OPERATOR(pg_catalog.<>) 3 THEN
+			RAISE EXCEPTION 'user_days must name a column as schema.table.column' USING ERRCODE = 'invalid_parameter_value',
+				HINT = 'Quote names with capitals: ''app.prefs."retentionDays"''.';
+		END IF;
+		days_tbl := pg_catalog.to_regclass(pg_catalog.format('%I.%I', parts[1], parts[2]));
+		IF days_tbl IS NULL THEN
+			RAISE EXCEPTION 'table %.% does not exist', parts[1], parts[2] USING ERRCODE = 'undefined_table';
+		END IF;
+		days_col := parts[3];
+		key_col := coalesce(user_key, user_column);
+		PERFORM dalgo_internal.toolkit_column(days_tbl, days_col, ARRAY['int2'::regtype, 'int4'::regtype, 'int8'::regtype]);
+		IF dalgo_internal.toolkit_column(tbl, user_column, NULL) OPERATOR(pg_catalog.<>) dalgo_internal.toolkit_column(days_tbl, key_col, NULL) THEN
+			RAISE EXCEPTION 'column "%" of % and column "%" of % are of different types', user_column, tbl, key_col, days_tbl
+				USING ERRCODE = 'datatype_mismatch';
+		END IF;
+		-- The caller reads what decides the deletions.
+		IF NOT pg_catalog.has_column_privilege(days_tbl, days_col, 'SELECT')
+		   OR NOT pg_catalog.has_column_privilege(days_tbl, key_col, 'SELECT') THEN
+			RAISE EXCEPTION 'permission denied for table %', days_tbl USING ERRCODE = 'insufficient_privilege';
+		END IF;
+		-- One row per user, found through an index.
+		IF NOT EXISTS (SELECT FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
+						   ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+					   WHERE i.indrelid OPERATOR(pg_catalog.=) days_tbl AND i.indisunique AND i.indnkeyatts OPERATOR(pg_catalog.=) 1
+						 AND i.indpred IS NULL AND i.indisvalid AND a.attname OPERATOR(pg_catalog.=) key_col) THEN
+			RAISE EXCEPTION 'column "%" of % needs a unique index: one number of days per user', key_col, days_tbl
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+	END IF;
+	INSERT INTO dalgo.retention_policies AS p (table_name, time_column, retention_days, action, columns,
+											   user_column, user_days_table, user_days_column, user_key_column)
+		VALUES (tbl, time_column, retention_days, action, columns, user_column, days_tbl, days_col, key_col)
 		ON CONFLICT (table_name) DO UPDATE
 		SET time_column = excluded.time_column, retention_days = excluded.retention_days,
-			action = excluded.action, columns = excluded.columns, enabled = true;
+			action = excluded.action, columns = excluded.columns, enabled = true, user_column = excluded.user_column,
+			user_days_table = excluded.user_days_table, user_days_column = excluded.user_days_column,
+			user_key_column = excluded.user_key_column;
 	IF tbl OPERATOR(pg_catalog.<>) 'dalgo.audit_logs'::regclass THEN
 		PERFORM dalgo_internal.toolkit_ensure_index(tbl, time_column);
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo.set_retention(regclass, name, integer, text, text[]) IS
-	'Add or replace a table''s retention policy: rows whose time_column is older than retention_days are deleted, or (action anonymize) have columns set to NULL, by dalgo.apply_retention(). Superusers (the policies table is theirs)';
+COMMENT ON FUNCTION dalgo.set_retention(regclass, name, integer, text, text[], name, text, name) IS
+	'Add or replace a table''s retention policy: rows whose time_column is older than retention_days are deleted, or (action anonymize) have columns set to NULL, by dalgo.apply_retention(). With user_column and user_days (''schema.table.column'' of days, matched on its unique column user_key, default user_column''s name), each user''s own number of days overrides retention_days. Superusers (the policies table is theirs)';
 
 CREATE FUNCTION dalgo.apply_retention(batch_size integer DEFAULT 10000, max_batches integer DEFAULT NULL)
 	RETURNS TABLE (table_name text, action text, rows_affected bigint, batches integer)
@@ -793,6 +848,8 @@ DECLARE
 	target text;
 	cutoff timestamptz;
 	stmt text;
+	expired text;
+	shortest bigint;
 	n bigint;
 BEGIN
 	IF batch_size IS NULL OR batch_size < 1 THEN
@@ -812,20 +869,35 @@ BEGIN
 			batches := 1;
 		ELSE
 			target := pg_catalog.format('%I.%I', p.relnamespace::regnamespace::text, p.relname);
+			expired := pg_catalog.format('t.%I OPERATOR(pg_catalog.<) $1', p.time_column);
+			IF p.user_column IS NOT NULL THEN
+				-- A row is expired after its user's days (or retention_days).
+				-- The time index finds the candidates older than the shortest
+				-- retention anyone has; the unique index of the days table
+				-- finds each candidate's user.
+				EXECUTE pg_catalog.format('SELECT pg_catalog.min(d.%I) FROM %s d WHERE d.%I OPERATOR(pg_catalog.>=) 1',
+										  p.user_days_column, p.user_days_table, p.user_days_column) INTO shortest;
+				cutoff := pg_catalog.now() OPERATOR(pg_catalog.-)
+						  pg_catalog.make_interval(days => LEAST(p.retention_days, shortest::integer));
+				expired := expired || pg_catalog.format(' AND t.%I OPERATOR(pg_catalog.<) ($3 OPERATOR(pg_catalog.-) '
+					'pg_catalog.make_interval(days => coalesce((SELECT d.%I::integer FROM %s d WHERE d.%I OPERATOR(pg_catalog.=) t.%I '
+					'AND d.%I OPERATOR(pg_catalog.>=) 1), $4)))',
+					p.time_column, p.user_days_column, p.user_days_table, p.user_key_column, p.user_column, p.user_days_column);
+			END IF;
 			IF p.action = 'delete' THEN
 				stmt := pg_catalog.format('DELETE FROM ONLY %s WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY('
-					'SELECT ctid FROM ONLY %s WHERE %I OPERATOR(pg_catalog.<) $1 LIMIT $2 FOR UPDATE SKIP LOCKED))',
-					target, target, p.time_column);
+					'SELECT t.ctid FROM ONLY %s t WHERE %s LIMIT $2 FOR UPDATE OF t SKIP LOCKED))',
+					target, target, expired);
 			ELSE
 				stmt := pg_catalog.format('UPDATE ONLY %s SET %s WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY('
-					'SELECT ctid FROM ONLY %s WHERE %I OPERATOR(pg_catalog.<) $1 AND (%s) LIMIT $2 FOR UPDATE SKIP LOCKED))',
+					'SELECT t.ctid FROM ONLY %s t WHERE %s AND (%s) LIMIT $2 FOR UPDATE OF t SKIP LOCKED))',
 					target,
 					(SELECT pg_catalog.string_agg(pg_catalog.format('%I = NULL', c), ', ') FROM pg_catalog.unnest(p.columns) c),
-					target, p.time_column,
-					(SELECT pg_catalog.string_agg(pg_catalog.format('%I IS NOT NULL', c), ' OR ') FROM pg_catalog.unnest(p.columns) c));
+					target, expired,
+					(SELECT pg_catalog.string_agg(pg_catalog.format('t.%I IS NOT NULL', c), ' OR ') FROM pg_catalog.unnest(p.columns) c));
 			END IF;
 			LOOP
-				EXECUTE stmt USING cutoff, batch_size;
+				EXECUTE stmt USING cutoff, batch_size, pg_catalog.now(), p.retention_days;
 				GET DIAGNOSTICS n = ROW_COUNT;
 				rows_affected := rows_affected OPERATOR(pg_catalog.+) n;
 				batches := batches OPERATOR(pg_catalog.+) 1;
@@ -1315,7 +1387,7 @@ REVOKE ALL ON FUNCTION
 	dalgo_internal.guard_shares(), dalgo.enable_child_rows(regclass, regclass, name), dalgo.disable_child_rows(regclass), dalgo.enable_service_only(regclass),
 	dalgo.enable_updated_at(regclass, name), dalgo.disable_updated_at(regclass),
 	dalgo.enable_redaction(regclass, name, text[], boolean), dalgo.disable_redaction(regclass, name),
-	dalgo.set_retention(regclass, name, integer, text, text[]), dalgo.disable_retention(regclass),
+	dalgo.set_retention(regclass, name, integer, text, text[], name, text, name), dalgo.disable_retention(regclass),
 	dalgo.apply_retention(integer, integer), dalgo.security_report(name),
 	dalgo_internal.pgcrypto_pgp_sym_encrypt(text, text, text), dalgo_internal.pgcrypto_pgp_sym_decrypt(bytea, text),
 	dalgo_internal.write_secret_key(text), dalgo_internal.secret_key_for_writing(), dalgo_internal.toolkit_secret_key(), dalgo_internal.toolkit_encrypt(text, text), dalgo_internal.toolkit_decrypt(text, text),

@@ -103,7 +103,7 @@ SELECT set_eq($$SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronames
 						  'dalgo.enable_child_rows(regclass,regclass,name)', 'dalgo.disable_child_rows(regclass)',
 						  'dalgo.enable_service_only(regclass)', 'dalgo.enable_updated_at(regclass,name)', 'dalgo.disable_updated_at(regclass)',
 						  'dalgo.enable_redaction(regclass,name,text[],boolean)', 'dalgo.disable_redaction(regclass,name)',
-						  'dalgo.set_retention(regclass,name,integer,text,text[])', 'dalgo.disable_retention(regclass)',
+						  'dalgo.set_retention(regclass,name,integer,text,text[],name,text,name)', 'dalgo.disable_retention(regclass)',
 						  'dalgo.enable_encryption(regclass,name,name,dalgo.member_role)', 'dalgo.disable_encryption(regclass,name)',
 						  'dalgo.rotate_secret_key(text)', 'dalgo.security_report(name)'])$$,
 	'public_api_surface: \df dalgo.* lists the app roles'' API and the documented admin tools, nothing else');
