@@ -137,7 +137,8 @@ REGRESS = \
 	lineage \
 	warehouse_export \
 	runs_on_demand \
-	failure_alerts
+	failure_alerts \
+	own_secrets_at_rest
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \

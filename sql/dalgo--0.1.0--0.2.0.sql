@@ -10940,6 +10940,820 @@ COMMENT ON TRIGGER redact_error ON dalgo.transformation_runs IS 'Run errors are 
 REVOKE ALL ON FUNCTION dalgo_internal.redact_run_error() FROM PUBLIC;
 
 
+-- s13: dalgo's own secrets at rest (issue 13 item 5).  The credentials
+-- object of sources.config and warehouse_connections.access_token_encrypted
+-- are stored encrypted, bound to their row, by BEFORE triggers; only
+-- dalgo_internal.source_credentials() / warehouse_access_token() decrypt;
+-- source_config() masks credentials; rotate_secret_key() re-encrypts them.
+-- The toolkit's encryption calls pgcrypto's library directly (no CREATE
+-- EXTENSION pgcrypto), with s2k-mode=1, and the key file is created on
+-- first need.  Plaintext credentials of 0.1.0 databases are encrypted here.
+-- pgp_sym_encrypt and pgp_sym_decrypt in pgcrypto's library, as
+-- sql/accounts.sql does for crypt(): no CREATE EXTENSION pgcrypto needed.
+CREATE FUNCTION dalgo_internal.pgcrypto_pgp_sym_encrypt(data text, key text, options text) RETURNS bytea
+	AS '$libdir/pgcrypto', 'pgp_sym_encrypt_text'
+	LANGUAGE C STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_internal.pgcrypto_pgp_sym_encrypt(text, text, text) IS 'pgcrypto''s pgp_sym_encrypt(data, key, options), called in pgcrypto''s library (private)';
+
+CREATE FUNCTION dalgo_internal.pgcrypto_pgp_sym_decrypt(data bytea, key text) RETURNS text
+	AS '$libdir/pgcrypto', 'pgp_sym_decrypt_text'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_internal.pgcrypto_pgp_sym_decrypt(bytea, text) IS 'pgcrypto''s pgp_sym_decrypt(data, key), called in pgcrypto''s library (private)';
+
+-- Write the key file: keys is the current key, then the previous one on
+-- the next line.  The keys never appear in a statement's text (logs, error
+-- contexts): COPY reads them from a transaction-local setting.
+CREATE FUNCTION dalgo_internal.write_secret_key(keys text) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM pg_catalog.set_config('dalgo_toolkit.pending_key', keys, true);
+	EXECUTE pg_catalog.format('COPY (SELECT pg_catalog.unnest(pg_catalog.string_to_array('
+							  'pg_catalog.current_setting(''dalgo_toolkit.pending_key''), E''\n''))) TO %L',
+							  pg_catalog.current_setting('data_directory') || '/dalgo_secret.key');
+	PERFORM pg_catalog.set_config('dalgo_toolkit.pending_key', '', true);
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.write_secret_key(text) IS
+	'Internal: writes dalgo_secret.key in the data directory (the current key, then the previous one)';
+
+-- The key to encrypt with: created (32 random bytes) when there is none yet.
+CREATE FUNCTION dalgo_internal.secret_key_for_writing() RETURNS text
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k text := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+BEGIN
+	IF k IS NULL OR k = '' THEN
+		-- One creator at a time; the file outlives a rollback, so a
+		-- second creator finds it after the first one's lock is gone.
+		PERFORM pg_catalog.pg_advisory_xact_lock(7316028433216171853);
+		k := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+		IF k IS NULL OR k = '' THEN
+			k := pg_catalog.encode(dalgo_internal.pgcrypto_random_bytes(32), 'hex');
+			PERFORM dalgo_internal.write_secret_key(k);
+			RAISE LOG 'dalgo: created the secret key dalgo_secret.key in the data directory; back it up apart from the database';
+		END IF;
+	END IF;
+	RETURN k;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.secret_key_for_writing() IS
+	'Internal: the encryption key, created (32 random bytes in dalgo_secret.key of the data directory) on first need';
+
+-- Encrypt one value (already encrypted values are returned as they are).
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_encrypt(plain text, key text) RETURNS text
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c bytea;
+BEGIN
+	IF plain IS NULL OR pg_catalog.starts_with(plain, 'dalgo:pgp1:') THEN
+		RETURN plain;
+	END IF;
+	-- s2k-mode=1 (salted, not iterated): the key is random, not a password,
+	-- and iterating would cost a quarter millisecond per value.
+	c := dalgo_internal.pgcrypto_pgp_sym_encrypt(plain, pg_catalog.split_part(key, E'\n', 1), 'cipher-algo=aes256, s2k-mode=1');
+	RETURN 'dalgo:pgp1:' || pg_catalog.translate(pg_catalog.encode(c, 'base64'), E'\n', '');
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.toolkit_encrypt(text, text) IS 'Internal: pgp_sym_encrypt (AES-256) a value into dalgo''s stored form';
+
+-- Decrypt one stored value.
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_decrypt(stored text, key text) RETURNS text
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k text;
+BEGIN
+	IF stored IS NULL OR NOT pg_catalog.starts_with(stored, 'dalgo:pgp1:') THEN
+		RETURN stored;
+	END IF;
+	-- The current key first, then the previous one (see rotate_secret_key).
+	FOREACH k IN ARRAY pg_catalog.string_to_array(key, E'\n') LOOP
+		BEGIN
+			RETURN dalgo_internal.pgcrypto_pgp_sym_decrypt(pg_catalog.decode(pg_catalog.substr(stored, 12), 'base64'), k);
+		EXCEPTION WHEN external_routine_invocation_exception OR data_exception THEN
+			NULL;
+		END;
+	END LOOP;
+	RAISE EXCEPTION 'a stored secret cannot be decrypted with the current or the previous key'
+		USING ERRCODE = 'data_corrupted';
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.toolkit_decrypt(text, text) IS
+	'Internal: decrypt a value stored by dalgo_internal.toolkit_encrypt(), with the current key or else the previous one';
+
+CREATE OR REPLACE FUNCTION dalgo.enable_encryption(tbl regclass, "column" name, org_column name DEFAULT 'organization_id',
+										read_role dalgo.member_role DEFAULT 'admin')
+	RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo_internal.toolkit_target(tbl);
+BEGIN
+	PERFORM dalgo_internal.secret_key_for_writing();
+	PERFORM dalgo_internal.toolkit_column(tbl, "column", ARRAY['text'::regtype, 'varchar'::regtype, 'json'::regtype, 'jsonb'::regtype]);
+	PERFORM dalgo_internal.toolkit_column(tbl, org_column, ARRAY['uuid'::regtype]);
+	IF read_role IS NULL THEN
+		RAISE EXCEPTION 'read_role is required' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_constraint WHERE conrelid OPERATOR(pg_catalog.=) tbl AND contype = 'p'
+		AND pg_catalog.cardinality(conkey) OPERATOR(pg_catalog.=) 1) OPERATOR(pg_catalog.<>) 1 THEN
+		RAISE EXCEPTION '% needs a one-column primary key', tbl USING ERRCODE = 'invalid_table_definition';
+	END IF;
+	EXECUTE pg_catalog.format('CREATE OR REPLACE TRIGGER %I BEFORE INSERT OR UPDATE ON %s '
+							  'FOR EACH ROW EXECUTE FUNCTION dalgo_internal.set_encrypted_column(%L, %L, %L)',
+							  'dalgo_encrypt_' || "column", target, "column", org_column, read_role);
+	EXECUTE pg_catalog.format('COMMENT ON TRIGGER %I ON %s IS %L', 'dalgo_encrypt_' || "column", target,
+							  pg_catalog.format('%s is stored encrypted (dalgo toolkit)', "column"));
+	-- Encrypt what is there (the trigger does the work).
+	RETURN dalgo_internal.toolkit_rewrite_unaudited(tbl,
+		pg_catalog.format('UPDATE %s SET %I = %I WHERE %I IS NOT NULL', target, "column", "column", "column"));
+END
+$$;
+COMMENT ON FUNCTION dalgo.enable_encryption(regclass, name, name, dalgo.member_role) IS
+	'Store a text, json or jsonb column encrypted at rest (pgcrypto, AES-256, key in the data directory): existing values are encrypted now, new ones on write. Members at read_role of the row''s organization read it with dalgo.read_secret(), dalgo_service with dalgo.read_secret_service(). Superusers; returns the rows encrypted';
+
+CREATE OR REPLACE FUNCTION dalgo.rotate_secret_key(new_key text DEFAULT NULL) RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	old_key text;
+	k text := new_key;
+	t record;
+	n bigint;
+	total bigint := 0;
+BEGIN
+	-- One writer of the key file at a time (dalgo_internal.secret_key_for_writing).
+	PERFORM pg_catalog.pg_advisory_xact_lock(7316028433216171853);
+	old_key := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+	IF k IS NULL THEN
+		k := pg_catalog.encode(dalgo_internal.pgcrypto_random_bytes(32), 'hex');
+	ELSIF pg_catalog.length(k) OPERATOR(pg_catalog.<) 16 OR k !~ '^[A-Za-z0-9+/=_-]+$' THEN
+		RAISE EXCEPTION 'a secret key has at least 16 characters among A-Z, a-z, 0-9, +, /, =, _ and -'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF old_key IS NOT NULL AND old_key <> '' THEN
+		old_key := dalgo_internal.toolkit_secret_key();
+		FOR t IN SELECT tr.tgrelid::regclass AS tbl, a.attname, a.atttypid IN ('json'::regtype, 'jsonb'::regtype) AS is_json,
+					  pg_catalog.format_type(a.atttypid, a.atttypmod) AS coltype
+				 FROM pg_catalog.pg_trigger tr
+				 JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) tr.tgrelid
+					AND a.attname OPERATOR(pg_catalog.=) pg_catalog.split_part(pg_catalog.encode(tr.tgargs, 'escape'), E'\\000', 1)
+				 WHERE tr.tgfoid OPERATOR(pg_catalog.=) 'dalgo_internal.set_encrypted_column()'::regprocedure
+		LOOP
+			EXECUTE pg_catalog.format('UPDATE %s SET %I = %s(dalgo_internal.toolkit_encrypt(dalgo_internal.toolkit_decrypt('
+				'dalgo_internal.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1), $2), $3))::%s '
+				'WHERE pg_catalog.starts_with(dalgo_internal.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1), ''dalgo:pgp1:'')',
+				t.tbl, t.attname, CASE WHEN t.is_json THEN 'pg_catalog.to_jsonb' ELSE '' END, t.attname, t.coltype, t.attname)
+				USING t.is_json, old_key, k;
+			GET DIAGNOSTICS n = ROW_COUNT;
+			total := total OPERATOR(pg_catalog.+) n;
+		END LOOP;
+		-- dalgo's own secrets: sources.config.credentials, warehouse access tokens.
+		total := total OPERATOR(pg_catalog.+) dalgo_internal.reseal_own_secrets(old_key, k);
+	END IF;
+	-- The file keeps the previous key after the new one: if this transaction
+	-- rolls back after the file is written, the values it re-encrypted are
+	-- still readable.
+	PERFORM dalgo_internal.write_secret_key(k || coalesce(E'\n' || NULLIF(pg_catalog.split_part(old_key, E'\n', 1), ''), ''));
+	RETURN total;
+END
+$$;
+COMMENT ON FUNCTION dalgo.rotate_secret_key(text) IS
+	'Set the encryption key (new_key, or 32 random bytes) and re-encrypt under it every value stored by dalgo.enable_encryption(), the credentials in dalgo.sources.config and the warehouse access tokens; returns the values re-encrypted. Superusers. The key is the file dalgo_secret.key in the data directory: back it up apart from the database';
+
+DROP FUNCTION dalgo_internal.toolkit_pgcrypto();
+REVOKE ALL ON FUNCTION
+	dalgo_internal.pgcrypto_pgp_sym_encrypt(text, text, text), dalgo_internal.pgcrypto_pgp_sym_decrypt(bytea, text),
+	dalgo_internal.write_secret_key(text), dalgo_internal.secret_key_for_writing()
+	FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dalgo.source_config(source_id uuid) RETURNS jsonb
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+	doc jsonb;
+BEGIN
+	SELECT s.organization_id, s.config INTO org, doc FROM dalgo.sources s WHERE s.id = source_config.source_id;
+	-- The same test as the read policy on sources: no row, no answer.
+	IF NOT FOUND OR NOT coalesce(org OPERATOR(pg_catalog.=) ANY (dalgo.current_org_ids('viewer')), false) THEN
+		RETURN NULL;
+	END IF;
+	-- Credentials, even encrypted, never leave: only whether they are set.
+	IF doc ? 'credentials' THEN
+		doc := pg_catalog.jsonb_set(doc, '{credentials}', '"[redacted]"');
+	END IF;
+	RETURN dalgo.redact(doc);
+END
+$$;
+COMMENT ON FUNCTION dalgo.source_config(uuid) IS
+	'A source''s config with its secrets redacted (dalgo.redact) and credentials shown as "[redacted]" when set, for members of the source''s organization; NULL for a source the caller cannot see. Stored secrets are write-only: replace them with UPDATE';
+COMMENT ON COLUMN dalgo.sources.config IS
+	'Source settings; credentials go under the key credentials (a JSON object), stored encrypted and decrypted only for the sync workers (credentials: null removes them). Write-only for end users: read it with dalgo.source_config(), redacted; redacted in the audit trail';
+
+-- ---------------------------------------------------------------------------
+-- Secrets at rest in dalgo's own tables
+-- ---------------------------------------------------------------------------
+-- The credentials object of dalgo.sources.config and
+-- dalgo.warehouse_connections.access_token_encrypted are stored encrypted
+-- with the toolkit's encryption (dalgo_internal.toolkit_encrypt: pgcrypto's
+-- pgp_sym_encrypt, AES-256, the key file dalgo_secret.key of the data
+-- directory, created on first need).  What is encrypted is the value bound
+-- to its row, {"id": <row id>, "value": <secret>}, so that a stored value
+-- copied into another row never decrypts there.  A BEFORE trigger encrypts
+-- what is written; only the internal readers decrypt:
+-- dalgo_internal.source_credentials() and
+-- dalgo_internal.warehouse_access_token(), which no app role may execute.
+
+-- Encrypt a secret bound to the id of its row.
+CREATE FUNCTION dalgo_internal.seal_secret(id uuid, value jsonb, key text) RETURNS text
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN dalgo_internal.toolkit_encrypt(pg_catalog.jsonb_build_object('id', id, 'value', value)::text, key);
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.seal_secret(uuid, jsonb, text) IS
+	'Internal: the stored form (dalgo:pgp1:...) of a secret of dalgo''s own tables, bound to the id of its row';
+
+-- Decrypt a secret of the row id; if it belongs to another row or cannot
+-- be decrypted, raises (or with missing_ok returns SQL NULL).
+CREATE FUNCTION dalgo_internal.open_secret(id uuid, stored text, key text, missing_ok boolean DEFAULT false) RETURNS jsonb
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	doc jsonb;
+BEGIN
+	IF stored IS NULL THEN
+		RETURN NULL;
+	END IF;
+	BEGIN
+		doc := dalgo_internal.toolkit_decrypt(stored, key)::jsonb;
+	EXCEPTION WHEN data_corrupted OR invalid_text_representation THEN
+		doc := NULL;
+	END;
+	IF doc IS NULL OR pg_catalog.jsonb_typeof(doc) <> 'object' OR (doc OPERATOR(pg_catalog.->>) 'id') IS DISTINCT FROM id::text THEN
+		IF missing_ok THEN
+			RETURN NULL;
+		END IF;
+		RAISE EXCEPTION 'the stored secret of % cannot be decrypted', id USING ERRCODE = 'data_corrupted',
+			HINT = 'Set it again. dalgo decrypts with the key file dalgo_secret.key of the data directory (the current key, then the previous one).';
+	END IF;
+	RETURN doc OPERATOR(pg_catalog.->) 'value';
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.open_secret(uuid, text, text, boolean) IS
+	'Internal: the plaintext of a secret stored by dalgo_internal.seal_secret() for the row id; raises (without the value), or with missing_ok returns NULL, if it belongs to another row or the key does not open it';
+
+-- True for the stored form of a secret.
+CREATE FUNCTION dalgo_internal.is_sealed(value jsonb) RETURNS boolean
+	LANGUAGE sql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+	RETURN pg_catalog.jsonb_typeof(value) = 'string' AND pg_catalog.starts_with(value OPERATOR(pg_catalog.#>>) '{}'::text[], 'dalgo:pgp1:');
+COMMENT ON FUNCTION dalgo_internal.is_sealed(jsonb) IS 'Internal: whether a json value is an encrypted secret (dalgo:pgp1:...)';
+
+-- sources: config.credentials is stored encrypted.
+CREATE FUNCTION dalgo_internal.encrypt_source_credentials() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c jsonb := NEW.config OPERATOR(pg_catalog.->) 'credentials';
+BEGIN
+	IF c IS NULL THEN
+		RETURN NEW;
+	ELSIF pg_catalog.jsonb_typeof(c) = 'null' THEN
+		NEW.config := NEW.config OPERATOR(pg_catalog.-) 'credentials';
+	ELSIF dalgo_internal.is_sealed(c) THEN
+		IF TG_OP = 'UPDATE' AND c OPERATOR(pg_catalog.=) (OLD.config OPERATOR(pg_catalog.->) 'credentials') THEN
+			-- Kept as stored (an update of other keys); a new id re-binds it.
+			IF NEW.id OPERATOR(pg_catalog.<>) OLD.id THEN
+				NEW.config := pg_catalog.jsonb_set(NEW.config, '{credentials}', pg_catalog.to_jsonb(dalgo_internal.seal_secret(NEW.id,
+					dalgo_internal.open_secret(OLD.id, c OPERATOR(pg_catalog.#>>) '{}'::text[], dalgo_internal.toolkit_secret_key()),
+					dalgo_internal.secret_key_for_writing())));
+			END IF;
+		ELSIF NOT dalgo.restoring() AND dalgo_internal.open_secret(NEW.id, c OPERATOR(pg_catalog.#>>) '{}'::text[],
+																  dalgo_internal.toolkit_secret_key(), true) IS NULL THEN
+			-- A stored value is only ever this source's own (a restore may
+			-- bring values before their key): a copied or made-up one is refused.
+			RAISE EXCEPTION 'config.credentials holds an encrypted value that is not this source''s'
+				USING ERRCODE = 'invalid_parameter_value', HINT = 'Write the credentials as a JSON object; dalgo encrypts them.';
+		END IF;
+	ELSE
+		-- Plaintext, restored rows of 0.1.0 dumps included.
+		NEW.config := pg_catalog.jsonb_set(NEW.config, '{credentials}',
+			pg_catalog.to_jsonb(dalgo_internal.seal_secret(NEW.id, c, dalgo_internal.secret_key_for_writing())));
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.encrypt_source_credentials() IS
+	'BEFORE trigger on sources: config.credentials is stored encrypted, bound to the source (credentials: null removes them; a stored value is kept)';
+CREATE TRIGGER encrypt_credentials BEFORE INSERT OR UPDATE ON dalgo.sources
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.encrypt_source_credentials();
+COMMENT ON TRIGGER encrypt_credentials ON dalgo.sources IS 'config.credentials is stored encrypted';
+
+-- warehouse_connections: access_token_encrypted is stored encrypted.
+CREATE FUNCTION dalgo_internal.encrypt_access_token() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.access_token_encrypted IS NULL THEN
+		RETURN NEW;
+	ELSIF pg_catalog.starts_with(NEW.access_token_encrypted, 'dalgo:pgp1:') THEN
+		IF TG_OP = 'UPDATE' AND NEW.access_token_encrypted OPERATOR(pg_catalog.=) OLD.access_token_encrypted THEN
+			IF NEW.id OPERATOR(pg_catalog.<>) OLD.id THEN
+				NEW.access_token_encrypted := dalgo_internal.seal_secret(NEW.id,
+					dalgo_internal.open_secret(OLD.id, NEW.access_token_encrypted, dalgo_internal.toolkit_secret_key()),
+					dalgo_internal.secret_key_for_writing());
+			END IF;
+		ELSIF NOT dalgo.restoring() AND dalgo_internal.open_secret(NEW.id, NEW.access_token_encrypted,
+																  dalgo_internal.toolkit_secret_key(), true) IS NULL THEN
+			RAISE EXCEPTION 'access_token_encrypted holds an encrypted value that is not this connection''s'
+				USING ERRCODE = 'invalid_parameter_value', HINT = 'Write the token in plaintext; dalgo encrypts it.';
+		END IF;
+	ELSE
+		NEW.access_token_encrypted := dalgo_internal.seal_secret(NEW.id, pg_catalog.to_jsonb(NEW.access_token_encrypted),
+			dalgo_internal.secret_key_for_writing());
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.encrypt_access_token() IS
+	'BEFORE trigger on warehouse_connections: access_token_encrypted is stored encrypted, bound to the connection';
+CREATE TRIGGER encrypt_access_token BEFORE INSERT OR UPDATE ON dalgo.warehouse_connections
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.encrypt_access_token();
+COMMENT ON TRIGGER encrypt_access_token ON dalgo.warehouse_connections IS 'access_token_encrypted is stored encrypted';
+
+-- The one reader of a source's credentials: the sync workers.
+CREATE FUNCTION dalgo_internal.source_credentials(source_id uuid) RETURNS jsonb
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c jsonb;
+BEGIN
+	SELECT s.config OPERATOR(pg_catalog.->) 'credentials' INTO c FROM dalgo.sources s
+	WHERE s.id OPERATOR(pg_catalog.=) source_credentials.source_id;
+	IF c IS NULL OR pg_catalog.jsonb_typeof(c) = 'null' THEN
+		RETURN NULL;
+	ELSIF dalgo_internal.is_sealed(c) THEN
+		RETURN dalgo_internal.open_secret(source_id, c OPERATOR(pg_catalog.#>>) '{}'::text[], dalgo_internal.toolkit_secret_key());
+	END IF;
+	RETURN c;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.source_credentials(uuid) IS
+	'Internal, for the sync workers only: the plaintext credentials object of a source (config.credentials), or NULL; raises (without the value) if they cannot be decrypted. No app role may execute it';
+
+-- The reader of a warehouse connection's access token.
+CREATE FUNCTION dalgo_internal.warehouse_access_token(warehouse_connection_id uuid) RETURNS text
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t text;
+BEGIN
+	SELECT w.access_token_encrypted INTO t FROM dalgo.warehouse_connections w
+	WHERE w.id OPERATOR(pg_catalog.=) warehouse_access_token.warehouse_connection_id;
+	IF t IS NULL OR NOT pg_catalog.starts_with(t, 'dalgo:pgp1:') THEN
+		RETURN t;
+	END IF;
+	RETURN dalgo_internal.open_secret(warehouse_connection_id, t, dalgo_internal.toolkit_secret_key()) OPERATOR(pg_catalog.#>>) '{}'::text[];
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.warehouse_access_token(uuid) IS
+	'Internal, for dalgo''s workers only: the plaintext access token of a warehouse connection, or NULL. No app role may execute it';
+
+-- Encrypt the plaintext secrets of dalgo's tables (an update from 0.1.0)
+-- and, given the previous key, re-encrypt the encrypted ones under new_key
+-- (dalgo.rotate_secret_key).  Neither the audit trail nor updated_at sees
+-- it: the values do not change.  Superusers.
+CREATE FUNCTION dalgo_internal.reseal_own_secrets(old_key text, new_key text) RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+	total bigint := 0;
+	role text := pg_catalog.current_setting('session_replication_role');
+BEGIN
+	PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+	-- A stored value that no key opens is left as it is (it is lost already).
+	UPDATE dalgo.sources s SET config = pg_catalog.jsonb_set(s.config, '{credentials}', pg_catalog.to_jsonb(dalgo_internal.seal_secret(s.id, v.plain, new_key)))
+	FROM (SELECT x.id, CASE WHEN dalgo_internal.is_sealed(x.config OPERATOR(pg_catalog.->) 'credentials')
+							THEN dalgo_internal.open_secret(x.id, x.config OPERATOR(pg_catalog.->>) 'credentials', old_key, true)
+							ELSE x.config OPERATOR(pg_catalog.->) 'credentials' END AS plain
+		  FROM dalgo.sources x
+		  WHERE pg_catalog.jsonb_typeof(x.config OPERATOR(pg_catalog.->) 'credentials') <> 'null'
+			AND (old_key IS NOT NULL OR NOT dalgo_internal.is_sealed(x.config OPERATOR(pg_catalog.->) 'credentials'))) v
+	WHERE s.id OPERATOR(pg_catalog.=) v.id AND v.plain IS NOT NULL;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	total := n;
+	UPDATE dalgo.warehouse_connections w SET access_token_encrypted = dalgo_internal.seal_secret(w.id, v.plain, new_key)
+	FROM (SELECT x.id, CASE WHEN pg_catalog.starts_with(x.access_token_encrypted, 'dalgo:pgp1:')
+							THEN dalgo_internal.open_secret(x.id, x.access_token_encrypted, old_key, true)
+							ELSE pg_catalog.to_jsonb(x.access_token_encrypted) END AS plain
+		  FROM dalgo.warehouse_connections x
+		  WHERE x.access_token_encrypted IS NOT NULL
+			AND (old_key IS NOT NULL OR NOT pg_catalog.starts_with(x.access_token_encrypted, 'dalgo:pgp1:'))) v
+	WHERE w.id OPERATOR(pg_catalog.=) v.id AND v.plain IS NOT NULL;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	PERFORM pg_catalog.set_config('session_replication_role', role, true);
+	RETURN total OPERATOR(pg_catalog.+) n;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.reseal_own_secrets(text, text) IS
+	'Internal: encrypts the plaintext credentials of sources and warehouse access tokens under new_key, and with old_key given re-encrypts the encrypted ones; without audit rows or updated_at changes';
+
+REVOKE ALL ON FUNCTION dalgo_internal.seal_secret(uuid, jsonb, text), dalgo_internal.open_secret(uuid, text, text, boolean),
+	dalgo_internal.is_sealed(jsonb), dalgo_internal.encrypt_source_credentials(), dalgo_internal.encrypt_access_token(),
+	dalgo_internal.source_credentials(uuid), dalgo_internal.warehouse_access_token(uuid),
+	dalgo_internal.reseal_own_secrets(text, text)
+	FROM PUBLIC;
+COMMENT ON COLUMN dalgo.warehouse_connections.access_token_encrypted IS
+	'Warehouse credential, stored encrypted (written in plaintext, encrypted by a trigger); never readable by end-user roles, never audited';
+
+-- Credentials that 0.1.0 stored in plaintext are encrypted now (the key
+-- file is created if there is none), without audit rows or updated_at changes.
+DO $$
+BEGIN
+	IF EXISTS (SELECT FROM dalgo.sources s WHERE pg_catalog.jsonb_typeof(s.config -> 'credentials') <> 'null'
+			   AND NOT dalgo_internal.is_sealed(s.config -> 'credentials'))
+	   OR EXISTS (SELECT FROM dalgo.warehouse_connections w WHERE w.access_token_encrypted IS NOT NULL
+				  AND NOT starts_with(w.access_token_encrypted, 'dalgo:pgp1:')) THEN
+		PERFORM dalgo_internal.reseal_own_secrets(NULL, dalgo_internal.secret_key_for_writing());
+	END IF;
+END
+$$;
+
+
+-- s13: per-user retention (issue 13 item 3): a policy may take each user's
+-- number of days from a column of another table (the seed's
+-- privacy_prefs.dataRetentionDays); set_retention gains user_column,
+-- user_days and user_key.
+ALTER TABLE dalgo.retention_policies
+	ADD COLUMN user_column name,
+	ADD COLUMN user_days_table regclass,
+	ADD COLUMN user_days_column name,
+	ADD COLUMN user_key_column name,
+	ADD CONSTRAINT retention_policies_user_days CHECK (num_nulls(user_column, user_days_table, user_days_column, user_key_column) IN (0, 4));
+COMMENT ON COLUMN dalgo.retention_policies.user_column IS 'Per-user override: the column of the table naming the row''s user';
+COMMENT ON COLUMN dalgo.retention_policies.user_days_table IS 'Per-user override: the table holding each user''s number of days';
+COMMENT ON COLUMN dalgo.retention_policies.user_days_column IS 'Per-user override: its column of days (NULL or below 1: retention_days)';
+COMMENT ON COLUMN dalgo.retention_policies.user_key_column IS 'Per-user override: its column matched to user_column (unique)';
+COMMENT ON CONSTRAINT retention_policies_user_days ON dalgo.retention_policies IS 'A per-user override names all four, or none';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.record_restored_retention_policy() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT dalgo.restoring() THEN
+		RETURN NEW;
+	END IF;
+	UPDATE dalgo.retention_policies p
+	SET id = NEW.id, time_column = NEW.time_column, retention_days = NEW.retention_days, action = NEW.action,
+		columns = NEW.columns, enabled = NEW.enabled, last_run_at = NEW.last_run_at, last_rows = NEW.last_rows,
+		created_at = NEW.created_at, updated_at = NEW.updated_at, user_column = NEW.user_column,
+		user_days_table = NEW.user_days_table, user_days_column = NEW.user_days_column, user_key_column = NEW.user_key_column
+	WHERE p.table_name = NEW.table_name;
+	IF FOUND THEN
+		RETURN NULL;
+	END IF;
+	RETURN NEW;
+END
+$$;
+
+DROP FUNCTION dalgo.set_retention(regclass, name, integer, text, text[]);
+CREATE FUNCTION dalgo.set_retention(tbl regclass, time_column name, retention_days integer,
+								   action text DEFAULT 'delete', columns text[] DEFAULT NULL,
+								   user_column name DEFAULT NULL, user_days text DEFAULT NULL, user_key name DEFAULT NULL)
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c text;
+	parts text[];
+	days_tbl regclass;
+	days_col name;
+	key_col name;
+BEGIN
+	IF tbl OPERATOR(pg_catalog.<>) 'dalgo.audit_logs'::regclass THEN
+		PERFORM dalgo_internal.toolkit_target(tbl);
+		IF (SELECT relkind FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) tbl) = 'p' THEN
+			RAISE EXCEPTION '% is partitioned', tbl USING ERRCODE = 'wrong_object_type',
+				HINT = 'Expire the rows of a partitioned table by detaching and dropping its old partitions.';
+		END IF;
+	ELSIF time_column <> 'created_at' OR action <> 'delete' OR user_column IS NOT NULL THEN
+		RAISE EXCEPTION 'the audit trail only expires by created_at, with delete' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM dalgo_internal.toolkit_column(tbl, time_column, ARRAY['timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype]);
+	IF action IS NULL OR action NOT IN ('delete', 'anonymize') THEN
+		RAISE EXCEPTION 'action must be delete or anonymize' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF action = 'anonymize' THEN
+		IF columns IS NULL OR pg_catalog.cardinality(columns) = 0 THEN
+			RAISE EXCEPTION 'anonymize needs the columns to set to NULL' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		FOREACH c IN ARRAY columns LOOP
+			PERFORM dalgo_internal.toolkit_column(tbl, c, NULL);
+			IF EXISTS (SELECT FROM pg_catalog.pg_attribute WHERE attrelid OPERATOR(pg_catalog.=) tbl
+					   AND attname OPERATOR(pg_catalog.=) c AND attnotnull) THEN
+				RAISE EXCEPTION 'column "%" of % is NOT NULL and cannot be anonymized', c, tbl
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		END LOOP;
+	ELSIF columns IS NOT NULL THEN
+		RAISE EXCEPTION 'columns are only for anonymize' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- Per-user override: user_days names a column "schema.table.column" of
+	-- days, found by the row's user_column in its unique column user_key.
+	IF (user_column IS NULL) <> (user_days IS NULL) OR (user_key IS NOT NULL AND user_column IS NULL) THEN
+		RAISE EXCEPTION 'a per-user retention needs both user_column and user_days' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF user_column IS NOT NULL THEN
+		parts := pg_catalog.parse_ident(user_days);
+		IF pg_catalog.cardinality(parts) OPERATOR(pg_catalog.<>) 3 THEN
+			RAISE EXCEPTION 'user_days must name a column as schema.table.column' USING ERRCODE = 'invalid_parameter_value',
+				HINT = 'Quote names with capitals: ''app.prefs."retentionDays"''.';
+		END IF;
+		days_tbl := pg_catalog.to_regclass(pg_catalog.format('%I.%I', parts[1], parts[2]));
+		IF days_tbl IS NULL THEN
+			RAISE EXCEPTION 'table %.% does not exist', parts[1], parts[2] USING ERRCODE = 'undefined_table';
+		END IF;
+		days_col := parts[3];
+		key_col := coalesce(user_key, user_column);
+		PERFORM dalgo_internal.toolkit_column(days_tbl, days_col, ARRAY['int2'::regtype, 'int4'::regtype, 'int8'::regtype]);
+		IF dalgo_internal.toolkit_column(tbl, user_column, NULL) OPERATOR(pg_catalog.<>) dalgo_internal.toolkit_column(days_tbl, key_col, NULL) THEN
+			RAISE EXCEPTION 'column "%" of % and column "%" of % are of different types', user_column, tbl, key_col, days_tbl
+				USING ERRCODE = 'datatype_mismatch';
+		END IF;
+		-- The caller reads what decides the deletions.
+		IF NOT pg_catalog.has_column_privilege(days_tbl, days_col, 'SELECT')
+		   OR NOT pg_catalog.has_column_privilege(days_tbl, key_col, 'SELECT') THEN
+			RAISE EXCEPTION 'permission denied for table %', days_tbl USING ERRCODE = 'insufficient_privilege';
+		END IF;
+		-- One row per user, found through an index.
+		IF NOT EXISTS (SELECT FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
+						   ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+					   WHERE i.indrelid OPERATOR(pg_catalog.=) days_tbl AND i.indisunique AND i.indnkeyatts OPERATOR(pg_catalog.=) 1
+						 AND i.indpred IS NULL AND i.indisvalid AND a.attname OPERATOR(pg_catalog.=) key_col) THEN
+			RAISE EXCEPTION 'column "%" of % needs a unique index: one number of days per user', key_col, days_tbl
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+	END IF;
+	INSERT INTO dalgo.retention_policies AS p (table_name, time_column, retention_days, action, columns,
+											   user_column, user_days_table, user_days_column, user_key_column)
+		VALUES (tbl, time_column, retention_days, action, columns, user_column, days_tbl, days_col, key_col)
+		ON CONFLICT (table_name) DO UPDATE
+		SET time_column = excluded.time_column, retention_days = excluded.retention_days,
+			action = excluded.action, columns = excluded.columns, enabled = true, user_column = excluded.user_column,
+			user_days_table = excluded.user_days_table, user_days_column = excluded.user_days_column,
+			user_key_column = excluded.user_key_column;
+	IF tbl OPERATOR(pg_catalog.<>) 'dalgo.audit_logs'::regclass THEN
+		PERFORM dalgo_internal.toolkit_ensure_index(tbl, time_column);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.set_retention(regclass, name, integer, text, text[], name, text, name) IS
+	'Add or replace a table''s retention policy: rows whose time_column is older than retention_days are deleted, or (action anonymize) have columns set to NULL, by dalgo.apply_retention(). With user_column and user_days (''schema.table.column'' of days, matched on its unique column user_key, default user_column''s name), each user''s own number of days overrides retention_days. Superusers (the policies table is theirs)';
+REVOKE ALL ON FUNCTION dalgo.set_retention(regclass, name, integer, text, text[], name, text, name) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dalgo.apply_retention(batch_size integer DEFAULT 10000, max_batches integer DEFAULT NULL)
+	RETURNS TABLE (table_name text, action text, rows_affected bigint, batches integer)
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p record;
+	target text;
+	cutoff timestamptz;
+	stmt text;
+	expired text;
+	shortest bigint;
+	n bigint;
+BEGIN
+	IF batch_size IS NULL OR batch_size < 1 THEN
+		RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR p IN SELECT r.*, c.relnamespace, c.relname
+			 FROM dalgo.retention_policies r JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.table_name
+			 WHERE r.enabled ORDER BY r.table_name::oid
+	LOOP
+		cutoff := pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(days => p.retention_days);
+		table_name := p.table_name::text;
+		action := p.action;
+		rows_affected := 0;
+		batches := 0;
+		IF p.table_name OPERATOR(pg_catalog.=) 'dalgo.audit_logs'::regclass THEN
+			rows_affected := dalgo.purge_audit_logs(pg_catalog.make_interval(days => p.retention_days));
+			batches := 1;
+		ELSE
+			target := pg_catalog.format('%I.%I', p.relnamespace::regnamespace::text, p.relname);
+			expired := pg_catalog.format('t.%I OPERATOR(pg_catalog.<) $1', p.time_column);
+			IF p.user_column IS NOT NULL THEN
+				-- A row is expired after its user's days (or retention_days).
+				-- The time index finds the candidates older than the shortest
+				-- retention anyone has; the unique index of the days table
+				-- finds each candidate's user.
+				EXECUTE pg_catalog.format('SELECT pg_catalog.min(d.%I) FROM %s d WHERE d.%I OPERATOR(pg_catalog.>=) 1',
+										  p.user_days_column, p.user_days_table, p.user_days_column) INTO shortest;
+				cutoff := pg_catalog.now() OPERATOR(pg_catalog.-)
+						  pg_catalog.make_interval(days => LEAST(p.retention_days, shortest::integer));
+				expired := expired || pg_catalog.format(' AND t.%I OPERATOR(pg_catalog.<) ($3 OPERATOR(pg_catalog.-) '
+					'pg_catalog.make_interval(days => coalesce((SELECT d.%I::integer FROM %s d WHERE d.%I OPERATOR(pg_catalog.=) t.%I '
+					'AND d.%I OPERATOR(pg_catalog.>=) 1), $4)))',
+					p.time_column, p.user_days_column, p.user_days_table, p.user_key_column, p.user_column, p.user_days_column);
+			END IF;
+			IF p.action = 'delete' THEN
+				stmt := pg_catalog.format('DELETE FROM ONLY %s WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY('
+					'SELECT t.ctid FROM ONLY %s t WHERE %s LIMIT $2 FOR UPDATE OF t SKIP LOCKED))',
+					target, target, expired);
+			ELSE
+				stmt := pg_catalog.format('UPDATE ONLY %s SET %s WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY('
+					'SELECT t.ctid FROM ONLY %s t WHERE %s AND (%s) LIMIT $2 FOR UPDATE OF t SKIP LOCKED))',
+					target,
+					(SELECT pg_catalog.string_agg(pg_catalog.format('%I = NULL', c), ', ') FROM pg_catalog.unnest(p.columns) c),
+					target, expired,
+					(SELECT pg_catalog.string_agg(pg_catalog.format('t.%I IS NOT NULL', c), ' OR ') FROM pg_catalog.unnest(p.columns) c));
+			END IF;
+			LOOP
+				EXECUTE stmt USING cutoff, batch_size, pg_catalog.now(), p.retention_days;
+				GET DIAGNOSTICS n = ROW_COUNT;
+				rows_affected := rows_affected OPERATOR(pg_catalog.+) n;
+				batches := batches OPERATOR(pg_catalog.+) 1;
+				EXIT WHEN n OPERATOR(pg_catalog.<) batch_size
+					OR (max_batches IS NOT NULL AND batches OPERATOR(pg_catalog.>=) max_batches);
+			END LOOP;
+		END IF;
+		UPDATE dalgo.retention_policies r SET last_run_at = pg_catalog.now(), last_rows = rows_affected
+			WHERE r.table_name OPERATOR(pg_catalog.=) p.table_name;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+
+
+-- s13: the scheduler runs the daily maintenance (issue 13, retention daily in
+-- every database): dalgo_internal.maintenance (its state),
+-- daily_maintenance() (the steps), maintenance_step() (what the scheduler
+-- calls on every tick); scheduler_status() shows maintenance_at.
+DROP FUNCTION dalgo.scheduler_status();
+CREATE FUNCTION dalgo.scheduler_status()
+	RETURNS TABLE (database_oid oid, dalgo_installed boolean, worker_pid integer, last_tick timestamptz,
+				   due integer, running integer, runs_started bigint, last_error text, maintenance_at timestamptz)
+	AS 'MODULE_PATHNAME', 'dalgo_scheduler_status'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION dalgo.scheduler_status() IS
+	'Per database the launcher knows: whether dalgo is installed, the scheduler''s pid, its last tick, due and running counts, runs started, the last error, and when the daily maintenance last finished';
+REVOKE ALL ON FUNCTION dalgo.scheduler_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.scheduler_status() TO dalgo_service;
+
+-- ---------------------------------------------------------------------------
+-- Daily maintenance
+-- ---------------------------------------------------------------------------
+-- Each database's scheduler calls dalgo_internal.maintenance_step() on every
+-- tick; once a period (dalgo.maintenance_interval, a day, starting at
+-- dalgo.maintenance_hour UTC) it runs dalgo_internal.daily_maintenance()
+-- again and again, one short transaction per call, until it is done.  The
+-- one row of dalgo_internal.maintenance remembers when it last started and
+-- finished, so a restart does not run it again within the period, an
+-- interrupted run goes on, and a missed period catches up once.
+
+CREATE TABLE dalgo_internal.maintenance (
+	id boolean PRIMARY KEY DEFAULT true CHECK (id),
+	last_started_at timestamptz NOT NULL DEFAULT now(),
+	last_finished_at timestamptz DEFAULT now(),
+	calls integer NOT NULL DEFAULT 0,
+	summary jsonb NOT NULL DEFAULT '{}',
+	last_summary jsonb
+);
+COMMENT ON TABLE dalgo_internal.maintenance IS
+	'Internal: one row, the state of the daily maintenance (dalgo_internal.maintenance_step); superusers only';
+COMMENT ON COLUMN dalgo_internal.maintenance.id IS 'Always true: the table has one row';
+COMMENT ON COLUMN dalgo_internal.maintenance.last_started_at IS 'When the last maintenance started (install time before the first)';
+COMMENT ON COLUMN dalgo_internal.maintenance.last_finished_at IS 'When it finished; NULL or earlier than last_started_at while it runs';
+COMMENT ON COLUMN dalgo_internal.maintenance.calls IS 'Calls of daily_maintenance() in the current or last run';
+COMMENT ON COLUMN dalgo_internal.maintenance.summary IS 'What the current or last run did so far (numbers summed over its calls)';
+COMMENT ON COLUMN dalgo_internal.maintenance.last_summary IS 'What the last finished run did';
+ALTER TABLE dalgo_internal.maintenance ENABLE ROW LEVEL SECURITY;
+ALTER TABLE dalgo_internal.maintenance FORCE ROW LEVEL SECURITY;
+REVOKE ALL ON dalgo_internal.maintenance FROM PUBLIC;
+-- The first maintenance is at the first period start after the install.
+INSERT INTO dalgo_internal.maintenance DEFAULT VALUES;
+
+-- The daily maintenance: a list of steps, each doing a bounded amount of
+-- work per call and saying whether more is left.  Returns what this call
+-- did, with "done": false while a step has more to do; the scheduler calls
+-- it again in a new transaction.  A failing step is reported, not raised.
+CREATE FUNCTION dalgo_internal.daily_maintenance(batch_size integer DEFAULT 10000) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	summary jsonb := '{}';
+	more boolean := false;
+	n bigint;
+	m boolean;
+BEGIN
+	-- Retention: one batch of every enabled policy (dalgo.retention_policies).
+	BEGIN
+		SELECT coalesce(sum(r.rows_affected), 0), coalesce(bool_or(r.rows_affected >= batch_size), false) INTO n, m
+		FROM dalgo.apply_retention(batch_size, 1) r;
+		summary := summary || jsonb_build_object('retention_rows', n);
+		more := more OR m;
+	EXCEPTION WHEN OTHERS THEN
+		summary := summary || jsonb_build_object('retention_error', SQLERRM);
+	END;
+	RETURN summary || jsonb_build_object('done', NOT more);
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.daily_maintenance(integer) IS
+	'Internal: one pass of the daily maintenance steps (retention, one batch per policy); returns what it did, "done": false while work is left. The scheduler calls it in short transactions until done';
+
+-- The scheduler's call on every tick: runs one pass of daily_maintenance()
+-- when a period has begun since the last run started, or a run is unfinished.
+CREATE FUNCTION dalgo_internal.maintenance_step(interval_secs integer, start_hour integer,
+												OUT more boolean, OUT finished_at timestamptz, OUT summary jsonb)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m dalgo_internal.maintenance;
+	epoch double precision := extract(epoch FROM now());
+	period_start timestamptz;
+	step jsonb;
+	k text;
+	v jsonb;
+BEGIN
+	more := false;
+	SELECT * INTO m FROM dalgo_internal.maintenance;
+	IF NOT FOUND THEN
+		INSERT INTO dalgo_internal.maintenance DEFAULT VALUES ON CONFLICT DO NOTHING;
+		RETURN;
+	END IF;
+	finished_at := m.last_finished_at;
+	IF interval_secs IS NULL OR interval_secs < 1 THEN
+		RETURN;
+	END IF;
+	-- Periods start at start_hour (UTC) and every interval_secs from there.
+	period_start := to_timestamp(floor((epoch - start_hour * 3600) / interval_secs) * interval_secs + start_hour * 3600);
+	IF m.last_finished_at >= m.last_started_at AND m.last_started_at >= period_start THEN
+		RETURN;						-- done for this period
+	END IF;
+	SELECT * INTO m FROM dalgo_internal.maintenance FOR UPDATE SKIP LOCKED;
+	IF NOT FOUND THEN
+		RETURN;						-- someone else is at it
+	END IF;
+	IF m.last_finished_at >= m.last_started_at THEN
+		IF m.last_started_at >= period_start THEN
+			RETURN;
+		END IF;
+		m.last_started_at := now();	-- a new run
+		m.calls := 0;
+		m.summary := '{}';
+	END IF;
+	step := dalgo_internal.daily_maintenance();
+	-- Sum the numbers over the run's calls; keep the rest as last said.
+	FOR k, v IN SELECT * FROM jsonb_each(step - 'done') LOOP
+		m.summary := m.summary || jsonb_build_object(k, CASE WHEN jsonb_typeof(v) = 'number' AND jsonb_typeof(m.summary -> k) = 'number'
+															 THEN to_jsonb((m.summary ->> k)::numeric + (v #>> '{}')::numeric) ELSE v END);
+	END LOOP;
+	m.calls := m.calls + 1;
+	more := NOT coalesce((step ->> 'done')::boolean, true);
+	IF NOT more THEN
+		m.last_finished_at := clock_timestamp();
+		m.last_summary := m.summary || jsonb_build_object('started_at', m.last_started_at, 'finished_at', m.last_finished_at,
+														  'calls', m.calls);
+	ELSE
+		m.last_finished_at := NULL;
+	END IF;
+	UPDATE dalgo_internal.maintenance x SET last_started_at = m.last_started_at, last_finished_at = m.last_finished_at,
+		calls = m.calls, summary = m.summary, last_summary = m.last_summary;
+	finished_at := m.last_finished_at;
+	summary := step;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.maintenance_step(integer, integer) IS
+	'Internal: called by the scheduler on every tick; once per period (interval_secs, starting at start_hour UTC) runs daily_maintenance() pass by pass, recording when it started and finished; more is true while work is left';
+REVOKE ALL ON FUNCTION dalgo_internal.daily_maintenance(integer), dalgo_internal.maintenance_step(integer, integer) FROM PUBLIC;
+
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

@@ -23,11 +23,11 @@ COMMENT ON FUNCTION dalgo_internal.wake_launcher() IS 'Ask the launcher to start
 
 CREATE FUNCTION dalgo.scheduler_status()
 	RETURNS TABLE (database_oid oid, dalgo_installed boolean, worker_pid integer, last_tick timestamptz,
-				   due integer, running integer, runs_started bigint, last_error text)
+				   due integer, running integer, runs_started bigint, last_error text, maintenance_at timestamptz)
 	AS 'MODULE_PATHNAME', 'dalgo_scheduler_status'
 	LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION dalgo.scheduler_status() IS
-	'Per database the launcher knows: whether dalgo is installed, the scheduler''s pid, its last tick, due and running counts, runs started, and the last error';
+	'Per database the launcher knows: whether dalgo is installed, the scheduler''s pid, its last tick, due and running counts, runs started, the last error, and when the daily maintenance last finished';
 
 -- next_run_at follows the schedule's definition.
 CREATE FUNCTION dalgo_internal.set_schedule_next_run() RETURNS trigger
@@ -710,6 +710,135 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dalgo.run_schedule_now(uuid) IS 'Run a schedule now, synchronously (admins of its organization); returns the run id';
+
+-- ---------------------------------------------------------------------------
+-- Daily maintenance
+-- ---------------------------------------------------------------------------
+-- Each database's scheduler calls dalgo_internal.maintenance_step() on every
+-- tick; once a period (dalgo.maintenance_interval, a day, starting at
+-- dalgo.maintenance_hour UTC) it runs dalgo_internal.daily_maintenance()
+-- again and again, one short transaction per call, until it is done.  The
+-- one row of dalgo_internal.maintenance remembers when it last started and
+-- finished, so a restart does not run it again within the period, an
+-- interrupted run goes on, and a missed period catches up once.
+
+CREATE TABLE dalgo_internal.maintenance (
+	id boolean PRIMARY KEY DEFAULT true CHECK (id),
+	last_started_at timestamptz NOT NULL DEFAULT now(),
+	last_finished_at timestamptz DEFAULT now(),
+	calls integer NOT NULL DEFAULT 0,
+	summary jsonb NOT NULL DEFAULT '{}',
+	last_summary jsonb
+);
+COMMENT ON TABLE dalgo_internal.maintenance IS
+	'Internal: one row, the state of the daily maintenance (dalgo_internal.maintenance_step); superusers only';
+COMMENT ON COLUMN dalgo_internal.maintenance.id IS 'Always true: the table has one row';
+COMMENT ON COLUMN dalgo_internal.maintenance.last_started_at IS 'When the last maintenance started (install time before the first)';
+COMMENT ON COLUMN dalgo_internal.maintenance.last_finished_at IS 'When it finished; NULL or earlier than last_started_at while it runs';
+COMMENT ON COLUMN dalgo_internal.maintenance.calls IS 'Calls of daily_maintenance() in the current or last run';
+COMMENT ON COLUMN dalgo_internal.maintenance.summary IS 'What the current or last run did so far (numbers summed over its calls)';
+COMMENT ON COLUMN dalgo_internal.maintenance.last_summary IS 'What the last finished run did';
+ALTER TABLE dalgo_internal.maintenance ENABLE ROW LEVEL SECURITY;
+ALTER TABLE dalgo_internal.maintenance FORCE ROW LEVEL SECURITY;
+REVOKE ALL ON dalgo_internal.maintenance FROM PUBLIC;
+-- The first maintenance is at the first period start after the install.
+INSERT INTO dalgo_internal.maintenance DEFAULT VALUES;
+
+-- The daily maintenance: a list of steps, each doing a bounded amount of
+-- work per call and saying whether more is left.  Returns what this call
+-- did, with "done": false while a step has more to do; the scheduler calls
+-- it again in a new transaction.  A failing step is reported, not raised.
+CREATE FUNCTION dalgo_internal.daily_maintenance(batch_size integer DEFAULT 10000) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	summary jsonb := '{}';
+	more boolean := false;
+	n bigint;
+	m boolean;
+BEGIN
+	-- Retention: one batch of every enabled policy (dalgo.retention_policies).
+	BEGIN
+		SELECT coalesce(sum(r.rows_affected), 0), coalesce(bool_or(r.rows_affected >= batch_size), false) INTO n, m
+		FROM dalgo.apply_retention(batch_size, 1) r;
+		summary := summary || jsonb_build_object('retention_rows', n);
+		more := more OR m;
+	EXCEPTION WHEN OTHERS THEN
+		summary := summary || jsonb_build_object('retention_error', SQLERRM);
+	END;
+	RETURN summary || jsonb_build_object('done', NOT more);
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.daily_maintenance(integer) IS
+	'Internal: one pass of the daily maintenance steps (retention, one batch per policy); returns what it did, "done": false while work is left. The scheduler calls it in short transactions until done';
+
+-- The scheduler's call on every tick: runs one pass of daily_maintenance()
+-- when a period has begun since the last run started, or a run is unfinished.
+CREATE FUNCTION dalgo_internal.maintenance_step(interval_secs integer, start_hour integer,
+												OUT more boolean, OUT finished_at timestamptz, OUT summary jsonb)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m dalgo_internal.maintenance;
+	epoch double precision := extract(epoch FROM now());
+	period_start timestamptz;
+	step jsonb;
+	k text;
+	v jsonb;
+BEGIN
+	more := false;
+	SELECT * INTO m FROM dalgo_internal.maintenance;
+	IF NOT FOUND THEN
+		INSERT INTO dalgo_internal.maintenance DEFAULT VALUES ON CONFLICT DO NOTHING;
+		RETURN;
+	END IF;
+	finished_at := m.last_finished_at;
+	IF interval_secs IS NULL OR interval_secs < 1 THEN
+		RETURN;
+	END IF;
+	-- Periods start at start_hour (UTC) and every interval_secs from there.
+	period_start := to_timestamp(floor((epoch - start_hour * 3600) / interval_secs) * interval_secs + start_hour * 3600);
+	IF m.last_finished_at >= m.last_started_at AND m.last_started_at >= period_start THEN
+		RETURN;						-- done for this period
+	END IF;
+	SELECT * INTO m FROM dalgo_internal.maintenance FOR UPDATE SKIP LOCKED;
+	IF NOT FOUND THEN
+		RETURN;						-- someone else is at it
+	END IF;
+	IF m.last_finished_at >= m.last_started_at THEN
+		IF m.last_started_at >= period_start THEN
+			RETURN;
+		END IF;
+		m.last_started_at := now();	-- a new run
+		m.calls := 0;
+		m.summary := '{}';
+	END IF;
+	step := dalgo_internal.daily_maintenance();
+	-- Sum the numbers over the run's calls; keep the rest as last said.
+	FOR k, v IN SELECT * FROM jsonb_each(step - 'done') LOOP
+		m.summary := m.summary || jsonb_build_object(k, CASE WHEN jsonb_typeof(v) = 'number' AND jsonb_typeof(m.summary -> k) = 'number'
+															 THEN to_jsonb((m.summary ->> k)::numeric + (v #>> '{}')::numeric) ELSE v END);
+	END LOOP;
+	m.calls := m.calls + 1;
+	more := NOT coalesce((step ->> 'done')::boolean, true);
+	IF NOT more THEN
+		m.last_finished_at := clock_timestamp();
+		m.last_summary := m.summary || jsonb_build_object('started_at', m.last_started_at, 'finished_at', m.last_finished_at,
+														  'calls', m.calls);
+	ELSE
+		m.last_finished_at := NULL;
+	END IF;
+	UPDATE dalgo_internal.maintenance x SET last_started_at = m.last_started_at, last_finished_at = m.last_finished_at,
+		calls = m.calls, summary = m.summary, last_summary = m.last_summary;
+	finished_at := m.last_finished_at;
+	summary := step;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.maintenance_step(integer, integer) IS
+	'Internal: called by the scheduler on every tick; once per period (interval_secs, starting at start_hour UTC) runs daily_maintenance() pass by pass, recording when it started and finished; more is true while work is left';
+REVOKE ALL ON FUNCTION dalgo_internal.daily_maintenance(integer), dalgo_internal.maintenance_step(integer, integer) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text, timestamptz),
 	dalgo_internal.wake_scheduler(), dalgo_internal.wake_launcher(), dalgo.scheduler_status(), dalgo_internal.set_schedule_next_run(),

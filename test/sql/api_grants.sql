@@ -117,7 +117,7 @@ SELECT set_eq($$SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronames
 						  'dalgo.enable_child_rows(regclass,regclass,name)', 'dalgo.disable_child_rows(regclass)',
 						  'dalgo.enable_service_only(regclass)', 'dalgo.enable_updated_at(regclass,name)', 'dalgo.disable_updated_at(regclass)',
 						  'dalgo.enable_redaction(regclass,name,text[],boolean)', 'dalgo.disable_redaction(regclass,name)',
-						  'dalgo.set_retention(regclass,name,integer,text,text[])', 'dalgo.disable_retention(regclass)',
+						  'dalgo.set_retention(regclass,name,integer,text,text[],name,text,name)', 'dalgo.disable_retention(regclass)',
 						  'dalgo.enable_encryption(regclass,name,name,dalgo.member_role)', 'dalgo.disable_encryption(regclass,name)',
 						  'dalgo.rotate_secret_key(text)', 'dalgo.security_report(name)'])$$,
 	'public_api_surface: \df dalgo.* lists the app roles'' API and the documented admin tools, nothing else');
@@ -147,7 +147,7 @@ SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
 SELECT is_empty($$SELECT p.proname FROM pg_proc p
 	WHERE p.pronamespace IN ('dalgo'::regnamespace, 'dalgo_internal'::regnamespace)
 	  AND p.prorettype = 'trigger'::regtype
-	  AND p.proname !~ '^(audit|check|create|fill|guard|invalidate|record|redact|refuse|set|wake)_'$$,
+	  AND p.proname !~ '^(audit|check|create|encrypt|fill|guard|invalidate|record|redact|refuse|set|wake)_'$$,
 	'naming: trigger functions are named verb first');
 
 -- check_recipe_sql runs any SQL in the warehouse: internal, yet saving a
