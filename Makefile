@@ -14,6 +14,7 @@ OBJS = \
 	src/identity.o \
 	src/jwt.o \
 	src/launcher.o \
+	src/lifecycle.o \
 	src/membership.o \
 	src/next_run.o \
 	src/quota.o \
@@ -48,6 +49,7 @@ SQL_FRAGMENTS = \
 	sql/quotas.sql \
 	sql/accounts.sql \
 	sql/toolkit.sql \
+	sql/lifecycle.sql \
 	sql/backup.sql
 
 # The install script of the version under work is generated; the install
@@ -121,6 +123,9 @@ REGRESS = \
 	warehouse_adoption \
 	accounts_flows \
 	accounts_attacks \
+	soft_delete_restore \
+	organization_deletion_catalog \
+	leaving_for_good \
 	toolkit_patterns \
 	toolkit_attacks \
 	toolkit_plan \
