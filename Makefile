@@ -124,6 +124,8 @@ REGRESS = \
 	accounts_flows \
 	accounts_attacks \
 	soft_delete_restore \
+	soft_delete_live \
+	soft_delete_race \
 	organization_deletion_catalog \
 	leaving_for_good \
 	toolkit_patterns \
