@@ -318,6 +318,7 @@ CREATE FUNCTION dalgo_internal.drop_organization_warehouse() RETURNS trigger
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	IF dalgo.restoring() THEN RETURN NULL; END IF;
 	PERFORM dalgo_internal.drop_warehouse(OLD.id);
 	RETURN NULL;
 END
