@@ -174,7 +174,9 @@ BEGIN
 
 	-- What the acting user may do (service work without an identity is not limited here).
 	IF me IS NOT NULL THEN
-		my_role := dalgo.org_role(org);
+		-- In a soft-deleted organization (no members as far as org_role
+		-- goes) the membership rows tell: its owners can still leave it.
+		my_role := coalesce(dalgo.org_role(org), dalgo_internal.dormant_role(org));
 		-- The first owner of a new organization, which has no live members yet.
 		IF TG_OP = 'INSERT' AND new_role = 'owner' AND NEW.user_id = me THEN
 			first_owner := NOT EXISTS (SELECT FROM dalgo.organization_members m

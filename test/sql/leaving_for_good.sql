@@ -44,6 +44,9 @@ SELECT dalgo.create_organization('Leave team', 'leave-team') AS team \gset
 INSERT INTO dalgo.organization_members (organization_id, user_id, role) VALUES
 	(:'team', :'partner', 'admin'), (:'team', :'member', 'member');
 SELECT dalgo.create_api_key(:'team', 'robot', 'member') AS owner_key \gset
+-- A team organization the owner alone owns, already soft-deleted: it does not hold them back.
+SELECT dalgo.create_organization('Leave old team', 'leave-old-team') AS old_team \gset
+SELECT dalgo.soft_delete('dalgo.organizations', :'old_team') IS NOT NULL AS old_team_deleted \g /dev/null
 COMMIT;
 UPDATE dalgo.users SET email = 'leave.owner@example.org', full_name = 'Leona Leaver' WHERE id = :'owner';
 SET dalgo.client_ip = '203.0.113.9';
@@ -118,8 +121,8 @@ SELECT is((SELECT count(*) FROM pg_namespace WHERE nspname = 'org_' || :'persona
 	'with its warehouse schema and role');
 SELECT is((SELECT count(*) FROM dalgo.organization_members WHERE user_id = :'owner' AND deleted_at IS NULL), 0::bigint,
 	'every membership ended');
-SELECT is((SELECT count(*) FROM dalgo.organization_members WHERE user_id = :'owner'), 1::bigint,
-	'the team membership row stays, by id, for the trail');
+SELECT is((SELECT count(*) FROM dalgo.organization_members WHERE user_id = :'owner'), 2::bigint,
+	'the team membership rows stay, by id, for the trail (also of a deleted team organization they were last owner of)');
 SELECT is((SELECT count(*) FROM dalgo.refresh_tokens WHERE user_id = :'owner' AND revoked_at IS NULL)
 		  + (SELECT count(*) FROM dalgo.password_reset_tokens WHERE user_id = :'owner' AND used_at IS NULL)
 		  + (SELECT count(*) FROM dalgo.api_keys WHERE created_by_id = :'owner' AND revoked_at IS NULL), 0::bigint,
@@ -142,7 +145,8 @@ SELECT is((SELECT count(*) FROM dalgo.audit_logs
 	'no audit row holds the email or the name');
 SELECT is((SELECT count(*) FROM dalgo.audit_logs WHERE user_id = :'owner' AND (ip_address IS NOT NULL OR user_agent IS NOT NULL)),
 	0::bigint, 'nor the client address or user agent of what the user did');
-SELECT ok((SELECT count(*) FROM dalgo.audit_logs WHERE user_id = :'owner' AND action = 'update' AND resource_type = 'organizations') = 1,
+SELECT ok((SELECT count(*) FROM dalgo.audit_logs WHERE user_id = :'owner' AND action = 'update' AND resource_type = 'organizations'
+		   AND resource_id = :'team') = 1,
 	'what the user did is still there, by id');
 SELECT ok((SELECT count(*) FROM dalgo.audit_logs WHERE resource_id = :'owner' AND action = 'account_erased') = 1,
 	'the erasure itself is recorded, by id');
@@ -178,3 +182,8 @@ RESET ROLE;
 SELECT is((SELECT count(*) FROM dalgo.organizations WHERE id = :'team' AND deleted_at IS NULL), 1::bigint, 'the team organization stays');
 
 SELECT * FROM finish();
+
+-- Clean up (service work): the organizations go with their warehouses.
+DELETE FROM dalgo.organizations WHERE id IN (:'team', :'old_team')
+	OR id IN (SELECT m.organization_id FROM dalgo.organization_members m WHERE m.user_id IN (:'owner', :'partner', :'member'));
+DELETE FROM dalgo.users WHERE id IN (:'owner', :'partner', :'member');
