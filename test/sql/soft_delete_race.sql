@@ -4,7 +4,8 @@
 -- holds the schedule makes the delete wait (and fail under REPEATABLE READ,
 -- to be retried); a delete that holds the schedule makes the claim pass it
 -- by; a connector whose REPEATABLE READ snapshot predates the delete
--- cannot take the cancelled run.
+-- cannot take the cancelled run; a member's open transaction elsewhere
+-- loses the deleted organization at its next statement.
 \set ECHO none
 \i test/fixtures/tap_setup.sql
 \pset tuples_only false
@@ -73,6 +74,26 @@ SELECT coalesce(dblink_error_message('claimer') LIKE '%could not serialize acces
 SELECT * FROM dblink_get_result('claimer', false) AS t(id uuid);
 SELECT dblink_exec('claimer', 'ROLLBACK') AS connector_rolls_back;
 SELECT status, error_message FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-00000000a903';
+
+-- 4. A member in the middle of a READ COMMITTED transaction in another
+-- session (a warm membership cache) loses the organization at the next
+-- statement after its soft delete commits, and finds it again after the restore.
+SELECT dblink_exec('claimer', 'BEGIN') AS member_begins;
+SELECT dblink_exec('claimer', 'SET LOCAL dalgo.user_id = ''11111111-0000-4000-8000-0000000000a9''') AS member_signs_in;
+SELECT dblink_exec('claimer', 'SET LOCAL ROLE dalgo_authenticated') AS member_is_an_app;
+SELECT n AS organizations_seen FROM dblink('claimer', 'SELECT count(*) FROM dalgo.organizations') AS t(n bigint);
+SELECT dblink_exec('deleter', 'BEGIN') AS owner_begins;
+SELECT dblink_exec('deleter', 'SET LOCAL dalgo.user_id = ''11111111-0000-4000-8000-0000000000a9''') AS owner_signs_in;
+SELECT x AS organization_deleted FROM dblink('deleter', 'SELECT dalgo.soft_delete(''dalgo.organizations'', ''22222222-0000-4000-8000-0000000000a9'') IS NOT NULL') AS t(x boolean);
+SELECT dblink_exec('deleter', 'COMMIT') AS owner_commits;
+SELECT n AS organizations_seen_after_delete, m AS is_member
+	FROM dblink('claimer', 'SELECT count(*), dalgo.is_org_member(''22222222-0000-4000-8000-0000000000a9'') FROM dalgo.organizations') AS t(n bigint, m boolean);
+SELECT dblink_exec('deleter', 'BEGIN') AS owner_begins;
+SELECT dblink_exec('deleter', 'SET LOCAL dalgo.user_id = ''11111111-0000-4000-8000-0000000000a9''') AS owner_signs_in;
+SELECT x AS organization_restored FROM dblink('deleter', 'SELECT dalgo.restore(''dalgo.organizations'', ''22222222-0000-4000-8000-0000000000a9'') IS NOT NULL') AS t(x boolean);
+SELECT dblink_exec('deleter', 'COMMIT') AS owner_commits;
+SELECT n AS organizations_seen_after_restore FROM dblink('claimer', 'SELECT count(*) FROM dalgo.organizations') AS t(n bigint);
+SELECT dblink_exec('claimer', 'COMMIT') AS member_commits;
 
 SELECT dblink_disconnect('claimer'), dblink_disconnect('deleter');
 DELETE FROM dalgo.organizations WHERE id = '22222222-0000-4000-8000-0000000000a9';
