@@ -8,7 +8,7 @@
 \i test/fixtures/two_orgs.sql
 \set A '''22222222-0000-4000-8000-0000000000a0'''
 \set hex 222222220000400080000000000000a0
-SELECT plan(22);
+SELECT plan(24);
 
 -- Fill the warehouse the way a busy organization would: tables with
 -- sequences, views, a type, a function, default privileges, grants on
@@ -112,5 +112,19 @@ DELETE FROM dalgo.users WHERE id IN ('11111111-0000-4000-8000-000000000001', '11
 SELECT is((SELECT count(*) FROM pg_roles WHERE rolname IN ('dalgo_wh_222222220000400080000000000000a0', 'dalgo_wh_222222220000400080000000000000b0'))
 		  + (SELECT count(*) FROM pg_namespace WHERE nspname IN ('org_222222220000400080000000000000a0', 'org_222222220000400080000000000000b0')),
 	0::bigint, 'deleting organization B as service work leaves no warehouse role or schema of either');
+
+-- dalgo drops only what it made: a schema of the warehouse's name that
+-- another role owns stays (with a warning), and so does a role of the
+-- warehouse role's name that owns objects in it.
+INSERT INTO dalgo.organizations (id, name, slug) VALUES ('22222222-0000-4000-8000-0000000000c9', 'Squatted', 'squatted');
+CREATE SCHEMA org_222222220000400080000000000000c9;
+CREATE TABLE org_222222220000400080000000000000c9.precious (x int);
+SELECT throws_ok($$SELECT dalgo.ensure_warehouse('22222222-0000-4000-8000-0000000000c9')$$, '55000', NULL,
+	'dalgo refuses to adopt a schema it did not make');
+DELETE FROM dalgo.organizations WHERE id = '22222222-0000-4000-8000-0000000000c9';
+SELECT isnt(to_regclass('org_222222220000400080000000000000c9.precious'), NULL,
+	'deleting the organization leaves a schema dalgo did not make, and what is in it');
+DROP SCHEMA org_222222220000400080000000000000c9 CASCADE;
+DROP ROLE IF EXISTS dalgo_wh_222222220000400080000000000000c9;
 
 SELECT * FROM finish();

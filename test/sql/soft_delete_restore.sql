@@ -37,7 +37,7 @@ INSERT INTO dalgo.schedules (id, organization_id, output_id, frequency) VALUES
 \set as_owner_b 'RESET ROLE; SET LOCAL dalgo.user_id = ''11111111-0000-4000-8000-000000000003''; SET LOCAL ROLE dalgo_authenticated;'
 \set as_service 'RESET ROLE; SET LOCAL dalgo.user_id = ''''; SET LOCAL ROLE dalgo_service;'
 \set as_super 'RESET ROLE; SET LOCAL dalgo.user_id = '''';'
-SELECT plan(64);
+SELECT plan(66);
 
 -- The claim made a pending run of the schedule (as the scheduler would).
 :as_super
@@ -148,6 +148,15 @@ SELECT is(dalgo.purge_deleted(), 1::bigint, 'dalgo_service purges the source del
 :as_super
 SELECT is((SELECT count(*) FROM dalgo.sources WHERE id = :S) + (SELECT count(*) FROM dalgo.schedules WHERE source_id = :S)
 		  + (SELECT count(*) FROM dalgo.sync_runs WHERE source_id = :S), 0::bigint, 'hard-deleted with its schedule and runs');
+
+-- The purge works in batches of max_rows.
+INSERT INTO dalgo.transformations (organization_id, name, recipe, deleted_at)
+	SELECT :A, 'old ' || g, '{"version": 1, "source": {"table": "visits"}, "steps": []}', now() - interval '45 days'
+	FROM generate_series(1, 3) g;
+:as_service
+SELECT is(ARRAY[dalgo.purge_deleted(2), dalgo.purge_deleted(2), dalgo.purge_deleted(2)], ARRAY[2, 1, 0]::bigint[],
+	'purge_deleted(2) deletes two rows a call, until none is left');
+SELECT throws_ok('SELECT dalgo.purge_deleted(0)', '22023', NULL, 'max_rows must be positive');
 
 -- Organizations: the owner deletes; sign-in and membership end; only an owner restores.
 :as_admin_a
