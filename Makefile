@@ -14,6 +14,7 @@ OBJS = \
 	src/identity.o \
 	src/jwt.o \
 	src/launcher.o \
+	src/lifecycle.o \
 	src/membership.o \
 	src/next_run.o \
 	src/quota.o \
@@ -49,6 +50,7 @@ SQL_FRAGMENTS = \
 	sql/accounts.sql \
 	sql/toolkit.sql \
 	sql/journeys.sql \
+	sql/lifecycle.sql \
 	sql/backup.sql
 
 # The install script of the version under work is generated; the install
@@ -122,6 +124,11 @@ REGRESS = \
 	warehouse_adoption \
 	accounts_flows \
 	accounts_attacks \
+	soft_delete_restore \
+	soft_delete_live \
+	soft_delete_race \
+	organization_deletion_catalog \
+	leaving_for_good \
 	toolkit_patterns \
 	toolkit_attacks \
 	toolkit_plan \
