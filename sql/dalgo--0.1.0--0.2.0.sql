@@ -12577,6 +12577,40 @@ $$;
 COMMENT ON FUNCTION dalgo_internal.claim_pending_run() IS
 	'Internal: a run worker takes a pending in-database run and marks it running: the organization with the fewest running runs first, then the one waiting longest';
 
+-- lead: the daily maintenance purges soft-deleted rows past dalgo.restore_days
+CREATE OR REPLACE FUNCTION dalgo_internal.daily_maintenance(batch_size integer DEFAULT 10000) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	summary jsonb := '{}';
+	more boolean := false;
+	n bigint;
+	m boolean;
+BEGIN
+	-- Retention: one batch of every enabled policy (dalgo.retention_policies).
+	BEGIN
+		SELECT coalesce(sum(r.rows_affected), 0), coalesce(bool_or(r.rows_affected >= batch_size), false) INTO n, m
+		FROM dalgo.apply_retention(batch_size, 1) r;
+		summary := summary || jsonb_build_object('retention_rows', n);
+		more := more OR m;
+	EXCEPTION WHEN OTHERS THEN
+		summary := summary || jsonb_build_object('retention_error', SQLERRM);
+	END;
+	-- Soft-deleted rows past dalgo.restore_days: one batch (dalgo.purge_deleted).
+	BEGIN
+		n := dalgo.purge_deleted(1000);
+		summary := summary || jsonb_build_object('purged_rows', n);
+		more := more OR n > 0;
+	EXCEPTION WHEN OTHERS THEN
+		summary := summary || jsonb_build_object('purge_error', SQLERRM);
+	END;
+	RETURN summary || jsonb_build_object('done', NOT more);
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.daily_maintenance(integer) IS
+	'Internal: one pass of the daily maintenance steps (retention, one batch per policy; the purge of soft-deleted rows past dalgo.restore_days, one batch); returns what it did, "done": false while work is left. The scheduler calls it in short transactions until done';
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

@@ -770,11 +770,19 @@ BEGIN
 	EXCEPTION WHEN OTHERS THEN
 		summary := summary || jsonb_build_object('retention_error', SQLERRM);
 	END;
+	-- Soft-deleted rows past dalgo.restore_days: one batch (dalgo.purge_deleted).
+	BEGIN
+		n := dalgo.purge_deleted(1000);
+		summary := summary || jsonb_build_object('purged_rows', n);
+		more := more OR n > 0;
+	EXCEPTION WHEN OTHERS THEN
+		summary := summary || jsonb_build_object('purge_error', SQLERRM);
+	END;
 	RETURN summary || jsonb_build_object('done', NOT more);
 END
 $$;
 COMMENT ON FUNCTION dalgo_internal.daily_maintenance(integer) IS
-	'Internal: one pass of the daily maintenance steps (retention, one batch per policy); returns what it did, "done": false while work is left. The scheduler calls it in short transactions until done';
+	'Internal: one pass of the daily maintenance steps (retention, one batch per policy; the purge of soft-deleted rows past dalgo.restore_days, one batch); returns what it did, "done": false while work is left. The scheduler calls it in short transactions until done';
 
 -- The scheduler's call on every tick: runs one pass of daily_maintenance()
 -- when a period has begun since the last run started, or a run is unfinished.

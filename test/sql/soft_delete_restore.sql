@@ -37,7 +37,7 @@ INSERT INTO dalgo.schedules (id, organization_id, output_id, frequency) VALUES
 \set as_owner_b 'RESET ROLE; SET LOCAL dalgo.user_id = ''11111111-0000-4000-8000-000000000003''; SET LOCAL ROLE dalgo_authenticated;'
 \set as_service 'RESET ROLE; SET LOCAL dalgo.user_id = ''''; SET LOCAL ROLE dalgo_service;'
 \set as_super 'RESET ROLE; SET LOCAL dalgo.user_id = '''';'
-SELECT plan(66);
+SELECT plan(68);
 
 -- The claim made a pending run of the schedule (as the scheduler would).
 :as_super
@@ -157,6 +157,15 @@ INSERT INTO dalgo.transformations (organization_id, name, recipe, deleted_at)
 SELECT is(ARRAY[dalgo.purge_deleted(2), dalgo.purge_deleted(2), dalgo.purge_deleted(2)], ARRAY[2, 1, 0]::bigint[],
 	'purge_deleted(2) deletes two rows a call, until none is left');
 SELECT throws_ok('SELECT dalgo.purge_deleted(0)', '22023', NULL, 'max_rows must be positive');
+
+-- The scheduler's daily maintenance purges too.
+:as_super
+INSERT INTO dalgo.transformations (organization_id, name, recipe, deleted_at)
+	SELECT :A, 'older ' || g, '{"version": 1, "source": {"table": "visits"}, "steps": []}', now() - interval '45 days'
+	FROM generate_series(1, 2) g;
+SELECT is((SELECT (s->>'purged_rows')::int FROM dalgo_internal.daily_maintenance() s), 2,
+	'the daily maintenance purges what outlived the window');
+SELECT is((SELECT count(*) FROM dalgo.transformations WHERE name LIKE 'older %'), 0::bigint, 'and they are gone');
 
 -- Organizations: the owner deletes; sign-in and membership end; only an owner restores.
 :as_admin_a
