@@ -183,7 +183,7 @@ BEGIN
 		completed_at = clock_timestamp(), rows_synced = complete_sync_run.rows_synced,
 		error_message = complete_sync_run.error_message,
 		details = x.details || (coalesce(complete_sync_run.details, '{}')
-								- ARRAY['schedule_id', 'skipped', 'runner_pid', 'attempt', 'lag_ms'])
+								- ARRAY['schedule_id', 'skipped', 'runner_pid', 'attempt', 'lag_ms', 'on_demand', 'output_id', 'cancelled'])
 	WHERE x.id = run_id AND x.status = 'running'
 	RETURNING * INTO r;
 	IF NOT FOUND THEN
@@ -196,7 +196,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dalgo.complete_sync_run(uuid, integer, text, jsonb) IS
-	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails); details (an object) is merged in, except dalgo''s own keys schedule_id, skipped, runner_pid, attempt and lag_ms';
+	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails); details (an object) is merged in, except dalgo''s own keys schedule_id, skipped, runner_pid, attempt, lag_ms, on_demand, output_id and cancelled';
 
 -- ---------------------------------------------------------------------------
 -- csv sources
