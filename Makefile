@@ -14,6 +14,7 @@ OBJS = \
 	src/identity.o \
 	src/jwt.o \
 	src/launcher.o \
+	src/loading.o \
 	src/membership.o \
 	src/next_run.o \
 	src/quota.o \
@@ -48,6 +49,7 @@ SQL_FRAGMENTS = \
 	sql/quotas.sql \
 	sql/accounts.sql \
 	sql/toolkit.sql \
+	sql/loading.sql \
 	sql/backup.sql
 
 # The install script of the version under work is generated; the install
@@ -119,6 +121,9 @@ REGRESS = \
 	recipe_dependency_smuggling \
 	warehouse_table_ownership \
 	warehouse_adoption \
+	typed_sync \
+	staging_protocol \
+	warehouse_arrivals \
 	accounts_flows \
 	accounts_attacks \
 	toolkit_patterns \
