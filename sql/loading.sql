@@ -130,6 +130,7 @@ DECLARE
 	kinds integer[];
 	sel text;
 	changed boolean := false;
+	wh_owned boolean;
 	target text;
 	n bigint;
 BEGIN
@@ -170,10 +171,19 @@ BEGIN
 	END IF;
 	EXECUTE format('LOCK TABLE %I.%I IN ACCESS EXCLUSIVE MODE', schema_name, stage_name);
 	SELECT * INTO c FROM pg_class x WHERE x.oid = rel;
+	-- Made by dalgo: owned by the warehouse role, or by a superuser (a run
+	-- worker that created it directly); never by another role.
+	wh_owned := c.relowner = (SELECT o.oid FROM pg_roles o WHERE o.rolname = dalgo_internal.warehouse_role_name(src.organization_id));
 	IF c.relkind <> 'r' OR c.relhassubclass OR c.relispartition
-	   OR c.relowner <> (SELECT o.oid FROM pg_roles o WHERE o.rolname = dalgo_internal.warehouse_role_name(src.organization_id)) THEN
+	   OR NOT (wh_owned OR EXISTS (SELECT FROM pg_roles o WHERE o.oid = c.relowner AND o.rolsuper)) THEN
 		RAISE EXCEPTION 'the staging table of sync run % is not a plain table of the warehouse role', run_id
 			USING ERRCODE = 'wrong_object_type';
+	END IF;
+	IF NOT wh_owned THEN
+		-- A superuser's staging table is copied (never renamed into place),
+		-- read by the warehouse role.
+		changed := true;
+		EXECUTE format('GRANT SELECT ON %I.%I TO %I', schema_name, stage_name, dalgo_internal.warehouse_role_name(src.organization_id));
 	END IF;
 
 	-- Types: each text column becomes the first of boolean, bigint, numeric,
@@ -230,7 +240,11 @@ BEGIN
 			n := dalgo_internal.warehouse_execute(src.organization_id,
 				format('CREATE TABLE %I.%I AS SELECT %s FROM %I.%I', schema_name, build_name, sel, schema_name, stage_name));
 		END;
-		PERFORM dalgo_internal.warehouse_execute(src.organization_id, format('DROP TABLE %I.%I', schema_name, stage_name));
+		IF wh_owned THEN
+			PERFORM dalgo_internal.warehouse_execute(src.organization_id, format('DROP TABLE %I.%I', schema_name, stage_name));
+		ELSE
+			EXECUTE format('DROP TABLE %I.%I', schema_name, stage_name);
+		END IF;
 	ELSE
 		-- Nothing to convert: the staging table itself becomes the build,
 		-- without what it granted to its writers.

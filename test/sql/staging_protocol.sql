@@ -19,7 +19,7 @@ BEGIN;
 \set as_service 'RESET ROLE; SET LOCAL dalgo.user_id = ''''; SET LOCAL ROLE dalgo_service;'
 \set as_anon 'RESET ROLE; SET LOCAL dalgo.user_id = ''''; SET LOCAL ROLE dalgo_anon;'
 \set as_super 'RESET ROLE; SET LOCAL dalgo.user_id = '''';'
-SELECT plan(48);
+SELECT plan(51);
 INSERT INTO dalgo.users (id, email, full_name, password_hash) VALUES
 	('11111111-0000-4000-8000-000000000009', 'viewer.a@example.org', 'Viewer A', 'hash-v');
 INSERT INTO dalgo.organization_members (organization_id, user_id, role) VALUES (:A, '11111111-0000-4000-8000-000000000009', 'viewer');
@@ -133,6 +133,31 @@ SELECT is((SELECT id FROM dalgo.claim_sync_run()), '77777777-0000-4000-8000-0000
 SELECT dalgo.stage_sync_run('77777777-0000-4000-8000-0000000000a4', ARRAY['id']) AS stage4 \gset
 :as_super
 UPDATE dalgo.sync_runs SET status = 'failed', error_message = 'expired' WHERE id = '77777777-0000-4000-8000-0000000000a4';
+
+-- What a run worker does (the HTTP sources): create the staging table
+-- itself, as a superuser, fill it and call finish_sync.
+INSERT INTO dalgo.sync_runs (id, organization_id, source_id, status, started_at) VALUES
+	('77777777-0000-4000-8000-0000000000a5', :A, '33333333-0000-4000-8000-0000000000a9', 'running', now());
+CREATE TABLE org_222222220000400080000000000000a0._dalgo_stage_777777770000400080000000000000a5 (id text, day text);
+INSERT INTO org_222222220000400080000000000000a0._dalgo_stage_777777770000400080000000000000a5 VALUES ('7', '2024-05-01'), ('8', '');
+SELECT lives_ok($$SELECT dalgo_internal.finish_sync('77777777-0000-4000-8000-0000000000a5', '_dalgo_stage_777777770000400080000000000000a5')$$,
+	'finish_sync takes a staging table that a superuser (a run worker) created');
+SELECT is((SELECT string_agg(format_type(atttypid, atttypmod), ', ' ORDER BY attnum) || ' ' || (SELECT count(*) FROM org_222222220000400080000000000000a0.feed)
+		   FROM pg_attribute WHERE attrelid = 'org_222222220000400080000000000000a0.feed'::regclass AND attnum > 0),
+	'bigint, date 2', 'and swaps in its typed copy');
+-- A staging table that another role planted is refused.
+INSERT INTO dalgo.sync_runs (id, organization_id, source_id, status, started_at) VALUES
+	('77777777-0000-4000-8000-0000000000a6', :A, '33333333-0000-4000-8000-0000000000a9', 'running', now());
+CREATE ROLE dalgo_test_planter;
+GRANT USAGE, CREATE ON SCHEMA org_222222220000400080000000000000a0 TO dalgo_test_planter;
+SET LOCAL ROLE dalgo_test_planter;
+CREATE TABLE org_222222220000400080000000000000a0._dalgo_stage_777777770000400080000000000000a6 (id text);
+RESET ROLE;
+SELECT throws_ok($$SELECT dalgo_internal.finish_sync('77777777-0000-4000-8000-0000000000a6', '_dalgo_stage_777777770000400080000000000000a6')$$,
+	'42809', 'the staging table of sync run 77777777-0000-4000-8000-0000000000a6 is not a plain table of the warehouse role',
+	'a staging table planted by another role is refused');
+UPDATE dalgo.sync_runs SET status = 'failed' WHERE id = '77777777-0000-4000-8000-0000000000a6';
+DROP TABLE org_222222220000400080000000000000a0._dalgo_stage_777777770000400080000000000000a6;
 
 -- Uploads.
 :as_member_a
