@@ -131,6 +131,7 @@ DECLARE
 	sel text;
 	changed boolean := false;
 	wh_owned boolean;
+	trig name;
 	target text;
 	n bigint;
 BEGIN
@@ -249,7 +250,9 @@ BEGIN
 		-- Nothing to convert: the staging table itself becomes the build,
 		-- without what it granted to its writers.
 		EXECUTE format('SELECT count(*) FROM %I.%I', schema_name, stage_name) INTO n;
-		EXECUTE format('DROP TRIGGER IF EXISTS guard_staging ON %I.%I', schema_name, stage_name);
+		FOR trig IN SELECT t.tgname FROM pg_trigger t WHERE t.tgrelid = rel AND NOT t.tgisinternal LOOP
+			EXECUTE format('DROP TRIGGER %I ON %I.%I', trig, schema_name, stage_name);
+		END LOOP;
 		EXECUTE format('REVOKE ALL ON %I.%I FROM PUBLIC, dalgo_service, dalgo_authenticated', schema_name, stage_name);
 		PERFORM dalgo_internal.warehouse_execute(src.organization_id,
 			format('ALTER TABLE %I.%I RENAME TO %I', schema_name, stage_name, build_name));
@@ -314,6 +317,26 @@ $$;
 COMMENT ON FUNCTION dalgo_internal.guard_staging_table() IS
 	'BEFORE statement trigger on staging tables: only the run''s own writer (the uploading user, or dalgo_service without an identity for a claimed connector run) may insert, while the run is running';
 
+-- A staging table counts in the warehouse's size: a load that takes the
+-- warehouse over its warehouse_bytes quota is refused as it arrives, after
+-- each statement (COPY included), not only when the sync finishes.
+CREATE FUNCTION dalgo_internal.check_staging_size() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+BEGIN
+	IF TG_TABLE_SCHEMA ~ '^org_[0-9a-f]{32}$' THEN
+		org := substr(TG_TABLE_SCHEMA, 5)::uuid;
+		PERFORM dalgo_internal.check_warehouse_quota(org, NULL);
+	END IF;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.check_staging_size() IS
+	'AFTER statement trigger on staging tables: refuse a load that takes the warehouse over its warehouse_bytes quota';
+
 -- Create (or create again, empty) a run's staging table: columns of type
 -- text (or jsonb), owned by the warehouse role, INSERT for the writer only.
 CREATE FUNCTION dalgo_internal.create_staging_table(run_id uuid, columns text[], column_types text[], writer text) RETURNS text
@@ -349,6 +372,8 @@ BEGIN
 	PERFORM dalgo_internal.warehouse_execute(org, format('CREATE TABLE %I.%I (%s)', schema_name, stage_name, cols));
 	EXECUTE format('CREATE TRIGGER guard_staging BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %I.%I '
 				   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.guard_staging_table()', schema_name, stage_name);
+	EXECUTE format('CREATE TRIGGER check_staging_size AFTER INSERT ON %I.%I '
+				   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.check_staging_size()', schema_name, stage_name);
 	EXECUTE format('GRANT INSERT ON %I.%I TO %I', schema_name, stage_name, writer);
 	PERFORM dalgo_internal.staging_schema_access(org);
 	RETURN format('%I.%I', schema_name, stage_name);
@@ -610,7 +635,7 @@ COMMENT ON EVENT TRIGGER dalgo_forget_warehouse_relations IS
 
 REVOKE ALL ON FUNCTION dalgo_internal.value_kinds(text), dalgo_internal.staging_table_name(uuid),
 	dalgo_internal.staging_schema_access(uuid), dalgo_internal.drop_staging_table(uuid), dalgo_internal.drop_stale_staging_tables(uuid),
-	dalgo_internal.finish_sync(uuid, text), dalgo_internal.guard_staging_table(),
+	dalgo_internal.finish_sync(uuid, text), dalgo_internal.guard_staging_table(), dalgo_internal.check_staging_size(),
 	dalgo_internal.create_staging_table(uuid, text[], text[], text), dalgo.stage_sync_run(uuid, text[], text[]),
 	dalgo.begin_upload(uuid, text[]), dalgo.finish_upload(uuid), dalgo_internal.adopt_warehouse_relations(),
 	dalgo_internal.adopt_warehouse_relation(oid), dalgo_internal.adopt_warehouse_tables(uuid),

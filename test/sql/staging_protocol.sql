@@ -19,7 +19,7 @@ BEGIN;
 \set as_service 'RESET ROLE; SET LOCAL dalgo.user_id = ''''; SET LOCAL ROLE dalgo_service;'
 \set as_anon 'RESET ROLE; SET LOCAL dalgo.user_id = ''''; SET LOCAL ROLE dalgo_anon;'
 \set as_super 'RESET ROLE; SET LOCAL dalgo.user_id = '''';'
-SELECT plan(51);
+SELECT plan(52);
 INSERT INTO dalgo.users (id, email, full_name, password_hash) VALUES
 	('11111111-0000-4000-8000-000000000009', 'viewer.a@example.org', 'Viewer A', 'hash-v');
 INSERT INTO dalgo.organization_members (organization_id, user_id, role) VALUES (:A, '11111111-0000-4000-8000-000000000009', 'viewer');
@@ -108,6 +108,8 @@ INSERT INTO :stage2 SELECT g, md5(g::text) || md5((-g)::text) FROM generate_seri
 UPDATE dalgo.organizations SET settings = jsonb_build_object('quotas', jsonb_build_object('warehouse_bytes',
 	dalgo_internal.warehouse_bytes(:A) - pg_total_relation_size(:'stage2') + 16384)) WHERE id = :A;
 :as_service
+SELECT throws_ok(format('INSERT INTO %s SELECT g, md5(g::text) FROM generate_series(1, 2000) g', :'stage2'), '53400', NULL,
+	'a load that takes the warehouse over its size quota is refused as it arrives');
 SELECT alike((SELECT status || ': ' || error_message FROM dalgo.complete_sync_run('77777777-0000-4000-8000-0000000000a2', 2000)),
 	'failed: quota warehouse_bytes exceeded: %', 'an oversized load fails its run');
 :as_super
