@@ -49,6 +49,7 @@ SQL_FRAGMENTS = \
 	sql/quotas.sql \
 	sql/accounts.sql \
 	sql/toolkit.sql \
+	sql/journeys.sql \
 	sql/loading.sql \
 	sql/backup.sql
 
@@ -136,7 +137,13 @@ REGRESS = \
 	toolkit_seed_001 \
 	toolkit_seed_002 \
 	toolkit_seed_003 \
-	toolkit_seed_004
+	toolkit_seed_004 \
+	version_history \
+	lineage \
+	warehouse_export \
+	runs_on_demand \
+	failure_alerts \
+	own_secrets_at_rest
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \

@@ -209,7 +209,7 @@ COMMENT ON INDEX dalgo.sign_in_attempts_email_hash_idx IS 'Lockout check: the re
 
 CREATE TABLE dalgo.mail_messages (
 	id				uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-	kind			text NOT NULL CHECK (kind IN ('password_reset', 'invitation')),
+	kind			text NOT NULL CHECK (kind IN ('password_reset', 'invitation', 'run_failed', 'run_recovered')),
 	recipient		text NOT NULL CHECK (recipient <> ''),
 	payload			jsonb,
 	state			text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sending', 'sent', 'failed', 'cancelled')),
@@ -222,7 +222,7 @@ CREATE TABLE dalgo.mail_messages (
 	CHECK (payload IS NULL OR state IN ('pending', 'sending'))
 );
 COMMENT ON TABLE dalgo.mail_messages IS 'Mail delivery queue (readable by dalgo_service only): dalgo.claim_messages() hands messages to a mailer, dalgo.complete_message() finishes them and drops the payload';
-COMMENT ON COLUMN dalgo.mail_messages.kind IS 'password_reset or invitation';
+COMMENT ON COLUMN dalgo.mail_messages.kind IS 'password_reset, invitation, or a schedule''s failure alert: run_failed, run_recovered';
 COMMENT ON COLUMN dalgo.mail_messages.payload IS 'What the mail needs, including the raw token; NULL once the message is finished, so no raw token stays at rest';
 COMMENT ON COLUMN dalgo.mail_messages.state IS 'pending -> sending -> sent | failed; cancelled when the token it carries was revoked or replaced';
 CREATE INDEX mail_messages_queue_idx ON dalgo.mail_messages (created_at) WHERE state IN ('pending', 'sending');

@@ -9669,6 +9669,2091 @@ REVOKE ALL ON FUNCTION dalgo_internal.claim_due_schedules(timestamptz, integer, 
 	dalgo_internal.execute_claimed(uuid[], dalgo.run_kind[]), dalgo_internal.verify_scheduled_run(dalgo.run_kind, uuid)
 	FROM PUBLIC;
 
+-- jrun: journeys (issue 14 items 4-8): changed functions, then the whole of sql/journeys.sql
+
+-- Keyset paging for read_warehouse_table (key_column, after): the function
+-- takes two more arguments, so it is replaced.
+DROP FUNCTION dalgo.read_warehouse_table(uuid, text, integer);
+CREATE FUNCTION dalgo.read_warehouse_table(organization_id uuid, table_name text, row_limit integer DEFAULT 100,
+										   key_column text DEFAULT NULL, after jsonb DEFAULT NULL)
+	RETURNS SETOF jsonb
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	steps jsonb := '[]';
+BEGIN
+	-- Keyset paging: rows in key_column order, after the key of the previous
+	-- page's last row; the compiler checks the column and quotes the value.
+	IF after IS NOT NULL AND key_column IS NULL THEN
+		RAISE EXCEPTION 'after needs key_column, the column the pages are ordered by'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF after IS NOT NULL AND jsonb_typeof(after) NOT IN ('string', 'number', 'boolean') THEN
+		RAISE EXCEPTION 'after must be the key of the last row read: a string, a number or a boolean'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF key_column IS NOT NULL THEN
+		IF after IS NOT NULL THEN
+			steps := steps || jsonb_build_array(jsonb_build_object('type', 'filter', 'conditions',
+				jsonb_build_array(jsonb_build_object('column', key_column, 'op', 'gt', 'value', jsonb_build_object('val', after)))));
+		END IF;
+		steps := steps || jsonb_build_array(jsonb_build_object('type', 'sort', 'by',
+			jsonb_build_array(jsonb_build_object('column', key_column))));
+	END IF;
+	RETURN QUERY SELECT * FROM dalgo.preview_recipe(organization_id,
+		jsonb_build_object('version', 1, 'source', jsonb_build_object('table', table_name), 'steps', steps), row_limit);
+END
+$$;
+COMMENT ON FUNCTION dalgo.read_warehouse_table(uuid, text, integer, text, jsonb) IS
+	'The rows of one of the organization''s warehouse tables, for its members, at most row_limit (1 to 10,000). Keyset paging: with key_column the rows come in its order, and after (the key of the previous page''s last row) starts the page after it; the key should be unique and not null';
+
+REVOKE ALL ON FUNCTION dalgo.read_warehouse_table(uuid, text, integer, text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.read_warehouse_table(uuid, text, integer, text, jsonb) TO dalgo_authenticated, dalgo_service;
+
+
+-- runs on demand: the run queue, the recovery and the worker's checks take runs that
+-- sync_now and refresh_output_now queued (details.on_demand); a due schedule counts
+-- them as going.
+
+CREATE OR REPLACE FUNCTION dalgo_internal.claim_due_schedules(at timestamptz, max_runs integer, only_schedule uuid DEFAULT NULL)
+	RETURNS TABLE (schedule_id uuid, run_kind dalgo.run_kind, run_id uuid, outcome text)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s dalgo.schedules;
+	src dalgo.sources;
+	out dalgo.outputs;
+	busy boolean;
+	det jsonb;
+	rid uuid;
+BEGIN
+	IF max_runs <= 0 THEN
+		RETURN;
+	END IF;
+	-- Fair between organizations: each organization's oldest due schedule
+	-- first, then each one's second, and so on, so that one organization's
+	-- backlog never holds another's due schedule back to a later tick.  The
+	-- due test is repeated on x: a row another claimer committed in between is
+	-- re-checked after its lock.
+	-- The limit applies after SKIP LOCKED: a schedule row another
+	-- transaction holds (run_schedule_now's run, an open UPDATE) is passed
+	-- over and does not use up a place, so locked rows cannot crowd every
+	-- other organization's due schedule out of the claim.
+	FOR s IN SELECT x.* FROM dalgo.schedules x
+			 JOIN (SELECT y.id,
+						  row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
+				   FROM dalgo.schedules y
+				   WHERE y.is_active AND y.deleted_at IS NULL AND y.next_run_at <= at
+					 AND (only_schedule IS NULL OR y.id = only_schedule)) d ON d.id = x.id
+			 WHERE x.is_active AND x.deleted_at IS NULL AND x.next_run_at <= at
+			   AND (only_schedule IS NULL OR x.id = only_schedule)
+			 ORDER BY d.turn, x.next_run_at, x.id
+			 LIMIT max_runs
+			 FOR UPDATE OF x SKIP LOCKED
+	LOOP
+		det := jsonb_build_object('schedule_id', s.id, 'attempt', 1,
+								  'lag_ms', round(extract(epoch FROM clock_timestamp() - s.next_run_at) * 1000));
+		UPDATE dalgo.schedules x SET last_run_at = at,
+			next_run_at = dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, greatest(at, s.next_run_at))
+		WHERE x.id = s.id;
+		schedule_id := s.id;
+		IF s.source_id IS NOT NULL THEN
+			run_kind := 'sync';
+			SELECT * INTO src FROM dalgo.sources x WHERE x.id = s.source_id;
+			-- sync_now holds the source row FOR UPDATE while it queues or runs
+			-- a sync: that run is going, even if not yet committed.
+			PERFORM FROM dalgo.sources x WHERE x.id = s.source_id FOR KEY SHARE SKIP LOCKED;
+			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.source_id = s.source_id
+										 AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL);
+			IF busy THEN
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, started_at, completed_at, error_message, details)
+				VALUES (s.organization_id, s.source_id, 'failed', clock_timestamp(), clock_timestamp(),
+						'skipped: the previous run of this schedule is still going', det || '{"skipped": true}')
+				RETURNING id INTO rid;
+				outcome := 'skipped';
+			ELSE
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, details)
+				VALUES (s.organization_id, s.source_id, 'pending', det) RETURNING id INTO rid;
+				IF dalgo.is_connector_source(src.source_type) THEN
+					-- Anyone can LISTEN: the payload is empty, connectors learn
+					-- the work from claim_sync_run().
+					PERFORM pg_notify('dalgo_sync', '');
+					outcome := 'connector';
+				ELSE
+					outcome := 'queued';
+				END IF;
+			END IF;
+		ELSE
+			run_kind := 'output';
+			SELECT * INTO out FROM dalgo.outputs x WHERE x.id = s.output_id;
+			-- Likewise refresh_output_now and the output row; its on-demand
+			-- runs (details.output_id) count as this schedule's.
+			PERFORM FROM dalgo.outputs x WHERE x.id = s.output_id FOR KEY SHARE SKIP LOCKED;
+			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.transformation_id = out.transformation_id
+										 AND r.status IN ('pending', 'running')
+										 AND (r.details->>'schedule_id' = s.id::text OR r.details->>'output_id' = s.output_id::text));
+			INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, started_at, completed_at,
+												   error_message, details)
+			VALUES (s.organization_id, out.transformation_id, CASE WHEN busy THEN 'failed' ELSE 'pending' END::dalgo.run_status,
+					CASE WHEN busy THEN clock_timestamp() END, CASE WHEN busy THEN clock_timestamp() END,
+					CASE WHEN busy THEN 'skipped: the previous run of this schedule is still going' END,
+					det || CASE WHEN busy THEN '{"skipped": true}'::jsonb ELSE '{}'::jsonb END)
+			RETURNING id INTO rid;
+			outcome := CASE WHEN busy THEN 'skipped' ELSE 'queued' END;
+		END IF;
+		run_id := rid;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.claim_due_schedules(timestamptz, integer, uuid) IS
+	'Internal: claim up to max_runs due schedules (FOR UPDATE SKIP LOCKED), advance them and create their run rows; outcome is queued (for the run workers), connector or skipped';
+
+
+CREATE OR REPLACE FUNCTION dalgo_internal.claim_pending_run(OUT run_kind dalgo.run_kind, OUT run_id uuid)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+BEGIN
+	FOR org IN
+		WITH queued AS (
+			SELECT r.organization_id, r.status, r.created_at
+			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+			WHERE r.status IN ('pending', 'running') AND NOT dalgo.is_connector_source(s.source_type)
+			  AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			UNION ALL
+			SELECT r.organization_id, r.status, r.created_at FROM dalgo.transformation_runs r
+			WHERE r.status IN ('pending', 'running') AND r.details ?| ARRAY['schedule_id', 'on_demand'])
+		SELECT q.organization_id FROM queued q
+		GROUP BY q.organization_id
+		HAVING bool_or(q.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE q.status = 'running'), min(q.created_at) FILTER (WHERE q.status = 'pending'),
+				 q.organization_id
+	LOOP
+		SELECT 'sync', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo.is_connector_source(s.source_type)
+		  AND r.details ?| ARRAY['schedule_id', 'on_demand']
+		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
+		IF NOT FOUND THEN
+			SELECT 'output', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
+			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED;
+		END IF;
+		EXIT WHEN run_id IS NOT NULL;
+	END LOOP;
+	IF run_id IS NOT NULL THEN
+		PERFORM dalgo_internal.start_scheduled_run(run_kind, run_id);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.claim_pending_run() IS
+	'Internal: a run worker takes a pending in-database run and marks it running: the organization with the fewest running runs first, then the one waiting longest';
+
+
+CREATE OR REPLACE FUNCTION dalgo_internal.pending_runs() RETURNS integer
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT (SELECT count(*) FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+				  WHERE r.status = 'pending' AND NOT dalgo.is_connector_source(s.source_type) AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.status = 'pending' AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer $$;
+COMMENT ON FUNCTION dalgo_internal.pending_runs() IS 'Internal: in-database runs waiting for a run worker';
+
+
+CREATE OR REPLACE FUNCTION dalgo_internal.verify_scheduled_run(run_kind dalgo.run_kind, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	det jsonb;
+	run_org uuid;
+	run_source uuid;
+	run_transformation uuid;
+	sid uuid;
+	s dalgo.schedules;
+	agree boolean := false;
+BEGIN
+	SELECT r.details, r.organization_id, r.source_id, r.transformation_id
+	INTO det, run_org, run_source, run_transformation
+	FROM dalgo_internal.scheduled_runs r WHERE r.run_kind = verify_scheduled_run.run_kind AND r.id = run_id;
+	BEGIN
+		sid := (det->>'schedule_id')::uuid;
+	EXCEPTION WHEN invalid_text_representation THEN
+		sid := NULL;
+	END;
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = sid;
+	IF det ? 'on_demand' AND NOT det ? 'schedule_id' THEN
+		-- A run sync_now or refresh_output_now queued: its source, or the
+		-- output (details.output_id) whose transformation is the run's, in
+		-- the run's organization.
+		IF run_kind = 'sync' THEN
+			agree := NOT det ? 'output_id'
+				AND EXISTS (SELECT FROM dalgo.sources x WHERE x.id = run_source AND x.organization_id = run_org);
+		ELSIF det->>'output_id' ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+			agree := EXISTS (SELECT FROM dalgo.outputs o JOIN dalgo.transformations t ON t.id = o.transformation_id
+							 WHERE o.id = (det->>'output_id')::uuid AND o.organization_id = run_org
+							   AND t.organization_id = run_org AND t.id = run_transformation);
+		END IF;
+	ELSIF FOUND AND s.organization_id = run_org AND NOT det ? 'output_id' THEN
+		IF run_kind = 'sync' THEN
+			agree := s.source_id = run_source
+				AND EXISTS (SELECT FROM dalgo.sources x WHERE x.id = run_source AND x.organization_id = run_org);
+		ELSE
+			agree := EXISTS (SELECT FROM dalgo.outputs o JOIN dalgo.transformations t ON t.id = o.transformation_id
+							 WHERE o.id = s.output_id AND o.organization_id = run_org AND t.organization_id = run_org
+							   AND t.id = run_transformation);
+		END IF;
+	END IF;
+	IF NOT coalesce(agree, false) THEN
+		RAISE EXCEPTION 'run % was refused: it does not match its schedule', run_id
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'A scheduled run must name the schedule that created it, and schedule, source or output, transformation and run must belong to one organization.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.verify_scheduled_run(dalgo.run_kind, uuid) IS
+	'Internal: refuse a run row whose schedule (or, for a run queued on demand, details.output_id), source or output, transformation and organization do not agree (a forged row); sync_source and refresh_output call it first';
+
+
+CREATE OR REPLACE FUNCTION dalgo_internal.refresh_output(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.transformation_runs;
+	o dalgo.outputs;
+	t dalgo.transformations;
+	v record;
+	schema_name text;
+	dest text;
+	kind text;
+BEGIN
+	PERFORM dalgo_internal.verify_scheduled_run('output', run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+	SELECT * INTO o FROM dalgo.outputs x
+	WHERE x.id = coalesce((SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid),
+						  (r.details->>'output_id')::uuid);
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
+	schema_name := dalgo_internal.warehouse_schema_name(o.organization_id);
+	kind := coalesce(o.destination_config->>'type', 'table');
+	dest := coalesce(o.destination_config->>'name', t.output_table_name);
+	IF kind NOT IN ('table', 'view') THEN
+		RAISE EXCEPTION 'unknown destination type "%" (use table or view)', kind USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'view' AND dest = t.output_table_name THEN
+		RAISE EXCEPTION 'a view destination needs a name other than the transformation''s table "%"', dest
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Set destination_config.name.';
+	END IF;
+	-- destination_config.name is a member's text: it may name only what this
+	-- output makes.  Longer names would be truncated to another table's name.
+	IF dest = '' OR octet_length(dest) >= 64 OR dest LIKE '\_dalgo\_%' THEN
+		RAISE EXCEPTION 'output destination name "%" is not allowed', dest
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use a name of 1 to 63 bytes that does not start with _dalgo_.';
+	END IF;
+	IF dest <> t.output_table_name AND to_regclass(format('%I.%I', schema_name, dest)) IS NOT NULL
+	   AND NOT (CASE WHEN kind = 'view' THEN dalgo_internal.output_view_reads(o.organization_id, dest, t.output_table_name)
+				ELSE EXISTS (SELECT FROM dalgo.warehouse_tables w
+							 WHERE w.organization_id = o.organization_id AND w.table_name = dest
+							   AND w.deleted_at IS NULL AND w.output_id = o.id) END) THEN
+		RAISE EXCEPTION 'output destination "%" exists and was not made by this output', dest
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'An output replaces only a table or view that its own refreshes made.',
+				  HINT = 'Set destination_config.name to a new name.';
+	END IF;
+
+	-- Each swap below keeps the output views over its table
+	-- (swap_warehouse_table drops and restores them).
+	FOR v IN SELECT u.id FROM dalgo.transformation_upstream(t.id) u LOOP
+		PERFORM dalgo.run_transformation(v.id, false);
+	END LOOP;
+	PERFORM dalgo_internal.build_transformation(t.id, run_id);
+	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
+
+	IF r.status <> 'success' THEN
+		RETURN;
+	END IF;
+	IF kind = 'view' THEN
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE OR REPLACE VIEW %I.%I AS SELECT * FROM %I.%I',
+			schema_name, dest, schema_name, t.output_table_name));
+	ELSIF dest <> t.output_table_name THEN
+		PERFORM dalgo_internal.warehouse_execute(o.organization_id, format('CREATE TABLE %I.%I AS SELECT * FROM %I.%I',
+			schema_name, '_dalgo_out_' || replace(run_id::text, '-', ''), schema_name, t.output_table_name));
+		PERFORM dalgo_internal.check_warehouse_quota(o.organization_id, dest);
+		-- The swap records this output as the table's producer.
+		PERFORM dalgo_internal.swap_warehouse_table(o.organization_id, '_dalgo_out_' || replace(run_id::text, '-', ''), dest);
+	END IF;
+	UPDATE dalgo.outputs x SET last_refreshed_at = now() WHERE x.id = o.id;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.refresh_output(uuid) IS
+	'Internal: run an output''s transformation with its upstream, then refresh destination_config ({"type": "table"|"view", "name": ...}); output views over rebuilt tables are dropped and created again around the swap';
+
+
+CREATE OR REPLACE FUNCTION dalgo_internal.recover_interrupted_runs() RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+	m integer;
+	seen timestamptz;
+	live_pids integer[];
+	live_starts timestamptz[];
+BEGIN
+	-- A run is alive while the backend that marked it running is: the same
+	-- pid, started no later than the run (a reused pid starts later).  Only
+	-- runs marked before the list of backends was read are judged by it.
+	PERFORM pg_stat_clear_snapshot();
+	seen := clock_timestamp();
+	SELECT array_agg(a.pid), array_agg(a.backend_start) INTO live_pids, live_starts
+	FROM pg_stat_activity a WHERE a.backend_start IS NOT NULL;
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
+	FROM dalgo.sources s
+	WHERE s.id = r.source_id AND NOT dalgo.is_connector_source(s.source_type) AND r.status = 'running'
+	  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
+	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
+					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
+	WHERE r.status = 'running' AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
+	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
+					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
+	GET DIAGNOSTICS m = ROW_COUNT;
+	RETURN n + m;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.recover_interrupted_runs() IS
+	'Mark scheduled runs whose worker is gone (same pid and a backend start no later than the run''s) as failed; the scheduler calls it on every tick (pending runs simply wait for a worker)';
+
+
+CREATE OR REPLACE FUNCTION dalgo_internal.swap_warehouse_table(organization_id uuid, build_name text, table_name text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	by_source uuid;
+	by_transformation uuid;
+	by_output uuid;
+	context uuid;
+	claimant text;
+	reg dalgo.warehouse_tables;
+	dropped jsonb;
+BEGIN
+	-- The producer is the run the build is named after: dalgo names each
+	-- build table _dalgo_build_<transformation run>, _dalgo_sync_<sync run>
+	-- or _dalgo_out_<output refresh run>.
+	IF build_name ~ '^_dalgo_build_[0-9a-f]{32}$' THEN
+		SELECT r.transformation_id INTO by_transformation FROM dalgo.transformation_runs r
+		WHERE r.id = substr(build_name, 14)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+		context := by_transformation;
+	ELSIF build_name ~ '^_dalgo_sync_[0-9a-f]{32}$' THEN
+		SELECT r.source_id INTO by_source FROM dalgo.sync_runs r
+		WHERE r.id = substr(build_name, 13)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
+	ELSIF build_name ~ '^_dalgo_out_[0-9a-f]{32}$' THEN
+		-- The output is the run's schedule's, or, for a run queued by
+		-- refresh_output_now, the one its details name.
+		SELECT o.id, o.transformation_id INTO by_output, context
+		FROM dalgo.transformation_runs r
+		LEFT JOIN dalgo.schedules s ON s.id::text = r.details->>'schedule_id' AND s.organization_id = r.organization_id
+		JOIN dalgo.outputs o ON o.id::text = coalesce(s.output_id::text, r.details->>'output_id')
+			AND o.organization_id = r.organization_id
+		WHERE r.id = substr(build_name, 12)::uuid AND r.organization_id = swap_warehouse_table.organization_id
+		  AND o.transformation_id = r.transformation_id;
+	END IF;
+	IF num_nonnulls(by_source, by_transformation, by_output) <> 1 THEN
+		RAISE EXCEPTION 'warehouse table build "%" belongs to no run of this organization', build_name
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Checked again at the moment of the swap, under the organization's name lock.
+	claimant := dalgo_internal.warehouse_table_claimant(organization_id, table_name, by_source, context, by_output);
+	IF claimant IS NOT NULL THEN
+		RAISE EXCEPTION 'warehouse table "%" belongs to %; it is not replaced', table_name, claimant
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT * INTO reg FROM dalgo.warehouse_tables w
+	WHERE w.organization_id = swap_warehouse_table.organization_id AND w.table_name = swap_warehouse_table.table_name
+	  AND w.deleted_at IS NULL
+	FOR UPDATE;
+	-- A table may be replaced only by the producer that made it.
+	IF to_regclass(format('%I.%I', schema_name, table_name)) IS NOT NULL
+	   AND (reg.id IS NULL OR reg.source_id IS DISTINCT FROM by_source
+			OR reg.transformation_id IS DISTINCT FROM by_transformation OR reg.output_id IS DISTINCT FROM by_output) THEN
+		RAISE EXCEPTION 'warehouse table "%" was not produced by this %; it is not replaced', table_name,
+			CASE WHEN by_source IS NOT NULL THEN 'source' WHEN by_transformation IS NOT NULL THEN 'transformation' ELSE 'output' END
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = CASE WHEN reg.id IS NULL THEN 'The table is not registered in dalgo.warehouse_tables.'
+						   ELSE 'dalgo.warehouse_tables records another producer for it.' END;
+	END IF;
+	-- Output views over the table depend on it: drop them around the swap
+	-- (in this transaction, so readers never miss them).
+	dropped := dalgo_internal.drop_output_views(organization_id, ARRAY[table_name]);
+	PERFORM dalgo_internal.warehouse_execute(organization_id, format('DROP TABLE IF EXISTS %I.%I', schema_name, table_name));
+	PERFORM dalgo_internal.warehouse_execute(organization_id, format('ALTER TABLE %I.%I RENAME TO %I', schema_name, build_name, table_name));
+	PERFORM dalgo_internal.restore_output_views(organization_id, dropped);
+	-- Record the producer (row count and size follow in register_warehouse_table).
+	IF reg.id IS NOT NULL THEN
+		UPDATE dalgo.warehouse_tables w SET source_id = by_source, transformation_id = by_transformation,
+			output_id = by_output, last_updated_at = now()
+		WHERE w.id = reg.id;
+	ELSE
+		INSERT INTO dalgo.warehouse_tables (organization_id, warehouse_connection_id, table_name, source_id,
+											transformation_id, output_id, last_updated_at)
+		SELECT swap_warehouse_table.organization_id, c.id, swap_warehouse_table.table_name, by_source,
+			by_transformation, by_output, now()
+		FROM dalgo.warehouse_connections c
+		WHERE c.organization_id = swap_warehouse_table.organization_id AND c.deleted_at IS NULL;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.swap_warehouse_table(uuid, text, text) IS
+	'Internal: replace a warehouse table by a freshly built one, atomically; only the producer (source, transformation or output) that the build''s run names, whose name no other producer claims, and that produced the existing table, if any; records it in warehouse_tables';
+
+
+-- failure alerts: the mail queue carries run_failed and run_recovered messages.
+ALTER TABLE dalgo.mail_messages DROP CONSTRAINT mail_messages_kind_check;
+ALTER TABLE dalgo.mail_messages ADD CONSTRAINT mail_messages_kind_check
+	CHECK (kind IN ('password_reset', 'invitation', 'run_failed', 'run_recovered'));
+COMMENT ON COLUMN dalgo.mail_messages.kind IS 'password_reset, invitation, or a schedule''s failure alert: run_failed, run_recovered';
+
+-- journeys.sql: what completes the journeys of a data team (issue 14):
+-- versions that can be used (revert, diff), lineage and impact, export, syncs
+-- and refreshes on demand, and failure alerts.  docs/journeys.md walks
+-- through them.
+
+-- ---------------------------------------------------------------------------
+-- Versions
+-- ---------------------------------------------------------------------------
+
+-- Version rows are written only by the record_version trigger
+-- (transformation_versions grants no INSERT to any app role): a revert is a
+-- save of the old recipe, which numbers and records the new version itself.
+CREATE FUNCTION dalgo.revert_transformation(transformation_id uuid, version integer) RETURNS integer
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t dalgo.transformations;
+	old_recipe jsonb;
+	previous text := current_setting('dalgo.change_description');
+	new_version integer;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x
+	WHERE x.id = revert_transformation.transformation_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(t.organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'transformation % does not exist', transformation_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(t.organization_id, 'member') THEN
+		RAISE EXCEPTION 'reverting a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT v.recipe INTO old_recipe FROM dalgo.transformation_versions v
+	WHERE v.transformation_id = t.id AND v.organization_id = t.organization_id
+	  AND v.version_number = revert_transformation.version AND v.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'transformation % has no version %', transformation_id, version
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = format('Its versions are 1 to %s.', t.current_version);
+	END IF;
+	IF old_recipe = t.recipe THEN
+		RAISE NOTICE 'version % is the current recipe of transformation %; nothing saved', version, t.id;
+		RETURN t.current_version;
+	END IF;
+	-- The save's own triggers check the recipe, number the version and record
+	-- it, with the caller as its author.
+	PERFORM set_config('dalgo.change_description',
+					   coalesce(nullif(previous, ''), format('revert to version %s', version)), true);
+	UPDATE dalgo.transformations x SET recipe = old_recipe WHERE x.id = t.id
+	RETURNING x.current_version INTO new_version;
+	PERFORM set_config('dalgo.change_description', previous, true);
+	RETURN new_version;
+END
+$$;
+COMMENT ON FUNCTION dalgo.revert_transformation(uuid, integer) IS
+	'Save an earlier version''s recipe as the transformation''s new version (checked, numbered and recorded like any save; change_description "revert to version N" unless dalgo.change_description is set); returns the new version number. Members and above';
+
+-- A step-by-step diff: the two step lists are aligned on their longest
+-- common subsequence (equal steps); in each gap between aligned steps a
+-- removed and an added step of the same type are one changed step.
+CREATE FUNCTION dalgo.diff_versions(transformation_id uuid, a integer, b integer) RETURNS jsonb
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+	ra jsonb;
+	rb jsonb;
+	sa jsonb;
+	sb jsonb;
+	n integer;
+	m integer;
+	l integer[];
+	i integer;
+	j integer;
+	ops jsonb := '[]';
+	removed integer[] := '{}';
+	added integer[] := '{}';
+	out jsonb := '[]';
+	k integer;
+	q integer;
+	used boolean[];
+	changed_keys jsonb;
+	other jsonb;
+	ta text[];
+	tb text[];
+BEGIN
+	SELECT x.organization_id INTO org FROM dalgo.transformations x
+	WHERE x.id = diff_versions.transformation_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(org, 'viewer') THEN
+		RAISE EXCEPTION 'transformation % does not exist', transformation_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT v.recipe INTO ra FROM dalgo.transformation_versions v
+	WHERE v.transformation_id = diff_versions.transformation_id AND v.organization_id = org AND v.version_number = a;
+	SELECT v.recipe INTO rb FROM dalgo.transformation_versions v
+	WHERE v.transformation_id = diff_versions.transformation_id AND v.organization_id = org AND v.version_number = b;
+	IF ra IS NULL OR rb IS NULL THEN
+		RAISE EXCEPTION 'transformation % has no version %', transformation_id, CASE WHEN ra IS NULL THEN a ELSE b END
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	sa := CASE WHEN jsonb_typeof(ra->'steps') = 'array' THEN ra->'steps' ELSE '[]' END;
+	sb := CASE WHEN jsonb_typeof(rb->'steps') = 'array' THEN rb->'steps' ELSE '[]' END;
+	n := jsonb_array_length(sa);
+	m := jsonb_array_length(sb);
+	-- Steps compared as their canonical jsonb text (equal jsonb, equal text).
+	ta := ARRAY(SELECT e::text FROM jsonb_array_elements(sa) WITH ORDINALITY x(e, ord) ORDER BY x.ord);
+	tb := ARRAY(SELECT e::text FROM jsonb_array_elements(sb) WITH ORDINALITY x(e, ord) ORDER BY x.ord);
+	-- l[(i)*(m+1)+j+1]: length of the longest common subsequence of sa[i:] and sb[j:].
+	l := array_fill(0, ARRAY[(n + 1) * (m + 1)]);
+	FOR i IN REVERSE n - 1..0 LOOP
+		FOR j IN REVERSE m - 1..0 LOOP
+			IF ta[i + 1] = tb[j + 1] THEN
+				l[i * (m + 1) + j + 1] := l[(i + 1) * (m + 1) + j + 2] + 1;
+			ELSE
+				l[i * (m + 1) + j + 1] := greatest(l[(i + 1) * (m + 1) + j + 1], l[i * (m + 1) + j + 2]);
+			END IF;
+		END LOOP;
+	END LOOP;
+	-- Walk the alignment; flush each gap's removed and added steps at an equal step and at the end.
+	i := 0;
+	j := 0;
+	LOOP
+		IF i < n AND j < m AND ta[i + 1] = tb[j + 1] THEN
+			ops := ops || jsonb_build_object('r', to_jsonb(removed), 'a', to_jsonb(added));
+			removed := '{}';
+			added := '{}';
+			i := i + 1;
+			j := j + 1;
+		ELSIF j < m AND (i >= n OR l[i * (m + 1) + j + 2] >= l[(i + 1) * (m + 1) + j + 1]) THEN
+			added := added || j;
+			j := j + 1;
+		ELSIF i < n THEN
+			removed := removed || i;
+			i := i + 1;
+		ELSE
+			EXIT;
+		END IF;
+	END LOOP;
+	ops := ops || jsonb_build_object('r', to_jsonb(removed), 'a', to_jsonb(added));
+	-- Each gap: pair a removed step with the first unpaired added step of the same type.
+	FOR k IN 0..jsonb_array_length(ops) - 1 LOOP
+		removed := ARRAY(SELECT jsonb_array_elements_text(ops->k->'r')::integer);
+		added := ARRAY(SELECT jsonb_array_elements_text(ops->k->'a')::integer);
+		used := array_fill(false, ARRAY[greatest(cardinality(added), 1)]);
+		FOR i IN 1..cardinality(removed) LOOP
+			q := NULL;
+			FOR j IN 1..cardinality(added) LOOP
+				IF NOT used[j] AND sa->removed[i]->'type' = sb->added[j]->'type' THEN
+					q := j;
+					EXIT;
+				END IF;
+			END LOOP;
+			IF q IS NULL THEN
+				out := out || jsonb_build_object('change', 'removed', 'position_a', removed[i] + 1, 'type', sa->removed[i]->'type',
+												 'step', sa->removed[i]);
+			ELSE
+				used[q] := true;
+				SELECT coalesce(jsonb_agg(key ORDER BY key), '[]') INTO changed_keys
+				FROM (SELECT key FROM jsonb_object_keys(CASE WHEN jsonb_typeof(sa->removed[i]) = 'object' THEN sa->removed[i] ELSE '{}' END) key
+					  UNION SELECT key FROM jsonb_object_keys(CASE WHEN jsonb_typeof(sb->added[q]) = 'object' THEN sb->added[q] ELSE '{}' END) key) ks
+				WHERE sa->removed[i]->key IS DISTINCT FROM sb->added[q]->key;
+				out := out || jsonb_build_object('change', 'changed', 'position_a', removed[i] + 1, 'position_b', added[q] + 1,
+												 'type', sa->removed[i]->'type', 'keys', changed_keys,
+												 'from', sa->removed[i], 'to', sb->added[q]);
+			END IF;
+		END LOOP;
+		FOR j IN 1..cardinality(added) LOOP
+			IF NOT used[j] THEN
+				out := out || jsonb_build_object('change', 'added', 'position_b', added[j] + 1, 'type', sb->added[j]->'type',
+												 'step', sb->added[j]);
+			END IF;
+		END LOOP;
+	END LOOP;
+	-- What changed outside the steps (the source, the version field...).
+	SELECT coalesce(jsonb_object_agg(key, jsonb_build_object('from', ra->key, 'to', rb->key)), '{}') INTO other
+	FROM (SELECT jsonb_object_keys(ra) AS key UNION SELECT jsonb_object_keys(rb)) ks
+	WHERE key <> 'steps' AND ra->key IS DISTINCT FROM rb->key;
+	RETURN jsonb_build_object(
+		'transformation_id', transformation_id, 'a', a, 'b', b,
+		'recipe', other,
+		'steps', out,
+		'summary', jsonb_build_object(
+			'added', (SELECT count(*) FROM jsonb_array_elements(out) e WHERE e->>'change' = 'added'),
+			'removed', (SELECT count(*) FROM jsonb_array_elements(out) e WHERE e->>'change' = 'removed'),
+			'changed', (SELECT count(*) FROM jsonb_array_elements(out) e WHERE e->>'change' = 'changed'),
+			'unchanged', l[1]));
+END
+$$;
+COMMENT ON FUNCTION dalgo.diff_versions(uuid, integer, integer) IS
+	'What changed from version a to version b of a transformation, step by step, as jsonb: steps added, removed and changed (with the keys that changed; steps aligned on the longest run of equal steps), other recipe keys that changed (the source), and a summary. Members of its organization';
+
+-- ---------------------------------------------------------------------------
+-- Lineage
+-- ---------------------------------------------------------------------------
+
+-- Every relation a recipe reads, from where the recipe contract allows one:
+-- the source, a join's "with" and each of a union's "with" sources; each as
+-- (kind, value) with kind source_id, transformation_id or table.
+CREATE FUNCTION dalgo_internal.recipe_references(recipe jsonb) RETURNS TABLE (ref_kind text, ref text)
+	LANGUAGE sql IMMUTABLE PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH src(obj) AS (
+		SELECT recipe->'source' WHERE jsonb_typeof(recipe) = 'object'
+		UNION ALL
+		SELECT s->'with' FROM jsonb_array_elements(CASE WHEN jsonb_typeof(recipe->'steps') = 'array' THEN recipe->'steps' ELSE '[]' END) s
+		WHERE jsonb_typeof(s) = 'object' AND s->>'type' = 'join'
+		UNION ALL
+		SELECT w FROM jsonb_array_elements(CASE WHEN jsonb_typeof(recipe->'steps') = 'array' THEN recipe->'steps' ELSE '[]' END) s,
+			jsonb_array_elements(CASE WHEN jsonb_typeof(s->'with') = 'array' THEN s->'with' ELSE '[]' END) w
+		WHERE jsonb_typeof(s) = 'object' AND s->>'type' = 'union')
+	SELECT DISTINCT k, obj->>k FROM src, unnest(ARRAY['source_id', 'transformation_id', 'table']) k
+	WHERE jsonb_typeof(obj) = 'object' AND jsonb_typeof(obj->k) = 'string'
+$$;
+COMMENT ON FUNCTION dalgo_internal.recipe_references(jsonb) IS
+	'Internal: every relation a recipe reads (source, join.with, union.with[]), as (source_id | transformation_id | table, value)';
+
+-- The whole graph of one organization.  A warehouse table's node id is its
+-- dalgo.warehouse_tables id, or, for a table not registered there (not yet
+-- built, or made outside dalgo), a uuid derived from the organization and
+-- the name.
+CREATE FUNCTION dalgo_internal.lineage_graph(organization_id uuid)
+	RETURNS TABLE (node_type text, id uuid, name text, depends_on uuid[])
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH
+	src AS (SELECT s.id, s.name,
+				   coalesce(s.warehouse_table_name, 'source_' || left(replace(s.id::text, '-', ''), 12)) AS table_name
+			FROM dalgo.sources s WHERE s.organization_id = lineage_graph.organization_id AND s.deleted_at IS NULL),
+	tr AS (SELECT t.id, t.name, t.recipe, t.output_table_name
+		   FROM dalgo.transformations t WHERE t.organization_id = lineage_graph.organization_id AND t.deleted_at IS NULL),
+	outp AS (SELECT o.id, o.name, o.transformation_id, o.destination_config->>'name' AS dest
+			 FROM dalgo.outputs o JOIN tr ON tr.id = o.transformation_id
+			 WHERE o.organization_id = lineage_graph.organization_id AND o.deleted_at IS NULL),
+	refs AS (SELECT tr.id AS tid, r.ref_kind, r.ref FROM tr, dalgo_internal.recipe_references(tr.recipe) r),
+	-- Every table name any node produces or reads.
+	names AS (SELECT table_name AS n FROM src
+			  UNION SELECT output_table_name FROM tr WHERE output_table_name IS NOT NULL
+			  UNION SELECT dest FROM outp WHERE dest IS NOT NULL
+			  UNION SELECT ref FROM refs WHERE ref_kind = 'table'),
+	tbl AS (SELECT names.n, coalesce(
+				(SELECT w.id FROM dalgo.warehouse_tables w
+				 WHERE w.organization_id = lineage_graph.organization_id AND w.table_name = names.n AND w.deleted_at IS NULL
+				 ORDER BY w.created_at LIMIT 1),
+				md5('dalgo warehouse table ' || lineage_graph.organization_id::text || '/' || names.n)::uuid) AS tid
+			FROM names),
+	edges AS (
+		SELECT 'source'::text AS node_type, src.id, src.name, NULL::uuid AS dep FROM src
+		UNION ALL
+		SELECT 'warehouse_table', tbl.tid, src.table_name, src.id FROM src JOIN tbl ON tbl.n = src.table_name
+		UNION ALL
+		SELECT 'transformation', tr.id, tr.name, NULL FROM tr
+		UNION ALL
+		-- A transformation reads tables: a source's, another transformation's
+		-- output table (or the transformation, if it has none), or a table by name.
+		SELECT 'transformation', refs.tid, tr.name,
+			CASE refs.ref_kind
+				WHEN 'table' THEN (SELECT tbl.tid FROM tbl WHERE tbl.n = refs.ref)
+				WHEN 'source_id' THEN (SELECT tbl.tid FROM src JOIN tbl ON tbl.n = src.table_name WHERE src.id::text = refs.ref)
+				ELSE (SELECT coalesce((SELECT tbl.tid FROM tbl WHERE tbl.n = up.output_table_name), up.id)
+					  FROM tr up WHERE up.id::text = refs.ref) END
+		FROM refs JOIN tr ON tr.id = refs.tid
+		UNION ALL
+		SELECT 'warehouse_table', tbl.tid, tr.output_table_name, tr.id FROM tr JOIN tbl ON tbl.n = tr.output_table_name
+		UNION ALL
+		SELECT 'output', outp.id, outp.name, outp.transformation_id FROM outp
+		UNION ALL
+		SELECT 'warehouse_table', tbl.tid, outp.dest, outp.id
+		FROM outp JOIN tr ON tr.id = outp.transformation_id JOIN tbl ON tbl.n = outp.dest
+		WHERE outp.dest IS DISTINCT FROM tr.output_table_name
+		UNION ALL
+		SELECT 'warehouse_table', tbl.tid, tbl.n, NULL FROM tbl
+		UNION ALL
+		SELECT 'schedule', s.id, format('%s at %s (%s)', s.frequency, to_char(s.run_at_time, 'HH24:MI'), s.timezone),
+			coalesce(s.source_id, s.output_id)
+		FROM dalgo.schedules s
+		WHERE s.organization_id = lineage_graph.organization_id AND s.deleted_at IS NULL
+		  AND (s.source_id IN (SELECT src.id FROM src) OR s.output_id IN (SELECT outp.id FROM outp)))
+	SELECT min(e.node_type), e.id, min(e.name),
+		coalesce(array_agg(DISTINCT e.dep ORDER BY e.dep) FILTER (WHERE e.dep IS NOT NULL), '{}')
+	FROM edges e GROUP BY e.id
+$$;
+COMMENT ON FUNCTION dalgo_internal.lineage_graph(uuid) IS
+	'Internal: the lineage graph of an organization''s live objects: (node_type, id, name, depends_on)';
+
+-- The organization of a lineage node, for impact(): the object's own row.
+CREATE FUNCTION dalgo_internal.lineage_node_organization(node_id uuid) RETURNS uuid
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(
+		(SELECT organization_id FROM dalgo.sources WHERE id = node_id AND deleted_at IS NULL),
+		(SELECT organization_id FROM dalgo.transformations WHERE id = node_id AND deleted_at IS NULL),
+		(SELECT organization_id FROM dalgo.outputs WHERE id = node_id AND deleted_at IS NULL),
+		(SELECT organization_id FROM dalgo.schedules WHERE id = node_id AND deleted_at IS NULL),
+		(SELECT organization_id FROM dalgo.warehouse_tables WHERE id = node_id AND deleted_at IS NULL))
+$$;
+COMMENT ON FUNCTION dalgo_internal.lineage_node_organization(uuid) IS
+	'Internal: the organization of a source, transformation, output, schedule or registered warehouse table';
+
+CREATE FUNCTION dalgo.lineage(organization_id uuid, node_id uuid DEFAULT NULL, direction text DEFAULT 'both')
+	RETURNS TABLE (node_type text, id uuid, name text, depends_on uuid[])
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF organization_id IS NULL OR NOT dalgo.caller_may(organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF direction IS NULL OR direction NOT IN ('both', 'upstream', 'downstream') THEN
+		RAISE EXCEPTION 'direction must be both, upstream or downstream' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF node_id IS NULL THEN
+		RETURN QUERY SELECT g.* FROM dalgo_internal.lineage_graph(organization_id) g ORDER BY g.node_type, g.name, g.id;
+		RETURN;
+	END IF;
+	IF NOT EXISTS (SELECT FROM dalgo_internal.lineage_graph(organization_id) g WHERE g.id = node_id) THEN
+		RAISE EXCEPTION 'node % is not in the lineage of organization %', node_id, organization_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+		WITH RECURSIVE g AS MATERIALIZED (SELECT * FROM dalgo_internal.lineage_graph(organization_id)),
+		up(id) AS (SELECT lineage.node_id WHERE direction IN ('both', 'upstream')
+				   UNION SELECT d FROM up JOIN g ON g.id = up.id, unnest(g.depends_on) d),
+		down(id) AS (SELECT lineage.node_id WHERE direction IN ('both', 'downstream')
+					 UNION SELECT g.id FROM down JOIN g ON down.id = ANY (g.depends_on))
+		SELECT g.* FROM g WHERE g.id IN (SELECT up.id FROM up UNION SELECT down.id FROM down)
+		ORDER BY g.node_type, g.name, g.id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.lineage(uuid, uuid, text) IS
+	'The lineage graph of an organization: sources, warehouse tables, transformations (every source, join, union and transformation reference of their recipes), outputs and schedules, as (node_type, id, name, depends_on); with node_id, only what it depends on (upstream), what depends on it (downstream), or both. Members of the organization';
+
+CREATE FUNCTION dalgo.impact(node_id uuid)
+	RETURNS TABLE (run_order integer, node_type text, id uuid, name text)
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid := dalgo_internal.lineage_node_organization(node_id);
+	g jsonb;
+	down uuid[];
+	levels jsonb;
+	step jsonb;
+BEGIN
+	IF org IS NULL OR NOT dalgo.caller_may(org, 'viewer') THEN
+		RAISE EXCEPTION 'node % does not exist or you are not a member of its organization', node_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT jsonb_object_agg(l.id, jsonb_build_object('t', l.node_type, 'n', l.name, 'd', to_jsonb(l.depends_on)))
+	INTO g FROM dalgo_internal.lineage_graph(org) l;
+	-- Everything downstream (a set: no path is walked twice).
+	WITH RECURSIVE d(id) AS (
+		SELECT impact.node_id
+		UNION
+		SELECT k::uuid FROM d, jsonb_each(g) e(k, v)
+		WHERE v->'d' ? d.id::text)
+	SELECT array_agg(d.id) INTO down FROM d;
+	-- run_order: the longest path from node_id, level by level (each node
+	-- after everything it reads); what a cycle leaves comes last.
+	levels := jsonb_build_object(node_id::text, 0);
+	LOOP
+		SELECT jsonb_object_agg(x.id, x.lvl) INTO step
+		FROM (SELECT u.id, max((levels->>dep)::integer) + 1 AS lvl
+			  FROM unnest(down) u(id), jsonb_array_elements_text(g->u.id::text->'d') dep
+			  WHERE NOT levels ? u.id::text AND dep::uuid = ANY (down)
+			  GROUP BY u.id
+			  HAVING bool_and(levels ? dep)) x;
+		EXIT WHEN step IS NULL;
+		levels := levels || step;
+	END LOOP;
+	RETURN QUERY
+		SELECT coalesce((levels->>u.id::text)::integer,
+						(SELECT max(v::text::integer) + 1 FROM jsonb_each(levels) e(k, v))),
+			   g->u.id::text->>'t', u.id, g->u.id::text->>'n'
+		FROM unnest(down) u(id)
+		WHERE u.id <> impact.node_id
+		ORDER BY 1, 2, 4, 3;
+END
+$$;
+COMMENT ON FUNCTION dalgo.impact(uuid) IS
+	'Everything downstream of a source, warehouse table, transformation or output that a change would touch, in run order (run_order 1 first); members of its organization';
+
+CREATE FUNCTION dalgo.lineage_dot(organization_id uuid) RETURNS text
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	dot text;
+BEGIN
+	IF organization_id IS NULL OR NOT dalgo.caller_may(organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Names are users' text: in a DOT string only backslash, double quote and
+	-- line breaks need escaping.
+	WITH g AS MATERIALIZED (SELECT * FROM dalgo_internal.lineage_graph(organization_id))
+	SELECT concat_ws(E'\n',
+		'digraph lineage {',
+		'  rankdir=LR;',
+		'  node [fontname="Helvetica", fontsize=11];',
+		(SELECT string_agg(format('  "%s" [label="%s\n%s", shape=%s, style=filled, fillcolor="%s"];', g.id,
+								  replace(g.node_type, '_', ' '),
+								  replace(replace(replace(replace(g.name, '\', '\\'), '"', '\"'), E'\r', ''), E'\n', '\n'),
+								  CASE g.node_type WHEN 'source' THEN 'cylinder' WHEN 'warehouse_table' THEN 'box'
+									   WHEN 'transformation' THEN 'ellipse' WHEN 'output' THEN 'note' ELSE 'octagon' END,
+								  CASE g.node_type WHEN 'source' THEN '#cfe2f3' WHEN 'warehouse_table' THEN '#eeeeee'
+									   WHEN 'transformation' THEN '#d9ead3' WHEN 'output' THEN '#fff2cc' ELSE '#f4cccc' END),
+						  E'\n' ORDER BY g.node_type, g.name, g.id) FROM g),
+		(SELECT string_agg(format('  "%s" -> "%s";', d, g.id), E'\n' ORDER BY g.id, d) FROM g, unnest(g.depends_on) d),
+		'}') INTO dot;
+	RETURN dot;
+END
+$$;
+COMMENT ON FUNCTION dalgo.lineage_dot(uuid) IS
+	'The lineage graph of an organization as Graphviz DOT (dot -Tsvg renders it); members of the organization';
+
+REVOKE ALL ON FUNCTION dalgo.revert_transformation(uuid, integer), dalgo.diff_versions(uuid, integer, integer),
+	dalgo_internal.recipe_references(jsonb), dalgo_internal.lineage_graph(uuid), dalgo_internal.lineage_node_organization(uuid),
+	dalgo.lineage(uuid, uuid, text), dalgo.impact(uuid), dalgo.lineage_dot(uuid)
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.revert_transformation(uuid, integer), dalgo.diff_versions(uuid, integer, integer),
+	dalgo.lineage(uuid, uuid, text), dalgo.impact(uuid), dalgo.lineage_dot(uuid)
+	TO dalgo_authenticated, dalgo_service;
+
+-- ---------------------------------------------------------------------------
+-- Export
+-- ---------------------------------------------------------------------------
+
+-- What export_warehouse_table reads: the checks and the compiled read of
+-- read_warehouse_table (membership, the warehouse, a plain table name of the
+-- organization's own schema).
+CREATE FUNCTION dalgo_internal.export_query(organization_id uuid, table_name text) RETURNS text
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT dalgo.caller_may(organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo.ensure_warehouse(organization_id);
+	RETURN dalgo.compile_recipe(organization_id,
+		jsonb_build_object('version', 1, 'source', jsonb_build_object('table', table_name), 'steps', '[]'::jsonb));
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.export_query(uuid, text) IS
+	'Internal: check that the caller may read the organization''s warehouse and return the compiled read of one of its tables';
+
+-- A C set-returning function in value-per-call mode: one line per call,
+-- read through a cursor in batches of about 1 MB, so that a table of any
+-- size streams in flat memory.
+CREATE FUNCTION dalgo.export_warehouse_table(organization_id uuid, table_name text, format text DEFAULT 'csv')
+	RETURNS SETOF text
+	AS 'MODULE_PATHNAME', 'dalgo_export_warehouse_table'
+	LANGUAGE C VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+	SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION dalgo.export_warehouse_table(uuid, text, text) IS
+	'Every row of one of the organization''s warehouse tables, one line per row, without a row cap: csv (a header line, then the rows as COPY (FORMAT csv) writes them), text (COPY''s text format) or json (one object per row). Streams in flat memory (call it in the select list); read as the warehouse role, read-only, for members of the organization, like read_warehouse_table';
+
+-- Everything of an organization but its data and its secrets.
+CREATE FUNCTION dalgo.export_organization(organization_id uuid) RETURNS jsonb
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org dalgo.organizations;
+BEGIN
+	SELECT * INTO org FROM dalgo.organizations o WHERE o.id = export_organization.organization_id AND o.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(org.id, 'viewer') THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF NOT dalgo.caller_may(org.id, 'owner') THEN
+		RAISE EXCEPTION 'exporting an organization needs the owner role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	RETURN jsonb_build_object(
+		'format', 'dalgo organization export',
+		'version', 1,
+		'exported_at', now(),
+		'organization', jsonb_build_object('id', org.id, 'name', org.name, 'slug', org.slug, 'description', org.description,
+										   'org_type', org.org_type, 'settings', org.settings, 'created_at', org.created_at),
+		'members', (SELECT coalesce(jsonb_agg(jsonb_build_object('user_id', u.id, 'email', u.email, 'full_name', u.full_name,
+																  'role', m.role, 'since', m.created_at) ORDER BY m.role DESC, u.email), '[]')
+					FROM dalgo.organization_members m JOIN dalgo.users u ON u.id = m.user_id
+					WHERE m.organization_id = org.id AND m.deleted_at IS NULL AND u.deleted_at IS NULL),
+		-- Credentials stay behind: the config as dalgo.redact shows it.
+		'sources', (SELECT coalesce(jsonb_agg(jsonb_build_object('id', s.id, 'name', s.name, 'description', s.description,
+																  'source_type', s.source_type, 'config', dalgo.redact(s.config),
+																  'warehouse_table_name', s.warehouse_table_name,
+																  'last_synced_at', s.last_synced_at, 'created_at', s.created_at)
+											 ORDER BY s.name, s.id), '[]')
+					FROM dalgo.sources s WHERE s.organization_id = org.id AND s.deleted_at IS NULL),
+		'transformations', (SELECT coalesce(jsonb_agg(jsonb_build_object('id', t.id, 'name', t.name, 'description', t.description,
+																  'recipe', t.recipe, 'output_table_name', t.output_table_name,
+																  'current_version', t.current_version,
+																  'versions', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+																		'version_number', v.version_number, 'recipe', v.recipe,
+																		'created_by_id', v.created_by_id, 'change_description', v.change_description,
+																		'created_at', v.created_at) ORDER BY v.version_number), '[]')
+																	FROM dalgo.transformation_versions v
+																	WHERE v.transformation_id = t.id AND v.organization_id = org.id
+																	  AND v.deleted_at IS NULL))
+											 ORDER BY t.name, t.id), '[]')
+					FROM dalgo.transformations t WHERE t.organization_id = org.id AND t.deleted_at IS NULL),
+		'outputs', (SELECT coalesce(jsonb_agg(jsonb_build_object('id', o.id, 'name', o.name, 'description', o.description,
+																  'transformation_id', o.transformation_id,
+																  'destination_config', o.destination_config) ORDER BY o.name, o.id), '[]')
+					FROM dalgo.outputs o WHERE o.organization_id = org.id AND o.deleted_at IS NULL),
+		'schedules', (SELECT coalesce(jsonb_agg(jsonb_build_object('id', s.id, 'source_id', s.source_id, 'output_id', s.output_id,
+																	'frequency', s.frequency, 'run_at_time', s.run_at_time,
+																	'run_at_day', s.run_at_day, 'timezone', s.timezone,
+																	'is_active', s.is_active) ORDER BY s.created_at, s.id), '[]')
+					  FROM dalgo.schedules s WHERE s.organization_id = org.id AND s.deleted_at IS NULL),
+		'warehouse_tables', (SELECT coalesce(jsonb_agg(jsonb_build_object('table_name', w.table_name, 'row_count', w.row_count,
+																	'size_bytes', w.size_bytes, 'columns', w.schema_info,
+																	'last_updated_at', w.last_updated_at) ORDER BY w.table_name), '[]')
+							 FROM dalgo.warehouse_tables w WHERE w.organization_id = org.id AND w.deleted_at IS NULL));
+END
+$$;
+COMMENT ON FUNCTION dalgo.export_organization(uuid) IS
+	'An organization''s metadata as one jsonb document: the organization, members, sources (config redacted: no credentials), transformations with every version, outputs, schedules and warehouse tables (names, sizes, columns; the rows come from export_warehouse_table). Owners only';
+
+REVOKE ALL ON FUNCTION dalgo_internal.export_query(uuid, text), dalgo.export_warehouse_table(uuid, text, text),
+	dalgo.export_organization(uuid)
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.export_warehouse_table(uuid, text, text), dalgo.export_organization(uuid)
+	TO dalgo_authenticated, dalgo_service;
+
+-- ---------------------------------------------------------------------------
+-- Syncs and refreshes on demand
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION dalgo_internal.wake_scheduler_at_commit() RETURNS void
+	AS 'MODULE_PATHNAME', 'dalgo_wake_scheduler'
+	LANGUAGE C;
+COMMENT ON FUNCTION dalgo_internal.wake_scheduler_at_commit() IS
+	'Internal: wake this database''s scheduler when the transaction commits, so that it starts run workers for a run queued now';
+
+-- Wait until a committed run finishes (each poll reads the latest committed
+-- row); the caller's statement_timeout bounds the wait.
+CREATE FUNCTION dalgo_internal.wait_for_run(run_kind dalgo.run_kind, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	WHILE EXISTS (SELECT FROM dalgo_internal.scheduled_runs r
+				  WHERE r.run_kind = wait_for_run.run_kind AND r.id = run_id AND r.status IN ('pending', 'running')) LOOP
+		PERFORM pg_sleep(0.05);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.wait_for_run(dalgo.run_kind, uuid) IS
+	'Internal: wait until a run another transaction committed is no longer pending or running';
+
+-- The run of a source or an output that is pending or running, if any: the
+-- one-run-at-a-time rule of claim_due_schedules, for both kinds of run.
+CREATE FUNCTION dalgo_internal.active_run(run_kind dalgo.run_kind, target_id uuid) RETURNS uuid
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT r.id FROM dalgo.sync_runs r
+	WHERE run_kind = 'sync' AND r.source_id = target_id AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL
+	UNION ALL
+	SELECT r.id FROM dalgo.outputs o
+	JOIN dalgo.transformation_runs r ON r.transformation_id = o.transformation_id AND r.organization_id = o.organization_id
+	LEFT JOIN dalgo.schedules s ON s.output_id = o.id AND s.organization_id = o.organization_id
+	WHERE run_kind = 'output' AND o.id = target_id AND r.status IN ('pending', 'running')
+	  AND (r.details->>'output_id' = o.id::text OR r.details->>'schedule_id' = s.id::text)
+	LIMIT 1
+$$;
+COMMENT ON FUNCTION dalgo_internal.active_run(dalgo.run_kind, uuid) IS
+	'Internal: the pending or running run of a source (sync) or an output (output), if any';
+
+-- The scheduler's rules, without a schedule: the same run rows, queue, run
+-- workers, quotas and one-run-at-a-time rule.  The target's row is held FOR
+-- UPDATE from the check until the caller's transaction ends, so that the
+-- scheduler's claim (FOR KEY SHARE SKIP LOCKED) counts this run as going and
+-- two calls queue one run.  A run already pending or running is the answer
+-- (and the lock is given back: its worker updates the target's row).  wait:
+-- a run queued by this call cannot reach a worker before the caller commits,
+-- so it runs here, through the worker's own code (start, execute, fail); a
+-- run already committed is waited for while a worker runs it.
+CREATE FUNCTION dalgo_internal.run_now(run_kind dalgo.run_kind, target_id uuid, wait boolean) RETURNS uuid
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+	src dalgo.sources;
+	o dalgo.outputs;
+	tid uuid;
+	rid uuid;
+	connector boolean := false;
+	noun text := CASE WHEN run_kind = 'sync' THEN 'source' ELSE 'output' END;
+BEGIN
+	IF run_kind = 'sync' THEN
+		SELECT * INTO src FROM dalgo.sources x WHERE x.id = target_id AND x.deleted_at IS NULL;
+		org := src.organization_id;
+		connector := dalgo.is_connector_source(src.source_type);
+	ELSE
+		SELECT * INTO o FROM dalgo.outputs x WHERE x.id = target_id AND x.deleted_at IS NULL;
+		org := o.organization_id;
+		SELECT x.id INTO tid FROM dalgo.transformations x
+		WHERE x.id = o.transformation_id AND x.organization_id = org AND x.deleted_at IS NULL;
+	END IF;
+	IF org IS NULL OR NOT dalgo.caller_may(org, 'viewer') OR (run_kind = 'output' AND tid IS NULL) THEN
+		RAISE EXCEPTION '% % does not exist', noun, target_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(org, 'member') THEN
+		RAISE EXCEPTION 'running a % now needs the member role', CASE WHEN run_kind = 'sync' THEN 'sync' ELSE 'refresh' END
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF wait AND connector THEN
+		RAISE EXCEPTION 'a % source is synced by a connector, which sees the run only once this transaction commits', src.source_type
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'Call sync_now with wait => false, commit, and read the run in dalgo.sync_runs.';
+	END IF;
+	IF wait AND current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION 'wait => true needs READ COMMITTED: the call must see the run finish'
+			USING ERRCODE = 'feature_not_supported';
+	END IF;
+	rid := dalgo_internal.active_run(run_kind, target_id);
+	IF rid IS NULL THEN
+		BEGIN
+			IF run_kind = 'sync' THEN
+				PERFORM FROM dalgo.sources x WHERE x.id = target_id FOR UPDATE;
+			ELSE
+				PERFORM FROM dalgo.outputs x WHERE x.id = target_id FOR UPDATE;
+			END IF;
+			-- Checked again under the lock: a run committed while we waited for it.
+			rid := dalgo_internal.active_run(run_kind, target_id);
+			IF rid IS NOT NULL THEN
+				RAISE EXCEPTION USING ERRCODE = 'DL001';	-- gives the lock back
+			END IF;
+		EXCEPTION WHEN SQLSTATE 'DL001' THEN
+			NULL;
+		END;
+	END IF;
+	IF rid IS NOT NULL THEN
+		RAISE NOTICE 'a run of % % is already pending or running: %', noun, target_id, rid;
+		IF wait THEN
+			PERFORM dalgo_internal.wait_for_run(run_kind, rid);
+		END IF;
+		RETURN rid;
+	END IF;
+	-- Quotas refuse the call itself (the worker checks them again).
+	PERFORM dalgo_internal.check_run_quota(org);
+	IF run_kind = 'sync' THEN
+		INSERT INTO dalgo.sync_runs (organization_id, source_id, status, triggered_by_id, details)
+		VALUES (org, target_id, 'pending', dalgo.current_user_id(), '{"on_demand": true}')
+		RETURNING id INTO rid;
+	ELSE
+		INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, triggered_by_id, details)
+		VALUES (org, tid, 'pending', dalgo.current_user_id(), jsonb_build_object('on_demand', true, 'output_id', target_id))
+		RETURNING id INTO rid;
+	END IF;
+	IF wait THEN
+		PERFORM dalgo_internal.execute_claimed(ARRAY[rid], ARRAY[run_kind]);
+	ELSIF connector THEN
+		PERFORM pg_notify('dalgo_sync', '');
+	ELSE
+		PERFORM dalgo_internal.wake_scheduler_at_commit();
+	END IF;
+	RETURN rid;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.run_now(dalgo.run_kind, uuid, boolean) IS
+	'Internal: queue (or, with wait, run here) a sync of a source or a refresh of an output without a schedule, under the scheduler''s rules; returns the run, or the run already pending or running';
+
+CREATE FUNCTION dalgo.sync_now(source_id uuid, wait boolean DEFAULT false) RETURNS uuid
+	LANGUAGE sql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	RETURN dalgo_internal.run_now('sync', source_id, coalesce(wait, false));
+COMMENT ON FUNCTION dalgo.sync_now(uuid, boolean) IS
+	'Sync a source now, without a schedule, for members and above: queues a run for the run workers (a connector''s, for google_sheets and api sources) and returns its id in dalgo.sync_runs, or the id of the run already pending or running (one run at a time, as for schedules). wait => true returns when the run has finished (in-database sources)';
+
+CREATE FUNCTION dalgo.refresh_output_now(output_id uuid, wait boolean DEFAULT false) RETURNS uuid
+	LANGUAGE sql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	RETURN dalgo_internal.run_now('output', output_id, coalesce(wait, false));
+COMMENT ON FUNCTION dalgo.refresh_output_now(uuid, boolean) IS
+	'Refresh an output now (its transformation with what it reads, then its destination), without a schedule, for members and above: queues a run for the run workers and returns its id in dalgo.transformation_runs, or the id of the run already pending or running. wait => true returns when the run has finished';
+
+REVOKE ALL ON FUNCTION dalgo_internal.wake_scheduler_at_commit(), dalgo_internal.wait_for_run(dalgo.run_kind, uuid),
+	dalgo_internal.active_run(dalgo.run_kind, uuid), dalgo_internal.run_now(dalgo.run_kind, uuid, boolean), dalgo.sync_now(uuid, boolean), dalgo.refresh_output_now(uuid, boolean)
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.sync_now(uuid, boolean), dalgo.refresh_output_now(uuid, boolean)
+	TO dalgo_authenticated, dalgo_service;
+
+-- ---------------------------------------------------------------------------
+-- Failure alerts
+-- ---------------------------------------------------------------------------
+
+-- When a scheduled run finishes: the schedule's failure streak is the run of
+-- failed runs (skipped slots aside) up to this one.  The admins and owners
+-- of the organization get one message when the streak reaches
+-- dalgo.alert_after_failures, and one when a run succeeds after such a
+-- streak, through the accounts' mail queue (NOTIFY dalgo_mail).  The error
+-- is redacted (dalgo.redact) before it is queued.
+CREATE FUNCTION dalgo_internal.record_run_alert() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer := greatest(coalesce(nullif(current_setting('dalgo.alert_after_failures', true), '')::integer, 1), 1);
+	sid uuid;
+	s dalgo.schedules;
+	org dalgo.organizations;
+	previous text[];
+	before integer;
+	target_type text;
+	target_name text;
+	kind text;
+	payload jsonb;
+	recipient text;
+BEGIN
+	IF dalgo.restoring() OR NEW.details ? 'skipped' THEN
+		RETURN NULL;
+	END IF;
+	BEGIN
+		sid := (NEW.details->>'schedule_id')::uuid;
+	EXCEPTION WHEN invalid_text_representation THEN
+		RETURN NULL;
+	END;
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = sid AND x.organization_id = NEW.organization_id;
+	SELECT * INTO org FROM dalgo.organizations o WHERE o.id = NEW.organization_id AND o.deleted_at IS NULL;
+	IF s.id IS NULL OR org.id IS NULL THEN
+		RETURN NULL;
+	END IF;
+	-- The outcomes of the schedule's previous runs, newest first: n of them
+	-- tell whether the streak before this run was n - 1 long, or reached n.
+	IF TG_TABLE_NAME = 'sync_runs' THEN
+		previous := ARRAY(SELECT r.status::text FROM dalgo.sync_runs r
+						  WHERE r.source_id = NEW.source_id AND r.organization_id = NEW.organization_id AND r.id <> NEW.id
+							AND r.details->>'schedule_id' = sid::text AND NOT r.details ? 'skipped'
+							AND r.status IN ('success', 'failed')
+						  ORDER BY r.completed_at DESC NULLS LAST, r.created_at DESC LIMIT n);
+		target_type := 'source';
+		SELECT x.name INTO target_name FROM dalgo.sources x WHERE x.id = s.source_id;
+	ELSE
+		previous := ARRAY(SELECT r.status::text FROM dalgo.transformation_runs r
+						  WHERE r.transformation_id = NEW.transformation_id AND r.organization_id = NEW.organization_id
+							AND r.id <> NEW.id AND r.details->>'schedule_id' = sid::text AND NOT r.details ? 'skipped'
+							AND r.status IN ('success', 'failed')
+						  ORDER BY r.completed_at DESC NULLS LAST, r.created_at DESC LIMIT n);
+		target_type := 'output';
+		SELECT x.name INTO target_name FROM dalgo.outputs x WHERE x.id = s.output_id;
+	END IF;
+	before := coalesce(array_position(previous, 'success') - 1, cardinality(previous));
+	IF NEW.status = 'failed' AND before = n - 1 THEN
+		kind := 'run_failed';
+	ELSIF NEW.status = 'success' AND before >= n THEN
+		kind := 'run_recovered';
+	ELSE
+		RETURN NULL;
+	END IF;
+	payload := jsonb_build_object(
+		'organization_id', org.id, 'organization_name', org.name,
+		'schedule_id', s.id, 'target_type', target_type, 'target_id', coalesce(s.source_id, s.output_id),
+		'target_name', target_name, 'run_id', NEW.id, 'at', NEW.completed_at,
+		'failures', CASE WHEN kind = 'run_failed' THEN n END,
+		'error', CASE WHEN kind = 'run_failed' THEN dalgo.redact(NEW.error_message) END,
+		'subject', CASE WHEN kind = 'run_failed'
+						THEN format('[%s] %s "%s" failed%s', org.name, CASE WHEN target_type = 'source' THEN 'sync of' ELSE 'refresh of' END,
+									target_name, CASE WHEN n > 1 THEN format(' %s times in a row', n) ELSE '' END)
+						ELSE format('[%s] %s "%s" is back to normal', org.name,
+									CASE WHEN target_type = 'source' THEN 'sync of' ELSE 'refresh of' END, target_name) END);
+	FOR recipient IN
+		SELECT DISTINCT u.email FROM dalgo.organization_members m JOIN dalgo.users u ON u.id = m.user_id
+		WHERE m.organization_id = org.id AND m.deleted_at IS NULL AND m.role >= 'admin'
+		  AND u.deleted_at IS NULL AND u.is_active
+		ORDER BY u.email
+	LOOP
+		PERFORM dalgo_internal.queue_mail(kind, recipient, payload);
+	END LOOP;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.record_run_alert() IS
+	'AFTER UPDATE trigger on sync_runs and transformation_runs: when a scheduled run fails for the dalgo.alert_after_failures-th time in a row, or succeeds after such a streak, queue one run_failed or run_recovered message (error redacted) to each admin and owner of the organization';
+CREATE TRIGGER alert_on_outcome AFTER UPDATE OF status ON dalgo.sync_runs
+	FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status IN ('success', 'failed')
+					   AND NEW.details ? 'schedule_id')
+	EXECUTE FUNCTION dalgo_internal.record_run_alert();
+COMMENT ON TRIGGER alert_on_outcome ON dalgo.sync_runs IS 'Failure alerts: one message per failure streak of a schedule, one on recovery';
+CREATE TRIGGER alert_on_outcome AFTER UPDATE OF status ON dalgo.transformation_runs
+	FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status IN ('success', 'failed')
+					   AND NEW.details ? 'schedule_id')
+	EXECUTE FUNCTION dalgo_internal.record_run_alert();
+COMMENT ON TRIGGER alert_on_outcome ON dalgo.transformation_runs IS 'Failure alerts: one message per failure streak of a schedule, one on recovery';
+REVOKE ALL ON FUNCTION dalgo_internal.record_run_alert() FROM PUBLIC;
+
+-- Run errors are read by every member of the organization (and mailed to
+-- its admins): whatever wrote one (a worker, a connector, a failed build),
+-- it is stored redacted, so that a secret of a source's write-only config
+-- quoted by an error does not reach them.
+CREATE FUNCTION dalgo_internal.redact_run_error() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP = 'INSERT' AND dalgo.restoring() THEN RETURN NEW; END IF;	-- restored as dumped
+	NEW.error_message := dalgo.redact(NEW.error_message);
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.redact_run_error() IS
+	'BEFORE INSERT OR UPDATE trigger on sync_runs and transformation_runs: stores error_message redacted (dalgo.redact)';
+CREATE TRIGGER redact_error BEFORE INSERT OR UPDATE OF error_message ON dalgo.sync_runs
+	FOR EACH ROW WHEN (NEW.error_message IS NOT NULL) EXECUTE FUNCTION dalgo_internal.redact_run_error();
+COMMENT ON TRIGGER redact_error ON dalgo.sync_runs IS 'Run errors are stored redacted';
+CREATE TRIGGER redact_error BEFORE INSERT OR UPDATE OF error_message ON dalgo.transformation_runs
+	FOR EACH ROW WHEN (NEW.error_message IS NOT NULL) EXECUTE FUNCTION dalgo_internal.redact_run_error();
+COMMENT ON TRIGGER redact_error ON dalgo.transformation_runs IS 'Run errors are stored redacted';
+REVOKE ALL ON FUNCTION dalgo_internal.redact_run_error() FROM PUBLIC;
+
+
+-- s13: dalgo's own secrets at rest (issue 13 item 5).  The credentials
+-- object of sources.config and warehouse_connections.access_token_encrypted
+-- are stored encrypted, bound to their row, by BEFORE triggers; only
+-- dalgo_internal.source_credentials() / warehouse_access_token() decrypt;
+-- source_config() masks credentials; rotate_secret_key() re-encrypts them.
+-- The toolkit's encryption calls pgcrypto's library directly (no CREATE
+-- EXTENSION pgcrypto), with s2k-mode=1, and the key file is created on
+-- first need.  Plaintext credentials of 0.1.0 databases are encrypted here.
+-- pgp_sym_encrypt and pgp_sym_decrypt in pgcrypto's library, as
+-- sql/accounts.sql does for crypt(): no CREATE EXTENSION pgcrypto needed.
+CREATE FUNCTION dalgo_internal.pgcrypto_pgp_sym_encrypt(data text, key text, options text) RETURNS bytea
+	AS '$libdir/pgcrypto', 'pgp_sym_encrypt_text'
+	LANGUAGE C STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_internal.pgcrypto_pgp_sym_encrypt(text, text, text) IS 'pgcrypto''s pgp_sym_encrypt(data, key, options), called in pgcrypto''s library (private)';
+
+CREATE FUNCTION dalgo_internal.pgcrypto_pgp_sym_decrypt(data bytea, key text) RETURNS text
+	AS '$libdir/pgcrypto', 'pgp_sym_decrypt_text'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_internal.pgcrypto_pgp_sym_decrypt(bytea, text) IS 'pgcrypto''s pgp_sym_decrypt(data, key), called in pgcrypto''s library (private)';
+
+-- Write the key file: keys is the current key, then the previous one on
+-- the next line.  The keys never appear in a statement's text (logs, error
+-- contexts): COPY reads them from a transaction-local setting.
+CREATE FUNCTION dalgo_internal.write_secret_key(keys text) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM pg_catalog.set_config('dalgo_toolkit.pending_key', keys, true);
+	EXECUTE pg_catalog.format('COPY (SELECT pg_catalog.unnest(pg_catalog.string_to_array('
+							  'pg_catalog.current_setting(''dalgo_toolkit.pending_key''), E''\n''))) TO %L',
+							  pg_catalog.current_setting('data_directory') || '/dalgo_secret.key');
+	PERFORM pg_catalog.set_config('dalgo_toolkit.pending_key', '', true);
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.write_secret_key(text) IS
+	'Internal: writes dalgo_secret.key in the data directory (the current key, then the previous one)';
+
+-- The key to encrypt with: created (32 random bytes) when there is none yet.
+CREATE FUNCTION dalgo_internal.secret_key_for_writing() RETURNS text
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k text := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+BEGIN
+	IF k IS NULL OR k = '' THEN
+		-- One creator at a time; the file outlives a rollback, so a
+		-- second creator finds it after the first one's lock is gone.
+		PERFORM pg_catalog.pg_advisory_xact_lock(7316028433216171853);
+		k := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+		IF k IS NULL OR k = '' THEN
+			k := pg_catalog.encode(dalgo_internal.pgcrypto_random_bytes(32), 'hex');
+			PERFORM dalgo_internal.write_secret_key(k);
+			RAISE LOG 'dalgo: created the secret key dalgo_secret.key in the data directory; back it up apart from the database';
+		END IF;
+	END IF;
+	RETURN k;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.secret_key_for_writing() IS
+	'Internal: the encryption key, created (32 random bytes in dalgo_secret.key of the data directory) on first need';
+
+-- Encrypt one value (already encrypted values are returned as they are).
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_encrypt(plain text, key text) RETURNS text
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c bytea;
+BEGIN
+	IF plain IS NULL OR pg_catalog.starts_with(plain, 'dalgo:pgp1:') THEN
+		RETURN plain;
+	END IF;
+	-- s2k-mode=1 (salted, not iterated): the key is random, not a password,
+	-- and iterating would cost a quarter millisecond per value.
+	c := dalgo_internal.pgcrypto_pgp_sym_encrypt(plain, pg_catalog.split_part(key, E'\n', 1), 'cipher-algo=aes256, s2k-mode=1');
+	RETURN 'dalgo:pgp1:' || pg_catalog.translate(pg_catalog.encode(c, 'base64'), E'\n', '');
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.toolkit_encrypt(text, text) IS 'Internal: pgp_sym_encrypt (AES-256) a value into dalgo''s stored form';
+
+-- Decrypt one stored value.
+CREATE OR REPLACE FUNCTION dalgo_internal.toolkit_decrypt(stored text, key text) RETURNS text
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k text;
+BEGIN
+	IF stored IS NULL OR NOT pg_catalog.starts_with(stored, 'dalgo:pgp1:') THEN
+		RETURN stored;
+	END IF;
+	-- The current key first, then the previous one (see rotate_secret_key).
+	FOREACH k IN ARRAY pg_catalog.string_to_array(key, E'\n') LOOP
+		BEGIN
+			RETURN dalgo_internal.pgcrypto_pgp_sym_decrypt(pg_catalog.decode(pg_catalog.substr(stored, 12), 'base64'), k);
+		EXCEPTION WHEN external_routine_invocation_exception OR data_exception THEN
+			NULL;
+		END;
+	END LOOP;
+	RAISE EXCEPTION 'a stored secret cannot be decrypted with the current or the previous key'
+		USING ERRCODE = 'data_corrupted';
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.toolkit_decrypt(text, text) IS
+	'Internal: decrypt a value stored by dalgo_internal.toolkit_encrypt(), with the current key or else the previous one';
+
+CREATE OR REPLACE FUNCTION dalgo.enable_encryption(tbl regclass, "column" name, org_column name DEFAULT 'organization_id',
+										read_role dalgo.member_role DEFAULT 'admin')
+	RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	target text := dalgo_internal.toolkit_target(tbl);
+BEGIN
+	PERFORM dalgo_internal.secret_key_for_writing();
+	PERFORM dalgo_internal.toolkit_column(tbl, "column", ARRAY['text'::regtype, 'varchar'::regtype, 'json'::regtype, 'jsonb'::regtype]);
+	PERFORM dalgo_internal.toolkit_column(tbl, org_column, ARRAY['uuid'::regtype]);
+	IF read_role IS NULL THEN
+		RAISE EXCEPTION 'read_role is required' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_constraint WHERE conrelid OPERATOR(pg_catalog.=) tbl AND contype = 'p'
+		AND pg_catalog.cardinality(conkey) OPERATOR(pg_catalog.=) 1) OPERATOR(pg_catalog.<>) 1 THEN
+		RAISE EXCEPTION '% needs a one-column primary key', tbl USING ERRCODE = 'invalid_table_definition';
+	END IF;
+	EXECUTE pg_catalog.format('CREATE OR REPLACE TRIGGER %I BEFORE INSERT OR UPDATE ON %s '
+							  'FOR EACH ROW EXECUTE FUNCTION dalgo_internal.set_encrypted_column(%L, %L, %L)',
+							  'dalgo_encrypt_' || "column", target, "column", org_column, read_role);
+	EXECUTE pg_catalog.format('COMMENT ON TRIGGER %I ON %s IS %L', 'dalgo_encrypt_' || "column", target,
+							  pg_catalog.format('%s is stored encrypted (dalgo toolkit)', "column"));
+	-- Encrypt what is there (the trigger does the work).
+	RETURN dalgo_internal.toolkit_rewrite_unaudited(tbl,
+		pg_catalog.format('UPDATE %s SET %I = %I WHERE %I IS NOT NULL', target, "column", "column", "column"));
+END
+$$;
+COMMENT ON FUNCTION dalgo.enable_encryption(regclass, name, name, dalgo.member_role) IS
+	'Store a text, json or jsonb column encrypted at rest (pgcrypto, AES-256, key in the data directory): existing values are encrypted now, new ones on write. Members at read_role of the row''s organization read it with dalgo.read_secret(), dalgo_service with dalgo.read_secret_service(). Superusers; returns the rows encrypted';
+
+CREATE OR REPLACE FUNCTION dalgo.rotate_secret_key(new_key text DEFAULT NULL) RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	old_key text;
+	k text := new_key;
+	t record;
+	n bigint;
+	total bigint := 0;
+BEGIN
+	-- One writer of the key file at a time (dalgo_internal.secret_key_for_writing).
+	PERFORM pg_catalog.pg_advisory_xact_lock(7316028433216171853);
+	old_key := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+	IF k IS NULL THEN
+		k := pg_catalog.encode(dalgo_internal.pgcrypto_random_bytes(32), 'hex');
+	ELSIF pg_catalog.length(k) OPERATOR(pg_catalog.<) 16 OR k !~ '^[A-Za-z0-9+/=_-]+$' THEN
+		RAISE EXCEPTION 'a secret key has at least 16 characters among A-Z, a-z, 0-9, +, /, =, _ and -'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF old_key IS NOT NULL AND old_key <> '' THEN
+		old_key := dalgo_internal.toolkit_secret_key();
+		FOR t IN SELECT tr.tgrelid::regclass AS tbl, a.attname, a.atttypid IN ('json'::regtype, 'jsonb'::regtype) AS is_json,
+					  pg_catalog.format_type(a.atttypid, a.atttypmod) AS coltype
+				 FROM pg_catalog.pg_trigger tr
+				 JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) tr.tgrelid
+					AND a.attname OPERATOR(pg_catalog.=) pg_catalog.split_part(pg_catalog.encode(tr.tgargs, 'escape'), E'\\000', 1)
+				 WHERE tr.tgfoid OPERATOR(pg_catalog.=) 'dalgo_internal.set_encrypted_column()'::regprocedure
+		LOOP
+			EXECUTE pg_catalog.format('UPDATE %s SET %I = %s(dalgo_internal.toolkit_encrypt(dalgo_internal.toolkit_decrypt('
+				'dalgo_internal.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1), $2), $3))::%s '
+				'WHERE pg_catalog.starts_with(dalgo_internal.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1), ''dalgo:pgp1:'')',
+				t.tbl, t.attname, CASE WHEN t.is_json THEN 'pg_catalog.to_jsonb' ELSE '' END, t.attname, t.coltype, t.attname)
+				USING t.is_json, old_key, k;
+			GET DIAGNOSTICS n = ROW_COUNT;
+			total := total OPERATOR(pg_catalog.+) n;
+		END LOOP;
+		-- dalgo's own secrets: sources.config.credentials, warehouse access tokens.
+		total := total OPERATOR(pg_catalog.+) dalgo_internal.reseal_own_secrets(old_key, k);
+	END IF;
+	-- The file keeps the previous key after the new one: if this transaction
+	-- rolls back after the file is written, the values it re-encrypted are
+	-- still readable.
+	PERFORM dalgo_internal.write_secret_key(k || coalesce(E'\n' || NULLIF(pg_catalog.split_part(old_key, E'\n', 1), ''), ''));
+	RETURN total;
+END
+$$;
+COMMENT ON FUNCTION dalgo.rotate_secret_key(text) IS
+	'Set the encryption key (new_key, or 32 random bytes) and re-encrypt under it every value stored by dalgo.enable_encryption(), the credentials in dalgo.sources.config and the warehouse access tokens; returns the values re-encrypted. Superusers. The key is the file dalgo_secret.key in the data directory: back it up apart from the database';
+
+DROP FUNCTION dalgo_internal.toolkit_pgcrypto();
+REVOKE ALL ON FUNCTION
+	dalgo_internal.pgcrypto_pgp_sym_encrypt(text, text, text), dalgo_internal.pgcrypto_pgp_sym_decrypt(bytea, text),
+	dalgo_internal.write_secret_key(text), dalgo_internal.secret_key_for_writing()
+	FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dalgo.source_config(source_id uuid) RETURNS jsonb
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+	doc jsonb;
+BEGIN
+	SELECT s.organization_id, s.config INTO org, doc FROM dalgo.sources s WHERE s.id = source_config.source_id;
+	-- The same test as the read policy on sources: no row, no answer.
+	IF NOT FOUND OR NOT coalesce(org OPERATOR(pg_catalog.=) ANY (dalgo.current_org_ids('viewer')), false) THEN
+		RETURN NULL;
+	END IF;
+	-- Credentials, even encrypted, never leave: only whether they are set.
+	IF doc ? 'credentials' THEN
+		doc := pg_catalog.jsonb_set(doc, '{credentials}', '"[redacted]"');
+	END IF;
+	RETURN dalgo.redact(doc);
+END
+$$;
+COMMENT ON FUNCTION dalgo.source_config(uuid) IS
+	'A source''s config with its secrets redacted (dalgo.redact) and credentials shown as "[redacted]" when set, for members of the source''s organization; NULL for a source the caller cannot see. Stored secrets are write-only: replace them with UPDATE';
+COMMENT ON COLUMN dalgo.sources.config IS
+	'Source settings; credentials go under the key credentials (a JSON object), stored encrypted and decrypted only for the sync workers (credentials: null removes them). Write-only for end users: read it with dalgo.source_config(), redacted; redacted in the audit trail';
+
+-- ---------------------------------------------------------------------------
+-- Secrets at rest in dalgo's own tables
+-- ---------------------------------------------------------------------------
+-- The credentials object of dalgo.sources.config and
+-- dalgo.warehouse_connections.access_token_encrypted are stored encrypted
+-- with the toolkit's encryption (dalgo_internal.toolkit_encrypt: pgcrypto's
+-- pgp_sym_encrypt, AES-256, the key file dalgo_secret.key of the data
+-- directory, created on first need).  What is encrypted is the value bound
+-- to its row, {"id": <row id>, "value": <secret>}, so that a stored value
+-- copied into another row never decrypts there.  A BEFORE trigger encrypts
+-- what is written; only the internal readers decrypt:
+-- dalgo_internal.source_credentials() and
+-- dalgo_internal.warehouse_access_token(), which no app role may execute.
+
+-- Encrypt a secret bound to the id of its row.
+CREATE FUNCTION dalgo_internal.seal_secret(id uuid, value jsonb, key text) RETURNS text
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN dalgo_internal.toolkit_encrypt(pg_catalog.jsonb_build_object('id', id, 'value', value)::text, key);
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.seal_secret(uuid, jsonb, text) IS
+	'Internal: the stored form (dalgo:pgp1:...) of a secret of dalgo''s own tables, bound to the id of its row';
+
+-- Decrypt a secret of the row id; if it belongs to another row or cannot
+-- be decrypted, raises (or with missing_ok returns SQL NULL).
+CREATE FUNCTION dalgo_internal.open_secret(id uuid, stored text, key text, missing_ok boolean DEFAULT false) RETURNS jsonb
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	doc jsonb;
+BEGIN
+	IF stored IS NULL THEN
+		RETURN NULL;
+	END IF;
+	BEGIN
+		doc := dalgo_internal.toolkit_decrypt(stored, key)::jsonb;
+	EXCEPTION WHEN data_corrupted OR invalid_text_representation THEN
+		doc := NULL;
+	END;
+	IF doc IS NULL OR pg_catalog.jsonb_typeof(doc) <> 'object' OR (doc OPERATOR(pg_catalog.->>) 'id') IS DISTINCT FROM id::text THEN
+		IF missing_ok THEN
+			RETURN NULL;
+		END IF;
+		RAISE EXCEPTION 'the stored secret of % cannot be decrypted', id USING ERRCODE = 'data_corrupted',
+			HINT = 'Set it again. dalgo decrypts with the key file dalgo_secret.key of the data directory (the current key, then the previous one).';
+	END IF;
+	RETURN doc OPERATOR(pg_catalog.->) 'value';
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.open_secret(uuid, text, text, boolean) IS
+	'Internal: the plaintext of a secret stored by dalgo_internal.seal_secret() for the row id; raises (without the value), or with missing_ok returns NULL, if it belongs to another row or the key does not open it';
+
+-- True for the stored form of a secret.
+CREATE FUNCTION dalgo_internal.is_sealed(value jsonb) RETURNS boolean
+	LANGUAGE sql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+	RETURN pg_catalog.jsonb_typeof(value) = 'string' AND pg_catalog.starts_with(value OPERATOR(pg_catalog.#>>) '{}'::text[], 'dalgo:pgp1:');
+COMMENT ON FUNCTION dalgo_internal.is_sealed(jsonb) IS 'Internal: whether a json value is an encrypted secret (dalgo:pgp1:...)';
+
+-- sources: config.credentials is stored encrypted.
+CREATE FUNCTION dalgo_internal.encrypt_source_credentials() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c jsonb := NEW.config OPERATOR(pg_catalog.->) 'credentials';
+BEGIN
+	IF c IS NULL THEN
+		RETURN NEW;
+	ELSIF pg_catalog.jsonb_typeof(c) = 'null' THEN
+		NEW.config := NEW.config OPERATOR(pg_catalog.-) 'credentials';
+	ELSIF dalgo_internal.is_sealed(c) THEN
+		IF TG_OP = 'UPDATE' AND c OPERATOR(pg_catalog.=) (OLD.config OPERATOR(pg_catalog.->) 'credentials') THEN
+			-- Kept as stored (an update of other keys); a new id re-binds it.
+			IF NEW.id OPERATOR(pg_catalog.<>) OLD.id THEN
+				NEW.config := pg_catalog.jsonb_set(NEW.config, '{credentials}', pg_catalog.to_jsonb(dalgo_internal.seal_secret(NEW.id,
+					dalgo_internal.open_secret(OLD.id, c OPERATOR(pg_catalog.#>>) '{}'::text[], dalgo_internal.toolkit_secret_key()),
+					dalgo_internal.secret_key_for_writing())));
+			END IF;
+		ELSIF NOT dalgo.restoring() AND dalgo_internal.open_secret(NEW.id, c OPERATOR(pg_catalog.#>>) '{}'::text[],
+																  dalgo_internal.toolkit_secret_key(), true) IS NULL THEN
+			-- A stored value is only ever this source's own (a restore may
+			-- bring values before their key): a copied or made-up one is refused.
+			RAISE EXCEPTION 'config.credentials holds an encrypted value that is not this source''s'
+				USING ERRCODE = 'invalid_parameter_value', HINT = 'Write the credentials as a JSON object; dalgo encrypts them.';
+		END IF;
+	ELSE
+		-- Plaintext, restored rows of 0.1.0 dumps included.
+		NEW.config := pg_catalog.jsonb_set(NEW.config, '{credentials}',
+			pg_catalog.to_jsonb(dalgo_internal.seal_secret(NEW.id, c, dalgo_internal.secret_key_for_writing())));
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.encrypt_source_credentials() IS
+	'BEFORE trigger on sources: config.credentials is stored encrypted, bound to the source (credentials: null removes them; a stored value is kept)';
+CREATE TRIGGER encrypt_credentials BEFORE INSERT OR UPDATE ON dalgo.sources
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.encrypt_source_credentials();
+COMMENT ON TRIGGER encrypt_credentials ON dalgo.sources IS 'config.credentials is stored encrypted';
+
+-- warehouse_connections: access_token_encrypted is stored encrypted.
+CREATE FUNCTION dalgo_internal.encrypt_access_token() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.access_token_encrypted IS NULL THEN
+		RETURN NEW;
+	ELSIF pg_catalog.starts_with(NEW.access_token_encrypted, 'dalgo:pgp1:') THEN
+		IF TG_OP = 'UPDATE' AND NEW.access_token_encrypted OPERATOR(pg_catalog.=) OLD.access_token_encrypted THEN
+			IF NEW.id OPERATOR(pg_catalog.<>) OLD.id THEN
+				NEW.access_token_encrypted := dalgo_internal.seal_secret(NEW.id,
+					dalgo_internal.open_secret(OLD.id, NEW.access_token_encrypted, dalgo_internal.toolkit_secret_key()),
+					dalgo_internal.secret_key_for_writing());
+			END IF;
+		ELSIF NOT dalgo.restoring() AND dalgo_internal.open_secret(NEW.id, NEW.access_token_encrypted,
+																  dalgo_internal.toolkit_secret_key(), true) IS NULL THEN
+			RAISE EXCEPTION 'access_token_encrypted holds an encrypted value that is not this connection''s'
+				USING ERRCODE = 'invalid_parameter_value', HINT = 'Write the token in plaintext; dalgo encrypts it.';
+		END IF;
+	ELSE
+		NEW.access_token_encrypted := dalgo_internal.seal_secret(NEW.id, pg_catalog.to_jsonb(NEW.access_token_encrypted),
+			dalgo_internal.secret_key_for_writing());
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.encrypt_access_token() IS
+	'BEFORE trigger on warehouse_connections: access_token_encrypted is stored encrypted, bound to the connection';
+CREATE TRIGGER encrypt_access_token BEFORE INSERT OR UPDATE ON dalgo.warehouse_connections
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.encrypt_access_token();
+COMMENT ON TRIGGER encrypt_access_token ON dalgo.warehouse_connections IS 'access_token_encrypted is stored encrypted';
+
+-- The one reader of a source's credentials: the sync workers.
+CREATE FUNCTION dalgo_internal.source_credentials(source_id uuid) RETURNS jsonb
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c jsonb;
+BEGIN
+	SELECT s.config OPERATOR(pg_catalog.->) 'credentials' INTO c FROM dalgo.sources s
+	WHERE s.id OPERATOR(pg_catalog.=) source_credentials.source_id;
+	IF c IS NULL OR pg_catalog.jsonb_typeof(c) = 'null' THEN
+		RETURN NULL;
+	ELSIF dalgo_internal.is_sealed(c) THEN
+		RETURN dalgo_internal.open_secret(source_id, c OPERATOR(pg_catalog.#>>) '{}'::text[], dalgo_internal.toolkit_secret_key());
+	END IF;
+	RETURN c;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.source_credentials(uuid) IS
+	'Internal, for the sync workers only: the plaintext credentials object of a source (config.credentials), or NULL; raises (without the value) if they cannot be decrypted. No app role may execute it';
+
+-- The reader of a warehouse connection's access token.
+CREATE FUNCTION dalgo_internal.warehouse_access_token(warehouse_connection_id uuid) RETURNS text
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t text;
+BEGIN
+	SELECT w.access_token_encrypted INTO t FROM dalgo.warehouse_connections w
+	WHERE w.id OPERATOR(pg_catalog.=) warehouse_access_token.warehouse_connection_id;
+	IF t IS NULL OR NOT pg_catalog.starts_with(t, 'dalgo:pgp1:') THEN
+		RETURN t;
+	END IF;
+	RETURN dalgo_internal.open_secret(warehouse_connection_id, t, dalgo_internal.toolkit_secret_key()) OPERATOR(pg_catalog.#>>) '{}'::text[];
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.warehouse_access_token(uuid) IS
+	'Internal, for dalgo''s workers only: the plaintext access token of a warehouse connection, or NULL. No app role may execute it';
+
+-- Encrypt the plaintext secrets of dalgo's tables (an update from 0.1.0)
+-- and, given the previous key, re-encrypt the encrypted ones under new_key
+-- (dalgo.rotate_secret_key).  Neither the audit trail nor updated_at sees
+-- it: the values do not change.  Superusers.
+CREATE FUNCTION dalgo_internal.reseal_own_secrets(old_key text, new_key text) RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+	total bigint := 0;
+	role text := pg_catalog.current_setting('session_replication_role');
+BEGIN
+	PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+	-- A stored value that no key opens is left as it is (it is lost already).
+	UPDATE dalgo.sources s SET config = pg_catalog.jsonb_set(s.config, '{credentials}', pg_catalog.to_jsonb(dalgo_internal.seal_secret(s.id, v.plain, new_key)))
+	FROM (SELECT x.id, CASE WHEN dalgo_internal.is_sealed(x.config OPERATOR(pg_catalog.->) 'credentials')
+							THEN dalgo_internal.open_secret(x.id, x.config OPERATOR(pg_catalog.->>) 'credentials', old_key, true)
+							ELSE x.config OPERATOR(pg_catalog.->) 'credentials' END AS plain
+		  FROM dalgo.sources x
+		  WHERE pg_catalog.jsonb_typeof(x.config OPERATOR(pg_catalog.->) 'credentials') <> 'null'
+			AND (old_key IS NOT NULL OR NOT dalgo_internal.is_sealed(x.config OPERATOR(pg_catalog.->) 'credentials'))) v
+	WHERE s.id OPERATOR(pg_catalog.=) v.id AND v.plain IS NOT NULL;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	total := n;
+	UPDATE dalgo.warehouse_connections w SET access_token_encrypted = dalgo_internal.seal_secret(w.id, v.plain, new_key)
+	FROM (SELECT x.id, CASE WHEN pg_catalog.starts_with(x.access_token_encrypted, 'dalgo:pgp1:')
+							THEN dalgo_internal.open_secret(x.id, x.access_token_encrypted, old_key, true)
+							ELSE pg_catalog.to_jsonb(x.access_token_encrypted) END AS plain
+		  FROM dalgo.warehouse_connections x
+		  WHERE x.access_token_encrypted IS NOT NULL
+			AND (old_key IS NOT NULL OR NOT pg_catalog.starts_with(x.access_token_encrypted, 'dalgo:pgp1:'))) v
+	WHERE w.id OPERATOR(pg_catalog.=) v.id AND v.plain IS NOT NULL;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	PERFORM pg_catalog.set_config('session_replication_role', role, true);
+	RETURN total OPERATOR(pg_catalog.+) n;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.reseal_own_secrets(text, text) IS
+	'Internal: encrypts the plaintext credentials of sources and warehouse access tokens under new_key, and with old_key given re-encrypts the encrypted ones; without audit rows or updated_at changes';
+
+REVOKE ALL ON FUNCTION dalgo_internal.seal_secret(uuid, jsonb, text), dalgo_internal.open_secret(uuid, text, text, boolean),
+	dalgo_internal.is_sealed(jsonb), dalgo_internal.encrypt_source_credentials(), dalgo_internal.encrypt_access_token(),
+	dalgo_internal.source_credentials(uuid), dalgo_internal.warehouse_access_token(uuid),
+	dalgo_internal.reseal_own_secrets(text, text)
+	FROM PUBLIC;
+COMMENT ON COLUMN dalgo.warehouse_connections.access_token_encrypted IS
+	'Warehouse credential, stored encrypted (written in plaintext, encrypted by a trigger); never readable by end-user roles, never audited';
+
+-- Credentials that 0.1.0 stored in plaintext are encrypted now (the key
+-- file is created if there is none), without audit rows or updated_at changes.
+DO $$
+BEGIN
+	IF EXISTS (SELECT FROM dalgo.sources s WHERE pg_catalog.jsonb_typeof(s.config -> 'credentials') <> 'null'
+			   AND NOT dalgo_internal.is_sealed(s.config -> 'credentials'))
+	   OR EXISTS (SELECT FROM dalgo.warehouse_connections w WHERE w.access_token_encrypted IS NOT NULL
+				  AND NOT starts_with(w.access_token_encrypted, 'dalgo:pgp1:')) THEN
+		PERFORM dalgo_internal.reseal_own_secrets(NULL, dalgo_internal.secret_key_for_writing());
+	END IF;
+END
+$$;
+
+
+-- s13: per-user retention (issue 13 item 3): a policy may take each user's
+-- number of days from a column of another table (the seed's
+-- privacy_prefs.dataRetentionDays); set_retention gains user_column,
+-- user_days and user_key.
+ALTER TABLE dalgo.retention_policies
+	ADD COLUMN user_column name,
+	ADD COLUMN user_days_table regclass,
+	ADD COLUMN user_days_column name,
+	ADD COLUMN user_key_column name,
+	ADD CONSTRAINT retention_policies_user_days CHECK (num_nulls(user_column, user_days_table, user_days_column, user_key_column) IN (0, 4));
+COMMENT ON COLUMN dalgo.retention_policies.user_column IS 'Per-user override: the column of the table naming the row''s user';
+COMMENT ON COLUMN dalgo.retention_policies.user_days_table IS 'Per-user override: the table holding each user''s number of days';
+COMMENT ON COLUMN dalgo.retention_policies.user_days_column IS 'Per-user override: its column of days (NULL or below 1: retention_days)';
+COMMENT ON COLUMN dalgo.retention_policies.user_key_column IS 'Per-user override: its column matched to user_column (unique)';
+COMMENT ON CONSTRAINT retention_policies_user_days ON dalgo.retention_policies IS 'A per-user override names all four, or none';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.record_restored_retention_policy() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT dalgo.restoring() THEN
+		RETURN NEW;
+	END IF;
+	UPDATE dalgo.retention_policies p
+	SET id = NEW.id, time_column = NEW.time_column, retention_days = NEW.retention_days, action = NEW.action,
+		columns = NEW.columns, enabled = NEW.enabled, last_run_at = NEW.last_run_at, last_rows = NEW.last_rows,
+		created_at = NEW.created_at, updated_at = NEW.updated_at, user_column = NEW.user_column,
+		user_days_table = NEW.user_days_table, user_days_column = NEW.user_days_column, user_key_column = NEW.user_key_column
+	WHERE p.table_name = NEW.table_name;
+	IF FOUND THEN
+		RETURN NULL;
+	END IF;
+	RETURN NEW;
+END
+$$;
+
+DROP FUNCTION dalgo.set_retention(regclass, name, integer, text, text[]);
+CREATE FUNCTION dalgo.set_retention(tbl regclass, time_column name, retention_days integer,
+								   action text DEFAULT 'delete', columns text[] DEFAULT NULL,
+								   user_column name DEFAULT NULL, user_days text DEFAULT NULL, user_key name DEFAULT NULL)
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c text;
+	parts text[];
+	days_tbl regclass;
+	days_col name;
+	key_col name;
+BEGIN
+	IF tbl OPERATOR(pg_catalog.<>) 'dalgo.audit_logs'::regclass THEN
+		PERFORM dalgo_internal.toolkit_target(tbl);
+		IF (SELECT relkind FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) tbl) = 'p' THEN
+			RAISE EXCEPTION '% is partitioned', tbl USING ERRCODE = 'wrong_object_type',
+				HINT = 'Expire the rows of a partitioned table by detaching and dropping its old partitions.';
+		END IF;
+	ELSIF time_column <> 'created_at' OR action <> 'delete' OR user_column IS NOT NULL THEN
+		RAISE EXCEPTION 'the audit trail only expires by created_at, with delete' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM dalgo_internal.toolkit_column(tbl, time_column, ARRAY['timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype]);
+	IF action IS NULL OR action NOT IN ('delete', 'anonymize') THEN
+		RAISE EXCEPTION 'action must be delete or anonymize' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF action = 'anonymize' THEN
+		IF columns IS NULL OR pg_catalog.cardinality(columns) = 0 THEN
+			RAISE EXCEPTION 'anonymize needs the columns to set to NULL' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		FOREACH c IN ARRAY columns LOOP
+			PERFORM dalgo_internal.toolkit_column(tbl, c, NULL);
+			IF EXISTS (SELECT FROM pg_catalog.pg_attribute WHERE attrelid OPERATOR(pg_catalog.=) tbl
+					   AND attname OPERATOR(pg_catalog.=) c AND attnotnull) THEN
+				RAISE EXCEPTION 'column "%" of % is NOT NULL and cannot be anonymized', c, tbl
+					USING ERRCODE = 'invalid_parameter_value';
+			END IF;
+		END LOOP;
+	ELSIF columns IS NOT NULL THEN
+		RAISE EXCEPTION 'columns are only for anonymize' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- Per-user override: user_days names a column "schema.table.column" of
+	-- days, found by the row's user_column in its unique column user_key.
+	IF (user_column IS NULL) <> (user_days IS NULL) OR (user_key IS NOT NULL AND user_column IS NULL) THEN
+		RAISE EXCEPTION 'a per-user retention needs both user_column and user_days' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF user_column IS NOT NULL THEN
+		parts := pg_catalog.parse_ident(user_days);
+		IF pg_catalog.cardinality(parts) OPERATOR(pg_catalog.<>) 3 THEN
+			RAISE EXCEPTION 'user_days must name a column as schema.table.column' USING ERRCODE = 'invalid_parameter_value',
+				HINT = 'Quote names with capitals: ''app.prefs."retentionDays"''.';
+		END IF;
+		days_tbl := pg_catalog.to_regclass(pg_catalog.format('%I.%I', parts[1], parts[2]));
+		IF days_tbl IS NULL THEN
+			RAISE EXCEPTION 'table %.% does not exist', parts[1], parts[2] USING ERRCODE = 'undefined_table';
+		END IF;
+		days_col := parts[3];
+		key_col := coalesce(user_key, user_column);
+		PERFORM dalgo_internal.toolkit_column(days_tbl, days_col, ARRAY['int2'::regtype, 'int4'::regtype, 'int8'::regtype]);
+		IF dalgo_internal.toolkit_column(tbl, user_column, NULL) OPERATOR(pg_catalog.<>) dalgo_internal.toolkit_column(days_tbl, key_col, NULL) THEN
+			RAISE EXCEPTION 'column "%" of % and column "%" of % are of different types', user_column, tbl, key_col, days_tbl
+				USING ERRCODE = 'datatype_mismatch';
+		END IF;
+		-- The caller reads what decides the deletions.
+		IF NOT pg_catalog.has_column_privilege(days_tbl, days_col, 'SELECT')
+		   OR NOT pg_catalog.has_column_privilege(days_tbl, key_col, 'SELECT') THEN
+			RAISE EXCEPTION 'permission denied for table %', days_tbl USING ERRCODE = 'insufficient_privilege';
+		END IF;
+		-- One row per user, found through an index.
+		IF NOT EXISTS (SELECT FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
+						   ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+					   WHERE i.indrelid OPERATOR(pg_catalog.=) days_tbl AND i.indisunique AND i.indnkeyatts OPERATOR(pg_catalog.=) 1
+						 AND i.indpred IS NULL AND i.indisvalid AND a.attname OPERATOR(pg_catalog.=) key_col) THEN
+			RAISE EXCEPTION 'column "%" of % needs a unique index: one number of days per user', key_col, days_tbl
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+	END IF;
+	INSERT INTO dalgo.retention_policies AS p (table_name, time_column, retention_days, action, columns,
+											   user_column, user_days_table, user_days_column, user_key_column)
+		VALUES (tbl, time_column, retention_days, action, columns, user_column, days_tbl, days_col, key_col)
+		ON CONFLICT (table_name) DO UPDATE
+		SET time_column = excluded.time_column, retention_days = excluded.retention_days,
+			action = excluded.action, columns = excluded.columns, enabled = true, user_column = excluded.user_column,
+			user_days_table = excluded.user_days_table, user_days_column = excluded.user_days_column,
+			user_key_column = excluded.user_key_column;
+	IF tbl OPERATOR(pg_catalog.<>) 'dalgo.audit_logs'::regclass THEN
+		PERFORM dalgo_internal.toolkit_ensure_index(tbl, time_column);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo.set_retention(regclass, name, integer, text, text[], name, text, name) IS
+	'Add or replace a table''s retention policy: rows whose time_column is older than retention_days are deleted, or (action anonymize) have columns set to NULL, by dalgo.apply_retention(). With user_column and user_days (''schema.table.column'' of days, matched on its unique column user_key, default user_column''s name), each user''s own number of days overrides retention_days. Superusers (the policies table is theirs)';
+REVOKE ALL ON FUNCTION dalgo.set_retention(regclass, name, integer, text, text[], name, text, name) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dalgo.apply_retention(batch_size integer DEFAULT 10000, max_batches integer DEFAULT NULL)
+	RETURNS TABLE (table_name text, action text, rows_affected bigint, batches integer)
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p record;
+	target text;
+	cutoff timestamptz;
+	stmt text;
+	expired text;
+	shortest bigint;
+	n bigint;
+BEGIN
+	IF batch_size IS NULL OR batch_size < 1 THEN
+		RAISE EXCEPTION 'batch_size must be positive' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR p IN SELECT r.*, c.relnamespace, c.relname
+			 FROM dalgo.retention_policies r JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.table_name
+			 WHERE r.enabled ORDER BY r.table_name::oid
+	LOOP
+		cutoff := pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(days => p.retention_days);
+		table_name := p.table_name::text;
+		action := p.action;
+		rows_affected := 0;
+		batches := 0;
+		IF p.table_name OPERATOR(pg_catalog.=) 'dalgo.audit_logs'::regclass THEN
+			rows_affected := dalgo.purge_audit_logs(pg_catalog.make_interval(days => p.retention_days));
+			batches := 1;
+		ELSE
+			target := pg_catalog.format('%I.%I', p.relnamespace::regnamespace::text, p.relname);
+			expired := pg_catalog.format('t.%I OPERATOR(pg_catalog.<) $1', p.time_column);
+			IF p.user_column IS NOT NULL THEN
+				-- A row is expired after its user's days (or retention_days).
+				-- The time index finds the candidates older than the shortest
+				-- retention anyone has; the unique index of the days table
+				-- finds each candidate's user.
+				EXECUTE pg_catalog.format('SELECT pg_catalog.min(d.%I) FROM %s d WHERE d.%I OPERATOR(pg_catalog.>=) 1',
+										  p.user_days_column, p.user_days_table, p.user_days_column) INTO shortest;
+				cutoff := pg_catalog.now() OPERATOR(pg_catalog.-)
+						  pg_catalog.make_interval(days => LEAST(p.retention_days, shortest::integer));
+				expired := expired || pg_catalog.format(' AND t.%I OPERATOR(pg_catalog.<) ($3 OPERATOR(pg_catalog.-) '
+					'pg_catalog.make_interval(days => coalesce((SELECT d.%I::integer FROM %s d WHERE d.%I OPERATOR(pg_catalog.=) t.%I '
+					'AND d.%I OPERATOR(pg_catalog.>=) 1), $4)))',
+					p.time_column, p.user_days_column, p.user_days_table, p.user_key_column, p.user_column, p.user_days_column);
+			END IF;
+			IF p.action = 'delete' THEN
+				stmt := pg_catalog.format('DELETE FROM ONLY %s WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY('
+					'SELECT t.ctid FROM ONLY %s t WHERE %s LIMIT $2 FOR UPDATE OF t SKIP LOCKED))',
+					target, target, expired);
+			ELSE
+				stmt := pg_catalog.format('UPDATE ONLY %s SET %s WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY('
+					'SELECT t.ctid FROM ONLY %s t WHERE %s AND (%s) LIMIT $2 FOR UPDATE OF t SKIP LOCKED))',
+					target,
+					(SELECT pg_catalog.string_agg(pg_catalog.format('%I = NULL', c), ', ') FROM pg_catalog.unnest(p.columns) c),
+					target, expired,
+					(SELECT pg_catalog.string_agg(pg_catalog.format('t.%I IS NOT NULL', c), ' OR ') FROM pg_catalog.unnest(p.columns) c));
+			END IF;
+			LOOP
+				EXECUTE stmt USING cutoff, batch_size, pg_catalog.now(), p.retention_days;
+				GET DIAGNOSTICS n = ROW_COUNT;
+				rows_affected := rows_affected OPERATOR(pg_catalog.+) n;
+				batches := batches OPERATOR(pg_catalog.+) 1;
+				EXIT WHEN n OPERATOR(pg_catalog.<) batch_size
+					OR (max_batches IS NOT NULL AND batches OPERATOR(pg_catalog.>=) max_batches);
+			END LOOP;
+		END IF;
+		UPDATE dalgo.retention_policies r SET last_run_at = pg_catalog.now(), last_rows = rows_affected
+			WHERE r.table_name OPERATOR(pg_catalog.=) p.table_name;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+
+
+-- s13: the scheduler runs the daily maintenance (issue 13, retention daily in
+-- every database): dalgo_internal.maintenance (its state),
+-- daily_maintenance() (the steps), maintenance_step() (what the scheduler
+-- calls on every tick); scheduler_status() shows maintenance_at.
+DROP FUNCTION dalgo.scheduler_status();
+CREATE FUNCTION dalgo.scheduler_status()
+	RETURNS TABLE (database_oid oid, dalgo_installed boolean, worker_pid integer, last_tick timestamptz,
+				   due integer, running integer, runs_started bigint, last_error text, maintenance_at timestamptz)
+	AS 'MODULE_PATHNAME', 'dalgo_scheduler_status'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION dalgo.scheduler_status() IS
+	'Per database the launcher knows: whether dalgo is installed, the scheduler''s pid, its last tick, due and running counts, runs started, the last error, and when the daily maintenance last finished';
+REVOKE ALL ON FUNCTION dalgo.scheduler_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.scheduler_status() TO dalgo_service;
+
+-- ---------------------------------------------------------------------------
+-- Daily maintenance
+-- ---------------------------------------------------------------------------
+-- Each database's scheduler calls dalgo_internal.maintenance_step() on every
+-- tick; once a period (dalgo.maintenance_interval, a day, starting at
+-- dalgo.maintenance_hour UTC) it runs dalgo_internal.daily_maintenance()
+-- again and again, one short transaction per call, until it is done.  The
+-- one row of dalgo_internal.maintenance remembers when it last started and
+-- finished, so a restart does not run it again within the period, an
+-- interrupted run goes on, and a missed period catches up once.
+
+CREATE TABLE dalgo_internal.maintenance (
+	id boolean PRIMARY KEY DEFAULT true CHECK (id),
+	last_started_at timestamptz NOT NULL DEFAULT now(),
+	last_finished_at timestamptz DEFAULT now(),
+	calls integer NOT NULL DEFAULT 0,
+	summary jsonb NOT NULL DEFAULT '{}',
+	last_summary jsonb
+);
+COMMENT ON TABLE dalgo_internal.maintenance IS
+	'Internal: one row, the state of the daily maintenance (dalgo_internal.maintenance_step); superusers only';
+COMMENT ON COLUMN dalgo_internal.maintenance.id IS 'Always true: the table has one row';
+COMMENT ON COLUMN dalgo_internal.maintenance.last_started_at IS 'When the last maintenance started (install time before the first)';
+COMMENT ON COLUMN dalgo_internal.maintenance.last_finished_at IS 'When it finished; NULL or earlier than last_started_at while it runs';
+COMMENT ON COLUMN dalgo_internal.maintenance.calls IS 'Calls of daily_maintenance() in the current or last run';
+COMMENT ON COLUMN dalgo_internal.maintenance.summary IS 'What the current or last run did so far (numbers summed over its calls)';
+COMMENT ON COLUMN dalgo_internal.maintenance.last_summary IS 'What the last finished run did';
+ALTER TABLE dalgo_internal.maintenance ENABLE ROW LEVEL SECURITY;
+ALTER TABLE dalgo_internal.maintenance FORCE ROW LEVEL SECURITY;
+REVOKE ALL ON dalgo_internal.maintenance FROM PUBLIC;
+-- The first maintenance is at the first period start after the install.
+INSERT INTO dalgo_internal.maintenance DEFAULT VALUES;
+
+-- The daily maintenance: a list of steps, each doing a bounded amount of
+-- work per call and saying whether more is left.  Returns what this call
+-- did, with "done": false while a step has more to do; the scheduler calls
+-- it again in a new transaction.  A failing step is reported, not raised.
+CREATE FUNCTION dalgo_internal.daily_maintenance(batch_size integer DEFAULT 10000) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	summary jsonb := '{}';
+	more boolean := false;
+	n bigint;
+	m boolean;
+BEGIN
+	-- Retention: one batch of every enabled policy (dalgo.retention_policies).
+	BEGIN
+		SELECT coalesce(sum(r.rows_affected), 0), coalesce(bool_or(r.rows_affected >= batch_size), false) INTO n, m
+		FROM dalgo.apply_retention(batch_size, 1) r;
+		summary := summary || jsonb_build_object('retention_rows', n);
+		more := more OR m;
+	EXCEPTION WHEN OTHERS THEN
+		summary := summary || jsonb_build_object('retention_error', SQLERRM);
+	END;
+	RETURN summary || jsonb_build_object('done', NOT more);
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.daily_maintenance(integer) IS
+	'Internal: one pass of the daily maintenance steps (retention, one batch per policy); returns what it did, "done": false while work is left. The scheduler calls it in short transactions until done';
+
+-- The scheduler's call on every tick: runs one pass of daily_maintenance()
+-- when a period has begun since the last run started, or a run is unfinished.
+CREATE FUNCTION dalgo_internal.maintenance_step(interval_secs integer, start_hour integer,
+												OUT more boolean, OUT finished_at timestamptz, OUT summary jsonb)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m dalgo_internal.maintenance;
+	epoch double precision := extract(epoch FROM now());
+	period_start timestamptz;
+	step jsonb;
+	k text;
+	v jsonb;
+BEGIN
+	more := false;
+	SELECT * INTO m FROM dalgo_internal.maintenance;
+	IF NOT FOUND THEN
+		INSERT INTO dalgo_internal.maintenance DEFAULT VALUES ON CONFLICT DO NOTHING;
+		RETURN;
+	END IF;
+	finished_at := m.last_finished_at;
+	IF interval_secs IS NULL OR interval_secs < 1 THEN
+		RETURN;
+	END IF;
+	-- Periods start at start_hour (UTC) and every interval_secs from there.
+	period_start := to_timestamp(floor((epoch - start_hour * 3600) / interval_secs) * interval_secs + start_hour * 3600);
+	IF m.last_finished_at >= m.last_started_at AND m.last_started_at >= period_start THEN
+		RETURN;						-- done for this period
+	END IF;
+	SELECT * INTO m FROM dalgo_internal.maintenance FOR UPDATE SKIP LOCKED;
+	IF NOT FOUND THEN
+		RETURN;						-- someone else is at it
+	END IF;
+	IF m.last_finished_at >= m.last_started_at THEN
+		IF m.last_started_at >= period_start THEN
+			RETURN;
+		END IF;
+		m.last_started_at := now();	-- a new run
+		m.calls := 0;
+		m.summary := '{}';
+	END IF;
+	step := dalgo_internal.daily_maintenance();
+	-- Sum the numbers over the run's calls; keep the rest as last said.
+	FOR k, v IN SELECT * FROM jsonb_each(step - 'done') LOOP
+		m.summary := m.summary || jsonb_build_object(k, CASE WHEN jsonb_typeof(v) = 'number' AND jsonb_typeof(m.summary -> k) = 'number'
+															 THEN to_jsonb((m.summary ->> k)::numeric + (v #>> '{}')::numeric) ELSE v END);
+	END LOOP;
+	m.calls := m.calls + 1;
+	more := NOT coalesce((step ->> 'done')::boolean, true);
+	IF NOT more THEN
+		m.last_finished_at := clock_timestamp();
+		m.last_summary := m.summary || jsonb_build_object('started_at', m.last_started_at, 'finished_at', m.last_finished_at,
+														  'calls', m.calls);
+	ELSE
+		m.last_finished_at := NULL;
+	END IF;
+	UPDATE dalgo_internal.maintenance x SET last_started_at = m.last_started_at, last_finished_at = m.last_finished_at,
+		calls = m.calls, summary = m.summary, last_summary = m.last_summary;
+	finished_at := m.last_finished_at;
+	summary := step;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.maintenance_step(integer, integer) IS
+	'Internal: called by the scheduler on every tick; once per period (interval_secs, starting at start_hour UTC) runs daily_maintenance() pass by pass, recording when it started and finished; more is true while work is left';
+REVOKE ALL ON FUNCTION dalgo_internal.daily_maintenance(integer), dalgo_internal.maintenance_step(integer, integer) FROM PUBLIC;
+
+
 -- stage: typed tables and atomic swaps for every sync (finish_sync), staging tables for
 -- outside loaders (stage_sync_run), uploads, and tables from anywhere (an event trigger).
 -- ---------------------------------------------------------------------------

@@ -396,10 +396,13 @@ BEGIN
 		SELECT r.source_id INTO by_source FROM dalgo.sync_runs r
 		WHERE r.id = substr(build_name, 13)::uuid AND r.organization_id = swap_warehouse_table.organization_id;
 	ELSIF build_name ~ '^_dalgo_out_[0-9a-f]{32}$' THEN
+		-- The output is the run's schedule's, or, for a run queued by
+		-- refresh_output_now, the one its details name.
 		SELECT o.id, o.transformation_id INTO by_output, context
 		FROM dalgo.transformation_runs r
-		JOIN dalgo.schedules s ON s.id::text = r.details->>'schedule_id' AND s.organization_id = r.organization_id
-		JOIN dalgo.outputs o ON o.id = s.output_id AND o.organization_id = s.organization_id
+		LEFT JOIN dalgo.schedules s ON s.id::text = r.details->>'schedule_id' AND s.organization_id = r.organization_id
+		JOIN dalgo.outputs o ON o.id::text = coalesce(s.output_id::text, r.details->>'output_id')
+			AND o.organization_id = r.organization_id
 		WHERE r.id = substr(build_name, 12)::uuid AND r.organization_id = swap_warehouse_table.organization_id
 		  AND o.transformation_id = r.transformation_id;
 	END IF;
@@ -570,13 +573,39 @@ $$;
 COMMENT ON FUNCTION dalgo.preview_recipe(uuid, jsonb, integer) IS
 	'The first row_limit rows of a recipe''s result, as jsonb, for the editor''s live preview; members of the organization only; runs in the organization''s warehouse';
 
-CREATE FUNCTION dalgo.read_warehouse_table(organization_id uuid, table_name text, row_limit integer DEFAULT 100)
+CREATE FUNCTION dalgo.read_warehouse_table(organization_id uuid, table_name text, row_limit integer DEFAULT 100,
+										   key_column text DEFAULT NULL, after jsonb DEFAULT NULL)
 	RETURNS SETOF jsonb
-	LANGUAGE sql STABLE
+	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
-	AS $$ SELECT * FROM dalgo.preview_recipe(organization_id,
-		jsonb_build_object('version', 1, 'source', jsonb_build_object('table', table_name), 'steps', '[]'::jsonb), row_limit) $$;
-COMMENT ON FUNCTION dalgo.read_warehouse_table(uuid, text, integer) IS 'The rows of one of the organization''s warehouse tables, for its members';
+AS $$
+DECLARE
+	steps jsonb := '[]';
+BEGIN
+	-- Keyset paging: rows in key_column order, after the key of the previous
+	-- page's last row; the compiler checks the column and quotes the value.
+	IF after IS NOT NULL AND key_column IS NULL THEN
+		RAISE EXCEPTION 'after needs key_column, the column the pages are ordered by'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF after IS NOT NULL AND jsonb_typeof(after) NOT IN ('string', 'number', 'boolean') THEN
+		RAISE EXCEPTION 'after must be the key of the last row read: a string, a number or a boolean'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF key_column IS NOT NULL THEN
+		IF after IS NOT NULL THEN
+			steps := steps || jsonb_build_array(jsonb_build_object('type', 'filter', 'conditions',
+				jsonb_build_array(jsonb_build_object('column', key_column, 'op', 'gt', 'value', jsonb_build_object('val', after)))));
+		END IF;
+		steps := steps || jsonb_build_array(jsonb_build_object('type', 'sort', 'by',
+			jsonb_build_array(jsonb_build_object('column', key_column))));
+	END IF;
+	RETURN QUERY SELECT * FROM dalgo.preview_recipe(organization_id,
+		jsonb_build_object('version', 1, 'source', jsonb_build_object('table', table_name), 'steps', steps), row_limit);
+END
+$$;
+COMMENT ON FUNCTION dalgo.read_warehouse_table(uuid, text, integer, text, jsonb) IS
+	'The rows of one of the organization''s warehouse tables, for its members, at most row_limit (1 to 10,000). Keyset paging: with key_column the rows come in its order, and after (the key of the previous page''s last row) starts the page after it; the key should be unique and not null';
 
 REVOKE ALL ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo_internal.warehouse_execute(uuid, text),
 	dalgo_internal.warehouse_query(uuid, text, integer), dalgo.caller_may(uuid, dalgo.member_role),
@@ -585,14 +614,14 @@ REVOKE ALL ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo_internal.warehou
 	dalgo.transformation_upstream(uuid), dalgo_internal.check_recipe_sql(uuid, text), dalgo_internal.check_transformation(),
 	dalgo_internal.record_transformation_version(), dalgo.run_transformation(uuid, boolean), dalgo_internal.build_transformation(uuid, uuid),
 	dalgo_internal.swap_warehouse_table(uuid, text, text),
-	dalgo.preview_recipe(uuid, jsonb, integer), dalgo.read_warehouse_table(uuid, text, integer),
+	dalgo.preview_recipe(uuid, jsonb, integer), dalgo.read_warehouse_table(uuid, text, integer, text, jsonb),
 	dalgo_internal.warehouse_table_claimant(uuid, text, uuid, uuid, uuid), dalgo_internal.check_warehouse_table_name(uuid, text, uuid, uuid, uuid),
 	dalgo_internal.check_source_table_name(), dalgo_internal.check_output_table_name()
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.compile_recipe(uuid, jsonb), dalgo.caller_may(uuid, dalgo.member_role),
 	dalgo.ensure_warehouse(uuid), dalgo.recipe_dependencies(jsonb), dalgo.transformation_upstream(uuid),
 	dalgo.run_transformation(uuid, boolean),
-	dalgo.preview_recipe(uuid, jsonb, integer), dalgo.read_warehouse_table(uuid, text, integer)
+	dalgo.preview_recipe(uuid, jsonb, integer), dalgo.read_warehouse_table(uuid, text, integer, text, jsonb)
 	TO dalgo_authenticated, dalgo_service;
 
 -- ---------------------------------------------------------------------------

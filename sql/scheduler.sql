@@ -23,11 +23,11 @@ COMMENT ON FUNCTION dalgo_internal.wake_launcher() IS 'Ask the launcher to start
 
 CREATE FUNCTION dalgo.scheduler_status()
 	RETURNS TABLE (database_oid oid, dalgo_installed boolean, worker_pid integer, last_tick timestamptz,
-				   due integer, running integer, runs_started bigint, last_error text)
+				   due integer, running integer, runs_started bigint, last_error text, maintenance_at timestamptz)
 	AS 'MODULE_PATHNAME', 'dalgo_scheduler_status'
 	LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION dalgo.scheduler_status() IS
-	'Per database the launcher knows: whether dalgo is installed, the scheduler''s pid, its last tick, due and running counts, runs started, and the last error';
+	'Per database the launcher knows: whether dalgo is installed, the scheduler''s pid, its last tick, due and running counts, runs started, the last error, and when the daily maintenance last finished';
 
 -- next_run_at follows the schedule's definition.
 CREATE FUNCTION dalgo_internal.set_schedule_next_run() RETURNS trigger
@@ -122,8 +122,11 @@ BEGIN
 		IF s.source_id IS NOT NULL THEN
 			run_kind := 'sync';
 			SELECT * INTO src FROM dalgo.sources x WHERE x.id = s.source_id;
-			busy := EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.source_id = s.source_id
-							AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL);
+			-- sync_now holds the source row FOR UPDATE while it queues or runs
+			-- a sync: that run is going, even if not yet committed.
+			PERFORM FROM dalgo.sources x WHERE x.id = s.source_id FOR KEY SHARE SKIP LOCKED;
+			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.source_id = s.source_id
+										 AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL);
 			IF busy THEN
 				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, started_at, completed_at, error_message, details)
 				VALUES (s.organization_id, s.source_id, 'failed', clock_timestamp(), clock_timestamp(),
@@ -145,8 +148,12 @@ BEGIN
 		ELSE
 			run_kind := 'output';
 			SELECT * INTO out FROM dalgo.outputs x WHERE x.id = s.output_id;
-			busy := EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.transformation_id = out.transformation_id
-							AND r.status IN ('pending', 'running') AND r.details->>'schedule_id' = s.id::text);
+			-- Likewise refresh_output_now and the output row; its on-demand
+			-- runs (details.output_id) count as this schedule's.
+			PERFORM FROM dalgo.outputs x WHERE x.id = s.output_id FOR KEY SHARE SKIP LOCKED;
+			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.transformation_id = out.transformation_id
+										 AND r.status IN ('pending', 'running')
+										 AND (r.details->>'schedule_id' = s.id::text OR r.details->>'output_id' = s.output_id::text));
 			INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, started_at, completed_at,
 												   error_message, details)
 			VALUES (s.organization_id, out.transformation_id, CASE WHEN busy THEN 'failed' ELSE 'pending' END::dalgo.run_status,
@@ -182,10 +189,10 @@ BEGIN
 			SELECT r.organization_id, r.status, r.created_at
 			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
 			WHERE r.status IN ('pending', 'running') AND NOT dalgo.is_connector_source(s.source_type)
-			  AND r.details ? 'schedule_id'
+			  AND r.details ?| ARRAY['schedule_id', 'on_demand']
 			UNION ALL
 			SELECT r.organization_id, r.status, r.created_at FROM dalgo.transformation_runs r
-			WHERE r.status IN ('pending', 'running') AND r.details ? 'schedule_id')
+			WHERE r.status IN ('pending', 'running') AND r.details ?| ARRAY['schedule_id', 'on_demand'])
 		SELECT q.organization_id FROM queued q
 		GROUP BY q.organization_id
 		HAVING bool_or(q.status = 'pending')
@@ -194,11 +201,11 @@ BEGIN
 	LOOP
 		SELECT 'sync', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
 		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo.is_connector_source(s.source_type)
-		  AND r.details ? 'schedule_id'
+		  AND r.details ?| ARRAY['schedule_id', 'on_demand']
 		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
 		IF NOT FOUND THEN
 			SELECT 'output', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
-			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ? 'schedule_id'
+			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ?| ARRAY['schedule_id', 'on_demand']
 			ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED;
 		END IF;
 		EXIT WHEN run_id IS NOT NULL;
@@ -215,8 +222,8 @@ CREATE FUNCTION dalgo_internal.pending_runs() RETURNS integer
 	LANGUAGE sql STABLE
 	SET search_path = pg_catalog, pg_temp
 	AS $$ SELECT (SELECT count(*) FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
-				  WHERE r.status = 'pending' AND NOT dalgo.is_connector_source(s.source_type) AND r.details ? 'schedule_id')::integer
-			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.status = 'pending' AND r.details ? 'schedule_id')::integer $$;
+				  WHERE r.status = 'pending' AND NOT dalgo.is_connector_source(s.source_type) AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.status = 'pending' AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer $$;
 COMMENT ON FUNCTION dalgo_internal.pending_runs() IS 'Internal: in-database runs waiting for a run worker';
 
 CREATE INDEX sync_runs_active_idx ON dalgo.sync_runs (created_at) WHERE status IN ('pending', 'running');
@@ -311,7 +318,19 @@ BEGIN
 		sid := NULL;
 	END;
 	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = sid;
-	IF FOUND AND s.organization_id = run_org THEN
+	IF det ? 'on_demand' AND NOT det ? 'schedule_id' THEN
+		-- A run sync_now or refresh_output_now queued: its source, or the
+		-- output (details.output_id) whose transformation is the run's, in
+		-- the run's organization.
+		IF run_kind = 'sync' THEN
+			agree := NOT det ? 'output_id'
+				AND EXISTS (SELECT FROM dalgo.sources x WHERE x.id = run_source AND x.organization_id = run_org);
+		ELSIF det->>'output_id' ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+			agree := EXISTS (SELECT FROM dalgo.outputs o JOIN dalgo.transformations t ON t.id = o.transformation_id
+							 WHERE o.id = (det->>'output_id')::uuid AND o.organization_id = run_org
+							   AND t.organization_id = run_org AND t.id = run_transformation);
+		END IF;
+	ELSIF FOUND AND s.organization_id = run_org AND NOT det ? 'output_id' THEN
 		IF run_kind = 'sync' THEN
 			agree := s.source_id = run_source
 				AND EXISTS (SELECT FROM dalgo.sources x WHERE x.id = run_source AND x.organization_id = run_org);
@@ -329,7 +348,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dalgo_internal.verify_scheduled_run(dalgo.run_kind, uuid) IS
-	'Internal: refuse a run row whose schedule, source or output, transformation and organization do not agree (a forged row); sync_source and refresh_output call it first';
+	'Internal: refuse a run row whose schedule (or, for a run queued on demand, details.output_id), source or output, transformation and organization do not agree (a forged row); sync_source and refresh_output call it first';
 
 -- An output may drop or replace only a view it made itself: a view over
 -- the one warehouse table its transformation builds, and over nothing else.
@@ -409,7 +428,8 @@ COMMENT ON FUNCTION dalgo_internal.restore_output_views(uuid, jsonb) IS
 
 -- An output refresh: the transformation (and what it reads), then the
 -- destination.  Output, transformation and organization come from the run's
--- schedule, after verify_scheduled_run checked that the run row agrees.
+-- schedule (or, queued by refresh_output_now, its details.output_id), after
+-- verify_scheduled_run checked that the run row agrees.
 -- A view destination depends on the table it reads, and a swap drops that
 -- table: the organization's output views over the tables this refresh
 -- rebuilds are dropped first and created again afterwards.
@@ -429,7 +449,8 @@ BEGIN
 	PERFORM dalgo_internal.verify_scheduled_run('output', run_id);
 	SELECT * INTO r FROM dalgo.transformation_runs x WHERE x.id = run_id;
 	SELECT * INTO o FROM dalgo.outputs x
-	WHERE x.id = (SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid);
+	WHERE x.id = coalesce((SELECT s.output_id FROM dalgo.schedules s WHERE s.id = (r.details->>'schedule_id')::uuid),
+						  (r.details->>'output_id')::uuid);
 	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = o.transformation_id;
 	schema_name := dalgo_internal.warehouse_schema_name(o.organization_id);
 	kind := coalesce(o.destination_config->>'type', 'table');
@@ -537,13 +558,13 @@ BEGIN
 		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
 	FROM dalgo.sources s
 	WHERE s.id = r.source_id AND NOT dalgo.is_connector_source(s.source_type) AND r.status = 'running'
-	  AND r.details ? 'schedule_id' AND coalesce(r.started_at, '-infinity') < seen
+	  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
 	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
 					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
 	GET DIAGNOSTICS n = ROW_COUNT;
 	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
 		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
-	WHERE r.status = 'running' AND r.details ? 'schedule_id' AND coalesce(r.started_at, '-infinity') < seen
+	WHERE r.status = 'running' AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
 	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
 					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
 	GET DIAGNOSTICS m = ROW_COUNT;
@@ -689,6 +710,135 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dalgo.run_schedule_now(uuid) IS 'Run a schedule now, synchronously (admins of its organization); returns the run id';
+
+-- ---------------------------------------------------------------------------
+-- Daily maintenance
+-- ---------------------------------------------------------------------------
+-- Each database's scheduler calls dalgo_internal.maintenance_step() on every
+-- tick; once a period (dalgo.maintenance_interval, a day, starting at
+-- dalgo.maintenance_hour UTC) it runs dalgo_internal.daily_maintenance()
+-- again and again, one short transaction per call, until it is done.  The
+-- one row of dalgo_internal.maintenance remembers when it last started and
+-- finished, so a restart does not run it again within the period, an
+-- interrupted run goes on, and a missed period catches up once.
+
+CREATE TABLE dalgo_internal.maintenance (
+	id boolean PRIMARY KEY DEFAULT true CHECK (id),
+	last_started_at timestamptz NOT NULL DEFAULT now(),
+	last_finished_at timestamptz DEFAULT now(),
+	calls integer NOT NULL DEFAULT 0,
+	summary jsonb NOT NULL DEFAULT '{}',
+	last_summary jsonb
+);
+COMMENT ON TABLE dalgo_internal.maintenance IS
+	'Internal: one row, the state of the daily maintenance (dalgo_internal.maintenance_step); superusers only';
+COMMENT ON COLUMN dalgo_internal.maintenance.id IS 'Always true: the table has one row';
+COMMENT ON COLUMN dalgo_internal.maintenance.last_started_at IS 'When the last maintenance started (install time before the first)';
+COMMENT ON COLUMN dalgo_internal.maintenance.last_finished_at IS 'When it finished; NULL or earlier than last_started_at while it runs';
+COMMENT ON COLUMN dalgo_internal.maintenance.calls IS 'Calls of daily_maintenance() in the current or last run';
+COMMENT ON COLUMN dalgo_internal.maintenance.summary IS 'What the current or last run did so far (numbers summed over its calls)';
+COMMENT ON COLUMN dalgo_internal.maintenance.last_summary IS 'What the last finished run did';
+ALTER TABLE dalgo_internal.maintenance ENABLE ROW LEVEL SECURITY;
+ALTER TABLE dalgo_internal.maintenance FORCE ROW LEVEL SECURITY;
+REVOKE ALL ON dalgo_internal.maintenance FROM PUBLIC;
+-- The first maintenance is at the first period start after the install.
+INSERT INTO dalgo_internal.maintenance DEFAULT VALUES;
+
+-- The daily maintenance: a list of steps, each doing a bounded amount of
+-- work per call and saying whether more is left.  Returns what this call
+-- did, with "done": false while a step has more to do; the scheduler calls
+-- it again in a new transaction.  A failing step is reported, not raised.
+CREATE FUNCTION dalgo_internal.daily_maintenance(batch_size integer DEFAULT 10000) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	summary jsonb := '{}';
+	more boolean := false;
+	n bigint;
+	m boolean;
+BEGIN
+	-- Retention: one batch of every enabled policy (dalgo.retention_policies).
+	BEGIN
+		SELECT coalesce(sum(r.rows_affected), 0), coalesce(bool_or(r.rows_affected >= batch_size), false) INTO n, m
+		FROM dalgo.apply_retention(batch_size, 1) r;
+		summary := summary || jsonb_build_object('retention_rows', n);
+		more := more OR m;
+	EXCEPTION WHEN OTHERS THEN
+		summary := summary || jsonb_build_object('retention_error', SQLERRM);
+	END;
+	RETURN summary || jsonb_build_object('done', NOT more);
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.daily_maintenance(integer) IS
+	'Internal: one pass of the daily maintenance steps (retention, one batch per policy); returns what it did, "done": false while work is left. The scheduler calls it in short transactions until done';
+
+-- The scheduler's call on every tick: runs one pass of daily_maintenance()
+-- when a period has begun since the last run started, or a run is unfinished.
+CREATE FUNCTION dalgo_internal.maintenance_step(interval_secs integer, start_hour integer,
+												OUT more boolean, OUT finished_at timestamptz, OUT summary jsonb)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m dalgo_internal.maintenance;
+	epoch double precision := extract(epoch FROM now());
+	period_start timestamptz;
+	step jsonb;
+	k text;
+	v jsonb;
+BEGIN
+	more := false;
+	SELECT * INTO m FROM dalgo_internal.maintenance;
+	IF NOT FOUND THEN
+		INSERT INTO dalgo_internal.maintenance DEFAULT VALUES ON CONFLICT DO NOTHING;
+		RETURN;
+	END IF;
+	finished_at := m.last_finished_at;
+	IF interval_secs IS NULL OR interval_secs < 1 THEN
+		RETURN;
+	END IF;
+	-- Periods start at start_hour (UTC) and every interval_secs from there.
+	period_start := to_timestamp(floor((epoch - start_hour * 3600) / interval_secs) * interval_secs + start_hour * 3600);
+	IF m.last_finished_at >= m.last_started_at AND m.last_started_at >= period_start THEN
+		RETURN;						-- done for this period
+	END IF;
+	SELECT * INTO m FROM dalgo_internal.maintenance FOR UPDATE SKIP LOCKED;
+	IF NOT FOUND THEN
+		RETURN;						-- someone else is at it
+	END IF;
+	IF m.last_finished_at >= m.last_started_at THEN
+		IF m.last_started_at >= period_start THEN
+			RETURN;
+		END IF;
+		m.last_started_at := now();	-- a new run
+		m.calls := 0;
+		m.summary := '{}';
+	END IF;
+	step := dalgo_internal.daily_maintenance();
+	-- Sum the numbers over the run's calls; keep the rest as last said.
+	FOR k, v IN SELECT * FROM jsonb_each(step - 'done') LOOP
+		m.summary := m.summary || jsonb_build_object(k, CASE WHEN jsonb_typeof(v) = 'number' AND jsonb_typeof(m.summary -> k) = 'number'
+															 THEN to_jsonb((m.summary ->> k)::numeric + (v #>> '{}')::numeric) ELSE v END);
+	END LOOP;
+	m.calls := m.calls + 1;
+	more := NOT coalesce((step ->> 'done')::boolean, true);
+	IF NOT more THEN
+		m.last_finished_at := clock_timestamp();
+		m.last_summary := m.summary || jsonb_build_object('started_at', m.last_started_at, 'finished_at', m.last_finished_at,
+														  'calls', m.calls);
+	ELSE
+		m.last_finished_at := NULL;
+	END IF;
+	UPDATE dalgo_internal.maintenance x SET last_started_at = m.last_started_at, last_finished_at = m.last_finished_at,
+		calls = m.calls, summary = m.summary, last_summary = m.last_summary;
+	finished_at := m.last_finished_at;
+	summary := step;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.maintenance_step(integer, integer) IS
+	'Internal: called by the scheduler on every tick; once per period (interval_secs, starting at start_hour UTC) runs daily_maintenance() pass by pass, recording when it started and finished; more is true while work is left';
+REVOKE ALL ON FUNCTION dalgo_internal.daily_maintenance(integer), dalgo_internal.maintenance_step(integer, integer) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION dalgo.next_run(dalgo.schedule_frequency, time, integer, text, timestamptz),
 	dalgo_internal.wake_scheduler(), dalgo_internal.wake_launcher(), dalgo.scheduler_status(), dalgo_internal.set_schedule_next_run(),

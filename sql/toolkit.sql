@@ -667,7 +667,12 @@ CREATE TABLE dalgo.retention_policies (
 	last_run_at timestamptz,
 	last_rows bigint,
 	created_at timestamptz NOT NULL DEFAULT now(),
-	updated_at timestamptz NOT NULL DEFAULT now()
+	updated_at timestamptz NOT NULL DEFAULT now(),
+	user_column name,
+	user_days_table regclass,
+	user_days_column name,
+	user_key_column name,
+	CONSTRAINT retention_policies_user_days CHECK (num_nulls(user_column, user_days_table, user_days_column, user_key_column) IN (0, 4))
 );
 COMMENT ON TABLE dalgo.retention_policies IS
 	'One retention policy per table: rows whose time_column is older than retention_days are deleted, or have columns set to NULL (anonymize), by dalgo.apply_retention(). Written by superusers through dalgo.set_retention()';
@@ -682,6 +687,11 @@ COMMENT ON COLUMN dalgo.retention_policies.last_run_at IS 'When dalgo.apply_rete
 COMMENT ON COLUMN dalgo.retention_policies.last_rows IS 'Rows deleted or anonymized by that run';
 COMMENT ON COLUMN dalgo.retention_policies.created_at IS 'When the policy was created';
 COMMENT ON COLUMN dalgo.retention_policies.updated_at IS 'When the policy was last changed';
+COMMENT ON COLUMN dalgo.retention_policies.user_column IS 'Per-user override: the column of the table naming the row''s user';
+COMMENT ON COLUMN dalgo.retention_policies.user_days_table IS 'Per-user override: the table holding each user''s number of days';
+COMMENT ON COLUMN dalgo.retention_policies.user_days_column IS 'Per-user override: its column of days (NULL or below 1: retention_days)';
+COMMENT ON COLUMN dalgo.retention_policies.user_key_column IS 'Per-user override: its column matched to user_column (unique)';
+COMMENT ON CONSTRAINT retention_policies_user_days ON dalgo.retention_policies IS 'A per-user override names all four, or none';
 ALTER TABLE dalgo.retention_policies ENABLE ROW LEVEL SECURITY;
 ALTER TABLE dalgo.retention_policies FORCE ROW LEVEL SECURITY;
 REVOKE ALL ON dalgo.retention_policies FROM PUBLIC;
@@ -706,7 +716,8 @@ BEGIN
 	UPDATE dalgo.retention_policies p
 	SET id = NEW.id, time_column = NEW.time_column, retention_days = NEW.retention_days, action = NEW.action,
 		columns = NEW.columns, enabled = NEW.enabled, last_run_at = NEW.last_run_at, last_rows = NEW.last_rows,
-		created_at = NEW.created_at, updated_at = NEW.updated_at
+		created_at = NEW.created_at, updated_at = NEW.updated_at, user_column = NEW.user_column,
+		user_days_table = NEW.user_days_table, user_days_column = NEW.user_days_column, user_key_column = NEW.user_key_column
 	WHERE p.table_name = NEW.table_name;
 	IF FOUND THEN
 		RETURN NULL;
@@ -734,13 +745,18 @@ $$;
 COMMENT ON FUNCTION dalgo.disable_retention(regclass) IS 'Removes a table''s retention policy';
 
 CREATE FUNCTION dalgo.set_retention(tbl regclass, time_column name, retention_days integer,
-								   action text DEFAULT 'delete', columns text[] DEFAULT NULL)
+								   action text DEFAULT 'delete', columns text[] DEFAULT NULL,
+								   user_column name DEFAULT NULL, user_days text DEFAULT NULL, user_key name DEFAULT NULL)
 	RETURNS void
 	LANGUAGE plpgsql
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	c text;
+	parts text[];
+	days_tbl regclass;
+	days_col name;
+	key_col name;
 BEGIN
 	IF tbl OPERATOR(pg_catalog.<>) 'dalgo.audit_logs'::regclass THEN
 		PERFORM dalgo_internal.toolkit_target(tbl);
@@ -748,7 +764,7 @@ BEGIN
 			RAISE EXCEPTION '% is partitioned', tbl USING ERRCODE = 'wrong_object_type',
 				HINT = 'Expire the rows of a partitioned table by detaching and dropping its old partitions.';
 		END IF;
-	ELSIF time_column <> 'created_at' OR action <> 'delete' THEN
+	ELSIF time_column <> 'created_at' OR action <> 'delete' OR user_column IS NOT NULL THEN
 		RAISE EXCEPTION 'the audit trail only expires by created_at, with delete' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	PERFORM dalgo_internal.toolkit_column(tbl, time_column, ARRAY['timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype]);
@@ -770,18 +786,57 @@ BEGIN
 	ELSIF columns IS NOT NULL THEN
 		RAISE EXCEPTION 'columns are only for anonymize' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	INSERT INTO dalgo.retention_policies AS p (table_name, time_column, retention_days, action, columns)
-		VALUES (tbl, time_column, retention_days, action, columns)
+	-- Per-user override: user_days names a column "schema.table.column" of
+	-- days, found by the row's user_column in its unique column user_key.
+	IF (user_column IS NULL) <> (user_days IS NULL) OR (user_key IS NOT NULL AND user_column IS NULL) THEN
+		RAISE EXCEPTION 'a per-user retention needs both user_column and user_days' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF user_column IS NOT NULL THEN
+		parts := pg_catalog.parse_ident(user_days);
+		IF pg_catalog.cardinality(parts) OPERATOR(pg_catalog.<>) 3 THEN
+			RAISE EXCEPTION 'user_days must name a column as schema.table.column' USING ERRCODE = 'invalid_parameter_value',
+				HINT = 'Quote names with capitals: ''app.prefs."retentionDays"''.';
+		END IF;
+		days_tbl := pg_catalog.to_regclass(pg_catalog.format('%I.%I', parts[1], parts[2]));
+		IF days_tbl IS NULL THEN
+			RAISE EXCEPTION 'table %.% does not exist', parts[1], parts[2] USING ERRCODE = 'undefined_table';
+		END IF;
+		days_col := parts[3];
+		key_col := coalesce(user_key, user_column);
+		PERFORM dalgo_internal.toolkit_column(days_tbl, days_col, ARRAY['int2'::regtype, 'int4'::regtype, 'int8'::regtype]);
+		IF dalgo_internal.toolkit_column(tbl, user_column, NULL) OPERATOR(pg_catalog.<>) dalgo_internal.toolkit_column(days_tbl, key_col, NULL) THEN
+			RAISE EXCEPTION 'column "%" of % and column "%" of % are of different types', user_column, tbl, key_col, days_tbl
+				USING ERRCODE = 'datatype_mismatch';
+		END IF;
+		-- The caller reads what decides the deletions.
+		IF NOT pg_catalog.has_column_privilege(days_tbl, days_col, 'SELECT')
+		   OR NOT pg_catalog.has_column_privilege(days_tbl, key_col, 'SELECT') THEN
+			RAISE EXCEPTION 'permission denied for table %', days_tbl USING ERRCODE = 'insufficient_privilege';
+		END IF;
+		-- One row per user, found through an index.
+		IF NOT EXISTS (SELECT FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
+						   ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+					   WHERE i.indrelid OPERATOR(pg_catalog.=) days_tbl AND i.indisunique AND i.indnkeyatts OPERATOR(pg_catalog.=) 1
+						 AND i.indpred IS NULL AND i.indisvalid AND a.attname OPERATOR(pg_catalog.=) key_col) THEN
+			RAISE EXCEPTION 'column "%" of % needs a unique index: one number of days per user', key_col, days_tbl
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+	END IF;
+	INSERT INTO dalgo.retention_policies AS p (table_name, time_column, retention_days, action, columns,
+											   user_column, user_days_table, user_days_column, user_key_column)
+		VALUES (tbl, time_column, retention_days, action, columns, user_column, days_tbl, days_col, key_col)
 		ON CONFLICT (table_name) DO UPDATE
 		SET time_column = excluded.time_column, retention_days = excluded.retention_days,
-			action = excluded.action, columns = excluded.columns, enabled = true;
+			action = excluded.action, columns = excluded.columns, enabled = true, user_column = excluded.user_column,
+			user_days_table = excluded.user_days_table, user_days_column = excluded.user_days_column,
+			user_key_column = excluded.user_key_column;
 	IF tbl OPERATOR(pg_catalog.<>) 'dalgo.audit_logs'::regclass THEN
 		PERFORM dalgo_internal.toolkit_ensure_index(tbl, time_column);
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo.set_retention(regclass, name, integer, text, text[]) IS
-	'Add or replace a table''s retention policy: rows whose time_column is older than retention_days are deleted, or (action anonymize) have columns set to NULL, by dalgo.apply_retention(). Superusers (the policies table is theirs)';
+COMMENT ON FUNCTION dalgo.set_retention(regclass, name, integer, text, text[], name, text, name) IS
+	'Add or replace a table''s retention policy: rows whose time_column is older than retention_days are deleted, or (action anonymize) have columns set to NULL, by dalgo.apply_retention(). With user_column and user_days (''schema.table.column'' of days, matched on its unique column user_key, default user_column''s name), each user''s own number of days overrides retention_days. Superusers (the policies table is theirs)';
 
 CREATE FUNCTION dalgo.apply_retention(batch_size integer DEFAULT 10000, max_batches integer DEFAULT NULL)
 	RETURNS TABLE (table_name text, action text, rows_affected bigint, batches integer)
@@ -793,6 +848,8 @@ DECLARE
 	target text;
 	cutoff timestamptz;
 	stmt text;
+	expired text;
+	shortest bigint;
 	n bigint;
 BEGIN
 	IF batch_size IS NULL OR batch_size < 1 THEN
@@ -812,20 +869,35 @@ BEGIN
 			batches := 1;
 		ELSE
 			target := pg_catalog.format('%I.%I', p.relnamespace::regnamespace::text, p.relname);
+			expired := pg_catalog.format('t.%I OPERATOR(pg_catalog.<) $1', p.time_column);
+			IF p.user_column IS NOT NULL THEN
+				-- A row is expired after its user's days (or retention_days).
+				-- The time index finds the candidates older than the shortest
+				-- retention anyone has; the unique index of the days table
+				-- finds each candidate's user.
+				EXECUTE pg_catalog.format('SELECT pg_catalog.min(d.%I) FROM %s d WHERE d.%I OPERATOR(pg_catalog.>=) 1',
+										  p.user_days_column, p.user_days_table, p.user_days_column) INTO shortest;
+				cutoff := pg_catalog.now() OPERATOR(pg_catalog.-)
+						  pg_catalog.make_interval(days => LEAST(p.retention_days, shortest::integer));
+				expired := expired || pg_catalog.format(' AND t.%I OPERATOR(pg_catalog.<) ($3 OPERATOR(pg_catalog.-) '
+					'pg_catalog.make_interval(days => coalesce((SELECT d.%I::integer FROM %s d WHERE d.%I OPERATOR(pg_catalog.=) t.%I '
+					'AND d.%I OPERATOR(pg_catalog.>=) 1), $4)))',
+					p.time_column, p.user_days_column, p.user_days_table, p.user_key_column, p.user_column, p.user_days_column);
+			END IF;
 			IF p.action = 'delete' THEN
 				stmt := pg_catalog.format('DELETE FROM ONLY %s WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY('
-					'SELECT ctid FROM ONLY %s WHERE %I OPERATOR(pg_catalog.<) $1 LIMIT $2 FOR UPDATE SKIP LOCKED))',
-					target, target, p.time_column);
+					'SELECT t.ctid FROM ONLY %s t WHERE %s LIMIT $2 FOR UPDATE OF t SKIP LOCKED))',
+					target, target, expired);
 			ELSE
 				stmt := pg_catalog.format('UPDATE ONLY %s SET %s WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY('
-					'SELECT ctid FROM ONLY %s WHERE %I OPERATOR(pg_catalog.<) $1 AND (%s) LIMIT $2 FOR UPDATE SKIP LOCKED))',
+					'SELECT t.ctid FROM ONLY %s t WHERE %s AND (%s) LIMIT $2 FOR UPDATE OF t SKIP LOCKED))',
 					target,
 					(SELECT pg_catalog.string_agg(pg_catalog.format('%I = NULL', c), ', ') FROM pg_catalog.unnest(p.columns) c),
-					target, p.time_column,
-					(SELECT pg_catalog.string_agg(pg_catalog.format('%I IS NOT NULL', c), ' OR ') FROM pg_catalog.unnest(p.columns) c));
+					target, expired,
+					(SELECT pg_catalog.string_agg(pg_catalog.format('t.%I IS NOT NULL', c), ' OR ') FROM pg_catalog.unnest(p.columns) c));
 			END IF;
 			LOOP
-				EXECUTE stmt USING cutoff, batch_size;
+				EXECUTE stmt USING cutoff, batch_size, pg_catalog.now(), p.retention_days;
 				GET DIAGNOSTICS n = ROW_COUNT;
 				rows_affected := rows_affected OPERATOR(pg_catalog.+) n;
 				batches := batches OPERATOR(pg_catalog.+) 1;
@@ -871,25 +943,17 @@ COMMENT ON PROCEDURE dalgo.run_retention(integer) IS
 -- dalgo.read_secret() (members at the column's read_role) or
 -- dalgo.read_secret_service() (dalgo_service).
 
--- The schema of pgcrypto, which encryption needs.
-CREATE FUNCTION dalgo_internal.toolkit_pgcrypto() RETURNS text
-	LANGUAGE plpgsql STABLE
-	SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	nsp text;
-BEGIN
-	SELECT pg_catalog.quote_ident(n.nspname) INTO nsp
-	FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
-	WHERE e.extname = 'pgcrypto';
-	IF nsp IS NULL THEN
-		RAISE EXCEPTION 'encryption at rest needs the pgcrypto extension' USING ERRCODE = 'undefined_object',
-			HINT = 'CREATE EXTENSION pgcrypto;';
-	END IF;
-	RETURN nsp;
-END
-$$;
-COMMENT ON FUNCTION dalgo_internal.toolkit_pgcrypto() IS 'Internal: the quoted schema of pgcrypto; raises if it is not installed';
+-- pgp_sym_encrypt and pgp_sym_decrypt in pgcrypto's library, as
+-- sql/accounts.sql does for crypt(): no CREATE EXTENSION pgcrypto needed.
+CREATE FUNCTION dalgo_internal.pgcrypto_pgp_sym_encrypt(data text, key text, options text) RETURNS bytea
+	AS '$libdir/pgcrypto', 'pgp_sym_encrypt_text'
+	LANGUAGE C STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_internal.pgcrypto_pgp_sym_encrypt(text, text, text) IS 'pgcrypto''s pgp_sym_encrypt(data, key, options), called in pgcrypto''s library (private)';
+
+CREATE FUNCTION dalgo_internal.pgcrypto_pgp_sym_decrypt(data bytea, key text) RETURNS text
+	AS '$libdir/pgcrypto', 'pgp_sym_decrypt_text'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION dalgo_internal.pgcrypto_pgp_sym_decrypt(bytea, text) IS 'pgcrypto''s pgp_sym_decrypt(data, key), called in pgcrypto''s library (private)';
 
 -- The current key, from the data directory.
 CREATE FUNCTION dalgo_internal.toolkit_secret_key() RETURNS text
@@ -909,6 +973,49 @@ $$;
 COMMENT ON FUNCTION dalgo_internal.toolkit_secret_key() IS
 	'Internal: the encryption key, read from dalgo_secret.key in the data directory';
 
+-- Write the key file: keys is the current key, then the previous one on
+-- the next line.  The keys never appear in a statement's text (logs, error
+-- contexts): COPY reads them from a transaction-local setting.
+CREATE FUNCTION dalgo_internal.write_secret_key(keys text) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM pg_catalog.set_config('dalgo_toolkit.pending_key', keys, true);
+	EXECUTE pg_catalog.format('COPY (SELECT pg_catalog.unnest(pg_catalog.string_to_array('
+							  'pg_catalog.current_setting(''dalgo_toolkit.pending_key''), E''\n''))) TO %L',
+							  pg_catalog.current_setting('data_directory') || '/dalgo_secret.key');
+	PERFORM pg_catalog.set_config('dalgo_toolkit.pending_key', '', true);
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.write_secret_key(text) IS
+	'Internal: writes dalgo_secret.key in the data directory (the current key, then the previous one)';
+
+-- The key to encrypt with: created (32 random bytes) when there is none yet.
+CREATE FUNCTION dalgo_internal.secret_key_for_writing() RETURNS text
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k text := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+BEGIN
+	IF k IS NULL OR k = '' THEN
+		-- One creator at a time; the file outlives a rollback, so a
+		-- second creator finds it after the first one's lock is gone.
+		PERFORM pg_catalog.pg_advisory_xact_lock(7316028433216171853);
+		k := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+		IF k IS NULL OR k = '' THEN
+			k := pg_catalog.encode(dalgo_internal.pgcrypto_random_bytes(32), 'hex');
+			PERFORM dalgo_internal.write_secret_key(k);
+			RAISE LOG 'dalgo: created the secret key dalgo_secret.key in the data directory; back it up apart from the database';
+		END IF;
+	END IF;
+	RETURN k;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.secret_key_for_writing() IS
+	'Internal: the encryption key, created (32 random bytes in dalgo_secret.key of the data directory) on first need';
+
 -- Encrypt one value (already encrypted values are returned as they are).
 CREATE FUNCTION dalgo_internal.toolkit_encrypt(plain text, key text) RETURNS text
 	LANGUAGE plpgsql VOLATILE
@@ -920,8 +1027,9 @@ BEGIN
 	IF plain IS NULL OR pg_catalog.starts_with(plain, 'dalgo:pgp1:') THEN
 		RETURN plain;
 	END IF;
-	EXECUTE pg_catalog.format('SELECT %s.pgp_sym_encrypt($1, $2, %L)', dalgo_internal.toolkit_pgcrypto(), 'cipher-algo=aes256')
-		INTO c USING plain, pg_catalog.split_part(key, E'\n', 1);
+	-- s2k-mode=1 (salted, not iterated): the key is random, not a password,
+	-- and iterating would cost a quarter millisecond per value.
+	c := dalgo_internal.pgcrypto_pgp_sym_encrypt(plain, pg_catalog.split_part(key, E'\n', 1), 'cipher-algo=aes256, s2k-mode=1');
 	RETURN 'dalgo:pgp1:' || pg_catalog.translate(pg_catalog.encode(c, 'base64'), E'\n', '');
 END
 $$;
@@ -933,19 +1041,15 @@ CREATE FUNCTION dalgo_internal.toolkit_decrypt(stored text, key text) RETURNS te
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	p text;
 	k text;
-	q text;
 BEGIN
 	IF stored IS NULL OR NOT pg_catalog.starts_with(stored, 'dalgo:pgp1:') THEN
 		RETURN stored;
 	END IF;
-	q := pg_catalog.format('SELECT %s.pgp_sym_decrypt($1, $2)', dalgo_internal.toolkit_pgcrypto());
 	-- The current key first, then the previous one (see rotate_secret_key).
 	FOREACH k IN ARRAY pg_catalog.string_to_array(key, E'\n') LOOP
 		BEGIN
-			EXECUTE q INTO p USING pg_catalog.decode(pg_catalog.substr(stored, 12), 'base64'), k;
-			RETURN p;
+			RETURN dalgo_internal.pgcrypto_pgp_sym_decrypt(pg_catalog.decode(pg_catalog.substr(stored, 12), 'base64'), k);
 		EXCEPTION WHEN external_routine_invocation_exception OR data_exception THEN
 			NULL;
 		END;
@@ -1025,8 +1129,7 @@ AS $$
 DECLARE
 	target text := dalgo_internal.toolkit_target(tbl);
 BEGIN
-	PERFORM dalgo_internal.toolkit_pgcrypto();
-	PERFORM dalgo_internal.toolkit_secret_key();
+	PERFORM dalgo_internal.secret_key_for_writing();
 	PERFORM dalgo_internal.toolkit_column(tbl, "column", ARRAY['text'::regtype, 'varchar'::regtype, 'json'::regtype, 'jsonb'::regtype]);
 	PERFORM dalgo_internal.toolkit_column(tbl, org_column, ARRAY['uuid'::regtype]);
 	IF read_role IS NULL THEN
@@ -1130,14 +1233,17 @@ CREATE FUNCTION dalgo.rotate_secret_key(new_key text DEFAULT NULL) RETURNS bigin
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	old_key text := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+	old_key text;
 	k text := new_key;
 	t record;
 	n bigint;
 	total bigint := 0;
 BEGIN
+	-- One writer of the key file at a time (dalgo_internal.secret_key_for_writing).
+	PERFORM pg_catalog.pg_advisory_xact_lock(7316028433216171853);
+	old_key := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
 	IF k IS NULL THEN
-		EXECUTE pg_catalog.format('SELECT pg_catalog.encode(%s.gen_random_bytes(32), ''hex'')', dalgo_internal.toolkit_pgcrypto()) INTO k;
+		k := pg_catalog.encode(dalgo_internal.pgcrypto_random_bytes(32), 'hex');
 	ELSIF pg_catalog.length(k) OPERATOR(pg_catalog.<) 16 OR k !~ '^[A-Za-z0-9+/=_-]+$' THEN
 		RAISE EXCEPTION 'a secret key has at least 16 characters among A-Z, a-z, 0-9, +, /, =, _ and -'
 			USING ERRCODE = 'invalid_parameter_value';
@@ -1159,22 +1265,18 @@ BEGIN
 			GET DIAGNOSTICS n = ROW_COUNT;
 			total := total OPERATOR(pg_catalog.+) n;
 		END LOOP;
+		-- dalgo's own secrets: sources.config.credentials, warehouse access tokens.
+		total := total OPERATOR(pg_catalog.+) dalgo_internal.reseal_own_secrets(old_key, k);
 	END IF;
 	-- The file keeps the previous key after the new one: if this transaction
 	-- rolls back after the file is written, the values it re-encrypted are
-	-- still readable.  The key never appears in a statement's text (logs,
-	-- error contexts).
-	PERFORM pg_catalog.set_config('dalgo_toolkit.pending_key',
-		k || coalesce(E'\n' || NULLIF(pg_catalog.split_part(old_key, E'\n', 1), ''), ''), true);
-	EXECUTE pg_catalog.format('COPY (SELECT pg_catalog.unnest(pg_catalog.string_to_array('
-							  'pg_catalog.current_setting(''dalgo_toolkit.pending_key''), E''\n''))) TO %L',
-							  pg_catalog.current_setting('data_directory') || '/dalgo_secret.key');
-	PERFORM pg_catalog.set_config('dalgo_toolkit.pending_key', '', true);
+	-- still readable.
+	PERFORM dalgo_internal.write_secret_key(k || coalesce(E'\n' || NULLIF(pg_catalog.split_part(old_key, E'\n', 1), ''), ''));
 	RETURN total;
 END
 $$;
 COMMENT ON FUNCTION dalgo.rotate_secret_key(text) IS
-	'Set the encryption key (new_key, or 32 random bytes) and re-encrypt every value stored by dalgo.enable_encryption() under it; returns the values re-encrypted. Superusers. The key is the file dalgo_secret.key in the data directory: back it up apart from the database';
+	'Set the encryption key (new_key, or 32 random bytes) and re-encrypt under it every value stored by dalgo.enable_encryption(), the credentials in dalgo.sources.config and the warehouse access tokens; returns the values re-encrypted. Superusers. The key is the file dalgo_secret.key in the data directory: back it up apart from the database';
 
 -- ---------------------------------------------------------------------------
 -- Security report
@@ -1285,9 +1387,10 @@ REVOKE ALL ON FUNCTION
 	dalgo_internal.guard_shares(), dalgo.enable_child_rows(regclass, regclass, name), dalgo.disable_child_rows(regclass), dalgo.enable_service_only(regclass),
 	dalgo.enable_updated_at(regclass, name), dalgo.disable_updated_at(regclass),
 	dalgo.enable_redaction(regclass, name, text[], boolean), dalgo.disable_redaction(regclass, name),
-	dalgo.set_retention(regclass, name, integer, text, text[]), dalgo.disable_retention(regclass),
+	dalgo.set_retention(regclass, name, integer, text, text[], name, text, name), dalgo.disable_retention(regclass),
 	dalgo.apply_retention(integer, integer), dalgo.security_report(name),
-	dalgo_internal.toolkit_pgcrypto(), dalgo_internal.toolkit_secret_key(), dalgo_internal.toolkit_encrypt(text, text), dalgo_internal.toolkit_decrypt(text, text),
+	dalgo_internal.pgcrypto_pgp_sym_encrypt(text, text, text), dalgo_internal.pgcrypto_pgp_sym_decrypt(bytea, text),
+	dalgo_internal.write_secret_key(text), dalgo_internal.secret_key_for_writing(), dalgo_internal.toolkit_secret_key(), dalgo_internal.toolkit_encrypt(text, text), dalgo_internal.toolkit_decrypt(text, text),
 	dalgo_internal.toolkit_stored_text(jsonb, boolean), dalgo_internal.set_encrypted_column(),
 	dalgo.enable_encryption(regclass, name, name, dalgo.member_role), dalgo.disable_encryption(regclass, name),
 	dalgo_internal.toolkit_read_secret(regclass, name, text, boolean), dalgo.read_secret(regclass, name, text),

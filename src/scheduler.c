@@ -8,8 +8,12 @@
  *		runs whose worker is gone, claims due schedules with FOR UPDATE SKIP
  *		LOCKED (dalgo.claim_due_schedules), which leaves their runs pending,
  *		and starts run workers (run_worker.c) for them, up to
- *		dalgo.max_concurrent_runs in the cluster.  An error in a tick is
- *		recorded for dalgo.scheduler_status() and the loop goes on.
+ *		dalgo.max_concurrent_runs in the cluster.  Once a day
+ *		(dalgo.maintenance_interval, from dalgo.maintenance_hour UTC) it
+ *		runs the daily maintenance (dalgo_internal.daily_maintenance, which
+ *		applies the retention policies), one short transaction per pass.
+ *		An error in a tick is recorded for dalgo.scheduler_status() and the
+ *		loop goes on.
  */
 #include "scheduler.h"
 
@@ -261,6 +265,51 @@ scheduler_tick(int *pending, TimestampTz *last_purge)
 	return sleep_ms;
 }
 
+/*
+ * One pass of the daily maintenance, in a transaction of its own:
+ * dalgo_internal.maintenance_step() runs a pass of daily_maintenance() when
+ * a period has begun since the last run (or a run is unfinished), and
+ * records it.  Returns true while the run has work left: the caller comes
+ * back at once, so that each pass is a short transaction and schedules
+ * still run between passes.
+ */
+static bool
+maintenance_pass(void)
+{
+	bool		more = false;
+	bool		isnull;
+	TimestampTz finished = 0;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "dalgo daily maintenance");
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	spi_run(psprintf("SELECT more, finished_at FROM dalgo_internal.maintenance_step(%d, %d)",
+					 dalgo_maintenance_interval, dalgo_maintenance_hour), SPI_OK_SELECT);
+	if (SPI_processed == 1)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		more = !isnull && DatumGetBool(d);
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		if (!isnull)
+			finished = DatumGetTimestampTz(d);
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	LWLockAcquire(dalgo_shared->lock, LW_EXCLUSIVE);
+	if (finished != 0)
+		my_slot->maintenance_at = finished;
+	LWLockRelease(dalgo_shared->lock);
+	return more;
+}
+
 /* Start workers for the waiting runs, within the cluster's cap; update the slot's counts. */
 static void
 start_run_workers(int pending)
@@ -363,6 +412,9 @@ dalgo_scheduler_main(Datum arg)
 				serving = true;
 				sleep_ms = scheduler_tick(&n, &last_purge);
 				pending = n;
+				/* Work left in the daily maintenance: come back at once. */
+				if (dalgo_maintenance_interval > 0 && maintenance_pass())
+					sleep_ms = 0;
 			}
 			LWLockAcquire(dalgo_shared->lock, LW_EXCLUSIVE);
 			my_slot->idle = !serving;

@@ -33,6 +33,7 @@ typedef struct SchedulerSlot
 	int			due;
 	int			running;
 	int64		runs_started;
+	TimestampTz maintenance_at;	/* the daily maintenance last finished (0: unknown) */
 	char		last_error[256];
 } SchedulerSlot;
 
@@ -66,6 +67,8 @@ extern int	dalgo_max_concurrent_runs;
 extern int	dalgo_run_timeout;
 extern int	dalgo_run_history_days;
 extern int	dalgo_connector_timeout;
+extern int	dalgo_maintenance_interval;
+extern int	dalgo_maintenance_hour;
 extern DalgoShared *dalgo_shared;
 extern SchedulerSlot *dalgo_db_slot(Oid dboid, bool create);
 extern int	dalgo_runs_going(Oid dboid);

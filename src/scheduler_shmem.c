@@ -34,7 +34,10 @@ PG_FUNCTION_INFO_V1(dalgo_scheduler_status);
 int			dalgo_max_concurrent_runs = 4;
 int			dalgo_run_timeout = 3600000;
 int			dalgo_run_history_days = 30;
+static int	dalgo_alert_after_failures = 1;
 int			dalgo_connector_timeout = 900;
+int			dalgo_maintenance_interval = 86400;
+int			dalgo_maintenance_hour = 3;
 
 DalgoShared *dalgo_shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -218,7 +221,11 @@ dalgo_wake_launcher(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* SQL: dalgo.scheduler_status(): one row per database with a scheduler slot. */
+/*
+ * SQL: dalgo.scheduler_status(): one row per database with a scheduler slot.
+ * The 0.1.0 declaration has eight columns, the current one nine: a tuple
+ * has as many of them as the caller's declaration.
+ */
 Datum
 dalgo_scheduler_status(PG_FUNCTION_ARGS)
 {
@@ -228,14 +235,16 @@ dalgo_scheduler_status(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	if (dalgo_shared == NULL)
 		return (Datum) 0;
+	if (rsinfo->setDesc->natts > 9)
+		elog(ERROR, "dalgo.scheduler_status() is declared with %d columns", rsinfo->setDesc->natts);
 	copy = palloc(sizeof(dalgo_shared->dbs));
 	LWLockAcquire(dalgo_shared->lock, LW_SHARED);
 	memcpy(copy, dalgo_shared->dbs, sizeof(dalgo_shared->dbs));
 	LWLockRelease(dalgo_shared->lock);
 	for (int i = 0; i < DALGO_MAX_DATABASES; i++)
 	{
-		Datum		values[8];
-		bool		nulls[8] = {0};
+		Datum		values[9];
+		bool		nulls[9] = {0};
 		SchedulerSlot *s = &copy[i];
 
 		if (s->dboid == InvalidOid)
@@ -254,6 +263,9 @@ dalgo_scheduler_status(PG_FUNCTION_ARGS)
 		else
 			values[7] = CStringGetTextDatum(s->last_error);
 		nulls[7] = !s->idle && s->last_error[0] == '\0';
+		values[8] = TimestampTzGetDatum(s->maintenance_at);
+		nulls[8] = s->maintenance_at == 0;
+		/* An older declaration reads its first columns only. */
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	pfree(copy);
@@ -277,10 +289,24 @@ dalgo_scheduler_init(void)
 							"Finished sync and transformation runs are purged after this many days.",
 							NULL, &dalgo_run_history_days, 30, 1, 36500,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("dalgo.alert_after_failures",
+							"A schedule's admins are alerted when it has failed this many times in a row.",
+							"One message per failure streak, and one when the schedule runs well again.",
+							&dalgo_alert_after_failures, 1, 1, 1000,
+							PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("dalgo.connector_timeout",
 							"A connector sync run nobody claims within this time is marked failed.",
 							NULL, &dalgo_connector_timeout, 900, 1, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("dalgo.maintenance_interval",
+							"How often each database's scheduler runs the daily maintenance (retention).",
+							"Periods start at dalgo.maintenance_hour (UTC). 0 turns the maintenance off.",
+							&dalgo_maintenance_interval, 86400, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("dalgo.maintenance_hour",
+							"The hour (UTC) at which the daily maintenance's period starts.",
+							NULL, &dalgo_maintenance_hour, 3, 0, 23,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;

@@ -7,7 +7,13 @@
 SET client_min_messages = warning;
 CREATE EXTENSION dalgo;
 INSERT INTO dalgo.organizations (id, name, slug) VALUES ('a0000000-0000-4000-8000-000000000001', 'Bench', 'bench');
+-- 0.1.0 named it warehouse_schema (test/bench/versions.sh compares the two).
+SELECT extversion = '0.1.0' AS v010 FROM pg_extension WHERE extname = 'dalgo' \gset
+\if :v010
+SELECT dalgo.warehouse_schema('a0000000-0000-4000-8000-000000000001') AS schema \gset
+\else
 SELECT dalgo.ensure_warehouse('a0000000-0000-4000-8000-000000000001') AS schema \gset
+\endif
 CREATE TABLE :"schema".visits AS
 	SELECT (ARRAY['CRC', 'IMAGE', 'JTS', 'ABC', 'XYZ'])[1 + g % 5] AS "NGO",
 		   'SPOC ' || (g % 17) AS "SPOC", '2022-' || lpad((1 + g % 12)::text, 2, '0') AS "Month",

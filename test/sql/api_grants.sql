@@ -31,7 +31,7 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$
 		'dalgo.validate_timezone(text)', 'dalgo.uuid_v7()',
 		-- recipes and warehouse
 		'dalgo.compile_recipe(uuid,jsonb)', 'dalgo.preview_recipe(uuid,jsonb,integer)',
-		'dalgo.read_warehouse_table(uuid,text,integer)', 'dalgo.ensure_warehouse(uuid)',
+		'dalgo.read_warehouse_table(uuid,text,integer,text,jsonb)', 'dalgo.ensure_warehouse(uuid)',
 		'dalgo.run_transformation(uuid,boolean)', 'dalgo.transformation_upstream(uuid)',
 		'dalgo.recipe_dependencies(jsonb)', 'dalgo.caller_may(uuid,dalgo.member_role)',
 		-- scheduling
@@ -53,7 +53,14 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$
 		-- restore mode, asked by triggers
 		'dalgo.restoring()',
 		-- toolkit: redaction by chosen keys, encrypted secrets
-		'dalgo.redact_jsonb(jsonb,text[],boolean)', 'dalgo.read_secret(regclass,name,text)'],
+		'dalgo.redact_jsonb(jsonb,text[],boolean)', 'dalgo.read_secret(regclass,name,text)',
+		-- journeys: versions, lineage
+		'dalgo.revert_transformation(uuid,integer)', 'dalgo.diff_versions(uuid,integer,integer)',
+		'dalgo.lineage(uuid,uuid,text)', 'dalgo.impact(uuid)', 'dalgo.lineage_dot(uuid)',
+		-- journeys: export
+		'dalgo.export_warehouse_table(uuid,text,text)', 'dalgo.export_organization(uuid)',
+		-- journeys: runs on demand
+		'dalgo.sync_now(uuid,boolean)', 'dalgo.refresh_output_now(uuid,boolean)'],
 	'dalgo_authenticated executes exactly the documented end-user API');
 
 SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
@@ -62,7 +69,7 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 		'dalgo.is_org_member(uuid,dalgo.member_role)', 'dalgo.is_org_admin(uuid)', 'dalgo.org_role(uuid)',
 		'dalgo.current_org_ids(dalgo.member_role)', 'dalgo.validate_timezone(text)', 'dalgo.uuid_v7()',
 		'dalgo.compile_recipe(uuid,jsonb)', 'dalgo.preview_recipe(uuid,jsonb,integer)',
-		'dalgo.read_warehouse_table(uuid,text,integer)', 'dalgo.ensure_warehouse(uuid)',
+		'dalgo.read_warehouse_table(uuid,text,integer,text,jsonb)', 'dalgo.ensure_warehouse(uuid)',
 		'dalgo.run_transformation(uuid,boolean)', 'dalgo.transformation_upstream(uuid)',
 		'dalgo.recipe_dependencies(jsonb)', 'dalgo.caller_may(uuid,dalgo.member_role)',
 		'dalgo.next_run(dalgo.schedule_frequency,time without time zone,integer,text,timestamp with time zone)',
@@ -75,7 +82,14 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 		'dalgo.claim_messages(integer)', 'dalgo.complete_message(uuid,text)', 'dalgo.current_api_key_id()', 'dalgo.restoring()',
 		-- toolkit: redaction, retention
 		'dalgo.redact_jsonb(jsonb,text[],boolean)', 'dalgo.apply_retention(integer,integer)', 'dalgo.run_retention(integer)',
-		'dalgo.read_secret_service(regclass,name,text)'],
+		'dalgo.read_secret_service(regclass,name,text)',
+		-- journeys: versions, lineage
+		'dalgo.revert_transformation(uuid,integer)', 'dalgo.diff_versions(uuid,integer,integer)',
+		'dalgo.lineage(uuid,uuid,text)', 'dalgo.impact(uuid)', 'dalgo.lineage_dot(uuid)',
+		-- journeys: export
+		'dalgo.export_warehouse_table(uuid,text,text)', 'dalgo.export_organization(uuid)',
+		-- journeys: runs on demand
+		'dalgo.sync_now(uuid,boolean)', 'dalgo.refresh_output_now(uuid,boolean)'],
 	'dalgo_service executes exactly the documented service API');
 
 SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p,
@@ -105,7 +119,7 @@ SELECT set_eq($$SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronames
 						  'dalgo.enable_child_rows(regclass,regclass,name)', 'dalgo.disable_child_rows(regclass)',
 						  'dalgo.enable_service_only(regclass)', 'dalgo.enable_updated_at(regclass,name)', 'dalgo.disable_updated_at(regclass)',
 						  'dalgo.enable_redaction(regclass,name,text[],boolean)', 'dalgo.disable_redaction(regclass,name)',
-						  'dalgo.set_retention(regclass,name,integer,text,text[])', 'dalgo.disable_retention(regclass)',
+						  'dalgo.set_retention(regclass,name,integer,text,text[],name,text,name)', 'dalgo.disable_retention(regclass)',
 						  'dalgo.enable_encryption(regclass,name,name,dalgo.member_role)', 'dalgo.disable_encryption(regclass,name)',
 						  'dalgo.rotate_secret_key(text)', 'dalgo.security_report(name)'])$$,
 	'public_api_surface: \df dalgo.* lists the app roles'' API and the documented admin tools, nothing else');
@@ -135,7 +149,7 @@ SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
 SELECT is_empty($$SELECT p.proname FROM pg_proc p
 	WHERE p.pronamespace IN ('dalgo'::regnamespace, 'dalgo_internal'::regnamespace)
 	  AND p.prorettype = 'trigger'::regtype
-	  AND p.proname !~ '^(audit|check|create|fill|guard|invalidate|record|redact|refuse|set|wake)_'$$,
+	  AND p.proname !~ '^(audit|check|create|encrypt|fill|guard|invalidate|record|redact|refuse|set|wake)_'$$,
 	'naming: trigger functions are named verb first');
 
 -- check_recipe_sql runs any SQL in the warehouse: internal, yet saving a

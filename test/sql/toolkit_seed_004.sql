@@ -9,13 +9,19 @@
 BEGIN;
 \i test/fixtures/toolkit_users.sql
 \i test/fixtures/seed_004_privacy.sql
-INSERT INTO seed_004.privacy_prefs ("userId", "dataRetentionDays") VALUES (:OWNER_A, 30), (:OWNER_B, 60);
+INSERT INTO seed_004.privacy_prefs ("userId", "dataRetentionDays") VALUES (:OWNER_A, 30), (:OWNER_B, 60), (:VIEWER_A, 10), (:LONER, 0);
 INSERT INTO seed_004.feature_flags (key, enabled) VALUES ('new_ui', true), ('beta', false);
 INSERT INTO seed_004.offers (key, name, "planType", enabled) VALUES ('spring', 'Spring', 'pro', true), ('old', 'Old', 'pro', false);
 INSERT INTO seed_004.telemetry_events ("userId", "eventType", "metadataRedactedJson", "timestamp") VALUES
 	(:OWNER_A, 'open', '{"path": "/home", "contact": "call +1 415 555 0100", "apiKey": "k"}', now()),
 	(:OWNER_A, 'old', '{}', now() - interval '40 days'),
-	(:OWNER_B, 'open', '{}', now());
+	(:OWNER_B, 'open', '{}', now()),
+	-- Per-user retention: B keeps 60 days, the viewer 10, the member (no
+	-- preference) and the loner (0: no valid preference) the policy's 30.
+	(:OWNER_B, 'kept 40', '{}', now() - interval '40 days'), (:OWNER_B, 'expired 70', '{}', now() - interval '70 days'),
+	(:VIEWER_A, 'kept 5', '{}', now() - interval '5 days'), (:VIEWER_A, 'expired 15', '{}', now() - interval '15 days'),
+	(:MEMBER_A, 'kept 20', '{}', now() - interval '20 days'), (:MEMBER_A, 'expired 40', '{}', now() - interval '40 days'),
+	(:LONER, 'kept 20', '{}', now() - interval '20 days'), (:LONER, 'expired 31', '{}', now() - interval '31 days');
 INSERT INTO seed_004.privacy_transparency_log ("userId", action, resource) VALUES (:OWNER_A, 'export', 'events'), (:OWNER_B, 'export', 'events');
 INSERT INTO seed_004.workflows (id, "userId", "organizationId", name) VALUES
 	('eeeeeeee-0000-4000-8000-000000000001', :OWNER_A, :A, 'A team flow'),
@@ -27,7 +33,7 @@ INSERT INTO seed_004.user_integrations ("userId", "organizationId", provider, na
 INSERT INTO seed_004.utm_tracks ("userId", source, campaign, "timestamp") VALUES
 	(:OWNER_A, 'google', 'spring', now() - interval '400 days'), (:OWNER_A, 'google', 'summer', now());
 INSERT INTO seed_004.metrics_log (source, metric) VALUES ('api', '{"p95": 120}');
-SELECT plan(24);
+SELECT plan(27);
 :as_anon
 SELECT set_eq('SELECT key FROM seed_004.feature_flags', ARRAY['new_ui'], 'public read: dalgo_anon reads enabled feature flags');
 SELECT set_eq('SELECT key FROM seed_004.offers', ARRAY['spring'], 'public read: ...and enabled offers');
@@ -59,9 +65,17 @@ SELECT throws_ok('SELECT * FROM seed_004.metrics_log', '42501', NULL, 'service r
 SELECT is((SELECT "metadataRedactedJson" FROM seed_004.telemetry_events WHERE "eventType" = 'open' AND "userId" = :OWNER_A),
 	'{"path": "/home", "apiKey": "[redacted]", "contact": "call ***"}', 'auto-redact: telemetry metadata loses secrets and phone numbers');
 SELECT is((SELECT config->>'token' FROM seed_004.user_integrations WHERE name = 'A slack'), '[redacted]', 'integration configs keep no tokens');
-SELECT set_eq($$SELECT table_name, rows_affected FROM dalgo.apply_retention() WHERE table_name LIKE 'seed_004.%'$$,
-	$$VALUES ('seed_004.telemetry_events', 1::bigint), ('seed_004.events', 0::bigint), ('seed_004.utm_tracks', 1::bigint)$$,
-	'retention: expired telemetry is deleted and old UTM tracks anonymized');
+SELECT throws_ok($$SELECT dalgo.set_retention('seed_004.events', 'timestamp', 180, user_column => 'userId',
+	user_days => 'seed_004.telemetry_events."durationMs"')$$, '22023',
+	'column "userId" of seed_004.telemetry_events needs a unique index: one number of days per user',
+	'per-user retention: the days come from a table with one row per user');
+SELECT throws_ok($$SELECT dalgo.set_retention('seed_004.events', 'timestamp', 180, user_column => 'userId',
+	user_days => 'seed_004.privacy_prefs.dataRetentionDays')$$, '42703', NULL, '...named as schema.table.column, quoted like SQL');
+SELECT set_eq($$SELECT table_name, rows_affected FROM dalgo.apply_retention(batch_size => 2) WHERE table_name LIKE 'seed_004.%'$$,
+	$$VALUES ('seed_004.telemetry_events', 5::bigint), ('seed_004.events', 0::bigint), ('seed_004.utm_tracks', 1::bigint)$$,
+	'retention: expired telemetry is deleted (in batches) and old UTM tracks anonymized');
+SELECT bag_eq($$SELECT "eventType" FROM seed_004.telemetry_events$$, ARRAY['open', 'open', 'click', 'kept 40', 'kept 5', 'kept 20', 'kept 20'],
+	'per-user retention (the seed''s dataRetentionDays): each user''s own days, else the policy''s');
 SELECT is((SELECT count(*) FROM seed_004.utm_tracks WHERE source IS NULL AND campaign IS NULL), 1::bigint, '...the old track lost its campaign data');
 UPDATE seed_004.privacy_prefs SET "updatedAt" = '2000-01-01', "consentGiven" = true;
 SELECT ok((SELECT bool_and("updatedAt" > '2001-01-01') FROM seed_004.privacy_prefs)
