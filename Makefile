@@ -14,6 +14,7 @@ OBJS = \
 	src/identity.o \
 	src/jwt.o \
 	src/launcher.o \
+	src/lifecycle.o \
 	src/loading.o \
 	src/membership.o \
 	src/next_run.o \
@@ -50,6 +51,7 @@ SQL_FRAGMENTS = \
 	sql/accounts.sql \
 	sql/toolkit.sql \
 	sql/journeys.sql \
+	sql/lifecycle.sql \
 	sql/loading.sql \
 	sql/backup.sql
 
@@ -127,6 +129,11 @@ REGRESS = \
 	warehouse_arrivals \
 	accounts_flows \
 	accounts_attacks \
+	soft_delete_restore \
+	soft_delete_live \
+	soft_delete_race \
+	organization_deletion_catalog \
+	leaving_for_good \
 	toolkit_patterns \
 	toolkit_attacks \
 	toolkit_plan \

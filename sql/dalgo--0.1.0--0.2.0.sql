@@ -11754,6 +11754,863 @@ COMMENT ON FUNCTION dalgo_internal.maintenance_step(integer, integer) IS
 REVOKE ALL ON FUNCTION dalgo_internal.daily_maintenance(integer), dalgo_internal.maintenance_step(integer, integer) FROM PUBLIC;
 
 
+-- jdel: soft delete means it, a deleted organization takes its warehouse, leaving for good (issue 14 items 1-3).
+-- The whole of sql/lifecycle.sql; soft-deleted sources, transformations and
+-- outputs drop out of the read policies; the run claims skip runs of
+-- deleted things; an organization's owners restore it by their membership
+-- rows; memberships cascading away with their organization pass the role guard.
+CREATE OR REPLACE FUNCTION dalgo_internal.guard_membership() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	org uuid;
+	my_role dalgo.member_role;
+	old_role dalgo.member_role;
+	new_role dalgo.member_role;
+	was_live boolean := false;
+	is_live boolean := false;
+	grants boolean;
+	first_owner boolean := false;
+BEGIN
+	IF TG_OP = 'UPDATE' AND (NEW.organization_id <> OLD.organization_id OR NEW.user_id <> OLD.user_id) THEN
+		RAISE EXCEPTION 'a membership cannot be moved to another organization or user'
+			USING ERRCODE = 'insufficient_privilege', HINT = 'Remove it and add a new membership.';
+	END IF;
+
+	-- The row before and after: a role held while live.
+	IF TG_OP = 'DELETE' THEN
+		org := OLD.organization_id;
+		-- A membership cascading away with its deleted organization: the
+		-- organization's deletion was the decision (its owner's, or service work).
+		IF NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = org) THEN
+			RETURN OLD;
+		END IF;
+	ELSE
+		org := NEW.organization_id;
+		new_role := NEW.role;
+		is_live := NEW.deleted_at IS NULL;
+	END IF;
+	IF TG_OP <> 'INSERT' THEN
+		old_role := OLD.role;
+		was_live := OLD.deleted_at IS NULL;
+	END IF;
+	-- Does the change hand out a role the row did not give before?  An
+	-- insert, a restore (deleted_at back to NULL) and a raise all do.
+	grants := is_live AND (NOT was_live OR new_role > old_role);
+
+	-- What the acting user may do (service work without an identity is not limited here).
+	IF me IS NOT NULL THEN
+		-- In a soft-deleted organization (no members as far as org_role
+		-- goes) the membership rows tell: its owners can still leave it.
+		my_role := coalesce(dalgo.org_role(org), dalgo_internal.dormant_role(org));
+		-- The first owner of a new organization, which has no live members yet.
+		IF TG_OP = 'INSERT' AND new_role = 'owner' AND NEW.user_id = me THEN
+			first_owner := NOT EXISTS (SELECT FROM dalgo.organization_members m
+									   WHERE m.organization_id = org AND m.deleted_at IS NULL);
+		END IF;
+		IF NOT first_owner THEN
+			-- Nobody raises their own role, also not by restoring an old membership.
+			IF grants AND NEW.user_id = me AND (my_role IS NULL OR new_role > my_role) THEN
+				RAISE EXCEPTION 'you cannot raise your own role'
+					USING ERRCODE = 'insufficient_privilege';
+			END IF;
+			-- Owner rows are an owner's: adding, granting, revoking, restoring, removing.
+			IF my_role IS DISTINCT FROM 'owner' THEN
+				IF TG_OP = 'INSERT' AND new_role = 'owner' THEN
+					RAISE EXCEPTION 'only an owner can add an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND (new_role = 'owner' OR old_role = 'owner') AND new_role <> old_role THEN
+					RAISE EXCEPTION 'only an owner can grant or revoke the owner role'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND old_role = 'owner' AND was_live AND NOT is_live THEN
+					RAISE EXCEPTION 'only an owner can remove an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				ELSIF TG_OP = 'UPDATE' AND new_role = 'owner' AND is_live AND NOT was_live THEN
+					RAISE EXCEPTION 'only an owner can restore an owner''s membership'
+						USING ERRCODE = 'insufficient_privilege',
+							  HINT = 'Restoring an owner row grants the owner role.';
+				ELSIF TG_OP = 'DELETE' AND old_role = 'owner' THEN
+					RAISE EXCEPTION 'only an owner can remove an owner'
+						USING ERRCODE = 'insufficient_privilege';
+				END IF;
+			END IF;
+			-- Nobody hands out a role above their own.
+			IF grants AND (my_role IS NULL OR new_role > my_role) THEN
+				RAISE EXCEPTION 'you cannot grant a role above your own'
+					USING ERRCODE = 'insufficient_privilege',
+						  DETAIL = pg_catalog.format('Your role is %s; the membership would give %s.',
+													 coalesce(my_role::text, 'none'), new_role);
+			END IF;
+		END IF;
+	END IF;
+
+	-- An organization never loses its last owner (whoever acts).
+	IF was_live AND old_role = 'owner' AND NOT (is_live AND new_role = 'owner') THEN
+		-- Every owner removal locks the organization row, so they run one
+		-- at a time; the count then reads the latest committed state, not
+		-- this transaction's snapshot, so a removal committed while we
+		-- waited is seen under REPEATABLE READ and SERIALIZABLE too.
+		-- A deleted organization (its members cascading away) has no row left.
+		PERFORM FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL FOR NO KEY UPDATE;
+		IF FOUND AND dalgo_internal.live_owner_count(org, OLD.id) = 0 THEN
+			RAISE EXCEPTION 'cannot remove the last owner of organization %', org
+				USING ERRCODE = 'check_violation',
+					  HINT = 'Make another member an owner first, or delete the organization.';
+		END IF;
+	END IF;
+
+	IF TG_OP = 'DELETE' THEN
+		RETURN OLD;
+	END IF;
+	RETURN NEW;
+END
+$$;
+CREATE OR REPLACE FUNCTION dalgo_internal.guard_organization() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	my_role dalgo.member_role;
+BEGIN
+	IF NEW.deleted_at IS NOT DISTINCT FROM OLD.deleted_at OR dalgo.current_user_id() IS NULL THEN
+		RETURN NEW;
+	END IF;
+	-- A deleted organization has no members as far as the membership
+	-- functions go: its owners are found by their membership rows.
+	IF OLD.deleted_at IS NULL THEN
+		my_role := dalgo.org_role(OLD.id);
+	ELSE
+		my_role := dalgo_internal.dormant_role(OLD.id);
+	END IF;
+	IF my_role IS DISTINCT FROM 'owner' THEN
+		RAISE EXCEPTION 'only an owner can delete or restore an organization'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	RETURN NEW;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo_internal.guard_organization() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.guard_organization() IS 'BEFORE UPDATE row trigger on organizations: only an owner soft-deletes or restores it (the owner of a deleted organization by their live membership row)';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.claim_pending_run(OUT run_kind dalgo.run_kind, OUT run_id uuid)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+BEGIN
+	FOR org IN
+		WITH queued AS (
+			SELECT r.organization_id, r.status, r.created_at
+			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+			WHERE r.status IN ('pending', 'running') AND NOT dalgo.is_connector_source(s.source_type)
+			  AND r.details ? 'schedule_id'
+			  AND (r.status = 'running' OR dalgo_internal.target_is_live(r.organization_id, r.source_id, NULL))
+			UNION ALL
+			SELECT r.organization_id, r.status, r.created_at FROM dalgo.transformation_runs r
+			WHERE r.status IN ('pending', 'running') AND r.details ? 'schedule_id'
+			  AND (r.status = 'running' OR dalgo_internal.target_is_live(r.organization_id, NULL, r.transformation_id)))
+		SELECT q.organization_id FROM queued q
+		GROUP BY q.organization_id
+		HAVING bool_or(q.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE q.status = 'running'), min(q.created_at) FILTER (WHERE q.status = 'pending'),
+				 q.organization_id
+	LOOP
+		SELECT 'sync', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo.is_connector_source(s.source_type)
+		  AND r.details ? 'schedule_id' AND dalgo_internal.target_is_live(r.organization_id, r.source_id, NULL)
+		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
+		IF NOT FOUND THEN
+			SELECT 'output', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
+			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ? 'schedule_id'
+			  AND dalgo_internal.target_is_live(r.organization_id, NULL, r.transformation_id)
+			ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED;
+		END IF;
+		EXIT WHEN run_id IS NOT NULL;
+	END LOOP;
+	IF run_id IS NOT NULL THEN
+		PERFORM dalgo_internal.start_scheduled_run(run_kind, run_id);
+	END IF;
+END
+$$;
+CREATE OR REPLACE FUNCTION dalgo.claim_sync_run() RETURNS dalgo.sync_runs
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	org uuid;
+	msg text;
+BEGIN
+	FOR org IN
+		SELECT x.organization_id FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status IN ('pending', 'running') AND dalgo.is_connector_source(s.source_type) AND x.deleted_at IS NULL
+		GROUP BY x.organization_id
+		HAVING bool_or(x.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
+				 x.organization_id
+	LOOP
+		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo.is_connector_source(s.source_type)
+		  AND x.deleted_at IS NULL AND dalgo_internal.target_is_live(x.organization_id, x.source_id, NULL)
+		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
+		IF FOUND THEN
+			-- A connector run is a run: the organization's quotas apply, as
+			-- to in-database runs (a refused run fails with the quota's message).
+			BEGIN
+				PERFORM dalgo_internal.check_run_quota(org);
+			EXCEPTION WHEN configuration_limit_exceeded THEN
+				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+				UPDATE dalgo.sync_runs x SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
+				WHERE x.id = r.id;
+				CONTINUE;
+			END;
+			UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
+			RETURN r;
+		END IF;
+	END LOOP;
+	RETURN NULL;
+END
+$$;
+DROP POLICY tenant_select ON dalgo.sources;
+CREATE POLICY tenant_select ON dalgo.sources FOR SELECT TO dalgo_authenticated
+	USING (deleted_at IS NULL AND organization_id OPERATOR(pg_catalog.=) ANY ((SELECT dalgo.current_org_ids('viewer'))::uuid[]));
+COMMENT ON POLICY tenant_select ON dalgo.sources IS 'Live (not soft-deleted) rows of organizations where the caller is at least viewer';
+DROP POLICY tenant_select ON dalgo.transformations;
+CREATE POLICY tenant_select ON dalgo.transformations FOR SELECT TO dalgo_authenticated
+	USING (deleted_at IS NULL AND organization_id OPERATOR(pg_catalog.=) ANY ((SELECT dalgo.current_org_ids('viewer'))::uuid[]));
+COMMENT ON POLICY tenant_select ON dalgo.transformations IS 'Live (not soft-deleted) rows of organizations where the caller is at least viewer';
+DROP POLICY tenant_select ON dalgo.outputs;
+CREATE POLICY tenant_select ON dalgo.outputs FOR SELECT TO dalgo_authenticated
+	USING (deleted_at IS NULL AND organization_id OPERATOR(pg_catalog.=) ANY ((SELECT dalgo.current_org_ids('viewer'))::uuid[]));
+COMMENT ON POLICY tenant_select ON dalgo.outputs IS 'Live (not soft-deleted) rows of organizations where the caller is at least viewer';
+
+-- lifecycle.sql: the ends of things.  Soft delete that stops schedules and
+-- runs at once, the restore window (dalgo.restore_days) and the purge after
+-- it; a deleted organization takes its warehouse schema and role with it;
+-- a user leaves for good (dalgo.delete_my_account, dalgo.erase_user).
+
+-- ---------------------------------------------------------------------------
+-- Soft delete
+-- ---------------------------------------------------------------------------
+
+-- Is what a run acts on still there?  A run of a soft-deleted organization,
+-- source or transformation is never claimed.
+CREATE FUNCTION dalgo_internal.target_is_live(organization_id uuid, source_id uuid, transformation_id uuid)
+	RETURNS boolean
+	LANGUAGE sql STABLE PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT EXISTS (SELECT FROM dalgo.organizations o
+				   WHERE o.id = target_is_live.organization_id AND o.deleted_at IS NULL)
+		AND (target_is_live.source_id IS NULL
+			 OR EXISTS (SELECT FROM dalgo.sources s WHERE s.id = target_is_live.source_id AND s.deleted_at IS NULL))
+		AND (target_is_live.transformation_id IS NULL
+			 OR EXISTS (SELECT FROM dalgo.transformations t
+						WHERE t.id = target_is_live.transformation_id AND t.deleted_at IS NULL));
+END;
+REVOKE ALL ON FUNCTION dalgo_internal.target_is_live(uuid, uuid, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.target_is_live(uuid, uuid, uuid) IS
+	'Internal: true while the organization, and the source or transformation when given, are not soft-deleted; the run claims skip runs whose target is gone';
+
+-- A soft delete stamps what it stops with its own deleted_at, so that a
+-- restore brings back exactly what the delete took: the schedules of a
+-- source, an output or an organization, and the outputs of a
+-- transformation.  Pending runs fail at once with a message that says why.
+CREATE FUNCTION dalgo_internal.cascade_soft_delete() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	deleting boolean := OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL;
+	noun text := CASE TG_TABLE_NAME WHEN 'organizations' THEN 'organization' WHEN 'sources' THEN 'source'
+							 WHEN 'transformations' THEN 'transformation' ELSE 'output' END;
+	msg text;
+BEGIN
+	IF dalgo.restoring() THEN RETURN NULL; END IF;
+	IF deleting THEN
+		msg := pg_catalog.format('cancelled: the %s was deleted', noun);
+		-- Schedules first: a claim holding a schedule's row finishes before
+		-- this goes on, so the run it made is cancelled below.
+		IF TG_TABLE_NAME = 'transformations' THEN
+			UPDATE dalgo.outputs x SET deleted_at = NEW.deleted_at
+				WHERE x.organization_id = NEW.organization_id AND x.transformation_id = NEW.id AND x.deleted_at IS NULL;
+		ELSE
+			UPDATE dalgo.schedules x SET deleted_at = NEW.deleted_at
+				WHERE x.deleted_at IS NULL
+				  AND CASE TG_TABLE_NAME WHEN 'organizations' THEN x.organization_id = NEW.id
+										 WHEN 'sources' THEN x.source_id = NEW.id
+										 ELSE x.output_id = NEW.id END;
+		END IF;
+		IF TG_TABLE_NAME IN ('organizations', 'sources') THEN
+			UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
+				WHERE r.status = 'pending'
+				  AND CASE WHEN TG_TABLE_NAME = 'organizations' THEN r.organization_id = NEW.id ELSE r.source_id = NEW.id END;
+		END IF;
+		IF TG_TABLE_NAME = 'outputs' THEN
+			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
+				WHERE r.status = 'pending' AND r.transformation_id = NEW.transformation_id
+				  AND (r.details->>'output_id' = NEW.id::text
+					   OR r.details->>'schedule_id' IN (SELECT x.id::text FROM dalgo.schedules x WHERE x.output_id = NEW.id));
+		ELSIF TG_TABLE_NAME IN ('organizations', 'transformations') THEN
+			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
+				WHERE r.status = 'pending'
+				  AND CASE WHEN TG_TABLE_NAME = 'organizations' THEN r.organization_id = NEW.id
+						   ELSE r.transformation_id = NEW.id END;
+		END IF;
+	ELSIF OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL THEN
+		-- Restored: what the delete stamped comes back (schedules start again
+		-- from their next slot after now: set_schedule_next_run).
+		IF TG_TABLE_NAME = 'transformations' THEN
+			UPDATE dalgo.outputs x SET deleted_at = NULL
+				WHERE x.organization_id = NEW.organization_id AND x.transformation_id = NEW.id
+				  AND x.deleted_at = OLD.deleted_at;
+		ELSE
+			UPDATE dalgo.schedules x SET deleted_at = NULL, next_run_at = NULL
+				WHERE x.deleted_at = OLD.deleted_at
+				  AND CASE TG_TABLE_NAME WHEN 'organizations' THEN x.organization_id = NEW.id
+										 WHEN 'sources' THEN x.source_id = NEW.id
+										 ELSE x.output_id = NEW.id END
+				  AND dalgo_internal.target_is_live(x.organization_id, x.source_id, NULL)
+				  AND (x.output_id IS NULL OR EXISTS (SELECT FROM dalgo.outputs o WHERE o.id = x.output_id AND o.deleted_at IS NULL));
+		END IF;
+	END IF;
+	RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo_internal.cascade_soft_delete() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.cascade_soft_delete() IS
+	'AFTER UPDATE OF deleted_at row trigger on organizations, sources, transformations and outputs: a soft delete stamps their schedules (a transformation: its outputs) with the same deleted_at and fails their pending runs; a restore brings back what carries that stamp';
+CREATE TRIGGER soft_delete_cascade AFTER UPDATE OF deleted_at ON dalgo.organizations
+	FOR EACH ROW WHEN (OLD.deleted_at IS DISTINCT FROM NEW.deleted_at) EXECUTE FUNCTION dalgo_internal.cascade_soft_delete();
+CREATE TRIGGER soft_delete_cascade AFTER UPDATE OF deleted_at ON dalgo.sources
+	FOR EACH ROW WHEN (OLD.deleted_at IS DISTINCT FROM NEW.deleted_at) EXECUTE FUNCTION dalgo_internal.cascade_soft_delete();
+CREATE TRIGGER soft_delete_cascade AFTER UPDATE OF deleted_at ON dalgo.transformations
+	FOR EACH ROW WHEN (OLD.deleted_at IS DISTINCT FROM NEW.deleted_at) EXECUTE FUNCTION dalgo_internal.cascade_soft_delete();
+CREATE TRIGGER soft_delete_cascade AFTER UPDATE OF deleted_at ON dalgo.outputs
+	FOR EACH ROW WHEN (OLD.deleted_at IS DISTINCT FROM NEW.deleted_at) EXECUTE FUNCTION dalgo_internal.cascade_soft_delete();
+COMMENT ON TRIGGER soft_delete_cascade ON dalgo.organizations IS 'A soft delete stops the schedules and pending runs; a restore brings the schedules back';
+COMMENT ON TRIGGER soft_delete_cascade ON dalgo.sources IS 'A soft delete stops the schedules and pending runs; a restore brings the schedules back';
+COMMENT ON TRIGGER soft_delete_cascade ON dalgo.transformations IS 'A soft delete takes the outputs and stops pending runs; a restore brings the outputs back';
+COMMENT ON TRIGGER soft_delete_cascade ON dalgo.outputs IS 'A soft delete stops the schedules and pending runs; a restore brings the schedules back';
+
+-- The tables whose rows an app soft-deletes and restores, with the role it
+-- takes to delete one (that of the table's delete policy).
+CREATE FUNCTION dalgo_internal.soft_delete_role(tbl regclass) RETURNS dalgo.member_role
+	LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT CASE tbl
+		WHEN 'dalgo.organizations'::regclass THEN 'owner'::dalgo.member_role
+		WHEN 'dalgo.sources'::regclass THEN 'admin'::dalgo.member_role
+		WHEN 'dalgo.transformations'::regclass THEN 'member'::dalgo.member_role
+		WHEN 'dalgo.outputs'::regclass THEN 'member'::dalgo.member_role
+	END;
+END;
+REVOKE ALL ON FUNCTION dalgo_internal.soft_delete_role(regclass) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.soft_delete_role(regclass) IS
+	'Internal: the role that soft-deletes a row of organizations (owner), sources (admin), transformations or outputs (member); NULL for any other table';
+
+-- The caller's role in an organization, whether or not it is soft-deleted
+-- (the membership functions see none in a deleted organization): a live
+-- membership of an active, live user, a superadmin being owner.  An API
+-- key has none here: it acts only in a live organization.
+CREATE FUNCTION dalgo_internal.dormant_role(organization_id uuid) RETURNS dalgo.member_role
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+	SELECT CASE WHEN dalgo.current_api_key_id() IS NOT NULL THEN NULL
+				WHEN u.is_superadmin THEN 'owner'::dalgo.member_role
+				ELSE (SELECT m.role FROM dalgo.organization_members m
+					  WHERE m.organization_id = dormant_role.organization_id AND m.user_id = u.id AND m.deleted_at IS NULL)
+		   END
+	FROM dalgo.users u
+	WHERE u.id = dalgo.current_user_id() AND u.is_active AND u.deleted_at IS NULL
+	  AND EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = dormant_role.organization_id);
+END;
+REVOKE ALL ON FUNCTION dalgo_internal.dormant_role(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.dormant_role(uuid) IS
+	'Internal: the caller''s role in an organization even while it is soft-deleted (live membership, active live user; superadmin: owner; API key: none)';
+
+CREATE FUNCTION dalgo.soft_delete(tbl regclass, id uuid) RETURNS timestamptz
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	need dalgo.member_role := dalgo_internal.soft_delete_role(tbl);
+	org uuid;
+	was timestamptz;
+	stamp timestamptz := now();
+BEGIN
+	IF need IS NULL THEN
+		RAISE EXCEPTION '% is not a table whose rows are soft-deleted', tbl
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'dalgo.soft_delete takes dalgo.organizations, dalgo.sources, dalgo.transformations or dalgo.outputs.';
+	END IF;
+	EXECUTE pg_catalog.format('SELECT %s, deleted_at FROM %s WHERE id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE',
+							  CASE WHEN tbl = 'dalgo.organizations'::regclass THEN 'id' ELSE 'organization_id' END, tbl)
+		INTO org, was USING soft_delete.id;
+	IF org IS NULL OR was IS NOT NULL OR NOT dalgo.caller_may(org, need) THEN
+		RAISE EXCEPTION 'no live row % in % that you may delete', soft_delete.id, tbl
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = pg_catalog.format('Deleting a row of %s takes the %s role in its organization.', tbl, need);
+	END IF;
+	EXECUTE pg_catalog.format('UPDATE %s SET deleted_at = $2 WHERE id OPERATOR(pg_catalog.=) $1', tbl)
+		USING soft_delete.id, stamp;
+	RETURN stamp;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo.soft_delete(regclass, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.soft_delete(regclass, uuid) IS
+	'Soft-delete a row of dalgo.organizations (owners), dalgo.sources (admins), dalgo.transformations or dalgo.outputs (members): it drops out of what apps read, its schedules stop and its pending runs fail at once; dalgo.restore brings it back within dalgo.restore_days. Returns its deleted_at';
+
+CREATE FUNCTION dalgo.deleted_items(organization_id uuid)
+	RETURNS TABLE (tbl regclass, id uuid, name text, deleted_at timestamptz, restorable_until timestamptz)
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid := deleted_items.organization_id;
+	days integer := pg_catalog.current_setting('dalgo.restore_days')::integer;
+	org_deleted timestamptz;
+	allowed boolean;
+BEGIN
+	SELECT o.deleted_at INTO org_deleted FROM dalgo.organizations o WHERE o.id = org;
+	-- Admins of a live organization; owners of a deleted one.
+	allowed := FOUND;
+	IF allowed AND org_deleted IS NULL THEN
+		allowed := dalgo.caller_may(org, 'admin');
+	ELSIF allowed THEN
+		allowed := coalesce(dalgo_internal.dormant_role(org) = 'owner', false)
+				   OR (dalgo.current_user_id() IS NULL AND dalgo.caller_may(org, 'viewer'));
+	END IF;
+	IF NOT allowed THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not one of its admins', org
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	RETURN QUERY
+		SELECT x.tbl, x.id, x.name, x.deleted_at, x.deleted_at + pg_catalog.make_interval(days => days)
+		FROM (SELECT 'dalgo.organizations'::regclass AS tbl, o.id, o.name, o.deleted_at
+			  FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NOT NULL
+			  UNION ALL
+			  SELECT 'dalgo.sources'::regclass, s.id, s.name, s.deleted_at
+			  FROM dalgo.sources s WHERE s.organization_id = org AND s.deleted_at IS NOT NULL
+			  UNION ALL
+			  SELECT 'dalgo.transformations'::regclass, t.id, t.name, t.deleted_at
+			  FROM dalgo.transformations t WHERE t.organization_id = org AND t.deleted_at IS NOT NULL
+			  UNION ALL
+			  SELECT 'dalgo.outputs'::regclass, p.id, p.name, p.deleted_at
+			  FROM dalgo.outputs p WHERE p.organization_id = org AND p.deleted_at IS NOT NULL) x
+		ORDER BY x.deleted_at DESC, x.tbl::text, x.id;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo.deleted_items(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.deleted_items(uuid) IS
+	'The soft-deleted organization, sources, transformations and outputs of an organization, newest first, with the time until which dalgo.restore brings each back (deleted_at + dalgo.restore_days); for its admins, or its owners once the organization itself is deleted';
+
+CREATE FUNCTION dalgo.restore(tbl regclass, id uuid) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+	was timestamptz;
+	days integer := pg_catalog.current_setting('dalgo.restore_days')::integer;
+	allowed boolean;
+	parent_gone text;
+BEGIN
+	IF dalgo_internal.soft_delete_role(tbl) IS NULL THEN
+		RAISE EXCEPTION '% is not a table whose rows are restored', tbl
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'dalgo.restore takes dalgo.organizations, dalgo.sources, dalgo.transformations or dalgo.outputs.';
+	END IF;
+	EXECUTE pg_catalog.format('SELECT %s, deleted_at FROM %s WHERE id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE',
+							  CASE WHEN tbl = 'dalgo.organizations'::regclass THEN 'id' ELSE 'organization_id' END, tbl)
+		INTO org, was USING restore.id;
+	-- An organization is brought back by its owners; a row in one by its admins.
+	IF tbl = 'dalgo.organizations'::regclass THEN
+		allowed := dalgo_internal.dormant_role(org) = 'owner'
+				   OR (dalgo.current_user_id() IS NULL AND dalgo.caller_may(org, 'viewer'));
+	ELSE
+		allowed := dalgo.caller_may(org, 'admin');
+	END IF;
+	IF org IS NULL OR was IS NULL OR NOT coalesce(allowed, false) THEN
+		RAISE EXCEPTION 'no deleted row % in % that you may restore', restore.id, tbl
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'dalgo.deleted_items(organization_id) lists what an admin may restore.';
+	END IF;
+	IF was < now() - pg_catalog.make_interval(days => days) THEN
+		RAISE EXCEPTION 'the restore window has passed: % was deleted at %, more than dalgo.restore_days (%) ago', restore.id, was, days
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'It is purged by dalgo.purge_deleted() and cannot come back.';
+	END IF;
+	IF tbl = 'dalgo.outputs'::regclass THEN
+		SELECT t.name INTO parent_gone FROM dalgo.outputs p JOIN dalgo.transformations t ON t.id = p.transformation_id
+			WHERE p.id = restore.id AND t.deleted_at IS NOT NULL;
+		IF parent_gone IS NOT NULL THEN
+			RAISE EXCEPTION 'the transformation "%" of this output is deleted', parent_gone
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  HINT = 'Restore the transformation first: that brings back the outputs it took with it.';
+		END IF;
+	END IF;
+	EXECUTE pg_catalog.format('UPDATE %s SET deleted_at = NULL WHERE id OPERATOR(pg_catalog.=) $1', tbl) USING restore.id;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo.restore(regclass, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.restore(regclass, uuid) IS
+	'Bring back a soft-deleted row of dalgo.organizations (its owners), dalgo.sources, dalgo.transformations or dalgo.outputs (admins of its organization) within dalgo.restore_days of its deletion, with the schedules (a transformation: the outputs) its deletion stopped. Not to be confused with dalgo.restoring(), the pg_restore mode';
+
+-- ---------------------------------------------------------------------------
+-- An organization's warehouse goes with it
+-- ---------------------------------------------------------------------------
+
+-- Drop the warehouse schema org_<hex> with everything in it, everything
+-- else the role dalgo_wh_<hex> owns or was granted in this database, and the
+-- role.  A role still used in another database of the cluster (a copy of
+-- this one) is left to that database, with a warning.
+CREATE FUNCTION dalgo_internal.drop_warehouse(organization_id uuid) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	SET client_min_messages = warning	-- not a NOTICE per dropped table
+AS $$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	role_name text := dalgo_internal.warehouse_role_name(organization_id);
+	owner_name text;
+BEGIN
+	SELECT r.rolname INTO owner_name FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE n.nspname = schema_name;
+	-- dalgo drops only a schema it made: one its warehouse role owns.
+	IF owner_name = role_name THEN
+		EXECUTE pg_catalog.format('DROP SCHEMA %I CASCADE', schema_name);
+	ELSIF owner_name IS NOT NULL THEN
+		RAISE WARNING 'schema "%" is not owned by the warehouse role "%": left in place', schema_name, role_name;
+	END IF;
+	IF EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
+		EXECUTE pg_catalog.format('DROP OWNED BY %I CASCADE', role_name);
+		BEGIN
+			EXECUTE pg_catalog.format('DROP ROLE %I', role_name);
+		EXCEPTION WHEN dependent_objects_still_exist THEN
+			RAISE WARNING 'role "%" is still used in another database: left in place', role_name
+				USING DETAIL = SQLERRM;
+		END;
+	END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo_internal.drop_warehouse(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.drop_warehouse(uuid) IS
+	'Internal: drop an organization''s warehouse schema (if its warehouse role owns it) with everything in it, whatever else that role owns or was granted in this database, and the role (left with a warning while another database still uses it)';
+
+CREATE FUNCTION dalgo_internal.drop_organization_warehouse() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF dalgo.restoring() THEN RETURN NULL; END IF;
+	PERFORM dalgo_internal.drop_warehouse(OLD.id);
+	RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo_internal.drop_organization_warehouse() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.drop_organization_warehouse() IS
+	'AFTER DELETE row trigger on organizations: the organization''s warehouse schema and role are dropped in the same transaction';
+CREATE TRIGGER drop_warehouse AFTER DELETE ON dalgo.organizations
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.drop_organization_warehouse();
+COMMENT ON TRIGGER drop_warehouse ON dalgo.organizations IS 'A deleted organization takes its warehouse schema and role with it';
+
+-- ---------------------------------------------------------------------------
+-- Purge after the restore window
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION dalgo.purge_deleted(max_rows integer DEFAULT 1000) RETURNS bigint
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cutoff timestamptz := now() - pg_catalog.make_interval(days => pg_catalog.current_setting('dalgo.restore_days')::integer);
+	left_over integer := max_rows;
+	n bigint;
+	total bigint := 0;
+	t text;
+BEGIN
+	IF NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user)
+	   AND NOT pg_has_role(session_user, 'dalgo_service', 'USAGE') THEN
+		RAISE EXCEPTION 'only dalgo_service or a superuser may purge deleted rows'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF max_rows IS NULL OR max_rows < 1 THEN
+		RAISE EXCEPTION 'max_rows must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- Organizations first (each drops a warehouse, so they count 100 rows
+	-- against the batch's locks), then what else outlived its window.
+	FOREACH t IN ARRAY ARRAY['organizations', 'transformations', 'outputs', 'sources'] LOOP
+		EXIT WHEN left_over <= 0;
+		EXECUTE pg_catalog.format(
+			'WITH d AS (DELETE FROM dalgo.%1$I x WHERE x.id IN (SELECT y.id FROM dalgo.%1$I y '
+			'WHERE y.deleted_at < $1 ORDER BY y.deleted_at LIMIT $2) RETURNING 1) SELECT count(*) FROM d', t)
+			INTO n USING cutoff, CASE WHEN t = 'organizations' THEN greatest(left_over / 100, 1) ELSE left_over END;
+		total := total + n;
+		left_over := left_over - CASE WHEN t = 'organizations' THEN n * 100 ELSE n END;
+	END LOOP;
+	-- Stragglers: a run queued for something deleted meanwhile never runs.
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = 'cancelled: its source or organization was deleted'
+		WHERE r.status = 'pending' AND NOT dalgo_internal.target_is_live(r.organization_id, r.source_id, NULL);
+	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = 'cancelled: its transformation or organization was deleted'
+		WHERE r.status = 'pending' AND NOT dalgo_internal.target_is_live(r.organization_id, NULL, r.transformation_id);
+	RETURN total;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo.purge_deleted(integer) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.purge_deleted(integer) IS
+	'Hard-delete (cascading) the organizations, transformations, outputs and sources soft-deleted more than dalgo.restore_days ago, at most max_rows per call (an organization, whose warehouse is dropped, counts 100); returns how many rows went. Call it until it returns 0. Only dalgo_service and superusers';
+
+-- ---------------------------------------------------------------------------
+-- Leaving for good
+-- ---------------------------------------------------------------------------
+
+-- Replace every string value that contains one of the needles
+-- (case-insensitively), and every value under the keys given, by "[erased]".
+CREATE FUNCTION dalgo_internal.erase_in_jsonb(j jsonb, needles text[], keys text[]) RETURNS jsonb
+	LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	CASE jsonb_typeof(j)
+	WHEN 'object' THEN
+		RETURN coalesce((SELECT jsonb_object_agg(e.key, CASE WHEN e.key = ANY (keys) AND jsonb_typeof(e.value) <> 'null'
+															 THEN '"[erased]"'::jsonb
+															 ELSE dalgo_internal.erase_in_jsonb(e.value, needles, keys) END)
+						 FROM jsonb_each(j) e), '{}'::jsonb);
+	WHEN 'array' THEN
+		RETURN coalesce((SELECT jsonb_agg(dalgo_internal.erase_in_jsonb(a.value, needles, keys) ORDER BY a.n)
+						 FROM jsonb_array_elements(j) WITH ORDINALITY a(value, n)), '[]'::jsonb);
+	WHEN 'string' THEN
+		IF EXISTS (SELECT FROM unnest(needles) x WHERE length(x) >= 3 AND strpos(lower(j #>> '{}'), lower(x)) > 0) THEN
+			RETURN '"[erased]"'::jsonb;
+		END IF;
+		RETURN j;
+	ELSE
+		RETURN j;
+	END CASE;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo_internal.erase_in_jsonb(jsonb, text[], text[]) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.erase_in_jsonb(jsonb, text[], text[]) IS
+	'Internal: a jsonb value with every string containing one of the needles (case-insensitively, needles of 3 characters or more) and every value under one of the keys replaced by "[erased]"';
+
+CREATE FUNCTION dalgo_internal.anonymize_audit_logs(user_id uuid, needles text[]) RETURNS bigint
+	AS 'MODULE_PATHNAME', 'dalgo_anonymize_audit_logs'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION dalgo_internal.anonymize_audit_logs(uuid, text[]) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.anonymize_audit_logs(uuid, text[]) IS
+	'Internal: the one path past the audit trail''s append-only guard: in the rows by or about the user, or naming one of the needles, personal data in details is erased and the client address and user agent of the user''s own rows dropped; ids, actions and times stay';
+
+-- The work of both ways to leave: memberships end, the personal
+-- organization goes (with its warehouse), tokens and keys die, the user row
+-- and the audit trail keep the id and lose the person.
+CREATE FUNCTION dalgo_internal.erase_account(user_id uuid) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	uid uuid := erase_account.user_id;
+	u record;
+	blocking record;
+	needles text[];
+	anon text := 'erased-' || replace(erase_account.user_id::text, '-', '') || '@erased.invalid';
+BEGIN
+	SELECT x.id, x.email, x.full_name, x.deleted_at INTO u FROM dalgo.users x WHERE x.id = uid FOR UPDATE;
+	IF u.id IS NULL THEN
+		RAISE EXCEPTION 'user % does not exist', uid USING ERRCODE = 'no_data_found';
+	END IF;
+	-- Team organizations must keep an owner: under each organization's row
+	-- lock, against the latest committed state (as guard_membership counts).
+	FOR blocking IN
+		SELECT o.id, o.name FROM dalgo.organization_members m JOIN dalgo.organizations o ON o.id = m.organization_id
+		WHERE m.user_id = uid AND m.role = 'owner' AND m.deleted_at IS NULL
+		  AND o.org_type = 'team' AND o.deleted_at IS NULL
+		ORDER BY o.id
+	LOOP
+		PERFORM FROM dalgo.organizations o WHERE o.id = blocking.id FOR NO KEY UPDATE;
+		IF dalgo_internal.live_owner_count(blocking.id,
+				(SELECT m.id FROM dalgo.organization_members m
+				 WHERE m.organization_id = blocking.id AND m.user_id = uid AND m.deleted_at IS NULL)) = 0 THEN
+			RAISE EXCEPTION 'you are the last owner of the organization "%" (%)', blocking.name, blocking.id
+				USING ERRCODE = 'check_violation',
+					  HINT = 'Make another member an owner, or delete the organization, first.';
+		END IF;
+	END LOOP;
+
+	-- Personal organizations of the user go at once, warehouse and all.
+	DELETE FROM dalgo.organizations o
+		WHERE o.org_type = 'personal'
+		  AND EXISTS (SELECT FROM dalgo.organization_members m
+					  WHERE m.organization_id = o.id AND m.user_id = uid AND m.role = 'owner' AND m.deleted_at IS NULL);
+	-- Memberships end (the rows keep their ids for the audit trail).
+	UPDATE dalgo.organization_members m SET deleted_at = now() WHERE m.user_id = uid AND m.deleted_at IS NULL;
+
+	-- Sessions, reset tokens, API keys and pending mail.
+	UPDATE dalgo.refresh_tokens t SET revoked_at = now() WHERE t.user_id = uid AND t.revoked_at IS NULL;
+	UPDATE dalgo.password_reset_tokens t SET used_at = now() WHERE t.user_id = uid AND t.used_at IS NULL;
+	UPDATE dalgo.api_keys k SET revoked_at = now() WHERE k.created_by_id = uid AND k.revoked_at IS NULL;
+	UPDATE dalgo.mail_messages m SET state = 'cancelled', payload = NULL, completed_at = now()
+		WHERE lower(m.recipient) = lower(u.email) AND m.state IN ('pending', 'sending');
+	UPDATE dalgo.mail_messages m SET recipient = anon WHERE lower(m.recipient) = lower(u.email);
+	UPDATE dalgo.invitations i SET email = anon WHERE lower(i.email) = lower(u.email);
+	DELETE FROM dalgo.sign_in_attempts a
+		WHERE a.user_id = uid OR a.email_hash = dalgo_internal.email_key(u.email);
+
+	-- The user row: the id stays, the person goes.
+	UPDATE dalgo.users x SET email = anon, full_name = NULL, password_hash = NULL, is_active = false,
+		deleted_at = coalesce(x.deleted_at, now())
+		WHERE x.id = uid;
+
+	-- The audit trail: what the user did and what was done to them stays, by id.
+	needles := ARRAY[u.email, u.full_name]
+		|| ARRAY(SELECT DISTINCT v.value FROM dalgo.audit_logs a,
+					 LATERAL jsonb_path_query(a.details, 'strict $.**.email.**') q,
+					 LATERAL (SELECT q #>> '{}' AS value) v
+				 WHERE a.resource_type = 'users' AND a.resource_id = uid AND jsonb_typeof(q) = 'string'
+				   AND v.value <> anon)
+		|| ARRAY(SELECT DISTINCT v.value FROM dalgo.audit_logs a,
+					 LATERAL jsonb_path_query(a.details, 'strict $.**.full_name.**') q,
+					 LATERAL (SELECT q #>> '{}' AS value) v
+				 WHERE a.resource_type = 'users' AND a.resource_id = uid AND jsonb_typeof(q) = 'string');
+	PERFORM dalgo_internal.anonymize_audit_logs(uid, array_remove(needles, NULL));
+	PERFORM dalgo_internal.account_audit('account_erased', NULL, NULL, 'user', uid);
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo_internal.erase_account(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.erase_account(uuid) IS
+	'Internal: delete_my_account and erase_user: refuse while the user is the last owner of a live team organization; delete their personal organizations (warehouse included); end memberships; revoke refresh tokens, reset tokens and API keys; cancel their mail; anonymize the user row and the audit trail';
+
+CREATE FUNCTION dalgo.delete_my_account() RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	me uuid := dalgo.current_user_id();
+BEGIN
+	PERFORM dalgo_internal.refuse_api_key('deleting an account');
+	IF me IS NULL OR NOT EXISTS (SELECT FROM dalgo.users u WHERE u.id = me AND u.is_active AND u.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'deleting an account needs a signed-in user' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo_internal.erase_account(me);
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo.delete_my_account() FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.delete_my_account() IS
+	'Leave for good, as the signed-in user: refused (23514, with a hint) while the last owner of a team organization; otherwise the personal organization is deleted with its warehouse, memberships end, sessions, reset tokens and API keys are revoked, the account is anonymized (email replaced, name and password removed) and the audit trail keeps its ids but no personal data';
+
+CREATE FUNCTION dalgo.erase_user(user_id uuid) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF dalgo.current_user_id() IS NOT NULL THEN
+		RAISE EXCEPTION 'erase_user is service work; it runs without a user identity'
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'A user leaves with dalgo.delete_my_account().';
+	END IF;
+	IF NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user)
+	   AND NOT pg_has_role(session_user, 'dalgo_service', 'USAGE') THEN
+		RAISE EXCEPTION 'only dalgo_service or a superuser may erase a user' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo_internal.erase_account(erase_user.user_id);
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo.erase_user(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo.erase_user(uuid) IS
+	'Service side of a data-subject erasure request: what dalgo.delete_my_account() does, for any user (the same last-owner refusal); dalgo_service and superusers, without a user identity';
+
+GRANT EXECUTE ON FUNCTION dalgo.soft_delete(regclass, uuid), dalgo.deleted_items(uuid), dalgo.restore(regclass, uuid),
+	dalgo.delete_my_account()
+	TO dalgo_authenticated, dalgo_service;
+GRANT EXECUTE ON FUNCTION dalgo.purge_deleted(integer), dalgo.erase_user(uuid) TO dalgo_service;
+
+
+-- lead: claim_pending_run as merged from jrun (on-demand runs) and jdel (only live targets)
+CREATE OR REPLACE FUNCTION dalgo_internal.claim_pending_run(OUT run_kind dalgo.run_kind, OUT run_id uuid)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+BEGIN
+	FOR org IN
+		WITH queued AS (
+			SELECT r.organization_id, r.status, r.created_at
+			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+			WHERE r.status IN ('pending', 'running') AND NOT dalgo.is_connector_source(s.source_type)
+			  AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			  AND (r.status = 'running' OR dalgo_internal.target_is_live(r.organization_id, r.source_id, NULL))
+			UNION ALL
+			SELECT r.organization_id, r.status, r.created_at FROM dalgo.transformation_runs r
+			WHERE r.status IN ('pending', 'running') AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			  AND (r.status = 'running' OR dalgo_internal.target_is_live(r.organization_id, NULL, r.transformation_id)))
+		SELECT q.organization_id FROM queued q
+		GROUP BY q.organization_id
+		HAVING bool_or(q.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE q.status = 'running'), min(q.created_at) FILTER (WHERE q.status = 'pending'),
+				 q.organization_id
+	LOOP
+		SELECT 'sync', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo.is_connector_source(s.source_type)
+		  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND dalgo_internal.target_is_live(r.organization_id, r.source_id, NULL)
+		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
+		IF NOT FOUND THEN
+			SELECT 'output', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
+			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			  AND dalgo_internal.target_is_live(r.organization_id, NULL, r.transformation_id)
+			ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED;
+		END IF;
+		EXIT WHEN run_id IS NOT NULL;
+	END LOOP;
+	IF run_id IS NOT NULL THEN
+		PERFORM dalgo_internal.start_scheduled_run(run_kind, run_id);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.claim_pending_run() IS
+	'Internal: a run worker takes a pending in-database run and marks it running: the organization with the fewest running runs first, then the one waiting longest';
+
+-- lead: the daily maintenance purges soft-deleted rows past dalgo.restore_days
+CREATE OR REPLACE FUNCTION dalgo_internal.daily_maintenance(batch_size integer DEFAULT 10000) RETURNS jsonb
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	summary jsonb := '{}';
+	more boolean := false;
+	n bigint;
+	m boolean;
+BEGIN
+	-- Retention: one batch of every enabled policy (dalgo.retention_policies).
+	BEGIN
+		SELECT coalesce(sum(r.rows_affected), 0), coalesce(bool_or(r.rows_affected >= batch_size), false) INTO n, m
+		FROM dalgo.apply_retention(batch_size, 1) r;
+		summary := summary || jsonb_build_object('retention_rows', n);
+		more := more OR m;
+	EXCEPTION WHEN OTHERS THEN
+		summary := summary || jsonb_build_object('retention_error', SQLERRM);
+	END;
+	-- Soft-deleted rows past dalgo.restore_days: one batch (dalgo.purge_deleted).
+	BEGIN
+		n := dalgo.purge_deleted(1000);
+		summary := summary || jsonb_build_object('purged_rows', n);
+		more := more OR n > 0;
+	EXCEPTION WHEN OTHERS THEN
+		summary := summary || jsonb_build_object('purge_error', SQLERRM);
+	END;
+	RETURN summary || jsonb_build_object('done', NOT more);
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.daily_maintenance(integer) IS
+	'Internal: one pass of the daily maintenance steps (retention, one batch per policy; the purge of soft-deleted rows past dalgo.restore_days, one batch); returns what it did, "done": false while work is left. The scheduler calls it in short transactions until done';
+
 -- stage: typed tables and atomic swaps for every sync (finish_sync), staging tables for
 -- outside loaders (stage_sync_run), uploads, and tables from anywhere (an event trigger).
 -- ---------------------------------------------------------------------------
@@ -12467,7 +13324,7 @@ BEGIN
 	LOOP
 		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
 		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo.is_connector_source(s.source_type)
-		  AND x.deleted_at IS NULL
+		  AND x.deleted_at IS NULL AND dalgo_internal.target_is_live(x.organization_id, x.source_id, NULL)
 		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
 		IF FOUND THEN
 			-- A connector run is a run: the organization's quotas apply, as

@@ -154,6 +154,11 @@ BEGIN
 	-- The row before and after: a role held while live.
 	IF TG_OP = 'DELETE' THEN
 		org := OLD.organization_id;
+		-- A membership cascading away with its deleted organization: the
+		-- organization's deletion was the decision (its owner's, or service work).
+		IF NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = org) THEN
+			RETURN OLD;
+		END IF;
 	ELSE
 		org := NEW.organization_id;
 		new_role := NEW.role;
@@ -169,7 +174,9 @@ BEGIN
 
 	-- What the acting user may do (service work without an identity is not limited here).
 	IF me IS NOT NULL THEN
-		my_role := dalgo.org_role(org);
+		-- In a soft-deleted organization (no members as far as org_role
+		-- goes) the membership rows tell: its owners can still leave it.
+		my_role := coalesce(dalgo.org_role(org), dalgo_internal.dormant_role(org));
 		-- The first owner of a new organization, which has no live members yet.
 		IF TG_OP = 'INSERT' AND new_role = 'owner' AND NEW.user_id = me THEN
 			first_owner := NOT EXISTS (SELECT FROM dalgo.organization_members m
@@ -321,12 +328,23 @@ CREATE TRIGGER guard_user_liveness BEFORE UPDATE OF is_active, deleted_at ON dal
 COMMENT ON TRIGGER guard_user_liveness ON dalgo.users IS 'Accounts: who deactivates them, and never the last owner';
 
 CREATE FUNCTION dalgo_internal.guard_organization() RETURNS trigger
-	LANGUAGE plpgsql
+	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	my_role dalgo.member_role;
 BEGIN
-	IF NEW.deleted_at IS DISTINCT FROM OLD.deleted_at AND dalgo.current_user_id() IS NOT NULL
-	   AND dalgo.org_role(OLD.id) IS DISTINCT FROM 'owner' THEN
+	IF NEW.deleted_at IS NOT DISTINCT FROM OLD.deleted_at OR dalgo.current_user_id() IS NULL THEN
+		RETURN NEW;
+	END IF;
+	-- A deleted organization has no members as far as the membership
+	-- functions go: its owners are found by their membership rows.
+	IF OLD.deleted_at IS NULL THEN
+		my_role := dalgo.org_role(OLD.id);
+	ELSE
+		my_role := dalgo_internal.dormant_role(OLD.id);
+	END IF;
+	IF my_role IS DISTINCT FROM 'owner' THEN
 		RAISE EXCEPTION 'only an owner can delete or restore an organization'
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
@@ -334,7 +352,7 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION dalgo_internal.guard_organization() FROM PUBLIC;
-COMMENT ON FUNCTION dalgo_internal.guard_organization() IS 'BEFORE UPDATE row trigger on organizations: only an owner soft-deletes or restores it';
+COMMENT ON FUNCTION dalgo_internal.guard_organization() IS 'BEFORE UPDATE row trigger on organizations: only an owner soft-deletes or restores it (the owner of a deleted organization by their live membership row)';
 CREATE TRIGGER guard_organization BEFORE UPDATE ON dalgo.organizations
 	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.guard_organization();
 COMMENT ON TRIGGER guard_organization ON dalgo.organizations IS 'Only owners soft-delete an organization';

@@ -80,10 +80,19 @@ BEGIN
 		('audit_logs', 'admin', NULL, NULL)) AS v(tbl, read_role, write_role, delete_role)
 	LOOP
 		cond := 'organization_id OPERATOR(pg_catalog.=) ANY ((SELECT dalgo.current_org_ids(%L))::uuid[])';
-		EXECUTE format('CREATE POLICY tenant_select ON dalgo.%I FOR SELECT TO dalgo_authenticated USING (' || cond || ')',
-					   t.tbl, t.read_role);
-		EXECUTE format('COMMENT ON POLICY tenant_select ON dalgo.%I IS %L', t.tbl,
-					   format('Rows of organizations where the caller is at least %s', t.read_role));
+		-- Soft-deleted sources, transformations and outputs drop out of
+		-- every read (dalgo.deleted_items lists them for admins).
+		IF t.tbl IN ('sources', 'transformations', 'outputs') THEN
+			EXECUTE format('CREATE POLICY tenant_select ON dalgo.%I FOR SELECT TO dalgo_authenticated USING (deleted_at IS NULL AND ' || cond || ')',
+						   t.tbl, t.read_role);
+			EXECUTE format('COMMENT ON POLICY tenant_select ON dalgo.%I IS %L', t.tbl,
+						   format('Live (not soft-deleted) rows of organizations where the caller is at least %s', t.read_role));
+		ELSE
+			EXECUTE format('CREATE POLICY tenant_select ON dalgo.%I FOR SELECT TO dalgo_authenticated USING (' || cond || ')',
+						   t.tbl, t.read_role);
+			EXECUTE format('COMMENT ON POLICY tenant_select ON dalgo.%I IS %L', t.tbl,
+						   format('Rows of organizations where the caller is at least %s', t.read_role));
+		END IF;
 		IF t.write_role IS NOT NULL THEN
 			EXECUTE format('CREATE POLICY tenant_insert ON dalgo.%I FOR INSERT TO dalgo_authenticated WITH CHECK (' || cond || ')',
 						   t.tbl, t.write_role);

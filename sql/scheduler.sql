@@ -190,9 +190,11 @@ BEGIN
 			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
 			WHERE r.status IN ('pending', 'running') AND NOT dalgo.is_connector_source(s.source_type)
 			  AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			  AND (r.status = 'running' OR dalgo_internal.target_is_live(r.organization_id, r.source_id, NULL))
 			UNION ALL
 			SELECT r.organization_id, r.status, r.created_at FROM dalgo.transformation_runs r
-			WHERE r.status IN ('pending', 'running') AND r.details ?| ARRAY['schedule_id', 'on_demand'])
+			WHERE r.status IN ('pending', 'running') AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			  AND (r.status = 'running' OR dalgo_internal.target_is_live(r.organization_id, NULL, r.transformation_id)))
 		SELECT q.organization_id FROM queued q
 		GROUP BY q.organization_id
 		HAVING bool_or(q.status = 'pending')
@@ -201,11 +203,12 @@ BEGIN
 	LOOP
 		SELECT 'sync', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
 		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo.is_connector_source(s.source_type)
-		  AND r.details ?| ARRAY['schedule_id', 'on_demand']
+		  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND dalgo_internal.target_is_live(r.organization_id, r.source_id, NULL)
 		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
 		IF NOT FOUND THEN
 			SELECT 'output', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
 			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			  AND dalgo_internal.target_is_live(r.organization_id, NULL, r.transformation_id)
 			ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED;
 		END IF;
 		EXIT WHEN run_id IS NOT NULL;
@@ -767,11 +770,19 @@ BEGIN
 	EXCEPTION WHEN OTHERS THEN
 		summary := summary || jsonb_build_object('retention_error', SQLERRM);
 	END;
+	-- Soft-deleted rows past dalgo.restore_days: one batch (dalgo.purge_deleted).
+	BEGIN
+		n := dalgo.purge_deleted(1000);
+		summary := summary || jsonb_build_object('purged_rows', n);
+		more := more OR n > 0;
+	EXCEPTION WHEN OTHERS THEN
+		summary := summary || jsonb_build_object('purge_error', SQLERRM);
+	END;
 	RETURN summary || jsonb_build_object('done', NOT more);
 END
 $$;
 COMMENT ON FUNCTION dalgo_internal.daily_maintenance(integer) IS
-	'Internal: one pass of the daily maintenance steps (retention, one batch per policy); returns what it did, "done": false while work is left. The scheduler calls it in short transactions until done';
+	'Internal: one pass of the daily maintenance steps (retention, one batch per policy; the purge of soft-deleted rows past dalgo.restore_days, one batch); returns what it did, "done": false while work is left. The scheduler calls it in short transactions until done';
 
 -- The scheduler's call on every tick: runs one pass of daily_maintenance()
 -- when a period has begun since the last run started, or a run is unfinished.

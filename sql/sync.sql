@@ -128,7 +128,7 @@ BEGIN
 	LOOP
 		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
 		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo.is_connector_source(s.source_type)
-		  AND x.deleted_at IS NULL
+		  AND x.deleted_at IS NULL AND dalgo_internal.target_is_live(x.organization_id, x.source_id, NULL)
 		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
 		IF FOUND THEN
 			-- A connector run is a run: the organization's quotas apply, as

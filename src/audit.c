@@ -80,6 +80,7 @@
 
 PG_FUNCTION_INFO_V1(dalgo_audit_trigger);
 PG_FUNCTION_INFO_V1(dalgo_audit_log_guard);
+PG_FUNCTION_INFO_V1(dalgo_anonymize_audit_logs);
 PG_FUNCTION_INFO_V1(dalgo_purge_audit_logs);
 
 static const char *const always_excluded[] = {
@@ -103,6 +104,9 @@ static AuditConfig *retired_configs = NULL;
 static int	audit_depth = 0;		/* firings under way in this backend */
 static bool audit_sweep_needed = false;	/* some configuration is invalid or retired */
 static bool purge_in_progress = false;
+
+/* True only while dalgo.anonymize_audit_logs() runs its UPDATE. */
+static bool anonymize_in_progress = false;
 
 /* True if name appears in the NULL-terminated list. */
 static bool
@@ -724,7 +728,39 @@ dalgo_audit_trigger(PG_FUNCTION_ARGS)
 	return PointerGetDatum(NULL);
 }
 
-/* Trigger: audit_logs is append-only, except inside purge_audit_logs(). */
+/*
+ * Does an anonymizing update of an audit row keep everything but details,
+ * ip_address, user_agent and updated_at?
+ */
+static bool
+audit_row_keeps_ids(Relation rel, HeapTuple oldtup, HeapTuple newtup)
+{
+	static const char *const kept[] = {"id", "organization_id", "user_id", "action",
+	"resource_type", "resource_id", "created_at"};
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	for (int i = 0; i < (int) lengthof(kept); i++)
+	{
+		int			attnum = SPI_fnumber(desc, kept[i]);
+		Form_pg_attribute att;
+		bool		oldnull,
+					newnull;
+		Datum		oldval,
+					newval;
+
+		if (attnum <= 0)
+			return false;
+		att = TupleDescAttr(desc, attnum - 1);
+		oldval = heap_getattr(oldtup, attnum, desc, &oldnull);
+		newval = heap_getattr(newtup, attnum, desc, &newnull);
+		if (oldnull != newnull ||
+			(!oldnull && !datumIsEqual(oldval, newval, att->attbyval, att->attlen)))
+			return false;
+	}
+	return true;
+}
+
+/* Trigger: audit_logs is append-only, except inside purge_audit_logs() and anonymize_audit_logs(). */
 Datum
 dalgo_audit_log_guard(PG_FUNCTION_ARGS)
 {
@@ -736,6 +772,10 @@ dalgo_audit_log_guard(PG_FUNCTION_ARGS)
 				 errmsg("guard_audit_logs() was not called by the trigger manager")));
 	if (purge_in_progress && TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 		return PointerGetDatum(trigdata->tg_trigtuple);
+	if (anonymize_in_progress && TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) &&
+		TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) &&
+		audit_row_keeps_ids(trigdata->tg_relation, trigdata->tg_trigtuple, trigdata->tg_newtuple))
+		return PointerGetDatum(trigdata->tg_newtuple);
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("dalgo.audit_logs is append-only"),
@@ -794,6 +834,72 @@ dalgo_purge_audit_logs(PG_FUNCTION_ARGS)
 	deleted = SPI_processed;
 	SPI_finish();
 	PG_RETURN_INT64((int64) deleted);
+}
+
+/*
+ * SQL: dalgo_internal.anonymize_audit_logs(user_id uuid, needles text[]):
+ * the one way past the append-only guard besides the purge, for a user who
+ * leaves (dalgo_internal.erase_account).  In every audit row by or about the
+ * user, or that names one of the needles (their email and name, old ones
+ * too), the personal data in details becomes "[erased]", and the user's own
+ * rows lose the client address and user agent.  Ids, actions, resource and
+ * times stay; the guard checks that they do.  Returns the rows changed.
+ */
+Datum
+dalgo_anonymize_audit_logs(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[2] = {UUIDOID, TEXTARRAYOID};
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+	Oid			save_userid;
+	int			save_sec;
+	int			rc;
+	uint64		changed;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("user_id must not be NULL")));
+	values[0] = PG_GETARG_DATUM(0);
+	if (PG_ARGISNULL(1))
+	{
+		values[1] = (Datum) 0;
+		nulls[1] = 'n';
+	}
+	else
+		values[1] = PG_GETARG_DATUM(1);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(dalgo_relation_owner(dalgo_relation_oid("audit_logs")),
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	anonymize_in_progress = true;
+	PG_TRY();
+	{
+		rc = SPI_execute_with_args("UPDATE dalgo.audit_logs a SET"
+								   " details = dalgo_internal.erase_in_jsonb(a.details, coalesce($2, '{}'),"
+								   "   CASE WHEN a.user_id = $1 OR a.resource_id = $1"
+								   "        THEN ARRAY['email', 'full_name', 'recipient', 'ip_address', 'user_agent']"
+								   "        ELSE '{}'::text[] END),"
+								   " ip_address = CASE WHEN a.user_id = $1 THEN NULL ELSE a.ip_address END,"
+								   " user_agent = CASE WHEN a.user_id = $1 THEN NULL ELSE a.user_agent END"
+								   " WHERE a.user_id = $1 OR a.resource_id = $1"
+								   "    OR (a.details IS NOT NULL AND a.details IS DISTINCT FROM"
+								   "        dalgo_internal.erase_in_jsonb(a.details, coalesce($2, '{}'), '{}'))",
+								   2, argtypes, values, nulls, false, 0);
+	}
+	PG_FINALLY();
+	{
+		anonymize_in_progress = false;
+	}
+	PG_END_TRY();
+	SetUserIdAndSecContext(save_userid, save_sec);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "audit anonymization failed: %s", SPI_result_code_string(rc));
+	changed = SPI_processed;
+	SPI_finish();
+	PG_RETURN_INT64((int64) changed);
 }
 
 /* Define the request settings the audit trail records. */

@@ -34,6 +34,7 @@ _PG_init(void)
 	dalgo_sync_init();
 	dalgo_quota_init();
 	dalgo_accounts_init();
+	dalgo_lifecycle_init();
 
 	MarkGUCPrefixReserved("dalgo");
 }

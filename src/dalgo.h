@@ -92,6 +92,9 @@ extern void dalgo_audit_init(void);
 /* quota.c */
 extern void dalgo_quota_init(void);
 
+/* lifecycle.c */
+extern void dalgo_lifecycle_init(void);
+
 /* redact.c: the one redaction of secrets (keys, URLs, key=value, Bearer) */
 #define DALGO_REDACTED "[redacted]"
 extern bool dalgo_secret_key(const char *key, int len);

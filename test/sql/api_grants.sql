@@ -50,6 +50,9 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$
 		'dalgo.change_password(text,text)', 'dalgo.invite_member(uuid,text,dalgo.member_role)',
 		'dalgo.accept_invitation(text)', 'dalgo.revoke_invitation(uuid)',
 		'dalgo.create_api_key(uuid,text,dalgo.member_role,timestamp with time zone)', 'dalgo.revoke_api_key(uuid)',
+		-- soft delete, restore, leaving for good
+		'dalgo.soft_delete(regclass,uuid)', 'dalgo.deleted_items(uuid)', 'dalgo.restore(regclass,uuid)',
+		'dalgo.delete_my_account()',
 		-- restore mode, asked by triggers
 		'dalgo.restoring()',
 		-- toolkit: redaction by chosen keys, encrypted secrets
@@ -80,6 +83,9 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 		'dalgo.stage_sync_run(uuid,text[],text[])', 'dalgo.quota_usage(uuid)', 'dalgo.redact(jsonb)', 'dalgo.redact(text)',
 		-- accounts: the mailer
 		'dalgo.claim_messages(integer)', 'dalgo.complete_message(uuid,text)', 'dalgo.current_api_key_id()', 'dalgo.restoring()',
+		-- soft delete, restore, the purge after the window, leaving for good
+		'dalgo.soft_delete(regclass,uuid)', 'dalgo.deleted_items(uuid)', 'dalgo.restore(regclass,uuid)',
+		'dalgo.purge_deleted(integer)', 'dalgo.delete_my_account()', 'dalgo.erase_user(uuid)',
 		-- toolkit: redaction, retention
 		'dalgo.redact_jsonb(jsonb,text[],boolean)', 'dalgo.apply_retention(integer,integer)', 'dalgo.run_retention(integer)',
 		'dalgo.read_secret_service(regclass,name,text)',
@@ -149,7 +155,7 @@ SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p
 SELECT is_empty($$SELECT p.proname FROM pg_proc p
 	WHERE p.pronamespace IN ('dalgo'::regnamespace, 'dalgo_internal'::regnamespace)
 	  AND p.prorettype = 'trigger'::regtype
-	  AND p.proname !~ '^(audit|check|create|encrypt|fill|guard|invalidate|record|redact|refuse|set|wake)_'$$,
+	  AND p.proname !~ '^(audit|cascade|check|create|drop|encrypt|fill|guard|invalidate|record|redact|refuse|set|wake)_'$$,
 	'naming: trigger functions are named verb first');
 
 -- check_recipe_sql runs any SQL in the warehouse: internal, yet saving a

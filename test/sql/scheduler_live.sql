@@ -67,11 +67,12 @@ SELECT dblink_exec('other', 'COMMIT') AS other_commits;
 SELECT count(*) AS runs, count(DISTINCT source_id) AS distinct_sources FROM dalgo.sync_runs WHERE source_id IN (SELECT id FROM dalgo.sources WHERE name LIKE 'queued %');
 SELECT dblink_disconnect('other'), dblink_disconnect('two');
 
--- Clean up.
-DELETE FROM dalgo.organizations WHERE id = '22222222-0000-4000-8000-0000000000d0';
-DELETE FROM dalgo.users WHERE id = '11111111-0000-4000-8000-0000000000d1';
-DROP TABLE public.live_source;
+-- Clean up: the second database first, so that deleting the organization
+-- here drops the warehouse role both databases used.
 \connect dalgo_live_two
 DROP EXTENSION dalgo;
 \connect :regress_db
 DROP DATABASE dalgo_live_two WITH (FORCE);
+DELETE FROM dalgo.organizations WHERE id = '22222222-0000-4000-8000-0000000000d0';
+DELETE FROM dalgo.users WHERE id = '11111111-0000-4000-8000-0000000000d1';
+DROP TABLE public.live_source;
