@@ -12611,6 +12611,229 @@ $$;
 COMMENT ON FUNCTION dalgo_internal.daily_maintenance(integer) IS
 	'Internal: one pass of the daily maintenance steps (retention, one batch per policy; the purge of soft-deleted rows past dalgo.restore_days, one batch); returns what it did, "done": false while work is left. The scheduler calls it in short transactions until done';
 
+-- lead: runs cancelled by a deletion are marked {"cancelled": true} and alert no one;
+-- connectors cannot set dalgo's own run keys on_demand, output_id and cancelled
+CREATE OR REPLACE FUNCTION dalgo_internal.cascade_soft_delete() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	deleting boolean := OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL;
+	noun text := CASE TG_TABLE_NAME WHEN 'organizations' THEN 'organization' WHEN 'sources' THEN 'source'
+							 WHEN 'transformations' THEN 'transformation' ELSE 'output' END;
+	msg text;
+BEGIN
+	IF dalgo.restoring() THEN RETURN NULL; END IF;
+	IF deleting THEN
+		msg := pg_catalog.format('cancelled: the %s was deleted', noun);
+		-- Schedules first: a claim holding a schedule's row finishes before
+		-- this goes on, so the run it made is cancelled below.
+		IF TG_TABLE_NAME = 'transformations' THEN
+			UPDATE dalgo.outputs x SET deleted_at = NEW.deleted_at
+				WHERE x.organization_id = NEW.organization_id AND x.transformation_id = NEW.id AND x.deleted_at IS NULL;
+		ELSE
+			UPDATE dalgo.schedules x SET deleted_at = NEW.deleted_at
+				WHERE x.deleted_at IS NULL
+				  AND CASE TG_TABLE_NAME WHEN 'organizations' THEN x.organization_id = NEW.id
+										 WHEN 'sources' THEN x.source_id = NEW.id
+										 ELSE x.output_id = NEW.id END;
+		END IF;
+		IF TG_TABLE_NAME IN ('organizations', 'sources') THEN
+			UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				details = r.details || '{"cancelled": true}'
+				WHERE r.status = 'pending'
+				  AND CASE WHEN TG_TABLE_NAME = 'organizations' THEN r.organization_id = NEW.id ELSE r.source_id = NEW.id END;
+		END IF;
+		IF TG_TABLE_NAME = 'outputs' THEN
+			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				details = r.details || '{"cancelled": true}'
+				WHERE r.status = 'pending' AND r.transformation_id = NEW.transformation_id
+				  AND (r.details->>'output_id' = NEW.id::text
+					   OR r.details->>'schedule_id' IN (SELECT x.id::text FROM dalgo.schedules x WHERE x.output_id = NEW.id));
+		ELSIF TG_TABLE_NAME IN ('organizations', 'transformations') THEN
+			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				details = r.details || '{"cancelled": true}'
+				WHERE r.status = 'pending'
+				  AND CASE WHEN TG_TABLE_NAME = 'organizations' THEN r.organization_id = NEW.id
+						   ELSE r.transformation_id = NEW.id END;
+		END IF;
+	ELSIF OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL THEN
+		-- Restored: what the delete stamped comes back (schedules start again
+		-- from their next slot after now: set_schedule_next_run).
+		IF TG_TABLE_NAME = 'transformations' THEN
+			UPDATE dalgo.outputs x SET deleted_at = NULL
+				WHERE x.organization_id = NEW.organization_id AND x.transformation_id = NEW.id
+				  AND x.deleted_at = OLD.deleted_at;
+		ELSE
+			UPDATE dalgo.schedules x SET deleted_at = NULL, next_run_at = NULL
+				WHERE x.deleted_at = OLD.deleted_at
+				  AND CASE TG_TABLE_NAME WHEN 'organizations' THEN x.organization_id = NEW.id
+										 WHEN 'sources' THEN x.source_id = NEW.id
+										 ELSE x.output_id = NEW.id END
+				  AND dalgo_internal.target_is_live(x.organization_id, x.source_id, NULL)
+				  AND (x.output_id IS NULL OR EXISTS (SELECT FROM dalgo.outputs o WHERE o.id = x.output_id AND o.deleted_at IS NULL));
+		END IF;
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo.purge_deleted(max_rows integer DEFAULT 1000) RETURNS bigint
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cutoff timestamptz := now() - pg_catalog.make_interval(days => pg_catalog.current_setting('dalgo.restore_days')::integer);
+	left_over integer := max_rows;
+	n bigint;
+	total bigint := 0;
+	t text;
+BEGIN
+	IF NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user)
+	   AND NOT pg_has_role(session_user, 'dalgo_service', 'USAGE') THEN
+		RAISE EXCEPTION 'only dalgo_service or a superuser may purge deleted rows'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF max_rows IS NULL OR max_rows < 1 THEN
+		RAISE EXCEPTION 'max_rows must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- Organizations first (each drops a warehouse, so they count 100 rows
+	-- against the batch's locks), then what else outlived its window.
+	FOREACH t IN ARRAY ARRAY['organizations', 'transformations', 'outputs', 'sources'] LOOP
+		EXIT WHEN left_over <= 0;
+		EXECUTE pg_catalog.format(
+			'WITH d AS (DELETE FROM dalgo.%1$I x WHERE x.id IN (SELECT y.id FROM dalgo.%1$I y '
+			'WHERE y.deleted_at < $1 ORDER BY y.deleted_at LIMIT $2) RETURNING 1) SELECT count(*) FROM d', t)
+			INTO n USING cutoff, CASE WHEN t = 'organizations' THEN greatest(left_over / 100, 1) ELSE left_over END;
+		total := total + n;
+		left_over := left_over - CASE WHEN t = 'organizations' THEN n * 100 ELSE n END;
+	END LOOP;
+	-- Stragglers: a run queued for something deleted meanwhile never runs.
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = 'cancelled: its source or organization was deleted', details = r.details || '{"cancelled": true}'
+		WHERE r.status = 'pending' AND NOT dalgo_internal.target_is_live(r.organization_id, r.source_id, NULL);
+	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = 'cancelled: its transformation or organization was deleted', details = r.details || '{"cancelled": true}'
+		WHERE r.status = 'pending' AND NOT dalgo_internal.target_is_live(r.organization_id, NULL, r.transformation_id);
+	RETURN total;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.record_run_alert() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer := greatest(coalesce(nullif(current_setting('dalgo.alert_after_failures', true), '')::integer, 1), 1);
+	sid uuid;
+	s dalgo.schedules;
+	org dalgo.organizations;
+	previous text[];
+	before integer;
+	target_type text;
+	target_name text;
+	kind text;
+	payload jsonb;
+	recipient text;
+BEGIN
+	IF dalgo.restoring() OR NEW.details ?| ARRAY['skipped', 'cancelled'] THEN
+		RETURN NULL;
+	END IF;
+	BEGIN
+		sid := (NEW.details->>'schedule_id')::uuid;
+	EXCEPTION WHEN invalid_text_representation THEN
+		RETURN NULL;
+	END;
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = sid AND x.organization_id = NEW.organization_id;
+	SELECT * INTO org FROM dalgo.organizations o WHERE o.id = NEW.organization_id AND o.deleted_at IS NULL;
+	IF s.id IS NULL OR org.id IS NULL THEN
+		RETURN NULL;
+	END IF;
+	-- The outcomes of the schedule's previous runs, newest first: n of them
+	-- tell whether the streak before this run was n - 1 long, or reached n.
+	IF TG_TABLE_NAME = 'sync_runs' THEN
+		previous := ARRAY(SELECT r.status::text FROM dalgo.sync_runs r
+						  WHERE r.source_id = NEW.source_id AND r.organization_id = NEW.organization_id AND r.id <> NEW.id
+							AND r.details->>'schedule_id' = sid::text AND NOT r.details ?| ARRAY['skipped', 'cancelled']
+							AND r.status IN ('success', 'failed')
+						  ORDER BY r.completed_at DESC NULLS LAST, r.created_at DESC LIMIT n);
+		target_type := 'source';
+		SELECT x.name INTO target_name FROM dalgo.sources x WHERE x.id = s.source_id;
+	ELSE
+		previous := ARRAY(SELECT r.status::text FROM dalgo.transformation_runs r
+						  WHERE r.transformation_id = NEW.transformation_id AND r.organization_id = NEW.organization_id
+							AND r.id <> NEW.id AND r.details->>'schedule_id' = sid::text AND NOT r.details ?| ARRAY['skipped', 'cancelled']
+							AND r.status IN ('success', 'failed')
+						  ORDER BY r.completed_at DESC NULLS LAST, r.created_at DESC LIMIT n);
+		target_type := 'output';
+		SELECT x.name INTO target_name FROM dalgo.outputs x WHERE x.id = s.output_id;
+	END IF;
+	before := coalesce(array_position(previous, 'success') - 1, cardinality(previous));
+	IF NEW.status = 'failed' AND before = n - 1 THEN
+		kind := 'run_failed';
+	ELSIF NEW.status = 'success' AND before >= n THEN
+		kind := 'run_recovered';
+	ELSE
+		RETURN NULL;
+	END IF;
+	payload := jsonb_build_object(
+		'organization_id', org.id, 'organization_name', org.name,
+		'schedule_id', s.id, 'target_type', target_type, 'target_id', coalesce(s.source_id, s.output_id),
+		'target_name', target_name, 'run_id', NEW.id, 'at', NEW.completed_at,
+		'failures', CASE WHEN kind = 'run_failed' THEN n END,
+		'error', CASE WHEN kind = 'run_failed' THEN dalgo.redact(NEW.error_message) END,
+		'subject', CASE WHEN kind = 'run_failed'
+						THEN format('[%s] %s "%s" failed%s', org.name, CASE WHEN target_type = 'source' THEN 'sync of' ELSE 'refresh of' END,
+									target_name, CASE WHEN n > 1 THEN format(' %s times in a row', n) ELSE '' END)
+						ELSE format('[%s] %s "%s" is back to normal', org.name,
+									CASE WHEN target_type = 'source' THEN 'sync of' ELSE 'refresh of' END, target_name) END);
+	FOR recipient IN
+		SELECT DISTINCT u.email FROM dalgo.organization_members m JOIN dalgo.users u ON u.id = m.user_id
+		WHERE m.organization_id = org.id AND m.deleted_at IS NULL AND m.role >= 'admin'
+		  AND u.deleted_at IS NULL AND u.is_active
+		ORDER BY u.email
+	LOOP
+		PERFORM dalgo_internal.queue_mail(kind, recipient, payload);
+	END LOOP;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.record_run_alert() IS
+	'AFTER UPDATE trigger on sync_runs and transformation_runs: when a scheduled run fails for the dalgo.alert_after_failures-th time in a row, or succeeds after such a streak, queue one run_failed or run_recovered message (error redacted) to each admin and owner of the organization';
+
+CREATE OR REPLACE FUNCTION dalgo.complete_sync_run(run_id uuid, rows_synced integer, error_message text DEFAULT NULL,
+										details jsonb DEFAULT '{}')
+	RETURNS dalgo.sync_runs
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+BEGIN
+	IF jsonb_typeof(coalesce(complete_sync_run.details, '{}')) <> 'object' THEN
+		RAISE EXCEPTION 'details must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- The keys dalgo's own code reads (the schedule, skips that quotas do not
+	-- count, the runner) are dalgo's: a connector does not set them.
+	UPDATE dalgo.sync_runs x SET status = CASE WHEN complete_sync_run.error_message IS NULL THEN 'success' ELSE 'failed' END::dalgo.run_status,
+		completed_at = clock_timestamp(), rows_synced = complete_sync_run.rows_synced,
+		error_message = complete_sync_run.error_message,
+		details = x.details || (coalesce(complete_sync_run.details, '{}')
+								- ARRAY['schedule_id', 'skipped', 'runner_pid', 'attempt', 'lag_ms', 'on_demand', 'output_id', 'cancelled'])
+	WHERE x.id = run_id AND x.status = 'running'
+	RETURNING * INTO r;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'sync run % is not running (claim it first)', run_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF r.status = 'success' THEN
+		UPDATE dalgo.sources s SET last_synced_at = now() WHERE s.id = r.source_id;
+	END IF;
+	RETURN r;
+END
+$$;
+COMMENT ON FUNCTION dalgo.complete_sync_run(uuid, integer, text, jsonb) IS
+	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails); details (an object) is merged in, except dalgo''s own keys schedule_id, skipped, runner_pid, attempt, lag_ms, on_demand, output_id and cancelled';
+
 -- stage: typed tables and atomic swaps for every sync (finish_sync), staging tables for
 -- outside loaders (stage_sync_run), uploads, and tables from anywhere (an event trigger).
 -- ---------------------------------------------------------------------------
@@ -13394,7 +13617,8 @@ BEGIN
 		rows_synced = CASE WHEN staged AND msg IS NULL THEN x.rows_synced ELSE complete_sync_run.rows_synced END,
 		error_message = msg,
 		details = x.details || (coalesce(complete_sync_run.details, '{}')
-								- ARRAY['schedule_id', 'skipped', 'runner_pid', 'attempt', 'lag_ms', 'staging_table', 'upload', 'user_id'])
+								- ARRAY['schedule_id', 'skipped', 'runner_pid', 'attempt', 'lag_ms', 'on_demand', 'output_id', 'cancelled',
+										  'staging_table', 'upload', 'user_id'])
 	WHERE x.id = r.id
 	RETURNING * INTO r;
 	IF r.status = 'success' THEN
@@ -13404,7 +13628,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dalgo.complete_sync_run(uuid, integer, text, jsonb) IS
-	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails); a run loaded into its staging table (stage_sync_run) is typed and swapped in (finish_sync), or on failure its staging table is dropped and the previous table stays; details (an object) is merged in, except dalgo''s own keys schedule_id, skipped, runner_pid, attempt, lag_ms, staging_table, upload and user_id';
+	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails); a run loaded into its staging table (stage_sync_run) is typed and swapped in (finish_sync), or on failure its staging table is dropped and the previous table stays; details (an object) is merged in, except dalgo''s own keys schedule_id, skipped, runner_pid, attempt, lag_ms, on_demand, output_id, cancelled, staging_table, upload and user_id';
 
 CREATE OR REPLACE FUNCTION dalgo_internal.build_transformation(transformation_id uuid, run_id uuid) RETURNS void
 	LANGUAGE plpgsql

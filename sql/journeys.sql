@@ -715,7 +715,7 @@ DECLARE
 	payload jsonb;
 	recipient text;
 BEGIN
-	IF dalgo.restoring() OR NEW.details ? 'skipped' THEN
+	IF dalgo.restoring() OR NEW.details ?| ARRAY['skipped', 'cancelled'] THEN
 		RETURN NULL;
 	END IF;
 	BEGIN
@@ -733,7 +733,7 @@ BEGIN
 	IF TG_TABLE_NAME = 'sync_runs' THEN
 		previous := ARRAY(SELECT r.status::text FROM dalgo.sync_runs r
 						  WHERE r.source_id = NEW.source_id AND r.organization_id = NEW.organization_id AND r.id <> NEW.id
-							AND r.details->>'schedule_id' = sid::text AND NOT r.details ? 'skipped'
+							AND r.details->>'schedule_id' = sid::text AND NOT r.details ?| ARRAY['skipped', 'cancelled']
 							AND r.status IN ('success', 'failed')
 						  ORDER BY r.completed_at DESC NULLS LAST, r.created_at DESC LIMIT n);
 		target_type := 'source';
@@ -741,7 +741,7 @@ BEGIN
 	ELSE
 		previous := ARRAY(SELECT r.status::text FROM dalgo.transformation_runs r
 						  WHERE r.transformation_id = NEW.transformation_id AND r.organization_id = NEW.organization_id
-							AND r.id <> NEW.id AND r.details->>'schedule_id' = sid::text AND NOT r.details ? 'skipped'
+							AND r.id <> NEW.id AND r.details->>'schedule_id' = sid::text AND NOT r.details ?| ARRAY['skipped', 'cancelled']
 							AND r.status IN ('success', 'failed')
 						  ORDER BY r.completed_at DESC NULLS LAST, r.created_at DESC LIMIT n);
 		target_type := 'output';

@@ -56,17 +56,20 @@ BEGIN
 										 ELSE x.output_id = NEW.id END;
 		END IF;
 		IF TG_TABLE_NAME IN ('organizations', 'sources') THEN
-			UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
+			UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				details = r.details || '{"cancelled": true}'
 				WHERE r.status = 'pending'
 				  AND CASE WHEN TG_TABLE_NAME = 'organizations' THEN r.organization_id = NEW.id ELSE r.source_id = NEW.id END;
 		END IF;
 		IF TG_TABLE_NAME = 'outputs' THEN
-			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
+			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				details = r.details || '{"cancelled": true}'
 				WHERE r.status = 'pending' AND r.transformation_id = NEW.transformation_id
 				  AND (r.details->>'output_id' = NEW.id::text
 					   OR r.details->>'schedule_id' IN (SELECT x.id::text FROM dalgo.schedules x WHERE x.output_id = NEW.id));
 		ELSIF TG_TABLE_NAME IN ('organizations', 'transformations') THEN
-			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
+			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				details = r.details || '{"cancelled": true}'
 				WHERE r.status = 'pending'
 				  AND CASE WHEN TG_TABLE_NAME = 'organizations' THEN r.organization_id = NEW.id
 						   ELSE r.transformation_id = NEW.id END;
@@ -366,10 +369,10 @@ BEGIN
 	END LOOP;
 	-- Stragglers: a run queued for something deleted meanwhile never runs.
 	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
-		error_message = 'cancelled: its source or organization was deleted'
+		error_message = 'cancelled: its source or organization was deleted', details = r.details || '{"cancelled": true}'
 		WHERE r.status = 'pending' AND NOT dalgo_internal.target_is_live(r.organization_id, r.source_id, NULL);
 	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
-		error_message = 'cancelled: its transformation or organization was deleted'
+		error_message = 'cancelled: its transformation or organization was deleted', details = r.details || '{"cancelled": true}'
 		WHERE r.status = 'pending' AND NOT dalgo_internal.target_is_live(r.organization_id, NULL, r.transformation_id);
 	RETURN total;
 END

@@ -198,7 +198,8 @@ BEGIN
 		rows_synced = CASE WHEN staged AND msg IS NULL THEN x.rows_synced ELSE complete_sync_run.rows_synced END,
 		error_message = msg,
 		details = x.details || (coalesce(complete_sync_run.details, '{}')
-								- ARRAY['schedule_id', 'skipped', 'runner_pid', 'attempt', 'lag_ms', 'staging_table', 'upload', 'user_id'])
+								- ARRAY['schedule_id', 'skipped', 'runner_pid', 'attempt', 'lag_ms', 'on_demand', 'output_id', 'cancelled',
+										  'staging_table', 'upload', 'user_id'])
 	WHERE x.id = r.id
 	RETURNING * INTO r;
 	IF r.status = 'success' THEN
@@ -208,7 +209,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dalgo.complete_sync_run(uuid, integer, text, jsonb) IS
-	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails); a run loaded into its staging table (stage_sync_run) is typed and swapped in (finish_sync), or on failure its staging table is dropped and the previous table stays; details (an object) is merged in, except dalgo''s own keys schedule_id, skipped, runner_pid, attempt, lag_ms, staging_table, upload and user_id';
+	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails); a run loaded into its staging table (stage_sync_run) is typed and swapped in (finish_sync), or on failure its staging table is dropped and the previous table stays; details (an object) is merged in, except dalgo''s own keys schedule_id, skipped, runner_pid, attempt, lag_ms, on_demand, output_id, cancelled, staging_table, upload and user_id';
 
 -- ---------------------------------------------------------------------------
 -- csv sources

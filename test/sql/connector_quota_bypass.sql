@@ -32,7 +32,7 @@ SELECT matches((SELECT min(error_message) FROM dalgo.sync_runs WHERE organizatio
 -- Completing with dalgo's own keys does not make the run uncounted.
 SET LOCAL ROLE dalgo_service;
 SELECT dalgo.complete_sync_run(:'first_run', 3, NULL,
-	'{"skipped": true, "schedule_id": "x", "runner_pid": 1, "rows_read": 3}') \g /dev/null
+	'{"skipped": true, "schedule_id": "x", "runner_pid": 1, "cancelled": true, "on_demand": true, "rows_read": 3}') \g /dev/null
 SELECT throws_ok($$SELECT dalgo.complete_sync_run('00000000-0000-4000-8000-000000000000', 1, NULL, '[1]')$$, '22023',
 	'details must be a JSON object', 'details must be an object');
 RESET ROLE;
