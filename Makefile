@@ -15,6 +15,7 @@ OBJS = \
 	src/jwt.o \
 	src/launcher.o \
 	src/lifecycle.o \
+	src/loading.o \
 	src/membership.o \
 	src/next_run.o \
 	src/quota.o \
@@ -51,6 +52,7 @@ SQL_FRAGMENTS = \
 	sql/toolkit.sql \
 	sql/journeys.sql \
 	sql/lifecycle.sql \
+	sql/loading.sql \
 	sql/backup.sql
 
 # The install script of the version under work is generated; the install
@@ -122,6 +124,9 @@ REGRESS = \
 	recipe_dependency_smuggling \
 	warehouse_table_ownership \
 	warehouse_adoption \
+	typed_sync \
+	staging_protocol \
+	warehouse_arrivals \
 	accounts_flows \
 	accounts_attacks \
 	soft_delete_restore \

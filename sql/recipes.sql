@@ -473,6 +473,8 @@ BEGIN
 			RAISE EXCEPTION 'transformation % has no output_table_name', t.id USING ERRCODE = 'invalid_parameter_value';
 		END IF;
 		schema_name := dalgo.ensure_warehouse(t.organization_id);
+		-- Tables that reached the warehouse where the event trigger did not see them.
+		PERFORM dalgo_internal.adopt_warehouse_tables(t.organization_id);
 		sql := dalgo.compile_recipe(t.organization_id, t.recipe);
 		-- Build under a private name, then swap: readers never see a half-built table,
 		-- and a failure leaves the previous output as it was.

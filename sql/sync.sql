@@ -55,9 +55,7 @@ DECLARE
 	r dalgo.sync_runs;
 	src dalgo.sources;
 	schema_name text;
-	build_name text := '_dalgo_sync_' || replace(run_id::text, '-', '');
-	target text;
-	n bigint;
+	stage_name text := dalgo_internal.staging_table_name(run_id);
 	relation text;
 	path text;
 	header text;
@@ -70,12 +68,12 @@ BEGIN
 		RAISE EXCEPTION 'the source of run % no longer exists', run_id;
 	END IF;
 	schema_name := dalgo.ensure_warehouse(src.organization_id);
-	target := coalesce(src.warehouse_table_name, 'source_' || left(replace(src.id::text, '-', ''), 12));
+	-- Fill the run's staging table; finish_sync types it and swaps it in.
 	IF src.source_type = 'postgres' THEN
 		-- Read as the warehouse role: it sees only what it was granted.
 		relation := dalgo_internal.source_relation(src.config);
-		n := dalgo_internal.warehouse_execute(src.organization_id,
-			format('CREATE TABLE %I.%I AS SELECT * FROM %s', schema_name, build_name, relation));
+		PERFORM dalgo_internal.warehouse_execute(src.organization_id,
+			format('CREATE TABLE %I.%I AS SELECT * FROM %s', schema_name, stage_name, relation));
 	ELSIF src.source_type = 'csv' THEN
 		path := dalgo_internal.csv_path(src.organization_id, src.config->>'path');
 		header := split_part(pg_read_file(path, 0, 65536), E'\n', 1);
@@ -84,35 +82,23 @@ BEGIN
 		IF cols IS NULL THEN
 			RAISE EXCEPTION 'csv file % has no header line', src.config->>'path' USING ERRCODE = 'invalid_parameter_value';
 		END IF;
-		PERFORM dalgo_internal.warehouse_execute(src.organization_id, format('CREATE TABLE %I.%I (%s)', schema_name, build_name, cols));
-		EXECUTE format('COPY %I.%I FROM %L WITH (FORMAT csv, HEADER true)', schema_name, build_name, path);
-		GET DIAGNOSTICS n = ROW_COUNT;
+		PERFORM dalgo_internal.warehouse_execute(src.organization_id, format('CREATE TABLE %I.%I (%s)', schema_name, stage_name, cols));
+		EXECUTE format('COPY %I.%I FROM %L WITH (FORMAT csv, HEADER true)', schema_name, stage_name, path);
 	ELSE
 		RAISE EXCEPTION '% sources are synced by a connector', src.source_type;
 	END IF;
-	PERFORM dalgo_internal.check_warehouse_quota(src.organization_id, target);
-	PERFORM dalgo_internal.swap_warehouse_table(src.organization_id, build_name, target);
-	PERFORM dalgo_internal.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
+	PERFORM dalgo_internal.finish_sync(run_id, stage_name);
 
-	-- source_schemas: columns, types, order and nullability of what was synced.
-	DELETE FROM dalgo.source_schemas x WHERE x.source_id = src.id;
-	INSERT INTO dalgo.source_schemas (organization_id, source_id, column_name, column_type, column_order, is_nullable)
-	SELECT src.organization_id, src.id, a.attname, format_type(a.atttypid, a.atttypmod), a.attnum, NOT a.attnotnull
-	FROM pg_attribute a
-	WHERE a.attrelid = to_regclass(format('%I.%I', schema_name, target)) AND a.attnum > 0 AND NOT a.attisdropped;
+	-- A postgres source's nullability is the source relation's.
 	IF relation IS NOT NULL THEN
 		UPDATE dalgo.source_schemas x SET is_nullable = NOT a.attnotnull
 		FROM pg_attribute a
 		WHERE x.source_id = src.id AND a.attrelid = relation::regclass
 		  AND a.attname = x.column_name;
 	END IF;
-
-	UPDATE dalgo.sources x SET last_synced_at = now(), warehouse_table_name = target WHERE x.id = src.id;
-	UPDATE dalgo.sync_runs x SET status = 'success', completed_at = clock_timestamp(), rows_synced = least(n, 2147483647)
-	WHERE x.id = run_id;
 END
 $$;
-COMMENT ON FUNCTION dalgo_internal.sync_source(uuid) IS 'Internal: an in-database sync of a postgres or csv source into its warehouse table';
+COMMENT ON FUNCTION dalgo_internal.sync_source(uuid) IS 'Internal: an in-database sync of a postgres or csv source: fills the run''s staging table, then finish_sync types it and swaps it in';
 
 -- ---------------------------------------------------------------------------
 -- The connector protocol
@@ -156,6 +142,9 @@ BEGIN
 				CONTINUE;
 			END;
 			UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
+			-- The load path: the staging table that dalgo.stage_sync_run() creates.
+			r.details := r.details || jsonb_build_object('staging_table',
+				format('%I.%I', dalgo_internal.warehouse_schema_name(r.organization_id), dalgo_internal.staging_table_name(r.id)));
 			RETURN r;
 		END IF;
 	END LOOP;
@@ -163,7 +152,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dalgo.claim_sync_run() IS
-	'Connector protocol: claim a pending connector sync run (SKIP LOCKED; the organization with the fewest running, then the oldest) and mark it running; a run over its organization''s quota fails instead; NULL when there is none';
+	'Connector protocol: claim a pending connector sync run (SKIP LOCKED; the organization with the fewest running, then the oldest) and mark it running; the returned row''s details.staging_table names its staging table (see stage_sync_run); a run over its organization''s quota fails instead; NULL when there is none';
 
 CREATE FUNCTION dalgo.complete_sync_run(run_id uuid, rows_synced integer, error_message text DEFAULT NULL,
 										details jsonb DEFAULT '{}')
@@ -173,22 +162,46 @@ CREATE FUNCTION dalgo.complete_sync_run(run_id uuid, rows_synced integer, error_
 AS $$
 DECLARE
 	r dalgo.sync_runs;
+	staged boolean;
+	msg text := complete_sync_run.error_message;
 BEGIN
 	IF jsonb_typeof(coalesce(complete_sync_run.details, '{}')) <> 'object' THEN
 		RAISE EXCEPTION 'details must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	-- The keys dalgo's own code reads (the schedule, skips that quotas do not
-	-- count, the runner) are dalgo's: a connector does not set them.
-	UPDATE dalgo.sync_runs x SET status = CASE WHEN complete_sync_run.error_message IS NULL THEN 'success' ELSE 'failed' END::dalgo.run_status,
-		completed_at = clock_timestamp(), rows_synced = complete_sync_run.rows_synced,
-		error_message = complete_sync_run.error_message,
-		details = x.details || (coalesce(complete_sync_run.details, '{}')
-								- ARRAY['schedule_id', 'skipped', 'runner_pid', 'attempt', 'lag_ms', 'on_demand', 'output_id', 'cancelled'])
-	WHERE x.id = run_id AND x.status = 'running'
-	RETURNING * INTO r;
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = complete_sync_run.run_id AND x.status = 'running'
+	  AND NOT x.details ? 'upload'
+	FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'sync run % is not running (claim it first)', run_id USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	-- A run loaded through its staging table: type it and swap it in; any
+	-- failure leaves the previous table, fails the run and drops the staging table.
+	staged := to_regclass(format('%I.%I', dalgo_internal.warehouse_schema_name(r.organization_id),
+								 dalgo_internal.staging_table_name(r.id))) IS NOT NULL;
+	IF staged AND msg IS NULL THEN
+		BEGIN
+			PERFORM dalgo_internal.finish_sync(r.id, dalgo_internal.staging_table_name(r.id));
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+			IF msg = 'a sync is finished in a READ COMMITTED transaction' THEN
+				RAISE;
+			END IF;
+		END;
+	END IF;
+	IF staged AND msg IS NOT NULL THEN
+		PERFORM dalgo_internal.drop_staging_table(r.id);
+	END IF;
+	-- The keys dalgo's own code reads (the schedule, skips that quotas do not
+	-- count, the runner, the load path) are dalgo's: a connector does not set them.
+	UPDATE dalgo.sync_runs x SET status = CASE WHEN msg IS NULL THEN 'success' ELSE 'failed' END::dalgo.run_status,
+		completed_at = clock_timestamp(),
+		rows_synced = CASE WHEN staged AND msg IS NULL THEN x.rows_synced ELSE complete_sync_run.rows_synced END,
+		error_message = msg,
+		details = x.details || (coalesce(complete_sync_run.details, '{}')
+								- ARRAY['schedule_id', 'skipped', 'runner_pid', 'attempt', 'lag_ms', 'on_demand', 'output_id', 'cancelled',
+										  'staging_table', 'upload', 'user_id'])
+	WHERE x.id = r.id
+	RETURNING * INTO r;
 	IF r.status = 'success' THEN
 		UPDATE dalgo.sources s SET last_synced_at = now() WHERE s.id = r.source_id;
 	END IF;
@@ -196,7 +209,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dalgo.complete_sync_run(uuid, integer, text, jsonb) IS
-	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails); details (an object) is merged in, except dalgo''s own keys schedule_id, skipped, runner_pid, attempt, lag_ms, on_demand, output_id and cancelled';
+	'Connector protocol: finish a claimed run with its row count, or with an error message (then it fails); a run loaded into its staging table (stage_sync_run) is typed and swapped in (finish_sync), or on failure its staging table is dropped and the previous table stays; details (an object) is merged in, except dalgo''s own keys schedule_id, skipped, runner_pid, attempt, lag_ms, on_demand, output_id, cancelled, staging_table, upload and user_id';
 
 -- ---------------------------------------------------------------------------
 -- csv sources

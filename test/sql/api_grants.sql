@@ -37,6 +37,8 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$
 		-- scheduling
 		'dalgo.next_run(dalgo.schedule_frequency,time without time zone,integer,text,timestamp with time zone)',
 		'dalgo.run_schedule_now(uuid)', 'dalgo.is_connector_source(dalgo.source_type)',
+		-- uploads (docs/loading.md)
+		'dalgo.begin_upload(uuid,text[])', 'dalgo.finish_upload(uuid)',
 		-- quotas
 		'dalgo.quota_usage(uuid)',
 		-- secrets: a source's config without them, and the redaction itself
@@ -78,7 +80,7 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 		-- service work
 		'dalgo.purge_audit_logs(interval)', 'dalgo.run_due_schedules(timestamp with time zone)',
 		'dalgo.scheduler_status()', 'dalgo.claim_sync_run()', 'dalgo.complete_sync_run(uuid,integer,text,jsonb)',
-		'dalgo.quota_usage(uuid)', 'dalgo.redact(jsonb)', 'dalgo.redact(text)',
+		'dalgo.stage_sync_run(uuid,text[],text[])', 'dalgo.quota_usage(uuid)', 'dalgo.redact(jsonb)', 'dalgo.redact(text)',
 		-- accounts: the mailer
 		'dalgo.claim_messages(integer)', 'dalgo.complete_message(uuid,text)', 'dalgo.current_api_key_id()', 'dalgo.restoring()',
 		-- soft delete, restore, the purge after the window, leaving for good

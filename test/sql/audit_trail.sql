@@ -15,8 +15,8 @@ CREATE FUNCTION pg_temp.audit_count() RETURNS bigint LANGUAGE sql AS $$ SELECT c
 -- Every audit row of this transaction has created_at = now(); older rows come from other tests.
 
 -- Inserts: the row, its organization, its id, the actor.
-SELECT is((SELECT count(*) FROM dalgo.audit_logs WHERE action = 'insert' AND created_at = now()), 18::bigint,
-	'the fixture''s 18 inserts (16 rows and 2 recorded versions) are audited');
+SELECT is((SELECT count(*) FROM dalgo.audit_logs WHERE action = 'insert' AND created_at = now()), 20::bigint,
+	'the fixture''s 20 inserts (16 rows, 2 recorded versions, 2 registrations of its warehouse tables) are audited');
 SELECT is((pg_temp.last_audit('sources')).organization_id, '22222222-0000-4000-8000-0000000000b0'::uuid, 'organization from the row');
 SELECT is((pg_temp.last_audit('sources')).resource_id, '33333333-0000-4000-8000-0000000000b1'::uuid, 'resource id from the primary key');
 SELECT is((pg_temp.last_audit('sources')).details->>'name', 'Visits B', 'details hold the inserted row');

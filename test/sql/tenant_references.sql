@@ -15,7 +15,7 @@ INSERT INTO dalgo.sync_runs (id, source_id) VALUES ('77777777-0000-4000-8000-000
 SELECT is((SELECT organization_id FROM dalgo.sync_runs WHERE id = '77777777-0000-4000-8000-000000000002'),
 	'22222222-0000-4000-8000-0000000000b0'::uuid, 'sync_runs.organization_id filled from the source');
 INSERT INTO dalgo.warehouse_tables (id, warehouse_connection_id, table_name, source_id)
-	VALUES ('77777777-0000-4000-8000-000000000003', '44444444-0000-4000-8000-0000000000a1', 'visits', '33333333-0000-4000-8000-0000000000a1');
+	VALUES ('77777777-0000-4000-8000-000000000003', '44444444-0000-4000-8000-0000000000a1', 'sheet', '33333333-0000-4000-8000-0000000000a1');
 SELECT is((SELECT organization_id FROM dalgo.warehouse_tables WHERE id = '77777777-0000-4000-8000-000000000003'),
 	'22222222-0000-4000-8000-0000000000a0'::uuid, 'warehouse_tables.organization_id filled from the connection');
 INSERT INTO dalgo.transformation_versions (id, transformation_id, version_number, recipe)
