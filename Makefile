@@ -9,6 +9,7 @@ OBJS = \
 	src/accounts.o \
 	src/audit.o \
 	src/audit_writer.o \
+	src/citus.o \
 	src/dalgo.o \
 	src/deadline.o \
 	src/identity.o \
@@ -51,6 +52,7 @@ SQL_FRAGMENTS = \
 	sql/toolkit.sql \
 	sql/journeys.sql \
 	sql/lifecycle.sql \
+	sql/citus.sql \
 	sql/backup.sql
 
 # The install script of the version under work is generated; the install

@@ -246,11 +246,18 @@ build_config(TriggerData *trigdata)
 	cfg->relid = RelationGetRelid(rel);
 	cfg->nspid = RelationGetNamespace(rel);
 
-	if (cfg->nspid == get_namespace_oid(DALGO_SCHEMA, true))
-		cfg->resource_type = pstrdup(RelationGetRelationName(rel));
-	else
-		cfg->resource_type = psprintf("%s.%s", get_namespace_name(cfg->nspid),
-									  RelationGetRelationName(rel));
+	{
+		/* On a Citus node the trigger fires on a shard: name its table. */
+		char		partmethod;
+		Oid			logical = dalgo_citus_shard_of(rel, &partmethod);
+		const char *relname = OidIsValid(logical) ? get_rel_name(logical)
+			: RelationGetRelationName(rel);
+
+		if (cfg->nspid == get_namespace_oid(DALGO_SCHEMA, true))
+			cfg->resource_type = pstrdup(relname);
+		else
+			cfg->resource_type = psprintf("%s.%s", get_namespace_name(cfg->nspid), relname);
+	}
 
 	orgcol = trigger->tgnargs > 0 ? trigger->tgargs[0] : "";
 	cfg->org_attnum = 0;
@@ -714,6 +721,19 @@ dalgo_audit_trigger(PG_FUNCTION_ARGS)
 	 */
 	if (dalgo_restoring())
 		return PointerGetDatum(NULL);
+
+	/*
+	 * Citus: a change to a reference table is applied to its shard on every
+	 * node, and this trigger fires on each.  The coordinator's copy writes
+	 * the audit row; the workers' copies write none.
+	 */
+	{
+		char		partmethod;
+
+		if (OidIsValid(dalgo_citus_shard_of(trigdata->tg_relation, &partmethod)) &&
+			partmethod == 'n' && dalgo_citus_is_worker())
+			return PointerGetDatum(NULL);
+	}
 
 	audit_depth++;
 	PG_TRY();

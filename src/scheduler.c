@@ -199,6 +199,19 @@ scheduler_tick(int *pending, TimestampTz *last_purge)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+
+	/*
+	 * On a Citus worker the schedules are shards of the coordinator's
+	 * tables: the coordinator's scheduler runs them, once.
+	 */
+	if (dalgo_citus_is_worker())
+	{
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		return 10000;
+	}
 	spi_run("SELECT dalgo_internal.recover_interrupted_runs()", SPI_OK_SELECT);
 	spi_run("SELECT count(*) FROM dalgo_internal.claim_due_schedules(pg_catalog.now(), 1000)", SPI_OK_SELECT);
 	spi_run("SELECT dalgo_internal.pending_runs()", SPI_OK_SELECT);
