@@ -147,7 +147,8 @@ REGRESS = \
 	warehouse_export \
 	runs_on_demand \
 	failure_alerts \
-	own_secrets_at_rest
+	own_secrets_at_rest \
+	citus_distribute_refused
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \

@@ -92,6 +92,7 @@ CONF"
 		# postgres (the administrator) over the socket only.
 		hba="local all postgres trust
 host all postgres 127.0.0.1/32 trust
+host all dalgo_authenticated,dalgo_service,dalgo_anon 0.0.0.0/0 reject
 host all all 127.0.0.1/32 scram-sha-256"
 	else
 		# A worker: only the coordinator's address (here loopback), only the
@@ -123,10 +124,21 @@ SELECT citus_add_node('127.0.0.1', $W2);
 SET citus.enable_ddl_propagation = off;
 CREATE EXTENSION dalgo;
 SQL
-# Roles: dalgo_authenticated and dalgo_service log in on the workers only
-# (Citus opens its worker connections as the current role), with a
-# password that the coordinator keeps in pg_dist_authinfo; SET on the
-# identity setting only where Citus sends it.
+# Roles: Citus opens its worker connections as the current role
+# (dalgo_authenticated or dalgo_service), and keeps a role's attributes the
+# same on every node (it propagates them with the objects that depend on
+# them).  So both roles get LOGIN and a password everywhere, and pg_hba
+# decides where they may log in: on the workers, from the coordinator's
+# address only; on the coordinator, nowhere.  The coordinator keeps the
+# password in pg_dist_authinfo.  SET on the identity setting is granted on
+# the workers only, where Citus sends it.
+psql_on "$COORD" -d dalgo <<SQL
+ALTER ROLE dalgo_authenticated LOGIN PASSWORD '$APP_PW';
+ALTER ROLE dalgo_service LOGIN PASSWORD '$APP_PW';
+INSERT INTO pg_dist_authinfo (nodeid, rolename, authinfo) VALUES
+	(0, 'dalgo_authenticated', 'password=$APP_PW'),
+	(0, 'dalgo_service', 'password=$APP_PW');
+SQL
 for p in $W1 $W2; do
 	psql_on "$p" -d dalgo <<SQL
 SET citus.enable_ddl_propagation = off;
@@ -135,11 +147,6 @@ ALTER ROLE dalgo_service LOGIN PASSWORD '$APP_PW';
 GRANT SET ON PARAMETER dalgo.user_id TO dalgo_authenticated, dalgo_service;
 SQL
 done
-psql_on "$COORD" -d dalgo <<SQL
-INSERT INTO pg_dist_authinfo (nodeid, rolename, authinfo) VALUES
-	(0, 'dalgo_authenticated', 'password=$APP_PW'),
-	(0, 'dalgo_service', 'password=$APP_PW');
-SQL
 echo "== citus and dalgo installed on the three nodes"
 
 export PGBIN COORD W1 W2 dir
