@@ -16,8 +16,25 @@ AS $$
 		'\(\s*SELECT (dalgo\.current_org_ids\([^()]*\)) AS current_org_ids\)', '\1', 'g'),
 		'\(\s*SELECT dalgo\.current_user_id\(\) AS current_user_id\)', 'dalgo.current_user_id()', 'g')
 $$;
+REVOKE ALL ON FUNCTION dalgo_internal.citus_policy_expr(text) FROM PUBLIC;
 COMMENT ON FUNCTION dalgo_internal.citus_policy_expr(text) IS
 	'Internal: a policy expression with its scalar subqueries over current_org_ids()/current_user_id() unwrapped, the form Citus accepts';
+
+-- The coordinator's local copy of a table's rows, once Citus copied them
+-- into the shards.  The rows moved, nothing was deleted: no trigger fires
+-- (no TRUNCATE in the audit trail, no refusal by audit_logs' guard).
+CREATE FUNCTION dalgo_internal.citus_drop_local_copy(rel regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET session_replication_role = replica
+AS $$
+BEGIN
+	PERFORM truncate_local_data_after_distributing_table(rel);
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo_internal.citus_drop_local_copy(regclass) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.citus_drop_local_copy(regclass) IS
+	'Internal: empty the coordinator''s local copy of a distributed table''s rows, without firing triggers';
 
 -- dalgo.shares_organization(user_id): the caller and user_id are members
 -- of a common organization; the subquery-free test of users' user_select
@@ -153,7 +170,7 @@ BEGIN
 		rel := ('dalgo.' || quote_ident(t))::regclass;
 		IF NOT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = rel) THEN
 			PERFORM create_reference_table(rel);
-			PERFORM truncate_local_data_after_distributing_table(rel);
+			PERFORM dalgo_internal.citus_drop_local_copy(rel);
 		END IF;
 		table_name := rel; distribution := 'reference'; RETURN NEXT;
 	END LOOP;
@@ -204,15 +221,7 @@ BEGIN
 			ELSE
 				PERFORM create_distributed_table(rel, 'organization_id', colocate_with => distributed[1]::text);
 			END IF;
-			-- The local copy of the rows, now in the shards (the audit trail's
-			-- guard refuses TRUNCATE; this one moves, not removes, the rows).
-			IF rel = 'dalgo.audit_logs'::regclass THEN
-				ALTER TABLE dalgo.audit_logs DISABLE TRIGGER append_only_truncate;
-			END IF;
-			PERFORM truncate_local_data_after_distributing_table(rel);
-			IF rel = 'dalgo.audit_logs'::regclass THEN
-				ALTER TABLE dalgo.audit_logs ENABLE TRIGGER append_only_truncate;
-			END IF;
+			PERFORM dalgo_internal.citus_drop_local_copy(rel);
 		END IF;
 		distributed := distributed || rel;
 		table_name := rel; distribution := 'hash(organization_id)'; RETURN NEXT;

@@ -101,7 +101,7 @@ SELECT t.check('viewer reads', (SELECT count(*) FROM dalgo.sources) = 3);
 SELECT t.check('viewer cannot add a source (42501)',
 	t.refused(format($$INSERT INTO dalgo.sources (organization_id, name, source_type) VALUES (%L, 'v', 'csv')$$, :'org1')) = '42501');
 SELECT t.check('viewer cannot change a source (no row)',
-	t.refused($$DO $d$ BEGIN UPDATE dalgo.sources SET name = 'x'; IF FOUND THEN RAISE 'changed'; END IF; END $d$$$) IS NULL);
+	t.refused($q$DO $d$ BEGIN UPDATE dalgo.sources SET name = 'x'; IF FOUND THEN RAISE 'changed'; END IF; END $d$$q$) IS NULL);
 COMMIT;
 
 BEGIN;
@@ -114,7 +114,21 @@ SELECT t.check('admin of org2 cannot add a source to org1 (42501)',
 SELECT t.check('admin of org2 cannot move a row to org1',
 	t.refused(format($$UPDATE dalgo.sources SET organization_id = %L WHERE name = 'mine'$$, :'org1')) IS NOT NULL);
 SELECT t.check('admin of org2 cannot delete org1 rows (no row)',
-	t.refused(format($$DO $d$ BEGIN DELETE FROM dalgo.sources WHERE organization_id = %L; IF FOUND THEN RAISE 'deleted'; END IF; END $d$$$, :'org1')) IS NULL);
+	t.refused(format($q$DO $d$ BEGIN DELETE FROM dalgo.sources WHERE organization_id = %L; IF FOUND THEN RAISE 'deleted'; END IF; END $d$$q$, :'org1')) IS NULL);
+COMMIT;
+
+-- A worker lets the roles Citus connects as set dalgo.user_id (the
+-- coordinator's SET LOCAL); a set_config() that a query pushes down to a
+-- shard must not change the identity there.
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000002';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('a pushed-down set_config(dalgo.user_id) is refused on the workers',
+	t.refused($q$SELECT count(*) FROM (SELECT set_config('dalgo.user_id', '00000000-0000-4000-a000-000000000003', true) FROM dalgo.sources) s$q$) IS NOT NULL);
+SELECT t.check('... and in a WHERE clause',
+	t.refused($q$SELECT count(*) FROM dalgo.sources WHERE set_config('dalgo.user_id', '00000000-0000-4000-a000-000000000003', true) IS NOT NULL$q$) IS NOT NULL);
+SELECT t.check('after the attempts the viewer still sees org1 and only org1',
+	(SELECT count(*) FROM dalgo.sources) = 3 AND (SELECT count(*) FROM dalgo.sources WHERE organization_id = :'org2') = 0);
 COMMIT;
 
 BEGIN;
@@ -132,7 +146,7 @@ COMMIT;
 
 -- ---- audit and updated_at through the coordinator --------------------------
 SELECT t.check('the admin''s insert left its audit row (single shard)',
-	(SELECT count(*) FROM dalgo.audit_logs WHERE resource_type = 'sources' AND action = 'INSERT'
+	(SELECT count(*) FROM dalgo.audit_logs WHERE resource_type = 'sources' AND action = 'insert'
 	 AND user_id = '00000000-0000-4000-a000-000000000003' AND organization_id = :'org2') = 1,
 	(SELECT string_agg(resource_type || ':' || action || ':' || coalesce(user_id::text, '-'), ' ') FROM dalgo.audit_logs));
 SELECT now() AS before_update \gset
@@ -142,16 +156,16 @@ SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
 UPDATE dalgo.sources SET name = name || '!';   -- every shard: a multi-shard update
 COMMIT;
 SELECT t.check('multi-shard update: one audit row per changed row, each in its organization',
-	(SELECT count(*) FROM dalgo.audit_logs WHERE resource_type = 'sources' AND action = 'UPDATE'
+	(SELECT count(*) FROM dalgo.audit_logs WHERE resource_type = 'sources' AND action = 'update'
 	 AND user_id = '00000000-0000-4000-a000-000000000001') = 9
-	AND (SELECT count(DISTINCT organization_id) FROM dalgo.audit_logs WHERE resource_type = 'sources' AND action = 'UPDATE') = 2);
+	AND (SELECT count(DISTINCT organization_id) FROM dalgo.audit_logs WHERE resource_type = 'sources' AND action = 'update') = 2);
 SELECT t.check('multi-shard update: updated_at set on every row',
 	(SELECT bool_and(updated_at > :'before_update') FROM dalgo.sources));
 SELECT t.check('a reference-table change is audited once (not once per node)',
-	(SELECT count(*) FROM dalgo.audit_logs WHERE resource_type = 'organizations' AND action = 'INSERT') = 2,
-	(SELECT count(*)::text FROM dalgo.audit_logs WHERE resource_type = 'organizations' AND action = 'INSERT'));
+	(SELECT count(*) FROM dalgo.audit_logs WHERE resource_type = 'organizations' AND action = 'insert') = 2,
+	(SELECT count(*)::text FROM dalgo.audit_logs WHERE resource_type = 'organizations' AND action = 'insert'));
 SELECT t.check('changes outside any organization are audited under the nil uuid',
-	(SELECT count(*) FROM dalgo.audit_logs WHERE resource_type = 'users' AND action = 'INSERT'
+	(SELECT count(*) FROM dalgo.audit_logs WHERE resource_type = 'users' AND action = 'insert'
 	 AND organization_id = '00000000-0000-0000-0000-000000000000') = 3);
 BEGIN;
 SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
