@@ -5,7 +5,7 @@
 -- against a superuser running the same query with a hand-written filter.
 \set ON_ERROR_STOP 1
 \pset footer off
-SET client_min_messages = warning;
+SET client_min_messages = error;
 
 CREATE SCHEMA bench;
 GRANT USAGE ON SCHEMA bench TO dalgo_authenticated;
@@ -71,7 +71,7 @@ BEGIN
 END $$;
 
 \if :on_cluster
-SELECT pg_temp.measure('cluster', 'call (subquery-free)');
+SELECT pg_temp.measure('cluster', 'call (subquery-free)') IS NULL AS measured \gset
 BEGIN;
 SET LOCAL dalgo.user_id = 'bbbbbbbb-0000-4000-8000-000000000001';
 SET LOCAL ROLE dalgo_authenticated;
@@ -80,7 +80,7 @@ SELECT bench.median_ms(:'count_q') AS c_ms, bench.median_ms(:'point_q') AS p_ms 
 COMMIT;
 UPDATE bench.results SET rls_ms = CASE query WHEN 'count' THEN :c_ms ELSE :p_ms END WHERE setup = 'cluster';
 \else
-SELECT pg_temp.measure('one node', 'initPlan (rls.sql)');
+SELECT pg_temp.measure('one node', 'initPlan (rls.sql)') IS NULL AS measured \gset
 BEGIN;
 SET LOCAL dalgo.user_id = 'bbbbbbbb-0000-4000-8000-000000000001';
 SET LOCAL ROLE dalgo_authenticated;
@@ -96,7 +96,7 @@ BEGIN
 		EXECUTE format('ALTER POLICY %I ON bench.items USING (%s)', p.polname, dalgo_internal.citus_policy_expr(p.q));
 	END LOOP;
 END $$;
-SELECT pg_temp.measure('one node', 'call (subquery-free)');
+SELECT pg_temp.measure('one node', 'call (subquery-free)') IS NULL AS measured \gset
 BEGIN;
 SET LOCAL dalgo.user_id = 'bbbbbbbb-0000-4000-8000-000000000001';
 SET LOCAL ROLE dalgo_authenticated;

@@ -149,7 +149,7 @@ SQL
 done
 echo "== citus and dalgo installed on the three nodes"
 
-export PGBIN COORD W1 W2 dir
+export PGBIN COORD W1 W2 dir APP_PW
 if [ -n "${STOP_AFTER_SETUP:-}" ]; then exit 0; fi
 
 # ---- 3 and 4: the suite and the benchmark ---------------------------------
