@@ -18,7 +18,8 @@ if PGCONNECT_TIMEOUT=5 "$PGBIN/psql" -X -q -w -h 127.0.0.1 -p "$COORD" -U dalgo_
 else out+=$'\nok - dalgo_authenticated cannot log in on the coordinator'; fi
 echo "$out" | grep -v '^\s*$' | sed 's/^ *//'
 pass=$(echo "$out" | grep -c '^ *ok - ')
-fail=$(echo "$out" | grep -c '^ *not ok - ')
+fail=$(echo "$out" | grep '^ *not ok - ' | grep -vc '# TODO')
+todo=$(echo "$out" | grep '^ *not ok - ' | grep -c '# TODO')
 [ $rc -eq 0 ] || fail=$((fail + 1))
-echo "citus suite: $pass passed, $fail failed"
+echo "citus suite: $pass passed, $fail failed, $todo known gaps (# TODO)"
 exit $fail
