@@ -148,7 +148,8 @@ REGRESS = \
 	runs_on_demand \
 	failure_alerts \
 	own_secrets_at_rest \
-	citus_distribute_refused
+	citus_distribute_refused \
+	citus_node_simulated
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \
