@@ -220,6 +220,16 @@ load_primary_key(AuditConfig *cfg, Relation rel)
 	if (cfg->npk == 1 && cfg->pk_attnums[0] > 0 &&
 		TupleDescAttr(RelationGetDescr(rel), cfg->pk_attnums[0] - 1)->atttypid == UUIDOID)
 		cfg->uuid_pk_attnum = cfg->pk_attnums[0];
+
+	/*
+	 * On a Citus cluster dalgo.distribute() widens a tenant table's key to
+	 * (organization_id, id): the row is still named by its id.
+	 */
+	if (cfg->npk == 2 && cfg->pk_attnums[0] > 0 && cfg->pk_attnums[1] > 0 &&
+		strcmp(NameStr(TupleDescAttr(RelationGetDescr(rel), cfg->pk_attnums[0] - 1)->attname),
+			   "organization_id") == 0 &&
+		TupleDescAttr(RelationGetDescr(rel), cfg->pk_attnums[1] - 1)->atttypid == UUIDOID)
+		cfg->uuid_pk_attnum = cfg->pk_attnums[1];
 }
 
 /*

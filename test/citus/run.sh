@@ -118,9 +118,9 @@ for p in $W1 $W2; do
 done
 psql_on "$COORD" -d dalgo <<SQL
 CREATE EXTENSION citus;
-SELECT citus_set_coordinator_host('127.0.0.1', $COORD);
-SELECT citus_add_node('127.0.0.1', $W1);
-SELECT citus_add_node('127.0.0.1', $W2);
+SELECT citus_set_coordinator_host('127.0.0.1', $COORD) IS NULL AS coordinator_set \gset
+SELECT citus_add_node('127.0.0.1', $W1) AS w1_node \gset
+SELECT citus_add_node('127.0.0.1', $W2) AS w2_node \gset
 SET citus.enable_ddl_propagation = off;
 CREATE EXTENSION dalgo;
 SQL

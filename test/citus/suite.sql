@@ -150,9 +150,10 @@ SELECT t.check('dalgo_service sees both organizations', (SELECT count(*) FROM da
 COMMIT;
 
 -- ---- audit and updated_at through the coordinator --------------------------
-SELECT t.check('the admin''s insert left its audit row (single shard)',
-	(SELECT count(*) FROM dalgo.audit_logs WHERE resource_type = 'sources' AND action = 'insert'
-	 AND user_id = '00000000-0000-4000-a000-000000000003' AND organization_id = :'org2') = 1,
+SELECT t.check('the admin''s insert left its audit row (single shard), naming the row',
+	(SELECT count(*) FROM dalgo.audit_logs a WHERE resource_type = 'sources' AND action = 'insert'
+	 AND user_id = '00000000-0000-4000-a000-000000000003' AND organization_id = :'org2'
+	 AND resource_id = (SELECT id FROM dalgo.sources s WHERE s.name = 'mine')) = 1,
 	(SELECT string_agg(resource_type || ':' || action || ':' || coalesce(user_id::text, '-'), ' ') FROM dalgo.audit_logs));
 SELECT now() AS before_update \gset
 SELECT pg_sleep(0.01);
