@@ -41,6 +41,9 @@ static TimestampTz last_purge = 0;
 static char *my_dbname = NULL;
 static bool version_logged = false;	/* the version mismatch is logged */
 
+/* Set by each tick: this node is a Citus worker, where schedules and maintenance do not run. */
+static bool on_citus_worker = false;
+
 /* On exit: free the database's slot for the next scheduler. */
 static void
 scheduler_exit(int code, Datum arg)
@@ -204,7 +207,8 @@ scheduler_tick(int *pending, TimestampTz *last_purge)
 	 * On a Citus worker the schedules are shards of the coordinator's
 	 * tables: the coordinator's scheduler runs them, once.
 	 */
-	if (dalgo_citus_is_worker())
+	on_citus_worker = dalgo_citus_is_worker();
+	if (on_citus_worker)
 	{
 		SPI_finish();
 		PopActiveSnapshot();
@@ -426,7 +430,7 @@ dalgo_scheduler_main(Datum arg)
 				sleep_ms = scheduler_tick(&n, &last_purge);
 				pending = n;
 				/* Work left in the daily maintenance: come back at once. */
-				if (dalgo_maintenance_interval > 0 && maintenance_pass())
+				if (dalgo_maintenance_interval > 0 && !on_citus_worker && maintenance_pass())
 					sleep_ms = 0;
 			}
 			LWLockAcquire(dalgo_shared->lock, LW_EXCLUSIVE);
