@@ -9,6 +9,7 @@ OBJS = \
 	src/accounts.o \
 	src/audit.o \
 	src/audit_writer.o \
+	src/citus.o \
 	src/dalgo.o \
 	src/deadline.o \
 	src/identity.o \
@@ -53,6 +54,7 @@ SQL_FRAGMENTS = \
 	sql/journeys.sql \
 	sql/lifecycle.sql \
 	sql/loading.sql \
+	sql/citus.sql \
 	sql/backup.sql
 
 # The install script of the version under work is generated; the install
@@ -150,7 +152,9 @@ REGRESS = \
 	warehouse_export \
 	runs_on_demand \
 	failure_alerts \
-	own_secrets_at_rest
+	own_secrets_at_rest \
+	citus_distribute_refused \
+	citus_node_simulated
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \

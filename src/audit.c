@@ -220,6 +220,16 @@ load_primary_key(AuditConfig *cfg, Relation rel)
 	if (cfg->npk == 1 && cfg->pk_attnums[0] > 0 &&
 		TupleDescAttr(RelationGetDescr(rel), cfg->pk_attnums[0] - 1)->atttypid == UUIDOID)
 		cfg->uuid_pk_attnum = cfg->pk_attnums[0];
+
+	/*
+	 * On a Citus cluster dalgo.distribute() widens a tenant table's key to
+	 * (organization_id, id): the row is still named by its id.
+	 */
+	if (cfg->npk == 2 && cfg->pk_attnums[0] > 0 && cfg->pk_attnums[1] > 0 &&
+		strcmp(NameStr(TupleDescAttr(RelationGetDescr(rel), cfg->pk_attnums[0] - 1)->attname),
+			   "organization_id") == 0 &&
+		TupleDescAttr(RelationGetDescr(rel), cfg->pk_attnums[1] - 1)->atttypid == UUIDOID)
+		cfg->uuid_pk_attnum = cfg->pk_attnums[1];
 }
 
 /*
@@ -246,11 +256,18 @@ build_config(TriggerData *trigdata)
 	cfg->relid = RelationGetRelid(rel);
 	cfg->nspid = RelationGetNamespace(rel);
 
-	if (cfg->nspid == get_namespace_oid(DALGO_SCHEMA, true))
-		cfg->resource_type = pstrdup(RelationGetRelationName(rel));
-	else
-		cfg->resource_type = psprintf("%s.%s", get_namespace_name(cfg->nspid),
-									  RelationGetRelationName(rel));
+	{
+		/* On a Citus node the trigger fires on a shard: name its table. */
+		char		partmethod;
+		Oid			logical = dalgo_citus_shard_of(rel, &partmethod);
+		const char *relname = OidIsValid(logical) ? get_rel_name(logical)
+			: RelationGetRelationName(rel);
+
+		if (cfg->nspid == get_namespace_oid(DALGO_SCHEMA, true))
+			cfg->resource_type = pstrdup(relname);
+		else
+			cfg->resource_type = psprintf("%s.%s", get_namespace_name(cfg->nspid), relname);
+	}
 
 	orgcol = trigger->tgnargs > 0 ? trigger->tgargs[0] : "";
 	cfg->org_attnum = 0;
@@ -714,6 +731,19 @@ dalgo_audit_trigger(PG_FUNCTION_ARGS)
 	 */
 	if (dalgo_restoring())
 		return PointerGetDatum(NULL);
+
+	/*
+	 * Citus: a change to a reference table is applied to its shard on every
+	 * node, and this trigger fires on each.  The coordinator's copy writes
+	 * the audit row; the workers' copies write none.
+	 */
+	{
+		char		partmethod;
+
+		if (OidIsValid(dalgo_citus_shard_of(trigdata->tg_relation, &partmethod)) &&
+			partmethod == 'n' && dalgo_citus_is_worker())
+			return PointerGetDatum(NULL);
+	}
 
 	audit_depth++;
 	PG_TRY();

@@ -80,6 +80,7 @@ typedef struct AuditSink
 	MemoryContext batchcxt;		/* the queued rows' values */
 	Relation	rel;
 	bool		direct;
+	bool		citus;			/* audit_logs is a Citus table */
 	/* direct writer */
 	EState	   *estate;
 	ResultRelInfo *rri;

@@ -228,7 +228,9 @@ dalgo_audit_open_sink(AuditSink *sink, AuditConfig *cfg, const char *action)
 	sink->batchcxt = AllocSetContextCreate(CurrentMemoryContext, "dalgo audit batch",
 										   ALLOCSET_DEFAULT_SIZES);
 	sink->rel = relation_open(dalgo_relation_oid("audit_logs"), RowExclusiveLock);
-	sink->direct = audit_logs_direct_ok(sink->rel);
+	/* Citus routes rows of a distributed audit_logs to their shards: only an INSERT can. */
+	sink->citus = dalgo_citus_is_distributed(RelationGetRelid(sink->rel));
+	sink->direct = audit_logs_direct_ok(sink->rel) && !sink->citus;
 	if (sink->direct)
 	{
 		sink->estate = CreateExecutorState();
@@ -317,6 +319,18 @@ flush_insert(AuditSink *sink)
 
 		for (int c = 0; c < AL_NCOLUMNS; c++)
 			nulls[c] = sink->nulls[i][c] ? 'n' : ' ';
+
+		/*
+		 * Citus refuses NULL in a distribution column: on a cluster, a change
+		 * outside any organization is recorded under the nil uuid.
+		 */
+		if (sink->citus && sink->nulls[i][AL_ORGANIZATION_ID])
+		{
+			static const pg_uuid_t nil_uuid = {{0}};
+
+			sink->values[i][AL_ORGANIZATION_ID] = UUIDPGetDatum(&nil_uuid);
+			nulls[AL_ORGANIZATION_ID] = ' ';
+		}
 		rc = SPI_execute_plan(sink->plan, sink->values[i], nulls, false, 0);
 		if (rc != SPI_OK_INSERT && rc != SPI_OK_INSERT_RETURNING)
 			ereport(ERROR,

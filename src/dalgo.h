@@ -101,6 +101,12 @@ extern bool dalgo_secret_key(const char *key, int len);
 extern char *dalgo_redact_text(const char *str, int len, int *newlen);
 extern Jsonb *dalgo_redact_jsonb(Jsonb *in, bool keys);
 
+/* citus.c */
+extern Oid	dalgo_rows_relid(Oid relid);
+extern bool dalgo_citus_is_distributed(Oid relid);
+extern Oid	dalgo_citus_shard_of(Relation rel, char *partmethod);
+extern bool dalgo_citus_is_worker(void);
+
 /* membership.c */
 extern void dalgo_membership_init(void);
 extern bool dalgo_caller_may(const pg_uuid_t *org, DalgoRole min_role);

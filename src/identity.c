@@ -119,6 +119,9 @@ static int *depth_at_level = NULL;
 static int	depth_at_level_size = 0;
 
 static ProcessUtility_hook_type prev_process_utility = NULL;
+
+/* True while a top-level SET/RESET statement of dalgo.user_id runs (Citus workers). */
+static bool in_toplevel_user_id_set = false;
 static ExecutorStart_hook_type prev_executor_start = NULL;
 static ExecutorEnd_hook_type prev_executor_end = NULL;
 
@@ -638,6 +641,32 @@ refuse_secret_in_function_options(List *options)
 	}
 }
 
+/* Run a top-level SET/RESET of dalgo.user_id, marked as such for check_user_id(). */
+static void
+run_user_id_set(PlannedStmt *pstmt, const char *queryString,
+				bool readOnlyTree, ProcessUtilityContext context,
+				ParamListInfo params, QueryEnvironment *queryEnv,
+				DestReceiver *dest, QueryCompletion *qc)
+{
+	bool		save = in_toplevel_user_id_set;
+
+	in_toplevel_user_id_set = true;
+	PG_TRY();
+	{
+		if (prev_process_utility)
+			prev_process_utility(pstmt, queryString, readOnlyTree, context,
+								 params, queryEnv, dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+									params, queryEnv, dest, qc);
+	}
+	PG_FINALLY();
+	{
+		in_toplevel_user_id_set = save;
+	}
+	PG_END_TRY();
+}
+
 /*
  * Utility hook: RESET ALL also forgets a verified identity; identity
  * changes are refused inside a data-modifying statement; COPY FROM and
@@ -699,7 +728,11 @@ identity_process_utility(PlannedStmt *pstmt, const char *queryString,
 
 	if (modifies)
 		modify_begin();
-	if (prev_process_utility)
+	if (context == PROCESS_UTILITY_TOPLEVEL && IsA(stmt, VariableSetStmt) &&
+		((VariableSetStmt *) stmt)->name != NULL &&
+		guc_name_cmp(((VariableSetStmt *) stmt)->name, "dalgo.user_id") == 0)
+		run_user_id_set(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	else if (prev_process_utility)
 		prev_process_utility(pstmt, queryString, readOnlyTree, context,
 							 params, queryEnv, dest, qc);
 	else
@@ -719,6 +752,21 @@ check_user_id(char **newval, void **extra, GucSource source)
 		GUC_check_errmsg("dalgo.user_id cannot change while a data-modifying statement runs");
 		GUC_check_errdetail("The audit trail credits each change to the identity in force when the statement started.");
 		GUC_check_errhint("Set dalgo.user_id in a statement of its own, before the INSERT, UPDATE, DELETE, MERGE, COPY or TRUNCATE.");
+		return false;
+	}
+
+	/*
+	 * A Citus worker: the roles Citus connects as may set dalgo.user_id there
+	 * (the coordinator sends the request's SET LOCAL), but a query's
+	 * set_config() pushed down to a shard must not change who the caller
+	 * is.  Only a top-level SET statement of its own does.
+	 */
+	if (source == PGC_S_SESSION && !in_toplevel_user_id_set && IsTransactionState() &&
+		!superuser() && dalgo_citus_is_worker())
+	{
+		GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
+		GUC_check_errmsg("on a Citus worker, dalgo.user_id is set only by a SET statement of its own");
+		GUC_check_errdetail("The coordinator sends the request's identity with SET LOCAL; a function inside a query cannot change it.");
 		return false;
 	}
 	return true;

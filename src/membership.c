@@ -48,6 +48,7 @@ PG_FUNCTION_INFO_V1(dalgo_current_org_ids);
 PG_FUNCTION_INFO_V1(dalgo_membership_changed);
 PG_FUNCTION_INFO_V1(dalgo_caller_may_sql);
 PG_FUNCTION_INFO_V1(dalgo_live_owner_count);
+PG_FUNCTION_INFO_V1(dalgo_shares_organization);
 
 typedef struct MembershipEntry
 {
@@ -537,4 +538,52 @@ dalgo_live_owner_count(PG_FUNCTION_ARGS)
 	table_close(members, AccessShareLock);
 	UnregisterSnapshot(snapshot);
 	PG_RETURN_INT32(count);
+}
+
+/*
+ * SQL: dalgo.shares_organization(user_id uuid): user_id has a live
+ * membership in an organization where the caller is at least a viewer.
+ * The subquery-free form of users' user_select policy on a Citus cluster.
+ */
+Datum
+dalgo_shares_organization(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *user = PG_GETARG_UUID_P(0);
+	Relation	members;
+	TupleDesc	desc;
+	AttrNumber	user_att,
+				org_att,
+				deleted_att;
+	Snapshot	snapshot;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	bool		shares = false;
+
+	if (!ensure_cache() || cache.nentries == 0)
+		PG_RETURN_BOOL(false);
+	user_att = dalgo_attnum(cache.members_relid, "user_id");
+	org_att = dalgo_attnum(cache.members_relid, "organization_id");
+	deleted_att = dalgo_attnum(cache.members_relid, "deleted_at");
+	snapshot = dalgo_latest_snapshot();
+	members = table_open(cache.members_relid, AccessShareLock);
+	desc = RelationGetDescr(members);
+	scan = dalgo_begin_uuid_scan(members,
+								 dalgo_relation_oid("organization_members_user_id_idx"),
+								 user_att, user, &key, snapshot);
+	while (!shares && HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		bool		isnull;
+		Datum		org;
+
+		(void) heap_getattr(tuple, deleted_att, desc, &isnull);
+		if (!isnull)
+			continue;
+		org = heap_getattr(tuple, org_att, desc, &isnull);
+		shares = !isnull && cached_role(DatumGetUUIDP(org)) >= DALGO_ROLE_VIEWER;
+	}
+	systable_endscan(scan);
+	table_close(members, AccessShareLock);
+	UnregisterSnapshot(snapshot);
+	PG_RETURN_BOOL(shares);
 }

@@ -41,6 +41,9 @@ static TimestampTz last_purge = 0;
 static char *my_dbname = NULL;
 static bool version_logged = false;	/* the version mismatch is logged */
 
+/* Set by each tick: this node is a Citus worker, where schedules and maintenance do not run. */
+static bool on_citus_worker = false;
+
 /* On exit: free the database's slot for the next scheduler. */
 static void
 scheduler_exit(int code, Datum arg)
@@ -199,6 +202,20 @@ scheduler_tick(int *pending, TimestampTz *last_purge)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+
+	/*
+	 * On a Citus worker the schedules are shards of the coordinator's
+	 * tables: the coordinator's scheduler runs them, once.
+	 */
+	on_citus_worker = dalgo_citus_is_worker();
+	if (on_citus_worker)
+	{
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		return 10000;
+	}
 	spi_run("SELECT dalgo_internal.recover_interrupted_runs()", SPI_OK_SELECT);
 	spi_run("SELECT count(*) FROM dalgo_internal.claim_due_schedules(pg_catalog.now(), 1000)", SPI_OK_SELECT);
 	spi_run("SELECT dalgo_internal.pending_runs()", SPI_OK_SELECT);
@@ -413,7 +430,7 @@ dalgo_scheduler_main(Datum arg)
 				sleep_ms = scheduler_tick(&n, &last_purge);
 				pending = n;
 				/* Work left in the daily maintenance: come back at once. */
-				if (dalgo_maintenance_interval > 0 && maintenance_pass())
+				if (dalgo_maintenance_interval > 0 && !on_citus_worker && maintenance_pass())
 					sleep_ms = 0;
 			}
 			LWLockAcquire(dalgo_shared->lock, LW_EXCLUSIVE);

@@ -41,7 +41,10 @@ dalgo_namespace_oid(void)
 	return nsp;
 }
 
-/* Return the OID of relation dalgo.<relname> (a table or an index). */
+/*
+ * Return the OID of relation dalgo.<relname> (a table or an index), or of
+ * the relation that holds its rows on this node (citus.c).
+ */
 Oid
 dalgo_relation_oid(const char *relname)
 {
@@ -52,7 +55,8 @@ dalgo_relation_oid(const char *relname)
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("relation \"%s.%s\" does not exist", DALGO_SCHEMA, relname),
 				 errhint("The dalgo extension may be damaged; reinstall it.")));
-	return relid;
+	/* On a Citus node, a reference table's rows live in its local shard. */
+	return dalgo_rows_relid(relid);
 }
 
 /* Return the attribute number of a column that must exist. */

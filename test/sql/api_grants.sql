@@ -63,7 +63,9 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$
 		-- journeys: export
 		'dalgo.export_warehouse_table(uuid,text,text)', 'dalgo.export_organization(uuid)',
 		-- journeys: runs on demand
-		'dalgo.sync_now(uuid,boolean)', 'dalgo.refresh_output_now(uuid,boolean)'],
+		'dalgo.sync_now(uuid,boolean)', 'dalgo.refresh_output_now(uuid,boolean)',
+		-- citus: the users policy on a cluster
+		'dalgo.shares_organization(uuid)'],
 	'dalgo_authenticated executes exactly the documented end-user API');
 
 SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
@@ -95,7 +97,9 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 		-- journeys: export
 		'dalgo.export_warehouse_table(uuid,text,text)', 'dalgo.export_organization(uuid)',
 		-- journeys: runs on demand
-		'dalgo.sync_now(uuid,boolean)', 'dalgo.refresh_output_now(uuid,boolean)'],
+		'dalgo.sync_now(uuid,boolean)', 'dalgo.refresh_output_now(uuid,boolean)',
+		-- citus: the users policy on a cluster
+		'dalgo.shares_organization(uuid)'],
 	'dalgo_service executes exactly the documented service API');
 
 SELECT is_empty($$SELECT p.oid::regprocedure::text FROM pg_proc p,
@@ -127,7 +131,9 @@ SELECT set_eq($$SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronames
 						  'dalgo.enable_redaction(regclass,name,text[],boolean)', 'dalgo.disable_redaction(regclass,name)',
 						  'dalgo.set_retention(regclass,name,integer,text,text[],name,text,name)', 'dalgo.disable_retention(regclass)',
 						  'dalgo.enable_encryption(regclass,name,name,dalgo.member_role)', 'dalgo.disable_encryption(regclass,name)',
-						  'dalgo.rotate_secret_key(text)', 'dalgo.security_report(name)'])$$,
+						  'dalgo.rotate_secret_key(text)', 'dalgo.security_report(name)',
+						  -- Citus (docs/scaling.md): superusers
+						  'dalgo.distribute()'])$$,
 	'public_api_surface: \df dalgo.* lists the app roles'' API and the documented admin tools, nothing else');
 SELECT is_empty($$SELECT r.rolname FROM pg_roles r
 	WHERE r.rolname IN ('dalgo_authenticated', 'dalgo_anon', 'dalgo_service', 'public')

@@ -1,0 +1,249 @@
+-- test/citus/suite.sql: dalgo on a coordinator and two workers (run by
+-- test/citus/run.sh on the coordinator, as postgres).  Each check prints
+-- "ok - <name>" or "not ok - <name>: <detail>"; run.sh counts them.
+\set ON_ERROR_STOP 1
+\pset footer off
+\pset tuples_only on
+SET client_min_messages = error;
+CREATE SCHEMA t;
+GRANT USAGE ON SCHEMA t TO PUBLIC;
+
+CREATE FUNCTION t.check(name text, ok boolean, detail text DEFAULT '') RETURNS text
+LANGUAGE sql AS $$ SELECT CASE WHEN ok THEN 'ok - ' || name ELSE 'not ok - ' || name || ': ' || coalesce(detail, 'NULL') END $$;
+-- todo(name, ok): a known gap (docs/scaling.md, "What does not yet"): printed
+-- with "# TODO", not counted as a failure.
+CREATE FUNCTION t.todo(name text, ok boolean, detail text DEFAULT '') RETURNS text
+LANGUAGE sql AS $$ SELECT CASE WHEN ok THEN 'ok - ' || name || ' # TODO passes now: update docs/scaling.md'
+	ELSE 'not ok - ' || name || ' # TODO ' || coalesce(detail, 'NULL') END $$;
+-- refused(sql): the statement raises an error (its SQLSTATE), or NULL when it ran.
+CREATE FUNCTION t.refused(q text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE q;
+	RETURN NULL;
+EXCEPTION WHEN OTHERS THEN
+	RETURN SQLSTATE;
+END $$;
+
+-- A table secured with the toolkit: distribute() takes it along.
+CREATE SCHEMA app;
+CREATE TABLE app.projects (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), organization_id uuid NOT NULL, name text NOT NULL);
+DO $$ BEGIN PERFORM dalgo.enable_org_rows('app.projects'); END $$;
+
+SELECT t.check('distribute() places every table',
+	(SELECT count(*) FROM dalgo.distribute()) = 22,
+	(SELECT string_agg(table_name::text || '=' || distribution, ', ') FROM dalgo.distribute()));
+SELECT t.check('distribute() is idempotent', (SELECT count(*) FROM dalgo.distribute()) = 22);
+SELECT t.check('the toolkit table is co-located with the tenant tables',
+	(SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'app.projects'::regclass)
+	= (SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'dalgo.sources'::regclass));
+SELECT t.check('no policy has a subquery after distribute()',
+	NOT EXISTS (SELECT FROM pg_policies WHERE (schemaname IN ('dalgo', 'app'))
+				AND (qual ~* '\mSELECT\M' OR with_check ~* '\mSELECT\M')),
+	(SELECT string_agg(tablename || '.' || policyname, ', ') FROM pg_policies
+	 WHERE schemaname IN ('dalgo', 'app') AND (qual ~* '\mSELECT\M' OR with_check ~* '\mSELECT\M')));
+
+-- Two organizations whose shards live on different workers.
+CREATE TEMP TABLE orgs AS
+WITH cand AS (
+	SELECT ('a0000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid AS id, i
+	FROM generate_series(1, 64) i),
+placed AS (
+	SELECT c.id, c.i, n.nodeport
+	FROM cand c
+	JOIN pg_dist_placement p ON p.shardid = get_shard_id_for_distribution_column('dalgo.sources', c.id)
+	JOIN pg_dist_node n ON n.groupid = p.groupid)
+SELECT * FROM ((SELECT 1 AS k, id, nodeport FROM placed ORDER BY i LIMIT 1)
+	UNION ALL (SELECT 2, id, nodeport FROM placed
+			   WHERE nodeport <> (SELECT nodeport FROM placed ORDER BY i LIMIT 1) ORDER BY i LIMIT 1)) x;
+SELECT t.check('two organizations on different workers',
+	(SELECT count(DISTINCT nodeport) FROM orgs) = 2, (SELECT string_agg(id || '@' || nodeport, ' ') FROM orgs));
+SELECT id AS org1 FROM orgs WHERE k = 1 \gset
+SELECT id AS org2 FROM orgs WHERE k = 2 \gset
+
+INSERT INTO dalgo.users (id, email) VALUES
+	('00000000-0000-4000-a000-000000000001', 'asha@example.org'),   -- owner of org1
+	('00000000-0000-4000-a000-000000000002', 'ben@example.org'),    -- viewer of org1
+	('00000000-0000-4000-a000-000000000003', 'chen@example.org');   -- admin of org2
+INSERT INTO dalgo.organizations (id, name, slug) VALUES (:'org1', 'One', 'one'), (:'org2', 'Two', 'two');
+INSERT INTO dalgo.organization_members (organization_id, user_id, role) VALUES
+	(:'org1', '00000000-0000-4000-a000-000000000001', 'owner'),
+	(:'org1', '00000000-0000-4000-a000-000000000002', 'viewer'),
+	(:'org2', '00000000-0000-4000-a000-000000000003', 'admin');
+INSERT INTO dalgo.sources (organization_id, name, source_type)
+	SELECT :'org1'::uuid, 'one-' || i, 'csv'::dalgo.source_type FROM generate_series(1, 3) i
+	UNION ALL SELECT :'org2'::uuid, 'two-' || i, 'csv'::dalgo.source_type FROM generate_series(1, 5) i;
+INSERT INTO app.projects (organization_id, name) VALUES (:'org1', 'p1'), (:'org2', 'p2'), (:'org2', 'p3');
+
+-- ---- isolation through the coordinator ------------------------------------
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('owner of org1 sees exactly its sources',
+	(SELECT count(*) FROM dalgo.sources) = 3 AND (SELECT bool_and(organization_id = :'org1') FROM dalgo.sources),
+	(SELECT count(*)::text FROM dalgo.sources));
+SELECT t.check('owner of org1 reads its organization only',
+	(SELECT array_agg(id) FROM dalgo.organizations) = ARRAY[:'org1'::uuid]);
+SELECT t.check('owner of org1 sees its co-members only (users policy on a reference table)',
+	(SELECT count(*) FROM dalgo.users) = 2);
+SELECT t.check('toolkit table: org1 rows only', (SELECT count(*) FROM app.projects) = 1);
+SELECT t.check('a point query for org2 returns nothing',
+	(SELECT count(*) FROM dalgo.sources WHERE organization_id = :'org2') = 0);
+COMMIT;
+
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000003';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('admin of org2 sees exactly its sources',
+	(SELECT count(*) FROM dalgo.sources) = 5 AND (SELECT bool_and(organization_id = :'org2') FROM dalgo.sources));
+SELECT t.check('toolkit table: org2 rows only', (SELECT count(*) FROM app.projects) = 2);
+COMMIT;
+
+-- ---- the role matrix ----------------------------------------------------------
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000002';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('viewer reads', (SELECT count(*) FROM dalgo.sources) = 3);
+SELECT t.check('viewer cannot add a source (42501)',
+	t.refused(format($$INSERT INTO dalgo.sources (organization_id, name, source_type) VALUES (%L, 'v', 'csv')$$, :'org1')) = '42501');
+SELECT t.check('viewer cannot change a source (no row)',
+	t.refused($q$DO $d$ BEGIN UPDATE dalgo.sources SET name = 'x'; IF FOUND THEN RAISE 'changed'; END IF; END $d$$q$) IS NULL);
+COMMIT;
+
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000003';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('admin of org2 adds a source in org2',
+	t.refused(format($$INSERT INTO dalgo.sources (organization_id, name, source_type) VALUES (%L, 'mine', 'csv')$$, :'org2')) IS NULL);
+SELECT t.check('admin of org2 cannot add a source to org1 (42501)',
+	t.refused(format($$INSERT INTO dalgo.sources (organization_id, name, source_type) VALUES (%L, 'theirs', 'csv')$$, :'org1')) = '42501');
+SELECT t.check('admin of org2 cannot move a row to org1',
+	t.refused(format($$UPDATE dalgo.sources SET organization_id = %L WHERE name = 'mine'$$, :'org1')) IS NOT NULL);
+SELECT t.check('admin of org2 cannot delete org1 rows (no row)',
+	t.refused(format($q$DO $d$ BEGIN DELETE FROM dalgo.sources WHERE organization_id = %L; IF FOUND THEN RAISE 'deleted'; END IF; END $d$$q$, :'org1')) IS NULL);
+COMMIT;
+
+-- A worker lets the roles Citus connects as set dalgo.user_id (the
+-- coordinator's SET LOCAL); a set_config() that a query pushes down to a
+-- shard must not change the identity there.
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000002';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('a pushed-down set_config(dalgo.user_id) is refused on the workers',
+	t.refused($q$SELECT count(*) FROM (SELECT set_config('dalgo.user_id', '00000000-0000-4000-a000-000000000003', true) FROM dalgo.sources) s$q$) IS NOT NULL);
+SELECT t.check('... and in a WHERE clause',
+	t.refused($q$SELECT count(*) FROM dalgo.sources WHERE set_config('dalgo.user_id', '00000000-0000-4000-a000-000000000003', true) IS NOT NULL$q$) IS NOT NULL);
+SELECT t.check('after the attempts the viewer still sees org1 and only org1',
+	(SELECT count(*) FROM dalgo.sources) = 3 AND (SELECT count(*) FROM dalgo.sources WHERE organization_id = :'org2') = 0);
+COMMIT;
+
+BEGIN;
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('no identity: nothing', (SELECT count(*) FROM dalgo.sources) = 0);
+COMMIT;
+BEGIN;
+SET LOCAL ROLE dalgo_anon;
+SELECT t.check('dalgo_anon: permission denied (42501)', t.refused('SELECT count(*) FROM dalgo.sources') = '42501');
+COMMIT;
+BEGIN;
+SET LOCAL ROLE dalgo_service;
+SELECT t.check('dalgo_service sees both organizations', (SELECT count(*) FROM dalgo.sources) = 9);
+COMMIT;
+
+-- ---- audit and updated_at through the coordinator --------------------------
+SELECT t.check('the admin''s insert left its audit row (single shard), naming the row',
+	(SELECT count(*) FROM dalgo.audit_logs a WHERE resource_type = 'sources' AND action = 'insert'
+	 AND user_id = '00000000-0000-4000-a000-000000000003' AND organization_id = :'org2'
+	 AND resource_id = (SELECT id FROM dalgo.sources s WHERE s.name = 'mine')) = 1,
+	(SELECT string_agg(resource_type || ':' || action || ':' || coalesce(user_id::text, '-'), ' ') FROM dalgo.audit_logs));
+SELECT now() AS before_update \gset
+SELECT pg_sleep(0.01);
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+UPDATE dalgo.sources SET name = name || '!';   -- every shard: a multi-shard update
+COMMIT;
+SELECT t.check('multi-shard update: one audit row per changed row, each in its organization',
+	(SELECT count(*) FROM dalgo.audit_logs WHERE resource_type = 'sources' AND action = 'update'
+	 AND user_id = '00000000-0000-4000-a000-000000000001') = 9
+	AND (SELECT count(DISTINCT organization_id) FROM dalgo.audit_logs WHERE resource_type = 'sources' AND action = 'update') = 2);
+SELECT t.check('multi-shard update: updated_at set on every row',
+	(SELECT bool_and(updated_at > :'before_update') FROM dalgo.sources));
+SELECT t.check('a reference-table change is audited once (not once per node)',
+	(SELECT count(*) FROM dalgo.audit_logs WHERE resource_type = 'organizations' AND action = 'insert') = 2,
+	(SELECT count(*)::text FROM dalgo.audit_logs WHERE resource_type = 'organizations' AND action = 'insert'));
+SELECT t.check('changes outside any organization are audited under the nil uuid',
+	(SELECT count(*) FROM dalgo.audit_logs WHERE resource_type = 'users' AND action = 'insert'
+	 AND organization_id = '00000000-0000-0000-0000-000000000000') = 3);
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('the owner reads org1''s audit trail and not org2''s',
+	(SELECT count(*) FROM dalgo.audit_logs) > 0 AND (SELECT bool_and(organization_id = :'org1') FROM dalgo.audit_logs));
+COMMIT;
+
+-- ---- membership changes reach the caches of every node ------------------------
+-- The coordinator keeps its worker connections (and their backends, with
+-- their membership caches) between transactions.
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000003';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('before: admin of org2 sees its 6 sources', (SELECT count(*) FROM dalgo.sources) = 6);
+COMMIT;
+UPDATE dalgo.organization_members SET deleted_at = now() WHERE user_id = '00000000-0000-4000-a000-000000000003';
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000003';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('after removal: the same session sees nothing on any worker', (SELECT count(*) FROM dalgo.sources) = 0);
+COMMIT;
+UPDATE dalgo.organization_members SET deleted_at = NULL WHERE user_id = '00000000-0000-4000-a000-000000000003';
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000003';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('after restoring: visible again', (SELECT count(*) FROM dalgo.sources) = 6);
+COMMIT;
+
+
+-- ---- the scheduler runs on the coordinator only; the warehouse stays there ----
+SELECT dalgo.ensure_warehouse(:'org1') AS wh_schema \gset
+CREATE TABLE public.live_source (id int, label text);
+INSERT INTO public.live_source SELECT g, 'row ' || g FROM generate_series(1, 7) g;
+SELECT dalgo_internal.warehouse_role_name(:'org1') AS wh_role \gset
+GRANT USAGE ON SCHEMA public TO :"wh_role";
+GRANT SELECT ON public.live_source TO :"wh_role";
+INSERT INTO dalgo.sources (id, organization_id, name, source_type, config, warehouse_table_name) VALUES
+	('33333333-0000-4000-8000-0000000000d1', :'org1', 'Live', 'postgres', '{"relation": "public.live_source"}', 'live');
+INSERT INTO dalgo.schedules (organization_id, source_id, frequency)
+	VALUES (:'org1', '33333333-0000-4000-8000-0000000000d1', 'hourly');
+SELECT clock_timestamp() + interval '1 second' AS due \gset
+UPDATE dalgo.schedules SET next_run_at = :'due'
+	WHERE source_id = '33333333-0000-4000-8000-0000000000d1';
+DO $$
+BEGIN
+	FOR i IN 1..100 LOOP
+		PERFORM 1 FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d1'
+			AND status::text IN ('success', 'failed');
+		EXIT WHEN FOUND;
+		PERFORM pg_sleep(0.1);
+	END LOOP;
+	PERFORM pg_sleep(2);	-- time for a worker's scheduler to claim it too, were it to
+END $$;
+SELECT t.todo('the due schedule ran once, on the coordinator''s scheduler',
+	(SELECT count(*) FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d1') = 1
+	AND (SELECT status::text FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d1') = 'success',
+	(SELECT string_agg(status || coalesce(': ' || error_message, ''), '; ') FROM dalgo.sync_runs
+	 WHERE source_id = '33333333-0000-4000-8000-0000000000d1'));
+SELECT t.check('the workers'' schedulers idle: no run started, no error',
+	(SELECT bool_and(result = '0') FROM run_command_on_workers(
+		$q$SELECT count(*) FROM dalgo.scheduler_status() WHERE database_oid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND (runs_started > 0 OR last_error IS NOT NULL)$q$)),
+	(SELECT string_agg(nodeport || ':' || result, ' ') FROM run_command_on_workers(
+		$q$SELECT string_agg(coalesce(last_error, '') || ' runs=' || runs_started, ';') FROM dalgo.scheduler_status()$q$)));
+-- A run writes its tables as the warehouse role, on the coordinator: Citus
+-- propagates the (empty) schema and the NOLOGIN role, never the tables.
+SET ROLE :"wh_role";
+CREATE TABLE :"wh_schema".made_by_a_run AS SELECT g AS n FROM generate_series(1, 3) g;
+RESET ROLE;
+SELECT t.check('a warehouse table lives on the coordinator only',
+	to_regclass(format('%I.made_by_a_run', :'wh_schema')) IS NOT NULL
+	AND (SELECT bool_and(result = '0') FROM run_command_on_workers(
+		format($q$SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %L$q$, :'wh_schema'))),
+	(SELECT string_agg(nodeport || ':' || result, ' ') FROM run_command_on_workers(
+		format($q$SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %L$q$, :'wh_schema'))));

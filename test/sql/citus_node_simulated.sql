@@ -1,0 +1,120 @@
+-- citus_node_simulated: what dalgo does on a Citus node, proven without
+-- Citus (CI cannot build it).  Citus's metadata catalogs are imitated with
+-- tables of the same names and columns in pg_catalog, and dropped at the
+-- end; test/citus/run.sh proves the same on a real cluster.
+--   * reads of a reference table go to its local shard <name>_<shardid>;
+--     a reference table without a local shard is an error;
+--   * on a worker, dalgo.user_id changes only by a top-level SET, never by
+--     a set_config() inside a query (which Citus would push down);
+--   * the audit trail names the distributed table, not the shard, and the
+--     row by its id under the widened key (organization_id, id); a
+--     reference table's copy on a worker writes no audit row.
+\set VERBOSITY terse
+SET client_min_messages = warning;
+SET allow_system_table_mods = on;
+CREATE TABLE pg_catalog.pg_dist_local_group (groupid integer);
+CREATE TABLE pg_catalog.pg_dist_partition (logicalrelid regclass, partmethod "char");
+CREATE TABLE pg_catalog.pg_dist_shard (logicalrelid regclass, shardid bigint);
+RESET allow_system_table_mods;
+INSERT INTO pg_catalog.pg_dist_local_group VALUES (0);	-- the coordinator
+
+INSERT INTO dalgo.users (id, email) VALUES
+	('11111111-0000-4000-8000-0000000000e1', 'shell@example.org'),
+	('11111111-0000-4000-8000-0000000000e2', 'shard@example.org');
+INSERT INTO dalgo.organizations (id, name, slug) VALUES
+	('22222222-0000-4000-8000-0000000000e0', 'Sim', 'sim');
+-- The shell table holds one membership, the "shard" another.
+INSERT INTO dalgo.organization_members (organization_id, user_id, role) VALUES
+	('22222222-0000-4000-8000-0000000000e0', '11111111-0000-4000-8000-0000000000e1', 'admin');
+CREATE TABLE dalgo.organization_members_102008 (LIKE dalgo.organization_members INCLUDING ALL);
+INSERT INTO dalgo.organization_members_102008 (organization_id, user_id, role) VALUES
+	('22222222-0000-4000-8000-0000000000e0', '11111111-0000-4000-8000-0000000000e2', 'viewer');
+
+-- Before: not a Citus table, the shell's rows count.
+BEGIN;
+SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-0000000000e1';
+SELECT dalgo.org_role('22222222-0000-4000-8000-0000000000e0') AS shell_user_role;
+COMMIT;
+-- organization_members becomes a reference table whose local shard is 102008.
+INSERT INTO pg_catalog.pg_dist_partition VALUES ('dalgo.organization_members', 'n');
+INSERT INTO pg_catalog.pg_dist_shard VALUES ('dalgo.organization_members', 102008);
+-- (Citus invalidates the table's relcache entry when it distributes it; a
+-- new session stands in for that here.)
+\c
+SET client_min_messages = warning;
+\set VERBOSITY terse
+BEGIN;
+SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-0000000000e1';
+SELECT dalgo.org_role('22222222-0000-4000-8000-0000000000e0') AS shell_user_role_now;
+COMMIT;
+BEGIN;
+SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-0000000000e2';
+SELECT dalgo.org_role('22222222-0000-4000-8000-0000000000e0') AS shard_user_role;
+SELECT dalgo.shares_organization('11111111-0000-4000-8000-0000000000e2') AS shares_with_self_via_shard,
+	   dalgo.shares_organization('11111111-0000-4000-8000-0000000000e1') AS shares_with_shell_only_user;
+COMMIT;
+-- A reference table without a shard on this node: an error, not an empty answer.
+INSERT INTO pg_catalog.pg_dist_partition VALUES ('dalgo.organizations', 'n');
+INSERT INTO pg_catalog.pg_dist_shard VALUES ('dalgo.organizations', 102009);
+\c
+SET client_min_messages = warning;
+\set VERBOSITY terse
+BEGIN;
+SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-0000000000e2';
+SELECT dalgo.org_role('22222222-0000-4000-8000-0000000000e0');
+ROLLBACK;
+DELETE FROM pg_catalog.pg_dist_partition WHERE logicalrelid = 'dalgo.organizations'::regclass;
+DELETE FROM pg_catalog.pg_dist_shard WHERE logicalrelid = 'dalgo.organizations'::regclass;
+
+-- Identity: a role allowed to set dalgo.user_id, as Citus connects to workers.
+CREATE ROLE sim_citus_conn NOLOGIN;
+GRANT SET ON PARAMETER dalgo.user_id TO sim_citus_conn;
+SET ROLE sim_citus_conn;
+BEGIN;		-- on the coordinator: both ways work
+SELECT set_config('dalgo.user_id', '11111111-0000-4000-8000-0000000000e1', true) IS NOT NULL AS set_config_on_coordinator;
+SELECT current_setting('dalgo.user_id') AS user_id_setting;
+COMMIT;
+RESET ROLE;
+UPDATE pg_catalog.pg_dist_local_group SET groupid = 1;	-- now a worker
+SET ROLE sim_citus_conn;
+BEGIN;
+SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-0000000000e1';	-- what Citus sends
+SELECT current_setting('dalgo.user_id') AS after_top_level_set;
+SELECT set_config('dalgo.user_id', '11111111-0000-4000-8000-0000000000e2', true);
+ROLLBACK;
+BEGIN;
+SELECT count(*) FROM (SELECT set_config('dalgo.user_id', '11111111-0000-4000-8000-0000000000e2', true)) s;
+ROLLBACK;
+RESET ROLE;
+BEGIN;		-- a superuser on a worker still may (maintenance)
+SELECT set_config('dalgo.user_id', '11111111-0000-4000-8000-0000000000e2', true) IS NOT NULL AS superuser_set_config;
+ROLLBACK;
+
+-- Audit on shards: a "shard" of sources on this worker names "sources";
+-- a reference table's copy on a worker writes nothing.
+-- (its key widened to (organization_id, id), as distribute() does: the
+-- audit row still names the row by its id)
+CREATE TABLE dalgo.sources_102040 (LIKE dalgo.sources INCLUDING DEFAULTS, PRIMARY KEY (organization_id, id));
+CREATE TRIGGER dalgo_audit_insert AFTER INSERT ON dalgo.sources_102040 REFERENCING NEW TABLE AS new_rows
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_change('organization_id');
+CREATE TABLE dalgo.mail_messages_102050 (LIKE dalgo.mail_messages INCLUDING DEFAULTS, PRIMARY KEY (id));
+CREATE TRIGGER dalgo_audit_insert AFTER INSERT ON dalgo.mail_messages_102050 REFERENCING NEW TABLE AS new_rows
+	FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.audit_change('');
+INSERT INTO pg_catalog.pg_dist_partition VALUES ('dalgo.sources', 'h'), ('dalgo.mail_messages', 'n');
+INSERT INTO pg_catalog.pg_dist_shard VALUES ('dalgo.sources', 102040), ('dalgo.mail_messages', 102050);
+INSERT INTO dalgo.sources_102040 (organization_id, name, source_type)
+	VALUES ('22222222-0000-4000-8000-0000000000e0', 'on a shard', 'csv') RETURNING id AS shard_row \gset
+SELECT resource_type, action FROM dalgo.audit_logs WHERE resource_id = :'shard_row';
+INSERT INTO dalgo.mail_messages_102050 (kind, recipient) VALUES ('invitation', 'a@example.org')
+	RETURNING id AS worker_row \gset
+SELECT count(*) AS reference_copy_audit_rows_on_worker FROM dalgo.audit_logs WHERE resource_id = :'worker_row';
+UPDATE pg_catalog.pg_dist_local_group SET groupid = 0;	-- the coordinator's copy audits
+INSERT INTO dalgo.mail_messages_102050 (kind, recipient) VALUES ('invitation', 'a@example.org')
+	RETURNING id AS coordinator_row \gset
+SELECT resource_type, action FROM dalgo.audit_logs WHERE resource_id = :'coordinator_row';
+
+-- Clean up: no imitation of Citus outlives the test.
+DROP TABLE dalgo.sources_102040, dalgo.mail_messages_102050, dalgo.organization_members_102008;
+DROP TABLE pg_catalog.pg_dist_local_group, pg_catalog.pg_dist_partition, pg_catalog.pg_dist_shard;
+REVOKE SET ON PARAMETER dalgo.user_id FROM sim_citus_conn;
+DROP ROLE sim_citus_conn;
