@@ -226,11 +226,48 @@ BEGIN
 	END LOOP;
 	PERFORM pg_sleep(2);	-- time for a worker's scheduler to claim it too, were it to
 END $$;
-SELECT t.todo('the due schedule ran once, on the coordinator''s scheduler',
+SELECT t.check('a due schedule syncs a postgres source, once, on the coordinator''s scheduler',
 	(SELECT count(*) FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d1') = 1
-	AND (SELECT status::text FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d1') = 'success',
+	AND (SELECT status::text FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d1') = 'success'
+	AND (SELECT rows_synced FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d1') = 7,
 	(SELECT string_agg(status || coalesce(': ' || error_message, ''), '; ') FROM dalgo.sync_runs
 	 WHERE source_id = '33333333-0000-4000-8000-0000000000d1'));
+SELECT t.check('the synced table is in the warehouse, on the coordinator',
+	(SELECT count(*) FROM dalgo.read_warehouse_table(:'org1', 'live')) = 7);
+-- An output over the synced table: its transformation is saved through the
+-- shard's triggers (the recipe is checked when it runs, on the coordinator),
+-- and its schedule refreshes it.
+INSERT INTO dalgo.transformations (id, organization_id, name, recipe, output_table_name) VALUES
+	('55555555-0000-4000-8000-0000000000d1', :'org1', 'Live copy', '{"version": 1, "source": {"table": "live"}, "steps": []}', 'live_copy');
+INSERT INTO dalgo.outputs (id, organization_id, transformation_id, name, destination_config) VALUES
+	('66666666-0000-4000-8000-0000000000d1', :'org1', '55555555-0000-4000-8000-0000000000d1', 'Live view', '{"type": "view", "name": "live_view"}');
+INSERT INTO dalgo.schedules (organization_id, output_id, frequency)
+	VALUES (:'org1', '66666666-0000-4000-8000-0000000000d1', 'hourly');
+SELECT clock_timestamp() + interval '1 second' AS due \gset
+UPDATE dalgo.schedules SET next_run_at = :'due'
+	WHERE output_id = '66666666-0000-4000-8000-0000000000d1';
+DO $$
+BEGIN
+	FOR i IN 1..100 LOOP
+		PERFORM 1 FROM dalgo.transformation_runs WHERE transformation_id = '55555555-0000-4000-8000-0000000000d1'
+			AND status::text IN ('success', 'failed');
+		EXIT WHEN FOUND;
+		PERFORM pg_sleep(0.1);
+	END LOOP;
+	PERFORM pg_sleep(1);
+END $$;
+SELECT t.check('a due output schedule refreshes the output, on the coordinator''s scheduler',
+	(SELECT count(*) FROM dalgo.transformation_runs WHERE transformation_id = '55555555-0000-4000-8000-0000000000d1') = 1
+	AND (SELECT status::text FROM dalgo.transformation_runs WHERE transformation_id = '55555555-0000-4000-8000-0000000000d1') = 'success'
+	AND (SELECT count(*) FROM dalgo.read_warehouse_table(:'org1', 'live_view')) = 7
+	AND (SELECT last_refreshed_at FROM dalgo.outputs WHERE id = '66666666-0000-4000-8000-0000000000d1') IS NOT NULL,
+	(SELECT string_agg(status || coalesce(': ' || error_message, ''), '; ') FROM dalgo.transformation_runs
+	 WHERE transformation_id = '55555555-0000-4000-8000-0000000000d1'));
+SELECT t.check('the coordinator''s scheduler records no error',
+	(SELECT last_error IS NULL AND runs_started >= 2 FROM dalgo.scheduler_status()
+	 WHERE database_oid = (SELECT oid FROM pg_database WHERE datname = current_database())),
+	(SELECT last_error || ' runs=' || runs_started FROM dalgo.scheduler_status()
+	 WHERE database_oid = (SELECT oid FROM pg_database WHERE datname = current_database())));
 SELECT t.check('the workers'' schedulers idle: no run started, no error',
 	(SELECT bool_and(result = '0') FROM run_command_on_workers(
 		$q$SELECT count(*) FROM dalgo.scheduler_status() WHERE database_oid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND (runs_started > 0 OR last_error IS NOT NULL)$q$)),
