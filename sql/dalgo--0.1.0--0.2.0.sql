@@ -14797,6 +14797,86 @@ COMMENT ON FUNCTION dalgo_internal.build_transformation(uuid, uuid) IS
 	'Internal: build a transformation''s output for an existing run row (atomic swap) and record the outcome on it';
 
 
+-- citus2: account functions on a Citus cluster (sign_in's audit row under the nil
+-- uuid, invite_member reads invitations before it cancels their mail)
+CREATE OR REPLACE FUNCTION dalgo_internal.account_audit(action text, user_id uuid, organization_id uuid,
+									resource_type text, resource_id uuid, details jsonb DEFAULT '{}')
+	RETURNS void
+	LANGUAGE sql
+	SET search_path = pg_catalog, pg_temp
+	-- (a string body: no parse-time dependency on audit_logs' columns, which may change shape)
+	-- On a Citus cluster audit_logs is distributed by organization_id, which
+	-- may not be NULL: a row outside any organization carries the nil uuid,
+	-- as the audit trigger's rows do there.
+AS $$
+	INSERT INTO dalgo.audit_logs (id, organization_id, user_id, action, resource_type, resource_id, details)
+		VALUES (dalgo.uuid_v7(),
+				coalesce(account_audit.organization_id,
+						 CASE WHEN dalgo_internal.citus_distributed('dalgo.audit_logs')
+							  THEN '00000000-0000-0000-0000-000000000000'::uuid END),
+				account_audit.user_id, account_audit.action,
+				account_audit.resource_type, account_audit.resource_id, account_audit.details);
+$$;
+COMMENT ON FUNCTION dalgo_internal.account_audit(text, uuid, uuid, text, uuid, jsonb) IS
+	'Write one audit row for an account flow (never with a password, token or hash in it) (private)';
+
+CREATE OR REPLACE FUNCTION dalgo.invite_member(organization_id uuid, email text, role dalgo.member_role) RETURNS uuid
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	org uuid := invite_member.organization_id;
+	e text := dalgo_internal.check_email(invite_member.email);
+	raw text := dalgo_internal.new_token(32);
+	org_name text;
+	iid uuid;
+	earlier uuid[];
+BEGIN
+	IF me IS NULL OR org IS NULL OR invite_member.role IS NULL OR NOT dalgo.is_org_member(org, 'admin') THEN
+		RAISE EXCEPTION 'only admins and owners of the organization can invite'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF invite_member.role = 'owner' AND NOT dalgo.is_org_member(org, 'owner') THEN
+		RAISE EXCEPTION 'only an owner can invite an owner' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF EXISTS (SELECT FROM dalgo.organization_members m JOIN dalgo.users u ON u.id = m.user_id
+			   WHERE m.organization_id = org AND m.deleted_at IS NULL
+				 AND lower(u.email) = lower(e) AND u.deleted_at IS NULL) THEN
+		RAISE EXCEPTION '% is already a member of this organization', e USING ERRCODE = 'unique_violation';
+	END IF;
+	SELECT o.name INTO org_name FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL;
+
+	-- Re-inviting a pending email replaces the earlier invitation.  The
+	-- invitations are read first, then their mail cancelled: on a Citus
+	-- cluster one statement may not read a distributed table (invitations)
+	-- and modify a reference table (mail_messages).
+	earlier := ARRAY(SELECT i.id FROM dalgo.invitations i
+					 WHERE i.organization_id = org AND lower(i.email) = lower(e)
+					   AND i.accepted_at IS NULL AND i.revoked_at IS NULL);
+	UPDATE dalgo.mail_messages m SET state = 'cancelled', payload = NULL
+		WHERE m.kind = 'invitation' AND m.state = 'pending'
+		  AND (m.payload->>'invitation_id')::uuid = ANY (earlier);
+	UPDATE dalgo.invitations i SET revoked_at = now()
+		WHERE i.organization_id = org AND lower(i.email) = lower(e) AND i.accepted_at IS NULL AND i.revoked_at IS NULL;
+
+	INSERT INTO dalgo.invitations AS i (email, organization_id, role, token, expires_at, invited_by_id)
+		VALUES (e, org, invite_member.role, dalgo_internal.token_digest(raw),
+				now() + dalgo_internal.setting_interval('dalgo.invitation_ttl'), me)
+		RETURNING i.id INTO iid;
+	PERFORM dalgo_internal.queue_mail('invitation', e,
+		jsonb_build_object('token', raw, 'invitation_id', iid, 'organization_id', org,
+						   'organization_name', org_name, 'role', invite_member.role,
+						   'expires_at', now() + dalgo_internal.setting_interval('dalgo.invitation_ttl')));
+	PERFORM dalgo_internal.account_audit('invitation_sent', me, org, 'invitation', iid,
+								jsonb_build_object('role', invite_member.role));
+	RETURN iid;
+END
+$$;
+COMMENT ON FUNCTION dalgo.invite_member(uuid, text, dalgo.member_role) IS
+	'Invite an email to an organization at a role (admins and owners; only owners invite owners); replaces a pending invitation to the same email; the token (dalgo.invitation_ttl) goes to the mail queue and only its hash is stored. Returns the invitation id';
+
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

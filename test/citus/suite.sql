@@ -284,3 +284,77 @@ SELECT t.check('a warehouse table lives on the coordinator only',
 		format($q$SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %L$q$, :'wh_schema'))),
 	(SELECT string_agg(nodeport || ':' || result, ' ') FROM run_command_on_workers(
 		format($q$SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %L$q$, :'wh_schema'))));
+
+-- ---- account functions on a cluster -------------------------------------------
+-- The app's request pattern for SECURITY DEFINER functions that write
+-- distributed or reference tables: the identity (dalgo.user_id) is sent to
+-- the workers, the role is not (citus.propagate_set_commands = 'none' before
+-- SET LOCAL ROLE), so that the function's writes reach the workers as its
+-- owner, and every other query as the connection's current role
+-- (docs/scaling.md, "Identity on the workers").
+CREATE FUNCTION t.error_of(q text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE q;
+	RETURN NULL;
+EXCEPTION WHEN OTHERS THEN
+	RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+SET dalgo.jwt_secret = 'a cluster suite secret of at least 32 bytes!';
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('dalgo.create_organization() makes the caller owner of a new organization', e IS NULL, e)
+	FROM (SELECT t.error_of($$SELECT dalgo.create_organization('Three', 'three-org')$$) e) x;
+COMMIT;
+SELECT t.check('the new organization and its owner are on every node',
+	(SELECT count(*) FROM dalgo.organizations o JOIN dalgo.organization_members m ON m.organization_id = o.id
+	 WHERE o.slug = 'three-org' AND m.user_id = '00000000-0000-4000-a000-000000000001' AND m.role = 'owner') = 1
+	AND (SELECT bool_and(result = '1') FROM run_command_on_workers(
+		$q$SELECT count(*) FROM dalgo.organizations WHERE slug = 'three-org'$q$)));
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('with the role not propagated, the identity still reaches the workers',
+	(SELECT count(*) FROM dalgo.sources WHERE organization_id = :'org1') = 4
+	AND (SELECT count(*) FROM dalgo.sources WHERE organization_id = :'org2') = 0);
+COMMIT;
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('dalgo.create_api_key() creates a key for an admin''s organization', e IS NULL, e)
+	FROM (SELECT t.error_of(format($$SELECT dalgo.create_api_key(%L, 'cluster key')$$, :'org1')) e) x;
+COMMIT;
+SELECT t.check('the API key is stored, and audited in its organization',
+	(SELECT count(*) FROM dalgo.api_keys WHERE organization_id = :'org1' AND name = 'cluster key') = 1
+	AND (SELECT count(*) FROM dalgo.audit_logs WHERE organization_id = :'org1' AND action = 'api_key_created') = 1);
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('dalgo.invite_member() invites, and again (the earlier invitation replaced)', e IS NULL, e)
+	FROM (SELECT coalesce(t.error_of(format($$SELECT dalgo.invite_member(%L, 'dee@example.org', 'member')$$, :'org1')),
+						  t.error_of(format($$SELECT dalgo.invite_member(%L, 'dee@example.org', 'member')$$, :'org1'))) e) x;
+COMMIT;
+SELECT t.check('one live invitation, one cancelled invitation mail',
+	(SELECT count(*) FROM dalgo.invitations WHERE organization_id = :'org1' AND email = 'dee@example.org' AND revoked_at IS NULL) = 1
+	AND (SELECT count(*) FROM dalgo.mail_messages WHERE kind = 'invitation' AND state = 'cancelled') = 1
+	AND (SELECT count(*) FROM dalgo.mail_messages WHERE kind = 'invitation' AND state = 'pending') = 1);
+BEGIN;
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_anon;
+SELECT t.check('dalgo.sign_up() on a cluster', e IS NULL, e)
+	FROM (SELECT t.error_of($$SELECT dalgo.sign_up('zoe@example.org', 'a long enough password 1')$$) e) x;
+COMMIT;
+BEGIN;
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_anon;
+SELECT t.check('dalgo.sign_in() on a cluster', e IS NULL, e)
+	FROM (SELECT t.error_of($$SELECT dalgo.sign_in('zoe@example.org', 'a long enough password 1')$$) e) x;
+COMMIT;
+SELECT t.check('sign_in''s audit row, outside any organization, carries the nil uuid',
+	(SELECT count(*) FROM dalgo.audit_logs a JOIN dalgo.users u ON u.id = a.user_id
+	 WHERE u.email = 'zoe@example.org' AND a.action = 'sign_in'
+	   AND a.organization_id = '00000000-0000-0000-0000-000000000000') = 1);
