@@ -154,7 +154,8 @@ REGRESS = \
 	failure_alerts \
 	own_secrets_at_rest \
 	citus_distribute_refused \
-	citus_node_simulated
+	citus_node_simulated \
+	citus_scheduler_simulated
 REGRESS_OPTS = --inputdir=test \
 	--temp-instance=$(CURDIR)/tmp_check_regress \
 	--temp-config=$(srcdir)/test/postgresql.conf \

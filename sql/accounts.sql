@@ -110,9 +110,16 @@ CREATE FUNCTION dalgo_internal.account_audit(action text, user_id uuid, organiza
 	LANGUAGE sql
 	SET search_path = pg_catalog, pg_temp
 	-- (a string body: no parse-time dependency on audit_logs' columns, which may change shape)
+	-- On a Citus cluster audit_logs is distributed by organization_id, which
+	-- may not be NULL: a row outside any organization carries the nil uuid,
+	-- as the audit trigger's rows do there.
 AS $$
 	INSERT INTO dalgo.audit_logs (id, organization_id, user_id, action, resource_type, resource_id, details)
-		VALUES (dalgo.uuid_v7(), account_audit.organization_id, account_audit.user_id, account_audit.action,
+		VALUES (dalgo.uuid_v7(),
+				coalesce(account_audit.organization_id,
+						 CASE WHEN dalgo_internal.citus_distributed('dalgo.audit_logs')
+							  THEN '00000000-0000-0000-0000-000000000000'::uuid END),
+				account_audit.user_id, account_audit.action,
 				account_audit.resource_type, account_audit.resource_id, account_audit.details);
 $$;
 COMMENT ON FUNCTION dalgo_internal.account_audit(text, uuid, uuid, text, uuid, jsonb) IS
@@ -686,6 +693,7 @@ DECLARE
 	raw text := dalgo_internal.new_token(32);
 	org_name text;
 	iid uuid;
+	earlier uuid[];
 BEGIN
 	IF me IS NULL OR org IS NULL OR invite_member.role IS NULL OR NOT dalgo.is_org_member(org, 'admin') THEN
 		RAISE EXCEPTION 'only admins and owners of the organization can invite'
@@ -701,13 +709,16 @@ BEGIN
 	END IF;
 	SELECT o.name INTO org_name FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL;
 
-	-- Re-inviting a pending email replaces the earlier invitation.
+	-- Re-inviting a pending email replaces the earlier invitation.  The
+	-- invitations are read first, then their mail cancelled: on a Citus
+	-- cluster one statement may not read a distributed table (invitations)
+	-- and modify a reference table (mail_messages).
+	earlier := ARRAY(SELECT i.id FROM dalgo.invitations i
+					 WHERE i.organization_id = org AND lower(i.email) = lower(e)
+					   AND i.accepted_at IS NULL AND i.revoked_at IS NULL);
 	UPDATE dalgo.mail_messages m SET state = 'cancelled', payload = NULL
 		WHERE m.kind = 'invitation' AND m.state = 'pending'
-		  AND (m.payload->>'invitation_id')::uuid IN (
-			SELECT i.id FROM dalgo.invitations i
-			WHERE i.organization_id = org AND lower(i.email) = lower(e)
-			  AND i.accepted_at IS NULL AND i.revoked_at IS NULL);
+		  AND (m.payload->>'invitation_id')::uuid = ANY (earlier);
 	UPDATE dalgo.invitations i SET revoked_at = now()
 		WHERE i.organization_id = org AND lower(i.email) = lower(e) AND i.accepted_at IS NULL AND i.revoked_at IS NULL;
 

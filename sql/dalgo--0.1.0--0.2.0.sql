@@ -13930,6 +13930,953 @@ COMMENT ON FUNCTION dalgo_internal.build_transformation(uuid, uuid) IS
 	'Internal: build a transformation''s output for an existing run row (atomic swap) and record the outcome on it';
 
 
+-- citus2: the scheduler, syncs and output refreshes on a Citus coordinator
+-- (row locks by single-shard queries, timestamps computed before UPDATEs,
+-- joins on organization_id, shard-aware triggers); the single-node
+-- statements are unchanged.
+CREATE OR REPLACE FUNCTION dalgo_internal.citus_distributed(rel regclass) RETURNS boolean
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r boolean;
+BEGIN
+	IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+		RETURN false;
+	END IF;
+	EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1)' INTO r USING rel;
+	RETURN r;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.citus_distributed(regclass) IS
+	'Internal: true when the table is distributed by Citus (dalgo.distribute()); false without Citus';
+
+REVOKE ALL ON FUNCTION dalgo_internal.citus_distributed(regclass) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.claim_due_schedules(at timestamptz, max_runs integer, only_schedule uuid DEFAULT NULL)
+	RETURNS TABLE (schedule_id uuid, run_kind dalgo.run_kind, run_id uuid, outcome text)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s dalgo.schedules;
+	src dalgo.sources;
+	out dalgo.outputs;
+	busy boolean;
+	det jsonb;
+	rid uuid;
+	cur refcursor;
+	citus boolean := dalgo_internal.citus_distributed('dalgo.schedules');
+	cand_org uuid;
+	cand_id uuid;
+	claimed integer := 0;
+BEGIN
+	IF max_runs <= 0 THEN
+		RETURN;
+	END IF;
+	-- Fair between organizations: each organization's oldest due schedule
+	-- first, then each one's second, and so on, so that one organization's
+	-- backlog never holds another's due schedule back to a later tick.  The
+	-- due test is repeated on x: a row another claimer committed in between is
+	-- re-checked after its lock.
+	-- The limit applies after SKIP LOCKED: a schedule row another
+	-- transaction holds (run_schedule_now's run, an open UPDATE) is passed
+	-- over and does not use up a place, so locked rows cannot crowd every
+	-- other organization's due schedule out of the claim.
+	-- On a Citus cluster (schedules distributed) a row lock may only be
+	-- taken by a single-shard query: the candidates are read in the same
+	-- order without locks, and each is then locked on its own shard, with
+	-- SKIP LOCKED, re-checked, and counted against the limit once locked.
+	IF citus THEN
+		OPEN cur FOR SELECT d.organization_id, d.id FROM
+			(SELECT y.organization_id, y.id, y.next_run_at,
+					row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
+			 FROM dalgo.schedules y
+			 WHERE y.is_active AND y.deleted_at IS NULL AND y.next_run_at <= at
+			   AND (only_schedule IS NULL OR y.id = only_schedule)) d
+			ORDER BY d.turn, d.next_run_at, d.id;
+	ELSE
+		OPEN cur FOR SELECT x.* FROM dalgo.schedules x
+			 JOIN (SELECT y.id,
+						  row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
+				   FROM dalgo.schedules y
+				   WHERE y.is_active AND y.deleted_at IS NULL AND y.next_run_at <= at
+					 AND (only_schedule IS NULL OR y.id = only_schedule)) d ON d.id = x.id
+			 WHERE x.is_active AND x.deleted_at IS NULL AND x.next_run_at <= at
+			   AND (only_schedule IS NULL OR x.id = only_schedule)
+			 ORDER BY d.turn, x.next_run_at, x.id
+			 LIMIT max_runs
+			 FOR UPDATE OF x SKIP LOCKED;
+	END IF;
+	LOOP
+		IF citus THEN
+			EXIT WHEN claimed >= max_runs;
+			FETCH cur INTO cand_org, cand_id;
+			EXIT WHEN NOT FOUND;
+			SELECT x.* INTO s FROM dalgo.schedules x
+			WHERE x.organization_id = cand_org AND x.id = cand_id
+			  AND x.is_active AND x.deleted_at IS NULL AND x.next_run_at <= at
+			FOR UPDATE SKIP LOCKED;
+			CONTINUE WHEN NOT FOUND;
+			claimed := claimed + 1;
+		ELSE
+			FETCH cur INTO s;
+			EXIT WHEN NOT FOUND;
+		END IF;
+		det := jsonb_build_object('schedule_id', s.id, 'attempt', 1,
+								  'lag_ms', round(extract(epoch FROM clock_timestamp() - s.next_run_at) * 1000));
+		UPDATE dalgo.schedules x SET last_run_at = at,
+			next_run_at = dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, greatest(at, s.next_run_at))
+		WHERE x.organization_id = s.organization_id AND x.id = s.id;
+		schedule_id := s.id;
+		IF s.source_id IS NOT NULL THEN
+			run_kind := 'sync';
+			SELECT * INTO src FROM dalgo.sources x WHERE x.organization_id = s.organization_id AND x.id = s.source_id;
+			-- sync_now holds the source row FOR UPDATE while it queues or runs
+			-- a sync: that run is going, even if not yet committed.
+			PERFORM FROM dalgo.sources x WHERE x.organization_id = s.organization_id AND x.id = s.source_id
+				FOR KEY SHARE SKIP LOCKED;
+			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.organization_id = s.organization_id
+										 AND r.source_id = s.source_id
+										 AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL);
+			IF busy THEN
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, started_at, completed_at, error_message, details)
+				VALUES (s.organization_id, s.source_id, 'failed', clock_timestamp(), clock_timestamp(),
+						'skipped: the previous run of this schedule is still going', det || '{"skipped": true}')
+				RETURNING id INTO rid;
+				outcome := 'skipped';
+			ELSE
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, details)
+				VALUES (s.organization_id, s.source_id, 'pending', det) RETURNING id INTO rid;
+				IF dalgo.is_connector_source(src.source_type) THEN
+					-- Anyone can LISTEN: the payload is empty, connectors learn
+					-- the work from claim_sync_run().
+					PERFORM pg_notify('dalgo_sync', '');
+					outcome := 'connector';
+				ELSE
+					outcome := 'queued';
+				END IF;
+			END IF;
+		ELSE
+			run_kind := 'output';
+			SELECT * INTO out FROM dalgo.outputs x WHERE x.organization_id = s.organization_id AND x.id = s.output_id;
+			-- Likewise refresh_output_now and the output row; its on-demand
+			-- runs (details.output_id) count as this schedule's.
+			PERFORM FROM dalgo.outputs x WHERE x.organization_id = s.organization_id AND x.id = s.output_id
+				FOR KEY SHARE SKIP LOCKED;
+			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.organization_id = s.organization_id
+										 AND r.transformation_id = out.transformation_id
+										 AND r.status IN ('pending', 'running')
+										 AND (r.details->>'schedule_id' = s.id::text OR r.details->>'output_id' = s.output_id::text));
+			INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, started_at, completed_at,
+												   error_message, details)
+			VALUES (s.organization_id, out.transformation_id, CASE WHEN busy THEN 'failed' ELSE 'pending' END::dalgo.run_status,
+					CASE WHEN busy THEN clock_timestamp() END, CASE WHEN busy THEN clock_timestamp() END,
+					CASE WHEN busy THEN 'skipped: the previous run of this schedule is still going' END,
+					det || CASE WHEN busy THEN '{"skipped": true}'::jsonb ELSE '{}'::jsonb END)
+			RETURNING id INTO rid;
+			outcome := CASE WHEN busy THEN 'skipped' ELSE 'queued' END;
+		END IF;
+		run_id := rid;
+		RETURN NEXT;
+	END LOOP;
+	CLOSE cur;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.claim_due_schedules(timestamptz, integer, uuid) IS
+	'Internal: claim up to max_runs due schedules (FOR UPDATE SKIP LOCKED), advance them and create their run rows; outcome is queued (for the run workers), connector or skipped';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.claim_pending_run(OUT run_kind dalgo.run_kind, OUT run_id uuid)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+BEGIN
+	-- A run whose target is gone is passed over (what target_is_live()
+	-- tells, written as joins on (organization_id, id): on a Citus cluster
+	-- these queries run on the shards, where a function that reads other
+	-- tables cannot).
+	FOR org IN
+		WITH queued AS (
+			SELECT r.organization_id, r.status, r.created_at
+			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.organization_id = r.organization_id AND s.id = r.source_id
+			JOIN dalgo.organizations o ON o.id = r.organization_id
+			WHERE r.status IN ('pending', 'running') AND NOT dalgo.is_connector_source(s.source_type)
+			  AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			  AND (r.status = 'running' OR (o.deleted_at IS NULL AND s.deleted_at IS NULL))
+			UNION ALL
+			SELECT r.organization_id, r.status, r.created_at FROM dalgo.transformation_runs r
+			JOIN dalgo.organizations o ON o.id = r.organization_id
+			JOIN dalgo.transformations t ON t.organization_id = r.organization_id AND t.id = r.transformation_id
+			WHERE r.status IN ('pending', 'running') AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			  AND (r.status = 'running' OR (o.deleted_at IS NULL AND t.deleted_at IS NULL)))
+		SELECT q.organization_id FROM queued q
+		GROUP BY q.organization_id
+		HAVING bool_or(q.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE q.status = 'running'), min(q.created_at) FILTER (WHERE q.status = 'pending'),
+				 q.organization_id
+	LOOP
+		CONTINUE WHEN NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL);
+		SELECT 'sync', r.id INTO run_kind, run_id FROM dalgo.sync_runs r
+			JOIN dalgo.sources s ON s.organization_id = r.organization_id AND s.id = r.source_id
+		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo.is_connector_source(s.source_type)
+		  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND s.deleted_at IS NULL
+		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
+		IF NOT FOUND THEN
+			SELECT 'output', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
+				JOIN dalgo.transformations t ON t.organization_id = r.organization_id AND t.id = r.transformation_id
+			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			  AND t.deleted_at IS NULL
+			ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
+		END IF;
+		EXIT WHEN run_id IS NOT NULL;
+	END LOOP;
+	IF run_id IS NOT NULL THEN
+		PERFORM dalgo_internal.start_scheduled_run(run_kind, run_id);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.claim_pending_run() IS
+	'Internal: a run worker takes a pending in-database run and marks it running: the organization with the fewest running runs first, then the one waiting longest';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.pending_runs() RETURNS integer
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT (SELECT count(*) FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.organization_id = r.organization_id AND s.id = r.source_id
+				  WHERE r.status = 'pending' AND NOT dalgo.is_connector_source(s.source_type) AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.status = 'pending' AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer $$;
+COMMENT ON FUNCTION dalgo_internal.pending_runs() IS 'Internal: in-database runs waiting for a run worker';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.set_scheduled_run_status(run_kind dalgo.run_kind, run_id uuid, status dalgo.run_status,
+														 message text, extra jsonb) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	starting boolean := status = 'running';
+	-- Computed once: Citus refuses a volatile function in an UPDATE of a
+	-- distributed table.
+	stamp timestamptz := clock_timestamp();
+BEGIN
+	IF run_kind = 'sync' THEN
+		UPDATE dalgo.sync_runs r SET status = set_scheduled_run_status.status,
+			started_at = CASE WHEN starting THEN stamp ELSE r.started_at END,
+			completed_at = CASE WHEN starting THEN r.completed_at ELSE stamp END,
+			error_message = CASE WHEN starting THEN r.error_message ELSE message END,
+			details = r.details || coalesce(extra, '{}')
+		WHERE r.id = run_id;
+	ELSE
+		UPDATE dalgo.transformation_runs r SET status = set_scheduled_run_status.status,
+			started_at = CASE WHEN starting THEN stamp ELSE r.started_at END,
+			completed_at = CASE WHEN starting THEN r.completed_at ELSE stamp END,
+			error_message = CASE WHEN starting THEN r.error_message ELSE message END,
+			details = r.details || coalesce(extra, '{}')
+		WHERE r.id = run_id;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.set_scheduled_run_status(dalgo.run_kind, uuid, dalgo.run_status, text, jsonb) IS
+	'Internal: set a scheduled run''s status in its table (sync_runs for sync, transformation_runs for output): running stamps started_at, any other status completed_at and error_message; extra is merged into details';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.recover_interrupted_runs() RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+	m integer;
+	seen timestamptz;
+	live_pids integer[];
+	live_starts timestamptz[];
+	stamp timestamptz;
+BEGIN
+	-- A run is alive while the backend that marked it running is: the same
+	-- pid, started no later than the run (a reused pid starts later).  Only
+	-- runs marked before the list of backends was read are judged by it.
+	PERFORM pg_stat_clear_snapshot();
+	seen := clock_timestamp();
+	SELECT array_agg(a.pid), array_agg(a.backend_start) INTO live_pids, live_starts
+	FROM pg_stat_activity a WHERE a.backend_start IS NOT NULL;
+	-- A timestamp computed once, and a join on organization_id: what Citus
+	-- accepts in an UPDATE of a distributed table.
+	stamp := clock_timestamp();
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stamp,
+		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
+	FROM dalgo.sources s
+	WHERE s.organization_id = r.organization_id AND s.id = r.source_id AND NOT dalgo.is_connector_source(s.source_type)
+	  AND r.status = 'running'
+	  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
+	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
+					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = stamp,
+		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
+	WHERE r.status = 'running' AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
+	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
+					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
+	GET DIAGNOSTICS m = ROW_COUNT;
+	RETURN n + m;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.recover_interrupted_runs() IS
+	'Mark scheduled runs whose worker is gone (same pid and a backend start no later than the run''s) as failed; the scheduler calls it on every tick (pending runs simply wait for a worker)';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.expire_connector_runs(timeout_seconds integer) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+	stamp timestamptz;
+BEGIN
+	stamp := clock_timestamp();	-- once (Citus: no volatile function in an UPDATE)
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stamp,
+		error_message = format('no connector claimed the run within %s seconds', timeout_seconds)
+	WHERE r.status = 'pending' AND r.created_at < now() - make_interval(secs => timeout_seconds)
+	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.organization_id = r.organization_id AND s.id = r.source_id
+				  AND dalgo.is_connector_source(s.source_type));
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.expire_connector_runs(integer) IS 'Mark connector runs nobody claimed in time as failed';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.expire_stalled_connector_runs(timeout_seconds integer) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+	stamp timestamptz;
+BEGIN
+	IF timeout_seconds IS NULL OR timeout_seconds <= 0 THEN
+		RETURN 0;
+	END IF;
+	stamp := clock_timestamp();	-- once (Citus: no volatile function in an UPDATE)
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stamp,
+		error_message = format('the connector did not complete the run within %s seconds of claiming it', timeout_seconds)
+	WHERE r.status = 'running' AND coalesce(r.started_at, r.created_at) < now() - make_interval(secs => timeout_seconds)
+	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.organization_id = r.organization_id AND s.id = r.source_id
+				  AND dalgo.is_connector_source(s.source_type));
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.expire_stalled_connector_runs(integer) IS
+	'Mark connector runs claimed but not completed within timeout_seconds (dalgo.run_timeout) as failed; 0 disables it';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.record_run_alert() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer := greatest(coalesce(nullif(current_setting('dalgo.alert_after_failures', true), '')::integer, 1), 1);
+	sid uuid;
+	s dalgo.schedules;
+	org dalgo.organizations;
+	previous text[];
+	before integer;
+	target_type text;
+	target_name text;
+	kind text;
+	payload jsonb;
+	recipient text;
+BEGIN
+	IF dalgo.restoring() OR NEW.details ?| ARRAY['skipped', 'cancelled'] THEN
+		RETURN NULL;
+	END IF;
+	-- On a Citus cluster the trigger fires on the run's shard (sync_runs_102040),
+	-- on a worker, which may not write the mail queue (a reference table):
+	-- no alert there yet (docs/scaling.md).
+	IF TG_TABLE_NAME ~ '_[0-9]+$' THEN
+		RETURN NULL;
+	END IF;
+	BEGIN
+		sid := (NEW.details->>'schedule_id')::uuid;
+	EXCEPTION WHEN invalid_text_representation THEN
+		RETURN NULL;
+	END;
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = sid AND x.organization_id = NEW.organization_id;
+	SELECT * INTO org FROM dalgo.organizations o WHERE o.id = NEW.organization_id AND o.deleted_at IS NULL;
+	IF s.id IS NULL OR org.id IS NULL THEN
+		RETURN NULL;
+	END IF;
+	-- The outcomes of the schedule's previous runs, newest first: n of them
+	-- tell whether the streak before this run was n - 1 long, or reached n.
+	IF TG_TABLE_NAME = 'sync_runs' THEN
+		previous := ARRAY(SELECT r.status::text FROM dalgo.sync_runs r
+						  WHERE r.source_id = NEW.source_id AND r.organization_id = NEW.organization_id AND r.id <> NEW.id
+							AND r.details->>'schedule_id' = sid::text AND NOT r.details ?| ARRAY['skipped', 'cancelled']
+							AND r.status IN ('success', 'failed')
+						  ORDER BY r.completed_at DESC NULLS LAST, r.created_at DESC LIMIT n);
+		target_type := 'source';
+		SELECT x.name INTO target_name FROM dalgo.sources x WHERE x.organization_id = s.organization_id AND x.id = s.source_id;
+	ELSE
+		previous := ARRAY(SELECT r.status::text FROM dalgo.transformation_runs r
+						  WHERE r.transformation_id = NEW.transformation_id AND r.organization_id = NEW.organization_id
+							AND r.id <> NEW.id AND r.details->>'schedule_id' = sid::text AND NOT r.details ?| ARRAY['skipped', 'cancelled']
+							AND r.status IN ('success', 'failed')
+						  ORDER BY r.completed_at DESC NULLS LAST, r.created_at DESC LIMIT n);
+		target_type := 'output';
+		SELECT x.name INTO target_name FROM dalgo.outputs x WHERE x.organization_id = s.organization_id AND x.id = s.output_id;
+	END IF;
+	before := coalesce(array_position(previous, 'success') - 1, cardinality(previous));
+	IF NEW.status = 'failed' AND before = n - 1 THEN
+		kind := 'run_failed';
+	ELSIF NEW.status = 'success' AND before >= n THEN
+		kind := 'run_recovered';
+	ELSE
+		RETURN NULL;
+	END IF;
+	payload := jsonb_build_object(
+		'organization_id', org.id, 'organization_name', org.name,
+		'schedule_id', s.id, 'target_type', target_type, 'target_id', coalesce(s.source_id, s.output_id),
+		'target_name', target_name, 'run_id', NEW.id, 'at', NEW.completed_at,
+		'failures', CASE WHEN kind = 'run_failed' THEN n END,
+		'error', CASE WHEN kind = 'run_failed' THEN dalgo.redact(NEW.error_message) END,
+		'subject', CASE WHEN kind = 'run_failed'
+						THEN format('[%s] %s "%s" failed%s', org.name, CASE WHEN target_type = 'source' THEN 'sync of' ELSE 'refresh of' END,
+									target_name, CASE WHEN n > 1 THEN format(' %s times in a row', n) ELSE '' END)
+						ELSE format('[%s] %s "%s" is back to normal', org.name,
+									CASE WHEN target_type = 'source' THEN 'sync of' ELSE 'refresh of' END, target_name) END);
+	FOR recipient IN
+		SELECT DISTINCT u.email FROM dalgo.organization_members m JOIN dalgo.users u ON u.id = m.user_id
+		WHERE m.organization_id = org.id AND m.deleted_at IS NULL AND m.role >= 'admin'
+		  AND u.deleted_at IS NULL AND u.is_active
+		ORDER BY u.email
+	LOOP
+		PERFORM dalgo_internal.queue_mail(kind, recipient, payload);
+	END LOOP;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.record_run_alert() IS
+	'AFTER UPDATE trigger on sync_runs and transformation_runs: when a scheduled run fails for the dalgo.alert_after_failures-th time in a row, or succeeds after such a streak, queue one run_failed or run_recovered message (error redacted) to each admin and owner of the organization';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.finish_sync(run_id uuid, staging_table text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	src dalgo.sources;
+	schema_name text;
+	stage_name text := dalgo_internal.staging_table_name(run_id);
+	build_name text := '_dalgo_sync_' || replace(run_id::text, '-', '');
+	parts text[];
+	rel oid;
+	c pg_class;
+	infer boolean;
+	cols record;
+	names text[];
+	types text[];
+	kinds integer[];
+	sel text;
+	changed boolean := false;
+	wh_owned boolean;
+	trig name;
+	target text;
+	n bigint;
+	stamp timestamptz;
+	org uuid;
+BEGIN
+	-- Under a transaction snapshot, rows that a loader committed while this
+	-- waited for the staging table's lock would be silently missing.
+	IF current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION 'a sync is finished in a READ COMMITTED transaction'
+			USING ERRCODE = 'invalid_transaction_state',
+				  DETAIL = format('This transaction is %s: rows committed into the staging table after its snapshot would be lost.',
+								  upper(current_setting('transaction_isolation')));
+	END IF;
+	-- The row is locked through its organization: on a Citus cluster a row
+	-- lock is taken by a single-shard query only.
+	SELECT x.organization_id INTO org FROM dalgo.sync_runs x WHERE x.id = finish_sync.run_id;
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.organization_id = org AND x.id = finish_sync.run_id FOR UPDATE;
+	IF NOT FOUND OR r.status <> 'running' THEN
+		RAISE EXCEPTION 'sync run % is not running', run_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT * INTO src FROM dalgo.sources x
+	WHERE x.id = r.source_id AND x.organization_id = r.organization_id AND x.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'the source of run % no longer exists', run_id USING ERRCODE = 'undefined_object';
+	END IF;
+	schema_name := dalgo_internal.warehouse_schema_name(src.organization_id);
+
+	-- The staging table is this run's, in this organization's warehouse,
+	-- whatever name the caller passed: a plain table owned by the warehouse role.
+	BEGIN
+		parts := parse_ident(staging_table);
+	EXCEPTION WHEN invalid_parameter_value THEN
+		parts := NULL;
+	END;
+	IF parts IS NULL OR NOT (parts = ARRAY[stage_name] OR parts = ARRAY[schema_name, stage_name]) THEN
+		RAISE EXCEPTION '"%" is not the staging table of sync run %', staging_table, run_id
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('A run''s staging table is %I.%I.', schema_name, stage_name);
+	END IF;
+	rel := to_regclass(format('%I.%I', schema_name, stage_name));
+	IF rel IS NULL THEN
+		RAISE EXCEPTION 'sync run % has no staging table', run_id USING ERRCODE = 'undefined_table';
+	END IF;
+	EXECUTE format('LOCK TABLE %I.%I IN ACCESS EXCLUSIVE MODE', schema_name, stage_name);
+	SELECT * INTO c FROM pg_class x WHERE x.oid = rel;
+	-- Made by dalgo: owned by the warehouse role, or by a superuser (a run
+	-- worker that created it directly); never by another role.
+	wh_owned := c.relowner = (SELECT o.oid FROM pg_roles o WHERE o.rolname = dalgo_internal.warehouse_role_name(src.organization_id));
+	IF c.relkind <> 'r' OR c.relhassubclass OR c.relispartition
+	   OR NOT (wh_owned OR EXISTS (SELECT FROM pg_roles o WHERE o.oid = c.relowner AND o.rolsuper)) THEN
+		RAISE EXCEPTION 'the staging table of sync run % is not a plain table of the warehouse role', run_id
+			USING ERRCODE = 'wrong_object_type';
+	END IF;
+	IF NOT wh_owned THEN
+		-- A superuser's staging table is copied (never renamed into place),
+		-- read by the warehouse role.
+		changed := true;
+		EXECUTE format('GRANT SELECT ON %I.%I TO %I', schema_name, stage_name, dalgo_internal.warehouse_role_name(src.organization_id));
+	END IF;
+
+	-- Types: each text column becomes the first of boolean, bigint, numeric,
+	-- date, timestamptz, jsonb that every non-empty value converts to for
+	-- certain, else stays text.  postgres sources keep their declared types
+	-- unless config.infer_types is true; the others infer unless it is false.
+	infer := CASE jsonb_typeof(src.config->'infer_types') WHEN 'boolean' THEN (src.config->>'infer_types')::boolean
+				  ELSE src.source_type <> 'postgres' END;
+	SELECT array_agg(a.attname::text ORDER BY a.attnum), array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+	INTO names, types
+	FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
+	IF names IS NULL THEN
+		RAISE EXCEPTION 'the staging table of sync run % has no columns', run_id USING ERRCODE = 'invalid_table_definition';
+	END IF;
+	IF infer AND 'text' = ANY (types) THEN
+		EXECUTE format('SELECT ARRAY[%s] FROM %I.%I',
+			(SELECT string_agg(CASE WHEN t = 'text' THEN format('bit_and(dalgo_internal.value_kinds(%I))', nm) ELSE 'NULL::integer' END,
+							   ', ' ORDER BY i)
+			 FROM unnest(names, types) WITH ORDINALITY u(nm, t, i)),
+			schema_name, stage_name) INTO kinds;
+		FOR i IN 1..array_length(names, 1) LOOP
+			CONTINUE WHEN types[i] <> 'text' OR kinds[i] IS NULL OR kinds[i] = 0;
+			types[i] := CASE WHEN kinds[i] & 1 <> 0 THEN 'boolean' WHEN kinds[i] & 2 <> 0 THEN 'bigint'
+							 WHEN kinds[i] & 4 <> 0 THEN 'numeric' WHEN kinds[i] & 8 <> 0 THEN 'date'
+							 WHEN kinds[i] & 16 <> 0 THEN 'timestamptz' ELSE 'jsonb' END;
+			changed := true;
+		END LOOP;
+	END IF;
+
+	IF to_regclass(format('%I.%I', schema_name, build_name)) IS NOT NULL THEN
+		PERFORM dalgo_internal.warehouse_execute(src.organization_id, format('DROP TABLE %I.%I', schema_name, build_name));
+	END IF;
+	IF changed THEN
+		sel := (SELECT string_agg(CASE WHEN t = format_type(a.atttypid, a.atttypmod) THEN format('%I', nm)
+									   ELSE format('NULLIF(%I, %L)::%s AS %I', nm, '', t, nm) END, ', ' ORDER BY a.attnum)
+				FROM unnest(names, types) u(nm, t) JOIN pg_attribute a ON a.attrelid = rel AND a.attname = u.nm);
+		BEGIN
+			n := dalgo_internal.warehouse_execute(src.organization_id,
+				format('CREATE TABLE %I.%I AS SELECT %s FROM %I.%I', schema_name, build_name, sel, schema_name, stage_name));
+		EXCEPTION WHEN data_exception THEN
+			-- A value the checks let through after all: that column stays text.
+			FOR i IN 1..array_length(names, 1) LOOP
+				CONTINUE WHEN types[i] IN ('text', (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+													 WHERE a.attrelid = rel AND a.attname = names[i]));
+				BEGIN
+					EXECUTE format('SELECT count(NULLIF(%I, %L)::%s) FROM %I.%I', names[i], '', types[i], schema_name, stage_name);
+				EXCEPTION WHEN data_exception THEN
+					types[i] := 'text';
+				END;
+			END LOOP;
+			sel := (SELECT string_agg(CASE WHEN t = format_type(a.atttypid, a.atttypmod) THEN format('%I', nm)
+										   ELSE format('NULLIF(%I, %L)::%s AS %I', nm, '', t, nm) END, ', ' ORDER BY a.attnum)
+					FROM unnest(names, types) u(nm, t) JOIN pg_attribute a ON a.attrelid = rel AND a.attname = u.nm);
+			n := dalgo_internal.warehouse_execute(src.organization_id,
+				format('CREATE TABLE %I.%I AS SELECT %s FROM %I.%I', schema_name, build_name, sel, schema_name, stage_name));
+		END;
+		IF wh_owned THEN
+			PERFORM dalgo_internal.warehouse_execute(src.organization_id, format('DROP TABLE %I.%I', schema_name, stage_name));
+		ELSE
+			EXECUTE format('DROP TABLE %I.%I', schema_name, stage_name);
+		END IF;
+	ELSE
+		-- Nothing to convert: the staging table itself becomes the build,
+		-- without what it granted to its writers.
+		EXECUTE format('SELECT count(*) FROM %I.%I', schema_name, stage_name) INTO n;
+		FOR trig IN SELECT t.tgname FROM pg_trigger t WHERE t.tgrelid = rel AND NOT t.tgisinternal LOOP
+			EXECUTE format('DROP TRIGGER %I ON %I.%I', trig, schema_name, stage_name);
+		END LOOP;
+		EXECUTE format('REVOKE ALL ON %I.%I FROM PUBLIC, dalgo_service, dalgo_authenticated', schema_name, stage_name);
+		PERFORM dalgo_internal.warehouse_execute(src.organization_id,
+			format('ALTER TABLE %I.%I RENAME TO %I', schema_name, stage_name, build_name));
+	END IF;
+	PERFORM dalgo_internal.staging_schema_access(src.organization_id);
+
+	target := coalesce(src.warehouse_table_name, 'source_' || left(replace(src.id::text, '-', ''), 12));
+	PERFORM dalgo_internal.adopt_warehouse_tables(src.organization_id);
+	PERFORM dalgo_internal.check_warehouse_quota(src.organization_id, target);
+	PERFORM dalgo_internal.swap_warehouse_table(src.organization_id, build_name, target);
+	PERFORM dalgo_internal.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
+
+	-- source_schemas: columns, types, order and nullability of what was synced.
+	DELETE FROM dalgo.source_schemas x WHERE x.source_id = src.id;
+	INSERT INTO dalgo.source_schemas (organization_id, source_id, column_name, column_type, column_order, is_nullable)
+	SELECT src.organization_id, src.id, a.attname, format_type(a.atttypid, a.atttypmod), a.attnum, NOT a.attnotnull
+	FROM pg_attribute a
+	WHERE a.attrelid = to_regclass(format('%I.%I', schema_name, target)) AND a.attnum > 0 AND NOT a.attisdropped;
+
+	UPDATE dalgo.sources x SET last_synced_at = now(), warehouse_table_name = target
+	WHERE x.organization_id = src.organization_id AND x.id = src.id;
+	-- completed_at computed once: Citus refuses a volatile function in an UPDATE.
+	stamp := clock_timestamp();
+	UPDATE dalgo.sync_runs x SET status = 'success', completed_at = stamp, rows_synced = least(n, 2147483647),
+		error_message = NULL
+	WHERE x.organization_id = src.organization_id AND x.id = finish_sync.run_id;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.finish_sync(uuid, text) IS
+	'Internal: finish a sync run from its filled staging table (_dalgo_stage_<run>): infer column types (unless config.infer_types is false), build the typed table under a private name, swap it in atomically, record source_schemas and warehouse_tables, and mark the run successful';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.adopt_warehouse_tables(organization_id uuid) RETURNS integer
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	wh oid := (SELECT o.oid FROM pg_roles o WHERE o.rolname = dalgo_internal.warehouse_role_name(organization_id));
+	rel oid;
+	n integer := 0;
+	-- Read first, not joined with pg_class: on a Citus cluster
+	-- warehouse_tables is distributed and pg_class local.
+	registered name[] := ARRAY(SELECT w.table_name FROM dalgo.warehouse_tables w
+							   WHERE w.organization_id = adopt_warehouse_tables.organization_id AND w.deleted_at IS NULL);
+BEGIN
+	FOR rel IN SELECT c.oid FROM pg_class c
+			   WHERE c.relnamespace = to_regnamespace(schema_name) AND c.relkind IN ('r', 'p', 'f', 'm')
+				 AND c.relname !~ '^_dalgo_' AND NOT c.relispartition
+				 AND NOT EXISTS (SELECT FROM pg_roles o WHERE o.oid = c.relowner AND o.rolname ~ '^dalgo_wh_' AND o.oid <> wh)
+				 AND (NOT c.relname = ANY (registered) OR NOT has_table_privilege(wh, c.oid, 'SELECT'))
+			   ORDER BY c.relname
+	LOOP
+		IF dalgo_internal.adopt_warehouse_relation(rel) THEN
+			n := n + 1;
+		END IF;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.adopt_warehouse_tables(uuid) IS
+	'Internal: adopt (see adopt_warehouse_relation) every relation of the organization''s warehouse schema that is not registered or not readable by its warehouse role (but those of another organization''s warehouse role); finish_sync and transformation builds call it';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.forget_warehouse_relations() RETURNS event_trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+	tname text;
+BEGIN
+	IF dalgo.restoring() THEN
+		RETURN;
+	END IF;
+	-- One UPDATE per dropped relation, with its organization as a value: on
+	-- a Citus cluster warehouse_tables is distributed, and an UPDATE of it
+	-- may not join a local function's rows.
+	FOR org, tname IN
+		SELECT substr(d.schema_name, 5)::uuid, d.object_name FROM pg_event_trigger_dropped_objects() d
+		WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.original
+		  AND d.object_type IN ('table', 'foreign table', 'materialized view')
+		  AND d.schema_name ~ '^org_[0-9a-f]{32}$'
+		  AND to_regclass(format('%I.%I', d.schema_name, d.object_name)) IS NULL
+	LOOP
+		UPDATE dalgo.warehouse_tables w SET deleted_at = now()
+		WHERE w.organization_id = org AND w.table_name = tname AND w.deleted_at IS NULL
+		  AND num_nonnulls(w.source_id, w.transformation_id, w.output_id) = 0;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.forget_warehouse_relations() IS
+	'Event trigger function: a warehouse table registered without a producer (see adopt_warehouse_relations) that is dropped is marked deleted in warehouse_tables';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.register_warehouse_table(organization_id uuid, table_name text, source_id uuid,
+											   transformation_id uuid, row_count bigint)
+	RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	rel regclass := to_regclass(format('%I.%I', schema_name, table_name));
+	conn uuid;
+	info jsonb;
+	-- Computed here, on this node: on a Citus cluster the UPDATE below runs
+	-- on the organization's worker, which neither has the table nor allows a
+	-- volatile function in it.
+	size bigint := pg_total_relation_size(rel);
+BEGIN
+	SELECT id INTO conn FROM dalgo.warehouse_connections w
+	WHERE w.organization_id = register_warehouse_table.organization_id AND w.deleted_at IS NULL;
+	SELECT coalesce(jsonb_agg(jsonb_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
+												 'nullable', NOT a.attnotnull) ORDER BY a.attnum), '[]')
+	INTO info FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
+	UPDATE dalgo.warehouse_tables w SET row_count = register_warehouse_table.row_count,
+		size_bytes = size, schema_info = info, last_updated_at = now(),
+		source_id = register_warehouse_table.source_id, transformation_id = register_warehouse_table.transformation_id
+	WHERE w.organization_id = register_warehouse_table.organization_id AND w.warehouse_connection_id = conn
+	  AND w.table_name = register_warehouse_table.table_name AND w.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		INSERT INTO dalgo.warehouse_tables (organization_id, warehouse_connection_id, table_name, source_id,
+											transformation_id, row_count, size_bytes, schema_info, last_updated_at)
+		VALUES (register_warehouse_table.organization_id, conn, register_warehouse_table.table_name,
+				register_warehouse_table.source_id, register_warehouse_table.transformation_id,
+				register_warehouse_table.row_count, size, info, now());
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.register_warehouse_table(uuid, text, uuid, uuid, bigint) IS
+	'Internal: record a warehouse table''s row count, size and columns in warehouse_tables';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.check_transformation() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	deps uuid[];
+BEGIN
+	IF TG_OP = 'INSERT' AND dalgo.restoring() THEN RETURN NEW; END IF;	-- restored as dumped
+	-- The output table name is checked on every insert and update, whatever changed
+	-- (a move to another organization is refused by the tenant_fixed trigger).
+	IF NEW.deleted_at IS NULL AND NEW.output_table_name IS NOT NULL
+	   AND (TG_OP = 'INSERT' OR NEW.organization_id = OLD.organization_id) THEN
+		PERFORM dalgo_internal.check_warehouse_table_name(NEW.organization_id, NEW.output_table_name, NULL, NEW.id, NULL);
+	END IF;
+	IF TG_OP = 'UPDATE' AND NEW.recipe IS NOT DISTINCT FROM OLD.recipe THEN
+		NEW.current_version := OLD.current_version;
+		RETURN NEW;
+	END IF;
+	-- On a Citus cluster this trigger fires on the organization's shard, on a
+	-- worker, while the warehouse lives on the coordinator: the recipe is
+	-- then checked when it runs (build_transformation compiles it there),
+	-- not here (docs/scaling.md).
+	IF TG_TABLE_NAME !~ '_[0-9]+$' THEN
+		PERFORM dalgo_internal.check_recipe_sql(NEW.organization_id, dalgo.compile_recipe(NEW.organization_id, NEW.recipe));
+	END IF;
+	deps := dalgo.recipe_dependencies(NEW.recipe);
+	IF NEW.id = ANY (deps) OR EXISTS (
+		WITH RECURSIVE walk(id) AS (
+			SELECT unnest(deps)
+			UNION
+			SELECT d FROM walk JOIN dalgo.transformations t ON t.id = walk.id AND t.organization_id = NEW.organization_id,
+				unnest(dalgo.recipe_dependencies(t.recipe)) d)
+		SELECT FROM walk WHERE walk.id = NEW.id) THEN
+		RAISE EXCEPTION 'recipe: transformation % would depend on itself (a dependency cycle)', NEW.id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	NEW.current_version := CASE WHEN TG_OP = 'INSERT' THEN 1 ELSE OLD.current_version + 1 END;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.check_transformation() IS
+	'BEFORE trigger on transformations: the output table must belong to no other producer (every insert and update); a new or changed recipe must compile and type-check, must not create a cycle, and bumps current_version';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.record_transformation_version() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	generated text;
+BEGIN
+	IF TG_OP = 'INSERT' AND dalgo.restoring() THEN RETURN NULL; END IF;	-- its versions are restored too
+	-- No generated SQL on a Citus shard: a worker has no warehouse.
+	IF TG_TABLE_NAME !~ '_[0-9]+$' THEN
+		generated := dalgo.compile_recipe(NEW.organization_id, NEW.recipe);
+	END IF;
+	INSERT INTO dalgo.transformation_versions (organization_id, transformation_id, version_number, recipe,
+											   generated_sql, created_by_id, change_description)
+	VALUES (NEW.organization_id, NEW.id, NEW.current_version, NEW.recipe, generated, dalgo.current_user_id(),
+			nullif(current_setting('dalgo.change_description'), ''));
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.record_transformation_version() IS
+	'AFTER trigger on transformations: records a transformation_versions row for each new recipe (change_description from the setting dalgo.change_description)';
+
+CREATE OR REPLACE FUNCTION dalgo.transformation_upstream(transformation_id uuid)
+	RETURNS TABLE (id uuid, depth integer)
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+	bad uuid;
+BEGIN
+	SELECT t.organization_id INTO org FROM dalgo.transformations t WHERE t.id = transformation_upstream.transformation_id;
+	-- The walk follows only transformations of the same organization; any
+	-- other dependency (another organization's, deleted, unknown) is an error,
+	-- with or without an identity (run workers have none).  Every query names
+	-- the organization: on a Citus cluster each is then a single-shard query,
+	-- recursion included.
+	SELECT d INTO bad
+	FROM dalgo.transformations t, unnest(dalgo.recipe_dependencies(t.recipe)) d
+	WHERE t.organization_id = org AND t.id = transformation_upstream.transformation_id
+	  AND NOT EXISTS (SELECT FROM dalgo.transformations x WHERE x.id = d AND x.organization_id = org AND x.deleted_at IS NULL)
+	LIMIT 1;
+	IF bad IS NULL THEN
+		WITH RECURSIVE up(id, depth) AS (
+			SELECT d, 1 FROM dalgo.transformations t, unnest(dalgo.recipe_dependencies(t.recipe)) d
+			WHERE t.organization_id = org AND t.id = transformation_upstream.transformation_id
+			UNION ALL
+			SELECT d, up.depth + 1 FROM up JOIN dalgo.transformations t ON t.id = up.id AND t.organization_id = org,
+				unnest(dalgo.recipe_dependencies(t.recipe)) d
+			WHERE up.depth < 100)
+		SELECT u.id INTO bad FROM up u
+		WHERE NOT EXISTS (SELECT FROM dalgo.transformations x WHERE x.id = u.id AND x.organization_id = org AND x.deleted_at IS NULL)
+		LIMIT 1;
+	END IF;
+	IF bad IS NOT NULL THEN
+		RAISE EXCEPTION 'transformation % reads %, which is not a live transformation of its organization', transformation_id, bad
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+		WITH RECURSIVE up(id, depth) AS (
+			SELECT d, 1 FROM dalgo.transformations t, unnest(dalgo.recipe_dependencies(t.recipe)) d
+			WHERE t.organization_id = org AND t.id = transformation_upstream.transformation_id
+			UNION ALL
+			SELECT d, up.depth + 1 FROM up JOIN dalgo.transformations t ON t.id = up.id AND t.organization_id = org,
+				unnest(dalgo.recipe_dependencies(t.recipe)) d
+			WHERE up.depth < 100)
+		SELECT u.id, max(u.depth) FROM up u GROUP BY u.id ORDER BY max(u.depth) DESC, u.id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.transformation_upstream(uuid) IS
+	'The transformations a transformation reads, directly or not, deepest first (the order to run them in); all of its own organization, or an error';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.build_transformation(transformation_id uuid, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t dalgo.transformations;
+	sql text;
+	schema_name text;
+	build_name text := '_dalgo_build_' || replace(run_id::text, '-', '');
+	n bigint;
+	err text;
+	stamp timestamptz;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = build_transformation.transformation_id;
+	UPDATE dalgo.transformation_runs r SET version_number = t.current_version
+	WHERE r.organization_id = t.organization_id AND r.id = run_id;
+	BEGIN
+		IF t.output_table_name IS NULL THEN
+			RAISE EXCEPTION 'transformation % has no output_table_name', t.id USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		schema_name := dalgo.ensure_warehouse(t.organization_id);
+		-- Tables that reached the warehouse where the event trigger did not see them.
+		PERFORM dalgo_internal.adopt_warehouse_tables(t.organization_id);
+		sql := dalgo.compile_recipe(t.organization_id, t.recipe);
+		-- Build under a private name, then swap: readers never see a half-built table,
+		-- and a failure leaves the previous output as it was.
+		n := dalgo_internal.warehouse_execute(t.organization_id, format('CREATE TABLE %I.%I AS %s', schema_name, build_name, sql));
+		PERFORM dalgo_internal.check_warehouse_quota(t.organization_id, t.output_table_name);
+		PERFORM dalgo_internal.swap_warehouse_table(t.organization_id, build_name, t.output_table_name);
+		PERFORM dalgo_internal.register_warehouse_table(t.organization_id, t.output_table_name, NULL, t.id, n);
+		UPDATE dalgo.transformations x SET last_run_at = now() WHERE x.organization_id = t.organization_id AND x.id = t.id;
+		-- completed_at computed once: Citus refuses a volatile function in an UPDATE.
+		stamp := clock_timestamp();
+		UPDATE dalgo.transformation_runs r SET status = 'success', completed_at = stamp,
+			rows_affected = least(n, 2147483647), executed_sql = sql
+		WHERE r.organization_id = t.organization_id AND r.id = run_id;
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
+		stamp := clock_timestamp();
+		UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = stamp,
+			error_message = err, executed_sql = sql
+		WHERE r.id = run_id;
+		RAISE WARNING 'transformation run % failed: %', run_id, err;
+	END;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.build_transformation(uuid, uuid) IS
+	'Internal: build a transformation''s output for an existing run row (atomic swap) and record the outcome on it';
+
+
+-- citus2: account functions on a Citus cluster (sign_in's audit row under the nil
+-- uuid, invite_member reads invitations before it cancels their mail)
+CREATE OR REPLACE FUNCTION dalgo_internal.account_audit(action text, user_id uuid, organization_id uuid,
+									resource_type text, resource_id uuid, details jsonb DEFAULT '{}')
+	RETURNS void
+	LANGUAGE sql
+	SET search_path = pg_catalog, pg_temp
+	-- (a string body: no parse-time dependency on audit_logs' columns, which may change shape)
+	-- On a Citus cluster audit_logs is distributed by organization_id, which
+	-- may not be NULL: a row outside any organization carries the nil uuid,
+	-- as the audit trigger's rows do there.
+AS $$
+	INSERT INTO dalgo.audit_logs (id, organization_id, user_id, action, resource_type, resource_id, details)
+		VALUES (dalgo.uuid_v7(),
+				coalesce(account_audit.organization_id,
+						 CASE WHEN dalgo_internal.citus_distributed('dalgo.audit_logs')
+							  THEN '00000000-0000-0000-0000-000000000000'::uuid END),
+				account_audit.user_id, account_audit.action,
+				account_audit.resource_type, account_audit.resource_id, account_audit.details);
+$$;
+COMMENT ON FUNCTION dalgo_internal.account_audit(text, uuid, uuid, text, uuid, jsonb) IS
+	'Write one audit row for an account flow (never with a password, token or hash in it) (private)';
+
+CREATE OR REPLACE FUNCTION dalgo.invite_member(organization_id uuid, email text, role dalgo.member_role) RETURNS uuid
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	org uuid := invite_member.organization_id;
+	e text := dalgo_internal.check_email(invite_member.email);
+	raw text := dalgo_internal.new_token(32);
+	org_name text;
+	iid uuid;
+	earlier uuid[];
+BEGIN
+	IF me IS NULL OR org IS NULL OR invite_member.role IS NULL OR NOT dalgo.is_org_member(org, 'admin') THEN
+		RAISE EXCEPTION 'only admins and owners of the organization can invite'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF invite_member.role = 'owner' AND NOT dalgo.is_org_member(org, 'owner') THEN
+		RAISE EXCEPTION 'only an owner can invite an owner' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF EXISTS (SELECT FROM dalgo.organization_members m JOIN dalgo.users u ON u.id = m.user_id
+			   WHERE m.organization_id = org AND m.deleted_at IS NULL
+				 AND lower(u.email) = lower(e) AND u.deleted_at IS NULL) THEN
+		RAISE EXCEPTION '% is already a member of this organization', e USING ERRCODE = 'unique_violation';
+	END IF;
+	SELECT o.name INTO org_name FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL;
+
+	-- Re-inviting a pending email replaces the earlier invitation.  The
+	-- invitations are read first, then their mail cancelled: on a Citus
+	-- cluster one statement may not read a distributed table (invitations)
+	-- and modify a reference table (mail_messages).
+	earlier := ARRAY(SELECT i.id FROM dalgo.invitations i
+					 WHERE i.organization_id = org AND lower(i.email) = lower(e)
+					   AND i.accepted_at IS NULL AND i.revoked_at IS NULL);
+	UPDATE dalgo.mail_messages m SET state = 'cancelled', payload = NULL
+		WHERE m.kind = 'invitation' AND m.state = 'pending'
+		  AND (m.payload->>'invitation_id')::uuid = ANY (earlier);
+	UPDATE dalgo.invitations i SET revoked_at = now()
+		WHERE i.organization_id = org AND lower(i.email) = lower(e) AND i.accepted_at IS NULL AND i.revoked_at IS NULL;
+
+	INSERT INTO dalgo.invitations AS i (email, organization_id, role, token, expires_at, invited_by_id)
+		VALUES (e, org, invite_member.role, dalgo_internal.token_digest(raw),
+				now() + dalgo_internal.setting_interval('dalgo.invitation_ttl'), me)
+		RETURNING i.id INTO iid;
+	PERFORM dalgo_internal.queue_mail('invitation', e,
+		jsonb_build_object('token', raw, 'invitation_id', iid, 'organization_id', org,
+						   'organization_name', org_name, 'role', invite_member.role,
+						   'expires_at', now() + dalgo_internal.setting_interval('dalgo.invitation_ttl')));
+	PERFORM dalgo_internal.account_audit('invitation_sent', me, org, 'invitation', iid,
+								jsonb_build_object('role', invite_member.role));
+	RETURN iid;
+END
+$$;
+COMMENT ON FUNCTION dalgo.invite_member(uuid, text, dalgo.member_role) IS
+	'Invite an email to an organization at a role (admins and owners; only owners invite owners); replaces a pending invitation to the same email; the token (dalgo.invitation_ttl) goes to the mail queue and only its hash is stored. Returns the invitation id';
+
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

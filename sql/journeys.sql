@@ -718,6 +718,12 @@ BEGIN
 	IF dalgo.restoring() OR NEW.details ?| ARRAY['skipped', 'cancelled'] THEN
 		RETURN NULL;
 	END IF;
+	-- On a Citus cluster the trigger fires on the run's shard (sync_runs_102040),
+	-- on a worker, which may not write the mail queue (a reference table):
+	-- no alert there yet (docs/scaling.md).
+	IF TG_TABLE_NAME ~ '_[0-9]+$' THEN
+		RETURN NULL;
+	END IF;
 	BEGIN
 		sid := (NEW.details->>'schedule_id')::uuid;
 	EXCEPTION WHEN invalid_text_representation THEN
@@ -737,7 +743,7 @@ BEGIN
 							AND r.status IN ('success', 'failed')
 						  ORDER BY r.completed_at DESC NULLS LAST, r.created_at DESC LIMIT n);
 		target_type := 'source';
-		SELECT x.name INTO target_name FROM dalgo.sources x WHERE x.id = s.source_id;
+		SELECT x.name INTO target_name FROM dalgo.sources x WHERE x.organization_id = s.organization_id AND x.id = s.source_id;
 	ELSE
 		previous := ARRAY(SELECT r.status::text FROM dalgo.transformation_runs r
 						  WHERE r.transformation_id = NEW.transformation_id AND r.organization_id = NEW.organization_id
@@ -745,7 +751,7 @@ BEGIN
 							AND r.status IN ('success', 'failed')
 						  ORDER BY r.completed_at DESC NULLS LAST, r.created_at DESC LIMIT n);
 		target_type := 'output';
-		SELECT x.name INTO target_name FROM dalgo.outputs x WHERE x.id = s.output_id;
+		SELECT x.name INTO target_name FROM dalgo.outputs x WHERE x.organization_id = s.organization_id AND x.id = s.output_id;
 	END IF;
 	before := coalesce(array_position(previous, 'success') - 1, cardinality(previous));
 	IF NEW.status = 'failed' AND before = n - 1 THEN

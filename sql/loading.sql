@@ -134,6 +134,8 @@ DECLARE
 	trig name;
 	target text;
 	n bigint;
+	stamp timestamptz;
+	org uuid;
 BEGIN
 	-- Under a transaction snapshot, rows that a loader committed while this
 	-- waited for the staging table's lock would be silently missing.
@@ -143,7 +145,10 @@ BEGIN
 				  DETAIL = format('This transaction is %s: rows committed into the staging table after its snapshot would be lost.',
 								  upper(current_setting('transaction_isolation')));
 	END IF;
-	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = finish_sync.run_id FOR UPDATE;
+	-- The row is locked through its organization: on a Citus cluster a row
+	-- lock is taken by a single-shard query only.
+	SELECT x.organization_id INTO org FROM dalgo.sync_runs x WHERE x.id = finish_sync.run_id;
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.organization_id = org AND x.id = finish_sync.run_id FOR UPDATE;
 	IF NOT FOUND OR r.status <> 'running' THEN
 		RAISE EXCEPTION 'sync run % is not running', run_id USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -272,10 +277,13 @@ BEGIN
 	FROM pg_attribute a
 	WHERE a.attrelid = to_regclass(format('%I.%I', schema_name, target)) AND a.attnum > 0 AND NOT a.attisdropped;
 
-	UPDATE dalgo.sources x SET last_synced_at = now(), warehouse_table_name = target WHERE x.id = src.id;
-	UPDATE dalgo.sync_runs x SET status = 'success', completed_at = clock_timestamp(), rows_synced = least(n, 2147483647),
+	UPDATE dalgo.sources x SET last_synced_at = now(), warehouse_table_name = target
+	WHERE x.organization_id = src.organization_id AND x.id = src.id;
+	-- completed_at computed once: Citus refuses a volatile function in an UPDATE.
+	stamp := clock_timestamp();
+	UPDATE dalgo.sync_runs x SET status = 'success', completed_at = stamp, rows_synced = least(n, 2147483647),
 		error_message = NULL
-	WHERE x.id = finish_sync.run_id;
+	WHERE x.organization_id = src.organization_id AND x.id = finish_sync.run_id;
 END
 $$;
 COMMENT ON FUNCTION dalgo_internal.finish_sync(uuid, text) IS
@@ -584,14 +592,16 @@ DECLARE
 	wh oid := (SELECT o.oid FROM pg_roles o WHERE o.rolname = dalgo_internal.warehouse_role_name(organization_id));
 	rel oid;
 	n integer := 0;
+	-- Read first, not joined with pg_class: on a Citus cluster
+	-- warehouse_tables is distributed and pg_class local.
+	registered name[] := ARRAY(SELECT w.table_name FROM dalgo.warehouse_tables w
+							   WHERE w.organization_id = adopt_warehouse_tables.organization_id AND w.deleted_at IS NULL);
 BEGIN
 	FOR rel IN SELECT c.oid FROM pg_class c
 			   WHERE c.relnamespace = to_regnamespace(schema_name) AND c.relkind IN ('r', 'p', 'f', 'm')
 				 AND c.relname !~ '^_dalgo_' AND NOT c.relispartition
 				 AND NOT EXISTS (SELECT FROM pg_roles o WHERE o.oid = c.relowner AND o.rolname ~ '^dalgo_wh_' AND o.oid <> wh)
-				 AND (NOT EXISTS (SELECT FROM dalgo.warehouse_tables w WHERE w.organization_id = adopt_warehouse_tables.organization_id
-								  AND w.table_name = c.relname AND w.deleted_at IS NULL)
-					  OR NOT has_table_privilege(wh, c.oid, 'SELECT'))
+				 AND (NOT c.relname = ANY (registered) OR NOT has_table_privilege(wh, c.oid, 'SELECT'))
 			   ORDER BY c.relname
 	LOOP
 		IF dalgo_internal.adopt_warehouse_relation(rel) THEN
@@ -611,18 +621,27 @@ CREATE FUNCTION dalgo_internal.forget_warehouse_relations() RETURNS event_trigge
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	org uuid;
+	tname text;
 BEGIN
 	IF dalgo.restoring() THEN
 		RETURN;
 	END IF;
-	UPDATE dalgo.warehouse_tables w SET deleted_at = now()
-	FROM pg_event_trigger_dropped_objects() d
-	WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.original
-	  AND d.object_type IN ('table', 'foreign table', 'materialized view')
-	  AND d.schema_name ~ '^org_[0-9a-f]{32}$'
-	  AND w.organization_id = substr(d.schema_name, 5)::uuid AND w.table_name = d.object_name AND w.deleted_at IS NULL
-	  AND num_nonnulls(w.source_id, w.transformation_id, w.output_id) = 0
-	  AND to_regclass(format('%I.%I', d.schema_name, d.object_name)) IS NULL;
+	-- One UPDATE per dropped relation, with its organization as a value: on
+	-- a Citus cluster warehouse_tables is distributed, and an UPDATE of it
+	-- may not join a local function's rows.
+	FOR org, tname IN
+		SELECT substr(d.schema_name, 5)::uuid, d.object_name FROM pg_event_trigger_dropped_objects() d
+		WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.original
+		  AND d.object_type IN ('table', 'foreign table', 'materialized view')
+		  AND d.schema_name ~ '^org_[0-9a-f]{32}$'
+		  AND to_regclass(format('%I.%I', d.schema_name, d.object_name)) IS NULL
+	LOOP
+		UPDATE dalgo.warehouse_tables w SET deleted_at = now()
+		WHERE w.organization_id = org AND w.table_name = tname AND w.deleted_at IS NULL
+		  AND num_nonnulls(w.source_id, w.transformation_id, w.output_id) = 0;
+	END LOOP;
 END
 $$;
 COMMENT ON FUNCTION dalgo_internal.forget_warehouse_relations() IS

@@ -129,6 +129,10 @@ DECLARE
 	rel regclass := to_regclass(format('%I.%I', schema_name, table_name));
 	conn uuid;
 	info jsonb;
+	-- Computed here, on this node: on a Citus cluster the UPDATE below runs
+	-- on the organization's worker, which neither has the table nor allows a
+	-- volatile function in it.
+	size bigint := pg_total_relation_size(rel);
 BEGIN
 	SELECT id INTO conn FROM dalgo.warehouse_connections w
 	WHERE w.organization_id = register_warehouse_table.organization_id AND w.deleted_at IS NULL;
@@ -136,15 +140,16 @@ BEGIN
 												 'nullable', NOT a.attnotnull) ORDER BY a.attnum), '[]')
 	INTO info FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
 	UPDATE dalgo.warehouse_tables w SET row_count = register_warehouse_table.row_count,
-		size_bytes = pg_total_relation_size(rel), schema_info = info, last_updated_at = now(),
+		size_bytes = size, schema_info = info, last_updated_at = now(),
 		source_id = register_warehouse_table.source_id, transformation_id = register_warehouse_table.transformation_id
-	WHERE w.warehouse_connection_id = conn AND w.table_name = register_warehouse_table.table_name AND w.deleted_at IS NULL;
+	WHERE w.organization_id = register_warehouse_table.organization_id AND w.warehouse_connection_id = conn
+	  AND w.table_name = register_warehouse_table.table_name AND w.deleted_at IS NULL;
 	IF NOT FOUND THEN
 		INSERT INTO dalgo.warehouse_tables (organization_id, warehouse_connection_id, table_name, source_id,
 											transformation_id, row_count, size_bytes, schema_info, last_updated_at)
 		VALUES (register_warehouse_table.organization_id, conn, register_warehouse_table.table_name,
 				register_warehouse_table.source_id, register_warehouse_table.transformation_id,
-				register_warehouse_table.row_count, pg_total_relation_size(rel), info, now());
+				register_warehouse_table.row_count, size, info, now());
 	END IF;
 END
 $$;
@@ -173,16 +178,18 @@ BEGIN
 	SELECT t.organization_id INTO org FROM dalgo.transformations t WHERE t.id = transformation_upstream.transformation_id;
 	-- The walk follows only transformations of the same organization; any
 	-- other dependency (another organization's, deleted, unknown) is an error,
-	-- with or without an identity (run workers have none).
+	-- with or without an identity (run workers have none).  Every query names
+	-- the organization: on a Citus cluster each is then a single-shard query,
+	-- recursion included.
 	SELECT d INTO bad
 	FROM dalgo.transformations t, unnest(dalgo.recipe_dependencies(t.recipe)) d
-	WHERE t.id = transformation_upstream.transformation_id
+	WHERE t.organization_id = org AND t.id = transformation_upstream.transformation_id
 	  AND NOT EXISTS (SELECT FROM dalgo.transformations x WHERE x.id = d AND x.organization_id = org AND x.deleted_at IS NULL)
 	LIMIT 1;
 	IF bad IS NULL THEN
 		WITH RECURSIVE up(id, depth) AS (
 			SELECT d, 1 FROM dalgo.transformations t, unnest(dalgo.recipe_dependencies(t.recipe)) d
-			WHERE t.id = transformation_upstream.transformation_id
+			WHERE t.organization_id = org AND t.id = transformation_upstream.transformation_id
 			UNION ALL
 			SELECT d, up.depth + 1 FROM up JOIN dalgo.transformations t ON t.id = up.id AND t.organization_id = org,
 				unnest(dalgo.recipe_dependencies(t.recipe)) d
@@ -198,7 +205,7 @@ BEGIN
 	RETURN QUERY
 		WITH RECURSIVE up(id, depth) AS (
 			SELECT d, 1 FROM dalgo.transformations t, unnest(dalgo.recipe_dependencies(t.recipe)) d
-			WHERE t.id = transformation_upstream.transformation_id
+			WHERE t.organization_id = org AND t.id = transformation_upstream.transformation_id
 			UNION ALL
 			SELECT d, up.depth + 1 FROM up JOIN dalgo.transformations t ON t.id = up.id AND t.organization_id = org,
 				unnest(dalgo.recipe_dependencies(t.recipe)) d
@@ -279,7 +286,13 @@ BEGIN
 		NEW.current_version := OLD.current_version;
 		RETURN NEW;
 	END IF;
-	PERFORM dalgo_internal.check_recipe_sql(NEW.organization_id, dalgo.compile_recipe(NEW.organization_id, NEW.recipe));
+	-- On a Citus cluster this trigger fires on the organization's shard, on a
+	-- worker, while the warehouse lives on the coordinator: the recipe is
+	-- then checked when it runs (build_transformation compiles it there),
+	-- not here (docs/scaling.md).
+	IF TG_TABLE_NAME !~ '_[0-9]+$' THEN
+		PERFORM dalgo_internal.check_recipe_sql(NEW.organization_id, dalgo.compile_recipe(NEW.organization_id, NEW.recipe));
+	END IF;
 	deps := dalgo.recipe_dependencies(NEW.recipe);
 	IF NEW.id = ANY (deps) OR EXISTS (
 		WITH RECURSIVE walk(id) AS (
@@ -350,12 +363,17 @@ CREATE FUNCTION dalgo_internal.record_transformation_version() RETURNS trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	generated text;
 BEGIN
 	IF TG_OP = 'INSERT' AND dalgo.restoring() THEN RETURN NULL; END IF;	-- its versions are restored too
+	-- No generated SQL on a Citus shard: a worker has no warehouse.
+	IF TG_TABLE_NAME !~ '_[0-9]+$' THEN
+		generated := dalgo.compile_recipe(NEW.organization_id, NEW.recipe);
+	END IF;
 	INSERT INTO dalgo.transformation_versions (organization_id, transformation_id, version_number, recipe,
 											   generated_sql, created_by_id, change_description)
-	VALUES (NEW.organization_id, NEW.id, NEW.current_version, NEW.recipe,
-			dalgo.compile_recipe(NEW.organization_id, NEW.recipe), dalgo.current_user_id(),
+	VALUES (NEW.organization_id, NEW.id, NEW.current_version, NEW.recipe, generated, dalgo.current_user_id(),
 			nullif(current_setting('dalgo.change_description'), ''));
 	RETURN NULL;
 END
@@ -465,9 +483,11 @@ DECLARE
 	build_name text := '_dalgo_build_' || replace(run_id::text, '-', '');
 	n bigint;
 	err text;
+	stamp timestamptz;
 BEGIN
 	SELECT * INTO t FROM dalgo.transformations x WHERE x.id = build_transformation.transformation_id;
-	UPDATE dalgo.transformation_runs r SET version_number = t.current_version WHERE r.id = run_id;
+	UPDATE dalgo.transformation_runs r SET version_number = t.current_version
+	WHERE r.organization_id = t.organization_id AND r.id = run_id;
 	BEGIN
 		IF t.output_table_name IS NULL THEN
 			RAISE EXCEPTION 'transformation % has no output_table_name', t.id USING ERRCODE = 'invalid_parameter_value';
@@ -482,13 +502,16 @@ BEGIN
 		PERFORM dalgo_internal.check_warehouse_quota(t.organization_id, t.output_table_name);
 		PERFORM dalgo_internal.swap_warehouse_table(t.organization_id, build_name, t.output_table_name);
 		PERFORM dalgo_internal.register_warehouse_table(t.organization_id, t.output_table_name, NULL, t.id, n);
-		UPDATE dalgo.transformations x SET last_run_at = now() WHERE x.id = t.id;
-		UPDATE dalgo.transformation_runs r SET status = 'success', completed_at = clock_timestamp(),
+		UPDATE dalgo.transformations x SET last_run_at = now() WHERE x.organization_id = t.organization_id AND x.id = t.id;
+		-- completed_at computed once: Citus refuses a volatile function in an UPDATE.
+		stamp := clock_timestamp();
+		UPDATE dalgo.transformation_runs r SET status = 'success', completed_at = stamp,
 			rows_affected = least(n, 2147483647), executed_sql = sql
-		WHERE r.id = run_id;
+		WHERE r.organization_id = t.organization_id AND r.id = run_id;
 	EXCEPTION WHEN OTHERS THEN
 		GET STACKED DIAGNOSTICS err = MESSAGE_TEXT;
-		UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		stamp := clock_timestamp();
+		UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = stamp,
 			error_message = err, executed_sql = sql
 		WHERE r.id = run_id;
 		RAISE WARNING 'transformation run % failed: %', run_id, err;

@@ -71,6 +71,28 @@ CREATE TYPE dalgo.run_kind AS ENUM ('sync', 'output');
 COMMENT ON TYPE dalgo.run_kind IS
 	'What a scheduled run does: sync (a source, recorded in sync_runs) or output (an output refresh, recorded in transformation_runs)';
 
+-- Citus: whether a table is distributed (a reference or hash table of a
+-- Citus cluster, after dalgo.distribute()).  The scheduler and the account
+-- functions choose their Citus-compatible statements with it, at run time;
+-- without Citus it is false and the single-node statements run unchanged.
+CREATE FUNCTION dalgo_internal.citus_distributed(rel regclass) RETURNS boolean
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r boolean;
+BEGIN
+	IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+		RETURN false;
+	END IF;
+	EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1)' INTO r USING rel;
+	RETURN r;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.citus_distributed(regclass) IS
+	'Internal: true when the table is distributed by Citus (dalgo.distribute()); false without Citus';
+REVOKE ALL ON FUNCTION dalgo_internal.citus_distributed(regclass) FROM PUBLIC;
+
 -- Claim due schedules: lock with SKIP LOCKED, advance next_run_at past "at"
 -- (missed slots run once), skip a schedule whose previous run is still going,
 -- and create the run row.  outcome: 'queued' (a pending run for the run
@@ -88,6 +110,11 @@ DECLARE
 	busy boolean;
 	det jsonb;
 	rid uuid;
+	cur refcursor;
+	citus boolean := dalgo_internal.citus_distributed('dalgo.schedules');
+	cand_org uuid;
+	cand_id uuid;
+	claimed integer := 0;
 BEGIN
 	IF max_runs <= 0 THEN
 		RETURN;
@@ -101,7 +128,20 @@ BEGIN
 	-- transaction holds (run_schedule_now's run, an open UPDATE) is passed
 	-- over and does not use up a place, so locked rows cannot crowd every
 	-- other organization's due schedule out of the claim.
-	FOR s IN SELECT x.* FROM dalgo.schedules x
+	-- On a Citus cluster (schedules distributed) a row lock may only be
+	-- taken by a single-shard query: the candidates are read in the same
+	-- order without locks, and each is then locked on its own shard, with
+	-- SKIP LOCKED, re-checked, and counted against the limit once locked.
+	IF citus THEN
+		OPEN cur FOR SELECT d.organization_id, d.id FROM
+			(SELECT y.organization_id, y.id, y.next_run_at,
+					row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
+			 FROM dalgo.schedules y
+			 WHERE y.is_active AND y.deleted_at IS NULL AND y.next_run_at <= at
+			   AND (only_schedule IS NULL OR y.id = only_schedule)) d
+			ORDER BY d.turn, d.next_run_at, d.id;
+	ELSE
+		OPEN cur FOR SELECT x.* FROM dalgo.schedules x
 			 JOIN (SELECT y.id,
 						  row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
 				   FROM dalgo.schedules y
@@ -111,21 +151,38 @@ BEGIN
 			   AND (only_schedule IS NULL OR x.id = only_schedule)
 			 ORDER BY d.turn, x.next_run_at, x.id
 			 LIMIT max_runs
-			 FOR UPDATE OF x SKIP LOCKED
+			 FOR UPDATE OF x SKIP LOCKED;
+	END IF;
 	LOOP
+		IF citus THEN
+			EXIT WHEN claimed >= max_runs;
+			FETCH cur INTO cand_org, cand_id;
+			EXIT WHEN NOT FOUND;
+			SELECT x.* INTO s FROM dalgo.schedules x
+			WHERE x.organization_id = cand_org AND x.id = cand_id
+			  AND x.is_active AND x.deleted_at IS NULL AND x.next_run_at <= at
+			FOR UPDATE SKIP LOCKED;
+			CONTINUE WHEN NOT FOUND;
+			claimed := claimed + 1;
+		ELSE
+			FETCH cur INTO s;
+			EXIT WHEN NOT FOUND;
+		END IF;
 		det := jsonb_build_object('schedule_id', s.id, 'attempt', 1,
 								  'lag_ms', round(extract(epoch FROM clock_timestamp() - s.next_run_at) * 1000));
 		UPDATE dalgo.schedules x SET last_run_at = at,
 			next_run_at = dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, greatest(at, s.next_run_at))
-		WHERE x.id = s.id;
+		WHERE x.organization_id = s.organization_id AND x.id = s.id;
 		schedule_id := s.id;
 		IF s.source_id IS NOT NULL THEN
 			run_kind := 'sync';
-			SELECT * INTO src FROM dalgo.sources x WHERE x.id = s.source_id;
+			SELECT * INTO src FROM dalgo.sources x WHERE x.organization_id = s.organization_id AND x.id = s.source_id;
 			-- sync_now holds the source row FOR UPDATE while it queues or runs
 			-- a sync: that run is going, even if not yet committed.
-			PERFORM FROM dalgo.sources x WHERE x.id = s.source_id FOR KEY SHARE SKIP LOCKED;
-			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.source_id = s.source_id
+			PERFORM FROM dalgo.sources x WHERE x.organization_id = s.organization_id AND x.id = s.source_id
+				FOR KEY SHARE SKIP LOCKED;
+			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.organization_id = s.organization_id
+										 AND r.source_id = s.source_id
 										 AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL);
 			IF busy THEN
 				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, started_at, completed_at, error_message, details)
@@ -147,11 +204,13 @@ BEGIN
 			END IF;
 		ELSE
 			run_kind := 'output';
-			SELECT * INTO out FROM dalgo.outputs x WHERE x.id = s.output_id;
+			SELECT * INTO out FROM dalgo.outputs x WHERE x.organization_id = s.organization_id AND x.id = s.output_id;
 			-- Likewise refresh_output_now and the output row; its on-demand
 			-- runs (details.output_id) count as this schedule's.
-			PERFORM FROM dalgo.outputs x WHERE x.id = s.output_id FOR KEY SHARE SKIP LOCKED;
-			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.transformation_id = out.transformation_id
+			PERFORM FROM dalgo.outputs x WHERE x.organization_id = s.organization_id AND x.id = s.output_id
+				FOR KEY SHARE SKIP LOCKED;
+			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.organization_id = s.organization_id
+										 AND r.transformation_id = out.transformation_id
 										 AND r.status IN ('pending', 'running')
 										 AND (r.details->>'schedule_id' = s.id::text OR r.details->>'output_id' = s.output_id::text));
 			INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, started_at, completed_at,
@@ -166,6 +225,7 @@ BEGIN
 		run_id := rid;
 		RETURN NEXT;
 	END LOOP;
+	CLOSE cur;
 END
 $$;
 COMMENT ON FUNCTION dalgo_internal.claim_due_schedules(timestamptz, integer, uuid) IS
@@ -184,32 +244,42 @@ AS $$
 DECLARE
 	org uuid;
 BEGIN
+	-- A run whose target is gone is passed over (what target_is_live()
+	-- tells, written as joins on (organization_id, id): on a Citus cluster
+	-- these queries run on the shards, where a function that reads other
+	-- tables cannot).
 	FOR org IN
 		WITH queued AS (
 			SELECT r.organization_id, r.status, r.created_at
-			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.organization_id = r.organization_id AND s.id = r.source_id
+			JOIN dalgo.organizations o ON o.id = r.organization_id
 			WHERE r.status IN ('pending', 'running') AND NOT dalgo.is_connector_source(s.source_type)
 			  AND r.details ?| ARRAY['schedule_id', 'on_demand']
-			  AND (r.status = 'running' OR dalgo_internal.target_is_live(r.organization_id, r.source_id, NULL))
+			  AND (r.status = 'running' OR (o.deleted_at IS NULL AND s.deleted_at IS NULL))
 			UNION ALL
 			SELECT r.organization_id, r.status, r.created_at FROM dalgo.transformation_runs r
+			JOIN dalgo.organizations o ON o.id = r.organization_id
+			JOIN dalgo.transformations t ON t.organization_id = r.organization_id AND t.id = r.transformation_id
 			WHERE r.status IN ('pending', 'running') AND r.details ?| ARRAY['schedule_id', 'on_demand']
-			  AND (r.status = 'running' OR dalgo_internal.target_is_live(r.organization_id, NULL, r.transformation_id)))
+			  AND (r.status = 'running' OR (o.deleted_at IS NULL AND t.deleted_at IS NULL)))
 		SELECT q.organization_id FROM queued q
 		GROUP BY q.organization_id
 		HAVING bool_or(q.status = 'pending')
 		ORDER BY count(*) FILTER (WHERE q.status = 'running'), min(q.created_at) FILTER (WHERE q.status = 'pending'),
 				 q.organization_id
 	LOOP
-		SELECT 'sync', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+		CONTINUE WHEN NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL);
+		SELECT 'sync', r.id INTO run_kind, run_id FROM dalgo.sync_runs r
+			JOIN dalgo.sources s ON s.organization_id = r.organization_id AND s.id = r.source_id
 		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo.is_connector_source(s.source_type)
-		  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND dalgo_internal.target_is_live(r.organization_id, r.source_id, NULL)
+		  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND s.deleted_at IS NULL
 		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
 		IF NOT FOUND THEN
 			SELECT 'output', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
+				JOIN dalgo.transformations t ON t.organization_id = r.organization_id AND t.id = r.transformation_id
 			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ?| ARRAY['schedule_id', 'on_demand']
-			  AND dalgo_internal.target_is_live(r.organization_id, NULL, r.transformation_id)
-			ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED;
+			  AND t.deleted_at IS NULL
+			ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
 		END IF;
 		EXIT WHEN run_id IS NOT NULL;
 	END LOOP;
@@ -224,7 +294,7 @@ COMMENT ON FUNCTION dalgo_internal.claim_pending_run() IS
 CREATE FUNCTION dalgo_internal.pending_runs() RETURNS integer
 	LANGUAGE sql STABLE
 	SET search_path = pg_catalog, pg_temp
-	AS $$ SELECT (SELECT count(*) FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+	AS $$ SELECT (SELECT count(*) FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.organization_id = r.organization_id AND s.id = r.source_id
 				  WHERE r.status = 'pending' AND NOT dalgo.is_connector_source(s.source_type) AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer
 			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.status = 'pending' AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer $$;
 COMMENT ON FUNCTION dalgo_internal.pending_runs() IS 'Internal: in-database runs waiting for a run worker';
@@ -255,18 +325,21 @@ CREATE FUNCTION dalgo_internal.set_scheduled_run_status(run_kind dalgo.run_kind,
 AS $$
 DECLARE
 	starting boolean := status = 'running';
+	-- Computed once: Citus refuses a volatile function in an UPDATE of a
+	-- distributed table.
+	stamp timestamptz := clock_timestamp();
 BEGIN
 	IF run_kind = 'sync' THEN
 		UPDATE dalgo.sync_runs r SET status = set_scheduled_run_status.status,
-			started_at = CASE WHEN starting THEN clock_timestamp() ELSE r.started_at END,
-			completed_at = CASE WHEN starting THEN r.completed_at ELSE clock_timestamp() END,
+			started_at = CASE WHEN starting THEN stamp ELSE r.started_at END,
+			completed_at = CASE WHEN starting THEN r.completed_at ELSE stamp END,
 			error_message = CASE WHEN starting THEN r.error_message ELSE message END,
 			details = r.details || coalesce(extra, '{}')
 		WHERE r.id = run_id;
 	ELSE
 		UPDATE dalgo.transformation_runs r SET status = set_scheduled_run_status.status,
-			started_at = CASE WHEN starting THEN clock_timestamp() ELSE r.started_at END,
-			completed_at = CASE WHEN starting THEN r.completed_at ELSE clock_timestamp() END,
+			started_at = CASE WHEN starting THEN stamp ELSE r.started_at END,
+			completed_at = CASE WHEN starting THEN r.completed_at ELSE stamp END,
 			error_message = CASE WHEN starting THEN r.error_message ELSE message END,
 			details = r.details || coalesce(extra, '{}')
 		WHERE r.id = run_id;
@@ -549,6 +622,7 @@ DECLARE
 	seen timestamptz;
 	live_pids integer[];
 	live_starts timestamptz[];
+	stamp timestamptz;
 BEGIN
 	-- A run is alive while the backend that marked it running is: the same
 	-- pid, started no later than the run (a reused pid starts later).  Only
@@ -557,15 +631,19 @@ BEGIN
 	seen := clock_timestamp();
 	SELECT array_agg(a.pid), array_agg(a.backend_start) INTO live_pids, live_starts
 	FROM pg_stat_activity a WHERE a.backend_start IS NOT NULL;
-	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
+	-- A timestamp computed once, and a join on organization_id: what Citus
+	-- accepts in an UPDATE of a distributed table.
+	stamp := clock_timestamp();
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stamp,
 		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
 	FROM dalgo.sources s
-	WHERE s.id = r.source_id AND NOT dalgo.is_connector_source(s.source_type) AND r.status = 'running'
+	WHERE s.organization_id = r.organization_id AND s.id = r.source_id AND NOT dalgo.is_connector_source(s.source_type)
+	  AND r.status = 'running'
 	  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
 	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
 					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
 	GET DIAGNOSTICS n = ROW_COUNT;
-	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
+	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = stamp,
 		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
 	WHERE r.status = 'running' AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
 	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
@@ -583,11 +661,14 @@ CREATE FUNCTION dalgo_internal.expire_connector_runs(timeout_seconds integer) RE
 AS $$
 DECLARE
 	n integer;
+	stamp timestamptz;
 BEGIN
-	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
+	stamp := clock_timestamp();	-- once (Citus: no volatile function in an UPDATE)
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stamp,
 		error_message = format('no connector claimed the run within %s seconds', timeout_seconds)
 	WHERE r.status = 'pending' AND r.created_at < now() - make_interval(secs => timeout_seconds)
-	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.id = r.source_id AND dalgo.is_connector_source(s.source_type));
+	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.organization_id = r.organization_id AND s.id = r.source_id
+				  AND dalgo.is_connector_source(s.source_type));
 	GET DIAGNOSTICS n = ROW_COUNT;
 	RETURN n;
 END
@@ -601,14 +682,17 @@ CREATE FUNCTION dalgo_internal.expire_stalled_connector_runs(timeout_seconds int
 AS $$
 DECLARE
 	n integer;
+	stamp timestamptz;
 BEGIN
 	IF timeout_seconds IS NULL OR timeout_seconds <= 0 THEN
 		RETURN 0;
 	END IF;
-	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
+	stamp := clock_timestamp();	-- once (Citus: no volatile function in an UPDATE)
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stamp,
 		error_message = format('the connector did not complete the run within %s seconds of claiming it', timeout_seconds)
 	WHERE r.status = 'running' AND coalesce(r.started_at, r.created_at) < now() - make_interval(secs => timeout_seconds)
-	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.id = r.source_id AND dalgo.is_connector_source(s.source_type));
+	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.organization_id = r.organization_id AND s.id = r.source_id
+				  AND dalgo.is_connector_source(s.source_type));
 	GET DIAGNOSTICS n = ROW_COUNT;
 	RETURN n;
 END

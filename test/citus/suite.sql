@@ -226,11 +226,48 @@ BEGIN
 	END LOOP;
 	PERFORM pg_sleep(2);	-- time for a worker's scheduler to claim it too, were it to
 END $$;
-SELECT t.todo('the due schedule ran once, on the coordinator''s scheduler',
+SELECT t.check('a due schedule syncs a postgres source, once, on the coordinator''s scheduler',
 	(SELECT count(*) FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d1') = 1
-	AND (SELECT status::text FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d1') = 'success',
+	AND (SELECT status::text FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d1') = 'success'
+	AND (SELECT rows_synced FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d1') = 7,
 	(SELECT string_agg(status || coalesce(': ' || error_message, ''), '; ') FROM dalgo.sync_runs
 	 WHERE source_id = '33333333-0000-4000-8000-0000000000d1'));
+SELECT t.check('the synced table is in the warehouse, on the coordinator',
+	(SELECT count(*) FROM dalgo.read_warehouse_table(:'org1', 'live')) = 7);
+-- An output over the synced table: its transformation is saved through the
+-- shard's triggers (the recipe is checked when it runs, on the coordinator),
+-- and its schedule refreshes it.
+INSERT INTO dalgo.transformations (id, organization_id, name, recipe, output_table_name) VALUES
+	('55555555-0000-4000-8000-0000000000d1', :'org1', 'Live copy', '{"version": 1, "source": {"table": "live"}, "steps": []}', 'live_copy');
+INSERT INTO dalgo.outputs (id, organization_id, transformation_id, name, destination_config) VALUES
+	('66666666-0000-4000-8000-0000000000d1', :'org1', '55555555-0000-4000-8000-0000000000d1', 'Live view', '{"type": "view", "name": "live_view"}');
+INSERT INTO dalgo.schedules (organization_id, output_id, frequency)
+	VALUES (:'org1', '66666666-0000-4000-8000-0000000000d1', 'hourly');
+SELECT clock_timestamp() + interval '1 second' AS due \gset
+UPDATE dalgo.schedules SET next_run_at = :'due'
+	WHERE output_id = '66666666-0000-4000-8000-0000000000d1';
+DO $$
+BEGIN
+	FOR i IN 1..100 LOOP
+		PERFORM 1 FROM dalgo.transformation_runs WHERE transformation_id = '55555555-0000-4000-8000-0000000000d1'
+			AND status::text IN ('success', 'failed');
+		EXIT WHEN FOUND;
+		PERFORM pg_sleep(0.1);
+	END LOOP;
+	PERFORM pg_sleep(1);
+END $$;
+SELECT t.check('a due output schedule refreshes the output, on the coordinator''s scheduler',
+	(SELECT count(*) FROM dalgo.transformation_runs WHERE transformation_id = '55555555-0000-4000-8000-0000000000d1') = 1
+	AND (SELECT status::text FROM dalgo.transformation_runs WHERE transformation_id = '55555555-0000-4000-8000-0000000000d1') = 'success'
+	AND (SELECT count(*) FROM dalgo.read_warehouse_table(:'org1', 'live_view')) = 7
+	AND (SELECT last_refreshed_at FROM dalgo.outputs WHERE id = '66666666-0000-4000-8000-0000000000d1') IS NOT NULL,
+	(SELECT string_agg(status || coalesce(': ' || error_message, ''), '; ') FROM dalgo.transformation_runs
+	 WHERE transformation_id = '55555555-0000-4000-8000-0000000000d1'));
+SELECT t.check('the coordinator''s scheduler records no error',
+	(SELECT last_error IS NULL AND runs_started >= 2 FROM dalgo.scheduler_status()
+	 WHERE database_oid = (SELECT oid FROM pg_database WHERE datname = current_database())),
+	(SELECT last_error || ' runs=' || runs_started FROM dalgo.scheduler_status()
+	 WHERE database_oid = (SELECT oid FROM pg_database WHERE datname = current_database())));
 SELECT t.check('the workers'' schedulers idle: no run started, no error',
 	(SELECT bool_and(result = '0') FROM run_command_on_workers(
 		$q$SELECT count(*) FROM dalgo.scheduler_status() WHERE database_oid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND (runs_started > 0 OR last_error IS NOT NULL)$q$)),
@@ -247,3 +284,77 @@ SELECT t.check('a warehouse table lives on the coordinator only',
 		format($q$SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %L$q$, :'wh_schema'))),
 	(SELECT string_agg(nodeport || ':' || result, ' ') FROM run_command_on_workers(
 		format($q$SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %L$q$, :'wh_schema'))));
+
+-- ---- account functions on a cluster -------------------------------------------
+-- The app's request pattern for SECURITY DEFINER functions that write
+-- distributed or reference tables: the identity (dalgo.user_id) is sent to
+-- the workers, the role is not (citus.propagate_set_commands = 'none' before
+-- SET LOCAL ROLE), so that the function's writes reach the workers as its
+-- owner, and every other query as the connection's current role
+-- (docs/scaling.md, "Identity on the workers").
+CREATE FUNCTION t.error_of(q text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE q;
+	RETURN NULL;
+EXCEPTION WHEN OTHERS THEN
+	RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+SET dalgo.jwt_secret = 'a cluster suite secret of at least 32 bytes!';
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('dalgo.create_organization() makes the caller owner of a new organization', e IS NULL, e)
+	FROM (SELECT t.error_of($$SELECT dalgo.create_organization('Three', 'three-org')$$) e) x;
+COMMIT;
+SELECT t.check('the new organization and its owner are on every node',
+	(SELECT count(*) FROM dalgo.organizations o JOIN dalgo.organization_members m ON m.organization_id = o.id
+	 WHERE o.slug = 'three-org' AND m.user_id = '00000000-0000-4000-a000-000000000001' AND m.role = 'owner') = 1
+	AND (SELECT bool_and(result = '1') FROM run_command_on_workers(
+		$q$SELECT count(*) FROM dalgo.organizations WHERE slug = 'three-org'$q$)));
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('with the role not propagated, the identity still reaches the workers',
+	(SELECT count(*) FROM dalgo.sources WHERE organization_id = :'org1') = 4
+	AND (SELECT count(*) FROM dalgo.sources WHERE organization_id = :'org2') = 0);
+COMMIT;
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('dalgo.create_api_key() creates a key for an admin''s organization', e IS NULL, e)
+	FROM (SELECT t.error_of(format($$SELECT dalgo.create_api_key(%L, 'cluster key')$$, :'org1')) e) x;
+COMMIT;
+SELECT t.check('the API key is stored, and audited in its organization',
+	(SELECT count(*) FROM dalgo.api_keys WHERE organization_id = :'org1' AND name = 'cluster key') = 1
+	AND (SELECT count(*) FROM dalgo.audit_logs WHERE organization_id = :'org1' AND action = 'api_key_created') = 1);
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('dalgo.invite_member() invites, and again (the earlier invitation replaced)', e IS NULL, e)
+	FROM (SELECT coalesce(t.error_of(format($$SELECT dalgo.invite_member(%L, 'dee@example.org', 'member')$$, :'org1')),
+						  t.error_of(format($$SELECT dalgo.invite_member(%L, 'dee@example.org', 'member')$$, :'org1'))) e) x;
+COMMIT;
+SELECT t.check('one live invitation, one cancelled invitation mail',
+	(SELECT count(*) FROM dalgo.invitations WHERE organization_id = :'org1' AND email = 'dee@example.org' AND revoked_at IS NULL) = 1
+	AND (SELECT count(*) FROM dalgo.mail_messages WHERE kind = 'invitation' AND state = 'cancelled') = 1
+	AND (SELECT count(*) FROM dalgo.mail_messages WHERE kind = 'invitation' AND state = 'pending') = 1);
+BEGIN;
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_anon;
+SELECT t.check('dalgo.sign_up() on a cluster', e IS NULL, e)
+	FROM (SELECT t.error_of($$SELECT dalgo.sign_up('zoe@example.org', 'a long enough password 1')$$) e) x;
+COMMIT;
+BEGIN;
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_anon;
+SELECT t.check('dalgo.sign_in() on a cluster', e IS NULL, e)
+	FROM (SELECT t.error_of($$SELECT dalgo.sign_in('zoe@example.org', 'a long enough password 1')$$) e) x;
+COMMIT;
+SELECT t.check('sign_in''s audit row, outside any organization, carries the nil uuid',
+	(SELECT count(*) FROM dalgo.audit_logs a JOIN dalgo.users u ON u.id = a.user_id
+	 WHERE u.email = 'zoe@example.org' AND a.action = 'sign_in'
+	   AND a.organization_id = '00000000-0000-0000-0000-000000000000') = 1);
