@@ -9,11 +9,11 @@ BEGIN;
 \i test/fixtures/toolkit_users.sql
 \i test/fixtures/seed_003_org_user_plugin.sql
 INSERT INTO seed_003.plugin (organization_id, data_source, title, credentials, properties) VALUES
-	(:A, 'postgres', 'A db', '{"password": "pa"}', '{}'), (:B, 'postgres', 'B db', '{"password": "pb"}', '{}');
+	(:A, 'postgres', 'A db', '{"password": "pa"}', '{}'), (:B, 'postgres', 'B db', '{"password": "secret-of-b"}', '{}');
 SELECT plan(12);
 :as_member_a
 SELECT set_eq('SELECT title FROM seed_003.plugin', ARRAY['A db'], 'organizations are isolated');
-SELECT is_empty($$SELECT * FROM seed_003.plugin WHERE credentials::text LIKE '%pb%'$$, 'another organization''s credentials are invisible');
+SELECT is_empty($$SELECT * FROM seed_003.plugin WHERE credentials::text LIKE '%secret-of-b%'$$, 'another organization''s credentials are invisible');
 SELECT throws_ok($$INSERT INTO seed_003.plugin (organization_id, data_source, title, credentials, properties) VALUES ('22222222-0000-4000-8000-0000000000a0', 'x', 'x', '{}', '{}')$$,
 	'42501', NULL, 'members do not configure plugins');
 :as_owner_b
@@ -21,7 +21,7 @@ SELECT set_eq('SELECT title FROM seed_003.plugin', ARRAY['B db'], 'the other org
 SELECT is(pg_temp.affected($$UPDATE seed_003.plugin SET title = 'mine'$$), 1::bigint, 'an owner changes only their organization''s plugin');
 :as_super
 SELECT ok(EXISTS (SELECT FROM dalgo.audit_logs WHERE resource_type = 'seed_003.plugin' AND organization_id = :B), 'changes are audited');
-SELECT is_empty($$SELECT * FROM dalgo.audit_logs WHERE resource_type = 'seed_003.plugin' AND (details::text LIKE '%"pa"%' OR details::text LIKE '%"pb"%')$$,
+SELECT is_empty($$SELECT * FROM dalgo.audit_logs WHERE resource_type = 'seed_003.plugin' AND (details::text LIKE '%"pa"%' OR details::text LIKE '%secret-of-b%')$$,
 	'the audit trail never shows credentials');
 SELECT is_empty($$SELECT * FROM seed_003.plugin WHERE credentials::text NOT LIKE '"dalgo:pgp1:%' OR credentials::text LIKE '%"password"%'$$,
 	'credentials are stored encrypted');
