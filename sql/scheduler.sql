@@ -136,7 +136,7 @@ BEGIN
 			ELSE
 				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, details)
 				VALUES (s.organization_id, s.source_id, 'pending', det) RETURNING id INTO rid;
-				IF dalgo.is_connector_source(src.source_type) THEN
+				IF dalgo_internal.synced_by_connector(src.config) THEN
 					-- Anyone can LISTEN: the payload is empty, connectors learn
 					-- the work from claim_sync_run().
 					PERFORM pg_notify('dalgo_sync', '');
@@ -188,7 +188,7 @@ BEGIN
 		WITH queued AS (
 			SELECT r.organization_id, r.status, r.created_at
 			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
-			WHERE r.status IN ('pending', 'running') AND NOT dalgo.is_connector_source(s.source_type)
+			WHERE r.status IN ('pending', 'running') AND NOT dalgo_internal.synced_by_connector(s.config)
 			  AND r.details ?| ARRAY['schedule_id', 'on_demand']
 			  AND (r.status = 'running' OR dalgo_internal.target_is_live(r.organization_id, r.source_id, NULL))
 			UNION ALL
@@ -202,7 +202,7 @@ BEGIN
 				 q.organization_id
 	LOOP
 		SELECT 'sync', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
-		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo.is_connector_source(s.source_type)
+		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo_internal.synced_by_connector(s.config)
 		  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND dalgo_internal.target_is_live(r.organization_id, r.source_id, NULL)
 		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
 		IF NOT FOUND THEN
@@ -225,7 +225,7 @@ CREATE FUNCTION dalgo_internal.pending_runs() RETURNS integer
 	LANGUAGE sql STABLE
 	SET search_path = pg_catalog, pg_temp
 	AS $$ SELECT (SELECT count(*) FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
-				  WHERE r.status = 'pending' AND NOT dalgo.is_connector_source(s.source_type) AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer
+				  WHERE r.status = 'pending' AND NOT dalgo_internal.synced_by_connector(s.config) AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer
 			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.status = 'pending' AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer $$;
 COMMENT ON FUNCTION dalgo_internal.pending_runs() IS 'Internal: in-database runs waiting for a run worker';
 
@@ -560,7 +560,7 @@ BEGIN
 	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
 		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
 	FROM dalgo.sources s
-	WHERE s.id = r.source_id AND NOT dalgo.is_connector_source(s.source_type) AND r.status = 'running'
+	WHERE s.id = r.source_id AND NOT dalgo_internal.synced_by_connector(s.config) AND r.status = 'running'
 	  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
 	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
 					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
@@ -587,7 +587,7 @@ BEGIN
 	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
 		error_message = format('no connector claimed the run within %s seconds', timeout_seconds)
 	WHERE r.status = 'pending' AND r.created_at < now() - make_interval(secs => timeout_seconds)
-	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.id = r.source_id AND dalgo.is_connector_source(s.source_type));
+	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.id = r.source_id AND dalgo_internal.synced_by_connector(s.config));
 	GET DIAGNOSTICS n = ROW_COUNT;
 	RETURN n;
 END
@@ -608,7 +608,7 @@ BEGIN
 	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
 		error_message = format('the connector did not complete the run within %s seconds of claiming it', timeout_seconds)
 	WHERE r.status = 'running' AND coalesce(r.started_at, r.created_at) < now() - make_interval(secs => timeout_seconds)
-	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.id = r.source_id AND dalgo.is_connector_source(s.source_type));
+	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.id = r.source_id AND dalgo_internal.synced_by_connector(s.config));
 	GET DIAGNOSTICS n = ROW_COUNT;
 	RETURN n;
 END
@@ -650,6 +650,10 @@ DECLARE
 BEGIN
 	FOR i IN 1..coalesce(array_length(claimed_runs, 1), 0) LOOP
 		CONTINUE WHEN claimed_runs[i] IS NULL;
+		-- HTTP sources are fetched only in the run workers: left pending for them.
+		CONTINUE WHEN kinds[i] = 'sync' AND EXISTS (
+			SELECT FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+			WHERE r.id = claimed_runs[i] AND s.source_type IN ('google_sheets', 'api'));
 		PERFORM dalgo_internal.start_scheduled_run(kinds[i], claimed_runs[i]);
 		BEGIN
 			PERFORM dalgo_internal.execute_scheduled_run(kinds[i], claimed_runs[i]);
@@ -662,7 +666,7 @@ BEGIN
 	RETURN n;
 END
 $$;
-COMMENT ON FUNCTION dalgo_internal.execute_claimed(uuid[], dalgo.run_kind[]) IS 'Internal: execute claimed runs in this session';
+COMMENT ON FUNCTION dalgo_internal.execute_claimed(uuid[], dalgo.run_kind[]) IS 'Internal: execute claimed runs in this session; syncs of google_sheets and api sources stay pending for the run workers';
 
 CREATE FUNCTION dalgo.run_due_schedules(at timestamptz DEFAULT now()) RETURNS integer
 	LANGUAGE plpgsql SECURITY DEFINER
