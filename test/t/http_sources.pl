@@ -61,6 +61,13 @@ $node->safe_psql('postgres', qq{
 		('$other', '11111111-0000-4000-8000-000000000003', 'owner');
 	SELECT dalgo.ensure_warehouse('$org'), dalgo.ensure_warehouse('$other');
 });
+# The first credentials written create the secret key, with a LOG line that
+# quotes the writing statement: a throwaway one, so that the log check
+# below is about the fetch, not about this test's own statements.
+$node->safe_psql('postgres', qq{
+	INSERT INTO dalgo.sources (organization_id, name, source_type, config)
+		VALUES ('$other', 'key maker', 'api', '{"credentials": {"bearer_token": "not-a-real-one"}}');
+});
 
 my $n = 0;
 
