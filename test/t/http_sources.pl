@@ -174,6 +174,16 @@ is(sync_now($capped), 'success||4', 'max_pages bounds the pages fetched');
 my $auth = source('api', qq{{"url": "$base/api/auth", "records": "/items",
 	"credentials": {"bearer_token": "api-token-SECRET"}}}, 'authed');
 is(sync_now($auth), 'success||2', 'a bearer token is sent');
+my $hdr = source('api', qq{{"url": "$base/api/auth", "records": "/items",
+	"credentials": {"header": "X-Api-Key", "value": "key-SECRET"}}}, 'by_header');
+is(sync_now($hdr), 'success||2', 'a named header is sent');
+my $basic = source('api', qq{{"url": "$base/api/auth", "records": "/items",
+	"credentials": {"username": "user", "password": "pw-SECRET"}}}, 'by_basic');
+is(sync_now($basic), 'success||2', 'basic auth is sent');
+my $smuggle = source('api', qq{{"url": "$base/api/auth", "records": "/items",
+	"credentials": {"header": "X-Api-Key", "value": "key-SECRET\\r\\nX-Evil: 1"}}}, 'smuggled');
+like(sync_now($smuggle), qr{^failed\|config.credentials.header has a header value with a line break\|$},
+	'a header value with a line break is refused');
 reconfigure($auth, qq{{"url": "$base/api/auth", "records": "/items", "credentials": {"bearer_token": "stale-SECRET"}}});
 like(sync_now($auth), qr{^failed\|$base/api/auth answered HTTP 401\|$}, 'a wrong token fails the run');
 is(sq("SELECT count(*) FROM $schema.authed"), '2', 'and the previous table and its rows stay');
@@ -273,11 +283,11 @@ like($config, qr{"url"}, 'the owner reads the source\'s config');
 unlike($config, qr{SECRET}, 'without its credentials');
 is(sq(q{SELECT count(*) FROM dalgo.sync_runs WHERE concat(error_message, details::text) LIKE '%SECRET%'}), '0',
 	'no credential in sync_runs');
-is(sq(q{SELECT count(*) FROM dalgo.audit_logs WHERE details::text ~ '(sheet-key|api-token|stale|wrong)-SECRET'}), '0',
+is(sq(q{SELECT count(*) FROM dalgo.audit_logs WHERE details::text ~ '(sheet-key|api-token|stale|wrong|key|pw)-SECRET'}), '0',
 	'no credential in the audit trail');
 my $log = PostgreSQL::Test::Utils::slurp_file($node->logfile);
 like($log, qr/dalgo run/, 'the server log has the run workers\' lines');
-unlike($log, qr/(sheet-key|api-token|stale|wrong)-SECRET/, 'but no credential');
+unlike($log, qr/(sheet-key|api-token|stale|wrong|key|pw)-SECRET/, 'but no credential');
 
 $node->stop;
 done_testing();
