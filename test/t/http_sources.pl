@@ -125,8 +125,8 @@ my $sheet = source('google_sheets', '{"spreadsheet_id": "sheet-1", "range": "Vis
 	"credentials": {"api_key": "sheet-key-SECRET"}}', 'visits');
 is(sync_now($sheet), 'success||3', 'a Google Sheet syncs in the database');
 is(sq(qq{SELECT string_agg(column_name || ':' || column_type, ',' ORDER BY column_order) FROM dalgo.source_schemas WHERE source_id = '$sheet'}),
-	'Name:text,column_2:text,Name_2:text,Count:text,column_4:text,column_6:text',
-	'blank and duplicate headers get stable names; cells past the header get columns');
+	'Name:text,column_2:text,Name_2:text,Count:bigint,column_4:text,column_6:text',
+	'blank and duplicate headers get stable names; cells past the header get columns (typed by finish_sync)');
 is(sq(qq{SELECT string_agg(concat_ws('/', "Name", column_2, "Name_2", "Count", column_4, column_6, 'end'), ';' ORDER BY "Name") FROM $schema.visits}),
 	'Asha/x/A2/3/end;Ben/end;Chitra/y/C2/5/e/extra/end', 'short rows are padded with NULL');
 is(requests(qr{/v4/spreadsheets/sheet-1/values/Visits%21A1%3AF\?majorDimension=ROWS.*"X-goog-api-key": "sheet-key-SECRET"}), 1,
@@ -148,7 +148,7 @@ my $next = source('api', qq{{"url": "$base/api/next?n=2&pages=3", "records": "/d
 	"pagination": {"type": "next_url", "pointer": "/next"}}}, 'by_next');
 is(sync_now($next), 'success||6', 'next_url pagination: 3 pages of 2');
 is(sq(qq{SELECT string_agg(column_name || ':' || column_type, ',' ORDER BY column_order) FROM dalgo.source_schemas WHERE source_id = '$next'}),
-	'id:text,name:text,tags:text,meta:jsonb', 'keys become columns in first-seen order; nested objects stay jsonb');
+	'id:bigint,name:text,tags:jsonb,meta:jsonb', 'keys become columns in first-seen order; nested objects stay jsonb');
 is(sq(qq{SELECT string_agg(id || '=' || (meta->>'k'), ',' ORDER BY id::int) FROM $schema.by_next}), '0=0,1=1,2=2,3=3,4=4,5=5',
 	'every record of every page');
 
