@@ -4,7 +4,9 @@
 # by test/fixtures/http_server.py on 127.0.0.1, 10,000 records a page
 # (next_url pagination), synced by a run worker, against COPY FROM of the
 # same rows from a CSV file on the server.
-#  - rows/s of each and their ratio (target >= 0.5), at 1,000,000 rows;
+#  - rows/s of each and their ratio (target >= 0.5), at 1,000,000 rows, with
+#    config.infer_types false (text columns, as COPY into text columns);
+#    the time with type inference (finish_sync's extra pass) is shown too;
 #  - the run worker's peak private memory (RssAnon, sampled every 50 ms;
 #    VmHWM too, which also counts the shared buffers it touched) at 100,000
 #    and 1,000,000 rows: it must not grow with the row count.
@@ -34,16 +36,17 @@ INSERT INTO dalgo.organizations (id, name, slug) VALUES ('a0000000-0000-4000-800
 SELECT dalgo.ensure_warehouse('a0000000-0000-4000-8000-000000000001') \g /dev/null
 SQL
 
-# Run the sync of an api source of $1 rows; prints "seconds peak_rss_anon_kB peak_hwm_kB".
+# Run the sync of an api source of $1 rows ($2: infer_types); prints "seconds peak_rss_anon_kB peak_hwm_kB".
 sync_rows() {
-	local rows=$1 pages=$(( $1 / PAGE )) sid pid st anon=0 hwm=0 a h
+	local rows=$1 infer=$2 pages=$(( $1 / PAGE )) sid pid st anon=0 hwm=0 a h
 	# Warm the server's page cache so that it only sends bytes during the run.
 	for ((p = 0; p < pages; p++)); do curl -s -o /dev/null "$base/api/bench?n=$PAGE&pages=$pages&cursor=$p"; done
 	sid=$(psql -Atc "INSERT INTO dalgo.sources (organization_id, name, source_type, config, warehouse_table_name)
-		VALUES ('a0000000-0000-4000-8000-000000000001', 'api $rows', 'api',
+		VALUES ('a0000000-0000-4000-8000-000000000001', 'api $rows $infer', 'api',
 		jsonb_build_object('url', '$base/api/bench?n=$PAGE&pages=$pages', 'records', '/data/items',
-						   'pagination', '{\"type\": \"next_url\", \"pointer\": \"/next\"}'::jsonb, 'max_pages', $pages),
-		'api_$rows') RETURNING id")
+						   'pagination', '{\"type\": \"next_url\", \"pointer\": \"/next\"}'::jsonb, 'max_pages', $pages,
+						   'infer_types', $infer),
+		'api_${rows}_$infer') RETURNING id")
 	psql -c "INSERT INTO dalgo.schedules (organization_id, source_id, frequency)
 		VALUES ('a0000000-0000-4000-8000-000000000001', '$sid', 'daily')"
 	psql -c "UPDATE dalgo.schedules SET next_run_at = now() WHERE source_id = '$sid'"
@@ -86,11 +89,12 @@ COPY public.copy_$rows FROM '$tmp/rows_$rows.csv' WITH (FORMAT csv, HEADER true)
 SQL
 }
 
-printf '%-10s %12s %12s %12s %12s %8s %16s %14s\n' rows 'api s' 'api rows/s' 'COPY s' 'COPY rows/s' ratio 'RssAnon peak' 'VmHWM peak'
+printf '%-10s %12s %12s %12s %12s %8s %16s %14s %12s\n' rows 'api s' 'api rows/s' 'COPY s' 'COPY rows/s' ratio 'RssAnon peak' 'VmHWM peak' 'typed api s'
 for rows in $SIZES; do
-	read -r api_s anon hwm < <(sync_rows "$rows")
+	read -r api_s anon hwm < <(sync_rows "$rows" false)
+	read -r typed_s _ _ < <(sync_rows "$rows" true)
 	copy_ms=$(copy_rows "$rows" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p')
-	awk -v n="$rows" -v a="$api_s" -v c="$copy_ms" -v anon="$anon" -v hwm="$hwm" 'BEGIN {
+	awk -v n="$rows" -v a="$api_s" -v c="$copy_ms" -v anon="$anon" -v hwm="$hwm" -v t="$typed_s" 'BEGIN {
 		cs = c / 1000;
-		printf "%-10d %12.3f %12.0f %12.3f %12.0f %8.2f %13.1f MB %11.1f MB\n", n, a, n / a, cs, n / cs, (n / a) / (n / cs), anon / 1024, hwm / 1024 }'
+		printf "%-10d %12.3f %12.0f %12.3f %12.0f %8.2f %13.1f MB %11.1f MB %12.3f\n", n, a, n / a, cs, n / cs, (n / a) / (n / cs), anon / 1024, hwm / 1024, t }'
 done
