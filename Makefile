@@ -12,6 +12,7 @@ OBJS = \
 	src/citus.o \
 	src/dalgo.o \
 	src/deadline.o \
+	src/http.o \
 	src/identity.o \
 	src/jwt.o \
 	src/launcher.o \
@@ -118,6 +119,7 @@ REGRESS = \
 	run_queue_fairness \
 	claim_locked_starvation \
 	csv_tenant_isolation \
+	http_address_policy \
 	output_view_refresh \
 	output_destination_takeover \
 	install_lifecycle \
@@ -173,6 +175,7 @@ EXTRA_CLEAN = tmp_check_regress
 
 # The scheduler serves only databases whose dalgo is this version.
 PG_CPPFLAGS = -DDALGO_VERSION=\"$(EXTVERSION)\"
+SHLIB_LINK += $(shell pkg-config --libs libcurl 2>/dev/null || echo -lcurl)
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 
 PG_CONFIG ?= pg_config

@@ -26,7 +26,7 @@ PGBIN=${PGBIN:-/usr/lib/postgresql/$PGVER/bin}
 export PG_CONFIG=$PGBIN/pg_config
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PACKAGES=(postgresql-$PGVER postgresql-server-dev-$PGVER postgresql-$PGVER-pgtap
-		  libipc-run-perl make gcc rsync)
+		  libipc-run-perl make gcc rsync libcurl4-openssl-dev python3)
 
 log() { printf '==> %s\n' "$*" >&2; }
 

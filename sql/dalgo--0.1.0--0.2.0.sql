@@ -14877,6 +14877,800 @@ COMMENT ON FUNCTION dalgo.invite_member(uuid, text, dalgo.member_role) IS
 	'Invite an email to an organization at a role (admins and owners; only owners invite owners); replaces a pending invitation to the same email; the token (dalgo.invitation_ttl) goes to the mail queue and only its hash is stored. Returns the invitation id';
 
 
+-- http: google_sheets and api sources fetched over HTTP in the run workers
+-- (every source type syncs in the database; config.connector marks sources
+-- left to an outside loader; run progress; the address check)
+CREATE OR REPLACE FUNCTION dalgo.is_connector_source(source_type dalgo.source_type) RETURNS boolean
+	LANGUAGE sql IMMUTABLE PARALLEL SAFE
+	AS $$ SELECT false $$;
+COMMENT ON FUNCTION dalgo.is_connector_source(dalgo.source_type) IS
+	'False for every source type since 0.2.0: all four sync in the database; a source whose config has "connector": true is loaded by an outside connector instead';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.synced_by_connector(config jsonb) RETURNS boolean
+	LANGUAGE sql IMMUTABLE PARALLEL SAFE
+	AS $$ SELECT coalesce(config OPERATOR(pg_catalog.->) 'connector' OPERATOR(pg_catalog.=) 'true'::jsonb, false) $$;
+COMMENT ON FUNCTION dalgo_internal.synced_by_connector(jsonb) IS
+	'Internal: true for a source whose config has "connector": true: an outside connector loads it through claim_sync_run/complete_sync_run, the run workers leave it alone';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.fetch_http_source(run_id uuid, staging_table text) RETURNS bigint
+	LANGUAGE c STRICT
+	AS 'MODULE_PATHNAME', 'dalgo_fetch_http_source';
+COMMENT ON FUNCTION dalgo_internal.fetch_http_source(uuid, text) IS
+	'Internal: fetch the run''s google_sheets or api source over HTTP into the staging table staging_table of its organization''s warehouse; returns the rows written; refused outside a dalgo run worker';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.sync_source(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	src dalgo.sources;
+	schema_name text;
+	stage_name text := dalgo_internal.staging_table_name(run_id);
+	relation text;
+	path text;
+	header text;
+	cols text;
+BEGIN
+	PERFORM dalgo_internal.verify_scheduled_run('sync', run_id);
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = run_id;
+	SELECT * INTO src FROM dalgo.sources x WHERE x.id = r.source_id AND x.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'the source of run % no longer exists', run_id;
+	END IF;
+	schema_name := dalgo.ensure_warehouse(src.organization_id);
+	-- Fill the run's staging table; finish_sync types it and swaps it in.
+	IF src.source_type = 'postgres' THEN
+		-- Read as the warehouse role: it sees only what it was granted.
+		relation := dalgo_internal.source_relation(src.config);
+		PERFORM dalgo_internal.warehouse_execute(src.organization_id,
+			format('CREATE TABLE %I.%I AS SELECT * FROM %s', schema_name, stage_name, relation));
+	ELSIF src.source_type = 'csv' THEN
+		path := dalgo_internal.csv_path(src.organization_id, src.config->>'path');
+		header := split_part(pg_read_file(path, 0, 65536), E'\n', 1);
+		SELECT string_agg(format('%I text', trim(both '"' FROM trim(c))), ', ') INTO cols
+		FROM unnest(string_to_array(rtrim(header, E'\r'), ',')) c;
+		IF cols IS NULL THEN
+			RAISE EXCEPTION 'csv file % has no header line', src.config->>'path' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		PERFORM dalgo_internal.warehouse_execute(src.organization_id, format('CREATE TABLE %I.%I (%s)', schema_name, stage_name, cols));
+		EXECUTE format('COPY %I.%I FROM %L WITH (FORMAT csv, HEADER true)', schema_name, stage_name, path);
+	ELSIF src.source_type IN ('google_sheets', 'api') THEN
+		-- Fetched over HTTP by C code that runs only in a run worker.
+		PERFORM dalgo_internal.fetch_http_source(run_id, stage_name);
+	ELSE
+		RAISE EXCEPTION '% sources are synced by a connector', src.source_type;
+	END IF;
+	PERFORM dalgo_internal.finish_sync(run_id, stage_name);
+
+	-- A postgres source's nullability is the source relation's.
+	IF relation IS NOT NULL THEN
+		UPDATE dalgo.source_schemas x SET is_nullable = NOT a.attnotnull
+		FROM pg_attribute a
+		WHERE x.source_id = src.id AND a.attrelid = relation::regclass
+		  AND a.attname = x.column_name;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.sync_source(uuid) IS 'Internal: an in-database sync of a source: fills the run''s staging table (postgres and csv here, google_sheets and api through fetch_http_source), then finish_sync types it and swaps it in';
+
+CREATE OR REPLACE FUNCTION dalgo.claim_sync_run() RETURNS dalgo.sync_runs
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	org uuid;
+	msg text;
+BEGIN
+	FOR org IN
+		SELECT x.organization_id FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status IN ('pending', 'running') AND dalgo_internal.synced_by_connector(s.config) AND x.deleted_at IS NULL
+		GROUP BY x.organization_id
+		HAVING bool_or(x.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
+				 x.organization_id
+	LOOP
+		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo_internal.synced_by_connector(s.config)
+		  AND x.deleted_at IS NULL AND dalgo_internal.target_is_live(x.organization_id, x.source_id, NULL)
+		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
+		IF FOUND THEN
+			-- A connector run is a run: the organization's quotas apply, as
+			-- to in-database runs (a refused run fails with the quota's message).
+			BEGIN
+				PERFORM dalgo_internal.check_run_quota(org);
+			EXCEPTION WHEN configuration_limit_exceeded THEN
+				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+				UPDATE dalgo.sync_runs x SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
+				WHERE x.id = r.id;
+				CONTINUE;
+			END;
+			UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
+			-- The load path: the staging table that dalgo.stage_sync_run() creates.
+			r.details := r.details || jsonb_build_object('staging_table',
+				format('%I.%I', dalgo_internal.warehouse_schema_name(r.organization_id), dalgo_internal.staging_table_name(r.id)));
+			RETURN r;
+		END IF;
+	END LOOP;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo.claim_sync_run() IS
+	'Connector protocol: claim a pending connector sync run (SKIP LOCKED; the organization with the fewest running, then the oldest) and mark it running; the returned row''s details.staging_table names its staging table (see stage_sync_run); a run over its organization''s quota fails instead; NULL when there is none';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.claim_due_schedules(at timestamptz, max_runs integer, only_schedule uuid DEFAULT NULL)
+	RETURNS TABLE (schedule_id uuid, run_kind dalgo.run_kind, run_id uuid, outcome text)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s dalgo.schedules;
+	src dalgo.sources;
+	out dalgo.outputs;
+	busy boolean;
+	det jsonb;
+	rid uuid;
+BEGIN
+	IF max_runs <= 0 THEN
+		RETURN;
+	END IF;
+	-- Fair between organizations: each organization's oldest due schedule
+	-- first, then each one's second, and so on, so that one organization's
+	-- backlog never holds another's due schedule back to a later tick.  The
+	-- due test is repeated on x: a row another claimer committed in between is
+	-- re-checked after its lock.
+	-- The limit applies after SKIP LOCKED: a schedule row another
+	-- transaction holds (run_schedule_now's run, an open UPDATE) is passed
+	-- over and does not use up a place, so locked rows cannot crowd every
+	-- other organization's due schedule out of the claim.
+	FOR s IN SELECT x.* FROM dalgo.schedules x
+			 JOIN (SELECT y.id,
+						  row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
+				   FROM dalgo.schedules y
+				   WHERE y.is_active AND y.deleted_at IS NULL AND y.next_run_at <= at
+					 AND (only_schedule IS NULL OR y.id = only_schedule)) d ON d.id = x.id
+			 WHERE x.is_active AND x.deleted_at IS NULL AND x.next_run_at <= at
+			   AND (only_schedule IS NULL OR x.id = only_schedule)
+			 ORDER BY d.turn, x.next_run_at, x.id
+			 LIMIT max_runs
+			 FOR UPDATE OF x SKIP LOCKED
+	LOOP
+		det := jsonb_build_object('schedule_id', s.id, 'attempt', 1,
+								  'lag_ms', round(extract(epoch FROM clock_timestamp() - s.next_run_at) * 1000));
+		UPDATE dalgo.schedules x SET last_run_at = at,
+			next_run_at = dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, greatest(at, s.next_run_at))
+		WHERE x.id = s.id;
+		schedule_id := s.id;
+		IF s.source_id IS NOT NULL THEN
+			run_kind := 'sync';
+			SELECT * INTO src FROM dalgo.sources x WHERE x.id = s.source_id;
+			-- sync_now holds the source row FOR UPDATE while it queues or runs
+			-- a sync: that run is going, even if not yet committed.
+			PERFORM FROM dalgo.sources x WHERE x.id = s.source_id FOR KEY SHARE SKIP LOCKED;
+			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.source_id = s.source_id
+										 AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL);
+			IF busy THEN
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, started_at, completed_at, error_message, details)
+				VALUES (s.organization_id, s.source_id, 'failed', clock_timestamp(), clock_timestamp(),
+						'skipped: the previous run of this schedule is still going', det || '{"skipped": true}')
+				RETURNING id INTO rid;
+				outcome := 'skipped';
+			ELSE
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, details)
+				VALUES (s.organization_id, s.source_id, 'pending', det) RETURNING id INTO rid;
+				IF dalgo_internal.synced_by_connector(src.config) THEN
+					-- Anyone can LISTEN: the payload is empty, connectors learn
+					-- the work from claim_sync_run().
+					PERFORM pg_notify('dalgo_sync', '');
+					outcome := 'connector';
+				ELSE
+					outcome := 'queued';
+				END IF;
+			END IF;
+		ELSE
+			run_kind := 'output';
+			SELECT * INTO out FROM dalgo.outputs x WHERE x.id = s.output_id;
+			-- Likewise refresh_output_now and the output row; its on-demand
+			-- runs (details.output_id) count as this schedule's.
+			PERFORM FROM dalgo.outputs x WHERE x.id = s.output_id FOR KEY SHARE SKIP LOCKED;
+			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.transformation_id = out.transformation_id
+										 AND r.status IN ('pending', 'running')
+										 AND (r.details->>'schedule_id' = s.id::text OR r.details->>'output_id' = s.output_id::text));
+			INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, started_at, completed_at,
+												   error_message, details)
+			VALUES (s.organization_id, out.transformation_id, CASE WHEN busy THEN 'failed' ELSE 'pending' END::dalgo.run_status,
+					CASE WHEN busy THEN clock_timestamp() END, CASE WHEN busy THEN clock_timestamp() END,
+					CASE WHEN busy THEN 'skipped: the previous run of this schedule is still going' END,
+					det || CASE WHEN busy THEN '{"skipped": true}'::jsonb ELSE '{}'::jsonb END)
+			RETURNING id INTO rid;
+			outcome := CASE WHEN busy THEN 'skipped' ELSE 'queued' END;
+		END IF;
+		run_id := rid;
+		RETURN NEXT;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.claim_due_schedules(timestamptz, integer, uuid) IS
+	'Internal: claim up to max_runs due schedules (FOR UPDATE SKIP LOCKED), advance them and create their run rows; outcome is queued (for the run workers), connector or skipped';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.claim_pending_run(OUT run_kind dalgo.run_kind, OUT run_id uuid)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+BEGIN
+	FOR org IN
+		WITH queued AS (
+			SELECT r.organization_id, r.status, r.created_at
+			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+			WHERE r.status IN ('pending', 'running') AND NOT dalgo_internal.synced_by_connector(s.config)
+			  AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			  AND (r.status = 'running' OR dalgo_internal.target_is_live(r.organization_id, r.source_id, NULL))
+			UNION ALL
+			SELECT r.organization_id, r.status, r.created_at FROM dalgo.transformation_runs r
+			WHERE r.status IN ('pending', 'running') AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			  AND (r.status = 'running' OR dalgo_internal.target_is_live(r.organization_id, NULL, r.transformation_id)))
+		SELECT q.organization_id FROM queued q
+		GROUP BY q.organization_id
+		HAVING bool_or(q.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE q.status = 'running'), min(q.created_at) FILTER (WHERE q.status = 'pending'),
+				 q.organization_id
+	LOOP
+		SELECT 'sync', r.id INTO run_kind, run_id FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo_internal.synced_by_connector(s.config)
+		  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND dalgo_internal.target_is_live(r.organization_id, r.source_id, NULL)
+		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
+		IF NOT FOUND THEN
+			SELECT 'output', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
+			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			  AND dalgo_internal.target_is_live(r.organization_id, NULL, r.transformation_id)
+			ORDER BY r.created_at LIMIT 1 FOR UPDATE SKIP LOCKED;
+		END IF;
+		EXIT WHEN run_id IS NOT NULL;
+	END LOOP;
+	IF run_id IS NOT NULL THEN
+		PERFORM dalgo_internal.start_scheduled_run(run_kind, run_id);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.claim_pending_run() IS
+	'Internal: a run worker takes a pending in-database run and marks it running: the organization with the fewest running runs first, then the one waiting longest';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.pending_runs() RETURNS integer
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT (SELECT count(*) FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+				  WHERE r.status = 'pending' AND NOT dalgo_internal.synced_by_connector(s.config) AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.status = 'pending' AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer $$;
+COMMENT ON FUNCTION dalgo_internal.pending_runs() IS 'Internal: in-database runs waiting for a run worker';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.recover_interrupted_runs() RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+	m integer;
+	seen timestamptz;
+	live_pids integer[];
+	live_starts timestamptz[];
+BEGIN
+	-- A run is alive while the backend that marked it running is: the same
+	-- pid, started no later than the run (a reused pid starts later).  Only
+	-- runs marked before the list of backends was read are judged by it.
+	PERFORM pg_stat_clear_snapshot();
+	seen := clock_timestamp();
+	SELECT array_agg(a.pid), array_agg(a.backend_start) INTO live_pids, live_starts
+	FROM pg_stat_activity a WHERE a.backend_start IS NOT NULL;
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
+	FROM dalgo.sources s
+	WHERE s.id = r.source_id AND NOT dalgo_internal.synced_by_connector(s.config) AND r.status = 'running'
+	  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
+	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
+					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
+	WHERE r.status = 'running' AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
+	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
+					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
+	GET DIAGNOSTICS m = ROW_COUNT;
+	RETURN n + m;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.recover_interrupted_runs() IS
+	'Mark scheduled runs whose worker is gone (same pid and a backend start no later than the run''s) as failed; the scheduler calls it on every tick (pending runs simply wait for a worker)';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.expire_connector_runs(timeout_seconds integer) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+BEGIN
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = format('no connector claimed the run within %s seconds', timeout_seconds)
+	WHERE r.status = 'pending' AND r.created_at < now() - make_interval(secs => timeout_seconds)
+	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.id = r.source_id AND dalgo_internal.synced_by_connector(s.config));
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.expire_connector_runs(integer) IS 'Mark connector runs nobody claimed in time as failed';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.expire_stalled_connector_runs(timeout_seconds integer) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+BEGIN
+	IF timeout_seconds IS NULL OR timeout_seconds <= 0 THEN
+		RETURN 0;
+	END IF;
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		error_message = format('the connector did not complete the run within %s seconds of claiming it', timeout_seconds)
+	WHERE r.status = 'running' AND coalesce(r.started_at, r.created_at) < now() - make_interval(secs => timeout_seconds)
+	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.id = r.source_id AND dalgo_internal.synced_by_connector(s.config));
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.expire_stalled_connector_runs(integer) IS
+	'Mark connector runs claimed but not completed within timeout_seconds (dalgo.run_timeout) as failed; 0 disables it';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.execute_claimed(claimed_runs uuid[], kinds dalgo.run_kind[]) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	msg text;
+	n integer := 0;
+BEGIN
+	FOR i IN 1..coalesce(array_length(claimed_runs, 1), 0) LOOP
+		CONTINUE WHEN claimed_runs[i] IS NULL;
+		-- HTTP sources are fetched only in the run workers: left pending for them.
+		CONTINUE WHEN kinds[i] = 'sync' AND EXISTS (
+			SELECT FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+			WHERE r.id = claimed_runs[i] AND s.source_type IN ('google_sheets', 'api'));
+		PERFORM dalgo_internal.start_scheduled_run(kinds[i], claimed_runs[i]);
+		BEGIN
+			PERFORM dalgo_internal.execute_scheduled_run(kinds[i], claimed_runs[i]);
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+			PERFORM dalgo_internal.fail_scheduled_run(kinds[i], claimed_runs[i], msg);
+		END;
+		n := n + 1;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.execute_claimed(uuid[], dalgo.run_kind[]) IS 'Internal: execute claimed runs in this session; syncs of google_sheets and api sources stay pending for the run workers';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.run_now(run_kind dalgo.run_kind, target_id uuid, wait boolean) RETURNS uuid
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+	src dalgo.sources;
+	o dalgo.outputs;
+	tid uuid;
+	rid uuid;
+	connector boolean := false;
+	noun text := CASE WHEN run_kind = 'sync' THEN 'source' ELSE 'output' END;
+BEGIN
+	IF run_kind = 'sync' THEN
+		SELECT * INTO src FROM dalgo.sources x WHERE x.id = target_id AND x.deleted_at IS NULL;
+		org := src.organization_id;
+		connector := dalgo_internal.synced_by_connector(src.config);
+	ELSE
+		SELECT * INTO o FROM dalgo.outputs x WHERE x.id = target_id AND x.deleted_at IS NULL;
+		org := o.organization_id;
+		SELECT x.id INTO tid FROM dalgo.transformations x
+		WHERE x.id = o.transformation_id AND x.organization_id = org AND x.deleted_at IS NULL;
+	END IF;
+	IF org IS NULL OR NOT dalgo.caller_may(org, 'viewer') OR (run_kind = 'output' AND tid IS NULL) THEN
+		RAISE EXCEPTION '% % does not exist', noun, target_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(org, 'member') THEN
+		RAISE EXCEPTION 'running a % now needs the member role', CASE WHEN run_kind = 'sync' THEN 'sync' ELSE 'refresh' END
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF wait AND connector THEN
+		RAISE EXCEPTION 'a % source is synced by a connector, which sees the run only once this transaction commits', src.source_type
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'Call sync_now with wait => false, commit, and read the run in dalgo.sync_runs.';
+	END IF;
+	IF wait AND src.source_type IN ('google_sheets', 'api') THEN
+		RAISE EXCEPTION 'a % source is fetched by a run worker, which sees the run only once this transaction commits', src.source_type
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'Call sync_now with wait => false, commit, and read the run in dalgo.sync_runs or dalgo.run_progress().';
+	END IF;
+	IF wait AND current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION 'wait => true needs READ COMMITTED: the call must see the run finish'
+			USING ERRCODE = 'feature_not_supported';
+	END IF;
+	rid := dalgo_internal.active_run(run_kind, target_id);
+	IF rid IS NULL THEN
+		BEGIN
+			IF run_kind = 'sync' THEN
+				PERFORM FROM dalgo.sources x WHERE x.id = target_id FOR UPDATE;
+			ELSE
+				PERFORM FROM dalgo.outputs x WHERE x.id = target_id FOR UPDATE;
+			END IF;
+			-- Checked again under the lock: a run committed while we waited for it.
+			rid := dalgo_internal.active_run(run_kind, target_id);
+			IF rid IS NOT NULL THEN
+				RAISE EXCEPTION USING ERRCODE = 'DL001';	-- gives the lock back
+			END IF;
+		EXCEPTION WHEN SQLSTATE 'DL001' THEN
+			NULL;
+		END;
+	END IF;
+	IF rid IS NOT NULL THEN
+		RAISE NOTICE 'a run of % % is already pending or running: %', noun, target_id, rid;
+		IF wait THEN
+			PERFORM dalgo_internal.wait_for_run(run_kind, rid);
+		END IF;
+		RETURN rid;
+	END IF;
+	-- Quotas refuse the call itself (the worker checks them again).
+	PERFORM dalgo_internal.check_run_quota(org);
+	IF run_kind = 'sync' THEN
+		INSERT INTO dalgo.sync_runs (organization_id, source_id, status, triggered_by_id, details)
+		VALUES (org, target_id, 'pending', dalgo.current_user_id(), '{"on_demand": true}')
+		RETURNING id INTO rid;
+	ELSE
+		INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, triggered_by_id, details)
+		VALUES (org, tid, 'pending', dalgo.current_user_id(), jsonb_build_object('on_demand', true, 'output_id', target_id))
+		RETURNING id INTO rid;
+	END IF;
+	IF wait THEN
+		PERFORM dalgo_internal.execute_claimed(ARRAY[rid], ARRAY[run_kind]);
+	ELSIF connector THEN
+		PERFORM pg_notify('dalgo_sync', '');
+	ELSE
+		PERFORM dalgo_internal.wake_scheduler_at_commit();
+	END IF;
+	RETURN rid;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.run_now(dalgo.run_kind, uuid, boolean) IS
+	'Internal: queue (or, with wait, run here) a sync of a source or a refresh of an output without a schedule, under the scheduler''s rules; returns the run, or the run already pending or running';
+
+CREATE OR REPLACE FUNCTION dalgo.stage_sync_run(run_id uuid, columns text[], column_types text[] DEFAULT NULL) RETURNS text
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+BEGIN
+	SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id AND s.organization_id = x.organization_id
+	WHERE x.id = stage_sync_run.run_id AND x.status = 'running' AND NOT x.details ? 'upload'
+	  AND dalgo_internal.synced_by_connector(s.config) AND s.deleted_at IS NULL
+	FOR UPDATE OF x;
+	IF NOT FOUND OR dalgo.current_user_id() IS NOT NULL OR NOT dalgo.caller_may(r.organization_id, 'admin') THEN
+		RAISE EXCEPTION 'sync run % is not a running connector run (claim it first)', run_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM dalgo_internal.drop_stale_staging_tables(r.organization_id);
+	RETURN dalgo_internal.create_staging_table(r.id, columns, column_types, 'dalgo_service');
+END
+$$;
+COMMENT ON FUNCTION dalgo.stage_sync_run(uuid, text[], text[]) IS
+	'Connector protocol: create the staging table of a claimed run with the given columns (text, or column_types text/jsonb), empty; the connector may COPY or INSERT into it, and complete_sync_run types and swaps it in. Returns its qualified name (as details.staging_table of the claimed run)';
+
+CREATE OR REPLACE FUNCTION dalgo.http_address_allowed(address inet) RETURNS boolean
+	LANGUAGE c STRICT STABLE
+	AS 'MODULE_PATHNAME', 'dalgo_http_address_allowed';
+COMMENT ON FUNCTION dalgo.http_address_allowed(inet) IS
+	'Would a google_sheets or api sync be allowed to connect to this address under the current settings (dalgo.http_allow_private, dalgo.http_allow_hosts)? A pure check that connects nowhere; superusers';
+
+CREATE OR REPLACE FUNCTION dalgo.run_progress(OUT run_id uuid, OUT organization_id uuid, OUT source_id uuid,
+								   OUT rows_so_far bigint, OUT bytes_so_far bigint, OUT page integer,
+								   OUT updated_at timestamptz)
+	RETURNS SETOF record
+	LANGUAGE c STRICT VOLATILE
+	AS 'MODULE_PATHNAME', 'dalgo_run_progress_sql';
+COMMENT ON FUNCTION dalgo.run_progress() IS
+	'Progress of the syncs running now in this database (rows and bytes so far, the current page), published by the run workers at least every second; each run is shown only to members of its organization (and to superusers and dalgo_service)';
+
+REVOKE ALL ON FUNCTION dalgo_internal.synced_by_connector(jsonb),
+	dalgo_internal.fetch_http_source(uuid, text),
+	dalgo.http_address_allowed(inet), dalgo.run_progress()
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.run_progress() TO dalgo_authenticated, dalgo_service;
+COMMENT ON FUNCTION dalgo.sync_now(uuid, boolean) IS
+	'Sync a source now, without a schedule, for members and above: queues a run for the run workers (an outside connector''s, for a source whose config has "connector": true) and returns its id in dalgo.sync_runs, or the id of the run already pending or running (one run at a time, as for schedules). wait => true returns when the run has finished (postgres and csv sources)';
+
+-- lead: the run-queue functions as merged from citus2 (Citus-compatible claims) and http
+-- (connector sources are the ones with config.connector)
+CREATE OR REPLACE FUNCTION dalgo_internal.claim_due_schedules(at timestamptz, max_runs integer, only_schedule uuid DEFAULT NULL)
+	RETURNS TABLE (schedule_id uuid, run_kind dalgo.run_kind, run_id uuid, outcome text)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s dalgo.schedules;
+	src dalgo.sources;
+	out dalgo.outputs;
+	busy boolean;
+	det jsonb;
+	rid uuid;
+	cur refcursor;
+	citus boolean := dalgo_internal.citus_distributed('dalgo.schedules');
+	cand_org uuid;
+	cand_id uuid;
+	claimed integer := 0;
+BEGIN
+	IF max_runs <= 0 THEN
+		RETURN;
+	END IF;
+	-- Fair between organizations: each organization's oldest due schedule
+	-- first, then each one's second, and so on, so that one organization's
+	-- backlog never holds another's due schedule back to a later tick.  The
+	-- due test is repeated on x: a row another claimer committed in between is
+	-- re-checked after its lock.
+	-- The limit applies after SKIP LOCKED: a schedule row another
+	-- transaction holds (run_schedule_now's run, an open UPDATE) is passed
+	-- over and does not use up a place, so locked rows cannot crowd every
+	-- other organization's due schedule out of the claim.
+	-- On a Citus cluster (schedules distributed) a row lock may only be
+	-- taken by a single-shard query: the candidates are read in the same
+	-- order without locks, and each is then locked on its own shard, with
+	-- SKIP LOCKED, re-checked, and counted against the limit once locked.
+	IF citus THEN
+		OPEN cur FOR SELECT d.organization_id, d.id FROM
+			(SELECT y.organization_id, y.id, y.next_run_at,
+					row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
+			 FROM dalgo.schedules y
+			 WHERE y.is_active AND y.deleted_at IS NULL AND y.next_run_at <= at
+			   AND (only_schedule IS NULL OR y.id = only_schedule)) d
+			ORDER BY d.turn, d.next_run_at, d.id;
+	ELSE
+		OPEN cur FOR SELECT x.* FROM dalgo.schedules x
+			 JOIN (SELECT y.id,
+						  row_number() OVER (PARTITION BY y.organization_id ORDER BY y.next_run_at, y.id) AS turn
+				   FROM dalgo.schedules y
+				   WHERE y.is_active AND y.deleted_at IS NULL AND y.next_run_at <= at
+					 AND (only_schedule IS NULL OR y.id = only_schedule)) d ON d.id = x.id
+			 WHERE x.is_active AND x.deleted_at IS NULL AND x.next_run_at <= at
+			   AND (only_schedule IS NULL OR x.id = only_schedule)
+			 ORDER BY d.turn, x.next_run_at, x.id
+			 LIMIT max_runs
+			 FOR UPDATE OF x SKIP LOCKED;
+	END IF;
+	LOOP
+		IF citus THEN
+			EXIT WHEN claimed >= max_runs;
+			FETCH cur INTO cand_org, cand_id;
+			EXIT WHEN NOT FOUND;
+			SELECT x.* INTO s FROM dalgo.schedules x
+			WHERE x.organization_id = cand_org AND x.id = cand_id
+			  AND x.is_active AND x.deleted_at IS NULL AND x.next_run_at <= at
+			FOR UPDATE SKIP LOCKED;
+			CONTINUE WHEN NOT FOUND;
+			claimed := claimed + 1;
+		ELSE
+			FETCH cur INTO s;
+			EXIT WHEN NOT FOUND;
+		END IF;
+		det := jsonb_build_object('schedule_id', s.id, 'attempt', 1,
+								  'lag_ms', round(extract(epoch FROM clock_timestamp() - s.next_run_at) * 1000));
+		UPDATE dalgo.schedules x SET last_run_at = at,
+			next_run_at = dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, greatest(at, s.next_run_at))
+		WHERE x.organization_id = s.organization_id AND x.id = s.id;
+		schedule_id := s.id;
+		IF s.source_id IS NOT NULL THEN
+			run_kind := 'sync';
+			SELECT * INTO src FROM dalgo.sources x WHERE x.organization_id = s.organization_id AND x.id = s.source_id;
+			-- sync_now holds the source row FOR UPDATE while it queues or runs
+			-- a sync: that run is going, even if not yet committed.
+			PERFORM FROM dalgo.sources x WHERE x.organization_id = s.organization_id AND x.id = s.source_id
+				FOR KEY SHARE SKIP LOCKED;
+			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.organization_id = s.organization_id
+										 AND r.source_id = s.source_id
+										 AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL);
+			IF busy THEN
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, started_at, completed_at, error_message, details)
+				VALUES (s.organization_id, s.source_id, 'failed', clock_timestamp(), clock_timestamp(),
+						'skipped: the previous run of this schedule is still going', det || '{"skipped": true}')
+				RETURNING id INTO rid;
+				outcome := 'skipped';
+			ELSE
+				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, details)
+				VALUES (s.organization_id, s.source_id, 'pending', det) RETURNING id INTO rid;
+				IF dalgo_internal.synced_by_connector(src.config) THEN
+					-- Anyone can LISTEN: the payload is empty, connectors learn
+					-- the work from claim_sync_run().
+					PERFORM pg_notify('dalgo_sync', '');
+					outcome := 'connector';
+				ELSE
+					outcome := 'queued';
+				END IF;
+			END IF;
+		ELSE
+			run_kind := 'output';
+			SELECT * INTO out FROM dalgo.outputs x WHERE x.organization_id = s.organization_id AND x.id = s.output_id;
+			-- Likewise refresh_output_now and the output row; its on-demand
+			-- runs (details.output_id) count as this schedule's.
+			PERFORM FROM dalgo.outputs x WHERE x.organization_id = s.organization_id AND x.id = s.output_id
+				FOR KEY SHARE SKIP LOCKED;
+			busy := NOT FOUND OR EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.organization_id = s.organization_id
+										 AND r.transformation_id = out.transformation_id
+										 AND r.status IN ('pending', 'running')
+										 AND (r.details->>'schedule_id' = s.id::text OR r.details->>'output_id' = s.output_id::text));
+			INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, started_at, completed_at,
+												   error_message, details)
+			VALUES (s.organization_id, out.transformation_id, CASE WHEN busy THEN 'failed' ELSE 'pending' END::dalgo.run_status,
+					CASE WHEN busy THEN clock_timestamp() END, CASE WHEN busy THEN clock_timestamp() END,
+					CASE WHEN busy THEN 'skipped: the previous run of this schedule is still going' END,
+					det || CASE WHEN busy THEN '{"skipped": true}'::jsonb ELSE '{}'::jsonb END)
+			RETURNING id INTO rid;
+			outcome := CASE WHEN busy THEN 'skipped' ELSE 'queued' END;
+		END IF;
+		run_id := rid;
+		RETURN NEXT;
+	END LOOP;
+	CLOSE cur;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.claim_due_schedules(timestamptz, integer, uuid) IS
+	'Internal: claim up to max_runs due schedules (FOR UPDATE SKIP LOCKED), advance them and create their run rows; outcome is queued (for the run workers), connector or skipped';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.claim_pending_run(OUT run_kind dalgo.run_kind, OUT run_id uuid)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+BEGIN
+	-- A run whose target is gone is passed over (what target_is_live()
+	-- tells, written as joins on (organization_id, id): on a Citus cluster
+	-- these queries run on the shards, where a function that reads other
+	-- tables cannot).
+	FOR org IN
+		WITH queued AS (
+			SELECT r.organization_id, r.status, r.created_at
+			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.organization_id = r.organization_id AND s.id = r.source_id
+			JOIN dalgo.organizations o ON o.id = r.organization_id
+			WHERE r.status IN ('pending', 'running') AND NOT dalgo_internal.synced_by_connector(s.config)
+			  AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			  AND (r.status = 'running' OR (o.deleted_at IS NULL AND s.deleted_at IS NULL))
+			UNION ALL
+			SELECT r.organization_id, r.status, r.created_at FROM dalgo.transformation_runs r
+			JOIN dalgo.organizations o ON o.id = r.organization_id
+			JOIN dalgo.transformations t ON t.organization_id = r.organization_id AND t.id = r.transformation_id
+			WHERE r.status IN ('pending', 'running') AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			  AND (r.status = 'running' OR (o.deleted_at IS NULL AND t.deleted_at IS NULL)))
+		SELECT q.organization_id FROM queued q
+		GROUP BY q.organization_id
+		HAVING bool_or(q.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE q.status = 'running'), min(q.created_at) FILTER (WHERE q.status = 'pending'),
+				 q.organization_id
+	LOOP
+		CONTINUE WHEN NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL);
+		SELECT 'sync', r.id INTO run_kind, run_id FROM dalgo.sync_runs r
+			JOIN dalgo.sources s ON s.organization_id = r.organization_id AND s.id = r.source_id
+		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo_internal.synced_by_connector(s.config)
+		  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND s.deleted_at IS NULL
+		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
+		IF NOT FOUND THEN
+			SELECT 'output', r.id INTO run_kind, run_id FROM dalgo.transformation_runs r
+				JOIN dalgo.transformations t ON t.organization_id = r.organization_id AND t.id = r.transformation_id
+			WHERE r.status = 'pending' AND r.organization_id = org AND r.details ?| ARRAY['schedule_id', 'on_demand']
+			  AND t.deleted_at IS NULL
+			ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
+		END IF;
+		EXIT WHEN run_id IS NOT NULL;
+	END LOOP;
+	IF run_id IS NOT NULL THEN
+		PERFORM dalgo_internal.start_scheduled_run(run_kind, run_id);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.claim_pending_run() IS
+	'Internal: a run worker takes a pending in-database run and marks it running: the organization with the fewest running runs first, then the one waiting longest';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.expire_connector_runs(timeout_seconds integer) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+	stamp timestamptz;
+BEGIN
+	stamp := clock_timestamp();	-- once (Citus: no volatile function in an UPDATE)
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stamp,
+		error_message = format('no connector claimed the run within %s seconds', timeout_seconds)
+	WHERE r.status = 'pending' AND r.created_at < now() - make_interval(secs => timeout_seconds)
+	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.organization_id = r.organization_id AND s.id = r.source_id
+				  AND dalgo_internal.synced_by_connector(s.config));
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.expire_connector_runs(integer) IS 'Mark connector runs nobody claimed in time as failed';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.expire_stalled_connector_runs(timeout_seconds integer) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+	stamp timestamptz;
+BEGIN
+	IF timeout_seconds IS NULL OR timeout_seconds <= 0 THEN
+		RETURN 0;
+	END IF;
+	stamp := clock_timestamp();	-- once (Citus: no volatile function in an UPDATE)
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stamp,
+		error_message = format('the connector did not complete the run within %s seconds of claiming it', timeout_seconds)
+	WHERE r.status = 'running' AND coalesce(r.started_at, r.created_at) < now() - make_interval(secs => timeout_seconds)
+	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.organization_id = r.organization_id AND s.id = r.source_id
+				  AND dalgo_internal.synced_by_connector(s.config));
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.expire_stalled_connector_runs(integer) IS
+	'Mark connector runs claimed but not completed within timeout_seconds (dalgo.run_timeout) as failed; 0 disables it';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.pending_runs() RETURNS integer
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT (SELECT count(*) FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.organization_id = r.organization_id AND s.id = r.source_id
+				  WHERE r.status = 'pending' AND NOT dalgo_internal.synced_by_connector(s.config) AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer
+			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.status = 'pending' AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer $$;
+COMMENT ON FUNCTION dalgo_internal.pending_runs() IS 'Internal: in-database runs waiting for a run worker';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.recover_interrupted_runs() RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+	m integer;
+	seen timestamptz;
+	live_pids integer[];
+	live_starts timestamptz[];
+	stamp timestamptz;
+BEGIN
+	-- A run is alive while the backend that marked it running is: the same
+	-- pid, started no later than the run (a reused pid starts later).  Only
+	-- runs marked before the list of backends was read are judged by it.
+	PERFORM pg_stat_clear_snapshot();
+	seen := clock_timestamp();
+	SELECT array_agg(a.pid), array_agg(a.backend_start) INTO live_pids, live_starts
+	FROM pg_stat_activity a WHERE a.backend_start IS NOT NULL;
+	-- A timestamp computed once, and a join on organization_id: what Citus
+	-- accepts in an UPDATE of a distributed table.
+	stamp := clock_timestamp();
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stamp,
+		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
+	FROM dalgo.sources s
+	WHERE s.organization_id = r.organization_id AND s.id = r.source_id AND NOT dalgo_internal.synced_by_connector(s.config)
+	  AND r.status = 'running'
+	  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
+	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
+					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = stamp,
+		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
+	WHERE r.status = 'running' AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
+	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
+					  WHERE a.pid::text = r.details->>'runner_pid' AND a.started <= r.started_at);
+	GET DIAGNOSTICS m = ROW_COUNT;
+	RETURN n + m;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.recover_interrupted_runs() IS
+	'Mark scheduled runs whose worker is gone (same pid and a backend start no later than the run''s) as failed; the scheduler calls it on every tick (pending runs simply wait for a worker)';
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

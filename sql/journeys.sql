@@ -597,7 +597,7 @@ BEGIN
 	IF run_kind = 'sync' THEN
 		SELECT * INTO src FROM dalgo.sources x WHERE x.id = target_id AND x.deleted_at IS NULL;
 		org := src.organization_id;
-		connector := dalgo.is_connector_source(src.source_type);
+		connector := dalgo_internal.synced_by_connector(src.config);
 	ELSE
 		SELECT * INTO o FROM dalgo.outputs x WHERE x.id = target_id AND x.deleted_at IS NULL;
 		org := o.organization_id;
@@ -615,6 +615,11 @@ BEGIN
 		RAISE EXCEPTION 'a % source is synced by a connector, which sees the run only once this transaction commits', src.source_type
 			USING ERRCODE = 'feature_not_supported',
 				  HINT = 'Call sync_now with wait => false, commit, and read the run in dalgo.sync_runs.';
+	END IF;
+	IF wait AND src.source_type IN ('google_sheets', 'api') THEN
+		RAISE EXCEPTION 'a % source is fetched by a run worker, which sees the run only once this transaction commits', src.source_type
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'Call sync_now with wait => false, commit, and read the run in dalgo.sync_runs or dalgo.run_progress().';
 	END IF;
 	IF wait AND current_setting('transaction_isolation') <> 'read committed' THEN
 		RAISE EXCEPTION 'wait => true needs READ COMMITTED: the call must see the run finish'
@@ -673,7 +678,7 @@ CREATE FUNCTION dalgo.sync_now(source_id uuid, wait boolean DEFAULT false) RETUR
 	SET search_path = pg_catalog, pg_temp
 	RETURN dalgo_internal.run_now('sync', source_id, coalesce(wait, false));
 COMMENT ON FUNCTION dalgo.sync_now(uuid, boolean) IS
-	'Sync a source now, without a schedule, for members and above: queues a run for the run workers (a connector''s, for google_sheets and api sources) and returns its id in dalgo.sync_runs, or the id of the run already pending or running (one run at a time, as for schedules). wait => true returns when the run has finished (in-database sources)';
+	'Sync a source now, without a schedule, for members and above: queues a run for the run workers (an outside connector''s, for a source whose config has "connector": true) and returns its id in dalgo.sync_runs, or the id of the run already pending or running (one run at a time, as for schedules). wait => true returns when the run has finished (postgres and csv sources)';
 
 CREATE FUNCTION dalgo.refresh_output_now(output_id uuid, wait boolean DEFAULT false) RETURNS uuid
 	LANGUAGE sql SECURITY DEFINER

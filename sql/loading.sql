@@ -400,7 +400,7 @@ DECLARE
 BEGIN
 	SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id AND s.organization_id = x.organization_id
 	WHERE x.id = stage_sync_run.run_id AND x.status = 'running' AND NOT x.details ? 'upload'
-	  AND dalgo.is_connector_source(s.source_type) AND s.deleted_at IS NULL
+	  AND dalgo_internal.synced_by_connector(s.config) AND s.deleted_at IS NULL
 	FOR UPDATE OF x;
 	IF NOT FOUND OR dalgo.current_user_id() IS NOT NULL OR NOT dalgo.caller_may(r.organization_id, 'admin') THEN
 		RAISE EXCEPTION 'sync run % is not a running connector run (claim it first)', run_id

@@ -193,7 +193,7 @@ BEGIN
 			ELSE
 				INSERT INTO dalgo.sync_runs (organization_id, source_id, status, details)
 				VALUES (s.organization_id, s.source_id, 'pending', det) RETURNING id INTO rid;
-				IF dalgo.is_connector_source(src.source_type) THEN
+				IF dalgo_internal.synced_by_connector(src.config) THEN
 					-- Anyone can LISTEN: the payload is empty, connectors learn
 					-- the work from claim_sync_run().
 					PERFORM pg_notify('dalgo_sync', '');
@@ -253,7 +253,7 @@ BEGIN
 			SELECT r.organization_id, r.status, r.created_at
 			FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.organization_id = r.organization_id AND s.id = r.source_id
 			JOIN dalgo.organizations o ON o.id = r.organization_id
-			WHERE r.status IN ('pending', 'running') AND NOT dalgo.is_connector_source(s.source_type)
+			WHERE r.status IN ('pending', 'running') AND NOT dalgo_internal.synced_by_connector(s.config)
 			  AND r.details ?| ARRAY['schedule_id', 'on_demand']
 			  AND (r.status = 'running' OR (o.deleted_at IS NULL AND s.deleted_at IS NULL))
 			UNION ALL
@@ -271,7 +271,7 @@ BEGIN
 		CONTINUE WHEN NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL);
 		SELECT 'sync', r.id INTO run_kind, run_id FROM dalgo.sync_runs r
 			JOIN dalgo.sources s ON s.organization_id = r.organization_id AND s.id = r.source_id
-		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo.is_connector_source(s.source_type)
+		WHERE r.status = 'pending' AND r.organization_id = org AND NOT dalgo_internal.synced_by_connector(s.config)
 		  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND s.deleted_at IS NULL
 		ORDER BY r.created_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED;
 		IF NOT FOUND THEN
@@ -295,7 +295,7 @@ CREATE FUNCTION dalgo_internal.pending_runs() RETURNS integer
 	LANGUAGE sql STABLE
 	SET search_path = pg_catalog, pg_temp
 	AS $$ SELECT (SELECT count(*) FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.organization_id = r.organization_id AND s.id = r.source_id
-				  WHERE r.status = 'pending' AND NOT dalgo.is_connector_source(s.source_type) AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer
+				  WHERE r.status = 'pending' AND NOT dalgo_internal.synced_by_connector(s.config) AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer
 			   + (SELECT count(*) FROM dalgo.transformation_runs r WHERE r.status = 'pending' AND r.details ?| ARRAY['schedule_id', 'on_demand'])::integer $$;
 COMMENT ON FUNCTION dalgo_internal.pending_runs() IS 'Internal: in-database runs waiting for a run worker';
 
@@ -637,7 +637,7 @@ BEGIN
 	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stamp,
 		error_message = 'the run''s worker ended while the run was in progress (a restart, a crash or a terminated worker)'
 	FROM dalgo.sources s
-	WHERE s.organization_id = r.organization_id AND s.id = r.source_id AND NOT dalgo.is_connector_source(s.source_type)
+	WHERE s.organization_id = r.organization_id AND s.id = r.source_id AND NOT dalgo_internal.synced_by_connector(s.config)
 	  AND r.status = 'running'
 	  AND r.details ?| ARRAY['schedule_id', 'on_demand'] AND coalesce(r.started_at, '-infinity') < seen
 	  AND NOT EXISTS (SELECT FROM unnest(live_pids, live_starts) a(pid, started)
@@ -668,7 +668,7 @@ BEGIN
 		error_message = format('no connector claimed the run within %s seconds', timeout_seconds)
 	WHERE r.status = 'pending' AND r.created_at < now() - make_interval(secs => timeout_seconds)
 	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.organization_id = r.organization_id AND s.id = r.source_id
-				  AND dalgo.is_connector_source(s.source_type));
+				  AND dalgo_internal.synced_by_connector(s.config));
 	GET DIAGNOSTICS n = ROW_COUNT;
 	RETURN n;
 END
@@ -692,7 +692,7 @@ BEGIN
 		error_message = format('the connector did not complete the run within %s seconds of claiming it', timeout_seconds)
 	WHERE r.status = 'running' AND coalesce(r.started_at, r.created_at) < now() - make_interval(secs => timeout_seconds)
 	  AND EXISTS (SELECT FROM dalgo.sources s WHERE s.organization_id = r.organization_id AND s.id = r.source_id
-				  AND dalgo.is_connector_source(s.source_type));
+				  AND dalgo_internal.synced_by_connector(s.config));
 	GET DIAGNOSTICS n = ROW_COUNT;
 	RETURN n;
 END
@@ -734,6 +734,10 @@ DECLARE
 BEGIN
 	FOR i IN 1..coalesce(array_length(claimed_runs, 1), 0) LOOP
 		CONTINUE WHEN claimed_runs[i] IS NULL;
+		-- HTTP sources are fetched only in the run workers: left pending for them.
+		CONTINUE WHEN kinds[i] = 'sync' AND EXISTS (
+			SELECT FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
+			WHERE r.id = claimed_runs[i] AND s.source_type IN ('google_sheets', 'api'));
 		PERFORM dalgo_internal.start_scheduled_run(kinds[i], claimed_runs[i]);
 		BEGIN
 			PERFORM dalgo_internal.execute_scheduled_run(kinds[i], claimed_runs[i]);
@@ -746,7 +750,7 @@ BEGIN
 	RETURN n;
 END
 $$;
-COMMENT ON FUNCTION dalgo_internal.execute_claimed(uuid[], dalgo.run_kind[]) IS 'Internal: execute claimed runs in this session';
+COMMENT ON FUNCTION dalgo_internal.execute_claimed(uuid[], dalgo.run_kind[]) IS 'Internal: execute claimed runs in this session; syncs of google_sheets and api sources stay pending for the run workers';
 
 CREATE FUNCTION dalgo.run_due_schedules(at timestamptz DEFAULT now()) RETURNS integer
 	LANGUAGE plpgsql SECURITY DEFINER

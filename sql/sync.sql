@@ -3,12 +3,20 @@
 -- for the source types an outside connector loads, and the csv directory
 -- rules.  The run lifecycle that calls these is in scheduler.sql.
 
--- Which sources an external connector syncs (the rest sync in the database).
+-- Since 0.2.0 every source type syncs in the database (google_sheets and
+-- api over HTTP, in the run workers): no type needs a connector.  A source
+-- whose config says {"connector": true} is left to an outside loader.
 CREATE FUNCTION dalgo.is_connector_source(source_type dalgo.source_type) RETURNS boolean
 	LANGUAGE sql IMMUTABLE PARALLEL SAFE
-	AS $$ SELECT source_type OPERATOR(pg_catalog.=) ANY ('{google_sheets,api}'::dalgo.source_type[]) $$;
+	AS $$ SELECT false $$;
 COMMENT ON FUNCTION dalgo.is_connector_source(dalgo.source_type) IS
-	'True for sources an external connector syncs (google_sheets, api); postgres and csv sources sync in the database';
+	'False for every source type since 0.2.0: all four sync in the database; a source whose config has "connector": true is loaded by an outside connector instead';
+
+CREATE FUNCTION dalgo_internal.synced_by_connector(config jsonb) RETURNS boolean
+	LANGUAGE sql IMMUTABLE PARALLEL SAFE
+	AS $$ SELECT coalesce(config OPERATOR(pg_catalog.->) 'connector' OPERATOR(pg_catalog.=) 'true'::jsonb, false) $$;
+COMMENT ON FUNCTION dalgo_internal.synced_by_connector(jsonb) IS
+	'Internal: true for a source whose config has "connector": true: an outside connector loads it through claim_sync_run/complete_sync_run, the run workers leave it alone';
 
 -- The relation a postgres source syncs from: config {"relation": "schema.table"}
 -- or {"schema": ..., "table": ...}; never dalgo's own schema.
@@ -84,6 +92,9 @@ BEGIN
 		END IF;
 		PERFORM dalgo_internal.warehouse_execute(src.organization_id, format('CREATE TABLE %I.%I (%s)', schema_name, stage_name, cols));
 		EXECUTE format('COPY %I.%I FROM %L WITH (FORMAT csv, HEADER true)', schema_name, stage_name, path);
+	ELSIF src.source_type IN ('google_sheets', 'api') THEN
+		-- Fetched over HTTP by C code that runs only in a run worker.
+		PERFORM dalgo_internal.fetch_http_source(run_id, stage_name);
 	ELSE
 		RAISE EXCEPTION '% sources are synced by a connector', src.source_type;
 	END IF;
@@ -98,7 +109,7 @@ BEGIN
 	END IF;
 END
 $$;
-COMMENT ON FUNCTION dalgo_internal.sync_source(uuid) IS 'Internal: an in-database sync of a postgres or csv source: fills the run''s staging table, then finish_sync types it and swaps it in';
+COMMENT ON FUNCTION dalgo_internal.sync_source(uuid) IS 'Internal: an in-database sync of a source: fills the run''s staging table (postgres and csv here, google_sheets and api through fetch_http_source), then finish_sync types it and swaps it in';
 
 -- ---------------------------------------------------------------------------
 -- The connector protocol
@@ -120,14 +131,14 @@ DECLARE
 BEGIN
 	FOR org IN
 		SELECT x.organization_id FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
-		WHERE x.status IN ('pending', 'running') AND dalgo.is_connector_source(s.source_type) AND x.deleted_at IS NULL
+		WHERE x.status IN ('pending', 'running') AND dalgo_internal.synced_by_connector(s.config) AND x.deleted_at IS NULL
 		GROUP BY x.organization_id
 		HAVING bool_or(x.status = 'pending')
 		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
 				 x.organization_id
 	LOOP
 		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
-		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo.is_connector_source(s.source_type)
+		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo_internal.synced_by_connector(s.config)
 		  AND x.deleted_at IS NULL AND dalgo_internal.target_is_live(x.organization_id, x.source_id, NULL)
 		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
 		IF FOUND THEN
@@ -260,9 +271,43 @@ CREATE TRIGGER check_csv_source BEFORE INSERT OR UPDATE ON dalgo.sources
 	FOR EACH ROW WHEN (NEW.source_type = 'csv') EXECUTE FUNCTION dalgo_internal.check_csv_source();
 COMMENT ON TRIGGER check_csv_source ON dalgo.sources IS 'A csv source reads only its organization''s csv directory';
 
-REVOKE ALL ON FUNCTION dalgo.is_connector_source(dalgo.source_type), dalgo_internal.source_relation(jsonb),
+REVOKE ALL ON FUNCTION dalgo.is_connector_source(dalgo.source_type), dalgo_internal.synced_by_connector(jsonb),
+	dalgo_internal.source_relation(jsonb),
 	dalgo_internal.sync_source(uuid), dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb),
 	dalgo_internal.csv_path(uuid, text), dalgo_internal.check_csv_source()
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.is_connector_source(dalgo.source_type) TO dalgo_authenticated, dalgo_service;
 GRANT EXECUTE ON FUNCTION dalgo.claim_sync_run(), dalgo.complete_sync_run(uuid, integer, text, jsonb) TO dalgo_service;
+
+-- ---------------------------------------------------------------------------
+-- google_sheets and api sources: HTTP in the run workers (src/http.c)
+-- ---------------------------------------------------------------------------
+
+-- Fetch a google_sheets or api source into a new staging table of its
+-- organization's warehouse (text columns, jsonb for nested values); only a
+-- dalgo run worker may call it.
+CREATE FUNCTION dalgo_internal.fetch_http_source(run_id uuid, staging_table text) RETURNS bigint
+	LANGUAGE c STRICT
+	AS 'MODULE_PATHNAME', 'dalgo_fetch_http_source';
+COMMENT ON FUNCTION dalgo_internal.fetch_http_source(uuid, text) IS
+	'Internal: fetch the run''s google_sheets or api source over HTTP into the staging table staging_table of its organization''s warehouse; returns the rows written; refused outside a dalgo run worker';
+
+CREATE FUNCTION dalgo.http_address_allowed(address inet) RETURNS boolean
+	LANGUAGE c STRICT STABLE
+	AS 'MODULE_PATHNAME', 'dalgo_http_address_allowed';
+COMMENT ON FUNCTION dalgo.http_address_allowed(inet) IS
+	'Would a google_sheets or api sync be allowed to connect to this address under the current settings (dalgo.http_allow_private, dalgo.http_allow_hosts)? A pure check that connects nowhere; superusers';
+
+CREATE FUNCTION dalgo.run_progress(OUT run_id uuid, OUT organization_id uuid, OUT source_id uuid,
+								   OUT rows_so_far bigint, OUT bytes_so_far bigint, OUT page integer,
+								   OUT updated_at timestamptz)
+	RETURNS SETOF record
+	LANGUAGE c STRICT VOLATILE
+	AS 'MODULE_PATHNAME', 'dalgo_run_progress_sql';
+COMMENT ON FUNCTION dalgo.run_progress() IS
+	'Progress of the syncs running now in this database (rows and bytes so far, the current page), published by the run workers at least every second; each run is shown only to members of its organization (and to superusers and dalgo_service)';
+
+REVOKE ALL ON FUNCTION dalgo_internal.fetch_http_source(uuid, text),
+	dalgo.http_address_allowed(inet), dalgo.run_progress()
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION dalgo.run_progress() TO dalgo_authenticated, dalgo_service;

@@ -32,6 +32,7 @@ _PG_init(void)
 	dalgo_warehouse_init();
 	dalgo_scheduler_init();
 	dalgo_sync_init();
+	dalgo_http_init();
 	dalgo_quota_init();
 	dalgo_accounts_init();
 	dalgo_lifecycle_init();

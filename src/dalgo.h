@@ -118,6 +118,15 @@ extern char *dalgo_compile_recipe_text(const pg_uuid_t *org, Jsonb *recipe, List
 /* scheduler_shmem.c: the scheduler (launcher.c, scheduler.c, run_worker.c; scheduler.h) */
 extern void dalgo_scheduler_init(void);
 
+/* run_worker.c: progress of the run a run worker executes */
+extern bool dalgo_in_run_worker(void);
+extern void dalgo_run_progress(const pg_uuid_t *run_id, const pg_uuid_t *organization_id,
+							   const pg_uuid_t *source_id, int64 rows, int64 bytes, int page);
+extern void dalgo_run_progress_clear(void);
+
+/* http.c */
+extern void dalgo_http_init(void);
+
 /* sync.c */
 extern void dalgo_sync_init(void);
 extern char *dalgo_csv_dir;

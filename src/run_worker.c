@@ -17,6 +17,7 @@
 #include "pgstat.h"
 #include "storage/ipc.h"
 #include "tcop/tcopprot.h"
+#include "funcapi.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -26,6 +27,94 @@
 #define RUN_KIND_LEN 16
 
 static RunTicket my_ticket = {-1, 0};
+
+PG_FUNCTION_INFO_V1(dalgo_run_progress_sql);
+
+/* True in a dalgo run worker that holds its run slot. */
+bool
+dalgo_in_run_worker(void)
+{
+	return my_ticket.slot >= 0 && MyBackendType == B_BG_WORKER;
+}
+
+/*
+ * Publish the progress of the run this worker executes in its run slot, for
+ * dalgo.run_progress().  Cheap (one short exclusive lock); callers throttle.
+ */
+void
+dalgo_run_progress(const pg_uuid_t *run_id, const pg_uuid_t *organization_id,
+				   const pg_uuid_t *source_id, int64 rows, int64 bytes, int page)
+{
+	RunSlot    *slot;
+
+	if (!dalgo_in_run_worker())
+		return;
+	LWLockAcquire(dalgo_shared->lock, LW_EXCLUSIVE);
+	slot = &dalgo_shared->runs[my_ticket.slot];
+	if (slot->in_use && slot->generation == my_ticket.generation)
+	{
+		slot->progress_set = true;
+		slot->progress_run = *run_id;
+		slot->progress_org = *organization_id;
+		slot->progress_source = *source_id;
+		slot->progress_rows = rows;
+		slot->progress_bytes = bytes;
+		slot->progress_page = page;
+		slot->progress_at = GetCurrentTimestamp();
+	}
+	LWLockRelease(dalgo_shared->lock);
+}
+
+/* Forget the progress of the run this worker executed. */
+void
+dalgo_run_progress_clear(void)
+{
+	if (!dalgo_in_run_worker())
+		return;
+	LWLockAcquire(dalgo_shared->lock, LW_EXCLUSIVE);
+	if (dalgo_shared->runs[my_ticket.slot].generation == my_ticket.generation)
+		dalgo_shared->runs[my_ticket.slot].progress_set = false;
+	LWLockRelease(dalgo_shared->lock);
+}
+
+/*
+ * SQL: dalgo.run_progress(): the progress of the runs executing now in this
+ * database, each shown only to callers who may view its organization
+ * (members of any role; superusers and dalgo_service without an identity).
+ */
+Datum
+dalgo_run_progress_sql(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	RunSlot		copy[DALGO_MAX_RUNS];
+	int			n = 0;
+
+	InitMaterializedSRF(fcinfo, 0);
+	LWLockAcquire(dalgo_shared->lock, LW_SHARED);
+	for (int i = 0; i < DALGO_MAX_RUNS; i++)
+		if (dalgo_shared->runs[i].in_use && dalgo_shared->runs[i].progress_set &&
+			dalgo_shared->runs[i].dboid == MyDatabaseId)
+			copy[n++] = dalgo_shared->runs[i];
+	LWLockRelease(dalgo_shared->lock);
+
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[7];
+		bool		nulls[7] = {false};
+
+		if (!dalgo_caller_may(&copy[i].progress_org, DALGO_ROLE_VIEWER))
+			continue;
+		values[0] = UUIDPGetDatum(&copy[i].progress_run);
+		values[1] = UUIDPGetDatum(&copy[i].progress_org);
+		values[2] = UUIDPGetDatum(&copy[i].progress_source);
+		values[3] = Int64GetDatum(copy[i].progress_rows);
+		values[4] = Int64GetDatum(copy[i].progress_bytes);
+		values[5] = Int32GetDatum(copy[i].progress_page);
+		values[6] = TimestampTzGetDatum(copy[i].progress_at);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
 
 /*
  * On exit (on_shmem_exit, after the backend has left pg_stat_activity):
@@ -130,6 +219,7 @@ execute_run(const char *kind, const char *idtext)
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
+	dalgo_run_progress_clear();
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
 }

@@ -116,6 +116,7 @@ start_run_worker(void)
 		r->in_use = true;
 		r->dboid = MyDatabaseId;
 		r->pid = 0;
+		r->progress_set = false;
 		r->generation++;
 		ticket.generation = r->generation;
 	}

@@ -43,6 +43,15 @@ typedef struct RunSlot
 	pid_t		pid;			/* 0 until the worker starts */
 	bool		in_use;
 	uint32		generation;		/* bumped by every claim: tells a slot's users apart */
+	/* Progress of the run the worker executes (dalgo.run_progress()). */
+	bool		progress_set;
+	pg_uuid_t	progress_run;
+	pg_uuid_t	progress_org;
+	pg_uuid_t	progress_source;
+	int64		progress_rows;
+	int64		progress_bytes;
+	int32		progress_page;
+	TimestampTz progress_at;
 } RunSlot;
 
 /* What a run worker gets in bgw_extra. */

@@ -23,7 +23,7 @@ GRANT SELECT ON public.tiny TO dalgo_wh_a0000000000040008000000000000001;
 INSERT INTO dalgo.sources (organization_id, name, source_type, config, warehouse_table_name)
 	SELECT 'a0000000-0000-4000-8000-000000000001', 's' || g,
 		   CASE WHEN g <= 100 THEN 'postgres' ELSE 'api' END::dalgo.source_type,
-		   '{"relation": "public.tiny"}', 't' || g
+		   CASE WHEN g <= 100 THEN '{"relation": "public.tiny"}' ELSE '{"connector": true}' END::jsonb, 't' || g
 	FROM generate_series(1, 10000) g;
 INSERT INTO dalgo.schedules (organization_id, source_id, frequency, run_at_day)
 	SELECT organization_id, id, 'weekly', 1 FROM dalgo.sources;

@@ -36,7 +36,7 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_authenticated'$
 		'dalgo.recipe_dependencies(jsonb)', 'dalgo.caller_may(uuid,dalgo.member_role)',
 		-- scheduling
 		'dalgo.next_run(dalgo.schedule_frequency,time without time zone,integer,text,timestamp with time zone)',
-		'dalgo.run_schedule_now(uuid)', 'dalgo.is_connector_source(dalgo.source_type)',
+		'dalgo.run_schedule_now(uuid)', 'dalgo.is_connector_source(dalgo.source_type)', 'dalgo.run_progress()',
 		-- uploads (docs/loading.md)
 		'dalgo.begin_upload(uuid,text[])', 'dalgo.finish_upload(uuid)',
 		-- quotas
@@ -78,7 +78,7 @@ SELECT set_eq($$SELECT fn FROM executable WHERE rolname = 'dalgo_service'$$,
 		'dalgo.run_transformation(uuid,boolean)', 'dalgo.transformation_upstream(uuid)',
 		'dalgo.recipe_dependencies(jsonb)', 'dalgo.caller_may(uuid,dalgo.member_role)',
 		'dalgo.next_run(dalgo.schedule_frequency,time without time zone,integer,text,timestamp with time zone)',
-		'dalgo.run_schedule_now(uuid)', 'dalgo.is_connector_source(dalgo.source_type)',
+		'dalgo.run_schedule_now(uuid)', 'dalgo.is_connector_source(dalgo.source_type)', 'dalgo.run_progress()',
 		-- service work
 		'dalgo.purge_audit_logs(interval)', 'dalgo.run_due_schedules(timestamp with time zone)',
 		'dalgo.scheduler_status()', 'dalgo.claim_sync_run()', 'dalgo.complete_sync_run(uuid,integer,text,jsonb)',
@@ -133,7 +133,9 @@ SELECT set_eq($$SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.pronames
 						  'dalgo.enable_encryption(regclass,name,name,dalgo.member_role)', 'dalgo.disable_encryption(regclass,name)',
 						  'dalgo.rotate_secret_key(text)', 'dalgo.security_report(name)',
 						  -- Citus (docs/scaling.md): superusers
-						  'dalgo.distribute()'])$$,
+						  'dalgo.distribute()',
+						  -- sources over HTTP: the address check, for superusers
+						  'dalgo.http_address_allowed(inet)'])$$,
 	'public_api_surface: \df dalgo.* lists the app roles'' API and the documented admin tools, nothing else');
 SELECT is_empty($$SELECT r.rolname FROM pg_roles r
 	WHERE r.rolname IN ('dalgo_authenticated', 'dalgo_anon', 'dalgo_service', 'public')

@@ -9,9 +9,10 @@ BEGIN;
 \i test/fixtures/two_orgs.sql
 \set A '''22222222-0000-4000-8000-0000000000a0'''
 SELECT plan(9);
-INSERT INTO dalgo.sources (id, organization_id, name, source_type, warehouse_table_name) VALUES
-	('33333333-0000-4000-8000-0000000000a2', :A, 'Sheet 2', 'google_sheets', 'sheet2'),
-	('33333333-0000-4000-8000-0000000000a3', :A, 'Sheet 3', 'google_sheets', 'sheet3');
+UPDATE dalgo.sources SET config = '{"connector": true}' WHERE id = '33333333-0000-4000-8000-0000000000a1';
+INSERT INTO dalgo.sources (id, organization_id, name, source_type, config, warehouse_table_name) VALUES
+	('33333333-0000-4000-8000-0000000000a2', :A, 'Sheet 2', 'google_sheets', '{"connector": true}', 'sheet2'),
+	('33333333-0000-4000-8000-0000000000a3', :A, 'Sheet 3', 'google_sheets', '{"connector": true}', 'sheet3');
 INSERT INTO dalgo.schedules (organization_id, source_id, frequency)
 SELECT organization_id, id, 'daily' FROM dalgo.sources WHERE organization_id = :A AND source_type = 'google_sheets';
 UPDATE dalgo.organizations SET settings = '{"quotas": {"concurrent_runs": 1}}' WHERE id = :A;

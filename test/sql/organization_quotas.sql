@@ -108,10 +108,11 @@ SELECT is((SELECT status::text || ': ' || regexp_replace(error_message, '\d+ run
 
 -- Connector runs: an organization at its quota keeps its runs pending.
 UPDATE dalgo.organizations SET settings = '{"quotas": {"concurrent_runs": 1}}' WHERE id = :A;
+UPDATE dalgo.sources SET config = '{"connector": true}' WHERE id = '33333333-0000-4000-8000-0000000000a1';
 INSERT INTO dalgo.sync_runs (organization_id, source_id, status, started_at, created_at) VALUES
 	(:A, '33333333-0000-4000-8000-0000000000a1', 'running', now(), now() - interval '3 minutes'),
 	(:A, '33333333-0000-4000-8000-0000000000a1', 'pending', NULL, now() - interval '2 minutes');
-UPDATE dalgo.sources SET source_type = 'api' WHERE id = '33333333-0000-4000-8000-0000000000b1';
+UPDATE dalgo.sources SET source_type = 'api', config = '{"connector": true}' WHERE id = '33333333-0000-4000-8000-0000000000b1';
 INSERT INTO dalgo.sync_runs (organization_id, source_id, status, created_at) VALUES
 	(:B, '33333333-0000-4000-8000-0000000000b1', 'pending', now() - interval '1 minute');
 SET LOCAL ROLE dalgo_service;

@@ -49,8 +49,9 @@ SELECT is((SELECT array_agg(DISTINCT r.organization_id ORDER BY r.organization_i
 SELECT is((SELECT count(*) FROM dalgo_internal.claim_due_schedules(now(), 100)), 19::bigint, 'the rest of A''s follow');
 
 -- Connectors: 3,000 pending google_sheets runs of A, then one of B.
-INSERT INTO dalgo.sources (id, organization_id, name, source_type, warehouse_table_name) VALUES
-	('33333333-0000-4000-8000-0000000000b3', :B, 'Sheet B', 'google_sheets', 'sheet_b');
+UPDATE dalgo.sources SET config = '{"connector": true}' WHERE id = '33333333-0000-4000-8000-0000000000a1';
+INSERT INTO dalgo.sources (id, organization_id, name, source_type, config, warehouse_table_name) VALUES
+	('33333333-0000-4000-8000-0000000000b3', :B, 'Sheet B', 'google_sheets', '{"connector": true}', 'sheet_b');
 INSERT INTO dalgo.sync_runs (organization_id, source_id, status, details, created_at)
 SELECT :A, '33333333-0000-4000-8000-0000000000a1', 'pending', '{}', now() - interval '1 hour' + g * interval '1 ms'
 FROM generate_series(1, 3000) g;

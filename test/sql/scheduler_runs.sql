@@ -17,7 +17,7 @@ CREATE TABLE public.private_data (secret text);
 INSERT INTO dalgo.sources (id, organization_id, name, source_type, config, warehouse_table_name) VALUES
 	('33333333-0000-4000-8000-0000000000c1', :A, 'CRM', 'postgres', '{"relation": "public.crm_contacts"}', 'crm'),
 	('33333333-0000-4000-8000-0000000000c2', :A, 'Broken', 'postgres', '{"relation": "public.no_such_table"}', 'broken'),
-	('33333333-0000-4000-8000-0000000000c3', :A, 'Sheet', 'google_sheets', '{"spreadsheet_id": "x"}', 'sheet'),
+	('33333333-0000-4000-8000-0000000000c3', :A, 'Sheet', 'google_sheets', '{"spreadsheet_id": "x", "connector": true}', 'sheet'),
 	('33333333-0000-4000-8000-0000000000c4', :A, 'Not granted', 'postgres', '{"relation": "public.private_data"}', 'stolen'),
 	('33333333-0000-4000-8000-0000000000c5', :A, 'Own schema', 'postgres', '{"relation": "dalgo.users"}', 'users_copy'),
 	('33333333-0000-4000-8000-0000000000c6', :A, 'File', 'csv', '{"path": "dalgo_test_visits.csv"}', 'file_visits');

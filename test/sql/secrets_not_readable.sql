@@ -87,6 +87,7 @@ SELECT is((SELECT config->>'api_key' FROM dalgo.sources WHERE id = :SA), 'k-SECR
 RESET ROLE;
 
 -- Run history: what a connector reports passes through the redaction.
+UPDATE dalgo.sources SET config = config || '{"connector": true}' WHERE id = :SA;
 INSERT INTO dalgo.sync_runs (id, source_id, status) VALUES ('77777777-0000-4000-8000-0000000000a9', :SA, 'pending');
 SET LOCAL ROLE dalgo_service;
 SELECT is((dalgo.claim_sync_run()).id, '77777777-0000-4000-8000-0000000000a9'::uuid, 'a connector claims the run');

@@ -15,9 +15,9 @@ INSERT INTO dalgo.organizations (id, name, slug) VALUES ('22222222-0000-4000-800
 INSERT INTO dalgo.organization_members (organization_id, user_id, role)
 	VALUES ('22222222-0000-4000-8000-0000000000a9', '11111111-0000-4000-8000-0000000000a9', 'owner');
 -- Connector sources: no background run worker takes their runs, only claim_sync_run.
-INSERT INTO dalgo.sources (id, organization_id, name, source_type, warehouse_table_name)
+INSERT INTO dalgo.sources (id, organization_id, name, source_type, config, warehouse_table_name)
 	SELECT ('33333333-0000-4000-8000-00000000a9' || lpad(g::text, 2, '0'))::uuid, '22222222-0000-4000-8000-0000000000a9',
-		   'race ' || g, 'api', 'race_' || g FROM generate_series(1, 3) g;
+		   'race ' || g, 'api', '{"connector": true}', 'race_' || g FROM generate_series(1, 3) g;
 INSERT INTO dalgo.schedules (id, organization_id, source_id, frequency)
 	SELECT ('77777777-0000-4000-8000-00000000a9' || lpad(g::text, 2, '0'))::uuid, '22222222-0000-4000-8000-0000000000a9',
 		   ('33333333-0000-4000-8000-00000000a9' || lpad(g::text, 2, '0'))::uuid, 'daily' FROM generate_series(1, 3) g;

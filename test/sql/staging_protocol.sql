@@ -23,8 +23,9 @@ SELECT plan(52);
 INSERT INTO dalgo.users (id, email, full_name, password_hash) VALUES
 	('11111111-0000-4000-8000-000000000009', 'viewer.a@example.org', 'Viewer A', 'hash-v');
 INSERT INTO dalgo.organization_members (organization_id, user_id, role) VALUES (:A, '11111111-0000-4000-8000-000000000009', 'viewer');
+INSERT INTO dalgo.sources (id, organization_id, name, source_type, config, warehouse_table_name) VALUES
+	('33333333-0000-4000-8000-0000000000a9', :A, 'Feed', 'api', '{"connector": true}', 'feed');
 INSERT INTO dalgo.sources (id, organization_id, name, source_type, warehouse_table_name) VALUES
-	('33333333-0000-4000-8000-0000000000a9', :A, 'Feed', 'api', 'feed'),
 	('33333333-0000-4000-8000-0000000000aa', :A, 'Upload', 'csv', 'uploaded');
 INSERT INTO dalgo.sync_runs (id, organization_id, source_id, status) VALUES
 	('77777777-0000-4000-8000-0000000000a1', :A, '33333333-0000-4000-8000-0000000000a9', 'pending');

@@ -25,9 +25,9 @@ $node->safe_psql('postgres', qq{
 	GRANT SELECT ON public.small_source TO $wh;
 	INSERT INTO dalgo.sources (id, organization_id, name, source_type, config, warehouse_table_name) VALUES
 		('33333333-0000-4000-8000-0000000000c1', '$org', 'Small', 'postgres', '{"relation": "public.small_source"}', 'small'),
-		('33333333-0000-4000-8000-0000000000c2', '$org', 'Locked', 'api', '{}', NULL),
-		('33333333-0000-4000-8000-0000000000c3', '$org', 'Monthly', 'api', '{}', NULL),
-		('33333333-0000-4000-8000-0000000000c4', '$org', 'Sheet', 'google_sheets', '{}', NULL);
+		('33333333-0000-4000-8000-0000000000c2', '$org', 'Locked', 'api', '{"connector": true}', NULL),
+		('33333333-0000-4000-8000-0000000000c3', '$org', 'Monthly', 'api', '{"connector": true}', NULL),
+		('33333333-0000-4000-8000-0000000000c4', '$org', 'Sheet', 'google_sheets', '{"connector": true}', NULL);
 	-- Inserted only (the trigger sets next_run_at): due about three seconds from now.
 	INSERT INTO dalgo.schedules (id, organization_id, source_id, frequency, run_at_time) VALUES
 		('88888888-0000-4000-8000-0000000000c1', '$org', '33333333-0000-4000-8000-0000000000c1', 'hourly',

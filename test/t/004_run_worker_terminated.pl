@@ -26,7 +26,7 @@ $node->safe_psql('postgres', qq{
 	GRANT SELECT ON public.slow_source TO $wh;
 	INSERT INTO dalgo.sources (id, organization_id, name, source_type, config, warehouse_table_name) VALUES
 		('33333333-0000-4000-8000-0000000000e1', '$org', 'Slow', 'postgres', '{"relation": "public.slow_source"}', 'slow'),
-		('33333333-0000-4000-8000-0000000000e2', '$org', 'Sheet', 'google_sheets', '{}', NULL);
+		('33333333-0000-4000-8000-0000000000e2', '$org', 'Sheet', 'google_sheets', '{"connector": true}', NULL);
 	INSERT INTO dalgo.schedules (id, organization_id, source_id, frequency)
 		VALUES ('88888888-0000-4000-8000-0000000000e1', '$org', '33333333-0000-4000-8000-0000000000e1', 'hourly');
 	UPDATE dalgo.schedules SET next_run_at = now();

@@ -22,7 +22,7 @@ $node->safe_psql('old', qq{
 	CREATE EXTENSION dalgo VERSION '0.1.0';
 	INSERT INTO dalgo.organizations (id, name, slug) VALUES ('$org', 'Old', 'old');
 	INSERT INTO dalgo.sources (id, organization_id, name, source_type, config)
-		VALUES ('33333333-0000-4000-8000-000000000071', '$org', 'Sheet', 'api', '{}');
+		VALUES ('33333333-0000-4000-8000-000000000071', '$org', 'Sheet', 'api', '{"connector": true}');
 	INSERT INTO dalgo.schedules (organization_id, source_id, frequency)
 		VALUES ('$org', '33333333-0000-4000-8000-000000000071', 'hourly');
 	UPDATE dalgo.schedules SET next_run_at = now();

@@ -18,8 +18,9 @@ $node->safe_psql('postgres', q{
 	CREATE ROLE anon_login LOGIN NOINHERIT;
 	GRANT dalgo_anon TO anon_login;
 	INSERT INTO dalgo.organizations (id, name, slug) VALUES ('22222222-0000-4000-8000-0000000000e0', 'Notify', 'notify');
-	INSERT INTO dalgo.sources (id, organization_id, name, source_type, warehouse_table_name) VALUES
-		('33333333-0000-4000-8000-0000000000e1', '22222222-0000-4000-8000-0000000000e0', 'Sheet', 'google_sheets', 'sheet');
+	INSERT INTO dalgo.sources (id, organization_id, name, source_type, config, warehouse_table_name) VALUES
+		('33333333-0000-4000-8000-0000000000e1', '22222222-0000-4000-8000-0000000000e0', 'Sheet', 'google_sheets',
+		 '{"connector": true}', 'sheet');
 	INSERT INTO dalgo.schedules (id, organization_id, source_id, frequency) VALUES
 		('88888888-0000-4000-8000-0000000000e1', '22222222-0000-4000-8000-0000000000e0', '33333333-0000-4000-8000-0000000000e1', 'daily');
 });
