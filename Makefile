@@ -155,6 +155,7 @@ REGRESS = \
 	runs_on_demand \
 	failure_alerts \
 	own_secrets_at_rest \
+	warehouse_first_use_race \
 	citus_distribute_refused \
 	citus_node_simulated \
 	citus_scheduler_simulated

@@ -15671,6 +15671,108 @@ $$;
 COMMENT ON FUNCTION dalgo_internal.recover_interrupted_runs() IS
 	'Mark scheduled runs whose worker is gone (same pid and a backend start no later than the run''s) as failed; the scheduler calls it on every tick (pending runs simply wait for a worker)';
 
+-- lead: the secret key's creation is logged without the statement that wrote the first secret
+CREATE FUNCTION dalgo_internal.log_without_statement(message text) RETURNS void
+	AS 'MODULE_PATHNAME', 'dalgo_log_without_statement'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION dalgo_internal.log_without_statement(text) IS
+	'Internal: write a message to the server log at LOG level without the statement that led to it';
+REVOKE ALL ON FUNCTION dalgo_internal.log_without_statement(text) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION dalgo_internal.secret_key_for_writing() RETURNS text
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k text := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+BEGIN
+	IF k IS NULL OR k = '' THEN
+		-- One creator at a time; the file outlives a rollback, so a
+		-- second creator finds it after the first one's lock is gone.
+		PERFORM pg_catalog.pg_advisory_xact_lock(7316028433216171853);
+		k := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+		IF k IS NULL OR k = '' THEN
+			k := pg_catalog.encode(dalgo_internal.pgcrypto_random_bytes(32), 'hex');
+			PERFORM dalgo_internal.write_secret_key(k);
+			PERFORM dalgo_internal.log_without_statement(
+				'dalgo: created the secret key dalgo_secret.key in the data directory; back it up apart from the database');
+		END IF;
+	END IF;
+	RETURN k;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.secret_key_for_writing() IS
+	'Internal: the encryption key, created (32 random bytes in dalgo_secret.key of the data directory) on first need';
+
+-- lead: two first uses of a warehouse at once both succeed
+CREATE OR REPLACE FUNCTION dalgo.ensure_warehouse(organization_id uuid) RETURNS text
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	role_name text := dalgo_internal.warehouse_role_name(organization_id);
+	r pg_roles;
+	problem text;
+BEGIN
+	IF organization_id IS NULL THEN
+		RAISE EXCEPTION 'organization_id is required' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(organization_id, 'viewer')
+	   OR NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = ensure_warehouse.organization_id AND o.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Two first uses at once (two syncs of a new organization): the second
+	-- waits for the first and then finds its role and schema, instead of
+	-- failing on pg_authid's unique name.
+	IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name)
+	   OR NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = schema_name) THEN
+		PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('dalgo warehouse ' || organization_id::text, 0));
+	END IF;
+	SELECT * INTO r FROM pg_roles WHERE rolname = role_name;
+	IF NOT FOUND THEN
+		EXECUTE format('CREATE ROLE %I NOLOGIN NOINHERIT', role_name);
+		EXECUTE format('COMMENT ON ROLE %I IS %L', role_name, 'dalgo: owns the warehouse of organization ' || organization_id);
+	ELSE
+		-- A role of that name that dalgo did not make the way it makes them is
+		-- never adopted: everything a viewer previews runs as this role.
+		problem := concat_ws(', ',
+			CASE WHEN r.rolcanlogin THEN 'it can log in' END,
+			CASE WHEN r.rolsuper THEN 'it is a superuser' END,
+			CASE WHEN r.rolbypassrls THEN 'it bypasses row-level security' END,
+			CASE WHEN r.rolcreaterole THEN 'it can create roles' END,
+			CASE WHEN r.rolcreatedb THEN 'it can create databases' END,
+			CASE WHEN r.rolreplication THEN 'it is a replication role' END,
+			(SELECT 'it is a member of ' || string_agg(quote_ident(g.rolname), ', ' ORDER BY g.rolname)
+			 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid),
+			(SELECT 'it is granted to ' || string_agg(quote_ident(u.rolname), ', ' ORDER BY u.rolname)
+			 FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member WHERE m.roleid = r.oid));
+		IF problem <> '' THEN
+			RAISE EXCEPTION 'role "%" exists but is not a warehouse role dalgo can use: %', role_name, problem
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  HINT = 'A warehouse role is NOLOGIN, NOSUPERUSER, NOBYPASSRLS, NOCREATEROLE, NOCREATEDB, NOREPLICATION and in no role membership; a superuser must fix or drop it.';
+		END IF;
+	END IF;
+	IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = schema_name) THEN
+		EXECUTE format('CREATE SCHEMA %I AUTHORIZATION %I', schema_name, role_name);
+		EXECUTE format('REVOKE ALL ON SCHEMA %I FROM PUBLIC', schema_name);
+		EXECUTE format('COMMENT ON SCHEMA %I IS %L', schema_name, 'dalgo: warehouse of organization ' || organization_id);
+	ELSIF NOT EXISTS (SELECT FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner
+					  WHERE n.nspname = schema_name AND o.rolname = role_name) THEN
+		RAISE EXCEPTION 'schema "%" exists but is not owned by the warehouse role "%"', schema_name, role_name
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'dalgo never adopts a schema it did not create for the organization; a superuser must fix its owner or drop it.';
+	END IF;
+	INSERT INTO dalgo.warehouse_connections (organization_id, database_name, is_connected, last_connected_at)
+		SELECT ensure_warehouse.organization_id, current_database(), true, now()
+		WHERE NOT EXISTS (SELECT FROM dalgo.warehouse_connections w
+						  WHERE w.organization_id = ensure_warehouse.organization_id AND w.deleted_at IS NULL);
+	RETURN schema_name;
+END
+$$;
+COMMENT ON FUNCTION dalgo.ensure_warehouse(uuid) IS
+	'The organization''s warehouse schema (org_<id>, owned by role dalgo_wh_<id>), created with its warehouse_connections row on first use; a role or schema of that name that dalgo would not have made (login, superuser, role memberships, another owner...) is refused, never adopted';
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

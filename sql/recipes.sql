@@ -59,6 +59,13 @@ BEGIN
 		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
+	-- Two first uses at once (two syncs of a new organization): the second
+	-- waits for the first and then finds its role and schema, instead of
+	-- failing on pg_authid's unique name.
+	IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name)
+	   OR NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = schema_name) THEN
+		PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('dalgo warehouse ' || organization_id::text, 0));
+	END IF;
 	SELECT * INTO r FROM pg_roles WHERE rolname = role_name;
 	IF NOT FOUND THEN
 		EXECUTE format('CREATE ROLE %I NOLOGIN NOINHERIT', role_name);

@@ -991,6 +991,15 @@ $$;
 COMMENT ON FUNCTION dalgo_internal.write_secret_key(text) IS
 	'Internal: writes dalgo_secret.key in the data directory (the current key, then the previous one)';
 
+-- A line in the server log without the client's statement (which may hold
+-- the secret being written); RAISE LOG would attach it.
+CREATE FUNCTION dalgo_internal.log_without_statement(message text) RETURNS void
+	AS 'MODULE_PATHNAME', 'dalgo_log_without_statement'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION dalgo_internal.log_without_statement(text) IS
+	'Internal: write a message to the server log at LOG level without the statement that led to it';
+REVOKE ALL ON FUNCTION dalgo_internal.log_without_statement(text) FROM PUBLIC;
+
 -- The key to encrypt with: created (32 random bytes) when there is none yet.
 CREATE FUNCTION dalgo_internal.secret_key_for_writing() RETURNS text
 	LANGUAGE plpgsql SECURITY DEFINER
@@ -1007,7 +1016,8 @@ BEGIN
 		IF k IS NULL OR k = '' THEN
 			k := pg_catalog.encode(dalgo_internal.pgcrypto_random_bytes(32), 'hex');
 			PERFORM dalgo_internal.write_secret_key(k);
-			RAISE LOG 'dalgo: created the secret key dalgo_secret.key in the data directory; back it up apart from the database';
+			PERFORM dalgo_internal.log_without_statement(
+				'dalgo: created the secret key dalgo_secret.key in the data directory; back it up apart from the database');
 		END IF;
 	END IF;
 	RETURN k;

@@ -7,6 +7,7 @@
  */
 #include "dalgo.h"
 
+#include "utils/builtins.h"
 #include "utils/uuid.h"
 
 /* Value of one hexadecimal digit, or -1. */
@@ -74,4 +75,23 @@ dalgo_uuid_hex(const pg_uuid_t *id, char *hex)
 		hex[2 * i + 1] = digits[id->data[i] & 0xF];
 	}
 	hex[2 * UUID_LEN] = '\0';
+}
+
+PG_FUNCTION_INFO_V1(dalgo_log_without_statement);
+
+/*
+ * Write a message to the server log without the statement that led to it.
+ * A LOG-level message from PL/pgSQL (RAISE LOG) carries the client's
+ * statement into the log, and that statement may hold a secret being
+ * written; this one hides it.
+ */
+Datum
+dalgo_log_without_statement(PG_FUNCTION_ARGS)
+{
+	if (!PG_ARGISNULL(0))
+		ereport(LOG,
+				errmsg_internal("%s", text_to_cstring(PG_GETARG_TEXT_PP(0))),
+				errhidestmt(true),
+				errhidecontext(true));
+	PG_RETURN_VOID();
 }

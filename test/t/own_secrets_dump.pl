@@ -79,5 +79,19 @@ unlike($stderr, qr/plaintext-4/, 'the error shows no plaintext credential');
 my @lines = grep { /plaintext-4/ && !/(STATEMENT|statement):/ } split /\n(?=\d{4}-)/, slurp_file($node->logfile);
 is(scalar(@lines), 0, q{the server log's error lines show none}) or diag join "\n", @lines;
 
+# The key is created by the first write of a secret: its LOG line must not
+# carry that write's statement (RAISE LOG would attach it, plaintext and all).
+rename($keyfile, "$keyfile.aside") or die "rename: $!";
+$node->safe_psql('postgres', q{
+	INSERT INTO dalgo.sources (organization_id, name, source_type, config) VALUES
+		('22222222-0000-4000-8000-0000000000a0', 'Api 2', 'api', '{"url": "https://x", "credentials": {"bearer_token": "tok-plaintext-5"}}')});
+ok(-e $keyfile, 'the first secret written creates a key');
+# (The test cluster logs every statement, log_statement = all; what must not
+# happen is dalgo's own line carrying the statement along.)
+my @entries = grep { /created the secret key/ } split /\n(?=\d{4}-)/, slurp_file($node->logfile);
+is(scalar(@entries), 2, 'and says so in the server log (the update made the first key)');
+is(scalar(grep { /plaintext-5|STATEMENT/ } @entries), 0, 'without the statement that wrote the secret')
+	or diag join "\n", @entries;
+
 $node->stop;
 done_testing();
