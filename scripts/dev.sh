@@ -213,7 +213,9 @@ cmd_demo() {
 		rm -rf "$dir/data"
 		port=$(free_port 54330)
 		as_owner "$PGBIN/initdb" -D "$dir/data" -U postgres -A trust --no-instructions >/dev/null
-		as_owner bash -c "cat '$ROOT/test/postgresql.conf' >> '$dir/data/postgresql.conf'; echo $port > '$dir/port'"
+		# The test settings, with the daily maintenance back on (the suite turns it off).
+		as_owner bash -c "cat '$ROOT/test/postgresql.conf' >> '$dir/data/postgresql.conf'
+			echo 'dalgo.maintenance_interval = 86400' >> '$dir/data/postgresql.conf'; echo $port > '$dir/port'"
 		as_owner "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
 			-o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null
 		as_owner "$PGBIN/psql" -q -X -h "$dir" -p "$port" -U postgres -d postgres \
