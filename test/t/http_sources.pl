@@ -152,6 +152,19 @@ is(sq(qq{SELECT string_agg(column_name || ':' || column_type, ',' ORDER BY colum
 is(sq(qq{SELECT string_agg(id || '=' || (meta->>'k'), ',' ORDER BY id::int) FROM $schema.by_next}), '0=0,1=1,2=2,3=3,4=4,5=5',
 	'every record of every page');
 
+# A transformation over the synced api table runs, on its typed columns.
+sq(qq{
+	BEGIN;
+	SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-000000000001';
+	SET LOCAL ROLE dalgo_authenticated;
+	INSERT INTO dalgo.transformations (organization_id, name, recipe, output_table_name) VALUES ('$org', 'api ids',
+		'{"version": 1, "source": {"table": "by_next"}, "steps": [{"type": "filter", "conditions": [{"column": "id", "op": "gte", "value": {"val": 3}}]}]}',
+		'api_ids');
+	SELECT dalgo.run_transformation(id) FROM dalgo.transformations WHERE name = 'api ids';
+	COMMIT;});
+is(sq(qq{SELECT string_agg(id::text, ',' ORDER BY id) || ' ' || pg_typeof(min(id)) FROM $schema.api_ids}), '3,4,5 bigint',
+	'a transformation over the synced api table runs');
+
 my $page = source('api', qq{{"url": "$base/api/page?n=2&pages=3", "records": "/items",
 	"pagination": {"type": "page", "param": "page", "start": 1}}}, 'by_page');
 is(sync_now($page), 'success||6', 'page pagination stops at the first empty page');
