@@ -15773,6 +15773,228 @@ $$;
 COMMENT ON FUNCTION dalgo.ensure_warehouse(uuid) IS
 	'The organization''s warehouse schema (org_<id>, owned by role dalgo_wh_<id>), created with its warehouse_connections row on first use; a role or schema of that name that dalgo would not have made (login, superuser, role memberships, another owner...) is refused, never adopted';
 
+-- lead: a user's erasure touches only their own audit rows and their organizations' (a name
+-- like "-4000-" erased ids across every tenant), never ids; control characters in names never
+-- reach an alert's subject
+DROP FUNCTION dalgo_internal.anonymize_audit_logs(uuid, text[]);
+DROP FUNCTION dalgo_internal.erase_in_jsonb(jsonb, text[], text[]);
+-- Replace every string value that holds one of the needles
+-- (case-insensitively), and every value under the keys given, by
+-- "[erased]".  Ids (keys "id" and "*_id") are never touched.  A user picks
+-- their own name, so a needle matches inside a longer string only when it
+-- has 5 characters or more, a letter among them; a shorter or letterless
+-- one ("-4000-", "202") must equal the whole value.
+CREATE FUNCTION dalgo_internal.erase_in_jsonb(j jsonb, needles text[], keys text[], whole_values_only boolean DEFAULT false)
+	RETURNS jsonb
+	LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	CASE jsonb_typeof(j)
+	WHEN 'object' THEN
+		RETURN coalesce((SELECT jsonb_object_agg(e.key, CASE WHEN e.key = 'id' OR e.key LIKE '%\_id' THEN e.value
+															 WHEN e.key = ANY (keys) AND jsonb_typeof(e.value) <> 'null'
+															 THEN '"[erased]"'::jsonb
+															 ELSE dalgo_internal.erase_in_jsonb(e.value, needles, keys, whole_values_only) END)
+						 FROM jsonb_each(j) e), '{}'::jsonb);
+	WHEN 'array' THEN
+		RETURN coalesce((SELECT jsonb_agg(dalgo_internal.erase_in_jsonb(a.value, needles, keys, whole_values_only) ORDER BY a.n)
+						 FROM jsonb_array_elements(j) WITH ORDINALITY a(value, n)), '[]'::jsonb);
+	WHEN 'string' THEN
+		IF EXISTS (SELECT FROM unnest(needles) x
+				   WHERE length(btrim(x)) >= 3
+					 AND (lower(btrim(j #>> '{}')) = lower(btrim(x))
+						  OR (NOT coalesce(whole_values_only, false) AND length(btrim(x)) >= 5 AND btrim(x) ~ '[[:alpha:]]'
+							  AND strpos(lower(j #>> '{}'), lower(btrim(x))) > 0))) THEN
+			RETURN '"[erased]"'::jsonb;
+		END IF;
+		RETURN j;
+	ELSE
+		RETURN j;
+	END CASE;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo_internal.erase_in_jsonb(jsonb, text[], text[], boolean) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.erase_in_jsonb(jsonb, text[], text[], boolean) IS
+	'Internal: a jsonb value with every string holding one of the needles (case-insensitively; inside a longer string only for needles of 5 characters or more with a letter and not whole_values_only, else the whole value, and never under 3 characters) and every value under one of the keys replaced by "[erased]"; ids (keys id and *_id) are never touched';
+
+CREATE FUNCTION dalgo_internal.anonymize_audit_logs(user_id uuid, needles text[], organization_ids uuid[]) RETURNS bigint
+	AS 'MODULE_PATHNAME', 'dalgo_anonymize_audit_logs'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+REVOKE ALL ON FUNCTION dalgo_internal.anonymize_audit_logs(uuid, text[], uuid[]) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.anonymize_audit_logs(uuid, text[], uuid[]) IS
+	'Internal: the one path past the audit trail''s append-only guard: in the rows by or about the user, and the rows of organizations the user was a member of that name one of the needles, personal data in details is erased and the client address and user agent of the user''s own rows dropped; ids, actions and times stay. Rows of other organizations are never touched';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.erase_account(user_id uuid) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	uid uuid := erase_account.user_id;
+	u record;
+	blocking record;
+	needles text[];
+	orgs uuid[];
+	anon text := 'erased-' || replace(erase_account.user_id::text, '-', '') || '@erased.invalid';
+BEGIN
+	SELECT x.id, x.email, x.full_name, x.deleted_at INTO u FROM dalgo.users x WHERE x.id = uid FOR UPDATE;
+	IF u.id IS NULL THEN
+		RAISE EXCEPTION 'user % does not exist', uid USING ERRCODE = 'no_data_found';
+	END IF;
+	-- Team organizations must keep an owner: under each organization's row
+	-- lock, against the latest committed state (as guard_membership counts).
+	FOR blocking IN
+		SELECT o.id, o.name FROM dalgo.organization_members m JOIN dalgo.organizations o ON o.id = m.organization_id
+		WHERE m.user_id = uid AND m.role = 'owner' AND m.deleted_at IS NULL
+		  AND o.org_type = 'team' AND o.deleted_at IS NULL
+		ORDER BY o.id
+	LOOP
+		PERFORM FROM dalgo.organizations o WHERE o.id = blocking.id FOR NO KEY UPDATE;
+		IF dalgo_internal.live_owner_count(blocking.id,
+				(SELECT m.id FROM dalgo.organization_members m
+				 WHERE m.organization_id = blocking.id AND m.user_id = uid AND m.deleted_at IS NULL)) = 0 THEN
+			RAISE EXCEPTION 'you are the last owner of the organization "%" (%)', blocking.name, blocking.id
+				USING ERRCODE = 'check_violation',
+					  HINT = 'Make another member an owner, or delete the organization, first.';
+		END IF;
+	END LOOP;
+
+	-- The organizations whose audit rows may name the user: theirs, before
+	-- the personal one goes.  No other organization's trail is touched.
+	orgs := ARRAY(SELECT DISTINCT m.organization_id FROM dalgo.organization_members m WHERE m.user_id = uid);
+
+	-- Personal organizations of the user go at once, warehouse and all.
+	DELETE FROM dalgo.organizations o
+		WHERE o.org_type = 'personal'
+		  AND EXISTS (SELECT FROM dalgo.organization_members m
+					  WHERE m.organization_id = o.id AND m.user_id = uid AND m.role = 'owner' AND m.deleted_at IS NULL);
+	-- Memberships end (the rows keep their ids for the audit trail).
+	UPDATE dalgo.organization_members m SET deleted_at = now() WHERE m.user_id = uid AND m.deleted_at IS NULL;
+
+	-- Sessions, reset tokens, API keys and pending mail.
+	UPDATE dalgo.refresh_tokens t SET revoked_at = now() WHERE t.user_id = uid AND t.revoked_at IS NULL;
+	UPDATE dalgo.password_reset_tokens t SET used_at = now() WHERE t.user_id = uid AND t.used_at IS NULL;
+	UPDATE dalgo.api_keys k SET revoked_at = now() WHERE k.created_by_id = uid AND k.revoked_at IS NULL;
+	UPDATE dalgo.mail_messages m SET state = 'cancelled', payload = NULL, completed_at = now()
+		WHERE lower(m.recipient) = lower(u.email) AND m.state IN ('pending', 'sending');
+	UPDATE dalgo.mail_messages m SET recipient = anon WHERE lower(m.recipient) = lower(u.email);
+	UPDATE dalgo.invitations i SET email = anon WHERE lower(i.email) = lower(u.email);
+	DELETE FROM dalgo.sign_in_attempts a
+		WHERE a.user_id = uid OR a.email_hash = dalgo_internal.email_key(u.email);
+
+	-- The user row: the id stays, the person goes.
+	UPDATE dalgo.users x SET email = anon, full_name = NULL, password_hash = NULL, is_active = false,
+		deleted_at = coalesce(x.deleted_at, now())
+		WHERE x.id = uid;
+
+	-- The audit trail: what the user did and what was done to them stays, by id.
+	needles := ARRAY[u.email, u.full_name]
+		|| ARRAY(SELECT DISTINCT v.value FROM dalgo.audit_logs a,
+					 LATERAL jsonb_path_query(a.details, 'strict $.**.email.**') q,
+					 LATERAL (SELECT q #>> '{}' AS value) v
+				 WHERE a.resource_type = 'users' AND a.resource_id = uid AND jsonb_typeof(q) = 'string'
+				   AND v.value <> anon)
+		|| ARRAY(SELECT DISTINCT v.value FROM dalgo.audit_logs a,
+					 LATERAL jsonb_path_query(a.details, 'strict $.**.full_name.**') q,
+					 LATERAL (SELECT q #>> '{}' AS value) v
+				 WHERE a.resource_type = 'users' AND a.resource_id = uid AND jsonb_typeof(q) = 'string');
+	PERFORM dalgo_internal.anonymize_audit_logs(uid, array_remove(needles, NULL), orgs);
+	PERFORM dalgo_internal.account_audit('account_erased', NULL, NULL, 'user', uid);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.record_run_alert() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer := greatest(coalesce(nullif(current_setting('dalgo.alert_after_failures', true), '')::integer, 1), 1);
+	sid uuid;
+	s dalgo.schedules;
+	org dalgo.organizations;
+	previous text[];
+	before integer;
+	target_type text;
+	target_name text;
+	kind text;
+	payload jsonb;
+	recipient text;
+BEGIN
+	IF dalgo.restoring() OR NEW.details ?| ARRAY['skipped', 'cancelled'] THEN
+		RETURN NULL;
+	END IF;
+	-- On a Citus cluster the trigger fires on the run's shard (sync_runs_102040),
+	-- on a worker, which may not write the mail queue (a reference table):
+	-- no alert there yet (docs/scaling.md).
+	IF TG_TABLE_NAME ~ '_[0-9]+$' THEN
+		RETURN NULL;
+	END IF;
+	BEGIN
+		sid := (NEW.details->>'schedule_id')::uuid;
+	EXCEPTION WHEN invalid_text_representation THEN
+		RETURN NULL;
+	END;
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = sid AND x.organization_id = NEW.organization_id;
+	SELECT * INTO org FROM dalgo.organizations o WHERE o.id = NEW.organization_id AND o.deleted_at IS NULL;
+	IF s.id IS NULL OR org.id IS NULL THEN
+		RETURN NULL;
+	END IF;
+	-- The outcomes of the schedule's previous runs, newest first: n of them
+	-- tell whether the streak before this run was n - 1 long, or reached n.
+	IF TG_TABLE_NAME = 'sync_runs' THEN
+		previous := ARRAY(SELECT r.status::text FROM dalgo.sync_runs r
+						  WHERE r.source_id = NEW.source_id AND r.organization_id = NEW.organization_id AND r.id <> NEW.id
+							AND r.details->>'schedule_id' = sid::text AND NOT r.details ?| ARRAY['skipped', 'cancelled']
+							AND r.status IN ('success', 'failed')
+						  ORDER BY r.completed_at DESC NULLS LAST, r.created_at DESC LIMIT n);
+		target_type := 'source';
+		SELECT x.name INTO target_name FROM dalgo.sources x WHERE x.organization_id = s.organization_id AND x.id = s.source_id;
+	ELSE
+		previous := ARRAY(SELECT r.status::text FROM dalgo.transformation_runs r
+						  WHERE r.transformation_id = NEW.transformation_id AND r.organization_id = NEW.organization_id
+							AND r.id <> NEW.id AND r.details->>'schedule_id' = sid::text AND NOT r.details ?| ARRAY['skipped', 'cancelled']
+							AND r.status IN ('success', 'failed')
+						  ORDER BY r.completed_at DESC NULLS LAST, r.created_at DESC LIMIT n);
+		target_type := 'output';
+		SELECT x.name INTO target_name FROM dalgo.outputs x WHERE x.organization_id = s.organization_id AND x.id = s.output_id;
+	END IF;
+	before := coalesce(array_position(previous, 'success') - 1, cardinality(previous));
+	IF NEW.status = 'failed' AND before = n - 1 THEN
+		kind := 'run_failed';
+	ELSIF NEW.status = 'success' AND before >= n THEN
+		kind := 'run_recovered';
+	ELSE
+		RETURN NULL;
+	END IF;
+	-- Names are members' text: no control character (a line break would
+	-- become a header in a mailer that writes the subject into one).
+	org.name := regexp_replace(org.name, '[[:cntrl:]]', ' ', 'g');
+	target_name := regexp_replace(target_name, '[[:cntrl:]]', ' ', 'g');
+	payload := jsonb_build_object(
+		'organization_id', org.id, 'organization_name', org.name,
+		'schedule_id', s.id, 'target_type', target_type, 'target_id', coalesce(s.source_id, s.output_id),
+		'target_name', target_name, 'run_id', NEW.id, 'at', NEW.completed_at,
+		'failures', CASE WHEN kind = 'run_failed' THEN n END,
+		'error', CASE WHEN kind = 'run_failed' THEN dalgo.redact(NEW.error_message) END,
+		'subject', CASE WHEN kind = 'run_failed'
+						THEN format('[%s] %s "%s" failed%s', org.name, CASE WHEN target_type = 'source' THEN 'sync of' ELSE 'refresh of' END,
+									target_name, CASE WHEN n > 1 THEN format(' %s times in a row', n) ELSE '' END)
+						ELSE format('[%s] %s "%s" is back to normal', org.name,
+									CASE WHEN target_type = 'source' THEN 'sync of' ELSE 'refresh of' END, target_name) END);
+	FOR recipient IN
+		SELECT DISTINCT u.email FROM dalgo.organization_members m JOIN dalgo.users u ON u.id = m.user_id
+		WHERE m.organization_id = org.id AND m.deleted_at IS NULL AND m.role >= 'admin'
+		  AND u.deleted_at IS NULL AND u.is_active
+		ORDER BY u.email
+	LOOP
+		PERFORM dalgo_internal.queue_mail(kind, recipient, payload);
+	END LOOP;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.record_run_alert() IS
+	'AFTER UPDATE trigger on sync_runs and transformation_runs: when a scheduled run fails for the dalgo.alert_after_failures-th time in a row, or succeeds after such a streak, queue one run_failed or run_recovered message (error redacted) to each admin and owner of the organization';
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

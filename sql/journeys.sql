@@ -766,6 +766,10 @@ BEGIN
 	ELSE
 		RETURN NULL;
 	END IF;
+	-- Names are members' text: no control character (a line break would
+	-- become a header in a mailer that writes the subject into one).
+	org.name := regexp_replace(org.name, '[[:cntrl:]]', ' ', 'g');
+	target_name := regexp_replace(target_name, '[[:cntrl:]]', ' ', 'g');
 	payload := jsonb_build_object(
 		'organization_id', org.id, 'organization_name', org.name,
 		'schedule_id', s.id, 'target_type', target_type, 'target_id', coalesce(s.source_id, s.output_id),

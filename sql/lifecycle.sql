@@ -385,24 +385,34 @@ COMMENT ON FUNCTION dalgo.purge_deleted(integer) IS
 -- Leaving for good
 -- ---------------------------------------------------------------------------
 
--- Replace every string value that contains one of the needles
--- (case-insensitively), and every value under the keys given, by "[erased]".
-CREATE FUNCTION dalgo_internal.erase_in_jsonb(j jsonb, needles text[], keys text[]) RETURNS jsonb
+-- Replace every string value that holds one of the needles
+-- (case-insensitively), and every value under the keys given, by
+-- "[erased]".  Ids (keys "id" and "*_id") are never touched.  A user picks
+-- their own name, so a needle matches inside a longer string only when it
+-- has 5 characters or more, a letter among them; a shorter or letterless
+-- one ("-4000-", "202") must equal the whole value.
+CREATE FUNCTION dalgo_internal.erase_in_jsonb(j jsonb, needles text[], keys text[], whole_values_only boolean DEFAULT false)
+	RETURNS jsonb
 	LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	CASE jsonb_typeof(j)
 	WHEN 'object' THEN
-		RETURN coalesce((SELECT jsonb_object_agg(e.key, CASE WHEN e.key = ANY (keys) AND jsonb_typeof(e.value) <> 'null'
+		RETURN coalesce((SELECT jsonb_object_agg(e.key, CASE WHEN e.key = 'id' OR e.key LIKE '%\_id' THEN e.value
+															 WHEN e.key = ANY (keys) AND jsonb_typeof(e.value) <> 'null'
 															 THEN '"[erased]"'::jsonb
-															 ELSE dalgo_internal.erase_in_jsonb(e.value, needles, keys) END)
+															 ELSE dalgo_internal.erase_in_jsonb(e.value, needles, keys, whole_values_only) END)
 						 FROM jsonb_each(j) e), '{}'::jsonb);
 	WHEN 'array' THEN
-		RETURN coalesce((SELECT jsonb_agg(dalgo_internal.erase_in_jsonb(a.value, needles, keys) ORDER BY a.n)
+		RETURN coalesce((SELECT jsonb_agg(dalgo_internal.erase_in_jsonb(a.value, needles, keys, whole_values_only) ORDER BY a.n)
 						 FROM jsonb_array_elements(j) WITH ORDINALITY a(value, n)), '[]'::jsonb);
 	WHEN 'string' THEN
-		IF EXISTS (SELECT FROM unnest(needles) x WHERE length(x) >= 3 AND strpos(lower(j #>> '{}'), lower(x)) > 0) THEN
+		IF EXISTS (SELECT FROM unnest(needles) x
+				   WHERE length(btrim(x)) >= 3
+					 AND (lower(btrim(j #>> '{}')) = lower(btrim(x))
+						  OR (NOT coalesce(whole_values_only, false) AND length(btrim(x)) >= 5 AND btrim(x) ~ '[[:alpha:]]'
+							  AND strpos(lower(j #>> '{}'), lower(btrim(x))) > 0))) THEN
 			RETURN '"[erased]"'::jsonb;
 		END IF;
 		RETURN j;
@@ -411,16 +421,16 @@ BEGIN
 	END CASE;
 END
 $$;
-REVOKE ALL ON FUNCTION dalgo_internal.erase_in_jsonb(jsonb, text[], text[]) FROM PUBLIC;
-COMMENT ON FUNCTION dalgo_internal.erase_in_jsonb(jsonb, text[], text[]) IS
-	'Internal: a jsonb value with every string containing one of the needles (case-insensitively, needles of 3 characters or more) and every value under one of the keys replaced by "[erased]"';
+REVOKE ALL ON FUNCTION dalgo_internal.erase_in_jsonb(jsonb, text[], text[], boolean) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.erase_in_jsonb(jsonb, text[], text[], boolean) IS
+	'Internal: a jsonb value with every string holding one of the needles (case-insensitively; inside a longer string only for needles of 5 characters or more with a letter and not whole_values_only, else the whole value, and never under 3 characters) and every value under one of the keys replaced by "[erased]"; ids (keys id and *_id) are never touched';
 
-CREATE FUNCTION dalgo_internal.anonymize_audit_logs(user_id uuid, needles text[]) RETURNS bigint
+CREATE FUNCTION dalgo_internal.anonymize_audit_logs(user_id uuid, needles text[], organization_ids uuid[]) RETURNS bigint
 	AS 'MODULE_PATHNAME', 'dalgo_anonymize_audit_logs'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
-REVOKE ALL ON FUNCTION dalgo_internal.anonymize_audit_logs(uuid, text[]) FROM PUBLIC;
-COMMENT ON FUNCTION dalgo_internal.anonymize_audit_logs(uuid, text[]) IS
-	'Internal: the one path past the audit trail''s append-only guard: in the rows by or about the user, or naming one of the needles, personal data in details is erased and the client address and user agent of the user''s own rows dropped; ids, actions and times stay';
+REVOKE ALL ON FUNCTION dalgo_internal.anonymize_audit_logs(uuid, text[], uuid[]) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.anonymize_audit_logs(uuid, text[], uuid[]) IS
+	'Internal: the one path past the audit trail''s append-only guard: in the rows by or about the user, and the rows of organizations the user was a member of that name one of the needles, personal data in details is erased and the client address and user agent of the user''s own rows dropped; ids, actions and times stay. Rows of other organizations are never touched';
 
 -- The work of both ways to leave: memberships end, the personal
 -- organization goes (with its warehouse), tokens and keys die, the user row
@@ -434,6 +444,7 @@ DECLARE
 	u record;
 	blocking record;
 	needles text[];
+	orgs uuid[];
 	anon text := 'erased-' || replace(erase_account.user_id::text, '-', '') || '@erased.invalid';
 BEGIN
 	SELECT x.id, x.email, x.full_name, x.deleted_at INTO u FROM dalgo.users x WHERE x.id = uid FOR UPDATE;
@@ -457,6 +468,10 @@ BEGIN
 					  HINT = 'Make another member an owner, or delete the organization, first.';
 		END IF;
 	END LOOP;
+
+	-- The organizations whose audit rows may name the user: theirs, before
+	-- the personal one goes.  No other organization's trail is touched.
+	orgs := ARRAY(SELECT DISTINCT m.organization_id FROM dalgo.organization_members m WHERE m.user_id = uid);
 
 	-- Personal organizations of the user go at once, warehouse and all.
 	DELETE FROM dalgo.organizations o
@@ -493,7 +508,7 @@ BEGIN
 					 LATERAL jsonb_path_query(a.details, 'strict $.**.full_name.**') q,
 					 LATERAL (SELECT q #>> '{}' AS value) v
 				 WHERE a.resource_type = 'users' AND a.resource_id = uid AND jsonb_typeof(q) = 'string');
-	PERFORM dalgo_internal.anonymize_audit_logs(uid, array_remove(needles, NULL));
+	PERFORM dalgo_internal.anonymize_audit_logs(uid, array_remove(needles, NULL), orgs);
 	PERFORM dalgo_internal.account_audit('account_erased', NULL, NULL, 'user', uid);
 END
 $$;

@@ -867,10 +867,11 @@ dalgo_purge_audit_logs(PG_FUNCTION_ARGS)
 }
 
 /*
- * SQL: dalgo_internal.anonymize_audit_logs(user_id uuid, needles text[]):
- * the one way past the append-only guard besides the purge, for a user who
- * leaves (dalgo_internal.erase_account).  In every audit row by or about the
- * user, or that names one of the needles (their email and name, old ones
+ * SQL: dalgo_internal.anonymize_audit_logs(user_id uuid, needles text[],
+ * organization_ids uuid[]): the one way past the append-only guard besides
+ * the purge, for a user who leaves (dalgo_internal.erase_account).  In every
+ * audit row by or about the user, and in the rows of the organizations they
+ * belonged to that name one of the needles (their email and name, old ones
  * too), the personal data in details becomes "[erased]", and the user's own
  * rows lose the client address and user agent.  Ids, actions, resource and
  * times stay; the guard checks that they do.  Returns the rows changed.
@@ -878,9 +879,9 @@ dalgo_purge_audit_logs(PG_FUNCTION_ARGS)
 Datum
 dalgo_anonymize_audit_logs(PG_FUNCTION_ARGS)
 {
-	Oid			argtypes[2] = {UUIDOID, TEXTARRAYOID};
-	Datum		values[2];
-	char		nulls[2] = {' ', ' '};
+	Oid			argtypes[3] = {UUIDOID, TEXTARRAYOID, UUIDARRAYOID};
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
 	Oid			save_userid;
 	int			save_sec;
 	int			rc;
@@ -898,6 +899,13 @@ dalgo_anonymize_audit_logs(PG_FUNCTION_ARGS)
 	}
 	else
 		values[1] = PG_GETARG_DATUM(1);
+	if (PG_ARGISNULL(2))
+	{
+		values[2] = (Datum) 0;
+		nulls[2] = 'n';
+	}
+	else
+		values[2] = PG_GETARG_DATUM(2);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -907,17 +915,27 @@ dalgo_anonymize_audit_logs(PG_FUNCTION_ARGS)
 	anonymize_in_progress = true;
 	PG_TRY();
 	{
+		/*
+		 * Rows by or about the user: needles and personal keys.  Rows of the
+		 * organizations they belonged to: needles.  Rows of no organization
+		 * (account mail and the like): only values that equal a needle
+		 * whole.  Rows of any other organization: never.
+		 */
 		rc = SPI_execute_with_args("UPDATE dalgo.audit_logs a SET"
 								   " details = dalgo_internal.erase_in_jsonb(a.details, coalesce($2, '{}'),"
 								   "   CASE WHEN a.user_id = $1 OR a.resource_id = $1"
 								   "        THEN ARRAY['email', 'full_name', 'recipient', 'ip_address', 'user_agent']"
-								   "        ELSE '{}'::text[] END),"
+								   "        ELSE '{}'::text[] END,"
+								   "   a.organization_id IS NULL AND a.user_id IS DISTINCT FROM $1"
+								   "   AND a.resource_id IS DISTINCT FROM $1),"
 								   " ip_address = CASE WHEN a.user_id = $1 THEN NULL ELSE a.ip_address END,"
 								   " user_agent = CASE WHEN a.user_id = $1 THEN NULL ELSE a.user_agent END"
 								   " WHERE a.user_id = $1 OR a.resource_id = $1"
-								   "    OR (a.details IS NOT NULL AND a.details IS DISTINCT FROM"
-								   "        dalgo_internal.erase_in_jsonb(a.details, coalesce($2, '{}'), '{}'))",
-								   2, argtypes, values, nulls, false, 0);
+								   "    OR ((a.organization_id = ANY (coalesce($3, '{}')) OR a.organization_id IS NULL)"
+								   "        AND a.details IS NOT NULL AND a.details IS DISTINCT FROM"
+								   "        dalgo_internal.erase_in_jsonb(a.details, coalesce($2, '{}'), '{}',"
+								   "                                      a.organization_id IS NULL))",
+								   3, argtypes, values, nulls, false, 0);
 	}
 	PG_FINALLY();
 	{

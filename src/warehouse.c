@@ -23,6 +23,7 @@
 #include "lib/stringinfo.h"
 #include "utils/acl.h"
 #include "utils/lsyscache.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -590,7 +591,8 @@ dalgo_export_warehouse_table(PG_FUNCTION_ARGS)
 		if (strcmp(format, "csv") != 0 && strcmp(format, "text") != 0 && strcmp(format, "json") != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("unknown export format \"%s\"", format),
+					 errmsg("unknown export format \"%.*s\"%s", pg_mbcliplen(format, strlen(format), 20), format,
+							strlen(format) > 20 ? "..." : ""),
 					 errhint("Use csv, text or json.")));
 		if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo))
 			ereport(ERROR,

@@ -12,7 +12,7 @@ BEGIN;
 \set S '''88888888-0000-4000-8000-0000000000a2'''
 \set as_owner_a 'RESET ROLE; SET LOCAL dalgo.user_id = ''11111111-0000-4000-8000-000000000001''; SET LOCAL ROLE dalgo_authenticated;'
 \set as_super 'RESET ROLE; SET LOCAL dalgo.user_id = '''';'
-SELECT plan(18);
+SELECT plan(19);
 
 INSERT INTO dalgo.users (id, email) VALUES ('11111111-0000-4000-8000-000000000005', 'admin.a@example.org'),
 	('11111111-0000-4000-8000-000000000006', 'gone.a@example.org');
@@ -100,5 +100,19 @@ SELECT is((SELECT array_agg(kind || ' ' || (payload->>'failures')) FROM pg_temp.
 SELECT is((SELECT count(*) FROM dalgo.mail_messages m WHERE m.recipient IN ('owner.b@example.org', 'member.a@example.org', 'gone.a@example.org')),
 	0::bigint, 'no message for other organizations, members or deactivated admins');
 
+:as_super
+-- A member's line break in a name never reaches a subject (a mailer could
+-- write it into a header).
+SET LOCAL dalgo.alert_after_failures = 1;
+INSERT INTO dalgo.sources (id, organization_id, name, source_type, config, warehouse_table_name) VALUES
+	('33333333-0000-4000-8000-0000000000a9', :A, E'Evil\r\nBcc: attacker@evil.example', 'postgres', '{"relation": "public.not_there"}', 'evil');
+INSERT INTO dalgo.schedules (id, organization_id, source_id, frequency)
+	VALUES ('88888888-0000-4000-8000-0000000000a9', :A, '33333333-0000-4000-8000-0000000000a9', 'daily');
+:as_owner_a
+SELECT dalgo.run_schedule_now('88888888-0000-4000-8000-0000000000a9') IS NOT NULL AS ran \g /dev/null
+:as_super
+SELECT is((SELECT count(*) FROM pg_temp.alerts WHERE payload->>'schedule_id' = '88888888-0000-4000-8000-0000000000a9'
+		   AND payload->>'subject' !~ '[[:cntrl:]]' AND payload->>'subject' LIKE '%Evil  Bcc%'), 2::bigint,
+	'control characters in a name become spaces in the subject');
 SELECT * FROM finish();
 ROLLBACK;

@@ -9,7 +9,7 @@
 \i test/fixtures/tap_setup.sql
 SET dalgo.jwt_secret = '0123456789abcdef0123456789abcdef-accounts';
 SET dalgo.bcrypt_cost = 4;
-SELECT plan(37);
+SELECT plan(39);
 
 -- pg_temp.hint_of(sql): the SQLSTATE, message and hint a statement fails with.
 CREATE FUNCTION pg_temp.hint_of(q text) RETURNS text LANGUAGE plpgsql AS $$
@@ -71,7 +71,7 @@ BEGIN;
 SET LOCAL dalgo.user_id = :'member';
 SET LOCAL ROLE dalgo_authenticated;
 SELECT throws_ok(format('SELECT dalgo.erase_user(%L)', :'owner'), '42501', NULL, 'a user cannot erase another');
-SELECT throws_ok(format('SELECT dalgo_internal.anonymize_audit_logs(%L, %L)', :'owner', '{}'), '42501', NULL,
+SELECT throws_ok(format('SELECT dalgo_internal.anonymize_audit_logs(%L, %L, %L)', :'owner', '{}', '{}'), '42501', NULL,
 	'nor reach the audit anonymization');
 COMMIT;
 BEGIN;
@@ -180,6 +180,23 @@ RESET ROLE;
 
 -- Leaving an organization's warehouse behind is impossible: the team's is intact.
 SELECT is((SELECT count(*) FROM dalgo.organizations WHERE id = :'team' AND deleted_at IS NULL), 1::bigint, 'the team organization stays');
+
+-- A user names themselves after a piece of everyone's ids ("-4000-") and
+-- leaves: the erasure touches neither ids nor the audit rows of
+-- organizations they never belonged to.
+INSERT INTO dalgo.users (id, email, full_name) VALUES ('11111111-0000-4000-8000-0000000000ee', 'mallory@example.org', 'Mallory');
+CREATE TEMP TABLE audit_before AS SELECT id, details FROM dalgo.audit_logs WHERE organization_id = :'team';
+BEGIN;
+SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-0000000000ee';
+SET LOCAL ROLE dalgo_authenticated;
+UPDATE dalgo.users SET full_name = '-4000-' WHERE id = '11111111-0000-4000-8000-0000000000ee';
+SELECT dalgo.delete_my_account();
+COMMIT;
+SELECT is_empty($$SELECT id FROM audit_before b JOIN dalgo.audit_logs a USING (id) WHERE a.details IS DISTINCT FROM b.details$$,
+	'another organization''s audit rows are untouched by a stranger''s erasure');
+SELECT is((SELECT count(*) FROM dalgo.audit_logs WHERE details::text LIKE '%"id": "[erased]"%'), 0::bigint,
+	'no id is ever erased');
+DROP TABLE audit_before;
 
 SELECT * FROM finish();
 
