@@ -288,6 +288,7 @@ typedef struct HttpUrl
 {
 	char	   *url;			/* as requested */
 	char	   *host;			/* without brackets */
+	char	   *port;			/* the port used, the scheme's default if none */
 	bool		https;
 	bool		listed;
 	char	   *display;		/* scheme://host[:port]/path: safe in messages */
@@ -314,12 +315,21 @@ url_check(const char *url, HttpUrl *out, const char *what)
 		rc = curl_url_get(u, CURLUPART_HOST, &host, 0);
 	if (rc == CURLUE_OK)
 	{
+		char	   *effective = NULL;
+
 		if (curl_url_get(u, CURLUPART_PORT, &port, 0) != CURLUE_OK)
 			port = NULL;
 		if (curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
 			path = NULL;
 		out->url = pstrdup(url);
 		out->host = pstrdup(strip_brackets(host));
+		if (curl_url_get(u, CURLUPART_PORT, &effective, CURLU_DEFAULT_PORT) == CURLUE_OK && effective)
+		{
+			out->port = pstrdup(effective);
+			curl_free(effective);
+		}
+		else
+			out->port = pstrdup("");
 		out->https = pg_strcasecmp(scheme, "https") == 0;
 		initStringInfo(&disp);
 		appendStringInfo(&disp, "%s://%s", scheme, host);
@@ -770,7 +780,8 @@ http_get_headers(HttpFetch *f, HttpUrl *u, struct curl_slist *list)
 
 /*
  * GET a URL, following redirects by hand (at most HTTP_MAX_REDIRECTS, each
- * hop checked like the first); credentials go only to the first URL's host.
+ * hop checked like the first); credentials go only to the first URL's origin
+ * (scheme, host and port).
  * Returns the final URL.
  */
 static HttpUrl *
@@ -783,7 +794,9 @@ http_get(HttpFetch *f, const char *url, HttpHeaders *headers, const char *what)
 	for (int hop = 0;; hop++)
 	{
 		struct curl_slist *list;
-		bool		to_origin = pg_strcasecmp(u->host, first->host) == 0 && (u->https || !first->https);
+		/* The same origin: scheme, host and port. */
+		bool		to_origin = pg_strcasecmp(u->host, first->host) == 0 && u->https == first->https &&
+			strcmp(u->port, first->port) == 0;
 		char	   *location = NULL;
 
 		list = headers_list(headers, to_origin);
@@ -1240,6 +1253,22 @@ check_header(const char *name, const char *value, const char *what)
 					 errmsg("%s has an invalid header name", what)));
 	if (name[0] == '\0')
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s has an empty header name", what)));
+	/* Headers that say where a request goes or how it is framed are curl's. */
+	{
+		static const char *const reserved[] = {"Host", "Content-Length", "Transfer-Encoding", "Connection",
+		"Expect", "Upgrade", "TE", "Trailer", "Keep-Alive"};
+
+		for (int i = 0; i < (int) lengthof(reserved); i++)
+			if (pg_strcasecmp(name, reserved[i]) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("%s may not set the header \"%s\"", what, reserved[i]),
+						 errhint("The host, framing and connection headers are set by dalgo from the URL.")));
+		if (pg_strncasecmp(name, "Proxy-", 6) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s may not set a Proxy- header", what)));
+	}
 	for (const char *p = value; *p; p++)
 		if (*p == '\r' || *p == '\n')
 			ereport(ERROR,

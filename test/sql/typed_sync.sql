@@ -11,12 +11,14 @@ BEGIN;
 \set A '''22222222-0000-4000-8000-0000000000a0'''
 \set as_owner_a 'RESET ROLE; SET LOCAL dalgo.user_id = ''11111111-0000-4000-8000-000000000001''; SET LOCAL ROLE dalgo_authenticated;'
 \set as_super 'RESET ROLE; SET LOCAL dalgo.user_id = '''';'
-SELECT plan(24);
+SELECT plan(26);
 
 -- The checks behind inference: a value is accepted only if its cast cannot fail.
 SELECT is(dalgo_internal.value_kinds('9223372036854775807') & 2, 2, 'the largest bigint is a bigint');
 SELECT is(dalgo_internal.value_kinds('9223372036854775808') & 6, 4, 'one more is only numeric');
 SELECT is(dalgo_internal.value_kinds('-9223372036854775808') & 2, 2, 'the smallest bigint is a bigint');
+SELECT is(dalgo_internal.value_kinds(repeat('[', 100000)) & 32, 0, 'a value nested past any sane depth is text, not an error');
+SELECT is(dalgo_internal.value_kinds(repeat('[', 50) || repeat(']', 50)) & 32, 32, 'a value nested 50 deep is still jsonb');
 SELECT is(dalgo_internal.value_kinds('007'), 0, 'a number with leading zeros is an identifier: text');
 SELECT is(dalgo_internal.value_kinds('2021-02-29'), 0, 'a day that does not exist is not a date');
 SELECT is(dalgo_internal.value_kinds('2024-02-29 24:00'), 0, 'nor an hour that does not');

@@ -197,6 +197,31 @@ my $smuggle = source('api', qq{{"url": "$base/api/auth", "records": "/items",
 	"credentials": {"header": "X-Api-Key", "value": "key-SECRET\\r\\nX-Evil: 1"}}}, 'smuggled');
 like(sync_now($smuggle), qr{^failed\|config.credentials.header has a header value with a line break\|$},
 	'a header value with a line break is refused');
+my $hosthdr = source('api', qq{{"url": "$base/api/auth", "records": "/items", "headers": {"Host": "internal.example"}}}, 'host_header');
+like(sync_now($hosthdr), qr{^failed\|config.headers may not set the header "Host"\|$},
+	'a Host header is refused (a virtual host behind an allowed address)');
+my $framing = source('api', qq{{"url": "$base/api/auth", "records": "/items",
+	"credentials": {"header": "transfer-encoding", "value": "chunked"}}}, 'framing_header');
+like(sync_now($framing), qr{^failed\|config.credentials.header may not set the header "Transfer-Encoding"\|$},
+	'so is a framing header, in any case');
+
+# Credentials go only to the source's origin: the same host on another port
+# is another origin.  A second local server listens on another port.
+my $pid2 = fork();
+die "fork: $!" unless defined $pid2;
+if ($pid2 == 0)
+{
+	exec('python3', $server, "$dir/port2", "$dir/requests2.log") or die "exec: $!";
+}
+END { kill 'TERM', $pid2 if $pid2; }
+for (1 .. 100) { last if -e "$dir/port2"; select(undef, undef, undef, 0.1); }
+my $port2 = PostgreSQL::Test::Utils::slurp_file("$dir/port2");
+my $hop = source('api', qq{{"url": "$base/api/redirect?to=http://127.0.0.1:$port2/api/auth", "records": "/items",
+	"credentials": {"bearer_token": "hop-SECRET"}}}, 'other_port');
+sync_now($hop);
+my $log2 = -e "$dir/requests2.log" ? PostgreSQL::Test::Utils::slurp_file("$dir/requests2.log") : '';
+like($log2, qr{/api/auth}, 'a redirect to another port of the host is followed');
+unlike($log2, qr{hop-SECRET}, 'without the credentials');
 reconfigure($auth, qq{{"url": "$base/api/auth", "records": "/items", "credentials": {"bearer_token": "stale-SECRET"}}});
 like(sync_now($auth), qr{^failed\|$base/api/auth answered HTTP 401\|$}, 'a wrong token fails the run');
 is(sq("SELECT count(*) FROM $schema.authed"), '2', 'and the previous table and its rows stay');
