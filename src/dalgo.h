@@ -100,6 +100,9 @@ extern void dalgo_lifecycle_init(void);
 extern bool dalgo_secret_key(const char *key, int len);
 extern char *dalgo_redact_text(const char *str, int len, int *newlen);
 extern Jsonb *dalgo_redact_jsonb(Jsonb *in, bool keys);
+typedef bool (*DalgoRedactKeyFn) (const void *arg, const char *key, int len);
+typedef char *(*DalgoRedactStringFn) (const void *arg, const char *s, int len, int *newlen);
+extern Jsonb *dalgo_redact_walk(Jsonb *in, DalgoRedactKeyFn key_hit, DalgoRedactStringFn clean, const void *arg);
 
 /* citus.c */
 extern Oid	dalgo_rows_relid(Oid relid);

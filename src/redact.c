@@ -313,13 +313,14 @@ may_need_redaction(Jsonb *in, bool keys)
 }
 
 /*
- * Copy a jsonb document with secrets redacted: when keys is true, the value
- * of every key naming a secret becomes "[redacted]"; in every case,
- * credentials inside strings are stripped.  Returns the input itself when
- * nothing changed.
+ * Copy a jsonb document: the value of every key that key_hit names (at any
+ * depth; none when key_hit is NULL) becomes "[redacted]", and every string
+ * that clean rewrites is replaced by what it returns.  Returns the input
+ * itself when nothing changed.  The one walker behind dalgo.redact, the
+ * audit trail and the toolkit's dalgo.redact_jsonb.
  */
 Jsonb *
-dalgo_redact_jsonb(Jsonb *in, bool keys)
+dalgo_redact_walk(Jsonb *in, DalgoRedactKeyFn key_hit, DalgoRedactStringFn clean, const void *arg)
 {
 	JsonbIterator *it;
 	JsonbValue	v;
@@ -330,8 +331,6 @@ dalgo_redact_jsonb(Jsonb *in, bool keys)
 	bool		changed = false;
 	int			skip_depth = 0;
 
-	if (!may_need_redaction(in, keys))
-		return in;
 	it = JsonbIteratorInit(&in->root);
 	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
 	{
@@ -355,7 +354,7 @@ dalgo_redact_jsonb(Jsonb *in, bool keys)
 		switch (tok)
 		{
 			case WJB_KEY:
-				redact_next = keys && dalgo_secret_key(v.val.string.val, v.val.string.len);
+				redact_next = key_hit != NULL && key_hit(arg, v.val.string.val, v.val.string.len);
 				res = pushJsonbValue(&st, tok, &v);
 				break;
 			case WJB_VALUE:
@@ -363,11 +362,11 @@ dalgo_redact_jsonb(Jsonb *in, bool keys)
 				if (v.type == jbvString)
 				{
 					int			newlen;
-					char	   *stripped = dalgo_redact_text(v.val.string.val, v.val.string.len, &newlen);
+					char	   *cleaned = clean(arg, v.val.string.val, v.val.string.len, &newlen);
 
-					if (stripped != NULL)
+					if (cleaned != NULL)
 					{
-						v.val.string.val = stripped;
+						v.val.string.val = cleaned;
 						v.val.string.len = newlen;
 						changed = true;
 					}
@@ -383,6 +382,34 @@ dalgo_redact_jsonb(Jsonb *in, bool keys)
 		}
 	}
 	return changed ? JsonbValueToJsonb(res) : in;
+}
+
+/* dalgo_redact_walk's key test for dalgo's own secret names. */
+static bool
+secret_key_hit(const void *arg, const char *key, int len)
+{
+	return dalgo_secret_key(key, len);
+}
+
+/* dalgo_redact_walk's string cleaner: credentials inside strings stripped. */
+static char *
+strip_credentials(const void *arg, const char *s, int len, int *newlen)
+{
+	return dalgo_redact_text(s, len, newlen);
+}
+
+/*
+ * Copy a jsonb document with secrets redacted: when keys is true, the value
+ * of every key naming a secret becomes "[redacted]"; in every case,
+ * credentials inside strings are stripped.  Returns the input itself when
+ * nothing changed.
+ */
+Jsonb *
+dalgo_redact_jsonb(Jsonb *in, bool keys)
+{
+	if (!may_need_redaction(in, keys))
+		return in;
+	return dalgo_redact_walk(in, keys ? secret_key_hit : NULL, strip_credentials, NULL);
 }
 
 /* SQL: dalgo.redact(jsonb): the document with secrets redacted. */

@@ -200,16 +200,18 @@ redact_string(const RedactOptions *opt, const char *s, int len, int *newlen)
 	return r1;
 }
 
-/* Push the string "[redacted]" as a value. */
-static void
-push_redacted_value(JsonbParseState **st)
+/* dalgo_redact_walk's key test: the keys the options name. */
+static bool
+walk_key(const void *arg, const char *key, int len)
 {
-	JsonbValue	v;
+	return key_redacted((const RedactOptions *) arg, key, len);
+}
 
-	v.type = jbvString;
-	v.val.string.val = DALGO_REDACTED;
-	v.val.string.len = strlen(DALGO_REDACTED);
-	pushJsonbValue(st, WJB_VALUE, &v);
+/* dalgo_redact_walk's string cleaner: what the options ask of strings. */
+static char *
+walk_string(const void *arg, const char *s, int len, int *newlen)
+{
+	return redact_string((const RedactOptions *) arg, s, len, newlen);
 }
 
 /*
@@ -219,66 +221,7 @@ push_redacted_value(JsonbParseState **st)
 static Jsonb *
 redact_document(Jsonb *in, const RedactOptions *opt)
 {
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken tok;
-	JsonbParseState *st = NULL;
-	JsonbValue *res = NULL;
-	bool		redact_next = false;
-	bool		changed = false;
-	int			skip_depth = 0;
-
-	it = JsonbIteratorInit(&in->root);
-	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
-	{
-		if (skip_depth > 0)
-		{
-			if (tok == WJB_BEGIN_OBJECT || tok == WJB_BEGIN_ARRAY)
-				skip_depth++;
-			else if (tok == WJB_END_OBJECT || tok == WJB_END_ARRAY)
-				skip_depth--;
-			continue;
-		}
-		if (redact_next)
-		{
-			redact_next = false;
-			changed = true;
-			push_redacted_value(&st);
-			if (tok == WJB_BEGIN_OBJECT || tok == WJB_BEGIN_ARRAY)
-				skip_depth = 1;
-			continue;
-		}
-		switch (tok)
-		{
-			case WJB_KEY:
-				redact_next = key_redacted(opt, v.val.string.val, v.val.string.len);
-				res = pushJsonbValue(&st, tok, &v);
-				break;
-			case WJB_VALUE:
-			case WJB_ELEM:
-				if (v.type == jbvString)
-				{
-					int			newlen;
-					char	   *s = redact_string(opt, v.val.string.val, v.val.string.len, &newlen);
-
-					if (s != NULL)
-					{
-						v.val.string.val = s;
-						v.val.string.len = newlen;
-						changed = true;
-					}
-				}
-				res = pushJsonbValue(&st, tok, &v);
-				break;
-			case WJB_BEGIN_ARRAY:
-				res = pushJsonbValue(&st, tok, v.val.array.rawScalar ? &v : NULL);
-				break;
-			default:
-				res = pushJsonbValue(&st, tok, NULL);
-				break;
-		}
-	}
-	return changed ? JsonbValueToJsonb(res) : in;
+	return dalgo_redact_walk(in, walk_key, walk_string, opt);
 }
 
 /* Fill opt from a text[] of keys (NULL: the default secret names). */
