@@ -161,6 +161,7 @@ extern void dalgo_accounts_init(void);
 extern DalgoRole dalgo_api_key_cap(const pg_uuid_t *org);
 
 /* util.c: small shared helpers */
+extern int	dalgo_hex_value(char c);
 extern bool dalgo_parse_uuid(const char *str, size_t len, pg_uuid_t *result);
 extern void dalgo_uuid_hex(const pg_uuid_t *id, char *hex);
 

@@ -48,19 +48,6 @@ typedef struct TopFieldsState
 	int			in_array;		/* field whose array value is being read, or -1 */
 } TopFieldsState;
 
-/* Value of one hexadecimal digit, or -1. */
-static inline int
-hex_digit(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* Return true if json nests objects and arrays at most max_depth deep. */
 bool
 dalgo_json_depth_ok(const char *json, size_t len, int max_depth)
@@ -230,7 +217,7 @@ ascii_escapes_only(const char *json, size_t len, size_t *newlen)
 
 			for (int k = 2; k < 6; k++)
 			{
-				int			v = hex_digit(json[i + k]);
+				int			v = dalgo_hex_value(json[i + k]);
 
 				if (v < 0)
 					hex = false;
@@ -251,7 +238,7 @@ ascii_escapes_only(const char *json, size_t len, size_t *newlen)
 
 				for (int k = 8; k < 12; k++)
 				{
-					int			v = hex_digit(json[i + k]);
+					int			v = dalgo_hex_value(json[i + k]);
 
 					if (v < 0)
 						lowhex = false;

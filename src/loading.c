@@ -181,33 +181,6 @@ is_timestamptz(const char *s, int len)
 	return i + 2 == len && all_digits(s + i, 2) && digits_value(s + i, 2) <= 59;
 }
 
-/* How deeply a JSON text nests objects and arrays (strings skipped). */
-static int
-json_depth(const char *s, int len)
-{
-	int			depth = 0,
-				deepest = 0;
-	bool		in_string = false;
-
-	for (int i = 0; i < len; i++)
-	{
-		if (in_string)
-		{
-			if (s[i] == '\\')
-				i++;
-			else if (s[i] == '"')
-				in_string = false;
-		}
-		else if (s[i] == '"')
-			in_string = true;
-		else if (s[i] == '{' || s[i] == '[')
-			deepest = Max(deepest, ++depth);
-		else if (s[i] == '}' || s[i] == ']')
-			depth--;
-	}
-	return deepest;
-}
-
 /*
  * A JSON object or array (a scalar stays what it is), without \u0000, which
  * jsonb refuses, and nested at most JSON_MAX_DEPTH deep: a deeper value
@@ -221,7 +194,7 @@ is_json_container(char *s, int len)
 	bool		ok;
 
 	if (len < 2 || (s[0] != '{' && s[0] != '[') || memmem(s, len, "\\u0000", 6) != NULL ||
-		json_depth(s, len) > JSON_MAX_DEPTH)
+		!dalgo_json_depth_ok(s, len, JSON_MAX_DEPTH))
 		return false;
 	lex = makeJsonLexContextCstringLen(s, len, GetDatabaseEncoding(), false);
 	ok = pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS;

@@ -11,8 +11,8 @@
 #include "utils/uuid.h"
 
 /* Value of one hexadecimal digit, or -1. */
-static inline int
-hex_value(char c)
+int
+dalgo_hex_value(char c)
 {
 	if (c >= '0' && c <= '9')
 		return c - '0';
@@ -53,8 +53,8 @@ dalgo_parse_uuid(const char *str, size_t len, pg_uuid_t *result)
 		}
 		if (i + 1 >= len)
 			return false;
-		hi = hex_value(str[i]);
-		lo = hex_value(str[i + 1]);
+		hi = dalgo_hex_value(str[i]);
+		lo = dalgo_hex_value(str[i + 1]);
 		if (hi < 0 || lo < 0)
 			return false;
 		result->data[j++] = (unsigned char) ((hi << 4) | lo);
