@@ -64,7 +64,7 @@ CREATE FUNCTION dalgo_internal.run_autonomously(action text, key bytea, id uuid)
 	AS 'MODULE_PATHNAME', 'dalgo_run_autonomously'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION dalgo_internal.run_autonomously(text, bytea, uuid) IS
-	'Run a recorder (failed_sign_in: dalgo_internal.note_failed_sign_in; token_reuse: dalgo_internal.note_token_reuse) in a background worker''s own, committed transaction, so the record survives the caller''s error (private)';
+	'Run a recorder (failed_sign_in: dalgo_internal.note_failed_sign_in; token_reuse: dalgo_internal.note_token_reuse; api_key_used: dalgo_internal.note_api_key_use) in a background worker''s own, committed transaction, so the record survives the caller''s error (private)';
 
 CREATE FUNCTION dalgo_internal.set_api_key_identity(key_id uuid, user_id uuid, organization_id uuid, role text) RETURNS void
 	AS 'MODULE_PATHNAME', 'dalgo_set_api_key_identity'
@@ -368,6 +368,18 @@ END
 $$;
 COMMENT ON FUNCTION dalgo_internal.note_token_reuse(bytea, uuid) IS
 	'Revoke every live token of a refresh-token family after a rotated token was presented again, with an audit row; run by the autonomous recorder (private)';
+
+CREATE FUNCTION dalgo_internal.note_api_key_use(unused bytea, key_id uuid) RETURNS void
+	LANGUAGE sql
+	SET search_path = pg_catalog, pg_temp
+	SET lock_timeout = '10s'
+BEGIN ATOMIC
+	UPDATE dalgo.api_keys a SET last_used_at = now()
+	WHERE a.id = note_api_key_use.key_id
+	  AND (a.last_used_at IS NULL OR a.last_used_at < now() - interval '1 minute');
+END;
+COMMENT ON FUNCTION dalgo_internal.note_api_key_use(bytea, uuid) IS
+	'Set an API key''s last_used_at (at most once a minute); run by the autonomous recorder for dalgo.authenticate_api_key on a Citus cluster (private)';
 
 CREATE FUNCTION dalgo.sign_up(email text, password text, full_name text DEFAULT NULL) RETURNS uuid
 	LANGUAGE plpgsql SECURITY DEFINER
@@ -897,7 +909,14 @@ BEGIN
 	END IF;
 	IF (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute')
 	   AND NOT current_setting('transaction_read_only')::boolean THEN
-		UPDATE dalgo.api_keys a SET last_used_at = now() WHERE a.id = k.id;
+		IF dalgo_internal.citus_distributed('dalgo.api_keys') THEN
+			-- On a Citus cluster a write here, as this function's owner, would
+			-- bar the request's own role from those nodes for the rest of the
+			-- transaction ("modified in this transaction by a different user").
+			PERFORM dalgo_internal.run_autonomously('api_key_used', NULL, k.id);
+		ELSE
+			UPDATE dalgo.api_keys a SET last_used_at = now() WHERE a.id = k.id;
+		END IF;
 	END IF;
 	PERFORM dalgo_internal.set_api_key_identity(k.id, k.created_by_id, k.organization_id, k.role::text);
 	RETURN k.organization_id;
@@ -939,6 +958,7 @@ REVOKE ALL ON FUNCTION
 	dalgo_internal.account_audit(text, uuid, uuid, text, uuid, jsonb), dalgo_internal.check_new_password(text),
 	dalgo_internal.check_email(text), dalgo_internal.refuse_api_key(text), dalgo_internal.issue_session(uuid, uuid),
 	dalgo_internal.note_failed_sign_in(bytea, uuid), dalgo_internal.note_token_reuse(bytea, uuid),
+	dalgo_internal.note_api_key_use(bytea, uuid),
 	dalgo.sign_up(text, text, text), dalgo.sign_in(text, text), dalgo.refresh_session(text),
 	dalgo.end_session(text), dalgo.end_all_sessions(), dalgo_internal.queue_mail(text, text, jsonb),
 	dalgo.claim_messages(integer), dalgo.complete_message(uuid, text),

@@ -15995,6 +15995,56 @@ $$;
 COMMENT ON FUNCTION dalgo_internal.record_run_alert() IS
 	'AFTER UPDATE trigger on sync_runs and transformation_runs: when a scheduled run fails for the dalgo.alert_after_failures-th time in a row, or succeeds after such a streak, queue one run_failed or run_recovered message (error redacted) to each admin and owner of the organization';
 
+-- citus identity: on a Citus cluster an API key's last use is recorded by
+-- the autonomous recorder (a write as authenticate_api_key's owner would bar
+-- the request's role from the nodes it touched for the rest of the transaction).
+CREATE FUNCTION dalgo_internal.note_api_key_use(unused bytea, key_id uuid) RETURNS void
+	LANGUAGE sql
+	SET search_path = pg_catalog, pg_temp
+	SET lock_timeout = '10s'
+BEGIN ATOMIC
+	UPDATE dalgo.api_keys a SET last_used_at = now()
+	WHERE a.id = note_api_key_use.key_id
+	  AND (a.last_used_at IS NULL OR a.last_used_at < now() - interval '1 minute');
+END;
+COMMENT ON FUNCTION dalgo_internal.note_api_key_use(bytea, uuid) IS
+	'Set an API key''s last_used_at (at most once a minute); run by the autonomous recorder for dalgo.authenticate_api_key on a Citus cluster (private)';
+REVOKE ALL ON FUNCTION dalgo_internal.note_api_key_use(bytea, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.run_autonomously(text, bytea, uuid) IS
+	'Run a recorder (failed_sign_in: dalgo_internal.note_failed_sign_in; token_reuse: dalgo_internal.note_token_reuse; api_key_used: dalgo_internal.note_api_key_use) in a background worker''s own, committed transaction, so the record survives the caller''s error (private)';
+CREATE OR REPLACE FUNCTION dalgo.authenticate_api_key(key text) RETURNS uuid
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k record;
+BEGIN
+	SELECT a.id, a.organization_id, a.role, a.created_by_id, a.expires_at, a.revoked_at, a.last_used_at INTO k
+		FROM dalgo.api_keys a WHERE a.key_hash = dalgo_internal.token_digest(authenticate_api_key.key);
+	IF k.id IS NULL OR k.revoked_at IS NOT NULL OR k.expires_at <= now() OR k.created_by_id IS NULL
+	   OR NOT dalgo_internal.api_key_is_live(k.id)
+	   OR NOT EXISTS (SELECT FROM dalgo.users u WHERE u.id = k.created_by_id AND u.is_active AND u.deleted_at IS NULL)
+	   OR NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = k.organization_id AND o.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'invalid API key' USING ERRCODE = 'invalid_authorization_specification';
+	END IF;
+	IF (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute')
+	   AND NOT current_setting('transaction_read_only')::boolean THEN
+		IF dalgo_internal.citus_distributed('dalgo.api_keys') THEN
+			-- On a Citus cluster a write here, as this function's owner, would
+			-- bar the request's own role from those nodes for the rest of the
+			-- transaction ("modified in this transaction by a different user").
+			PERFORM dalgo_internal.run_autonomously('api_key_used', NULL, k.id);
+		ELSE
+			UPDATE dalgo.api_keys a SET last_used_at = now() WHERE a.id = k.id;
+		END IF;
+	END IF;
+	PERFORM dalgo_internal.set_api_key_identity(k.id, k.created_by_id, k.organization_id, k.role::text);
+	RETURN k.organization_id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.authenticate_api_key(text) IS
+	'Verify an API key and make its creator the caller for this transaction, seen by every membership function and policy in the key''s organization only, at the lesser of the key''s role and the creator''s current role; returns the organization id. Unknown, revoked or expired: 28000 "invalid API key"';
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

@@ -10,7 +10,10 @@
  * Autonomous recorder.  PostgreSQL has no autonomous transactions.  A
  * failed sign-in must raise 28P01 (so the caller's transaction aborts) and
  * yet be counted for the lockout; a replayed refresh token must fail and
- * yet revoke its family.  dalgo.run_autonomously() starts a short-lived
+ * yet revoke its family.  On a Citus cluster, an API key's last use is
+ * recorded the same way (a write to a reference table as the function's
+ * owner would bar the request's own role from those nodes for the rest of
+ * its transaction).  dalgo.run_autonomously() starts a short-lived
  * dynamic background worker in the same database that runs one of a fixed
  * set of SQL functions (never caller-supplied SQL) in its own transaction,
  * commits, and reports back through a small dynamic shared memory segment;
@@ -39,6 +42,7 @@
 #include "lib/stringinfo.h"
 #include "utils/guc.h"
 #include "utils/json.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
@@ -66,7 +70,8 @@ static int	mail_claim_timeout = 5 * 60;
 typedef enum AutonomousAction
 {
 	AUTONOMOUS_FAILED_SIGN_IN = 1,
-	AUTONOMOUS_TOKEN_REUSE = 2
+	AUTONOMOUS_TOKEN_REUSE = 2,
+	AUTONOMOUS_API_KEY_USED = 3
 } AutonomousAction;
 
 /* What the caller hands the worker, in bgw_extra. */
@@ -218,6 +223,8 @@ dalgo_run_autonomously(PG_FUNCTION_ARGS)
 		req.action = AUTONOMOUS_FAILED_SIGN_IN;
 	else if (strcmp(action, "token_reuse") == 0)
 		req.action = AUTONOMOUS_TOKEN_REUSE;
+	else if (strcmp(action, "api_key_used") == 0)
+		req.action = AUTONOMOUS_API_KEY_USED;
 	else
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -300,9 +307,20 @@ dalgo_autonomous_main(Datum arg)
 	 */
 	seg = dsm_attach(req.result);
 
-	sql = req.action == AUTONOMOUS_FAILED_SIGN_IN ?
-		"SELECT dalgo_internal.note_failed_sign_in($1, $2)" :
-		"SELECT dalgo_internal.note_token_reuse($1, $2)";
+	switch (req.action)
+	{
+		case AUTONOMOUS_FAILED_SIGN_IN:
+			sql = "SELECT dalgo_internal.note_failed_sign_in($1, $2)";
+			break;
+		case AUTONOMOUS_TOKEN_REUSE:
+			sql = "SELECT dalgo_internal.note_token_reuse($1, $2)";
+			break;
+		case AUTONOMOUS_API_KEY_USED:
+			sql = "SELECT dalgo_internal.note_api_key_use($1, $2)";
+			break;
+		default:
+			elog(ERROR, "unknown autonomous action %d", req.action);
+	}
 	if (req.has_key)
 	{
 		bytea	   *key = palloc(VARHDRSZ + PG_SHA256_DIGEST_LENGTH);
@@ -422,16 +440,96 @@ dalgo_api_key_is_live(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(live);
 }
 
+/*
+ * Parse "<key id> <organization id> <role>", the form of
+ * dalgo.api_key_scope; any output may be NULL.  False if malformed.
+ */
+bool
+dalgo_parse_api_key_scope(const char *text, pg_uuid_t *key_id, pg_uuid_t *org,
+						  DalgoRole *role)
+{
+	pg_uuid_t	k,
+				o;
+	DalgoRole	r;
+
+	if (strlen(text) < 2 * 37 + 1 || text[36] != ' ' || text[73] != ' ' ||
+		!dalgo_parse_uuid(text, 36, &k) || !dalgo_parse_uuid(text + 37, 36, &o))
+		return false;
+	r = role_from_label(text + 74);
+	if (r == DALGO_ROLE_NONE)
+		return false;
+	if (key_id)
+		*key_id = k;
+	if (org)
+		*org = o;
+	if (role)
+		*role = r;
+	return true;
+}
+
+/*
+ * The API-key scope of this transaction as dalgo.api_key_scope carries it
+ * to Citus workers, into buf; false when the transaction has no API key.
+ */
+bool
+dalgo_api_key_scope_text(char *buf, size_t size)
+{
+	static const char *const labels[DALGO_NUM_ROLES] = {"viewer", "member", "admin", "owner"};
+	char	   *key;
+	char	   *org;
+
+	if (!api_scope.set)
+		return false;
+	key = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&api_scope.key_id)));
+	org = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&api_scope.org)));
+	snprintf(buf, size, "%s %s %s", key, org, labels[api_scope.role - 1]);
+	pfree(key);
+	pfree(org);
+	return true;
+}
+
+/*
+ * The API-key scope in force: the one dalgo.authenticate_api_key() set in
+ * this backend, else the one a Citus coordinator sent in
+ * dalgo.api_key_scope (parsed once per value); NULL without a key.
+ */
+static const ApiKeyScope *
+current_scope(void)
+{
+	static ApiKeyScope carried;
+	static char *carried_text = NULL;
+	const char *text;
+
+	if (api_scope.set)
+		return &api_scope;
+	text = dalgo_api_key_scope_setting_value();
+	if (text == NULL)
+		return NULL;
+	if (carried_text == NULL || strcmp(carried_text, text) != 0)
+	{
+		/* The check hook refused anything malformed; fail closed anyway. */
+		memset(&carried, 0, sizeof(carried));
+		carried.set = true;
+		if (!dalgo_parse_api_key_scope(text, &carried.key_id, &carried.org, &carried.role))
+			carried.role = DALGO_ROLE_NONE;
+		if (carried_text)
+			pfree(carried_text);
+		carried_text = MemoryContextStrdup(TopMemoryContext, text);
+	}
+	return &carried;
+}
+
 /* SQL: dalgo.current_api_key_id(): the API key of this transaction, or NULL. */
 Datum
 dalgo_current_api_key_id(PG_FUNCTION_ARGS)
 {
+	const ApiKeyScope *scope = current_scope();
 	pg_uuid_t  *result;
 
-	if (!api_scope.set)
+	if (scope == NULL)
 		PG_RETURN_NULL();
 	result = palloc(sizeof(pg_uuid_t));
-	*result = api_scope.key_id;
+	*result = scope->key_id;
 	PG_RETURN_UUID_P(result);
 }
 
@@ -444,11 +542,13 @@ dalgo_current_api_key_id(PG_FUNCTION_ARGS)
 DalgoRole
 dalgo_api_key_cap(const pg_uuid_t *org)
 {
-	if (!api_scope.set)
+	const ApiKeyScope *scope = current_scope();
+
+	if (scope == NULL)
 		return DALGO_ROLE_OWNER;
-	if (memcmp(org, &api_scope.org, UUID_LEN) != 0)
+	if (memcmp(org, &scope->org, UUID_LEN) != 0)
 		return DALGO_ROLE_NONE;
-	return api_scope.role;
+	return scope->role;
 }
 
 /* The API-key scope ends with its transaction. */

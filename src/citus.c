@@ -24,9 +24,14 @@
 #include "catalog/index.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_namespace.h"
+#include "miscadmin.h"
+#include "parser/parser.h"
+#include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
@@ -208,20 +213,20 @@ dalgo_citus_shard_of(Relation rel, char *partmethod)
 }
 
 /*
- * True on a Citus worker: a node whose group is not the coordinator's (0).
- * False without Citus.
+ * This node's group in pg_dist_local_group (0 on the coordinator); -1
+ * without Citus.
  */
-bool
-dalgo_citus_is_worker(void)
+static int32
+citus_local_group(void)
 {
 	Oid			group_relid = citus_catalog("pg_dist_local_group");
 	Relation	rel;
 	SysScanDesc scan;
 	HeapTuple	tuple;
-	bool		worker = false;
+	int32		group = -1;
 
 	if (!OidIsValid(group_relid))
-		return false;
+		return -1;
 	rel = table_open(group_relid, AccessShareLock);
 	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
 	tuple = systable_getnext(scan);
@@ -231,9 +236,83 @@ dalgo_citus_is_worker(void)
 		Datum		d = heap_getattr(tuple, dalgo_attnum(group_relid, "groupid"),
 									RelationGetDescr(rel), &isnull);
 
-		worker = !isnull && DatumGetInt32(d) != 0;
+		if (!isnull)
+			group = DatumGetInt32(d);
 	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
-	return worker;
+	return group;
+}
+
+/*
+ * True on a Citus worker: a node whose group is not the coordinator's (0).
+ * False without Citus.
+ */
+bool
+dalgo_citus_is_worker(void)
+{
+	return citus_local_group() > 0;
+}
+
+/*
+ * True on a Citus coordinator: Citus is loaded (its settings exist) and
+ * this node's group is 0.
+ */
+bool
+dalgo_citus_is_coordinator(void)
+{
+	return GetConfigOption("citus.propagate_set_commands", true, false) != NULL &&
+		citus_local_group() == 0;
+}
+
+/*
+ * On a Citus coordinator: have Citus send SET LOCAL name = value (RESET
+ * name when value is NULL) to every worker connection of this transaction,
+ * open or yet to open, without changing the setting on this node.  Citus
+ * propagates the SET LOCAL statements that pass through its utility hook
+ * (with citus.propagate_set_commands = 'local', forced here), so the
+ * statement is run through the hooks, as the bootstrap superuser (the
+ * caller need not hold SET on the parameter here: the workers decide, by
+ * their own grants), inside a GUC nest level that is then rolled back.
+ */
+void
+dalgo_citus_send_setting(const char *name, const char *value)
+{
+	char	   *sql = value != NULL ?
+		psprintf("SET LOCAL %s = %s", name, quote_literal_cstr(value)) :
+		psprintf("RESET %s", name);
+	int			nest = NewGUCNestLevel();
+	Oid			save_userid;
+	int			save_sec;
+	RawStmt    *raw;
+	PlannedStmt *pstmt;
+
+	ereport(DEBUG1,
+			(errmsg_internal("dalgo: sending %s %s to the Citus workers",
+							 value != NULL ? "SET LOCAL" : "RESET", name)));
+	raw = linitial_node(RawStmt, raw_parser(sql, RAW_PARSE_DEFAULT));
+	pstmt = makeNode(PlannedStmt);
+	pstmt->commandType = CMD_UTILITY;
+	pstmt->canSetTag = false;
+	pstmt->utilityStmt = raw->stmt;
+	pstmt->stmt_location = raw->stmt_location;
+	pstmt->stmt_len = raw->stmt_len;
+
+	(void) set_config_option("citus.propagate_set_commands", "local", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		ProcessUtility(pstmt, sql, false, PROCESS_UTILITY_QUERY, NULL, NULL,
+					   None_Receiver, NULL);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+	PG_END_TRY();
+	/* This node keeps its own setting: only the workers take the value. */
+	AtEOXact_GUC(false, nest);
+	pfree(sql);
 }

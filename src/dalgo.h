@@ -62,6 +62,7 @@ extern bool dalgo_current_user_id(pg_uuid_t *result);
 extern bool dalgo_user_is_active(const pg_uuid_t *user_id, bool *is_superadmin,
 								 Snapshot snapshot);
 extern void dalgo_set_transaction_identity(const pg_uuid_t *user_id);
+extern const char *dalgo_api_key_scope_setting_value(void);
 
 /* jwt.c */
 
@@ -109,6 +110,8 @@ extern Oid	dalgo_rows_relid(Oid relid);
 extern bool dalgo_citus_is_distributed(Oid relid);
 extern Oid	dalgo_citus_shard_of(Relation rel, char *partmethod);
 extern bool dalgo_citus_is_worker(void);
+extern bool dalgo_citus_is_coordinator(void);
+extern void dalgo_citus_send_setting(const char *name, const char *value);
 
 /* membership.c */
 extern void dalgo_membership_init(void);
@@ -159,6 +162,11 @@ extern bool dalgo_restoring(void);
 /* accounts.c */
 extern void dalgo_accounts_init(void);
 extern DalgoRole dalgo_api_key_cap(const pg_uuid_t *org);
+/* An API key's scope as dalgo.api_key_scope carries it: key id, organization id, role. */
+#define DALGO_API_KEY_SCOPE_LEN 96
+extern bool dalgo_parse_api_key_scope(const char *text, pg_uuid_t *key_id,
+									  pg_uuid_t *org, DalgoRole *role);
+extern bool dalgo_api_key_scope_text(char *buf, size_t size);
 
 /* util.c: small shared helpers */
 extern int	dalgo_hex_value(char c);

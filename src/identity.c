@@ -39,6 +39,7 @@
 #include "dalgo.h"
 
 #include "access/htup_details.h"
+#include "access/parallel.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/pg_authid.h"
@@ -63,6 +64,7 @@ PG_FUNCTION_INFO_V1(dalgo_sign_out);
 
 /* Settings. */
 static char *dalgo_user_id_setting = NULL;
+static char *dalgo_api_key_scope_setting = NULL;
 static char *dalgo_jwt_secret = NULL;
 static char *dalgo_jwt_audience = NULL;
 static char *dalgo_jwt_issuer = NULL;
@@ -118,9 +120,28 @@ static pg_uuid_t modify_identity;
 static int *depth_at_level = NULL;
 static int	depth_at_level_size = 0;
 
+/* Where the identity of resolve_identity_from() came from. */
+typedef enum IdentitySource
+{
+	IDENTITY_NONE,
+	IDENTITY_VERIFIED,			/* authenticate(), an API key, act_as() */
+	IDENTITY_SETTING,			/* dalgo.user_id */
+	IDENTITY_CLAIMS				/* request.jwt.claims */
+} IdentitySource;
+
+/*
+ * What this transaction last sent to the Citus workers (carry_identity):
+ * valid once settled, the subtransaction level that sent it, the user id
+ * and the API-key scope as text ("" for none).
+ */
+static bool carried_valid = false;
+static int	carried_level;
+static char carried_user[UUID_LEN * 2 + 8];
+static char carried_scope[DALGO_API_KEY_SCOPE_LEN];
+
 static ProcessUtility_hook_type prev_process_utility = NULL;
 
-/* True while a top-level SET/RESET statement of dalgo.user_id runs (Citus workers). */
+/* True while a top-level SET/RESET of dalgo.user_id or api_key_scope runs (Citus workers). */
 static bool in_toplevel_user_id_set = false;
 static ExecutorStart_hook_type prev_executor_start = NULL;
 static ExecutorEnd_hook_type prev_executor_end = NULL;
@@ -295,9 +316,30 @@ identity_from_claims(const char *claims, pg_uuid_t *result)
 	return claims_cache_valid;
 }
 
-/* Resolve the caller's identity from its sources; false means there is none. */
+/*
+ * dalgo.api_key_scope if it was set in this transaction (see
+ * request_setting), else NULL: how a Citus worker learns the API-key scope
+ * of the request its coordinator runs (accounts.c).
+ */
+const char *
+dalgo_api_key_scope_setting_value(void)
+{
+	static struct config_string *conf = NULL;
+	bool		stale;
+
+	if (dalgo_api_key_scope_setting == NULL || dalgo_api_key_scope_setting[0] == '\0')
+		return NULL;
+	if (conf == NULL)
+		conf = find_string_setting("dalgo.api_key_scope");
+	return request_setting(conf, &stale);
+}
+
+/*
+ * Resolve the caller's identity from its sources; false means there is
+ * none.  *source, when given, tells which source applied.
+ */
 static bool
-resolve_identity(pg_uuid_t *result)
+resolve_identity_from(pg_uuid_t *result, IdentitySource *source)
 {
 	static struct config_string *user_id_conf = NULL;
 	const char *value;
@@ -305,6 +347,7 @@ resolve_identity(pg_uuid_t *result)
 
 	if (xact_identity_set)
 	{
+		*source = IDENTITY_VERIFIED;
 		*result = xact_identity;
 		return true;
 	}
@@ -312,6 +355,7 @@ resolve_identity(pg_uuid_t *result)
 	if (user_id_conf == NULL)
 		user_id_conf = find_string_setting("dalgo.user_id");
 	value = request_setting(user_id_conf, &stale);
+	*source = IDENTITY_SETTING;
 	if (value != NULL)
 		return dalgo_parse_uuid(value, strlen(value), result);
 	if (stale && MyProc != NULL && MyProc->lxid != InvalidLocalTransactionId &&
@@ -326,9 +370,20 @@ resolve_identity(pg_uuid_t *result)
 	}
 
 	value = trusted_claims();
+	*source = IDENTITY_CLAIMS;
 	if (value != NULL)
 		return identity_from_claims(value, result);
+	*source = IDENTITY_NONE;
 	return false;
+}
+
+/* Resolve the caller's identity from its sources; false means there is none. */
+static bool
+resolve_identity(pg_uuid_t *result)
+{
+	IdentitySource source;
+
+	return resolve_identity_from(result, &source);
 }
 
 /* Refuse an identity change while a data-modifying statement runs. */
@@ -498,6 +553,9 @@ identity_xact_callback(XactEvent event, void *arg)
 			xact_identity_set = false;
 			modify_depth = 0;
 			modify_identity_set = false;
+			carried_valid = false;
+			carried_user[0] = '\0';
+			carried_scope[0] = '\0';
 			break;
 		default:
 			break;
@@ -534,12 +592,72 @@ identity_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	if (event == SUBXACT_EVENT_ABORT_SUB && level < depth_at_level_size)
 		modify_depth = depth_at_level[level];
 
+	/*
+	 * Citus forgets the SET LOCAL statements of a subtransaction when it
+	 * ends, even when it commits: send again what was sent inside one.
+	 */
+	if ((event == SUBXACT_EVENT_ABORT_SUB || event == SUBXACT_EVENT_COMMIT_SUB) &&
+		carried_valid && carried_level >= level)
+		carried_valid = false;
+
 	if (!xact_identity_set || xact_identity_level < level)
 		return;
 	if (event == SUBXACT_EVENT_ABORT_SUB)
 		xact_identity_set = false;
 	else if (event == SUBXACT_EVENT_COMMIT_SUB)
 		xact_identity_level = level - 1;
+}
+
+/*
+ * On a Citus coordinator, make the workers see the caller's identity.
+ * Citus sends the transaction's SET LOCAL statements to its worker
+ * connections, but an identity verified here (authenticate(), an API key,
+ * act_as()) or taken from PostgREST's claims is no such statement: the
+ * policies on the shards would see nobody.  So before each statement, when
+ * the identity (and API-key scope) differs from what this transaction last
+ * sent, it is sent as SET LOCAL dalgo.user_id and dalgo.api_key_scope
+ * (RESET when gone).  The workers accept those only as statements of their
+ * own, from the roles they grant SET on them to (check_identity_setting).
+ */
+static void
+carry_identity(void)
+{
+	pg_uuid_t	user;
+	IdentitySource source = IDENTITY_NONE;
+	char		user_text[sizeof(carried_user)] = "";
+	char		scope_text[sizeof(carried_scope)] = "";
+	bool		has_scope;
+
+	/* Nothing to do unless an identity that is no setting may be in force. */
+	if (!carried_valid && !xact_identity_set &&
+		(claims_authenticators == NULL || claims_authenticators->count == 0))
+		return;
+	if (!IsTransactionState() || IsParallelWorker() || modify_depth > 0)
+		return;
+
+	if (resolve_identity_from(&user, &source))
+		strlcpy(user_text, DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&user))),
+				sizeof(user_text));
+	has_scope = dalgo_api_key_scope_text(scope_text, sizeof(scope_text));
+	if (carried_valid)
+	{
+		if (strcmp(user_text, carried_user) == 0 && strcmp(scope_text, carried_scope) == 0)
+			return;
+	}
+	else if (source != IDENTITY_VERIFIED && source != IDENTITY_CLAIMS && !has_scope &&
+			 carried_user[0] == '\0' && carried_scope[0] == '\0')
+		return;				/* a SET LOCAL dalgo.user_id reaches the workers by itself */
+
+	if (dalgo_citus_is_coordinator())
+	{
+		dalgo_citus_send_setting("dalgo.user_id", user_text[0] ? user_text : NULL);
+		if (has_scope || carried_scope[0] != '\0')
+			dalgo_citus_send_setting("dalgo.api_key_scope", has_scope ? scope_text : NULL);
+	}
+	strlcpy(carried_user, user_text, sizeof(carried_user));
+	strlcpy(carried_scope, scope_text, sizeof(carried_scope));
+	carried_level = GetCurrentTransactionNestLevel();
+	carried_valid = true;
 }
 
 /* A data-modifying statement starts: remember the identity if outermost. */
@@ -567,10 +685,14 @@ plan_modifies(QueryDesc *queryDesc)
 		queryDesc->plannedstmt->hasModifyingCTE;
 }
 
-/* ExecutorStart hook: count data-modifying statements. */
+/*
+ * ExecutorStart hook: send the identity to Citus workers if it changed;
+ * count data-modifying statements.
+ */
 static void
 identity_executor_start(QueryDesc *queryDesc, int eflags)
 {
+	carry_identity();
 	if (plan_modifies(queryDesc))
 		modify_begin();
 	if (prev_executor_start)
@@ -593,13 +715,21 @@ identity_executor_end(QueryDesc *queryDesc)
 		modify_end();
 }
 
+/* True if name is dalgo.user_id or dalgo.api_key_scope, which a worker takes from SET only. */
+static bool
+is_carried_setting(const char *name)
+{
+	return name != NULL && (guc_name_cmp(name, "dalgo.user_id") == 0 ||
+							guc_name_cmp(name, "dalgo.api_key_scope") == 0);
+}
+
 /* True if name is a per-request identity setting. */
 static bool
 is_identity_setting(const char *name)
 {
 	if (name == NULL)
 		return false;
-	if (guc_name_cmp(name, "dalgo.user_id") == 0)
+	if (is_carried_setting(name))
 		return true;
 	return guc_name_cmp(name, CLAIMS_SETTING) == 0 && trusted_claims() != NULL;
 }
@@ -641,7 +771,7 @@ refuse_secret_in_function_options(List *options)
 	}
 }
 
-/* Run a top-level SET/RESET of dalgo.user_id, marked as such for check_user_id(). */
+/* Run a top-level SET/RESET of a carried setting, marked as such for check_identity_setting(). */
 static void
 run_user_id_set(PlannedStmt *pstmt, const char *queryString,
 				bool readOnlyTree, ProcessUtilityContext context,
@@ -692,9 +822,14 @@ identity_process_utility(PlannedStmt *pstmt, const char *queryString,
 				{
 					refuse_identity_change_if_modifying("RESET ALL");
 					xact_identity_set = false;
+					carried_valid = false;
 				}
 				else if (is_identity_setting(vs->name))
+				{
 					refuse_identity_change_if_modifying(vs->kind == VAR_RESET ? "RESET" : "SET");
+					/* Citus sends this one itself: check what was carried before the next statement. */
+					carried_valid = false;
+				}
 				break;
 			}
 		case T_DiscardStmt:
@@ -717,6 +852,8 @@ identity_process_utility(PlannedStmt *pstmt, const char *queryString,
 			refuse_secret_in_function_options(((AlterFunctionStmt *) stmt)->actions);
 			break;
 		case T_CopyStmt:
+			/* Citus runs COPY of a distributed table from here, not the executor. */
+			carry_identity();
 			modifies = ((CopyStmt *) stmt)->is_from;
 			break;
 		case T_TruncateStmt:
@@ -729,8 +866,7 @@ identity_process_utility(PlannedStmt *pstmt, const char *queryString,
 	if (modifies)
 		modify_begin();
 	if (context == PROCESS_UTILITY_TOPLEVEL && IsA(stmt, VariableSetStmt) &&
-		((VariableSetStmt *) stmt)->name != NULL &&
-		guc_name_cmp(((VariableSetStmt *) stmt)->name, "dalgo.user_id") == 0)
+		is_carried_setting(((VariableSetStmt *) stmt)->name))
 		run_user_id_set(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 	else if (prev_process_utility)
 		prev_process_utility(pstmt, queryString, readOnlyTree, context,
@@ -742,34 +878,61 @@ identity_process_utility(PlannedStmt *pstmt, const char *queryString,
 		modify_end();
 }
 
-/* Check hook for dalgo.user_id: no change while a data-modifying statement runs. */
+/*
+ * The common part of the check hooks of dalgo.user_id and
+ * dalgo.api_key_scope: no change while a data-modifying statement runs,
+ * and on a Citus worker only by a SET statement of its own.
+ */
 static bool
-check_user_id(char **newval, void **extra, GucSource source)
+check_identity_setting(const char *name, GucSource source)
 {
 	if (modify_depth > 0 && source == PGC_S_SESSION)
 	{
 		GUC_check_errcode(ERRCODE_INVALID_TRANSACTION_STATE);
-		GUC_check_errmsg("dalgo.user_id cannot change while a data-modifying statement runs");
+		GUC_check_errmsg("%s cannot change while a data-modifying statement runs", name);
 		GUC_check_errdetail("The audit trail credits each change to the identity in force when the statement started.");
-		GUC_check_errhint("Set dalgo.user_id in a statement of its own, before the INSERT, UPDATE, DELETE, MERGE, COPY or TRUNCATE.");
+		GUC_check_errhint("Set %s in a statement of its own, before the INSERT, UPDATE, DELETE, MERGE, COPY or TRUNCATE.", name);
 		return false;
 	}
 
 	/*
-	 * A Citus worker: the roles Citus connects as may set dalgo.user_id there
-	 * (the coordinator sends the request's SET LOCAL), but a query's
-	 * set_config() pushed down to a shard must not change who the caller
-	 * is.  Only a top-level SET statement of its own does.
+	 * A Citus worker: the roles Citus connects as may set these there (the
+	 * coordinator sends the request's SET LOCAL), but a query's set_config()
+	 * pushed down to a shard must not change who the caller is.  Only a
+	 * top-level SET statement of its own does.
 	 */
 	if (source == PGC_S_SESSION && !in_toplevel_user_id_set && IsTransactionState() &&
 		!superuser() && dalgo_citus_is_worker())
 	{
 		GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
-		GUC_check_errmsg("on a Citus worker, dalgo.user_id is set only by a SET statement of its own");
+		GUC_check_errmsg("on a Citus worker, %s is set only by a SET statement of its own", name);
 		GUC_check_errdetail("The coordinator sends the request's identity with SET LOCAL; a function inside a query cannot change it.");
 		return false;
 	}
 	return true;
+}
+
+/* Check hook for dalgo.user_id (see check_identity_setting). */
+static bool
+check_user_id(char **newval, void **extra, GucSource source)
+{
+	return check_identity_setting("dalgo.user_id", source);
+}
+
+/*
+ * Check hook for dalgo.api_key_scope: empty, or "<key id> <organization
+ * id> <role>"; and see check_identity_setting.
+ */
+static bool
+check_api_key_scope(char **newval, void **extra, GucSource source)
+{
+	if (*newval != NULL && (*newval)[0] != '\0' && !dalgo_parse_api_key_scope(*newval, NULL, NULL, NULL))
+	{
+		GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
+		GUC_check_errdetail("dalgo.api_key_scope is empty or an API key's id, its organization's id and its role (viewer, member, admin or owner), separated by single spaces.");
+		return false;
+	}
+	return check_identity_setting("dalgo.api_key_scope", source);
 }
 
 /*
@@ -865,6 +1028,15 @@ dalgo_identity_init(void)
 							   PGC_SUSET,
 							   GUC_NOT_IN_SAMPLE,
 							   check_user_id, NULL, NULL);
+
+	DefineCustomStringVariable("dalgo.api_key_scope",
+							   "The API-key scope of the caller, as a Citus coordinator sends it to its workers: key id, organization id and role.",
+							   "Set per transaction, like dalgo.user_id; it narrows the caller to one organization at most at the role.  Only superusers and roles granted SET on this parameter can set it.",
+							   &dalgo_api_key_scope_setting,
+							   "",
+							   PGC_SUSET,
+							   GUC_NOT_IN_SAMPLE,
+							   check_api_key_scope, NULL, NULL);
 
 	DefineCustomStringVariable("dalgo.claims_authenticators",
 							   "Roles whose sessions may pass the caller's identity in request.jwt.claims (PostgREST's authenticator).",

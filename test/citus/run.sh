@@ -144,7 +144,7 @@ for p in $W1 $W2; do
 SET citus.enable_ddl_propagation = off;
 ALTER ROLE dalgo_authenticated LOGIN PASSWORD '$APP_PW';
 ALTER ROLE dalgo_service LOGIN PASSWORD '$APP_PW';
-GRANT SET ON PARAMETER dalgo.user_id TO dalgo_authenticated, dalgo_service;
+GRANT SET ON PARAMETER dalgo.user_id, dalgo.api_key_scope TO dalgo_authenticated, dalgo_service;
 SQL
 done
 echo "== citus and dalgo installed on the three nodes"

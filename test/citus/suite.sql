@@ -358,3 +358,128 @@ SELECT t.check('sign_in''s audit row, outside any organization, carries the nil 
 	(SELECT count(*) FROM dalgo.audit_logs a JOIN dalgo.users u ON u.id = a.user_id
 	 WHERE u.email = 'zoe@example.org' AND a.action = 'sign_in'
 	   AND a.organization_id = '00000000-0000-0000-0000-000000000000') = 1);
+
+-- ---- identity from a token, an API key or PostgREST's claims ------------------
+-- An identity verified on the coordinator (dalgo.authenticate(), an API key)
+-- or taken from request.jwt.claims is no SET LOCAL that Citus would send:
+-- dalgo sends it to the workers itself, as dalgo.user_id and, for an API
+-- key, dalgo.api_key_scope (docs/scaling.md, "Identity on the workers").
+INSERT INTO dalgo.organization_members (organization_id, user_id, role)
+	VALUES (:'org2', '00000000-0000-4000-a000-000000000001', 'viewer');   -- asha: owner of org1, viewer of org2
+SELECT count(*) AS n1 FROM dalgo.sources WHERE organization_id = :'org1' \gset
+SELECT count(*) AS n2 FROM dalgo.sources WHERE organization_id = :'org2' \gset
+SELECT dalgo_internal.sign_access_token('00000000-0000-4000-a000-000000000001', now() + interval '30 minutes') AS asha_token \gset
+
+BEGIN;
+SET LOCAL ROLE dalgo_authenticated;
+SELECT dalgo.authenticate(:'asha_token') AS who \gset
+SELECT t.check('a token''s identity reaches the workers',
+	(SELECT count(*) FROM dalgo.sources) = :n1 + :n2 AND (SELECT count(*) FROM app.projects) = 3,
+	(SELECT count(*)::text FROM dalgo.sources));
+SELECT t.check('... and its writes are checked there: asha adds to org1, not as viewer of org2 (42501)',
+	t.refused(format($$INSERT INTO dalgo.sources (organization_id, name, source_type) VALUES (%L, 'by token', 'csv')$$, :'org1')) IS NULL
+	AND t.refused(format($$INSERT INTO dalgo.sources (organization_id, name, source_type) VALUES (%L, 'by token', 'csv')$$, :'org2')) = '42501');
+COMMIT;
+SELECT t.check('the token''s write is audited on its shard, under the token''s user',
+	(SELECT count(*) FROM dalgo.audit_logs a WHERE resource_type = 'sources' AND action = 'insert'
+	 AND user_id = '00000000-0000-4000-a000-000000000001' AND organization_id = :'org1'
+	 AND resource_id = (SELECT id FROM dalgo.sources WHERE name = 'by token')) = 1);
+SELECT count(*) AS n1 FROM dalgo.sources WHERE organization_id = :'org1' \gset
+
+-- Worker connections opened before the token, in the same transaction, get
+-- it too; sign_out() goes back to the setting, then to nobody.
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000003';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('before the token: the setting''s user (admin of org2)', (SELECT count(*) FROM dalgo.sources) = :n2);
+SELECT dalgo.authenticate(:'asha_token') AS who \gset
+SELECT t.check('connections already open take the token''s identity',
+	(SELECT count(*) FROM dalgo.sources) = :n1 + :n2 AND (SELECT count(*) FROM app.projects) = 3);
+SELECT dalgo.sign_out();
+SELECT t.check('after sign_out() the workers see the setting''s user again', (SELECT count(*) FROM dalgo.sources) = :n2);
+COMMIT;
+BEGIN;
+SET LOCAL ROLE dalgo_authenticated;
+SELECT dalgo.authenticate(:'asha_token') AS who \gset
+SELECT t.check('a token alone', (SELECT count(*) FROM dalgo.sources) = :n1 + :n2);
+SELECT dalgo.sign_out();
+SELECT t.check('token then nobody: the workers forget the identity with sign_out()',
+	(SELECT count(*) FROM dalgo.sources) = 0 AND (SELECT count(*) FROM app.projects) = 0);
+COMMIT;
+
+-- Subtransactions: Citus forgets the SET LOCALs of a savepoint when it ends.
+BEGIN;
+SET LOCAL ROLE dalgo_authenticated;
+SAVEPOINT s;
+SELECT dalgo.authenticate(:'asha_token') AS who \gset
+SELECT t.check('inside a savepoint', (SELECT count(*) FROM dalgo.sources) = :n1 + :n2);
+RELEASE SAVEPOINT s;
+SELECT t.check('after RELEASE SAVEPOINT the identity still reaches the workers',
+	(SELECT count(*) FROM dalgo.sources) = :n1 + :n2 AND (SELECT count(*) FROM app.projects) = 3);
+SAVEPOINT s2;
+SELECT dalgo.sign_out();
+SELECT t.check('sign_out() inside a savepoint', (SELECT count(*) FROM dalgo.sources) = 0);
+ROLLBACK TO SAVEPOINT s2;
+SELECT t.check('rolled back: the identity is back on the workers', (SELECT count(*) FROM dalgo.sources) = :n1 + :n2);
+COMMIT;
+BEGIN;
+SET LOCAL ROLE dalgo_authenticated;
+SAVEPOINT s;
+SELECT dalgo.authenticate(:'asha_token') AS who \gset
+SELECT t.check('authenticated inside a savepoint', (SELECT count(*) FROM dalgo.sources) = :n1 + :n2);
+ROLLBACK TO SAVEPOINT s;
+SELECT t.check('an authenticate() rolled back to its savepoint: nothing on the workers',
+	(SELECT count(*) FROM dalgo.sources) = 0 AND (SELECT count(*) FROM app.projects) = 0);
+COMMIT;
+
+-- An API key acts in its organization only, at most at its role, on the
+-- workers too (asha is also a viewer of org2, and owner of org1).
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT dalgo.create_api_key(:'org1', 'viewer key', 'viewer') AS viewer_key \gset
+COMMIT;
+BEGIN;
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT dalgo.authenticate_api_key(:'viewer_key') AS key_org \gset
+SELECT t.check('an API key''s identity reaches the workers, in its organization only',
+	(SELECT count(*) FROM dalgo.sources) = :n1 AND (SELECT bool_and(organization_id = :'org1') FROM dalgo.sources)
+	AND (SELECT count(*) FROM app.projects) = 1,
+	(SELECT count(*)::text FROM dalgo.sources));
+SELECT t.check('... at most at its role: a viewer key cannot add a source there (42501)',
+	t.refused(format($$INSERT INTO dalgo.sources (organization_id, name, source_type) VALUES (%L, 'by key', 'csv')$$, :'org1')) = '42501');
+SELECT t.check('a pushed-down set_config(dalgo.api_key_scope) is refused on the workers',
+	t.refused(format($q$SELECT count(*) FROM dalgo.sources WHERE set_config('dalgo.api_key_scope', '%s %s owner', true) IS NOT NULL$q$,
+					 '00000000-0000-4000-8000-000000000000', :'org2')) IS NOT NULL);
+SELECT t.check('... and the key still sees its organization only', (SELECT count(*) FROM dalgo.sources) = :n1);
+COMMIT;
+SELECT t.check('the key''s last use is recorded, in a transaction of its own on a cluster',
+	(SELECT last_used_at IS NOT NULL FROM dalgo.api_keys WHERE name = 'viewer key'));
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('dalgo_authenticated cannot set dalgo.api_key_scope on the coordinator (42501)',
+	t.refused(format($$SET LOCAL dalgo.api_key_scope = '%s %s owner'$$, '00000000-0000-4000-8000-000000000000', :'org2')) = '42501');
+COMMIT;
+
+-- PostgREST: the role and the claims come with set_config() in the request's
+-- first statement, which Citus does not send; the claims' subject does reach
+-- the workers, and a change of claims too.
+SET dalgo.claims_authenticators = 'postgres';
+BEGIN;
+SELECT set_config('role', 'dalgo_authenticated', true) AS r,
+	   set_config('request.jwt.claims', '{"sub":"00000000-0000-4000-a000-000000000003","role":"dalgo_authenticated"}', true) AS c \gset
+SELECT t.check('PostgREST claims reach the workers (admin of org2)',
+	(SELECT count(*) FROM dalgo.sources) = :n2 AND (SELECT count(*) FROM app.projects) = 2);
+SELECT set_config('request.jwt.claims', '{"sub":"00000000-0000-4000-a000-000000000001","role":"dalgo_authenticated"}', true) AS c \gset
+SELECT t.check('... and new claims in the same transaction too', (SELECT count(*) FROM dalgo.sources) = :n1 + :n2);
+COMMIT;
+RESET dalgo.claims_authenticators;
+BEGIN;
+SELECT set_config('role', 'dalgo_authenticated', true) AS r,
+	   set_config('request.jwt.claims', '{"sub":"00000000-0000-4000-a000-000000000003"}', true) AS c \gset
+SELECT t.check('claims from a session that is no claims authenticator: nothing, on any node',
+	(SELECT count(*) FROM dalgo.sources) = 0);
+COMMIT;

@@ -90,6 +90,83 @@ BEGIN;		-- a superuser on a worker still may (maintenance)
 SELECT set_config('dalgo.user_id', '11111111-0000-4000-8000-0000000000e2', true) IS NOT NULL AS superuser_set_config;
 ROLLBACK;
 
+-- An API key's scope, as the coordinator sends it with the identity: e1
+-- (admin here) narrowed to viewer in this organization, to nothing in
+-- another; set on a worker only by a SET statement of its own.
+INSERT INTO dalgo.organization_members_102008 (organization_id, user_id, role) VALUES
+	('22222222-0000-4000-8000-0000000000e0', '11111111-0000-4000-8000-0000000000e1', 'admin');
+GRANT SET ON PARAMETER dalgo.api_key_scope TO sim_citus_conn;
+GRANT dalgo_authenticated TO sim_citus_conn;	-- as Citus connects: the app's role
+SET ROLE sim_citus_conn;
+BEGIN;
+SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-0000000000e1';
+SELECT dalgo.org_role('22222222-0000-4000-8000-0000000000e0') AS role_without_key;
+SET LOCAL dalgo.api_key_scope = '33333333-0000-4000-8000-0000000000e3 22222222-0000-4000-8000-0000000000e0 viewer';
+SELECT dalgo.org_role('22222222-0000-4000-8000-0000000000e0') AS role_with_viewer_key,
+	   dalgo.current_api_key_id() AS key_id;
+SET LOCAL dalgo.api_key_scope = '33333333-0000-4000-8000-0000000000e3 44444444-0000-4000-8000-0000000000e4 owner';
+SELECT dalgo.org_role('22222222-0000-4000-8000-0000000000e0') AS role_with_key_of_other_org;
+SELECT set_config('dalgo.api_key_scope', '', true);
+ROLLBACK;
+BEGIN;
+SET LOCAL dalgo.api_key_scope = '33333333-0000-4000-8000-0000000000e3 22222222-0000-4000-8000-0000000000e0 superuser';
+ROLLBACK;
+BEGIN;
+SET LOCAL dalgo.api_key_scope = '33333333-0000-4000-8000-0000000000e3  22222222-0000-4000-8000-0000000000e0 viewer';
+ROLLBACK;
+RESET ROLE;
+SET ROLE dalgo_authenticated;	-- no grant: an end user's role never sets it
+BEGIN;
+SET LOCAL dalgo.api_key_scope = '33333333-0000-4000-8000-0000000000e3 22222222-0000-4000-8000-0000000000e0 viewer';
+ROLLBACK;
+RESET ROLE;
+-- A scope left over from an earlier transaction counts for nothing.
+SET dalgo.api_key_scope = '33333333-0000-4000-8000-0000000000e3 44444444-0000-4000-8000-0000000000e4 owner';
+BEGIN;
+SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-0000000000e1';
+SELECT dalgo.org_role('22222222-0000-4000-8000-0000000000e0') AS role_with_stale_scope,
+	   dalgo.current_api_key_id() AS stale_key_id;
+COMMIT;
+RESET dalgo.api_key_scope;
+
+-- On a coordinator (Citus loaded: its settings exist; a placeholder stands
+-- in here), an identity that is no SET LOCAL -- a token, an API key,
+-- PostgREST's claims -- is handed to Citus's SET propagation before each
+-- statement where it changed (DEBUG1 says so), even with propagation
+-- turned off for the request; this node's own settings stay as they were.
+UPDATE pg_catalog.pg_dist_local_group SET groupid = 0;
+SET citus.propagate_set_commands = 'none';
+SET dalgo.jwt_secret = 'a simulated coordinator secret, 32 bytes or more';
+SELECT dalgo_internal.sign_access_token('11111111-0000-4000-8000-0000000000e1', now() + interval '5 minutes') AS sim_token \gset
+BEGIN;
+SELECT dalgo.authenticate(:'sim_token') IS NOT NULL AS authenticated;
+SET LOCAL client_min_messages = debug1;
+SELECT dalgo.current_user_id() AS token_user, current_setting('dalgo.user_id') AS own_user_id_setting,
+	   current_setting('citus.propagate_set_commands') AS own_propagation;
+SELECT 'unchanged: nothing sent' AS same_identity;
+SELECT dalgo.sign_out();
+SELECT dalgo.current_user_id() AS after_sign_out;
+SET LOCAL client_min_messages = warning;
+SELECT dalgo_internal.set_api_key_identity('33333333-0000-4000-8000-0000000000e3', '11111111-0000-4000-8000-0000000000e1',
+										   '22222222-0000-4000-8000-0000000000e0', 'viewer');
+SET LOCAL client_min_messages = debug1;
+SELECT dalgo.org_role('22222222-0000-4000-8000-0000000000e0') AS api_key_role,
+	   current_setting('dalgo.api_key_scope') AS own_scope_setting;
+COMMIT;
+SELECT set_config('dalgo.claims_authenticators', session_user, false) IS NOT NULL AS claims_authenticator;
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT set_config('request.jwt.claims', '{"sub":"11111111-0000-4000-8000-0000000000e2"}', true) IS NOT NULL AS claims_set;
+SET LOCAL client_min_messages = debug1;
+SELECT dalgo.current_user_id() AS claims_user;
+SET LOCAL client_min_messages = warning;
+SELECT set_config('request.jwt.claims', '{"sub":"11111111-0000-4000-8000-0000000000e1"}', true) IS NOT NULL AS claims_changed;
+SET LOCAL client_min_messages = debug1;
+SELECT dalgo.current_user_id() AS new_claims_user, current_setting('dalgo.user_id') AS own_user_id_setting;
+COMMIT;
+RESET dalgo.claims_authenticators;
+RESET dalgo.jwt_secret;
+UPDATE pg_catalog.pg_dist_local_group SET groupid = 1;
+
 -- Audit on shards: a "shard" of sources on this worker names "sources";
 -- a reference table's copy on a worker writes nothing.
 -- (its key widened to (organization_id, id), as distribute() does: the
@@ -116,5 +193,5 @@ SELECT resource_type, action FROM dalgo.audit_logs WHERE resource_id = :'coordin
 -- Clean up: no imitation of Citus outlives the test.
 DROP TABLE dalgo.sources_102040, dalgo.mail_messages_102050, dalgo.organization_members_102008;
 DROP TABLE pg_catalog.pg_dist_local_group, pg_catalog.pg_dist_partition, pg_catalog.pg_dist_shard;
-REVOKE SET ON PARAMETER dalgo.user_id FROM sim_citus_conn;
+REVOKE SET ON PARAMETER dalgo.user_id, dalgo.api_key_scope FROM sim_citus_conn;
 DROP ROLE sim_citus_conn;
