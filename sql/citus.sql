@@ -68,7 +68,9 @@ DECLARE
 	tenant_tables text[] := ARRAY['sources', 'transformations', 'warehouse_connections', 'outputs',
 								  'schedules', 'source_schemas', 'sync_runs', 'warehouse_tables',
 								  'transformation_versions', 'transformation_runs', 'invitations',
-								  'audit_logs'];
+								  'audit_logs',
+	-- Failure alerts that the shards of the run tables write (journeys.sql).
+								  'dalgo_internal.alert_outbox'];
 	t text;
 	r record;
 	p record;

@@ -16045,6 +16045,497 @@ $$;
 COMMENT ON FUNCTION dalgo.authenticate_api_key(text) IS
 	'Verify an API key and make its creator the caller for this transaction, seen by every membership function and policy in the key''s organization only, at the lesser of the key''s role and the creator''s current role; returns the organization id. Unknown, revoked or expired: 28000 "invalid API key"';
 
+-- citus alerts: on a Citus cluster record_run_alert (on the run's shard, on
+-- a worker) writes into the co-located dalgo_internal.alert_outbox, and the
+-- coordinator's scheduler queues the mail (deliver_run_alerts).
+CREATE TABLE dalgo_internal.alert_outbox (
+	organization_id	uuid NOT NULL,
+	id				uuid NOT NULL DEFAULT gen_random_uuid(),
+	kind			text NOT NULL,
+	recipient		text NOT NULL,
+	payload			jsonb NOT NULL,
+	created_at		timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (organization_id, id)
+);
+COMMENT ON TABLE dalgo_internal.alert_outbox IS
+	'Internal, Citus only: failure alerts written on a worker by record_run_alert, until the coordinator''s scheduler queues them as mail (deliver_run_alerts)';
+COMMENT ON COLUMN dalgo_internal.alert_outbox.organization_id IS 'The run''s organization (the distribution column on a cluster)';
+COMMENT ON COLUMN dalgo_internal.alert_outbox.kind IS 'run_failed or run_recovered, the mail kind';
+COMMENT ON COLUMN dalgo_internal.alert_outbox.recipient IS 'An admin''s or owner''s email address';
+COMMENT ON COLUMN dalgo_internal.alert_outbox.payload IS 'The message, as queue_mail takes it (error redacted)';
+REVOKE ALL ON dalgo_internal.alert_outbox FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.record_run_alert() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer := greatest(coalesce(nullif(current_setting('dalgo.alert_after_failures', true), '')::integer, 1), 1);
+	sid uuid;
+	s dalgo.schedules;
+	org dalgo.organizations;
+	previous text[];
+	before integer;
+	target_type text;
+	target_name text;
+	kind text;
+	payload jsonb;
+	recipient text;
+	on_shard boolean;
+BEGIN
+	IF dalgo.restoring() OR NEW.details ?| ARRAY['skipped', 'cancelled'] THEN
+		RETURN NULL;
+	END IF;
+	-- On a Citus cluster the trigger fires on the run's shard (sync_runs_102040).
+	on_shard := TG_TABLE_NAME ~ '_[0-9]+$' AND dalgo_internal.citus_distributed('dalgo_internal.alert_outbox');
+	BEGIN
+		sid := (NEW.details->>'schedule_id')::uuid;
+	EXCEPTION WHEN invalid_text_representation THEN
+		RETURN NULL;
+	END;
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = sid AND x.organization_id = NEW.organization_id;
+	SELECT * INTO org FROM dalgo.organizations o WHERE o.id = NEW.organization_id AND o.deleted_at IS NULL;
+	IF s.id IS NULL OR org.id IS NULL THEN
+		RETURN NULL;
+	END IF;
+	-- The outcomes of the schedule's previous runs, newest first: n of them
+	-- tell whether the streak before this run was n - 1 long, or reached n.
+	IF TG_TABLE_NAME ~ '^sync_runs(_[0-9]+)?$' THEN
+		previous := ARRAY(SELECT r.status::text FROM dalgo.sync_runs r
+						  WHERE r.source_id = NEW.source_id AND r.organization_id = NEW.organization_id AND r.id <> NEW.id
+							AND r.details->>'schedule_id' = sid::text AND NOT r.details ?| ARRAY['skipped', 'cancelled']
+							AND r.status IN ('success', 'failed')
+						  ORDER BY r.completed_at DESC NULLS LAST, r.created_at DESC LIMIT n);
+		target_type := 'source';
+		SELECT x.name INTO target_name FROM dalgo.sources x WHERE x.organization_id = s.organization_id AND x.id = s.source_id;
+	ELSE
+		previous := ARRAY(SELECT r.status::text FROM dalgo.transformation_runs r
+						  WHERE r.transformation_id = NEW.transformation_id AND r.organization_id = NEW.organization_id
+							AND r.id <> NEW.id AND r.details->>'schedule_id' = sid::text AND NOT r.details ?| ARRAY['skipped', 'cancelled']
+							AND r.status IN ('success', 'failed')
+						  ORDER BY r.completed_at DESC NULLS LAST, r.created_at DESC LIMIT n);
+		target_type := 'output';
+		SELECT x.name INTO target_name FROM dalgo.outputs x WHERE x.organization_id = s.organization_id AND x.id = s.output_id;
+	END IF;
+	before := coalesce(array_position(previous, 'success') - 1, cardinality(previous));
+	IF NEW.status = 'failed' AND before = n - 1 THEN
+		kind := 'run_failed';
+	ELSIF NEW.status = 'success' AND before >= n THEN
+		kind := 'run_recovered';
+	ELSE
+		RETURN NULL;
+	END IF;
+	-- Names are members' text: no control character (a line break would
+	-- become a header in a mailer that writes the subject into one).
+	org.name := regexp_replace(org.name, '[[:cntrl:]]', ' ', 'g');
+	target_name := regexp_replace(target_name, '[[:cntrl:]]', ' ', 'g');
+	payload := jsonb_build_object(
+		'organization_id', org.id, 'organization_name', org.name,
+		'schedule_id', s.id, 'target_type', target_type, 'target_id', coalesce(s.source_id, s.output_id),
+		'target_name', target_name, 'run_id', NEW.id, 'at', NEW.completed_at,
+		'failures', CASE WHEN kind = 'run_failed' THEN n END,
+		'error', CASE WHEN kind = 'run_failed' THEN dalgo.redact(NEW.error_message) END,
+		'subject', CASE WHEN kind = 'run_failed'
+						THEN format('[%s] %s "%s" failed%s', org.name, CASE WHEN target_type = 'source' THEN 'sync of' ELSE 'refresh of' END,
+									target_name, CASE WHEN n > 1 THEN format(' %s times in a row', n) ELSE '' END)
+						ELSE format('[%s] %s "%s" is back to normal', org.name,
+									CASE WHEN target_type = 'source' THEN 'sync of' ELSE 'refresh of' END, target_name) END);
+	FOR recipient IN
+		SELECT DISTINCT u.email FROM dalgo.organization_members m JOIN dalgo.users u ON u.id = m.user_id
+		WHERE m.organization_id = org.id AND m.deleted_at IS NULL AND m.role >= 'admin'
+		  AND u.deleted_at IS NULL AND u.is_active
+		ORDER BY u.email
+	LOOP
+		IF on_shard THEN
+			INSERT INTO dalgo_internal.alert_outbox (organization_id, kind, recipient, payload)
+				VALUES (NEW.organization_id, kind, recipient, payload);
+		ELSE
+			PERFORM dalgo_internal.queue_mail(kind, recipient, payload);
+		END IF;
+	END LOOP;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.record_run_alert() IS
+	'AFTER UPDATE trigger on sync_runs and transformation_runs: when a scheduled run fails for the dalgo.alert_after_failures-th time in a row, or succeeds after such a streak, queue one run_failed or run_recovered message (error redacted) to each admin and owner of the organization (on a Citus shard: into alert_outbox)';
+
+CREATE FUNCTION dalgo_internal.deliver_run_alerts(max integer DEFAULT 1000) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a record;
+	n integer := 0;
+BEGIN
+	IF NOT dalgo_internal.citus_distributed('dalgo_internal.alert_outbox') THEN
+		RETURN 0;
+	END IF;
+	-- The mail queue is a reference table: Citus lets a transaction write it
+	-- after reading a distributed table only over one connection per node.
+	PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	FOR a IN SELECT o.organization_id, o.id, o.kind, o.recipient, o.payload FROM dalgo_internal.alert_outbox o
+			 ORDER BY o.created_at, o.id LIMIT max
+	LOOP
+		PERFORM dalgo_internal.queue_mail(a.kind, a.recipient, a.payload);
+		DELETE FROM dalgo_internal.alert_outbox o WHERE o.organization_id = a.organization_id AND o.id = a.id;
+		n := n + 1;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.deliver_run_alerts(integer) IS
+	'Internal, Citus: move up to max failure alerts from alert_outbox (written on the workers) into the mail queue, oldest first; 0 without Citus';
+REVOKE ALL ON FUNCTION dalgo_internal.deliver_run_alerts(integer) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION dalgo.distribute()
+RETURNS TABLE (table_name regclass, distribution text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+	-- Shared tables, every node holds all rows: membership is checked on
+	-- every node for every statement, so organization_members is one of them.
+	reference_tables text[] := ARRAY['users', 'organizations', 'organization_members', 'api_keys',
+									 'retention_policies',
+	-- Accounts: per user, not per organization.  Citus local tables (kept on
+	-- the coordinator) would fit better, but Citus cannot add a table that
+	-- an extension owns to its metadata that way.
+									 'refresh_tokens', 'password_reset_tokens', 'sign_in_attempts',
+									 'mail_messages'];
+	-- Tenant tables, by organization_id, co-located with sources; parents first.
+	tenant_tables text[] := ARRAY['sources', 'transformations', 'warehouse_connections', 'outputs',
+								  'schedules', 'source_schemas', 'sync_runs', 'warehouse_tables',
+								  'transformation_versions', 'transformation_runs', 'invitations',
+								  'audit_logs',
+	-- Failure alerts that the shards of the run tables write (journeys.sql).
+								  'dalgo_internal.alert_outbox'];
+	t text;
+	r record;
+	p record;
+	rel regclass;
+	expr text;
+	check_expr text;
+	distributed regclass[] := '{}';
+	fkeys text[] := '{}';
+BEGIN
+	IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
+		RAISE EXCEPTION 'dalgo.distribute() needs the citus extension'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'The citus extension is not installed in this database.',
+				  HINT = 'Preload citus before dalgo (shared_preload_libraries = ''citus,dalgo''), run CREATE EXTENSION citus on every node and add the workers; see docs/scaling.md.';
+	END IF;
+	IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+		RAISE EXCEPTION 'only a superuser may distribute dalgo''s tables' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF NOT EXISTS (SELECT FROM pg_dist_node WHERE groupid = 0) THEN
+		RAISE EXCEPTION 'the coordinator is not in the cluster''s metadata'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'dalgo reads its shared tables locally, so every node, the coordinator included, holds a copy.',
+				  HINT = 'Run SELECT citus_set_coordinator_host(''<host>'', <port>) on the coordinator first.';
+	END IF;
+	IF (SELECT groupid FROM pg_dist_local_group) <> 0 THEN
+		RAISE EXCEPTION 'dalgo.distribute() runs on the coordinator' USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	IF NOT EXISTS (SELECT FROM pg_dist_node WHERE groupid <> 0 AND isactive) THEN
+		RAISE EXCEPTION 'the cluster has no worker'
+			USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Add workers with citus_add_node() first.';
+	END IF;
+	-- dalgo's triggers are written to be correct on shards (docs/scaling.md).
+	PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
+	-- Foreign keys to reference tables need one connection per node.
+	PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+
+	-- A dalgo table this list does not know yet (a later release's): by
+	-- organization_id when it has the column, else a reference table.
+	FOR r IN
+		SELECT c.relname::text AS t,
+			   EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'organization_id'
+					   AND NOT a.attisdropped) AS tenant
+		FROM pg_class c
+		WHERE c.relnamespace = 'dalgo'::regnamespace AND c.relkind = 'r'
+		  AND c.relname <> ALL (reference_tables || tenant_tables)
+		  AND NOT EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = c.oid)
+		ORDER BY 1
+	LOOP
+		IF r.tenant THEN
+			tenant_tables := tenant_tables || r.t;
+		ELSE
+			reference_tables := reference_tables || r.t;
+		END IF;
+	END LOOP;
+
+	-- Toolkit-secured tables with an organization_id column join the tenant tables.
+	FOR r IN
+		SELECT DISTINCT c.oid::regclass AS rel
+		FROM pg_policy pol JOIN pg_class c ON c.oid = pol.polrelid
+		JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'organization_id' AND NOT a.attisdropped
+		WHERE pol.polname LIKE 'dalgo\_%' AND c.relnamespace <> 'dalgo'::regnamespace AND c.relkind = 'r'
+		ORDER BY 1
+	LOOP
+		tenant_tables := tenant_tables || r.rel::text;
+	END LOOP;
+
+	-- 1. Policies: the form without subqueries (generated here, so rls.sql
+	-- keeps the single-node form).  users' policy reads organization_members.
+	FOR r IN
+		SELECT c.oid::regclass AS rel FROM pg_class c
+		WHERE c.relkind = 'r' AND (c.relnamespace = 'dalgo'::regnamespace
+			OR c.oid::regclass::text = ANY (tenant_tables))
+	LOOP
+		FOR p IN SELECT pol.polname, pg_get_expr(pol.polqual, pol.polrelid) AS qual,
+						pg_get_expr(pol.polwithcheck, pol.polrelid) AS wcheck
+				 FROM pg_policy pol WHERE pol.polrelid = r.rel
+		LOOP
+			expr := dalgo_internal.citus_policy_expr(p.qual);
+			check_expr := dalgo_internal.citus_policy_expr(p.wcheck);
+			IF r.rel = 'dalgo.users'::regclass AND p.polname = 'user_select' THEN
+				expr := 'id = dalgo.current_user_id() OR dalgo.shares_organization(id)';
+			END IF;
+			IF expr ~* '\mSELECT\M' OR check_expr ~* '\mSELECT\M' THEN
+				RAISE EXCEPTION 'policy % on % has a subquery that Citus refuses', p.polname, r.rel
+					USING ERRCODE = 'feature_not_supported',
+						  DETAIL = format('USING (%s) WITH CHECK (%s)', expr, check_expr),
+						  HINT = 'Rewrite it with functions instead of subqueries (docs/scaling.md).';
+			END IF;
+			IF expr IS DISTINCT FROM p.qual THEN
+				EXECUTE format('ALTER POLICY %I ON %s USING (%s)', p.polname, r.rel, expr);
+			END IF;
+			IF check_expr IS DISTINCT FROM p.wcheck THEN
+				EXECUTE format('ALTER POLICY %I ON %s WITH CHECK (%s)', p.polname, r.rel, check_expr);
+			END IF;
+		END LOOP;
+	END LOOP;
+
+	-- 2. Foreign keys are dropped and put back once every table is in
+	-- place: Citus would otherwise convert the tables that reference a new
+	-- reference table on its own, in an order of its choosing.
+	FOR p IN
+		SELECT con.conrelid::regclass AS rel, con.conname, pg_get_constraintdef(con.oid) AS def
+		FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
+		WHERE con.contype = 'f' AND NOT EXISTS (SELECT FROM pg_dist_partition d WHERE d.logicalrelid = con.conrelid)
+		  AND (c.relnamespace = 'dalgo'::regnamespace OR con.confrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'dalgo'::regnamespace)
+			   OR con.conrelid::regclass::text = ANY (tenant_tables))
+		ORDER BY 1, 2
+	LOOP
+		fkeys := fkeys || format('ALTER TABLE %s ADD CONSTRAINT %I %s', p.rel, p.conname, p.def);
+		EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', p.rel, p.conname);
+		-- The workers' copies of dalgo's tables (from their CREATE EXTENSION)
+		-- too: putting the key back reaches every node.
+		PERFORM run_command_on_workers(format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', p.rel, p.conname));
+	END LOOP;
+
+	-- 3. Shared tables first: foreign keys point at them.
+	FOREACH t IN ARRAY reference_tables LOOP
+		rel := ('dalgo.' || quote_ident(t))::regclass;
+		IF NOT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = rel) THEN
+			PERFORM create_reference_table(rel);
+			PERFORM dalgo_internal.citus_drop_local_copy(rel);
+		END IF;
+		table_name := rel; distribution := 'reference'; RETURN NEXT;
+	END LOOP;
+
+	-- 4. Tenant tables by organization_id.  Citus wants the distribution
+	-- column in every primary key and unique constraint: (id) becomes
+	-- (organization_id, id).
+	FOREACH t IN ARRAY tenant_tables LOOP
+		rel := CASE WHEN t LIKE '%.%' THEN t::regclass ELSE ('dalgo.' || quote_ident(t))::regclass END;
+		IF NOT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = rel) THEN
+			-- audit_logs: Citus refuses NULL in a distribution column, so changes
+			-- outside any organization are recorded under the nil uuid (the
+			-- audit writer does the same on a cluster).
+			IF rel = 'dalgo.audit_logs'::regclass THEN
+				ALTER TABLE dalgo.audit_logs DISABLE TRIGGER append_only;
+				UPDATE dalgo.audit_logs SET organization_id = '00000000-0000-0000-0000-000000000000'
+					WHERE organization_id IS NULL;
+				ALTER TABLE dalgo.audit_logs ENABLE TRIGGER append_only;
+			END IF;
+			FOR p IN SELECT con.conname, con.contype,
+							array_agg(a.attname ORDER BY k.ord) AS cols
+					 FROM pg_constraint con
+					 CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY k(attnum, ord)
+					 JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+					 WHERE con.conrelid = rel AND con.contype IN ('p', 'u')
+					 GROUP BY con.conname, con.contype
+			LOOP
+				CONTINUE WHEN 'organization_id' = ANY (p.cols);
+				EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', rel, p.conname);
+				EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I %s (organization_id, %s)', rel, p.conname,
+							   CASE p.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END,
+							   (SELECT string_agg(quote_ident(c), ', ') FROM unnest(p.cols) c));
+			END LOOP;
+			-- Unique indexes that back no constraint (partial ones): the same.
+			FOR p IN
+				SELECT i.indexrelid::regclass AS idx, pg_get_indexdef(i.indexrelid) AS def
+				FROM pg_index i
+				WHERE i.indrelid = rel AND i.indisunique
+				  AND NOT EXISTS (SELECT FROM pg_constraint con WHERE con.conindid = i.indexrelid)
+				  AND NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = 'organization_id'
+								  AND a.attnum = ANY (i.indkey))
+			LOOP
+				EXECUTE format('DROP INDEX %s', p.idx);
+				EXECUTE regexp_replace(p.def, ' USING (\w+) \(', ' USING \1 (organization_id, ');
+			END LOOP;
+			IF distributed = '{}' THEN
+				PERFORM create_distributed_table(rel, 'organization_id', colocate_with => 'none');
+			ELSE
+				PERFORM create_distributed_table(rel, 'organization_id', colocate_with => distributed[1]::text);
+			END IF;
+			PERFORM dalgo_internal.citus_drop_local_copy(rel);
+		END IF;
+		distributed := distributed || rel;
+		table_name := rel; distribution := 'hash(organization_id)'; RETURN NEXT;
+	END LOOP;
+
+	-- 5. The foreign keys, now between Citus tables.
+	FOREACH t IN ARRAY fkeys LOOP
+		EXECUTE t;
+	END LOOP;
+END
+$fn$;
+COMMENT ON FUNCTION dalgo.distribute() IS
+	'Citus: distribute dalgo''s tables (users, organizations, organization_members, api_keys as reference tables, tenant tables and toolkit tables with organization_id by organization_id, co-located) with policies Citus accepts; run once on the coordinator';
+
+-- citus runs now: active_run() takes the organization (single-shard
+-- queries on a cluster) and is PL/pgSQL (Citus cannot plan an SQL
+-- function's parameters over distributed tables); run_now() locks the
+-- target by (organization_id, id); wait_for_run() reads one run table.
+DROP FUNCTION dalgo_internal.active_run(dalgo.run_kind, uuid);
+CREATE FUNCTION dalgo_internal.active_run(run_kind dalgo.run_kind, organization_id uuid, target_id uuid) RETURNS uuid
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	rid uuid;
+BEGIN
+	IF run_kind = 'sync' THEN
+		SELECT r.id INTO rid FROM dalgo.sync_runs r
+		WHERE r.organization_id = active_run.organization_id AND r.source_id = target_id
+		  AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL
+		LIMIT 1;
+	ELSE
+		SELECT r.id INTO rid FROM dalgo.outputs o
+		JOIN dalgo.transformation_runs r ON r.transformation_id = o.transformation_id AND r.organization_id = o.organization_id
+		LEFT JOIN dalgo.schedules s ON s.output_id = o.id AND s.organization_id = o.organization_id
+		WHERE o.organization_id = active_run.organization_id AND o.id = target_id AND r.status IN ('pending', 'running')
+		  AND (r.details->>'output_id' = o.id::text OR r.details->>'schedule_id' = s.id::text)
+		LIMIT 1;
+	END IF;
+	RETURN rid;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.active_run(dalgo.run_kind, uuid, uuid) IS
+	'Internal: the pending or running run of a source (sync) or an output (output) of an organization, if any';
+REVOKE ALL ON FUNCTION dalgo_internal.active_run(dalgo.run_kind, uuid, uuid) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION dalgo_internal.run_now(run_kind dalgo.run_kind, target_id uuid, wait boolean) RETURNS uuid
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+	src dalgo.sources;
+	o dalgo.outputs;
+	tid uuid;
+	rid uuid;
+	connector boolean := false;
+	noun text := CASE WHEN run_kind = 'sync' THEN 'source' ELSE 'output' END;
+BEGIN
+	IF run_kind = 'sync' THEN
+		SELECT * INTO src FROM dalgo.sources x WHERE x.id = target_id AND x.deleted_at IS NULL;
+		org := src.organization_id;
+		connector := dalgo_internal.synced_by_connector(src.config);
+	ELSE
+		SELECT * INTO o FROM dalgo.outputs x WHERE x.id = target_id AND x.deleted_at IS NULL;
+		org := o.organization_id;
+		SELECT x.id INTO tid FROM dalgo.transformations x
+		WHERE x.id = o.transformation_id AND x.organization_id = org AND x.deleted_at IS NULL;
+	END IF;
+	IF org IS NULL OR NOT dalgo.caller_may(org, 'viewer') OR (run_kind = 'output' AND tid IS NULL) THEN
+		RAISE EXCEPTION '% % does not exist', noun, target_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(org, 'member') THEN
+		RAISE EXCEPTION 'running a % now needs the member role', CASE WHEN run_kind = 'sync' THEN 'sync' ELSE 'refresh' END
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF wait AND connector THEN
+		RAISE EXCEPTION 'a % source is synced by a connector, which sees the run only once this transaction commits', src.source_type
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'Call sync_now with wait => false, commit, and read the run in dalgo.sync_runs.';
+	END IF;
+	IF wait AND src.source_type IN ('google_sheets', 'api') THEN
+		RAISE EXCEPTION 'a % source is fetched by a run worker, which sees the run only once this transaction commits', src.source_type
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'Call sync_now with wait => false, commit, and read the run in dalgo.sync_runs or dalgo.run_progress().';
+	END IF;
+	IF wait AND current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION 'wait => true needs READ COMMITTED: the call must see the run finish'
+			USING ERRCODE = 'feature_not_supported';
+	END IF;
+	rid := dalgo_internal.active_run(run_kind, org, target_id);
+	IF rid IS NULL THEN
+		BEGIN
+			IF run_kind = 'sync' THEN
+				PERFORM FROM dalgo.sources x WHERE x.organization_id = org AND x.id = target_id FOR UPDATE;
+			ELSE
+				PERFORM FROM dalgo.outputs x WHERE x.organization_id = org AND x.id = target_id FOR UPDATE;
+			END IF;
+			-- Checked again under the lock: a run committed while we waited for it.
+			rid := dalgo_internal.active_run(run_kind, org, target_id);
+			IF rid IS NOT NULL THEN
+				RAISE EXCEPTION USING ERRCODE = 'DL001';	-- gives the lock back
+			END IF;
+		EXCEPTION WHEN SQLSTATE 'DL001' THEN
+			NULL;
+		END;
+	END IF;
+	IF rid IS NOT NULL THEN
+		RAISE NOTICE 'a run of % % is already pending or running: %', noun, target_id, rid;
+		IF wait THEN
+			PERFORM dalgo_internal.wait_for_run(run_kind, rid);
+		END IF;
+		RETURN rid;
+	END IF;
+	-- Quotas refuse the call itself (the worker checks them again).
+	PERFORM dalgo_internal.check_run_quota(org);
+	IF run_kind = 'sync' THEN
+		INSERT INTO dalgo.sync_runs (organization_id, source_id, status, triggered_by_id, details)
+		VALUES (org, target_id, 'pending', dalgo.current_user_id(), '{"on_demand": true}')
+		RETURNING id INTO rid;
+	ELSE
+		INSERT INTO dalgo.transformation_runs (organization_id, transformation_id, status, triggered_by_id, details)
+		VALUES (org, tid, 'pending', dalgo.current_user_id(), jsonb_build_object('on_demand', true, 'output_id', target_id))
+		RETURNING id INTO rid;
+	END IF;
+	IF wait THEN
+		PERFORM dalgo_internal.execute_claimed(ARRAY[rid], ARRAY[run_kind]);
+	ELSIF connector THEN
+		PERFORM pg_notify('dalgo_sync', '');
+	ELSE
+		PERFORM dalgo_internal.wake_scheduler_at_commit();
+	END IF;
+	RETURN rid;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.run_now(dalgo.run_kind, uuid, boolean) IS
+	'Internal: queue (or, with wait, run here) a sync of a source or a refresh of an output without a schedule, under the scheduler''s rules; returns the run, or the run already pending or running';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.wait_for_run(run_kind dalgo.run_kind, run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	LOOP
+		IF run_kind = 'sync' THEN
+			EXIT WHEN NOT EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.id = run_id AND r.status IN ('pending', 'running'));
+		ELSE
+			EXIT WHEN NOT EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.id = run_id AND r.status IN ('pending', 'running'));
+		END IF;
+		PERFORM pg_sleep(0.05);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.wait_for_run(dalgo.run_kind, uuid) IS
+	'Internal: wait until a run another transaction committed is no longer pending or running';
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

@@ -544,8 +544,12 @@ CREATE FUNCTION dalgo_internal.wait_for_run(run_kind dalgo.run_kind, run_id uuid
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	WHILE EXISTS (SELECT FROM dalgo_internal.scheduled_runs r
-				  WHERE r.run_kind = wait_for_run.run_kind AND r.id = run_id AND r.status IN ('pending', 'running')) LOOP
+	LOOP
+		IF run_kind = 'sync' THEN
+			EXIT WHEN NOT EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.id = run_id AND r.status IN ('pending', 'running'));
+		ELSE
+			EXIT WHEN NOT EXISTS (SELECT FROM dalgo.transformation_runs r WHERE r.id = run_id AND r.status IN ('pending', 'running'));
+		END IF;
 		PERFORM pg_sleep(0.05);
 	END LOOP;
 END
@@ -555,22 +559,34 @@ COMMENT ON FUNCTION dalgo_internal.wait_for_run(dalgo.run_kind, uuid) IS
 
 -- The run of a source or an output that is pending or running, if any: the
 -- one-run-at-a-time rule of claim_due_schedules, for both kinds of run.
-CREATE FUNCTION dalgo_internal.active_run(run_kind dalgo.run_kind, target_id uuid) RETURNS uuid
-	LANGUAGE sql STABLE
+-- (PL/pgSQL, one query per kind, each on the organization's rows: on a
+-- Citus cluster a single-shard query, and no SQL function with parameters,
+-- which Citus cannot plan over distributed tables.)
+CREATE FUNCTION dalgo_internal.active_run(run_kind dalgo.run_kind, organization_id uuid, target_id uuid) RETURNS uuid
+	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT r.id FROM dalgo.sync_runs r
-	WHERE run_kind = 'sync' AND r.source_id = target_id AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL
-	UNION ALL
-	SELECT r.id FROM dalgo.outputs o
-	JOIN dalgo.transformation_runs r ON r.transformation_id = o.transformation_id AND r.organization_id = o.organization_id
-	LEFT JOIN dalgo.schedules s ON s.output_id = o.id AND s.organization_id = o.organization_id
-	WHERE run_kind = 'output' AND o.id = target_id AND r.status IN ('pending', 'running')
-	  AND (r.details->>'output_id' = o.id::text OR r.details->>'schedule_id' = s.id::text)
-	LIMIT 1
+DECLARE
+	rid uuid;
+BEGIN
+	IF run_kind = 'sync' THEN
+		SELECT r.id INTO rid FROM dalgo.sync_runs r
+		WHERE r.organization_id = active_run.organization_id AND r.source_id = target_id
+		  AND r.status IN ('pending', 'running') AND r.deleted_at IS NULL
+		LIMIT 1;
+	ELSE
+		SELECT r.id INTO rid FROM dalgo.outputs o
+		JOIN dalgo.transformation_runs r ON r.transformation_id = o.transformation_id AND r.organization_id = o.organization_id
+		LEFT JOIN dalgo.schedules s ON s.output_id = o.id AND s.organization_id = o.organization_id
+		WHERE o.organization_id = active_run.organization_id AND o.id = target_id AND r.status IN ('pending', 'running')
+		  AND (r.details->>'output_id' = o.id::text OR r.details->>'schedule_id' = s.id::text)
+		LIMIT 1;
+	END IF;
+	RETURN rid;
+END
 $$;
-COMMENT ON FUNCTION dalgo_internal.active_run(dalgo.run_kind, uuid) IS
-	'Internal: the pending or running run of a source (sync) or an output (output), if any';
+COMMENT ON FUNCTION dalgo_internal.active_run(dalgo.run_kind, uuid, uuid) IS
+	'Internal: the pending or running run of a source (sync) or an output (output) of an organization, if any';
 
 -- The scheduler's rules, without a schedule: the same run rows, queue, run
 -- workers, quotas and one-run-at-a-time rule.  The target's row is held FOR
@@ -625,16 +641,16 @@ BEGIN
 		RAISE EXCEPTION 'wait => true needs READ COMMITTED: the call must see the run finish'
 			USING ERRCODE = 'feature_not_supported';
 	END IF;
-	rid := dalgo_internal.active_run(run_kind, target_id);
+	rid := dalgo_internal.active_run(run_kind, org, target_id);
 	IF rid IS NULL THEN
 		BEGIN
 			IF run_kind = 'sync' THEN
-				PERFORM FROM dalgo.sources x WHERE x.id = target_id FOR UPDATE;
+				PERFORM FROM dalgo.sources x WHERE x.organization_id = org AND x.id = target_id FOR UPDATE;
 			ELSE
-				PERFORM FROM dalgo.outputs x WHERE x.id = target_id FOR UPDATE;
+				PERFORM FROM dalgo.outputs x WHERE x.organization_id = org AND x.id = target_id FOR UPDATE;
 			END IF;
 			-- Checked again under the lock: a run committed while we waited for it.
-			rid := dalgo_internal.active_run(run_kind, target_id);
+			rid := dalgo_internal.active_run(run_kind, org, target_id);
 			IF rid IS NOT NULL THEN
 				RAISE EXCEPTION USING ERRCODE = 'DL001';	-- gives the lock back
 			END IF;
@@ -688,7 +704,7 @@ COMMENT ON FUNCTION dalgo.refresh_output_now(uuid, boolean) IS
 	'Refresh an output now (its transformation with what it reads, then its destination), without a schedule, for members and above: queues a run for the run workers and returns its id in dalgo.transformation_runs, or the id of the run already pending or running. wait => true returns when the run has finished';
 
 REVOKE ALL ON FUNCTION dalgo_internal.wake_scheduler_at_commit(), dalgo_internal.wait_for_run(dalgo.run_kind, uuid),
-	dalgo_internal.active_run(dalgo.run_kind, uuid), dalgo_internal.run_now(dalgo.run_kind, uuid, boolean), dalgo.sync_now(uuid, boolean), dalgo.refresh_output_now(uuid, boolean)
+	dalgo_internal.active_run(dalgo.run_kind, uuid, uuid), dalgo_internal.run_now(dalgo.run_kind, uuid, boolean), dalgo.sync_now(uuid, boolean), dalgo.refresh_output_now(uuid, boolean)
 	FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION dalgo.sync_now(uuid, boolean), dalgo.refresh_output_now(uuid, boolean)
 	TO dalgo_authenticated, dalgo_service;
@@ -703,6 +719,29 @@ GRANT EXECUTE ON FUNCTION dalgo.sync_now(uuid, boolean), dalgo.refresh_output_no
 -- dalgo.alert_after_failures, and one when a run succeeds after such a
 -- streak, through the accounts' mail queue (NOTIFY dalgo_mail).  The error
 -- is redacted (dalgo.redact) before it is queued.
+-- On a Citus cluster the trigger fires on the run's shard, on a worker,
+-- which cannot write the mail queue (a reference table: every node) from
+-- there.  It writes the message into this outbox instead, co-located with
+-- the run (dalgo.distribute() shards it by organization_id), and the
+-- coordinator's scheduler moves what it finds into the mail queue on every
+-- tick (deliver_run_alerts).  On one node the outbox stays empty.
+CREATE TABLE dalgo_internal.alert_outbox (
+	organization_id	uuid NOT NULL,
+	id				uuid NOT NULL DEFAULT gen_random_uuid(),
+	kind			text NOT NULL,
+	recipient		text NOT NULL,
+	payload			jsonb NOT NULL,
+	created_at		timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (organization_id, id)
+);
+COMMENT ON TABLE dalgo_internal.alert_outbox IS
+	'Internal, Citus only: failure alerts written on a worker by record_run_alert, until the coordinator''s scheduler queues them as mail (deliver_run_alerts)';
+COMMENT ON COLUMN dalgo_internal.alert_outbox.organization_id IS 'The run''s organization (the distribution column on a cluster)';
+COMMENT ON COLUMN dalgo_internal.alert_outbox.kind IS 'run_failed or run_recovered, the mail kind';
+COMMENT ON COLUMN dalgo_internal.alert_outbox.recipient IS 'An admin''s or owner''s email address';
+COMMENT ON COLUMN dalgo_internal.alert_outbox.payload IS 'The message, as queue_mail takes it (error redacted)';
+REVOKE ALL ON dalgo_internal.alert_outbox FROM PUBLIC;
+
 CREATE FUNCTION dalgo_internal.record_run_alert() RETURNS trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
@@ -719,16 +758,13 @@ DECLARE
 	kind text;
 	payload jsonb;
 	recipient text;
+	on_shard boolean;
 BEGIN
 	IF dalgo.restoring() OR NEW.details ?| ARRAY['skipped', 'cancelled'] THEN
 		RETURN NULL;
 	END IF;
-	-- On a Citus cluster the trigger fires on the run's shard (sync_runs_102040),
-	-- on a worker, which may not write the mail queue (a reference table):
-	-- no alert there yet (docs/scaling.md).
-	IF TG_TABLE_NAME ~ '_[0-9]+$' THEN
-		RETURN NULL;
-	END IF;
+	-- On a Citus cluster the trigger fires on the run's shard (sync_runs_102040).
+	on_shard := TG_TABLE_NAME ~ '_[0-9]+$' AND dalgo_internal.citus_distributed('dalgo_internal.alert_outbox');
 	BEGIN
 		sid := (NEW.details->>'schedule_id')::uuid;
 	EXCEPTION WHEN invalid_text_representation THEN
@@ -741,7 +777,7 @@ BEGIN
 	END IF;
 	-- The outcomes of the schedule's previous runs, newest first: n of them
 	-- tell whether the streak before this run was n - 1 long, or reached n.
-	IF TG_TABLE_NAME = 'sync_runs' THEN
+	IF TG_TABLE_NAME ~ '^sync_runs(_[0-9]+)?$' THEN
 		previous := ARRAY(SELECT r.status::text FROM dalgo.sync_runs r
 						  WHERE r.source_id = NEW.source_id AND r.organization_id = NEW.organization_id AND r.id <> NEW.id
 							AND r.details->>'schedule_id' = sid::text AND NOT r.details ?| ARRAY['skipped', 'cancelled']
@@ -787,13 +823,49 @@ BEGIN
 		  AND u.deleted_at IS NULL AND u.is_active
 		ORDER BY u.email
 	LOOP
-		PERFORM dalgo_internal.queue_mail(kind, recipient, payload);
+		IF on_shard THEN
+			INSERT INTO dalgo_internal.alert_outbox (organization_id, kind, recipient, payload)
+				VALUES (NEW.organization_id, kind, recipient, payload);
+		ELSE
+			PERFORM dalgo_internal.queue_mail(kind, recipient, payload);
+		END IF;
 	END LOOP;
 	RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION dalgo_internal.record_run_alert() IS
-	'AFTER UPDATE trigger on sync_runs and transformation_runs: when a scheduled run fails for the dalgo.alert_after_failures-th time in a row, or succeeds after such a streak, queue one run_failed or run_recovered message (error redacted) to each admin and owner of the organization';
+	'AFTER UPDATE trigger on sync_runs and transformation_runs: when a scheduled run fails for the dalgo.alert_after_failures-th time in a row, or succeeds after such a streak, queue one run_failed or run_recovered message (error redacted) to each admin and owner of the organization (on a Citus shard: into alert_outbox)';
+
+-- Citus: queue the alerts that shards wrote into the outbox, oldest first,
+-- each removed as it is queued, in the scheduler's transaction (called on
+-- the coordinator on every tick).  Returns how many were queued.
+CREATE FUNCTION dalgo_internal.deliver_run_alerts(max integer DEFAULT 1000) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	a record;
+	n integer := 0;
+BEGIN
+	IF NOT dalgo_internal.citus_distributed('dalgo_internal.alert_outbox') THEN
+		RETURN 0;
+	END IF;
+	-- The mail queue is a reference table: Citus lets a transaction write it
+	-- after reading a distributed table only over one connection per node.
+	PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	FOR a IN SELECT o.organization_id, o.id, o.kind, o.recipient, o.payload FROM dalgo_internal.alert_outbox o
+			 ORDER BY o.created_at, o.id LIMIT max
+	LOOP
+		PERFORM dalgo_internal.queue_mail(a.kind, a.recipient, a.payload);
+		DELETE FROM dalgo_internal.alert_outbox o WHERE o.organization_id = a.organization_id AND o.id = a.id;
+		n := n + 1;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.deliver_run_alerts(integer) IS
+	'Internal, Citus: move up to max failure alerts from alert_outbox (written on the workers) into the mail queue, oldest first; 0 without Citus';
+REVOKE ALL ON FUNCTION dalgo_internal.deliver_run_alerts(integer) FROM PUBLIC;
 CREATE TRIGGER alert_on_outcome AFTER UPDATE OF status ON dalgo.sync_runs
 	FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status IN ('success', 'failed')
 					   AND NEW.details ? 'schedule_id')

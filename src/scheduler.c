@@ -44,6 +44,9 @@ static bool version_logged = false;	/* the version mismatch is logged */
 /* Set by each tick: this node is a Citus worker, where schedules and maintenance do not run. */
 static bool on_citus_worker = false;
 
+/* Set by each tick: a Citus coordinator, whose workers leave failure alerts in an outbox. */
+static bool alerts_in_outbox = false;
+
 /* On exit: free the database's slot for the next scheduler. */
 static void
 scheduler_exit(int code, Datum arg)
@@ -217,6 +220,13 @@ scheduler_tick(int *pending, TimestampTz *last_purge)
 		pgstat_report_activity(STATE_IDLE, NULL);
 		return 10000;
 	}
+	spi_run("SELECT dalgo_internal.citus_distributed('dalgo_internal.alert_outbox')", SPI_OK_SELECT);
+	if (SPI_processed == 1)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		alerts_in_outbox = !isnull && DatumGetBool(d);
+	}
 	spi_run("SELECT dalgo_internal.recover_interrupted_runs()", SPI_OK_SELECT);
 	spi_run("SELECT count(*) FROM dalgo_internal.claim_due_schedules(pg_catalog.now(), 1000)", SPI_OK_SELECT);
 	spi_run("SELECT dalgo_internal.pending_runs()", SPI_OK_SELECT);
@@ -328,6 +338,28 @@ maintenance_pass(void)
 	return more;
 }
 
+/*
+ * Citus: queue the failure alerts that the workers left in the outbox, in a
+ * transaction of its own (deliver_run_alerts() reads the outbox over one
+ * connection per node, which the tick's own queries need not be slowed to).
+ */
+static void
+alert_pass(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "dalgo failure alerts");
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	spi_run("SELECT dalgo_internal.deliver_run_alerts()", SPI_OK_SELECT);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
 /* Start workers for the waiting runs, within the cluster's cap; update the slot's counts. */
 static void
 start_run_workers(int pending)
@@ -430,6 +462,8 @@ dalgo_scheduler_main(Datum arg)
 				serving = true;
 				sleep_ms = scheduler_tick(&n, &last_purge);
 				pending = n;
+				if (alerts_in_outbox && !on_citus_worker)
+					alert_pass();
 				/* Work left in the daily maintenance: come back at once. */
 				if (dalgo_maintenance_interval > 0 && !on_citus_worker && maintenance_pass())
 					sleep_ms = 0;

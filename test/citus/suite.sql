@@ -30,9 +30,9 @@ CREATE TABLE app.projects (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), organi
 DO $$ BEGIN PERFORM dalgo.enable_org_rows('app.projects'); END $$;
 
 SELECT t.check('distribute() places every table',
-	(SELECT count(*) FROM dalgo.distribute()) = 22,
+	(SELECT count(*) FROM dalgo.distribute()) = 23,
 	(SELECT string_agg(table_name::text || '=' || distribution, ', ') FROM dalgo.distribute()));
-SELECT t.check('distribute() is idempotent', (SELECT count(*) FROM dalgo.distribute()) = 22);
+SELECT t.check('distribute() is idempotent', (SELECT count(*) FROM dalgo.distribute()) = 23);
 SELECT t.check('the toolkit table is co-located with the tenant tables',
 	(SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'app.projects'::regclass)
 	= (SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'dalgo.sources'::regclass));
@@ -273,6 +273,36 @@ SELECT t.check('the workers'' schedulers idle: no run started, no error',
 		$q$SELECT count(*) FROM dalgo.scheduler_status() WHERE database_oid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND (runs_started > 0 OR last_error IS NOT NULL)$q$)),
 	(SELECT string_agg(nodeport || ':' || result, ' ') FROM run_command_on_workers(
 		$q$SELECT string_agg(coalesce(last_error, '') || ' runs=' || runs_started, ';') FROM dalgo.scheduler_status()$q$)));
+-- A scheduled sync that fails alerts the organization's admins and owners:
+-- the alert trigger fires on the run's shard, on a worker, which leaves the
+-- message in the co-located outbox; the coordinator's scheduler mails it.
+INSERT INTO dalgo.sources (id, organization_id, name, source_type, config, warehouse_table_name) VALUES
+	('33333333-0000-4000-8000-0000000000d2', :'org1', 'Gone', 'postgres', '{"relation": "public.no_such_table"}', 'gone');
+INSERT INTO dalgo.schedules (organization_id, source_id, frequency)
+	VALUES (:'org1', '33333333-0000-4000-8000-0000000000d2', 'hourly');
+SELECT clock_timestamp() + interval '1 second' AS due \gset
+UPDATE dalgo.schedules SET next_run_at = :'due'
+	WHERE source_id = '33333333-0000-4000-8000-0000000000d2';
+DO $$
+BEGIN
+	FOR i IN 1..150 LOOP
+		PERFORM 1 FROM dalgo.mail_messages WHERE kind = 'run_failed';
+		EXIT WHEN FOUND;
+		PERFORM pg_sleep(0.1);
+	END LOOP;
+END $$;
+SELECT t.check('a scheduled sync of a missing table fails',
+	(SELECT status::text FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d2') = 'failed',
+	(SELECT string_agg(status || coalesce(': ' || error_message, ''), '; ') FROM dalgo.sync_runs
+	 WHERE source_id = '33333333-0000-4000-8000-0000000000d2'));
+SELECT array_to_string(array_agg(recipient || ' ' || (payload->>'target_name')), ', ') AS alert_mail
+	FROM dalgo.mail_messages WHERE kind = 'run_failed' \gset
+SELECT count(*) AS outbox_left FROM dalgo_internal.alert_outbox \gset
+SELECT t.check('... and alerts org1''s owner by mail, through the outbox',
+	:'alert_mail' = 'asha@example.org Gone' AND :outbox_left = 0,
+	'mail: ' || :'alert_mail' || ' outbox: ' || :outbox_left);
+UPDATE dalgo.schedules SET is_active = false WHERE source_id = '33333333-0000-4000-8000-0000000000d2';
+
 -- A run writes its tables as the warehouse role, on the coordinator: Citus
 -- propagates the (empty) schema and the NOLOGIN role, never the tables.
 SET ROLE :"wh_role";
@@ -317,7 +347,7 @@ SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
 SET LOCAL citus.propagate_set_commands = 'none';
 SET LOCAL ROLE dalgo_authenticated;
 SELECT t.check('with the role not propagated, the identity still reaches the workers',
-	(SELECT count(*) FROM dalgo.sources WHERE organization_id = :'org1') = 4
+	(SELECT count(*) FROM dalgo.sources WHERE organization_id = :'org1') = 5	-- 3, Live and Gone
 	AND (SELECT count(*) FROM dalgo.sources WHERE organization_id = :'org2') = 0);
 COMMIT;
 BEGIN;
@@ -483,3 +513,53 @@ SELECT set_config('role', 'dalgo_authenticated', true) AS r,
 SELECT t.check('claims from a session that is no claims authenticator: nothing, on any node',
 	(SELECT count(*) FROM dalgo.sources) = 0);
 COMMIT;
+
+-- ---- runs on demand, recipes with steps, quotas ---------------------------------
+-- An output over a recipe with steps, refreshed now by its owner (queued,
+-- run by the coordinator's scheduler), then refused by a runs_per_hour quota.
+INSERT INTO dalgo.transformations (id, organization_id, name, recipe, output_table_name) VALUES
+	('55555555-0000-4000-8000-0000000000d2', :'org1', 'Big rows',
+	 '{"version": 1, "source": {"table": "live"}, "steps": [{"type": "filter", "conditions": [{"column": "id", "op": "gt", "value": {"val": 3}}]}, {"type": "select", "columns": ["id", "label"]}]}',
+	 'big_rows');
+INSERT INTO dalgo.outputs (id, organization_id, transformation_id, name, destination_config) VALUES
+	('66666666-0000-4000-8000-0000000000d2', :'org1', '55555555-0000-4000-8000-0000000000d2', 'Big view', '{"type": "view", "name": "big_view"}');
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT dalgo.refresh_output_now('66666666-0000-4000-8000-0000000000d2') AS now_run \gset
+COMMIT;
+DO $$
+BEGIN
+	FOR i IN 1..150 LOOP
+		PERFORM 1 FROM dalgo.transformation_runs WHERE transformation_id = '55555555-0000-4000-8000-0000000000d2'
+			AND status::text IN ('success', 'failed');
+		EXIT WHEN FOUND;
+		PERFORM pg_sleep(0.1);
+	END LOOP;
+END $$;
+SELECT t.check('refresh_output_now() of a recipe with steps runs on the coordinator',
+	(SELECT status::text FROM dalgo.transformation_runs WHERE id = :'now_run') = 'success'
+	AND (SELECT count(*) FROM dalgo.read_warehouse_table(:'org1', 'big_view')) = 4,
+	(SELECT string_agg(status || coalesce(': ' || error_message, ''), '; ') FROM dalgo.transformation_runs
+	 WHERE transformation_id = '55555555-0000-4000-8000-0000000000d2'));
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('the owner reads the run''s version and its compiled SQL',
+	(SELECT count(*) FROM dalgo.transformation_versions WHERE transformation_id = '55555555-0000-4000-8000-0000000000d2') >= 1
+	AND (SELECT bool_and(organization_id = :'org1') FROM dalgo.transformation_runs));
+SELECT t.check('quota_usage() on a cluster',
+	(SELECT used FROM dalgo.quota_usage(:'org1') WHERE quota = 'runs_per_hour') >= 3,
+	(SELECT string_agg(quota || '=' || used, ' ') FROM dalgo.quota_usage(:'org1')));
+COMMIT;
+UPDATE dalgo.organizations SET settings = jsonb_set(settings, '{quotas}', '{"runs_per_hour": 1}') WHERE id = :'org1';
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('a runs_per_hour quota refuses a run now (53400)',
+	t.refused($$SELECT dalgo.refresh_output_now('66666666-0000-4000-8000-0000000000d2', true)$$) = '53400',
+	t.error_of($$SELECT dalgo.refresh_output_now('66666666-0000-4000-8000-0000000000d2', true)$$));
+COMMIT;
+UPDATE dalgo.organizations SET settings = settings - 'quotas' WHERE id = :'org1';

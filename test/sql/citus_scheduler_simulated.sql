@@ -5,13 +5,15 @@
 -- single-shard query instead of one FOR UPDATE SKIP LOCKED over all of
 -- them: it must claim exactly what the single-node path claims, in the same
 -- fair order, within the same limit.  account_audit records a row outside
--- any organization under the nil uuid once audit_logs is distributed.
+-- any organization under the nil uuid once audit_logs is distributed.  A
+-- failure alert raised on a shard of sync_runs goes to the alert outbox,
+-- and deliver_run_alerts() moves it into the mail queue.
 -- test/citus/run.sh proves both on a real cluster.
 \set ECHO none
 \i test/fixtures/tap_setup.sql
 BEGIN;
 \i test/fixtures/two_orgs.sql
-SELECT plan(9);
+SELECT plan(13);
 SET LOCAL allow_system_table_mods = on;
 CREATE TABLE pg_catalog.pg_dist_local_group (groupid integer);
 CREATE TABLE pg_catalog.pg_dist_partition (logicalrelid regclass, partmethod "char");
@@ -74,6 +76,29 @@ SELECT is((SELECT organization_id FROM dalgo.audit_logs WHERE action = 'sim_sing
 	'on one node, an audit row outside any organization has no organization_id');
 SELECT is((SELECT organization_id FROM dalgo.audit_logs WHERE action = 'sim_citus'), '00000000-0000-0000-0000-000000000000'::uuid,
 	'with audit_logs distributed, it carries the nil uuid (Citus refuses NULL in the distribution column)');
+
+-- Failure alerts on a shard: into the outbox, then the coordinator queues them.
+CREATE TABLE dalgo.sync_runs_102060 (LIKE dalgo.sync_runs INCLUDING DEFAULTS);
+CREATE TRIGGER alert_on_outcome AFTER UPDATE OF status ON dalgo.sync_runs_102060
+	FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status IN ('success', 'failed')
+					   AND NEW.details ? 'schedule_id')
+	EXECUTE FUNCTION dalgo_internal.record_run_alert();
+INSERT INTO pg_catalog.pg_dist_partition VALUES ('dalgo.sync_runs', 'h'), ('dalgo_internal.alert_outbox', 'h');
+INSERT INTO pg_catalog.pg_dist_shard VALUES ('dalgo.sync_runs', 102060);
+SELECT count(*) AS mail_before FROM dalgo.mail_messages WHERE kind = 'run_failed' \gset
+INSERT INTO dalgo.sync_runs_102060 (organization_id, source_id, status, details)
+	VALUES ('22222222-0000-4000-8000-0000000000a0', '33333333-0000-4000-8000-0000000000f4', 'running',
+			'{"schedule_id": "88888888-0000-4000-8000-0000000000f4"}');
+UPDATE dalgo.sync_runs_102060 SET status = 'failed', completed_at = now(), error_message = 'sheet gone';
+SELECT is((SELECT array_agg(kind || ' ' || recipient || ' ' || (payload->>'target_name') ORDER BY recipient) FROM dalgo_internal.alert_outbox),
+	ARRAY['run_failed owner.a@example.org A4'],
+	'a scheduled run failing on a shard leaves its alert for the organization''s owner in the outbox (not for a member)');
+SELECT is((SELECT count(*) FROM dalgo.mail_messages WHERE kind = 'run_failed') - :mail_before, 0::bigint,
+	'... and queues no mail there (a worker cannot write the mail queue)');
+SELECT is(dalgo_internal.deliver_run_alerts(), 1, 'the coordinator queues it');
+SELECT ok((SELECT count(*) FROM dalgo.mail_messages WHERE kind = 'run_failed' AND recipient = 'owner.a@example.org'
+		   AND payload->>'error' = 'sheet gone') = 1 AND NOT EXISTS (SELECT FROM dalgo_internal.alert_outbox),
+	'the alert is in the mail queue, the outbox is empty');
 
 SELECT * FROM finish();
 ROLLBACK;
