@@ -16536,6 +16536,247 @@ $$;
 COMMENT ON FUNCTION dalgo_internal.wait_for_run(dalgo.run_kind, uuid) IS
 	'Internal: wait until a run another transaction committed is no longer pending or running';
 
+-- citus csv: on a Citus shard check_csv_source checks the path's form only
+-- (the files are on the coordinator, where the run reads them).
+CREATE OR REPLACE FUNCTION dalgo_internal.check_csv_source() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.source_type <> 'csv' OR NEW.deleted_at IS NOT NULL OR NOT coalesce(NEW.config ? 'path', false) THEN
+		RETURN NEW;
+	END IF;
+	IF TG_OP = 'UPDATE' AND OLD.source_type = 'csv' AND OLD.deleted_at IS NULL
+	   AND (NEW.organization_id, NEW.config->'path') IS NOT DISTINCT FROM (OLD.organization_id, OLD.config->'path') THEN
+		RETURN NEW;
+	END IF;
+	IF jsonb_typeof(NEW.config->'path') <> 'string' THEN
+		RAISE EXCEPTION 'a csv source''s config.path must be a string' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- With csv sources disabled only the form of the path can be checked;
+	-- so too on a Citus shard (sources_102008, on a worker): the files are
+	-- on the coordinator, where runs read them and check them again.
+	IF current_setting('dalgo.csv_dir') = '' OR TG_TABLE_NAME ~ '_[0-9]+$' THEN
+		IF NEW.config->>'path' = '' OR NEW.config->>'path' LIKE '/%' OR '..' = ANY (string_to_array(NEW.config->>'path', '/')) THEN
+			RAISE EXCEPTION 'csv path "%" must be relative to the organization''s csv directory and must not contain ".."',
+				NEW.config->>'path' USING ERRCODE = 'insufficient_privilege';
+		END IF;
+	ELSE
+		PERFORM dalgo_internal.csv_path(NEW.organization_id, NEW.config->>'path');
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.check_csv_source() IS
+	'BEFORE trigger on sources: a csv source''s config.path must be a readable file in its organization''s csv directory (dalgo.csv_dir/org_<hex id>/); on a Citus shard only its form is checked';
+
+-- citus runs here: execute_claimed joins a run to its source on
+-- (organization_id, id), and run_schedule_now locks and updates its schedule
+-- by (organization_id, id) with the time computed once (single-shard
+-- statements on a Citus cluster, which may lock rows and take it).
+CREATE OR REPLACE FUNCTION dalgo_internal.execute_claimed(claimed_runs uuid[], kinds dalgo.run_kind[]) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	msg text;
+	n integer := 0;
+BEGIN
+	FOR i IN 1..coalesce(array_length(claimed_runs, 1), 0) LOOP
+		CONTINUE WHEN claimed_runs[i] IS NULL;
+		-- HTTP sources are fetched only in the run workers: left pending for them.
+		-- (A statement of its own: Citus cannot plan a distributed subquery
+		-- in an expression without FROM.)
+		IF kinds[i] = 'sync' THEN
+			PERFORM FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.organization_id = r.organization_id AND s.id = r.source_id
+			WHERE r.id = claimed_runs[i] AND s.source_type IN ('google_sheets', 'api');
+			CONTINUE WHEN FOUND;
+		END IF;
+		PERFORM dalgo_internal.start_scheduled_run(kinds[i], claimed_runs[i]);
+		BEGIN
+			PERFORM dalgo_internal.execute_scheduled_run(kinds[i], claimed_runs[i]);
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+			PERFORM dalgo_internal.fail_scheduled_run(kinds[i], claimed_runs[i], msg);
+		END;
+		n := n + 1;
+	END LOOP;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.execute_claimed(uuid[], dalgo.run_kind[]) IS 'Internal: execute claimed runs in this session; syncs of google_sheets and api sources stay pending for the run workers';
+
+CREATE OR REPLACE FUNCTION dalgo.run_schedule_now(schedule_id uuid) RETURNS uuid
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s dalgo.schedules;
+	c record;
+	stamp timestamptz;
+BEGIN
+	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = run_schedule_now.schedule_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(s.organization_id, 'admin') THEN
+		RAISE EXCEPTION 'schedule % does not exist or you are not an admin of its organization', schedule_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Make it due now and claim it like the scheduler would (a concurrent claim wins the lock).
+	-- (By (organization_id, id), and the time computed once: on a Citus
+	-- cluster a single-shard statement, which may lock rows.)
+	PERFORM FROM dalgo.schedules x WHERE x.organization_id = s.organization_id AND x.id = s.id FOR UPDATE;
+	stamp := clock_timestamp();
+	UPDATE dalgo.schedules x SET next_run_at = stamp, is_active = true
+	WHERE x.organization_id = s.organization_id AND x.id = s.id;
+	SELECT * INTO c FROM dalgo_internal.claim_due_schedules(stamp, 1, s.id);
+	IF c.outcome = 'queued' THEN
+		PERFORM dalgo_internal.execute_claimed(ARRAY[c.run_id], ARRAY[c.run_kind]);
+	END IF;
+	stamp := CASE WHEN s.is_active THEN dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, now()) END;
+	UPDATE dalgo.schedules x SET is_active = s.is_active, next_run_at = stamp
+	WHERE x.organization_id = s.organization_id AND x.id = s.id;
+	RETURN c.run_id;
+END
+$$;
+COMMENT ON FUNCTION dalgo.run_schedule_now(uuid) IS 'Run a schedule now, synchronously (admins of its organization); returns the run id';
+
+-- citus warehouse: on a Citus cluster the warehouse's role and schema are
+-- the coordinator's alone (not propagated: Citus also refused the role once
+-- the transaction had read a distributed table in parallel), and a shard of
+-- warehouse_connections on a worker makes no warehouse there.
+CREATE OR REPLACE FUNCTION dalgo.ensure_warehouse(organization_id uuid) RETURNS text
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	role_name text := dalgo_internal.warehouse_role_name(organization_id);
+	r pg_roles;
+	problem text;
+	-- On a Citus coordinator the warehouse is the coordinator's alone
+	-- (docs/scaling.md): its role and schema are not sent to the workers,
+	-- which would also fail once the transaction read a distributed table
+	-- in parallel ("cannot create or modify role because there was a
+	-- parallel operation").  NULL without Citus.
+	ddl_propagation text := current_setting('citus.enable_ddl_propagation', true);
+BEGIN
+	IF organization_id IS NULL THEN
+		RAISE EXCEPTION 'organization_id is required' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF ddl_propagation IS NOT NULL THEN
+		PERFORM set_config('citus.enable_ddl_propagation', 'off', true);
+	END IF;
+	IF NOT dalgo.caller_may(organization_id, 'viewer')
+	   OR NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = ensure_warehouse.organization_id AND o.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'organization % does not exist or you are not a member', organization_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Two first uses at once (two syncs of a new organization): the second
+	-- waits for the first and then finds its role and schema, instead of
+	-- failing on pg_authid's unique name.
+	IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name)
+	   OR NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = schema_name) THEN
+		PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('dalgo warehouse ' || organization_id::text, 0));
+	END IF;
+	SELECT * INTO r FROM pg_roles WHERE rolname = role_name;
+	IF NOT FOUND THEN
+		EXECUTE format('CREATE ROLE %I NOLOGIN NOINHERIT', role_name);
+		EXECUTE format('COMMENT ON ROLE %I IS %L', role_name, 'dalgo: owns the warehouse of organization ' || organization_id);
+	ELSE
+		-- A role of that name that dalgo did not make the way it makes them is
+		-- never adopted: everything a viewer previews runs as this role.
+		problem := concat_ws(', ',
+			CASE WHEN r.rolcanlogin THEN 'it can log in' END,
+			CASE WHEN r.rolsuper THEN 'it is a superuser' END,
+			CASE WHEN r.rolbypassrls THEN 'it bypasses row-level security' END,
+			CASE WHEN r.rolcreaterole THEN 'it can create roles' END,
+			CASE WHEN r.rolcreatedb THEN 'it can create databases' END,
+			CASE WHEN r.rolreplication THEN 'it is a replication role' END,
+			(SELECT 'it is a member of ' || string_agg(quote_ident(g.rolname), ', ' ORDER BY g.rolname)
+			 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid),
+			(SELECT 'it is granted to ' || string_agg(quote_ident(u.rolname), ', ' ORDER BY u.rolname)
+			 FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member WHERE m.roleid = r.oid));
+		IF problem <> '' THEN
+			RAISE EXCEPTION 'role "%" exists but is not a warehouse role dalgo can use: %', role_name, problem
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  HINT = 'A warehouse role is NOLOGIN, NOSUPERUSER, NOBYPASSRLS, NOCREATEROLE, NOCREATEDB, NOREPLICATION and in no role membership; a superuser must fix or drop it.';
+		END IF;
+	END IF;
+	IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = schema_name) THEN
+		EXECUTE format('CREATE SCHEMA %I AUTHORIZATION %I', schema_name, role_name);
+		EXECUTE format('REVOKE ALL ON SCHEMA %I FROM PUBLIC', schema_name);
+		EXECUTE format('COMMENT ON SCHEMA %I IS %L', schema_name, 'dalgo: warehouse of organization ' || organization_id);
+	ELSIF NOT EXISTS (SELECT FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner
+					  WHERE n.nspname = schema_name AND o.rolname = role_name) THEN
+		RAISE EXCEPTION 'schema "%" exists but is not owned by the warehouse role "%"', schema_name, role_name
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'dalgo never adopts a schema it did not create for the organization; a superuser must fix its owner or drop it.';
+	END IF;
+	IF ddl_propagation IS NOT NULL THEN
+		PERFORM set_config('citus.enable_ddl_propagation', ddl_propagation, true);
+	END IF;
+	INSERT INTO dalgo.warehouse_connections (organization_id, database_name, is_connected, last_connected_at)
+		SELECT ensure_warehouse.organization_id, current_database(), true, now()
+		WHERE NOT EXISTS (SELECT FROM dalgo.warehouse_connections w
+						  WHERE w.organization_id = ensure_warehouse.organization_id AND w.deleted_at IS NULL);
+	RETURN schema_name;
+END
+$$;
+COMMENT ON FUNCTION dalgo.ensure_warehouse(uuid) IS
+	'The organization''s warehouse schema (org_<id>, owned by role dalgo_wh_<id>), created with its warehouse_connections row on first use; a role or schema of that name that dalgo would not have made (login, superuser, role memberships, another owner...) is refused, never adopted';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.drop_warehouse(organization_id uuid) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	SET client_min_messages = warning	-- not a NOTICE per dropped table
+AS $$
+DECLARE
+	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
+	role_name text := dalgo_internal.warehouse_role_name(organization_id);
+	owner_name text;
+	-- On a Citus node the warehouse is that node's own (ensure_warehouse):
+	-- nothing is sent to other nodes.  NULL without Citus.
+	ddl_propagation text := current_setting('citus.enable_ddl_propagation', true);
+BEGIN
+	IF ddl_propagation IS NOT NULL THEN
+		PERFORM set_config('citus.enable_ddl_propagation', 'off', true);
+	END IF;
+	SELECT r.rolname INTO owner_name FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE n.nspname = schema_name;
+	-- dalgo drops only a schema it made: one its warehouse role owns.
+	IF owner_name = role_name THEN
+		EXECUTE pg_catalog.format('DROP SCHEMA %I CASCADE', schema_name);
+	ELSIF owner_name IS NOT NULL THEN
+		RAISE WARNING 'schema "%" is not owned by the warehouse role "%": left in place', schema_name, role_name;
+	END IF;
+	IF EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
+		EXECUTE pg_catalog.format('DROP OWNED BY %I CASCADE', role_name);
+		BEGIN
+			EXECUTE pg_catalog.format('DROP ROLE %I', role_name);
+		EXCEPTION WHEN dependent_objects_still_exist THEN
+			RAISE WARNING 'role "%" is still used in another database: left in place', role_name
+				USING DETAIL = SQLERRM;
+		END;
+	END IF;
+	IF ddl_propagation IS NOT NULL THEN
+		PERFORM set_config('citus.enable_ddl_propagation', ddl_propagation, true);
+	END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.create_warehouse_for_connection() RETURNS trigger
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF dalgo.restoring() THEN RETURN NULL; END IF;	-- restored: the schema is in the dump
+	-- On a Citus shard (warehouse_connections_102041, on a worker): the
+	-- warehouse lives on the coordinator, where ensure_warehouse() made it.
+	IF TG_TABLE_NAME ~ '_[0-9]+$' THEN RETURN NULL; END IF;
+	PERFORM dalgo.ensure_warehouse(NEW.organization_id);
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION dalgo_internal.create_warehouse_for_connection() IS 'AFTER INSERT trigger on warehouse_connections: creates the warehouse schema (not on a Citus shard: the warehouse is the coordinator''s)';
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

@@ -293,7 +293,13 @@ DECLARE
 	schema_name text := dalgo_internal.warehouse_schema_name(organization_id);
 	role_name text := dalgo_internal.warehouse_role_name(organization_id);
 	owner_name text;
+	-- On a Citus node the warehouse is that node's own (ensure_warehouse):
+	-- nothing is sent to other nodes.  NULL without Citus.
+	ddl_propagation text := current_setting('citus.enable_ddl_propagation', true);
 BEGIN
+	IF ddl_propagation IS NOT NULL THEN
+		PERFORM set_config('citus.enable_ddl_propagation', 'off', true);
+	END IF;
 	SELECT r.rolname INTO owner_name FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE n.nspname = schema_name;
 	-- dalgo drops only a schema it made: one its warehouse role owns.
 	IF owner_name = role_name THEN
@@ -309,6 +315,9 @@ BEGIN
 			RAISE WARNING 'role "%" is still used in another database: left in place', role_name
 				USING DETAIL = SQLERRM;
 		END;
+	END IF;
+	IF ddl_propagation IS NOT NULL THEN
+		PERFORM set_config('citus.enable_ddl_propagation', ddl_propagation, true);
 	END IF;
 END
 $$;

@@ -50,9 +50,18 @@ DECLARE
 	role_name text := dalgo_internal.warehouse_role_name(organization_id);
 	r pg_roles;
 	problem text;
+	-- On a Citus coordinator the warehouse is the coordinator's alone
+	-- (docs/scaling.md): its role and schema are not sent to the workers,
+	-- which would also fail once the transaction read a distributed table
+	-- in parallel ("cannot create or modify role because there was a
+	-- parallel operation").  NULL without Citus.
+	ddl_propagation text := current_setting('citus.enable_ddl_propagation', true);
 BEGIN
 	IF organization_id IS NULL THEN
 		RAISE EXCEPTION 'organization_id is required' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF ddl_propagation IS NOT NULL THEN
+		PERFORM set_config('citus.enable_ddl_propagation', 'off', true);
 	END IF;
 	IF NOT dalgo.caller_may(organization_id, 'viewer')
 	   OR NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = ensure_warehouse.organization_id AND o.deleted_at IS NULL) THEN
@@ -100,6 +109,9 @@ BEGIN
 			USING ERRCODE = 'object_not_in_prerequisite_state',
 				  HINT = 'dalgo never adopts a schema it did not create for the organization; a superuser must fix its owner or drop it.';
 	END IF;
+	IF ddl_propagation IS NOT NULL THEN
+		PERFORM set_config('citus.enable_ddl_propagation', ddl_propagation, true);
+	END IF;
 	INSERT INTO dalgo.warehouse_connections (organization_id, database_name, is_connected, last_connected_at)
 		SELECT ensure_warehouse.organization_id, current_database(), true, now()
 		WHERE NOT EXISTS (SELECT FROM dalgo.warehouse_connections w
@@ -116,11 +128,14 @@ CREATE FUNCTION dalgo_internal.create_warehouse_for_connection() RETURNS trigger
 AS $$
 BEGIN
 	IF dalgo.restoring() THEN RETURN NULL; END IF;	-- restored: the schema is in the dump
+	-- On a Citus shard (warehouse_connections_102041, on a worker): the
+	-- warehouse lives on the coordinator, where ensure_warehouse() made it.
+	IF TG_TABLE_NAME ~ '_[0-9]+$' THEN RETURN NULL; END IF;
 	PERFORM dalgo.ensure_warehouse(NEW.organization_id);
 	RETURN NULL;
 END
 $$;
-COMMENT ON FUNCTION dalgo_internal.create_warehouse_for_connection() IS 'AFTER INSERT trigger on warehouse_connections: creates the warehouse schema';
+COMMENT ON FUNCTION dalgo_internal.create_warehouse_for_connection() IS 'AFTER INSERT trigger on warehouse_connections: creates the warehouse schema (not on a Citus shard: the warehouse is the coordinator''s)';
 CREATE TRIGGER create_warehouse AFTER INSERT ON dalgo.warehouse_connections
 	FOR EACH ROW WHEN (NEW.deleted_at IS NULL) EXECUTE FUNCTION dalgo_internal.create_warehouse_for_connection();
 COMMENT ON TRIGGER create_warehouse ON dalgo.warehouse_connections IS 'A warehouse connection creates its warehouse schema';

@@ -735,9 +735,13 @@ BEGIN
 	FOR i IN 1..coalesce(array_length(claimed_runs, 1), 0) LOOP
 		CONTINUE WHEN claimed_runs[i] IS NULL;
 		-- HTTP sources are fetched only in the run workers: left pending for them.
-		CONTINUE WHEN kinds[i] = 'sync' AND EXISTS (
-			SELECT FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.id = r.source_id
-			WHERE r.id = claimed_runs[i] AND s.source_type IN ('google_sheets', 'api'));
+		-- (A statement of its own: Citus cannot plan a distributed subquery
+		-- in an expression without FROM.)
+		IF kinds[i] = 'sync' THEN
+			PERFORM FROM dalgo.sync_runs r JOIN dalgo.sources s ON s.organization_id = r.organization_id AND s.id = r.source_id
+			WHERE r.id = claimed_runs[i] AND s.source_type IN ('google_sheets', 'api');
+			CONTINUE WHEN FOUND;
+		END IF;
 		PERFORM dalgo_internal.start_scheduled_run(kinds[i], claimed_runs[i]);
 		BEGIN
 			PERFORM dalgo_internal.execute_scheduled_run(kinds[i], claimed_runs[i]);
@@ -781,6 +785,7 @@ AS $$
 DECLARE
 	s dalgo.schedules;
 	c record;
+	stamp timestamptz;
 BEGIN
 	SELECT * INTO s FROM dalgo.schedules x WHERE x.id = run_schedule_now.schedule_id AND x.deleted_at IS NULL;
 	IF NOT FOUND OR NOT dalgo.caller_may(s.organization_id, 'admin') THEN
@@ -788,15 +793,19 @@ BEGIN
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
 	-- Make it due now and claim it like the scheduler would (a concurrent claim wins the lock).
-	PERFORM FROM dalgo.schedules x WHERE x.id = s.id FOR UPDATE;
-	UPDATE dalgo.schedules x SET next_run_at = clock_timestamp(), is_active = true WHERE x.id = s.id;
-	SELECT * INTO c FROM dalgo_internal.claim_due_schedules(clock_timestamp(), 1, s.id);
+	-- (By (organization_id, id), and the time computed once: on a Citus
+	-- cluster a single-shard statement, which may lock rows.)
+	PERFORM FROM dalgo.schedules x WHERE x.organization_id = s.organization_id AND x.id = s.id FOR UPDATE;
+	stamp := clock_timestamp();
+	UPDATE dalgo.schedules x SET next_run_at = stamp, is_active = true
+	WHERE x.organization_id = s.organization_id AND x.id = s.id;
+	SELECT * INTO c FROM dalgo_internal.claim_due_schedules(stamp, 1, s.id);
 	IF c.outcome = 'queued' THEN
 		PERFORM dalgo_internal.execute_claimed(ARRAY[c.run_id], ARRAY[c.run_kind]);
 	END IF;
-	UPDATE dalgo.schedules x SET is_active = s.is_active,
-		next_run_at = CASE WHEN s.is_active THEN dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, now()) END
-	WHERE x.id = s.id;
+	stamp := CASE WHEN s.is_active THEN dalgo.next_run(s.frequency, s.run_at_time, s.run_at_day, s.timezone, now()) END;
+	UPDATE dalgo.schedules x SET is_active = s.is_active, next_run_at = stamp
+	WHERE x.organization_id = s.organization_id AND x.id = s.id;
 	RETURN c.run_id;
 END
 $$;

@@ -253,8 +253,10 @@ BEGIN
 	IF jsonb_typeof(NEW.config->'path') <> 'string' THEN
 		RAISE EXCEPTION 'a csv source''s config.path must be a string' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	-- With csv sources disabled only the form of the path can be checked.
-	IF current_setting('dalgo.csv_dir') = '' THEN
+	-- With csv sources disabled only the form of the path can be checked;
+	-- so too on a Citus shard (sources_102008, on a worker): the files are
+	-- on the coordinator, where runs read them and check them again.
+	IF current_setting('dalgo.csv_dir') = '' OR TG_TABLE_NAME ~ '_[0-9]+$' THEN
 		IF NEW.config->>'path' = '' OR NEW.config->>'path' LIKE '/%' OR '..' = ANY (string_to_array(NEW.config->>'path', '/')) THEN
 			RAISE EXCEPTION 'csv path "%" must be relative to the organization''s csv directory and must not contain ".."',
 				NEW.config->>'path' USING ERRCODE = 'insufficient_privilege';
@@ -266,7 +268,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION dalgo_internal.check_csv_source() IS
-	'BEFORE trigger on sources: a csv source''s config.path must be a readable file in its organization''s csv directory (dalgo.csv_dir/org_<hex id>/)';
+	'BEFORE trigger on sources: a csv source''s config.path must be a readable file in its organization''s csv directory (dalgo.csv_dir/org_<hex id>/); on a Citus shard only its form is checked';
 CREATE TRIGGER check_csv_source BEFORE INSERT OR UPDATE ON dalgo.sources
 	FOR EACH ROW WHEN (NEW.source_type = 'csv') EXECUTE FUNCTION dalgo_internal.check_csv_source();
 COMMENT ON TRIGGER check_csv_source ON dalgo.sources IS 'A csv source reads only its organization''s csv directory';

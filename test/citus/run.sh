@@ -86,7 +86,11 @@ wal_level = logical
 max_prepared_transactions = 100
 citus.enable_unsafe_triggers = on
 citus.propagate_set_commands = 'local'
+dalgo.csv_dir = '$dir/csv-$n'
 CONF"
+	# Each node its own csv directory, as on separate machines: the files are
+	# the coordinator's, where runs read them.
+	as_owner mkdir -p "$dir/csv-$n"
 	if [ "$n" = coord ]; then
 		# The coordinator: the app's roles log in over TCP with a password;
 		# postgres (the administrator) over the socket only.

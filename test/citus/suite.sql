@@ -563,3 +563,48 @@ SELECT t.check('a runs_per_hour quota refuses a run now (53400)',
 	t.error_of($$SELECT dalgo.refresh_output_now('66666666-0000-4000-8000-0000000000d2', true)$$));
 COMMIT;
 UPDATE dalgo.organizations SET settings = settings - 'quotas' WHERE id = :'org1';
+
+-- ---- csv sources: the files are the coordinator's ---------------------------------
+-- Each node has its own dalgo.csv_dir (run.sh), as on separate machines.  A
+-- source is saved on its shard, on a worker, which checks the path's form
+-- only; the run, on the coordinator, reads the file.
+SELECT current_setting('dalgo.csv_dir') || '/org_' || replace(:'org2', '-', '') AS csv_org_dir \gset
+SELECT format('mkdir -p %s', :'csv_org_dir') AS mk \gset
+COPY (SELECT WHERE false) TO PROGRAM :'mk';
+\set f :csv_org_dir '/people.csv'
+COPY (SELECT g AS id, 'person ' || g AS name FROM generate_series(1, 6) g) TO :'f' WITH (FORMAT csv, HEADER true);
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000003';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('an admin saves a csv source whose file is on the coordinator only', e IS NULL, e)
+	FROM (SELECT t.error_of(format($$INSERT INTO dalgo.sources (id, organization_id, name, source_type, config, warehouse_table_name)
+		VALUES ('33333333-0000-4000-8000-0000000000d3', %L, 'People', 'csv', '{"path": "people.csv"}', 'people')$$, :'org2')) e) x;
+SELECT t.check('... a path out of the organization''s directory is still refused there (42501)',
+	t.refused(format($$INSERT INTO dalgo.sources (organization_id, name, source_type, config)
+		VALUES (%L, 'Theirs', 'csv', '{"path": "../org_x/secret.csv"}')$$, :'org2')) = '42501');
+COMMIT;
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000003';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT coalesce(t.error_of($$SELECT dalgo.sync_now('33333333-0000-4000-8000-0000000000d3', true)$$), '') AS csv_sync_error \gset
+COMMIT;
+SELECT t.check('sync_now(wait => true) of the csv source syncs it, on the coordinator',
+	(SELECT status::text || ' ' || rows_synced FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d3') = 'success 6'
+	AND (SELECT count(*) FROM dalgo.read_warehouse_table(:'org2', 'people')) = 6,
+	:'csv_sync_error' || ' ' || coalesce((SELECT string_agg(status || coalesce(': ' || error_message, ''), '; ')
+		FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d3'), 'no run'));
+INSERT INTO dalgo.schedules (id, organization_id, source_id, frequency)
+	VALUES ('88888888-0000-4000-8000-0000000000d3', :'org2', '33333333-0000-4000-8000-0000000000d3', 'daily');
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000003';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT coalesce(t.error_of($$SELECT dalgo.run_schedule_now('88888888-0000-4000-8000-0000000000d3')$$), '') AS run_now_error \gset
+COMMIT;
+SELECT t.check('run_schedule_now() by the organization''s admin runs the schedule on a cluster',
+	(SELECT count(*) FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d3' AND status = 'success'
+	 AND details->>'schedule_id' = '88888888-0000-4000-8000-0000000000d3') = 1
+	AND (SELECT next_run_at > now() FROM dalgo.schedules WHERE id = '88888888-0000-4000-8000-0000000000d3'),
+	:'run_now_error' || ' ' || coalesce((SELECT string_agg(status || coalesce(': ' || error_message, ''), '; ')
+		FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d3'), 'no run'));
