@@ -16777,6 +16777,537 @@ END
 $$;
 COMMENT ON FUNCTION dalgo_internal.create_warehouse_for_connection() IS 'AFTER INSERT trigger on warehouse_connections: creates the warehouse schema (not on a Citus shard: the warehouse is the coordinator''s)';
 
+-- cy: connector runs and uploads on a Citus cluster.  Row locks on
+-- sync_runs taken by queries on one organization's rows (looked up first,
+-- then locked and checked again), joins on (organization_id, id), timestamps
+-- computed once instead of clock_timestamp() in UPDATEs, no subquery over a
+-- distributed table as a PL/pgSQL expression, the staging-table guard on its
+-- organization's rows without a dalgo function on the shards, and
+-- claim_sync_run's liveness test as conditions instead of target_is_live().
+-- The single-node statements are equivalent.
+CREATE OR REPLACE FUNCTION dalgo.claim_sync_run() RETURNS dalgo.sync_runs
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	org uuid;
+	msg text;
+	stamp timestamptz;
+BEGIN
+	-- Joins on (organization_id, id), the run locked by a query on one
+	-- organization's rows, the organization's and source's liveness (what
+	-- target_is_live() tells) as conditions, timestamps computed once: on a
+	-- Citus cluster these queries run on the organization's shard.
+	FOR org IN
+		SELECT x.organization_id FROM dalgo.sync_runs x
+		JOIN dalgo.sources s ON s.organization_id = x.organization_id AND s.id = x.source_id
+		WHERE x.status IN ('pending', 'running') AND dalgo_internal.synced_by_connector(s.config) AND x.deleted_at IS NULL
+		GROUP BY x.organization_id
+		HAVING bool_or(x.status = 'pending')
+		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
+				 x.organization_id
+	LOOP
+		PERFORM FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL;
+		CONTINUE WHEN NOT FOUND;
+		SELECT x.* INTO r FROM dalgo.sync_runs x
+		JOIN dalgo.sources s ON s.organization_id = x.organization_id AND s.id = x.source_id
+		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo_internal.synced_by_connector(s.config)
+		  AND x.deleted_at IS NULL AND s.deleted_at IS NULL
+		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
+		IF FOUND THEN
+			-- A connector run is a run: the organization's quotas apply, as
+			-- to in-database runs (a refused run fails with the quota's message).
+			BEGIN
+				PERFORM dalgo_internal.check_run_quota(org);
+			EXCEPTION WHEN configuration_limit_exceeded THEN
+				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+				stamp := clock_timestamp();
+				UPDATE dalgo.sync_runs x SET status = 'failed', completed_at = stamp, error_message = msg
+				WHERE x.organization_id = org AND x.id = r.id;
+				CONTINUE;
+			END;
+			stamp := clock_timestamp();
+			UPDATE dalgo.sync_runs x SET status = 'running', started_at = stamp
+			WHERE x.organization_id = org AND x.id = r.id RETURNING * INTO r;
+			-- The load path: the staging table that dalgo.stage_sync_run() creates.
+			r.details := r.details || jsonb_build_object('staging_table',
+				format('%I.%I', dalgo_internal.warehouse_schema_name(r.organization_id), dalgo_internal.staging_table_name(r.id)));
+			RETURN r;
+		END IF;
+	END LOOP;
+	RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo.complete_sync_run(run_id uuid, rows_synced integer, error_message text DEFAULT NULL,
+										details jsonb DEFAULT '{}')
+	RETURNS dalgo.sync_runs
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	staged boolean;
+	msg text := complete_sync_run.error_message;
+	org uuid;
+	stamp timestamptz;
+BEGIN
+	IF jsonb_typeof(coalesce(complete_sync_run.details, '{}')) <> 'object' THEN
+		RAISE EXCEPTION 'details must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- Looked up, then locked through its organization (on a Citus cluster a
+	-- row lock is taken by a single-shard query only) and checked again.
+	SELECT x.organization_id INTO org FROM dalgo.sync_runs x WHERE x.id = complete_sync_run.run_id;
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.organization_id = org AND x.id = complete_sync_run.run_id
+	  AND x.status = 'running' AND NOT x.details ? 'upload'
+	FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'sync run % is not running (claim it first)', run_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- A run loaded through its staging table: type it and swap it in; any
+	-- failure leaves the previous table, fails the run and drops the staging table.
+	staged := to_regclass(format('%I.%I', dalgo_internal.warehouse_schema_name(r.organization_id),
+								 dalgo_internal.staging_table_name(r.id))) IS NOT NULL;
+	IF staged AND msg IS NULL THEN
+		BEGIN
+			PERFORM dalgo_internal.finish_sync(r.id, dalgo_internal.staging_table_name(r.id));
+		EXCEPTION WHEN OTHERS THEN
+			GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+			IF msg = 'a sync is finished in a READ COMMITTED transaction' THEN
+				RAISE;
+			END IF;
+		END;
+	END IF;
+	IF staged AND msg IS NOT NULL THEN
+		PERFORM dalgo_internal.drop_staging_table(r.id);
+	END IF;
+	-- The keys dalgo's own code reads (the schedule, skips that quotas do not
+	-- count, the runner, the load path) are dalgo's: a connector does not set them.
+	stamp := clock_timestamp();	-- once (Citus: no volatile function in an UPDATE)
+	UPDATE dalgo.sync_runs x SET status = CASE WHEN msg IS NULL THEN 'success' ELSE 'failed' END::dalgo.run_status,
+		completed_at = stamp,
+		rows_synced = CASE WHEN staged AND msg IS NULL THEN x.rows_synced ELSE complete_sync_run.rows_synced END,
+		error_message = msg,
+		details = x.details || (coalesce(complete_sync_run.details, '{}')
+								- ARRAY['schedule_id', 'skipped', 'runner_pid', 'attempt', 'lag_ms', 'on_demand', 'output_id', 'cancelled',
+										  'staging_table', 'upload', 'user_id'])
+	WHERE x.organization_id = r.organization_id AND x.id = r.id
+	RETURNING * INTO r;
+	IF r.status = 'success' THEN
+		UPDATE dalgo.sources s SET last_synced_at = now() WHERE s.organization_id = r.organization_id AND s.id = r.source_id;
+	END IF;
+	RETURN r;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.drop_staging_table(run_id uuid) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+	schema_name text;
+BEGIN
+	-- A statement of its own (on a Citus cluster, a subquery over a
+	-- distributed table cannot be a PL/pgSQL expression).
+	SELECT r.organization_id INTO org FROM dalgo.sync_runs r WHERE r.id = run_id;
+	schema_name := dalgo_internal.warehouse_schema_name(org);
+	IF org IS NULL OR to_regclass(format('%I.%I', schema_name, dalgo_internal.staging_table_name(run_id))) IS NULL THEN
+		RETURN;
+	END IF;
+	PERFORM dalgo_internal.warehouse_execute(org,
+		format('DROP TABLE %I.%I', schema_name, dalgo_internal.staging_table_name(run_id)));
+	PERFORM dalgo_internal.staging_schema_access(org);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.drop_stale_staging_tables(organization_id uuid) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	run uuid;
+	n integer := 0;
+BEGIN
+	FOR run IN SELECT substr(c.relname, 14)::uuid FROM pg_class c
+			   WHERE c.relnamespace = to_regnamespace(dalgo_internal.warehouse_schema_name(drop_stale_staging_tables.organization_id))
+				 AND c.relkind = 'r' AND c.relname ~ '^_dalgo_stage_[0-9a-f]{32}$'
+	LOOP
+		-- A statement of its own, on the organization's rows (Citus).
+		PERFORM FROM dalgo.sync_runs r
+		WHERE r.organization_id = drop_stale_staging_tables.organization_id AND r.id = run AND r.status = 'running';
+		CONTINUE WHEN FOUND;
+		PERFORM dalgo_internal.warehouse_execute(drop_stale_staging_tables.organization_id,
+			format('DROP TABLE %I.%I', dalgo_internal.warehouse_schema_name(drop_stale_staging_tables.organization_id),
+				   dalgo_internal.staging_table_name(run)));
+		n := n + 1;
+	END LOOP;
+	IF n > 0 THEN
+		PERFORM dalgo_internal.staging_schema_access(organization_id);
+	END IF;
+	RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.finish_sync(run_id uuid, staging_table text) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	src dalgo.sources;
+	schema_name text;
+	stage_name text := dalgo_internal.staging_table_name(run_id);
+	build_name text := '_dalgo_sync_' || replace(run_id::text, '-', '');
+	parts text[];
+	rel oid;
+	c pg_class;
+	infer boolean;
+	cols record;
+	names text[];
+	types text[];
+	kinds integer[];
+	sel text;
+	changed boolean := false;
+	wh_owned boolean;
+	trig name;
+	target text;
+	n bigint;
+	stamp timestamptz;
+	org uuid;
+BEGIN
+	-- Under a transaction snapshot, rows that a loader committed while this
+	-- waited for the staging table's lock would be silently missing.
+	IF current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION 'a sync is finished in a READ COMMITTED transaction'
+			USING ERRCODE = 'invalid_transaction_state',
+				  DETAIL = format('This transaction is %s: rows committed into the staging table after its snapshot would be lost.',
+								  upper(current_setting('transaction_isolation')));
+	END IF;
+	-- The row is locked through its organization: on a Citus cluster a row
+	-- lock is taken by a single-shard query only.
+	SELECT x.organization_id INTO org FROM dalgo.sync_runs x WHERE x.id = finish_sync.run_id;
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.organization_id = org AND x.id = finish_sync.run_id FOR UPDATE;
+	IF NOT FOUND OR r.status <> 'running' THEN
+		RAISE EXCEPTION 'sync run % is not running', run_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT * INTO src FROM dalgo.sources x
+	WHERE x.id = r.source_id AND x.organization_id = r.organization_id AND x.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'the source of run % no longer exists', run_id USING ERRCODE = 'undefined_object';
+	END IF;
+	schema_name := dalgo_internal.warehouse_schema_name(src.organization_id);
+
+	-- The staging table is this run's, in this organization's warehouse,
+	-- whatever name the caller passed: a plain table owned by the warehouse role.
+	BEGIN
+		parts := parse_ident(staging_table);
+	EXCEPTION WHEN invalid_parameter_value THEN
+		parts := NULL;
+	END;
+	IF parts IS NULL OR NOT (parts = ARRAY[stage_name] OR parts = ARRAY[schema_name, stage_name]) THEN
+		RAISE EXCEPTION '"%" is not the staging table of sync run %', staging_table, run_id
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('A run''s staging table is %I.%I.', schema_name, stage_name);
+	END IF;
+	rel := to_regclass(format('%I.%I', schema_name, stage_name));
+	IF rel IS NULL THEN
+		RAISE EXCEPTION 'sync run % has no staging table', run_id USING ERRCODE = 'undefined_table';
+	END IF;
+	EXECUTE format('LOCK TABLE %I.%I IN ACCESS EXCLUSIVE MODE', schema_name, stage_name);
+	SELECT * INTO c FROM pg_class x WHERE x.oid = rel;
+	-- Made by dalgo: owned by the warehouse role, or by a superuser (a run
+	-- worker that created it directly); never by another role.
+	wh_owned := c.relowner = (SELECT o.oid FROM pg_roles o WHERE o.rolname = dalgo_internal.warehouse_role_name(src.organization_id));
+	IF c.relkind <> 'r' OR c.relhassubclass OR c.relispartition
+	   OR NOT (wh_owned OR EXISTS (SELECT FROM pg_roles o WHERE o.oid = c.relowner AND o.rolsuper)) THEN
+		RAISE EXCEPTION 'the staging table of sync run % is not a plain table of the warehouse role', run_id
+			USING ERRCODE = 'wrong_object_type';
+	END IF;
+	IF NOT wh_owned THEN
+		-- A superuser's staging table is copied (never renamed into place),
+		-- read by the warehouse role.
+		changed := true;
+		EXECUTE format('GRANT SELECT ON %I.%I TO %I', schema_name, stage_name, dalgo_internal.warehouse_role_name(src.organization_id));
+	END IF;
+
+	-- Types: each text column becomes the first of boolean, bigint, numeric,
+	-- date, timestamptz, jsonb that every non-empty value converts to for
+	-- certain, else stays text.  postgres sources keep their declared types
+	-- unless config.infer_types is true; the others infer unless it is false.
+	infer := CASE jsonb_typeof(src.config->'infer_types') WHEN 'boolean' THEN (src.config->>'infer_types')::boolean
+				  ELSE src.source_type <> 'postgres' END;
+	SELECT array_agg(a.attname::text ORDER BY a.attnum), array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+	INTO names, types
+	FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped;
+	IF names IS NULL THEN
+		RAISE EXCEPTION 'the staging table of sync run % has no columns', run_id USING ERRCODE = 'invalid_table_definition';
+	END IF;
+	IF infer AND 'text' = ANY (types) THEN
+		EXECUTE format('SELECT ARRAY[%s] FROM %I.%I',
+			(SELECT string_agg(CASE WHEN t = 'text' THEN format('bit_and(dalgo_internal.value_kinds(%I))', nm) ELSE 'NULL::integer' END,
+							   ', ' ORDER BY i)
+			 FROM unnest(names, types) WITH ORDINALITY u(nm, t, i)),
+			schema_name, stage_name) INTO kinds;
+		FOR i IN 1..array_length(names, 1) LOOP
+			CONTINUE WHEN types[i] <> 'text' OR kinds[i] IS NULL OR kinds[i] = 0;
+			types[i] := CASE WHEN kinds[i] & 1 <> 0 THEN 'boolean' WHEN kinds[i] & 2 <> 0 THEN 'bigint'
+							 WHEN kinds[i] & 4 <> 0 THEN 'numeric' WHEN kinds[i] & 8 <> 0 THEN 'date'
+							 WHEN kinds[i] & 16 <> 0 THEN 'timestamptz' ELSE 'jsonb' END;
+			changed := true;
+		END LOOP;
+	END IF;
+
+	IF to_regclass(format('%I.%I', schema_name, build_name)) IS NOT NULL THEN
+		PERFORM dalgo_internal.warehouse_execute(src.organization_id, format('DROP TABLE %I.%I', schema_name, build_name));
+	END IF;
+	IF changed THEN
+		sel := (SELECT string_agg(CASE WHEN t = format_type(a.atttypid, a.atttypmod) THEN format('%I', nm)
+									   ELSE format('NULLIF(%I, %L)::%s AS %I', nm, '', t, nm) END, ', ' ORDER BY a.attnum)
+				FROM unnest(names, types) u(nm, t) JOIN pg_attribute a ON a.attrelid = rel AND a.attname = u.nm);
+		BEGIN
+			n := dalgo_internal.warehouse_execute(src.organization_id,
+				format('CREATE TABLE %I.%I AS SELECT %s FROM %I.%I', schema_name, build_name, sel, schema_name, stage_name));
+		EXCEPTION WHEN data_exception THEN
+			-- A value the checks let through after all: that column stays text.
+			FOR i IN 1..array_length(names, 1) LOOP
+				CONTINUE WHEN types[i] IN ('text', (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+													 WHERE a.attrelid = rel AND a.attname = names[i]));
+				BEGIN
+					EXECUTE format('SELECT count(NULLIF(%I, %L)::%s) FROM %I.%I', names[i], '', types[i], schema_name, stage_name);
+				EXCEPTION WHEN data_exception THEN
+					types[i] := 'text';
+				END;
+			END LOOP;
+			sel := (SELECT string_agg(CASE WHEN t = format_type(a.atttypid, a.atttypmod) THEN format('%I', nm)
+										   ELSE format('NULLIF(%I, %L)::%s AS %I', nm, '', t, nm) END, ', ' ORDER BY a.attnum)
+					FROM unnest(names, types) u(nm, t) JOIN pg_attribute a ON a.attrelid = rel AND a.attname = u.nm);
+			n := dalgo_internal.warehouse_execute(src.organization_id,
+				format('CREATE TABLE %I.%I AS SELECT %s FROM %I.%I', schema_name, build_name, sel, schema_name, stage_name));
+		END;
+		IF wh_owned THEN
+			PERFORM dalgo_internal.warehouse_execute(src.organization_id, format('DROP TABLE %I.%I', schema_name, stage_name));
+		ELSE
+			EXECUTE format('DROP TABLE %I.%I', schema_name, stage_name);
+		END IF;
+	ELSE
+		-- Nothing to convert: the staging table itself becomes the build,
+		-- without what it granted to its writers.
+		EXECUTE format('SELECT count(*) FROM %I.%I', schema_name, stage_name) INTO n;
+		FOR trig IN SELECT t.tgname FROM pg_trigger t WHERE t.tgrelid = rel AND NOT t.tgisinternal LOOP
+			EXECUTE format('DROP TRIGGER %I ON %I.%I', trig, schema_name, stage_name);
+		END LOOP;
+		EXECUTE format('REVOKE ALL ON %I.%I FROM PUBLIC, dalgo_service, dalgo_authenticated', schema_name, stage_name);
+		PERFORM dalgo_internal.warehouse_execute(src.organization_id,
+			format('ALTER TABLE %I.%I RENAME TO %I', schema_name, stage_name, build_name));
+	END IF;
+	PERFORM dalgo_internal.staging_schema_access(src.organization_id);
+
+	target := coalesce(src.warehouse_table_name, 'source_' || left(replace(src.id::text, '-', ''), 12));
+	PERFORM dalgo_internal.adopt_warehouse_tables(src.organization_id);
+	PERFORM dalgo_internal.check_warehouse_quota(src.organization_id, target);
+	PERFORM dalgo_internal.swap_warehouse_table(src.organization_id, build_name, target);
+	PERFORM dalgo_internal.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
+
+	-- source_schemas: columns, types, order and nullability of what was synced.
+	DELETE FROM dalgo.source_schemas x WHERE x.organization_id = src.organization_id AND x.source_id = src.id;
+	INSERT INTO dalgo.source_schemas (organization_id, source_id, column_name, column_type, column_order, is_nullable)
+	SELECT src.organization_id, src.id, a.attname, format_type(a.atttypid, a.atttypmod), a.attnum, NOT a.attnotnull
+	FROM pg_attribute a
+	WHERE a.attrelid = to_regclass(format('%I.%I', schema_name, target)) AND a.attnum > 0 AND NOT a.attisdropped;
+
+	UPDATE dalgo.sources x SET last_synced_at = now(), warehouse_table_name = target
+	WHERE x.organization_id = src.organization_id AND x.id = src.id;
+	-- completed_at computed once: Citus refuses a volatile function in an UPDATE.
+	stamp := clock_timestamp();
+	UPDATE dalgo.sync_runs x SET status = 'success', completed_at = stamp, rows_synced = least(n, 2147483647),
+		error_message = NULL
+	WHERE x.organization_id = src.organization_id AND x.id = finish_sync.run_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.guard_staging_table() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	run uuid;
+	org uuid;
+BEGIN
+	IF TG_TABLE_NAME ~ '^_dalgo_stage_[0-9a-f]{32}$' AND TG_TABLE_SCHEMA ~ '^org_[0-9a-f]{32}$' THEN
+		run := substr(TG_TABLE_NAME, 14)::uuid;
+		org := substr(TG_TABLE_SCHEMA, 5)::uuid;
+	END IF;
+	-- The run of this name, of the schema's organization (its warehouse
+	-- schema is org_<id>): on a Citus cluster a query on one organization's
+	-- shard, which calls no dalgo function there.
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.organization_id = org AND x.id = run AND x.status = 'running';
+	IF NOT FOUND
+	   OR NOT dalgo.caller_may(r.organization_id, 'member')
+	   OR (CASE WHEN r.details ? 'upload' THEN dalgo.current_user_id() IS DISTINCT FROM (r.details->>'user_id')::uuid
+			   ELSE dalgo.current_user_id() IS NOT NULL END) THEN
+		RAISE EXCEPTION 'permission denied for staging table %', TG_TABLE_NAME
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'Only the run''s own loader (the uploader, or the connector that claimed it) writes its staging table, while the run is running.';
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.create_staging_table(run_id uuid, columns text[], column_types text[], writer text) RETURNS text
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+	schema_name text;
+	stage_name text := dalgo_internal.staging_table_name(run_id);
+	cols text;
+BEGIN
+	SELECT r.organization_id INTO org FROM dalgo.sync_runs r WHERE r.id = run_id;	-- a statement of its own (Citus)
+	IF writer NOT IN ('dalgo_service', 'dalgo_authenticated') THEN
+		RAISE EXCEPTION 'unknown staging table writer %', writer;
+	END IF;
+	IF columns IS NULL OR cardinality(columns) = 0 OR cardinality(columns) > 1600 OR array_ndims(columns) <> 1 THEN
+		RAISE EXCEPTION 'a staging table needs 1 to 1600 columns' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF column_types IS NOT NULL AND (cardinality(column_types) <> cardinality(columns)
+									 OR EXISTS (SELECT FROM unnest(column_types) t WHERE t IS NULL OR t NOT IN ('text', 'jsonb'))) THEN
+		RAISE EXCEPTION 'column_types must give text or jsonb for each column' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF EXISTS (SELECT FROM unnest(columns) c WHERE c IS NULL OR c = '' OR octet_length(c) >= 64)
+	   OR (SELECT count(DISTINCT c) FROM unnest(columns) c) <> cardinality(columns) THEN
+		RAISE EXCEPTION 'column names must be distinct and 1 to 63 bytes long' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	schema_name := dalgo.ensure_warehouse(org);
+	SELECT string_agg(format('%I %s', c, coalesce(column_types[i], 'text')), ', ' ORDER BY i) INTO cols
+	FROM unnest(columns) WITH ORDINALITY u(c, i);
+	IF to_regclass(format('%I.%I', schema_name, stage_name)) IS NOT NULL THEN
+		PERFORM dalgo_internal.warehouse_execute(org, format('DROP TABLE %I.%I', schema_name, stage_name));
+	END IF;
+	PERFORM dalgo_internal.warehouse_execute(org, format('CREATE TABLE %I.%I (%s)', schema_name, stage_name, cols));
+	EXECUTE format('CREATE TRIGGER guard_staging BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %I.%I '
+				   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.guard_staging_table()', schema_name, stage_name);
+	EXECUTE format('CREATE TRIGGER check_staging_size AFTER INSERT ON %I.%I '
+				   'FOR EACH STATEMENT EXECUTE FUNCTION dalgo_internal.check_staging_size()', schema_name, stage_name);
+	EXECUTE format('GRANT INSERT ON %I.%I TO %I', schema_name, stage_name, writer);
+	PERFORM dalgo_internal.staging_schema_access(org);
+	RETURN format('%I.%I', schema_name, stage_name);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo.stage_sync_run(run_id uuid, columns text[], column_types text[] DEFAULT NULL) RETURNS text
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	org uuid;
+BEGIN
+	-- Looked up, then locked through its organization: on a Citus cluster a
+	-- row lock is taken by a single-shard query only.
+	SELECT x.organization_id INTO org FROM dalgo.sync_runs x WHERE x.id = stage_sync_run.run_id;
+	SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id AND s.organization_id = x.organization_id
+	WHERE x.organization_id = org AND x.id = stage_sync_run.run_id AND x.status = 'running' AND NOT x.details ? 'upload'
+	  AND dalgo_internal.synced_by_connector(s.config) AND s.deleted_at IS NULL
+	FOR UPDATE OF x;
+	IF NOT FOUND OR dalgo.current_user_id() IS NOT NULL OR NOT dalgo.caller_may(r.organization_id, 'admin') THEN
+		RAISE EXCEPTION 'sync run % is not a running connector run (claim it first)', run_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM dalgo_internal.drop_stale_staging_tables(r.organization_id);
+	RETURN dalgo_internal.create_staging_table(r.id, columns, column_types, 'dalgo_service');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo.begin_upload(source_id uuid, columns text[]) RETURNS text
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	src dalgo.sources;
+	me uuid := dalgo.current_user_id();
+	old uuid;
+	run uuid;
+	schema_name text;
+	stamp timestamptz;
+BEGIN
+	SELECT * INTO src FROM dalgo.sources s WHERE s.id = begin_upload.source_id AND s.deleted_at IS NULL;
+	IF NOT FOUND OR me IS NULL OR NOT dalgo.caller_may(src.organization_id, 'member') THEN
+		RAISE EXCEPTION 'source % does not exist or you may not load it', source_id
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'An upload needs a signed-in member (or admin, owner) of the source''s organization.';
+	END IF;
+	-- One open upload per source: a new one abandons the previous.  On the
+	-- organization's rows, the timestamp computed once: on a Citus cluster,
+	-- single-shard statements (row locks, no volatile function in an UPDATE).
+	FOR old IN SELECT r.id FROM dalgo.sync_runs r
+			   WHERE r.organization_id = src.organization_id AND r.source_id = src.id AND r.status = 'running'
+				 AND r.details ? 'upload'
+			   FOR UPDATE LOOP
+		PERFORM dalgo_internal.drop_staging_table(old);
+		stamp := clock_timestamp();
+		UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stamp,
+			error_message = 'the upload was replaced by a newer one'
+		WHERE r.organization_id = src.organization_id AND r.id = old;
+	END LOOP;
+	PERFORM dalgo_internal.drop_stale_staging_tables(src.organization_id);
+	-- An upload is a run: the organization's quotas apply.
+	PERFORM dalgo_internal.check_run_quota(src.organization_id);
+	schema_name := dalgo.ensure_warehouse(src.organization_id);
+	run := gen_random_uuid();
+	INSERT INTO dalgo.sync_runs (id, organization_id, source_id, status, started_at, details)
+	VALUES (run, src.organization_id, src.id, 'running', clock_timestamp(),
+			jsonb_build_object('upload', true, 'user_id', me,
+							   'staging_table', format('%I.%I', schema_name, dalgo_internal.staging_table_name(run))));
+	RETURN dalgo_internal.create_staging_table(run, columns, NULL, 'dalgo_authenticated');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo.finish_upload(source_id uuid) RETURNS dalgo.sync_runs
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r dalgo.sync_runs;
+	msg text;
+	org uuid;
+	me uuid := dalgo.current_user_id();
+	stamp timestamptz;
+BEGIN
+	-- The source's organization first, then the run locked on its rows: on
+	-- a Citus cluster a row lock is taken by a single-shard query only (a
+	-- run's organization is its source's).
+	SELECT s.organization_id INTO org FROM dalgo.sources s WHERE s.id = finish_upload.source_id;
+	IF org IS NOT NULL AND dalgo.caller_may(org, 'member') THEN
+		SELECT x.* INTO r FROM dalgo.sync_runs x
+		WHERE x.organization_id = org AND x.source_id = finish_upload.source_id AND x.status = 'running' AND x.details ? 'upload'
+		  AND (x.details->>'user_id')::uuid = me
+		FOR UPDATE;
+	END IF;
+	IF r.id IS NULL THEN
+		RAISE EXCEPTION 'you have no upload in progress for source %', source_id
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Start one with dalgo.begin_upload().';
+	END IF;
+	BEGIN
+		PERFORM dalgo_internal.finish_sync(r.id, dalgo_internal.staging_table_name(r.id));
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+		IF msg LIKE 'a sync is finished in a READ COMMITTED transaction' THEN
+			RAISE;
+		END IF;
+		PERFORM dalgo_internal.drop_staging_table(r.id);
+		stamp := clock_timestamp();
+		UPDATE dalgo.sync_runs x SET status = 'failed', completed_at = stamp, error_message = msg
+		WHERE x.organization_id = org AND x.id = r.id;
+	END;
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.organization_id = org AND x.id = r.id;
+	RETURN r;
+END
+$$;
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

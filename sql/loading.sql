@@ -59,9 +59,13 @@ CREATE FUNCTION dalgo_internal.drop_staging_table(run_id uuid) RETURNS void
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	org uuid := (SELECT r.organization_id FROM dalgo.sync_runs r WHERE r.id = run_id);
-	schema_name text := dalgo_internal.warehouse_schema_name(org);
+	org uuid;
+	schema_name text;
 BEGIN
+	-- A statement of its own (on a Citus cluster, a subquery over a
+	-- distributed table cannot be a PL/pgSQL expression).
+	SELECT r.organization_id INTO org FROM dalgo.sync_runs r WHERE r.id = run_id;
+	schema_name := dalgo_internal.warehouse_schema_name(org);
 	IF org IS NULL OR to_regclass(format('%I.%I', schema_name, dalgo_internal.staging_table_name(run_id))) IS NULL THEN
 		RETURN;
 	END IF;
@@ -88,7 +92,10 @@ BEGIN
 			   WHERE c.relnamespace = to_regnamespace(dalgo_internal.warehouse_schema_name(drop_stale_staging_tables.organization_id))
 				 AND c.relkind = 'r' AND c.relname ~ '^_dalgo_stage_[0-9a-f]{32}$'
 	LOOP
-		CONTINUE WHEN EXISTS (SELECT FROM dalgo.sync_runs r WHERE r.id = run AND r.status = 'running');
+		-- A statement of its own, on the organization's rows (Citus).
+		PERFORM FROM dalgo.sync_runs r
+		WHERE r.organization_id = drop_stale_staging_tables.organization_id AND r.id = run AND r.status = 'running';
+		CONTINUE WHEN FOUND;
 		PERFORM dalgo_internal.warehouse_execute(drop_stale_staging_tables.organization_id,
 			format('DROP TABLE %I.%I', dalgo_internal.warehouse_schema_name(drop_stale_staging_tables.organization_id),
 				   dalgo_internal.staging_table_name(run)));
@@ -271,7 +278,7 @@ BEGIN
 	PERFORM dalgo_internal.register_warehouse_table(src.organization_id, target, src.id, NULL, n);
 
 	-- source_schemas: columns, types, order and nullability of what was synced.
-	DELETE FROM dalgo.source_schemas x WHERE x.source_id = src.id;
+	DELETE FROM dalgo.source_schemas x WHERE x.organization_id = src.organization_id AND x.source_id = src.id;
 	INSERT INTO dalgo.source_schemas (organization_id, source_id, column_name, column_type, column_order, is_nullable)
 	SELECT src.organization_id, src.id, a.attname, format_type(a.atttypid, a.atttypmod), a.attnum, NOT a.attnotnull
 	FROM pg_attribute a
@@ -305,12 +312,16 @@ AS $$
 DECLARE
 	r dalgo.sync_runs;
 	run uuid;
+	org uuid;
 BEGIN
-	IF TG_TABLE_NAME ~ '^_dalgo_stage_[0-9a-f]{32}$' THEN
+	IF TG_TABLE_NAME ~ '^_dalgo_stage_[0-9a-f]{32}$' AND TG_TABLE_SCHEMA ~ '^org_[0-9a-f]{32}$' THEN
 		run := substr(TG_TABLE_NAME, 14)::uuid;
+		org := substr(TG_TABLE_SCHEMA, 5)::uuid;
 	END IF;
-	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = run AND x.status = 'running'
-	  AND dalgo_internal.warehouse_schema_name(x.organization_id) = TG_TABLE_SCHEMA;
+	-- The run of this name, of the schema's organization (its warehouse
+	-- schema is org_<id>): on a Citus cluster a query on one organization's
+	-- shard, which calls no dalgo function there.
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.organization_id = org AND x.id = run AND x.status = 'running';
 	IF NOT FOUND
 	   OR NOT dalgo.caller_may(r.organization_id, 'member')
 	   OR (CASE WHEN r.details ? 'upload' THEN dalgo.current_user_id() IS DISTINCT FROM (r.details->>'user_id')::uuid
@@ -352,11 +363,12 @@ CREATE FUNCTION dalgo_internal.create_staging_table(run_id uuid, columns text[],
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	org uuid := (SELECT r.organization_id FROM dalgo.sync_runs r WHERE r.id = run_id);
+	org uuid;
 	schema_name text;
 	stage_name text := dalgo_internal.staging_table_name(run_id);
 	cols text;
 BEGIN
+	SELECT r.organization_id INTO org FROM dalgo.sync_runs r WHERE r.id = run_id;	-- a statement of its own (Citus)
 	IF writer NOT IN ('dalgo_service', 'dalgo_authenticated') THEN
 		RAISE EXCEPTION 'unknown staging table writer %', writer;
 	END IF;
@@ -397,9 +409,13 @@ CREATE FUNCTION dalgo.stage_sync_run(run_id uuid, columns text[], column_types t
 AS $$
 DECLARE
 	r dalgo.sync_runs;
+	org uuid;
 BEGIN
+	-- Looked up, then locked through its organization: on a Citus cluster a
+	-- row lock is taken by a single-shard query only.
+	SELECT x.organization_id INTO org FROM dalgo.sync_runs x WHERE x.id = stage_sync_run.run_id;
 	SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id AND s.organization_id = x.organization_id
-	WHERE x.id = stage_sync_run.run_id AND x.status = 'running' AND NOT x.details ? 'upload'
+	WHERE x.organization_id = org AND x.id = stage_sync_run.run_id AND x.status = 'running' AND NOT x.details ? 'upload'
 	  AND dalgo_internal.synced_by_connector(s.config) AND s.deleted_at IS NULL
 	FOR UPDATE OF x;
 	IF NOT FOUND OR dalgo.current_user_id() IS NOT NULL OR NOT dalgo.caller_may(r.organization_id, 'admin') THEN
@@ -424,6 +440,7 @@ DECLARE
 	old uuid;
 	run uuid;
 	schema_name text;
+	stamp timestamptz;
 BEGIN
 	SELECT * INTO src FROM dalgo.sources s WHERE s.id = begin_upload.source_id AND s.deleted_at IS NULL;
 	IF NOT FOUND OR me IS NULL OR NOT dalgo.caller_may(src.organization_id, 'member') THEN
@@ -431,13 +448,18 @@ BEGIN
 			USING ERRCODE = 'insufficient_privilege',
 				  HINT = 'An upload needs a signed-in member (or admin, owner) of the source''s organization.';
 	END IF;
-	-- One open upload per source: a new one abandons the previous.
-	FOR old IN SELECT r.id FROM dalgo.sync_runs r WHERE r.source_id = src.id AND r.status = 'running' AND r.details ? 'upload'
+	-- One open upload per source: a new one abandons the previous.  On the
+	-- organization's rows, the timestamp computed once: on a Citus cluster,
+	-- single-shard statements (row locks, no volatile function in an UPDATE).
+	FOR old IN SELECT r.id FROM dalgo.sync_runs r
+			   WHERE r.organization_id = src.organization_id AND r.source_id = src.id AND r.status = 'running'
+				 AND r.details ? 'upload'
 			   FOR UPDATE LOOP
 		PERFORM dalgo_internal.drop_staging_table(old);
-		UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		stamp := clock_timestamp();
+		UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stamp,
 			error_message = 'the upload was replaced by a newer one'
-		WHERE r.id = old;
+		WHERE r.organization_id = src.organization_id AND r.id = old;
 	END LOOP;
 	PERFORM dalgo_internal.drop_stale_staging_tables(src.organization_id);
 	-- An upload is a run: the organization's quotas apply.
@@ -461,13 +483,21 @@ AS $$
 DECLARE
 	r dalgo.sync_runs;
 	msg text;
+	org uuid;
+	me uuid := dalgo.current_user_id();
+	stamp timestamptz;
 BEGIN
-	SELECT x.* INTO r FROM dalgo.sync_runs x
-	WHERE x.source_id = finish_upload.source_id AND x.status = 'running' AND x.details ? 'upload'
-	  AND (x.details->>'user_id')::uuid = dalgo.current_user_id()
-	  AND dalgo.caller_may(x.organization_id, 'member')
-	FOR UPDATE;
-	IF NOT FOUND THEN
+	-- The source's organization first, then the run locked on its rows: on
+	-- a Citus cluster a row lock is taken by a single-shard query only (a
+	-- run's organization is its source's).
+	SELECT s.organization_id INTO org FROM dalgo.sources s WHERE s.id = finish_upload.source_id;
+	IF org IS NOT NULL AND dalgo.caller_may(org, 'member') THEN
+		SELECT x.* INTO r FROM dalgo.sync_runs x
+		WHERE x.organization_id = org AND x.source_id = finish_upload.source_id AND x.status = 'running' AND x.details ? 'upload'
+		  AND (x.details->>'user_id')::uuid = me
+		FOR UPDATE;
+	END IF;
+	IF r.id IS NULL THEN
 		RAISE EXCEPTION 'you have no upload in progress for source %', source_id
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Start one with dalgo.begin_upload().';
 	END IF;
@@ -479,10 +509,11 @@ BEGIN
 			RAISE;
 		END IF;
 		PERFORM dalgo_internal.drop_staging_table(r.id);
-		UPDATE dalgo.sync_runs x SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
-		WHERE x.id = r.id;
+		stamp := clock_timestamp();
+		UPDATE dalgo.sync_runs x SET status = 'failed', completed_at = stamp, error_message = msg
+		WHERE x.organization_id = org AND x.id = r.id;
 	END;
-	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = r.id;
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.organization_id = org AND x.id = r.id;
 	RETURN r;
 END
 $$;

@@ -128,18 +128,27 @@ DECLARE
 	r dalgo.sync_runs;
 	org uuid;
 	msg text;
+	stamp timestamptz;
 BEGIN
+	-- Joins on (organization_id, id), the run locked by a query on one
+	-- organization's rows, the organization's and source's liveness (what
+	-- target_is_live() tells) as conditions, timestamps computed once: on a
+	-- Citus cluster these queries run on the organization's shard.
 	FOR org IN
-		SELECT x.organization_id FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		SELECT x.organization_id FROM dalgo.sync_runs x
+		JOIN dalgo.sources s ON s.organization_id = x.organization_id AND s.id = x.source_id
 		WHERE x.status IN ('pending', 'running') AND dalgo_internal.synced_by_connector(s.config) AND x.deleted_at IS NULL
 		GROUP BY x.organization_id
 		HAVING bool_or(x.status = 'pending')
 		ORDER BY count(*) FILTER (WHERE x.status = 'running'), min(x.created_at) FILTER (WHERE x.status = 'pending'),
 				 x.organization_id
 	LOOP
-		SELECT x.* INTO r FROM dalgo.sync_runs x JOIN dalgo.sources s ON s.id = x.source_id
+		PERFORM FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL;
+		CONTINUE WHEN NOT FOUND;
+		SELECT x.* INTO r FROM dalgo.sync_runs x
+		JOIN dalgo.sources s ON s.organization_id = x.organization_id AND s.id = x.source_id
 		WHERE x.status = 'pending' AND x.organization_id = org AND dalgo_internal.synced_by_connector(s.config)
-		  AND x.deleted_at IS NULL AND dalgo_internal.target_is_live(x.organization_id, x.source_id, NULL)
+		  AND x.deleted_at IS NULL AND s.deleted_at IS NULL
 		ORDER BY x.created_at LIMIT 1 FOR UPDATE OF x SKIP LOCKED;
 		IF FOUND THEN
 			-- A connector run is a run: the organization's quotas apply, as
@@ -148,11 +157,14 @@ BEGIN
 				PERFORM dalgo_internal.check_run_quota(org);
 			EXCEPTION WHEN configuration_limit_exceeded THEN
 				GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-				UPDATE dalgo.sync_runs x SET status = 'failed', completed_at = clock_timestamp(), error_message = msg
-				WHERE x.id = r.id;
+				stamp := clock_timestamp();
+				UPDATE dalgo.sync_runs x SET status = 'failed', completed_at = stamp, error_message = msg
+				WHERE x.organization_id = org AND x.id = r.id;
 				CONTINUE;
 			END;
-			UPDATE dalgo.sync_runs x SET status = 'running', started_at = clock_timestamp() WHERE x.id = r.id RETURNING * INTO r;
+			stamp := clock_timestamp();
+			UPDATE dalgo.sync_runs x SET status = 'running', started_at = stamp
+			WHERE x.organization_id = org AND x.id = r.id RETURNING * INTO r;
 			-- The load path: the staging table that dalgo.stage_sync_run() creates.
 			r.details := r.details || jsonb_build_object('staging_table',
 				format('%I.%I', dalgo_internal.warehouse_schema_name(r.organization_id), dalgo_internal.staging_table_name(r.id)));
@@ -175,12 +187,17 @@ DECLARE
 	r dalgo.sync_runs;
 	staged boolean;
 	msg text := complete_sync_run.error_message;
+	org uuid;
+	stamp timestamptz;
 BEGIN
 	IF jsonb_typeof(coalesce(complete_sync_run.details, '{}')) <> 'object' THEN
 		RAISE EXCEPTION 'details must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.id = complete_sync_run.run_id AND x.status = 'running'
-	  AND NOT x.details ? 'upload'
+	-- Looked up, then locked through its organization (on a Citus cluster a
+	-- row lock is taken by a single-shard query only) and checked again.
+	SELECT x.organization_id INTO org FROM dalgo.sync_runs x WHERE x.id = complete_sync_run.run_id;
+	SELECT * INTO r FROM dalgo.sync_runs x WHERE x.organization_id = org AND x.id = complete_sync_run.run_id
+	  AND x.status = 'running' AND NOT x.details ? 'upload'
 	FOR UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'sync run % is not running (claim it first)', run_id USING ERRCODE = 'invalid_parameter_value';
@@ -204,17 +221,18 @@ BEGIN
 	END IF;
 	-- The keys dalgo's own code reads (the schedule, skips that quotas do not
 	-- count, the runner, the load path) are dalgo's: a connector does not set them.
+	stamp := clock_timestamp();	-- once (Citus: no volatile function in an UPDATE)
 	UPDATE dalgo.sync_runs x SET status = CASE WHEN msg IS NULL THEN 'success' ELSE 'failed' END::dalgo.run_status,
-		completed_at = clock_timestamp(),
+		completed_at = stamp,
 		rows_synced = CASE WHEN staged AND msg IS NULL THEN x.rows_synced ELSE complete_sync_run.rows_synced END,
 		error_message = msg,
 		details = x.details || (coalesce(complete_sync_run.details, '{}')
 								- ARRAY['schedule_id', 'skipped', 'runner_pid', 'attempt', 'lag_ms', 'on_demand', 'output_id', 'cancelled',
 										  'staging_table', 'upload', 'user_id'])
-	WHERE x.id = r.id
+	WHERE x.organization_id = r.organization_id AND x.id = r.id
 	RETURNING * INTO r;
 	IF r.status = 'success' THEN
-		UPDATE dalgo.sources s SET last_synced_at = now() WHERE s.id = r.source_id;
+		UPDATE dalgo.sources s SET last_synced_at = now() WHERE s.organization_id = r.organization_id AND s.id = r.source_id;
 	END IF;
 	RETURN r;
 END

@@ -608,3 +608,226 @@ SELECT t.check('run_schedule_now() by the organization''s admin runs the schedul
 	AND (SELECT next_run_at > now() FROM dalgo.schedules WHERE id = '88888888-0000-4000-8000-0000000000d3'),
 	:'run_now_error' || ' ' || coalesce((SELECT string_agg(status || coalesce(': ' || error_message, ''), '; ')
 		FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d3'), 'no run'));
+
+-- ---- connector runs and uploads on a cluster ----
+-- A source loaded by an outside connector (config "connector": true): its
+-- owner queues a run, the connector (dalgo_service, no identity) claims it,
+-- stages it, loads it and completes it; finish_sync types, swaps and
+-- registers it on the coordinator.  The connector, like the app, sends no
+-- role to the workers (docs/scaling.md, "Identity on the workers").
+-- rows(organization, table): the rows of a warehouse table, -1 when it cannot be read.
+CREATE FUNCTION t.rows(organization_id uuid, table_name text) RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN
+	RETURN (SELECT count(*) FROM dalgo.read_warehouse_table(organization_id, table_name));
+EXCEPTION WHEN OTHERS THEN
+	RETURN -1;
+END $$;
+INSERT INTO dalgo.sources (id, organization_id, name, source_type, config, warehouse_table_name) VALUES
+	('33333333-0000-4000-8000-0000000000e1', :'org1', 'Connected', 'postgres', '{"connector": true, "infer_types": true}', 'connected'),
+	('33333333-0000-4000-8000-0000000000e2', :'org1', 'Uploaded', 'csv', '{}', 'uploaded'),
+	('33333333-0000-4000-8000-0000000000e3', :'org2', 'Late', 'postgres', '{"connector": true}', 'late'),
+	('33333333-0000-4000-8000-0000000000e4', :'org2', 'Stalled', 'postgres', '{"connector": true}', 'stalled');
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT coalesce(t.error_of($$SELECT dalgo.sync_now('33333333-0000-4000-8000-0000000000e1')$$), '') AS conn_queue_error \gset
+COMMIT;
+SELECT t.check('sync_now() queues a connector source''s run for the connector',
+	(SELECT status::text FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000e1') = 'pending',
+	:'conn_queue_error');
+BEGIN;
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_service;
+SELECT coalesce(t.error_of($$SELECT dalgo.claim_sync_run()$$), '') AS claim_error \gset
+COMMIT;
+SELECT coalesce((SELECT id::text FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000e1'),
+				'00000000-0000-0000-0000-000000000000') AS conn_run \gset
+SELECT t.check('claim_sync_run() by dalgo_service claims it on a cluster',
+	(SELECT status::text || ' ' || (started_at IS NOT NULL) FROM dalgo.sync_runs WHERE id = :'conn_run') = 'running true',
+	:'claim_error');
+SELECT format('%I.%I', dalgo_internal.warehouse_schema_name(:'org1'), dalgo_internal.staging_table_name(:'conn_run')) AS conn_stage \gset
+BEGIN;
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_service;
+SELECT coalesce(t.error_of(format($$SELECT dalgo.stage_sync_run(%L, ARRAY['id', 'city', 'payload'], ARRAY['text', 'text', 'jsonb'])$$,
+								  :'conn_run')), '') AS stage_error \gset
+SELECT coalesce(t.error_of(format($$INSERT INTO %s SELECT g::text, 'city ' || g, '{"a": 1}' FROM generate_series(1, 5) g$$,
+								  :'conn_stage')), '') AS conn_load_error \gset
+COMMIT;
+SELECT t.check('stage_sync_run() creates the run''s staging table, and the connector loads it',
+	:'stage_error' = '' AND :'conn_load_error' = '' AND to_regclass(:'conn_stage') IS NOT NULL,
+	:'stage_error' || ' ' || :'conn_load_error');
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000002';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('... a member cannot write a connector''s staging table (42501)',
+	t.refused(format($$INSERT INTO %s (id) VALUES ('x')$$, :'conn_stage')) = '42501');
+COMMIT;
+BEGIN;
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_service;
+SELECT coalesce(t.error_of(format($$SELECT dalgo.complete_sync_run(%L, 0)$$, :'conn_run')), '') AS complete_error \gset
+COMMIT;
+SELECT t.check('complete_sync_run() types, swaps and registers the load (finish_sync)',
+	(SELECT status::text || ' ' || rows_synced FROM dalgo.sync_runs WHERE id = :'conn_run') = 'success 5'
+	AND t.rows(:'org1', 'connected') = 5
+	AND (SELECT string_agg(column_name || ':' || column_type, ' ' ORDER BY column_order) FROM dalgo.source_schemas
+		 WHERE source_id = '33333333-0000-4000-8000-0000000000e1') = 'id:bigint city:text payload:jsonb'
+	AND (SELECT count(*) FROM dalgo.warehouse_tables WHERE organization_id = :'org1' AND table_name = 'connected'
+		 AND source_id = '33333333-0000-4000-8000-0000000000e1' AND deleted_at IS NULL) = 1
+	AND (SELECT last_synced_at IS NOT NULL FROM dalgo.sources WHERE id = '33333333-0000-4000-8000-0000000000e1')
+	AND to_regclass(:'conn_stage') IS NULL,
+	:'complete_error' || ' ' || coalesce((SELECT string_agg(status || coalesce(': ' || error_message, ''), '; ')
+		FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000e1'), 'no run'));
+-- A second run that the connector fails: the staging table goes, the table stays.
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT dalgo.sync_now('33333333-0000-4000-8000-0000000000e1') AS conn_run2 \gset
+COMMIT;
+SELECT format('%I.%I', dalgo_internal.warehouse_schema_name(:'org1'), dalgo_internal.staging_table_name(:'conn_run2')) AS conn_stage2 \gset
+BEGIN;
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_service;
+SELECT coalesce(t.error_of($$SELECT dalgo.claim_sync_run()$$), '')
+	|| coalesce(t.error_of(format($$SELECT dalgo.stage_sync_run(%L, ARRAY['id'])$$, :'conn_run2')), '')
+	|| coalesce(t.error_of(format($$INSERT INTO %s VALUES ('1')$$, :'conn_stage2')), '')
+	|| coalesce(t.error_of(format($$SELECT dalgo.complete_sync_run(%L, 0, 'the API is down')$$, :'conn_run2')), '') AS fail_error \gset
+COMMIT;
+SELECT t.check('complete_sync_run() with an error fails the run, drops the staging table, keeps the table',
+	(SELECT status::text || ' ' || error_message FROM dalgo.sync_runs WHERE id = :'conn_run2') = 'failed the API is down'
+	AND to_regclass(:'conn_stage2') IS NULL
+	AND t.rows(:'org1', 'connected') = 5,
+	:'fail_error' || ' ' || coalesce((SELECT status || coalesce(': ' || error_message, '') FROM dalgo.sync_runs WHERE id = :'conn_run2'), 'no run'));
+
+-- Uploads: asha (owner) uploads into her organization's source; ben (viewer) may not.
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000002';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('a viewer cannot begin an upload (42501)',
+	t.refused($$SELECT dalgo.begin_upload('33333333-0000-4000-8000-0000000000e2', ARRAY['city'])$$) = '42501');
+COMMIT;
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT coalesce(t.error_of($$SELECT dalgo.begin_upload('33333333-0000-4000-8000-0000000000e2', ARRAY['city', 'visits'])$$), '') AS up1_error \gset
+COMMIT;
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT coalesce(t.error_of($$SELECT dalgo.begin_upload('33333333-0000-4000-8000-0000000000e2', ARRAY['city', 'visits'])$$), '') AS up2_error \gset
+COMMIT;
+SELECT t.check('begin_upload() on a cluster, and again (the first upload abandoned)',
+	(SELECT string_agg(status || coalesce(': ' || error_message, ''), '; ' ORDER BY created_at) FROM dalgo.sync_runs
+	 WHERE source_id = '33333333-0000-4000-8000-0000000000e2') = 'failed: the upload was replaced by a newer one; running',
+	:'up1_error' || ' ' || :'up2_error' || ' ' || coalesce((SELECT string_agg(status || coalesce(': ' || error_message, ''), '; ')
+		FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000e2'), 'no run'));
+SELECT coalesce((SELECT details->>'staging_table' FROM dalgo.sync_runs
+				 WHERE source_id = '33333333-0000-4000-8000-0000000000e2' AND status = 'running'), 'none') AS up_stage \gset
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000002';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('... another member cannot write the upload''s staging table (42501)',
+	t.refused(format($$INSERT INTO %s VALUES ('x', '1')$$, :'up_stage')) = '42501');
+COMMIT;
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT coalesce(t.error_of(format($$INSERT INTO %s VALUES ('Pune', '10'), ('Delhi', '20'), ('Goa', '')$$, :'up_stage')), '') AS up_load_error \gset
+COMMIT;
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT coalesce(t.error_of($$SELECT dalgo.finish_upload('33333333-0000-4000-8000-0000000000e2')$$), '') AS up_finish_error \gset
+COMMIT;
+SELECT t.check('the uploader loads the staging table and finish_upload() swaps it in',
+	(SELECT status::text || ' ' || rows_synced FROM dalgo.sync_runs
+	 WHERE source_id = '33333333-0000-4000-8000-0000000000e2' ORDER BY created_at DESC LIMIT 1) = 'success 3'
+	AND t.rows(:'org1', 'uploaded') = 3
+	AND (SELECT column_type FROM dalgo.source_schemas WHERE source_id = '33333333-0000-4000-8000-0000000000e2'
+		 AND column_name = 'visits') = 'bigint'
+	AND to_regclass(:'up_stage') IS NULL,
+	:'up_load_error' || ' ' || :'up_finish_error' || ' ' || coalesce((SELECT string_agg(status || coalesce(': ' || error_message, ''), '; ')
+		FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000e2'), 'no run'));
+
+-- Tables from anywhere: the event triggers adopt and forget them.
+SELECT dalgo_internal.warehouse_schema_name(:'org1') AS wh1 \gset
+CREATE TABLE :"wh1".brought_in AS SELECT g AS n FROM generate_series(1, 4) g;
+-- (a statement of its own: the warehouse role exists on the coordinator only)
+SELECT has_table_privilege(:'wh_role', format('%I.brought_in', :'wh1'), 'SELECT') AS adopted_readable \gset
+SELECT t.check('a table a superuser creates in the warehouse is adopted (readable, registered)',
+	(SELECT count(*) FROM dalgo.warehouse_tables WHERE organization_id = :'org1' AND table_name = 'brought_in'
+	 AND deleted_at IS NULL AND source_id IS NULL) = 1 AND :'adopted_readable',
+	'readable: ' || :'adopted_readable');
+DROP TABLE :"wh1".brought_in;
+SELECT t.check('... and forgotten when dropped',
+	(SELECT count(*) FROM dalgo.warehouse_tables WHERE organization_id = :'org1' AND table_name = 'brought_in'
+	 AND deleted_at IS NOT NULL) = 1);
+
+-- Expiry and purge, as the coordinator's scheduler calls them on every tick:
+-- a connector run nobody claimed, one claimed and abandoned, an old finished run.
+-- The abandoned one: claimed and staged by a connector that went away.
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000003';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT dalgo.sync_now('33333333-0000-4000-8000-0000000000e4') AS stalled_run \gset
+COMMIT;
+SELECT format('%I.%I', dalgo_internal.warehouse_schema_name(:'org2'), dalgo_internal.staging_table_name(:'stalled_run')) AS stalled_stage \gset
+BEGIN;
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_service;
+SELECT coalesce(t.error_of($$SELECT dalgo.claim_sync_run()$$), '')
+	|| coalesce(t.error_of(format($$SELECT dalgo.stage_sync_run(%L, ARRAY['id'])$$, :'stalled_run')), '') AS stalled_error \gset
+COMMIT;
+UPDATE dalgo.sync_runs SET started_at = now() - interval '2 hours', created_at = now() - interval '3 hours'
+	WHERE organization_id = :'org2' AND id = :'stalled_run';
+INSERT INTO dalgo.sync_runs (id, organization_id, source_id, status, created_at, details) VALUES
+	('77777777-0000-4000-8000-0000000000e3', :'org2', '33333333-0000-4000-8000-0000000000e3', 'pending',
+	 now() - interval '2 hours', '{"on_demand": true}');
+INSERT INTO dalgo.sync_runs (id, organization_id, source_id, status, created_at, started_at, completed_at) VALUES
+	('77777777-0000-4000-8000-0000000000e5', :'org1', '33333333-0000-4000-8000-0000000000e1', 'success',
+	 now() - interval '400 days', now() - interval '400 days', now() - interval '400 days');
+SELECT coalesce(t.error_of($$SELECT dalgo_internal.expire_connector_runs(900)$$), '')
+	|| coalesce(t.error_of($$SELECT dalgo_internal.expire_stalled_connector_runs(3600)$$), '') AS expire_error \gset
+SELECT t.check('expire_connector_runs() and expire_stalled_connector_runs() fail the runs left behind',
+	(SELECT status::text FROM dalgo.sync_runs WHERE id = '77777777-0000-4000-8000-0000000000e3') = 'failed'
+	AND (SELECT error_message FROM dalgo.sync_runs WHERE id = '77777777-0000-4000-8000-0000000000e3') LIKE 'no connector claimed%'
+	AND (SELECT status::text FROM dalgo.sync_runs WHERE id = :'stalled_run') = 'failed'
+	AND (SELECT error_message FROM dalgo.sync_runs WHERE id = :'stalled_run') LIKE 'the connector did not complete%',
+	:'expire_error' || ' ' || coalesce((SELECT string_agg(status || coalesce(': ' || error_message, ''), '; ') FROM dalgo.sync_runs
+		WHERE id IN ('77777777-0000-4000-8000-0000000000e3', :'stalled_run')), 'no run'));
+SELECT to_regclass(:'stalled_stage') IS NOT NULL AS stale_left \gset
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000003';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT coalesce(t.error_of($$SELECT dalgo.begin_upload('33333333-0000-4000-8000-0000000000e3', ARRAY['city'])$$), '') AS stale_error \gset
+COMMIT;
+SELECT t.check('the expired run''s staging table is dropped when its organization next stages a load',
+	:'stalled_error' = '' AND :'stale_left' AND to_regclass(:'stalled_stage') IS NULL,
+	:'stalled_error' || ' left after expiry: ' || :'stale_left' || ' ' || :'stale_error');
+SELECT coalesce(t.error_of($$SELECT dalgo_internal.purge_run_history(30)$$), '') AS purge_error \gset
+SELECT t.check('purge_run_history() deletes old finished runs on every shard',
+	(SELECT count(*) FROM dalgo.sync_runs WHERE id = '77777777-0000-4000-8000-0000000000e5') = 0
+	AND (SELECT count(*) FROM dalgo.sync_runs WHERE id = :'conn_run') = 1, :'purge_error');
+-- A pending connector run waits over a few of the scheduler's ticks.
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT dalgo.sync_now('33333333-0000-4000-8000-0000000000e1') AS conn_run3 \gset
+COMMIT;
+SELECT pg_sleep(3);
+SELECT t.check('the coordinator''s scheduler records no error while connector runs exist',
+	(SELECT last_error IS NULL FROM dalgo.scheduler_status()
+	 WHERE database_oid = (SELECT oid FROM pg_database WHERE datname = current_database()))
+	AND (SELECT status::text FROM dalgo.sync_runs WHERE id = :'conn_run3') = 'pending',
+	(SELECT coalesce(last_error, 'no error') FROM dalgo.scheduler_status()
+	 WHERE database_oid = (SELECT oid FROM pg_database WHERE datname = current_database())));
