@@ -763,8 +763,20 @@ BEGIN
 	IF me IS NULL THEN
 		RAISE EXCEPTION 'accepting an invitation needs a signed-in user' USING ERRCODE = 'insufficient_privilege';
 	END IF;
-	SELECT i.* INTO inv FROM dalgo.invitations i
-		WHERE i.token = dalgo_internal.token_digest(accept_invitation.token) FOR UPDATE;
+	-- Found by its token first, then locked in its organization's shard: on a
+	-- Citus cluster a row lock must name the distribution column, and the
+	-- membership written below (a reference table) needs the read before it
+	-- made over one connection per node.
+	IF dalgo_internal.citus_distributed('dalgo.invitations') THEN
+		PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	END IF;
+	SELECT i.organization_id, i.id INTO inv FROM dalgo.invitations i
+		WHERE i.token = dalgo_internal.token_digest(accept_invitation.token);
+	IF inv.id IS NOT NULL THEN
+		SELECT i.* INTO inv FROM dalgo.invitations i
+			WHERE i.organization_id = inv.organization_id AND i.id = inv.id
+			  AND i.token = dalgo_internal.token_digest(accept_invitation.token) FOR UPDATE;
+	END IF;
 	IF inv.id IS NULL THEN
 		RAISE EXCEPTION 'invalid invitation token' USING ERRCODE = 'invalid_authorization_specification';
 	END IF;
@@ -800,7 +812,7 @@ BEGIN
 	INSERT INTO dalgo.organization_members (organization_id, user_id, role) VALUES (inv.organization_id, me, inv.role);
 	PERFORM dalgo_internal.act_as(me);
 
-	UPDATE dalgo.invitations i SET accepted_at = now() WHERE i.id = inv.id;
+	UPDATE dalgo.invitations i SET accepted_at = now() WHERE i.organization_id = inv.organization_id AND i.id = inv.id;
 	PERFORM dalgo_internal.account_audit('invitation_accepted', me, inv.organization_id, 'invitation', inv.id,
 								jsonb_build_object('role', inv.role));
 	RETURN inv.organization_id;
@@ -816,13 +828,21 @@ AS $$
 DECLARE
 	inv record;
 BEGIN
-	SELECT i.id, i.organization_id INTO inv FROM dalgo.invitations i WHERE i.id = revoke_invitation.invitation_id
-		FOR UPDATE;
+	-- Found first, then locked in its organization's shard (Citus: see
+	-- accept_invitation).
+	IF dalgo_internal.citus_distributed('dalgo.invitations') THEN
+		PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	END IF;
+	SELECT i.organization_id, i.id INTO inv FROM dalgo.invitations i WHERE i.id = revoke_invitation.invitation_id;
+	IF inv.id IS NOT NULL THEN
+		SELECT i.id, i.organization_id INTO inv FROM dalgo.invitations i
+			WHERE i.organization_id = inv.organization_id AND i.id = inv.id FOR UPDATE;
+	END IF;
 	IF inv.id IS NULL OR NOT dalgo.is_org_member(inv.organization_id, 'admin') THEN
 		RAISE EXCEPTION 'invitation not found' USING ERRCODE = 'no_data_found';
 	END IF;
 	UPDATE dalgo.invitations i SET revoked_at = now()
-		WHERE i.id = inv.id AND i.accepted_at IS NULL AND i.revoked_at IS NULL;
+		WHERE i.organization_id = inv.organization_id AND i.id = inv.id AND i.accepted_at IS NULL AND i.revoked_at IS NULL;
 	IF FOUND THEN
 		UPDATE dalgo.mail_messages m SET state = 'cancelled', payload = NULL
 			WHERE m.kind = 'invitation' AND m.state = 'pending' AND m.payload->>'invitation_id' = inv.id::text;

@@ -17308,6 +17308,714 @@ BEGIN
 END
 $$;
 
+-- cx: account, lifecycle and key functions on a Citus cluster.  A row of a
+-- distributed table found by its token or id is then locked naming its
+-- organization (one shard); writes name the organization; the
+-- organization's soft-delete cascade moves to cascade_organization(),
+-- which soft_delete() and restore() call on a cluster (the trigger of a
+-- reference table cannot reach the shards); purge_deleted() deletes row by
+-- row and cancels stragglers without volatile calls per row; lineage's SQL
+-- functions become PL/pgSQL; a node of a cluster never makes its own secret
+-- key, and rotate_secret_key() refuses there.
+
+CREATE OR REPLACE FUNCTION dalgo.accept_invitation(token text) RETURNS uuid
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	me uuid := dalgo.current_user_id();
+	inv record;
+	my_email text;
+BEGIN
+	PERFORM dalgo_internal.refuse_api_key('accepting an invitation');
+	IF me IS NULL THEN
+		RAISE EXCEPTION 'accepting an invitation needs a signed-in user' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	-- Found by its token first, then locked in its organization's shard: on a
+	-- Citus cluster a row lock must name the distribution column, and the
+	-- membership written below (a reference table) needs the read before it
+	-- made over one connection per node.
+	IF dalgo_internal.citus_distributed('dalgo.invitations') THEN
+		PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	END IF;
+	SELECT i.organization_id, i.id INTO inv FROM dalgo.invitations i
+		WHERE i.token = dalgo_internal.token_digest(accept_invitation.token);
+	IF inv.id IS NOT NULL THEN
+		SELECT i.* INTO inv FROM dalgo.invitations i
+			WHERE i.organization_id = inv.organization_id AND i.id = inv.id
+			  AND i.token = dalgo_internal.token_digest(accept_invitation.token) FOR UPDATE;
+	END IF;
+	IF inv.id IS NULL THEN
+		RAISE EXCEPTION 'invalid invitation token' USING ERRCODE = 'invalid_authorization_specification';
+	END IF;
+	SELECT u.email INTO my_email FROM dalgo.users u WHERE u.id = me AND u.is_active AND u.deleted_at IS NULL;
+	IF my_email IS NULL OR lower(my_email) <> lower(inv.email) THEN
+		RAISE EXCEPTION 'this invitation was sent to another email address' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF inv.accepted_at IS NOT NULL THEN
+		RAISE EXCEPTION 'this invitation has already been accepted' USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	IF inv.revoked_at IS NOT NULL THEN
+		RAISE EXCEPTION 'this invitation has been revoked' USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	IF inv.expires_at <= now() THEN
+		RAISE EXCEPTION 'this invitation has expired' USING ERRCODE = 'object_not_in_prerequisite_state',
+			HINT = 'Ask for a new invitation.';
+	END IF;
+	IF EXISTS (SELECT FROM dalgo.organization_members m
+			   WHERE m.organization_id = inv.organization_id AND m.user_id = me AND m.deleted_at IS NULL) THEN
+		RAISE EXCEPTION 'you are already a member of this organization' USING ERRCODE = 'unique_violation';
+	END IF;
+
+	-- The member is added by the inviter, under the inviter's current role:
+	-- an invitation never grants more than its sender may grant now.
+	IF inv.invited_by_id IS NULL THEN
+		RAISE EXCEPTION 'the inviter can no longer invite to this organization' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	PERFORM dalgo_internal.act_as(inv.invited_by_id);
+	IF NOT dalgo.is_org_member(inv.organization_id, CASE WHEN inv.role = 'owner' THEN 'owner' ELSE 'admin' END::dalgo.member_role) THEN
+		PERFORM dalgo_internal.act_as(me);
+		RAISE EXCEPTION 'the inviter can no longer invite to this organization' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	INSERT INTO dalgo.organization_members (organization_id, user_id, role) VALUES (inv.organization_id, me, inv.role);
+	PERFORM dalgo_internal.act_as(me);
+
+	UPDATE dalgo.invitations i SET accepted_at = now() WHERE i.organization_id = inv.organization_id AND i.id = inv.id;
+	PERFORM dalgo_internal.account_audit('invitation_accepted', me, inv.organization_id, 'invitation', inv.id,
+								jsonb_build_object('role', inv.role));
+	RETURN inv.organization_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo.revoke_invitation(invitation_id uuid) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	inv record;
+BEGIN
+	-- Found first, then locked in its organization's shard (Citus: see
+	-- accept_invitation).
+	IF dalgo_internal.citus_distributed('dalgo.invitations') THEN
+		PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	END IF;
+	SELECT i.organization_id, i.id INTO inv FROM dalgo.invitations i WHERE i.id = revoke_invitation.invitation_id;
+	IF inv.id IS NOT NULL THEN
+		SELECT i.id, i.organization_id INTO inv FROM dalgo.invitations i
+			WHERE i.organization_id = inv.organization_id AND i.id = inv.id FOR UPDATE;
+	END IF;
+	IF inv.id IS NULL OR NOT dalgo.is_org_member(inv.organization_id, 'admin') THEN
+		RAISE EXCEPTION 'invitation not found' USING ERRCODE = 'no_data_found';
+	END IF;
+	UPDATE dalgo.invitations i SET revoked_at = now()
+		WHERE i.organization_id = inv.organization_id AND i.id = inv.id AND i.accepted_at IS NULL AND i.revoked_at IS NULL;
+	IF FOUND THEN
+		UPDATE dalgo.mail_messages m SET state = 'cancelled', payload = NULL
+			WHERE m.kind = 'invitation' AND m.state = 'pending' AND m.payload->>'invitation_id' = inv.id::text;
+		PERFORM dalgo_internal.account_audit('invitation_revoked', dalgo.current_user_id(), inv.organization_id,
+									'invitation', inv.id);
+	END IF;
+END
+$$;
+
+CREATE FUNCTION dalgo_internal.cascade_organization(organization_id uuid, old_deleted_at timestamptz,
+													new_deleted_at timestamptz)
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid := cascade_organization.organization_id;
+	stopped_at timestamptz := clock_timestamp();
+BEGIN
+	IF old_deleted_at IS NULL AND new_deleted_at IS NOT NULL THEN
+		-- Schedules first: a claim holding a schedule's row finishes before
+		-- this goes on, so the run it made is cancelled below.
+		UPDATE dalgo.schedules x SET deleted_at = new_deleted_at
+			WHERE x.organization_id = org AND x.deleted_at IS NULL;
+		UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stopped_at,
+			error_message = 'cancelled: the organization was deleted', details = r.details || '{"cancelled": true}'
+			WHERE r.organization_id = org AND r.status = 'pending';
+		UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = stopped_at,
+			error_message = 'cancelled: the organization was deleted', details = r.details || '{"cancelled": true}'
+			WHERE r.organization_id = org AND r.status = 'pending';
+	ELSIF old_deleted_at IS NOT NULL AND new_deleted_at IS NULL THEN
+		-- Restored: what the delete stamped comes back, unless its own target
+		-- is still deleted (schedules start again from their next slot after
+		-- now: set_schedule_next_run).
+		UPDATE dalgo.schedules x SET deleted_at = NULL, next_run_at = NULL
+			WHERE x.organization_id = org AND x.deleted_at = old_deleted_at
+			  AND (x.source_id IS NULL
+				   OR x.source_id IN (SELECT s.id FROM dalgo.sources s WHERE s.organization_id = org AND s.deleted_at IS NULL))
+			  AND (x.output_id IS NULL
+				   OR x.output_id IN (SELECT o.id FROM dalgo.outputs o WHERE o.organization_id = org AND o.deleted_at IS NULL));
+	END IF;
+END
+$$;
+
+REVOKE ALL ON FUNCTION dalgo_internal.cascade_organization(uuid, timestamptz, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.cascade_organization(uuid, timestamptz, timestamptz) IS
+	'Internal: the soft-delete cascade of an organization (old and new deleted_at): its schedules stamped and its pending runs failed, or on restore the schedules with that stamp back; run by the soft_delete_cascade trigger, on a Citus cluster by dalgo.soft_delete() and dalgo.restore()';
+
+CREATE OR REPLACE FUNCTION dalgo_internal.cascade_soft_delete() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	-- On a Citus shard the table is sources_102040: the table it belongs to.
+	on_shard boolean := TG_TABLE_NAME ~ '_[0-9]+$';
+	tbl text := regexp_replace(TG_TABLE_NAME, '_[0-9]+$', '');
+	deleting boolean := OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL;
+	noun text := CASE tbl WHEN 'organizations' THEN 'organization' WHEN 'sources' THEN 'source'
+						  WHEN 'transformations' THEN 'transformation' ELSE 'output' END;
+	msg text;
+	stopped_at timestamptz := clock_timestamp();
+	org uuid;
+	schedule_ids text[];
+BEGIN
+	IF dalgo.restoring() THEN RETURN NULL; END IF;
+	IF tbl = 'organizations' THEN
+		-- organizations is a reference table on a cluster: its trigger fires
+		-- on every node's copy, where the organization's shards are out of
+		-- reach; dalgo.soft_delete() and dalgo.restore() cascade there.
+		IF NOT on_shard THEN
+			PERFORM dalgo_internal.cascade_organization(NEW.id, OLD.deleted_at, NEW.deleted_at);
+		END IF;
+		RETURN NULL;
+	END IF;
+	org := NEW.organization_id;
+	IF deleting THEN
+		msg := pg_catalog.format('cancelled: the %s was deleted', noun);
+		-- Schedules first: a claim holding a schedule's row finishes before
+		-- this goes on, so the run it made is cancelled below.
+		IF tbl = 'transformations' THEN
+			UPDATE dalgo.outputs x SET deleted_at = NEW.deleted_at
+				WHERE x.organization_id = org AND x.transformation_id = NEW.id AND x.deleted_at IS NULL;
+		ELSE
+			UPDATE dalgo.schedules x SET deleted_at = NEW.deleted_at
+				WHERE x.organization_id = org AND x.deleted_at IS NULL
+				  AND ((tbl = 'sources' AND x.source_id = NEW.id) OR (tbl = 'outputs' AND x.output_id = NEW.id));
+		END IF;
+		IF tbl = 'sources' THEN
+			UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stopped_at, error_message = msg,
+				details = r.details || '{"cancelled": true}'
+				WHERE r.organization_id = org AND r.status = 'pending' AND r.source_id = NEW.id;
+		ELSIF tbl = 'outputs' THEN
+			schedule_ids := ARRAY(SELECT x.id::text FROM dalgo.schedules x WHERE x.organization_id = org AND x.output_id = NEW.id);
+			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = stopped_at, error_message = msg,
+				details = r.details || '{"cancelled": true}'
+				WHERE r.organization_id = org AND r.status = 'pending' AND r.transformation_id = NEW.transformation_id
+				  AND (r.details->>'output_id' = NEW.id::text OR r.details->>'schedule_id' = ANY (schedule_ids));
+		ELSE
+			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = stopped_at, error_message = msg,
+				details = r.details || '{"cancelled": true}'
+				WHERE r.organization_id = org AND r.status = 'pending' AND r.transformation_id = NEW.id;
+		END IF;
+	ELSIF OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL THEN
+		-- Restored: what the delete stamped comes back (schedules start again
+		-- from their next slot after now: set_schedule_next_run), while the
+		-- organization is live.
+		IF tbl = 'transformations' THEN
+			UPDATE dalgo.outputs x SET deleted_at = NULL
+				WHERE x.organization_id = org AND x.transformation_id = NEW.id
+				  AND x.deleted_at = OLD.deleted_at;
+		ELSIF EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL) THEN
+			UPDATE dalgo.schedules x SET deleted_at = NULL, next_run_at = NULL
+				WHERE x.organization_id = org AND x.deleted_at = OLD.deleted_at
+				  AND ((tbl = 'sources' AND x.source_id = NEW.id) OR (tbl = 'outputs' AND x.output_id = NEW.id));
+		END IF;
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo.soft_delete(tbl regclass, id uuid) RETURNS timestamptz
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	need dalgo.member_role := dalgo_internal.soft_delete_role(tbl);
+	org_column text := CASE WHEN tbl = 'dalgo.organizations'::regclass THEN 'id' ELSE 'organization_id' END;
+	citus boolean := dalgo_internal.citus_distributed('dalgo.sources');
+	org uuid;
+	was timestamptz;
+	stamp timestamptz := now();
+BEGIN
+	IF need IS NULL THEN
+		RAISE EXCEPTION '% is not a table whose rows are soft-deleted', tbl
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'dalgo.soft_delete takes dalgo.organizations, dalgo.sources, dalgo.transformations or dalgo.outputs.';
+	END IF;
+	IF citus THEN
+		-- Reads before writes to tables that reference organizations: one
+		-- connection per node.
+		PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	END IF;
+	-- Found first, then locked naming its organization: on a Citus cluster a
+	-- row lock must be in one shard.
+	EXECUTE pg_catalog.format('SELECT %s FROM %s WHERE id OPERATOR(pg_catalog.=) $1', org_column, tbl)
+		INTO org USING soft_delete.id;
+	IF org IS NOT NULL THEN
+		EXECUTE pg_catalog.format('SELECT %1$s, deleted_at FROM %2$s WHERE %1$s OPERATOR(pg_catalog.=) $2 '
+								  'AND id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE', org_column, tbl)
+			INTO org, was USING soft_delete.id, org;
+	END IF;
+	IF org IS NULL OR was IS NOT NULL OR NOT dalgo.caller_may(org, need) THEN
+		RAISE EXCEPTION 'no live row % in % that you may delete', soft_delete.id, tbl
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = pg_catalog.format('Deleting a row of %s takes the %s role in its organization.', tbl, need);
+	END IF;
+	EXECUTE pg_catalog.format('UPDATE %1$s SET deleted_at = $2 WHERE %2$s OPERATOR(pg_catalog.=) $3 AND id OPERATOR(pg_catalog.=) $1',
+							  tbl, org_column)
+		USING soft_delete.id, stamp, org;
+	IF citus AND tbl = 'dalgo.organizations'::regclass THEN
+		-- The trigger of a reference table cannot reach the shards (cascade_soft_delete).
+		PERFORM dalgo_internal.cascade_organization(org, NULL, stamp);
+	END IF;
+	RETURN stamp;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo.restore(tbl regclass, id uuid) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org_column text := CASE WHEN tbl = 'dalgo.organizations'::regclass THEN 'id' ELSE 'organization_id' END;
+	citus boolean := dalgo_internal.citus_distributed('dalgo.sources');
+	org uuid;
+	was timestamptz;
+	days integer := pg_catalog.current_setting('dalgo.restore_days')::integer;
+	allowed boolean;
+	parent_gone text;
+BEGIN
+	IF dalgo_internal.soft_delete_role(tbl) IS NULL THEN
+		RAISE EXCEPTION '% is not a table whose rows are restored', tbl
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'dalgo.restore takes dalgo.organizations, dalgo.sources, dalgo.transformations or dalgo.outputs.';
+	END IF;
+	IF citus THEN
+		PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	END IF;
+	-- Found first, then locked naming its organization (see soft_delete).
+	EXECUTE pg_catalog.format('SELECT %s FROM %s WHERE id OPERATOR(pg_catalog.=) $1', org_column, tbl)
+		INTO org USING restore.id;
+	IF org IS NOT NULL THEN
+		EXECUTE pg_catalog.format('SELECT %1$s, deleted_at FROM %2$s WHERE %1$s OPERATOR(pg_catalog.=) $2 '
+								  'AND id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE', org_column, tbl)
+			INTO org, was USING restore.id, org;
+	END IF;
+	-- An organization is brought back by its owners; a row in one by its admins.
+	IF tbl = 'dalgo.organizations'::regclass THEN
+		allowed := dalgo_internal.dormant_role(org) = 'owner'
+				   OR (dalgo.current_user_id() IS NULL AND dalgo.caller_may(org, 'viewer'));
+	ELSE
+		allowed := dalgo.caller_may(org, 'admin');
+	END IF;
+	IF org IS NULL OR was IS NULL OR NOT coalesce(allowed, false) THEN
+		RAISE EXCEPTION 'no deleted row % in % that you may restore', restore.id, tbl
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'dalgo.deleted_items(organization_id) lists what an admin may restore.';
+	END IF;
+	IF was < now() - pg_catalog.make_interval(days => days) THEN
+		RAISE EXCEPTION 'the restore window has passed: % was deleted at %, more than dalgo.restore_days (%) ago', restore.id, was, days
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'It is purged by dalgo.purge_deleted() and cannot come back.';
+	END IF;
+	IF tbl = 'dalgo.outputs'::regclass THEN
+		SELECT t.name INTO parent_gone FROM dalgo.outputs p
+			JOIN dalgo.transformations t ON t.organization_id = p.organization_id AND t.id = p.transformation_id
+			WHERE p.organization_id = org AND p.id = restore.id AND t.deleted_at IS NOT NULL;
+		IF parent_gone IS NOT NULL THEN
+			RAISE EXCEPTION 'the transformation "%" of this output is deleted', parent_gone
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  HINT = 'Restore the transformation first: that brings back the outputs it took with it.';
+		END IF;
+	END IF;
+	EXECUTE pg_catalog.format('UPDATE %1$s SET deleted_at = NULL WHERE %2$s OPERATOR(pg_catalog.=) $2 AND id OPERATOR(pg_catalog.=) $1',
+							  tbl, org_column)
+		USING restore.id, org;
+	IF citus AND tbl = 'dalgo.organizations'::regclass THEN
+		PERFORM dalgo_internal.cascade_organization(org, was, NULL);
+	END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo.purge_deleted(max_rows integer DEFAULT 1000) RETURNS bigint
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cutoff timestamptz := now() - pg_catalog.make_interval(days => pg_catalog.current_setting('dalgo.restore_days')::integer);
+	left_over integer := max_rows;
+	n bigint;
+	gone bigint;
+	total bigint := 0;
+	t text;
+	victim record;
+	stopped_at timestamptz := clock_timestamp();
+BEGIN
+	IF NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user)
+	   AND NOT pg_has_role(session_user, 'dalgo_service', 'USAGE') THEN
+		RAISE EXCEPTION 'only dalgo_service or a superuser may purge deleted rows'
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	IF max_rows IS NULL OR max_rows < 1 THEN
+		RAISE EXCEPTION 'max_rows must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF dalgo_internal.citus_distributed('dalgo.sources') THEN
+		-- Reads and writes of distributed tables and of the reference tables
+		-- they reference, in one transaction: one connection per node.
+		PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	END IF;
+	-- Organizations first (each drops a warehouse, so they count 100 rows
+	-- against the batch's locks), then what else outlived its window: found
+	-- first, then each deleted by its organization and id (one shard each on
+	-- a Citus cluster).
+	FOREACH t IN ARRAY ARRAY['organizations', 'transformations', 'outputs', 'sources'] LOOP
+		EXIT WHEN left_over <= 0;
+		n := 0;
+		FOR victim IN EXECUTE pg_catalog.format(
+			'SELECT y.%2$I AS organization_id, y.id FROM dalgo.%1$I y WHERE y.deleted_at < $1 ORDER BY y.deleted_at LIMIT $2',
+			t, CASE WHEN t = 'organizations' THEN 'id' ELSE 'organization_id' END)
+			USING cutoff, CASE WHEN t = 'organizations' THEN greatest(left_over / 100, 1) ELSE left_over END
+		LOOP
+			EXECUTE pg_catalog.format('DELETE FROM dalgo.%1$I x WHERE x.%2$I = $1 AND x.id = $2 AND x.deleted_at < $3',
+									  t, CASE WHEN t = 'organizations' THEN 'id' ELSE 'organization_id' END)
+				USING victim.organization_id, victim.id, cutoff;
+			GET DIAGNOSTICS gone = ROW_COUNT;
+			n := n + gone;
+		END LOOP;
+		total := total + n;
+		left_over := left_over - CASE WHEN t = 'organizations' THEN n * 100 ELSE n END;
+	END LOOP;
+	-- Stragglers: a run queued for something deleted meanwhile never runs
+	-- (what target_is_live() tells, as joins in the run's organization).
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stopped_at,
+		error_message = 'cancelled: its source or organization was deleted', details = r.details || '{"cancelled": true}'
+		WHERE r.status = 'pending'
+		  AND (NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = r.organization_id AND o.deleted_at IS NULL)
+			   OR (r.source_id IS NOT NULL
+				   AND NOT EXISTS (SELECT FROM dalgo.sources s WHERE s.organization_id = r.organization_id
+								   AND s.id = r.source_id AND s.deleted_at IS NULL)));
+	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = stopped_at,
+		error_message = 'cancelled: its transformation or organization was deleted', details = r.details || '{"cancelled": true}'
+		WHERE r.status = 'pending'
+		  AND (NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = r.organization_id AND o.deleted_at IS NULL)
+			   OR (r.transformation_id IS NOT NULL
+				   AND NOT EXISTS (SELECT FROM dalgo.transformations x WHERE x.organization_id = r.organization_id
+								   AND x.id = r.transformation_id AND x.deleted_at IS NULL)));
+	RETURN total;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.erase_account(user_id uuid) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	uid uuid := erase_account.user_id;
+	u record;
+	blocking record;
+	needles text[];
+	orgs uuid[];
+	anon text := 'erased-' || replace(erase_account.user_id::text, '-', '') || '@erased.invalid';
+	-- A value, not now() inside coalesce (Citus refuses non-IMMUTABLE calls there).
+	erased_at timestamptz := now();
+BEGIN
+	IF dalgo_internal.citus_distributed('dalgo.invitations') THEN
+		-- Writes to reference tables (users, memberships, tokens) and to the
+		-- distributed invitations and audit trail that reference them, in
+		-- one transaction: one connection per node.
+		PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	END IF;
+	SELECT x.id, x.email, x.full_name, x.deleted_at INTO u FROM dalgo.users x WHERE x.id = uid FOR UPDATE;
+	IF u.id IS NULL THEN
+		RAISE EXCEPTION 'user % does not exist', uid USING ERRCODE = 'no_data_found';
+	END IF;
+	-- Team organizations must keep an owner: under each organization's row
+	-- lock, against the latest committed state (as guard_membership counts).
+	FOR blocking IN
+		SELECT o.id, o.name FROM dalgo.organization_members m JOIN dalgo.organizations o ON o.id = m.organization_id
+		WHERE m.user_id = uid AND m.role = 'owner' AND m.deleted_at IS NULL
+		  AND o.org_type = 'team' AND o.deleted_at IS NULL
+		ORDER BY o.id
+	LOOP
+		PERFORM FROM dalgo.organizations o WHERE o.id = blocking.id FOR NO KEY UPDATE;
+		IF dalgo_internal.live_owner_count(blocking.id,
+				(SELECT m.id FROM dalgo.organization_members m
+				 WHERE m.organization_id = blocking.id AND m.user_id = uid AND m.deleted_at IS NULL)) = 0 THEN
+			RAISE EXCEPTION 'you are the last owner of the organization "%" (%)', blocking.name, blocking.id
+				USING ERRCODE = 'check_violation',
+					  HINT = 'Make another member an owner, or delete the organization, first.';
+		END IF;
+	END LOOP;
+
+	-- The organizations whose audit rows may name the user: theirs, before
+	-- the personal one goes.  No other organization's trail is touched.
+	orgs := ARRAY(SELECT DISTINCT m.organization_id FROM dalgo.organization_members m WHERE m.user_id = uid);
+
+	-- Personal organizations of the user go at once, warehouse and all.
+	DELETE FROM dalgo.organizations o
+		WHERE o.org_type = 'personal'
+		  AND EXISTS (SELECT FROM dalgo.organization_members m
+					  WHERE m.organization_id = o.id AND m.user_id = uid AND m.role = 'owner' AND m.deleted_at IS NULL);
+	-- Memberships end (the rows keep their ids for the audit trail).
+	UPDATE dalgo.organization_members m SET deleted_at = now() WHERE m.user_id = uid AND m.deleted_at IS NULL;
+
+	-- Sessions, reset tokens, API keys and pending mail.
+	UPDATE dalgo.refresh_tokens t SET revoked_at = now() WHERE t.user_id = uid AND t.revoked_at IS NULL;
+	UPDATE dalgo.password_reset_tokens t SET used_at = now() WHERE t.user_id = uid AND t.used_at IS NULL;
+	UPDATE dalgo.api_keys k SET revoked_at = now() WHERE k.created_by_id = uid AND k.revoked_at IS NULL;
+	UPDATE dalgo.mail_messages m SET state = 'cancelled', payload = NULL, completed_at = now()
+		WHERE lower(m.recipient) = lower(u.email) AND m.state IN ('pending', 'sending');
+	UPDATE dalgo.mail_messages m SET recipient = anon WHERE lower(m.recipient) = lower(u.email);
+	UPDATE dalgo.invitations i SET email = anon WHERE lower(i.email) = lower(u.email);
+	DELETE FROM dalgo.sign_in_attempts a
+		WHERE a.user_id = uid OR a.email_hash = dalgo_internal.email_key(u.email);
+
+	-- The user row: the id stays, the person goes.
+	UPDATE dalgo.users x SET email = anon, full_name = NULL, password_hash = NULL, is_active = false,
+		deleted_at = coalesce(x.deleted_at, erased_at)
+		WHERE x.id = uid;
+
+	-- The audit trail: what the user did and what was done to them stays, by id.
+	needles := ARRAY[u.email, u.full_name]
+		|| ARRAY(SELECT DISTINCT v.value FROM dalgo.audit_logs a,
+					 LATERAL jsonb_path_query(a.details, 'strict $.**.email.**') q,
+					 LATERAL (SELECT q #>> '{}' AS value) v
+				 WHERE a.resource_type = 'users' AND a.resource_id = uid AND jsonb_typeof(q) = 'string'
+				   AND v.value <> anon)
+		|| ARRAY(SELECT DISTINCT v.value FROM dalgo.audit_logs a,
+					 LATERAL jsonb_path_query(a.details, 'strict $.**.full_name.**') q,
+					 LATERAL (SELECT q #>> '{}' AS value) v
+				 WHERE a.resource_type = 'users' AND a.resource_id = uid AND jsonb_typeof(q) = 'string');
+	PERFORM dalgo_internal.anonymize_audit_logs(uid, array_remove(needles, NULL), orgs);
+	PERFORM dalgo_internal.account_audit('account_erased', NULL, NULL, 'user', uid);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.secret_key_for_writing() RETURNS text
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k text := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+BEGIN
+	IF (k IS NULL OR k = '') AND dalgo_internal.citus_distributed('dalgo.sources') THEN
+		-- On a Citus cluster shards are written on the workers and read on
+		-- the coordinator: a key made by one node would open nothing on
+		-- another.
+		RAISE EXCEPTION 'no secret key is set on this node of the Citus cluster'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Put the same dalgo_secret.key in the data directory of every node (docs/scaling.md).';
+	END IF;
+	IF k IS NULL OR k = '' THEN
+		-- One creator at a time; the file outlives a rollback, so a
+		-- second creator finds it after the first one's lock is gone.
+		PERFORM pg_catalog.pg_advisory_xact_lock(7316028433216171853);
+		k := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+		IF k IS NULL OR k = '' THEN
+			k := pg_catalog.encode(dalgo_internal.pgcrypto_random_bytes(32), 'hex');
+			PERFORM dalgo_internal.write_secret_key(k);
+			PERFORM dalgo_internal.log_without_statement(
+				'dalgo: created the secret key dalgo_secret.key in the data directory; back it up apart from the database');
+		END IF;
+	END IF;
+	RETURN k;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo.rotate_secret_key(new_key text DEFAULT NULL) RETURNS bigint
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	old_key text;
+	k text := new_key;
+	t record;
+	n bigint;
+	total bigint := 0;
+BEGIN
+	IF dalgo_internal.citus_distributed('dalgo.sources') THEN
+		-- Each node reads its own key file, and a key must not travel in a
+		-- statement's text: rotating it on every node at once is not done yet.
+		RAISE EXCEPTION 'dalgo.rotate_secret_key() does not run on a Citus cluster yet'
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'The key file dalgo_secret.key must stay the same on every node; see docs/scaling.md.';
+	END IF;
+	-- One writer of the key file at a time (dalgo_internal.secret_key_for_writing).
+	PERFORM pg_catalog.pg_advisory_xact_lock(7316028433216171853);
+	old_key := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
+	IF k IS NULL THEN
+		k := pg_catalog.encode(dalgo_internal.pgcrypto_random_bytes(32), 'hex');
+	ELSIF pg_catalog.length(k) OPERATOR(pg_catalog.<) 16 OR k !~ '^[A-Za-z0-9+/=_-]+$' THEN
+		RAISE EXCEPTION 'a secret key has at least 16 characters among A-Z, a-z, 0-9, +, /, =, _ and -'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF old_key IS NOT NULL AND old_key <> '' THEN
+		old_key := dalgo_internal.toolkit_secret_key();
+		FOR t IN SELECT tr.tgrelid::regclass AS tbl, a.attname, a.atttypid IN ('json'::regtype, 'jsonb'::regtype) AS is_json,
+					  pg_catalog.format_type(a.atttypid, a.atttypmod) AS coltype
+				 FROM pg_catalog.pg_trigger tr
+				 JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) tr.tgrelid
+					AND a.attname OPERATOR(pg_catalog.=) pg_catalog.split_part(pg_catalog.encode(tr.tgargs, 'escape'), E'\\000', 1)
+				 WHERE tr.tgfoid OPERATOR(pg_catalog.=) 'dalgo_internal.set_encrypted_column()'::regprocedure
+		LOOP
+			EXECUTE pg_catalog.format('UPDATE %s SET %I = %s(dalgo_internal.toolkit_encrypt(dalgo_internal.toolkit_decrypt('
+				'dalgo_internal.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1), $2), $3))::%s '
+				'WHERE pg_catalog.starts_with(dalgo_internal.toolkit_stored_text(pg_catalog.to_jsonb(%I), $1), ''dalgo:pgp1:'')',
+				t.tbl, t.attname, CASE WHEN t.is_json THEN 'pg_catalog.to_jsonb' ELSE '' END, t.attname, t.coltype, t.attname)
+				USING t.is_json, old_key, k;
+			GET DIAGNOSTICS n = ROW_COUNT;
+			total := total OPERATOR(pg_catalog.+) n;
+		END LOOP;
+		-- dalgo's own secrets: sources.config.credentials, warehouse access tokens.
+		total := total OPERATOR(pg_catalog.+) dalgo_internal.reseal_own_secrets(old_key, k);
+	END IF;
+	-- The file keeps the previous key after the new one: if this transaction
+	-- rolls back after the file is written, the values it re-encrypted are
+	-- still readable.
+	PERFORM dalgo_internal.write_secret_key(k || coalesce(E'\n' || NULLIF(pg_catalog.split_part(old_key, E'\n', 1), ''), ''));
+	RETURN total;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo.revert_transformation(transformation_id uuid, version integer) RETURNS integer
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t dalgo.transformations;
+	old_recipe jsonb;
+	previous text := current_setting('dalgo.change_description');
+	new_version integer;
+BEGIN
+	SELECT * INTO t FROM dalgo.transformations x
+	WHERE x.id = revert_transformation.transformation_id AND x.deleted_at IS NULL;
+	IF NOT FOUND OR NOT dalgo.caller_may(t.organization_id, 'viewer') THEN
+		RAISE EXCEPTION 'transformation % does not exist', transformation_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dalgo.caller_may(t.organization_id, 'member') THEN
+		RAISE EXCEPTION 'reverting a transformation needs the member role' USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	SELECT v.recipe INTO old_recipe FROM dalgo.transformation_versions v
+	WHERE v.transformation_id = t.id AND v.organization_id = t.organization_id
+	  AND v.version_number = revert_transformation.version AND v.deleted_at IS NULL;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'transformation % has no version %', transformation_id, version
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = format('Its versions are 1 to %s.', t.current_version);
+	END IF;
+	IF old_recipe = t.recipe THEN
+		RAISE NOTICE 'version % is the current recipe of transformation %; nothing saved', version, t.id;
+		RETURN t.current_version;
+	END IF;
+	-- The save's own triggers check the recipe, number the version and record
+	-- it, with the caller as its author.
+	PERFORM set_config('dalgo.change_description',
+					   coalesce(nullif(previous, ''), format('revert to version %s', version)), true);
+	UPDATE dalgo.transformations x SET recipe = old_recipe WHERE x.organization_id = t.organization_id AND x.id = t.id
+	RETURNING x.current_version INTO new_version;
+	PERFORM set_config('dalgo.change_description', previous, true);
+	RETURN new_version;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.lineage_graph(organization_id uuid)
+	RETURNS TABLE (node_type text, id uuid, name text, depends_on uuid[])
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	-- PL/pgSQL, not SQL: Citus plans a SQL function's body with its
+	-- parameters unbound, and cannot route that to the organization's shard.
+	RETURN QUERY
+	WITH
+	src AS (SELECT s.id, s.name,
+				   coalesce(s.warehouse_table_name, 'source_' || left(replace(s.id::text, '-', ''), 12)) AS table_name
+			FROM dalgo.sources s WHERE s.organization_id = lineage_graph.organization_id AND s.deleted_at IS NULL),
+	tr AS (SELECT t.id, t.name, t.recipe, t.output_table_name
+		   FROM dalgo.transformations t WHERE t.organization_id = lineage_graph.organization_id AND t.deleted_at IS NULL),
+	outp AS (SELECT o.id, o.name, o.transformation_id, o.destination_config->>'name' AS dest
+			 FROM dalgo.outputs o JOIN tr ON tr.id = o.transformation_id
+			 WHERE o.organization_id = lineage_graph.organization_id AND o.deleted_at IS NULL),
+	refs AS (SELECT tr.id AS tid, r.ref_kind, r.ref FROM tr, dalgo_internal.recipe_references(tr.recipe) r),
+	-- Every table name any node produces or reads.
+	names AS (SELECT table_name AS n FROM src
+			  UNION SELECT output_table_name FROM tr WHERE output_table_name IS NOT NULL
+			  UNION SELECT dest FROM outp WHERE dest IS NOT NULL
+			  UNION SELECT ref FROM refs WHERE ref_kind = 'table'),
+	tbl AS (SELECT names.n, coalesce(
+				(SELECT w.id FROM dalgo.warehouse_tables w
+				 WHERE w.organization_id = lineage_graph.organization_id AND w.table_name = names.n AND w.deleted_at IS NULL
+				 ORDER BY w.created_at LIMIT 1),
+				md5('dalgo warehouse table ' || lineage_graph.organization_id::text || '/' || names.n)::uuid) AS tid
+			FROM names),
+	edges AS (
+		SELECT 'source'::text AS node_type, src.id, src.name, NULL::uuid AS dep FROM src
+		UNION ALL
+		SELECT 'warehouse_table', tbl.tid, src.table_name, src.id FROM src JOIN tbl ON tbl.n = src.table_name
+		UNION ALL
+		SELECT 'transformation', tr.id, tr.name, NULL FROM tr
+		UNION ALL
+		-- A transformation reads tables: a source's, another transformation's
+		-- output table (or the transformation, if it has none), or a table by name.
+		SELECT 'transformation', refs.tid, tr.name,
+			CASE refs.ref_kind
+				WHEN 'table' THEN (SELECT tbl.tid FROM tbl WHERE tbl.n = refs.ref)
+				WHEN 'source_id' THEN (SELECT tbl.tid FROM src JOIN tbl ON tbl.n = src.table_name WHERE src.id::text = refs.ref)
+				ELSE (SELECT coalesce((SELECT tbl.tid FROM tbl WHERE tbl.n = up.output_table_name), up.id)
+					  FROM tr up WHERE up.id::text = refs.ref) END
+		FROM refs JOIN tr ON tr.id = refs.tid
+		UNION ALL
+		SELECT 'warehouse_table', tbl.tid, tr.output_table_name, tr.id FROM tr JOIN tbl ON tbl.n = tr.output_table_name
+		UNION ALL
+		SELECT 'output', outp.id, outp.name, outp.transformation_id FROM outp
+		UNION ALL
+		SELECT 'warehouse_table', tbl.tid, outp.dest, outp.id
+		FROM outp JOIN tr ON tr.id = outp.transformation_id JOIN tbl ON tbl.n = outp.dest
+		WHERE outp.dest IS DISTINCT FROM tr.output_table_name
+		UNION ALL
+		SELECT 'warehouse_table', tbl.tid, tbl.n, NULL FROM tbl
+		UNION ALL
+		SELECT 'schedule', s.id, format('%s at %s (%s)', s.frequency, to_char(s.run_at_time, 'HH24:MI'), s.timezone),
+			coalesce(s.source_id, s.output_id)
+		FROM dalgo.schedules s
+		WHERE s.organization_id = lineage_graph.organization_id AND s.deleted_at IS NULL
+		  AND (s.source_id IN (SELECT src.id FROM src) OR s.output_id IN (SELECT outp.id FROM outp)))
+	SELECT min(e.node_type), e.id, min(e.name),
+		coalesce(array_agg(DISTINCT e.dep ORDER BY e.dep) FILTER (WHERE e.dep IS NOT NULL), '{}')
+	FROM edges e GROUP BY e.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo_internal.lineage_node_organization(node_id uuid) RETURNS uuid
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid;
+BEGIN
+	-- One statement per table, in this order (Citus plans each on its own).
+	SELECT x.organization_id INTO org FROM dalgo.sources x WHERE x.id = node_id AND x.deleted_at IS NULL;
+	IF org IS NULL THEN
+		SELECT x.organization_id INTO org FROM dalgo.transformations x WHERE x.id = node_id AND x.deleted_at IS NULL;
+	END IF;
+	IF org IS NULL THEN
+		SELECT x.organization_id INTO org FROM dalgo.outputs x WHERE x.id = node_id AND x.deleted_at IS NULL;
+	END IF;
+	IF org IS NULL THEN
+		SELECT x.organization_id INTO org FROM dalgo.schedules x WHERE x.id = node_id AND x.deleted_at IS NULL;
+	END IF;
+	IF org IS NULL THEN
+		SELECT x.organization_id INTO org FROM dalgo.warehouse_tables x WHERE x.id = node_id AND x.deleted_at IS NULL;
+	END IF;
+	RETURN org;
+END
+$$;
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

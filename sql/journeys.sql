@@ -44,7 +44,7 @@ BEGIN
 	-- it, with the caller as its author.
 	PERFORM set_config('dalgo.change_description',
 					   coalesce(nullif(previous, ''), format('revert to version %s', version)), true);
-	UPDATE dalgo.transformations x SET recipe = old_recipe WHERE x.id = t.id
+	UPDATE dalgo.transformations x SET recipe = old_recipe WHERE x.organization_id = t.organization_id AND x.id = t.id
 	RETURNING x.current_version INTO new_version;
 	PERFORM set_config('dalgo.change_description', previous, true);
 	RETURN new_version;
@@ -219,9 +219,14 @@ COMMENT ON FUNCTION dalgo_internal.recipe_references(jsonb) IS
 -- the name.
 CREATE FUNCTION dalgo_internal.lineage_graph(organization_id uuid)
 	RETURNS TABLE (node_type text, id uuid, name text, depends_on uuid[])
-	LANGUAGE sql STABLE
+	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
+BEGIN
+	-- PL/pgSQL, not SQL: Citus plans a SQL function's body with its
+	-- parameters unbound, and cannot route that to the organization's shard.
+	RETURN QUERY
 	WITH
 	src AS (SELECT s.id, s.name,
 				   coalesce(s.warehouse_table_name, 'source_' || left(replace(s.id::text, '-', ''), 12)) AS table_name
@@ -277,22 +282,36 @@ AS $$
 		  AND (s.source_id IN (SELECT src.id FROM src) OR s.output_id IN (SELECT outp.id FROM outp)))
 	SELECT min(e.node_type), e.id, min(e.name),
 		coalesce(array_agg(DISTINCT e.dep ORDER BY e.dep) FILTER (WHERE e.dep IS NOT NULL), '{}')
-	FROM edges e GROUP BY e.id
+	FROM edges e GROUP BY e.id;
+END
 $$;
 COMMENT ON FUNCTION dalgo_internal.lineage_graph(uuid) IS
 	'Internal: the lineage graph of an organization''s live objects: (node_type, id, name, depends_on)';
 
 -- The organization of a lineage node, for impact(): the object's own row.
 CREATE FUNCTION dalgo_internal.lineage_node_organization(node_id uuid) RETURNS uuid
-	LANGUAGE sql STABLE
+	LANGUAGE plpgsql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT coalesce(
-		(SELECT organization_id FROM dalgo.sources WHERE id = node_id AND deleted_at IS NULL),
-		(SELECT organization_id FROM dalgo.transformations WHERE id = node_id AND deleted_at IS NULL),
-		(SELECT organization_id FROM dalgo.outputs WHERE id = node_id AND deleted_at IS NULL),
-		(SELECT organization_id FROM dalgo.schedules WHERE id = node_id AND deleted_at IS NULL),
-		(SELECT organization_id FROM dalgo.warehouse_tables WHERE id = node_id AND deleted_at IS NULL))
+DECLARE
+	org uuid;
+BEGIN
+	-- One statement per table, in this order (Citus plans each on its own).
+	SELECT x.organization_id INTO org FROM dalgo.sources x WHERE x.id = node_id AND x.deleted_at IS NULL;
+	IF org IS NULL THEN
+		SELECT x.organization_id INTO org FROM dalgo.transformations x WHERE x.id = node_id AND x.deleted_at IS NULL;
+	END IF;
+	IF org IS NULL THEN
+		SELECT x.organization_id INTO org FROM dalgo.outputs x WHERE x.id = node_id AND x.deleted_at IS NULL;
+	END IF;
+	IF org IS NULL THEN
+		SELECT x.organization_id INTO org FROM dalgo.schedules x WHERE x.id = node_id AND x.deleted_at IS NULL;
+	END IF;
+	IF org IS NULL THEN
+		SELECT x.organization_id INTO org FROM dalgo.warehouse_tables x WHERE x.id = node_id AND x.deleted_at IS NULL;
+	END IF;
+	RETURN org;
+END
 $$;
 COMMENT ON FUNCTION dalgo_internal.lineage_node_organization(uuid) IS
 	'Internal: the organization of a source, transformation, output, schedule or registered warehouse table';

@@ -30,65 +30,113 @@ COMMENT ON FUNCTION dalgo_internal.target_is_live(uuid, uuid, uuid) IS
 -- restore brings back exactly what the delete took: the schedules of a
 -- source, an output or an organization, and the outputs of a
 -- transformation.  Pending runs fail at once with a message that says why.
+-- Every statement names the organization: on a Citus cluster the trigger
+-- fires on the row's shard, on a worker, and reaches only the co-located
+-- shards of that organization.
+CREATE FUNCTION dalgo_internal.cascade_organization(organization_id uuid, old_deleted_at timestamptz,
+													new_deleted_at timestamptz)
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org uuid := cascade_organization.organization_id;
+	stopped_at timestamptz := clock_timestamp();
+BEGIN
+	IF old_deleted_at IS NULL AND new_deleted_at IS NOT NULL THEN
+		-- Schedules first: a claim holding a schedule's row finishes before
+		-- this goes on, so the run it made is cancelled below.
+		UPDATE dalgo.schedules x SET deleted_at = new_deleted_at
+			WHERE x.organization_id = org AND x.deleted_at IS NULL;
+		UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stopped_at,
+			error_message = 'cancelled: the organization was deleted', details = r.details || '{"cancelled": true}'
+			WHERE r.organization_id = org AND r.status = 'pending';
+		UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = stopped_at,
+			error_message = 'cancelled: the organization was deleted', details = r.details || '{"cancelled": true}'
+			WHERE r.organization_id = org AND r.status = 'pending';
+	ELSIF old_deleted_at IS NOT NULL AND new_deleted_at IS NULL THEN
+		-- Restored: what the delete stamped comes back, unless its own target
+		-- is still deleted (schedules start again from their next slot after
+		-- now: set_schedule_next_run).
+		UPDATE dalgo.schedules x SET deleted_at = NULL, next_run_at = NULL
+			WHERE x.organization_id = org AND x.deleted_at = old_deleted_at
+			  AND (x.source_id IS NULL
+				   OR x.source_id IN (SELECT s.id FROM dalgo.sources s WHERE s.organization_id = org AND s.deleted_at IS NULL))
+			  AND (x.output_id IS NULL
+				   OR x.output_id IN (SELECT o.id FROM dalgo.outputs o WHERE o.organization_id = org AND o.deleted_at IS NULL));
+	END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo_internal.cascade_organization(uuid, timestamptz, timestamptz) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.cascade_organization(uuid, timestamptz, timestamptz) IS
+	'Internal: the soft-delete cascade of an organization (old and new deleted_at): its schedules stamped and its pending runs failed, or on restore the schedules with that stamp back; run by the soft_delete_cascade trigger, on a Citus cluster by dalgo.soft_delete() and dalgo.restore()';
+
 CREATE FUNCTION dalgo_internal.cascade_soft_delete() RETURNS trigger
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	-- On a Citus shard the table is sources_102040: the table it belongs to.
+	on_shard boolean := TG_TABLE_NAME ~ '_[0-9]+$';
+	tbl text := regexp_replace(TG_TABLE_NAME, '_[0-9]+$', '');
 	deleting boolean := OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL;
-	noun text := CASE TG_TABLE_NAME WHEN 'organizations' THEN 'organization' WHEN 'sources' THEN 'source'
-							 WHEN 'transformations' THEN 'transformation' ELSE 'output' END;
+	noun text := CASE tbl WHEN 'organizations' THEN 'organization' WHEN 'sources' THEN 'source'
+						  WHEN 'transformations' THEN 'transformation' ELSE 'output' END;
 	msg text;
+	stopped_at timestamptz := clock_timestamp();
+	org uuid;
+	schedule_ids text[];
 BEGIN
 	IF dalgo.restoring() THEN RETURN NULL; END IF;
+	IF tbl = 'organizations' THEN
+		-- organizations is a reference table on a cluster: its trigger fires
+		-- on every node's copy, where the organization's shards are out of
+		-- reach; dalgo.soft_delete() and dalgo.restore() cascade there.
+		IF NOT on_shard THEN
+			PERFORM dalgo_internal.cascade_organization(NEW.id, OLD.deleted_at, NEW.deleted_at);
+		END IF;
+		RETURN NULL;
+	END IF;
+	org := NEW.organization_id;
 	IF deleting THEN
 		msg := pg_catalog.format('cancelled: the %s was deleted', noun);
 		-- Schedules first: a claim holding a schedule's row finishes before
 		-- this goes on, so the run it made is cancelled below.
-		IF TG_TABLE_NAME = 'transformations' THEN
+		IF tbl = 'transformations' THEN
 			UPDATE dalgo.outputs x SET deleted_at = NEW.deleted_at
-				WHERE x.organization_id = NEW.organization_id AND x.transformation_id = NEW.id AND x.deleted_at IS NULL;
+				WHERE x.organization_id = org AND x.transformation_id = NEW.id AND x.deleted_at IS NULL;
 		ELSE
 			UPDATE dalgo.schedules x SET deleted_at = NEW.deleted_at
-				WHERE x.deleted_at IS NULL
-				  AND CASE TG_TABLE_NAME WHEN 'organizations' THEN x.organization_id = NEW.id
-										 WHEN 'sources' THEN x.source_id = NEW.id
-										 ELSE x.output_id = NEW.id END;
+				WHERE x.organization_id = org AND x.deleted_at IS NULL
+				  AND ((tbl = 'sources' AND x.source_id = NEW.id) OR (tbl = 'outputs' AND x.output_id = NEW.id));
 		END IF;
-		IF TG_TABLE_NAME IN ('organizations', 'sources') THEN
-			UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+		IF tbl = 'sources' THEN
+			UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stopped_at, error_message = msg,
 				details = r.details || '{"cancelled": true}'
-				WHERE r.status = 'pending'
-				  AND CASE WHEN TG_TABLE_NAME = 'organizations' THEN r.organization_id = NEW.id ELSE r.source_id = NEW.id END;
-		END IF;
-		IF TG_TABLE_NAME = 'outputs' THEN
-			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				WHERE r.organization_id = org AND r.status = 'pending' AND r.source_id = NEW.id;
+		ELSIF tbl = 'outputs' THEN
+			schedule_ids := ARRAY(SELECT x.id::text FROM dalgo.schedules x WHERE x.organization_id = org AND x.output_id = NEW.id);
+			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = stopped_at, error_message = msg,
 				details = r.details || '{"cancelled": true}'
-				WHERE r.status = 'pending' AND r.transformation_id = NEW.transformation_id
-				  AND (r.details->>'output_id' = NEW.id::text
-					   OR r.details->>'schedule_id' IN (SELECT x.id::text FROM dalgo.schedules x WHERE x.output_id = NEW.id));
-		ELSIF TG_TABLE_NAME IN ('organizations', 'transformations') THEN
-			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(), error_message = msg,
+				WHERE r.organization_id = org AND r.status = 'pending' AND r.transformation_id = NEW.transformation_id
+				  AND (r.details->>'output_id' = NEW.id::text OR r.details->>'schedule_id' = ANY (schedule_ids));
+		ELSE
+			UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = stopped_at, error_message = msg,
 				details = r.details || '{"cancelled": true}'
-				WHERE r.status = 'pending'
-				  AND CASE WHEN TG_TABLE_NAME = 'organizations' THEN r.organization_id = NEW.id
-						   ELSE r.transformation_id = NEW.id END;
+				WHERE r.organization_id = org AND r.status = 'pending' AND r.transformation_id = NEW.id;
 		END IF;
 	ELSIF OLD.deleted_at IS NOT NULL AND NEW.deleted_at IS NULL THEN
 		-- Restored: what the delete stamped comes back (schedules start again
-		-- from their next slot after now: set_schedule_next_run).
-		IF TG_TABLE_NAME = 'transformations' THEN
+		-- from their next slot after now: set_schedule_next_run), while the
+		-- organization is live.
+		IF tbl = 'transformations' THEN
 			UPDATE dalgo.outputs x SET deleted_at = NULL
-				WHERE x.organization_id = NEW.organization_id AND x.transformation_id = NEW.id
+				WHERE x.organization_id = org AND x.transformation_id = NEW.id
 				  AND x.deleted_at = OLD.deleted_at;
-		ELSE
+		ELSIF EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = org AND o.deleted_at IS NULL) THEN
 			UPDATE dalgo.schedules x SET deleted_at = NULL, next_run_at = NULL
-				WHERE x.deleted_at = OLD.deleted_at
-				  AND CASE TG_TABLE_NAME WHEN 'organizations' THEN x.organization_id = NEW.id
-										 WHEN 'sources' THEN x.source_id = NEW.id
-										 ELSE x.output_id = NEW.id END
-				  AND dalgo_internal.target_is_live(x.organization_id, x.source_id, NULL)
-				  AND (x.output_id IS NULL OR EXISTS (SELECT FROM dalgo.outputs o WHERE o.id = x.output_id AND o.deleted_at IS NULL));
+				WHERE x.organization_id = org AND x.deleted_at = OLD.deleted_at
+				  AND ((tbl = 'sources' AND x.source_id = NEW.id) OR (tbl = 'outputs' AND x.output_id = NEW.id));
 		END IF;
 	END IF;
 	RETURN NULL;
@@ -154,6 +202,8 @@ CREATE FUNCTION dalgo.soft_delete(tbl regclass, id uuid) RETURNS timestamptz
 AS $$
 DECLARE
 	need dalgo.member_role := dalgo_internal.soft_delete_role(tbl);
+	org_column text := CASE WHEN tbl = 'dalgo.organizations'::regclass THEN 'id' ELSE 'organization_id' END;
+	citus boolean := dalgo_internal.citus_distributed('dalgo.sources');
 	org uuid;
 	was timestamptz;
 	stamp timestamptz := now();
@@ -163,16 +213,32 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'dalgo.soft_delete takes dalgo.organizations, dalgo.sources, dalgo.transformations or dalgo.outputs.';
 	END IF;
-	EXECUTE pg_catalog.format('SELECT %s, deleted_at FROM %s WHERE id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE',
-							  CASE WHEN tbl = 'dalgo.organizations'::regclass THEN 'id' ELSE 'organization_id' END, tbl)
-		INTO org, was USING soft_delete.id;
+	IF citus THEN
+		-- Reads before writes to tables that reference organizations: one
+		-- connection per node.
+		PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	END IF;
+	-- Found first, then locked naming its organization: on a Citus cluster a
+	-- row lock must be in one shard.
+	EXECUTE pg_catalog.format('SELECT %s FROM %s WHERE id OPERATOR(pg_catalog.=) $1', org_column, tbl)
+		INTO org USING soft_delete.id;
+	IF org IS NOT NULL THEN
+		EXECUTE pg_catalog.format('SELECT %1$s, deleted_at FROM %2$s WHERE %1$s OPERATOR(pg_catalog.=) $2 '
+								  'AND id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE', org_column, tbl)
+			INTO org, was USING soft_delete.id, org;
+	END IF;
 	IF org IS NULL OR was IS NOT NULL OR NOT dalgo.caller_may(org, need) THEN
 		RAISE EXCEPTION 'no live row % in % that you may delete', soft_delete.id, tbl
 			USING ERRCODE = 'insufficient_privilege',
 				  DETAIL = pg_catalog.format('Deleting a row of %s takes the %s role in its organization.', tbl, need);
 	END IF;
-	EXECUTE pg_catalog.format('UPDATE %s SET deleted_at = $2 WHERE id OPERATOR(pg_catalog.=) $1', tbl)
-		USING soft_delete.id, stamp;
+	EXECUTE pg_catalog.format('UPDATE %1$s SET deleted_at = $2 WHERE %2$s OPERATOR(pg_catalog.=) $3 AND id OPERATOR(pg_catalog.=) $1',
+							  tbl, org_column)
+		USING soft_delete.id, stamp, org;
+	IF citus AND tbl = 'dalgo.organizations'::regclass THEN
+		-- The trigger of a reference table cannot reach the shards (cascade_soft_delete).
+		PERFORM dalgo_internal.cascade_organization(org, NULL, stamp);
+	END IF;
 	RETURN stamp;
 END
 $$;
@@ -229,6 +295,8 @@ CREATE FUNCTION dalgo.restore(tbl regclass, id uuid) RETURNS void
 	SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	org_column text := CASE WHEN tbl = 'dalgo.organizations'::regclass THEN 'id' ELSE 'organization_id' END;
+	citus boolean := dalgo_internal.citus_distributed('dalgo.sources');
 	org uuid;
 	was timestamptz;
 	days integer := pg_catalog.current_setting('dalgo.restore_days')::integer;
@@ -240,9 +308,17 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'dalgo.restore takes dalgo.organizations, dalgo.sources, dalgo.transformations or dalgo.outputs.';
 	END IF;
-	EXECUTE pg_catalog.format('SELECT %s, deleted_at FROM %s WHERE id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE',
-							  CASE WHEN tbl = 'dalgo.organizations'::regclass THEN 'id' ELSE 'organization_id' END, tbl)
-		INTO org, was USING restore.id;
+	IF citus THEN
+		PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	END IF;
+	-- Found first, then locked naming its organization (see soft_delete).
+	EXECUTE pg_catalog.format('SELECT %s FROM %s WHERE id OPERATOR(pg_catalog.=) $1', org_column, tbl)
+		INTO org USING restore.id;
+	IF org IS NOT NULL THEN
+		EXECUTE pg_catalog.format('SELECT %1$s, deleted_at FROM %2$s WHERE %1$s OPERATOR(pg_catalog.=) $2 '
+								  'AND id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE', org_column, tbl)
+			INTO org, was USING restore.id, org;
+	END IF;
 	-- An organization is brought back by its owners; a row in one by its admins.
 	IF tbl = 'dalgo.organizations'::regclass THEN
 		allowed := dalgo_internal.dormant_role(org) = 'owner'
@@ -261,15 +337,21 @@ BEGIN
 				  DETAIL = 'It is purged by dalgo.purge_deleted() and cannot come back.';
 	END IF;
 	IF tbl = 'dalgo.outputs'::regclass THEN
-		SELECT t.name INTO parent_gone FROM dalgo.outputs p JOIN dalgo.transformations t ON t.id = p.transformation_id
-			WHERE p.id = restore.id AND t.deleted_at IS NOT NULL;
+		SELECT t.name INTO parent_gone FROM dalgo.outputs p
+			JOIN dalgo.transformations t ON t.organization_id = p.organization_id AND t.id = p.transformation_id
+			WHERE p.organization_id = org AND p.id = restore.id AND t.deleted_at IS NOT NULL;
 		IF parent_gone IS NOT NULL THEN
 			RAISE EXCEPTION 'the transformation "%" of this output is deleted', parent_gone
 				USING ERRCODE = 'object_not_in_prerequisite_state',
 					  HINT = 'Restore the transformation first: that brings back the outputs it took with it.';
 		END IF;
 	END IF;
-	EXECUTE pg_catalog.format('UPDATE %s SET deleted_at = NULL WHERE id OPERATOR(pg_catalog.=) $1', tbl) USING restore.id;
+	EXECUTE pg_catalog.format('UPDATE %1$s SET deleted_at = NULL WHERE %2$s OPERATOR(pg_catalog.=) $2 AND id OPERATOR(pg_catalog.=) $1',
+							  tbl, org_column)
+		USING restore.id, org;
+	IF citus AND tbl = 'dalgo.organizations'::regclass THEN
+		PERFORM dalgo_internal.cascade_organization(org, was, NULL);
+	END IF;
 END
 $$;
 REVOKE ALL ON FUNCTION dalgo.restore(regclass, uuid) FROM PUBLIC;
@@ -354,8 +436,11 @@ DECLARE
 	cutoff timestamptz := now() - pg_catalog.make_interval(days => pg_catalog.current_setting('dalgo.restore_days')::integer);
 	left_over integer := max_rows;
 	n bigint;
+	gone bigint;
 	total bigint := 0;
 	t text;
+	victim record;
+	stopped_at timestamptz := clock_timestamp();
 BEGIN
 	IF NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = session_user)
 	   AND NOT pg_has_role(session_user, 'dalgo_service', 'USAGE') THEN
@@ -365,24 +450,48 @@ BEGIN
 	IF max_rows IS NULL OR max_rows < 1 THEN
 		RAISE EXCEPTION 'max_rows must be at least 1' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	IF dalgo_internal.citus_distributed('dalgo.sources') THEN
+		-- Reads and writes of distributed tables and of the reference tables
+		-- they reference, in one transaction: one connection per node.
+		PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	END IF;
 	-- Organizations first (each drops a warehouse, so they count 100 rows
-	-- against the batch's locks), then what else outlived its window.
+	-- against the batch's locks), then what else outlived its window: found
+	-- first, then each deleted by its organization and id (one shard each on
+	-- a Citus cluster).
 	FOREACH t IN ARRAY ARRAY['organizations', 'transformations', 'outputs', 'sources'] LOOP
 		EXIT WHEN left_over <= 0;
-		EXECUTE pg_catalog.format(
-			'WITH d AS (DELETE FROM dalgo.%1$I x WHERE x.id IN (SELECT y.id FROM dalgo.%1$I y '
-			'WHERE y.deleted_at < $1 ORDER BY y.deleted_at LIMIT $2) RETURNING 1) SELECT count(*) FROM d', t)
-			INTO n USING cutoff, CASE WHEN t = 'organizations' THEN greatest(left_over / 100, 1) ELSE left_over END;
+		n := 0;
+		FOR victim IN EXECUTE pg_catalog.format(
+			'SELECT y.%2$I AS organization_id, y.id FROM dalgo.%1$I y WHERE y.deleted_at < $1 ORDER BY y.deleted_at LIMIT $2',
+			t, CASE WHEN t = 'organizations' THEN 'id' ELSE 'organization_id' END)
+			USING cutoff, CASE WHEN t = 'organizations' THEN greatest(left_over / 100, 1) ELSE left_over END
+		LOOP
+			EXECUTE pg_catalog.format('DELETE FROM dalgo.%1$I x WHERE x.%2$I = $1 AND x.id = $2 AND x.deleted_at < $3',
+									  t, CASE WHEN t = 'organizations' THEN 'id' ELSE 'organization_id' END)
+				USING victim.organization_id, victim.id, cutoff;
+			GET DIAGNOSTICS gone = ROW_COUNT;
+			n := n + gone;
+		END LOOP;
 		total := total + n;
 		left_over := left_over - CASE WHEN t = 'organizations' THEN n * 100 ELSE n END;
 	END LOOP;
-	-- Stragglers: a run queued for something deleted meanwhile never runs.
-	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = clock_timestamp(),
+	-- Stragglers: a run queued for something deleted meanwhile never runs
+	-- (what target_is_live() tells, as joins in the run's organization).
+	UPDATE dalgo.sync_runs r SET status = 'failed', completed_at = stopped_at,
 		error_message = 'cancelled: its source or organization was deleted', details = r.details || '{"cancelled": true}'
-		WHERE r.status = 'pending' AND NOT dalgo_internal.target_is_live(r.organization_id, r.source_id, NULL);
-	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = clock_timestamp(),
+		WHERE r.status = 'pending'
+		  AND (NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = r.organization_id AND o.deleted_at IS NULL)
+			   OR (r.source_id IS NOT NULL
+				   AND NOT EXISTS (SELECT FROM dalgo.sources s WHERE s.organization_id = r.organization_id
+								   AND s.id = r.source_id AND s.deleted_at IS NULL)));
+	UPDATE dalgo.transformation_runs r SET status = 'failed', completed_at = stopped_at,
 		error_message = 'cancelled: its transformation or organization was deleted', details = r.details || '{"cancelled": true}'
-		WHERE r.status = 'pending' AND NOT dalgo_internal.target_is_live(r.organization_id, NULL, r.transformation_id);
+		WHERE r.status = 'pending'
+		  AND (NOT EXISTS (SELECT FROM dalgo.organizations o WHERE o.id = r.organization_id AND o.deleted_at IS NULL)
+			   OR (r.transformation_id IS NOT NULL
+				   AND NOT EXISTS (SELECT FROM dalgo.transformations x WHERE x.organization_id = r.organization_id
+								   AND x.id = r.transformation_id AND x.deleted_at IS NULL)));
 	RETURN total;
 END
 $$;
@@ -455,7 +564,15 @@ DECLARE
 	needles text[];
 	orgs uuid[];
 	anon text := 'erased-' || replace(erase_account.user_id::text, '-', '') || '@erased.invalid';
+	-- A value, not now() inside coalesce (Citus refuses non-IMMUTABLE calls there).
+	erased_at timestamptz := now();
 BEGIN
+	IF dalgo_internal.citus_distributed('dalgo.invitations') THEN
+		-- Writes to reference tables (users, memberships, tokens) and to the
+		-- distributed invitations and audit trail that reference them, in
+		-- one transaction: one connection per node.
+		PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	END IF;
 	SELECT x.id, x.email, x.full_name, x.deleted_at INTO u FROM dalgo.users x WHERE x.id = uid FOR UPDATE;
 	IF u.id IS NULL THEN
 		RAISE EXCEPTION 'user % does not exist', uid USING ERRCODE = 'no_data_found';
@@ -503,7 +620,7 @@ BEGIN
 
 	-- The user row: the id stays, the person goes.
 	UPDATE dalgo.users x SET email = anon, full_name = NULL, password_hash = NULL, is_active = false,
-		deleted_at = coalesce(x.deleted_at, now())
+		deleted_at = coalesce(x.deleted_at, erased_at)
 		WHERE x.id = uid;
 
 	-- The audit trail: what the user did and what was done to them stays, by id.

@@ -1008,6 +1008,14 @@ AS $$
 DECLARE
 	k text := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');
 BEGIN
+	IF (k IS NULL OR k = '') AND dalgo_internal.citus_distributed('dalgo.sources') THEN
+		-- On a Citus cluster shards are written on the workers and read on
+		-- the coordinator: a key made by one node would open nothing on
+		-- another.
+		RAISE EXCEPTION 'no secret key is set on this node of the Citus cluster'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Put the same dalgo_secret.key in the data directory of every node (docs/scaling.md).';
+	END IF;
 	IF k IS NULL OR k = '' THEN
 		-- One creator at a time; the file outlives a rollback, so a
 		-- second creator finds it after the first one's lock is gone.
@@ -1249,6 +1257,13 @@ DECLARE
 	n bigint;
 	total bigint := 0;
 BEGIN
+	IF dalgo_internal.citus_distributed('dalgo.sources') THEN
+		-- Each node reads its own key file, and a key must not travel in a
+		-- statement's text: rotating it on every node at once is not done yet.
+		RAISE EXCEPTION 'dalgo.rotate_secret_key() does not run on a Citus cluster yet'
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'The key file dalgo_secret.key must stay the same on every node; see docs/scaling.md.';
+	END IF;
 	-- One writer of the key file at a time (dalgo_internal.secret_key_for_writing).
 	PERFORM pg_catalog.pg_advisory_xact_lock(7316028433216171853);
 	old_key := pg_catalog.btrim(pg_catalog.pg_read_file('dalgo_secret.key', 0, 1000, true), E' \n\r\t');

@@ -67,10 +67,15 @@ else trap cleanup EXIT; fi
 # The password Citus uses for the application roles (pg_dist_authinfo); a
 # real deployment keeps it out of scripts.
 APP_PW=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+# dalgo's secret key (dalgo_secret.key): the same file in every node's data
+# directory, since shards are written on the workers and read on the
+# coordinator (docs/scaling.md, "Secrets").
+SECRET_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
 for np in $NODES; do
 	n=${np%%:*} p=${np##*:}
 	as_owner "$PGBIN/initdb" -D "$dir/$n" -U postgres -A trust --no-instructions >/dev/null
+	as_owner bash -c "umask 077; printf '%s\n' '$SECRET_KEY' > '$dir/$n/dalgo_secret.key'"
 	as_owner bash -c "cat >> '$dir/$n/postgresql.conf' <<CONF
 shared_preload_libraries = 'citus,dalgo'
 max_worker_processes = 24
