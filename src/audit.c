@@ -108,6 +108,14 @@ static bool purge_in_progress = false;
 /* True only while dalgo.anonymize_audit_logs() runs its UPDATE. */
 static bool anonymize_in_progress = false;
 
+/*
+ * dalgo.audit_anonymizing: on a Citus cluster the coordinator's
+ * anonymize_audit_logs() sends it to the workers for its UPDATE, whose
+ * guard fires there, on the shards, as a superuser.  Any role may set it;
+ * it lets only a superuser's id-keeping update of a shard's row through.
+ */
+static bool audit_anonymizing = false;
+
 /* True if name appears in the NULL-terminated list. */
 static bool
 in_list(const char *name, const char *const *list)
@@ -802,10 +810,18 @@ dalgo_audit_log_guard(PG_FUNCTION_ARGS)
 				 errmsg("guard_audit_logs() was not called by the trigger manager")));
 	if (purge_in_progress && TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 		return PointerGetDatum(trigdata->tg_trigtuple);
-	if (anonymize_in_progress && TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) &&
-		TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) &&
-		audit_row_keeps_ids(trigdata->tg_relation, trigdata->tg_trigtuple, trigdata->tg_newtuple))
-		return PointerGetDatum(trigdata->tg_newtuple);
+	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) && TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+	{
+		char		partmethod;
+		bool		allowed = anonymize_in_progress;
+
+		/* A Citus shard, updated by the coordinator's anonymize_audit_logs(). */
+		if (!allowed && audit_anonymizing && superuser())
+			allowed = OidIsValid(dalgo_citus_shard_of(trigdata->tg_relation, &partmethod));
+		if (allowed &&
+			audit_row_keeps_ids(trigdata->tg_relation, trigdata->tg_trigtuple, trigdata->tg_newtuple))
+			return PointerGetDatum(trigdata->tg_newtuple);
+	}
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("dalgo.audit_logs is append-only"),
@@ -886,6 +902,7 @@ dalgo_anonymize_audit_logs(PG_FUNCTION_ARGS)
 	int			save_sec;
 	int			rc;
 	uint64		changed;
+	bool		on_citus;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -907,6 +924,16 @@ dalgo_anonymize_audit_logs(PG_FUNCTION_ARGS)
 	else
 		values[2] = PG_GETARG_DATUM(2);
 
+	/*
+	 * On a Citus coordinator the UPDATE runs on the workers' shards, whose
+	 * guard does not see this backend's flag: it is sent as a setting,
+	 * for this UPDATE only.
+	 */
+	on_citus = dalgo_citus_is_coordinator() &&
+		dalgo_citus_is_distributed(dalgo_relation_oid("audit_logs"));
+	if (on_citus)
+		dalgo_citus_send_setting("dalgo.audit_anonymizing", "on");
+
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	GetUserIdAndSecContext(&save_userid, &save_sec);
@@ -918,23 +945,27 @@ dalgo_anonymize_audit_logs(PG_FUNCTION_ARGS)
 		/*
 		 * Rows by or about the user: needles and personal keys.  Rows of the
 		 * organizations they belonged to: needles.  Rows of no organization
-		 * (account mail and the like): only values that equal a needle
-		 * whole.  Rows of any other organization: never.
+		 * (account mail and the like; on a Citus cluster they carry the nil
+		 * uuid): only values that equal a needle whole.  Rows of any other
+		 * organization: never.
 		 */
 		rc = SPI_execute_with_args("UPDATE dalgo.audit_logs a SET"
 								   " details = dalgo_internal.erase_in_jsonb(a.details, coalesce($2, '{}'),"
 								   "   CASE WHEN a.user_id = $1 OR a.resource_id = $1"
 								   "        THEN ARRAY['email', 'full_name', 'recipient', 'ip_address', 'user_agent']"
 								   "        ELSE '{}'::text[] END,"
-								   "   a.organization_id IS NULL AND a.user_id IS DISTINCT FROM $1"
+								   "   (a.organization_id IS NULL OR a.organization_id = '00000000-0000-0000-0000-000000000000')"
+								   "   AND a.user_id IS DISTINCT FROM $1"
 								   "   AND a.resource_id IS DISTINCT FROM $1),"
 								   " ip_address = CASE WHEN a.user_id = $1 THEN NULL ELSE a.ip_address END,"
 								   " user_agent = CASE WHEN a.user_id = $1 THEN NULL ELSE a.user_agent END"
 								   " WHERE a.user_id = $1 OR a.resource_id = $1"
-								   "    OR ((a.organization_id = ANY (coalesce($3, '{}')) OR a.organization_id IS NULL)"
+								   "    OR ((a.organization_id = ANY (coalesce($3, '{}')) OR a.organization_id IS NULL"
+								   "         OR a.organization_id = '00000000-0000-0000-0000-000000000000')"
 								   "        AND a.details IS NOT NULL AND a.details IS DISTINCT FROM"
 								   "        dalgo_internal.erase_in_jsonb(a.details, coalesce($2, '{}'), '{}',"
-								   "                                      a.organization_id IS NULL))",
+								   "                                      a.organization_id IS NULL"
+								   "                                      OR a.organization_id = '00000000-0000-0000-0000-000000000000'))",
 								   3, argtypes, values, nulls, false, 0);
 	}
 	PG_FINALLY();
@@ -947,6 +978,8 @@ dalgo_anonymize_audit_logs(PG_FUNCTION_ARGS)
 		elog(ERROR, "audit anonymization failed: %s", SPI_result_code_string(rc));
 	changed = SPI_processed;
 	SPI_finish();
+	if (on_citus)
+		dalgo_citus_send_setting("dalgo.audit_anonymizing", NULL);
 	PG_RETURN_INT64((int64) changed);
 }
 
@@ -964,4 +997,9 @@ dalgo_audit_init(void)
 							   "Falls back to application_name.",
 							   &dalgo_user_agent, "", PGC_SUSET, GUC_NOT_IN_SAMPLE,
 							   NULL, NULL, NULL);
+	DefineCustomBoolVariable("dalgo.audit_anonymizing",
+							 "Internal, Citus: set by a coordinator's anonymize_audit_logs() for its update of the audit trail's shards.",
+							 "Lets a superuser's id-keeping update of an audit shard's row pass the append-only guard; without effect for any other role or table.",
+							 &audit_anonymizing, false, PGC_USERSET, GUC_NOT_IN_SAMPLE,
+							 NULL, NULL, NULL);
 }

@@ -999,10 +999,9 @@ SET LOCAL citus.propagate_set_commands = 'none';
 SET LOCAL ROLE dalgo_authenticated;
 SELECT coalesce(t.error_of($$SELECT dalgo.delete_my_account()$$), '') AS dma_error \gset
 COMMIT;
--- Known gap: the audit trail's append-only guard fires on the shards, on the
--- workers, where anonymize_audit_logs()'s permission (a flag of the
--- coordinator's backend) is unknown.
-SELECT t.todo('dalgo.delete_my_account() on a cluster: personal organization gone, account anonymized',
+-- The audit trail's append-only guard fires on the shards, on the workers:
+-- anonymize_audit_logs() sends them dalgo.audit_anonymizing for its update.
+SELECT t.check('dalgo.delete_my_account() on a cluster: personal organization gone, account anonymized',
 	(SELECT email LIKE 'erased-%' AND deleted_at IS NOT NULL FROM dalgo.users WHERE id = :'zoe')
 	AND (SELECT count(*) FROM dalgo.organization_members m JOIN dalgo.organizations o ON o.id = m.organization_id
 		 WHERE m.user_id = :'zoe') = 0,
@@ -1012,7 +1011,18 @@ SET LOCAL citus.propagate_set_commands = 'none';
 SET LOCAL ROLE dalgo_service;
 SELECT coalesce(t.error_of($$SELECT dalgo.erase_user('00000000-0000-4000-a000-000000000004')$$), '') AS erase_error \gset
 COMMIT;
-SELECT t.todo('dalgo.erase_user() on a cluster: the invitation no longer names the email',
+SELECT t.check('... its audit rows keep their ids and lose the email, on the workers',
+	(SELECT count(*) FROM dalgo.audit_logs WHERE user_id = :'zoe') >= 2
+	AND (SELECT count(*) FROM dalgo.audit_logs WHERE details::text LIKE '%zoe@example.org%') = 0,
+	(SELECT string_agg(action || ' ' || details::text, '; ') FROM dalgo.audit_logs WHERE details::text LIKE '%zoe@example.org%'));
+SELECT t.check('the audit trail stays append-only for its owner outside anonymize_audit_logs() (42501)',
+	t.refused($$UPDATE dalgo.audit_logs SET details = '{}' WHERE action = 'sign_in'$$) = '42501');
+BEGIN;
+SET LOCAL dalgo.audit_anonymizing = on;
+SELECT t.check('... and with dalgo.audit_anonymizing set, ids still cannot change on the workers (42501)',
+	t.refused($$UPDATE dalgo.audit_logs SET action = 'forged' WHERE action = 'sign_in'$$) = '42501');
+COMMIT;
+SELECT t.check('dalgo.erase_user() on a cluster: the invitation no longer names the email',
 	(SELECT count(*) FROM dalgo.invitations WHERE email = 'dee@example.org') = 0
 	AND (SELECT email LIKE 'erased-%' FROM dalgo.users WHERE id = '00000000-0000-4000-a000-000000000004'),
 	:'erase_error');

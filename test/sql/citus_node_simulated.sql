@@ -190,7 +190,33 @@ INSERT INTO dalgo.mail_messages_102050 (kind, recipient) VALUES ('invitation', '
 	RETURNING id AS coordinator_row \gset
 SELECT resource_type, action FROM dalgo.audit_logs WHERE resource_id = :'coordinator_row';
 
+-- The audit trail's guard on a shard: a coordinator's anonymize_audit_logs()
+-- sends dalgo.audit_anonymizing for its update; with it a superuser's
+-- update that keeps the ids passes, without it nothing does, and ids never
+-- change.  On the logical table (one node) the setting opens nothing.
+UPDATE pg_catalog.pg_dist_local_group SET groupid = 1;
+CREATE TABLE dalgo.audit_logs_102060 (LIKE dalgo.audit_logs INCLUDING DEFAULTS);
+CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON dalgo.audit_logs_102060
+	FOR EACH ROW EXECUTE FUNCTION dalgo_internal.guard_audit_logs();
+INSERT INTO pg_catalog.pg_dist_partition VALUES ('dalgo.audit_logs', 'h');
+INSERT INTO pg_catalog.pg_dist_shard VALUES ('dalgo.audit_logs', 102060);
+INSERT INTO dalgo.audit_logs_102060 (id, organization_id, action, resource_type, details)
+	VALUES ('44444444-0000-4000-8000-0000000000e9', '22222222-0000-4000-8000-0000000000e0', 'sign_in', 'user',
+			'{"email": "gone@example.org"}');
+UPDATE dalgo.audit_logs_102060 SET details = '{"email": "[erased]"}';
+BEGIN;
+SET LOCAL dalgo.audit_anonymizing = on;
+UPDATE dalgo.audit_logs_102060 SET action = 'forged';
+ROLLBACK;
+BEGIN;
+SET LOCAL dalgo.audit_anonymizing = on;
+UPDATE dalgo.audit_logs_102060 SET details = '{"email": "[erased]"}';
+SELECT details FROM dalgo.audit_logs_102060;
+UPDATE dalgo.audit_logs SET details = '{}' WHERE resource_type = 'sources';
+ROLLBACK;
+
 -- Clean up: no imitation of Citus outlives the test.
+DROP TABLE dalgo.audit_logs_102060;
 DROP TABLE dalgo.sources_102040, dalgo.mail_messages_102050, dalgo.organization_members_102008;
 DROP TABLE pg_catalog.pg_dist_local_group, pg_catalog.pg_dist_partition, pg_catalog.pg_dist_shard;
 REVOKE SET ON PARAMETER dalgo.user_id, dalgo.api_key_scope FROM sim_citus_conn;
