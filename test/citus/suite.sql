@@ -971,8 +971,8 @@ SELECT t.check('... and restoring it brings the output back',
 -- An organization: pending runs of it fail at once.
 SELECT id AS org3 FROM dalgo.organizations WHERE slug = 'three-org' \gset
 INSERT INTO dalgo.sources (id, organization_id, name, source_type) VALUES
-	('33333333-0000-4000-8000-0000000000e1', :'org3', 'Three', 'csv');
-INSERT INTO dalgo.sync_runs (organization_id, source_id, status) VALUES (:'org3', '33333333-0000-4000-8000-0000000000e1', 'pending');
+	('33333333-0000-4000-8000-0000000000c1', :'org3', 'Three', 'csv');
+INSERT INTO dalgo.sync_runs (organization_id, source_id, status) VALUES (:'org3', '33333333-0000-4000-8000-0000000000c1', 'pending');
 BEGIN;
 SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
 SET LOCAL citus.propagate_set_commands = 'none';
@@ -981,7 +981,7 @@ SELECT coalesce(t.error_of(format($$SELECT dalgo.soft_delete('dalgo.organization
 COMMIT;
 SELECT t.check('soft-deleting an organization fails its pending runs',
 	(SELECT deleted_at IS NOT NULL FROM dalgo.organizations WHERE id = :'org3')
-	AND (SELECT status::text FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000e1') = 'failed',
+	AND (SELECT status::text FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000c1') = 'failed',
 	:'sdo_error');
 -- purge_deleted(), past the restore window.
 SET dalgo.restore_days = 0;
@@ -989,7 +989,7 @@ SELECT coalesce(t.error_of($$SELECT dalgo.purge_deleted()$$), '') AS purge_error
 RESET dalgo.restore_days;
 SELECT t.check('dalgo.purge_deleted() on a cluster removes the organization and its rows',
 	(SELECT count(*) FROM dalgo.organizations WHERE id = :'org3') = 0
-	AND (SELECT count(*) FROM dalgo.sources WHERE id = '33333333-0000-4000-8000-0000000000e1') = 0,
+	AND (SELECT count(*) FROM dalgo.sources WHERE id = '33333333-0000-4000-8000-0000000000c1') = 0,
 	:'purge_error');
 
 -- Leaving for good.
