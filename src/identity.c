@@ -71,6 +71,23 @@ static char *dalgo_jwt_issuer = NULL;
 static char *dalgo_claims_authenticators = NULL;
 static bool dalgo_trust_jwt_claims = false; /* deprecated, ignored */
 
+/*
+ * The seals of dalgo.user_id and dalgo.api_key_scope: hidden superuser
+ * settings that only this file changes, to the value a top-level SET, RESET or
+ * RESET ALL statement left in the setting, with the same scope (SET LOCAL
+ * or not), so that the GUC machinery rolls both back alike at the end of
+ * a transaction or subtransaction.  On a Citus worker a setting counts
+ * only while it equals its seal: the check hook cannot refuse a reset
+ * (set_config(name, NULL, true) in a query pushed down to a shard runs no
+ * check hook), and a reset scope would free an API key's user from the
+ * key's organization and role.
+ */
+static char *user_id_seal = NULL;
+static char *api_key_scope_seal = NULL;
+
+/* Placeholder value of a carried setting that differs from its seal: parses as nothing. */
+#define TAMPERED_SETTING "-"
+
 /* Minimum length of dalgo.jwt_secret: HS256 wants at least 256 bits of key. */
 #define DALGO_MIN_SECRET_LEN 32
 
@@ -316,10 +333,64 @@ identity_from_claims(const char *claims, pg_uuid_t *result)
 	return claims_cache_valid;
 }
 
+/* True on a Citus worker (or outside a transaction); looked up once per transaction. */
+static bool
+on_citus_worker(void)
+{
+	static LocalTransactionId checked_lxid = InvalidLocalTransactionId;
+	static bool worker = false;
+
+	/* No catalog to read outside a transaction: count as a worker (fail closed). */
+	if (MyProc == NULL || MyProc->lxid == InvalidLocalTransactionId || !IsTransactionState())
+		return true;
+	if (checked_lxid != MyProc->lxid)
+	{
+		worker = dalgo_citus_is_worker();
+		checked_lxid = MyProc->lxid;
+	}
+	return worker;
+}
+
+/*
+ * True if a carried setting's value differs from its seal on a Citus
+ * worker: something other than a top-level SET statement changed it (a
+ * reset by set_config() inside a query), and it must count for nothing.
+ */
+static bool
+carried_setting_tampered(const char *value, const char *seal)
+{
+	if (strcmp(value ? value : "", seal ? seal : "") == 0)
+		return false;
+	return on_citus_worker();
+}
+
+/*
+ * Seal a carried setting: its seal takes the setting's current value, as
+ * SET LOCAL (local) or SET.
+ */
+static void
+seal_carried_setting(const char *name, bool local)
+{
+	const char *value = GetConfigOption(name, false, false);
+	char		seal_name[64];
+
+	snprintf(seal_name, sizeof(seal_name), "%s_seal", name);
+	/*
+	 * As a superuser would: the caller holds SET on the setting, not on its
+	 * seal.  (PGC_SUSET, not PGC_INTERNAL: parallel workers must get the seal
+	 * with the setting, and they are sent no internal setting.)
+	 */
+	(void) set_config_option_ext(seal_name, value ? value : "", PGC_SUSET, PGC_S_SESSION,
+								 BOOTSTRAP_SUPERUSERID,
+								 local ? GUC_ACTION_LOCAL : GUC_ACTION_SET, true, 0, false);
+}
+
 /*
  * dalgo.api_key_scope if it was set in this transaction (see
  * request_setting), else NULL: how a Citus worker learns the API-key scope
- * of the request its coordinator runs (accounts.c).
+ * of the request its coordinator runs (accounts.c).  On a worker, a scope
+ * changed other than by a SET statement gives TAMPERED_SETTING, which
+ * grants nothing anywhere.
  */
 const char *
 dalgo_api_key_scope_setting_value(void)
@@ -327,6 +398,8 @@ dalgo_api_key_scope_setting_value(void)
 	static struct config_string *conf = NULL;
 	bool		stale;
 
+	if (carried_setting_tampered(dalgo_api_key_scope_setting, api_key_scope_seal))
+		return TAMPERED_SETTING;
 	if (dalgo_api_key_scope_setting == NULL || dalgo_api_key_scope_setting[0] == '\0')
 		return NULL;
 	if (conf == NULL)
@@ -354,8 +427,11 @@ resolve_identity_from(pg_uuid_t *result, IdentitySource *source)
 
 	if (user_id_conf == NULL)
 		user_id_conf = find_string_setting("dalgo.user_id");
-	value = request_setting(user_id_conf, &stale);
 	*source = IDENTITY_SETTING;
+	/* On a worker, dalgo.user_id changed other than by a SET statement: nobody. */
+	if (carried_setting_tampered(dalgo_user_id_setting, user_id_seal))
+		return false;
+	value = request_setting(user_id_conf, &stale);
 	if (value != NULL)
 		return dalgo_parse_uuid(value, strlen(value), result);
 	if (stale && MyProc != NULL && MyProc->lxid != InvalidLocalTransactionId &&
@@ -626,10 +702,29 @@ carry_identity(void)
 	IdentitySource source = IDENTITY_NONE;
 	char		user_text[sizeof(carried_user)] = "";
 	char		scope_text[sizeof(carried_scope)] = "";
+	static struct config_string *user_id_conf = NULL;
 	bool		has_scope;
+	bool		stale;
+	const char *setting;
+	bool		unsealed;
 
-	/* Nothing to do unless an identity that is no setting may be in force. */
-	if (!carried_valid && !xact_identity_set &&
+	/*
+	 * dalgo.user_id set in this transaction other than by a top-level SET
+	 * statement (set_config() by the app's authenticator), which Citus does
+	 * not send.
+	 */
+	if (user_id_conf == NULL)
+		user_id_conf = find_string_setting("dalgo.user_id");
+	setting = request_setting(user_id_conf, &stale);
+	unsealed = setting != NULL && strcmp(setting, user_id_seal ? user_id_seal : "") != 0;
+
+	/*
+	 * Nothing to do unless an identity that Citus does not send may be in
+	 * force, or one was sent and may have to be withdrawn (after RESET ALL,
+	 * which Citus does not send under citus.propagate_set_commands = 'none').
+	 */
+	if (!carried_valid && !xact_identity_set && !unsealed &&
+		carried_user[0] == '\0' && carried_scope[0] == '\0' &&
 		(claims_authenticators == NULL || claims_authenticators->count == 0))
 		return;
 	if (!IsTransactionState() || IsParallelWorker() || modify_depth > 0)
@@ -644,7 +739,7 @@ carry_identity(void)
 		if (strcmp(user_text, carried_user) == 0 && strcmp(scope_text, carried_scope) == 0)
 			return;
 	}
-	else if (source != IDENTITY_VERIFIED && source != IDENTITY_CLAIMS && !has_scope &&
+	else if (source != IDENTITY_VERIFIED && source != IDENTITY_CLAIMS && !has_scope && !unsealed &&
 			 carried_user[0] == '\0' && carried_scope[0] == '\0')
 		return;				/* a SET LOCAL dalgo.user_id reaches the workers by itself */
 
@@ -795,6 +890,13 @@ run_user_id_set(PlannedStmt *pstmt, const char *queryString,
 		in_toplevel_user_id_set = save;
 	}
 	PG_END_TRY();
+	{
+		VariableSetStmt *vs = (VariableSetStmt *) pstmt->utilityStmt;
+
+		seal_carried_setting(guc_name_cmp(vs->name, "dalgo.user_id") == 0 ?
+							 "dalgo.user_id" : "dalgo.api_key_scope",
+							 vs->is_local && vs->kind != VAR_RESET);
+	}
 }
 
 /*
@@ -851,6 +953,10 @@ identity_process_utility(PlannedStmt *pstmt, const char *queryString,
 		case T_AlterFunctionStmt:
 			refuse_secret_in_function_options(((AlterFunctionStmt *) stmt)->actions);
 			break;
+		case T_FetchStmt:
+			/* Citus runs a cursor's query on the workers at its first FETCH. */
+			carry_identity();
+			break;
 		case T_CopyStmt:
 			/* Citus runs COPY of a distributed table from here, not the executor. */
 			carry_identity();
@@ -876,6 +982,15 @@ identity_process_utility(PlannedStmt *pstmt, const char *queryString,
 								params, queryEnv, dest, qc);
 	if (modifies)
 		modify_end();
+
+	/* A top-level RESET ALL (Citus propagates it) resets both carried settings. */
+	if (context == PROCESS_UTILITY_TOPLEVEL &&
+		((IsA(stmt, VariableSetStmt) && ((VariableSetStmt *) stmt)->kind == VAR_RESET_ALL) ||
+		 (IsA(stmt, DiscardStmt) && ((DiscardStmt *) stmt)->target == DISCARD_ALL)))
+	{
+		seal_carried_setting("dalgo.user_id", false);
+		seal_carried_setting("dalgo.api_key_scope", false);
+	}
 }
 
 /*
@@ -1037,6 +1152,24 @@ dalgo_identity_init(void)
 							   PGC_SUSET,
 							   GUC_NOT_IN_SAMPLE,
 							   check_api_key_scope, NULL, NULL);
+
+	DefineCustomStringVariable("dalgo.user_id_seal",
+							   "Internal: the value the last top-level SET statement left in dalgo.user_id.",
+							   "On a Citus worker dalgo.user_id counts only while it equals this.",
+							   &user_id_seal,
+							   "",
+							   PGC_SUSET,
+							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_NO_RESET_ALL | GUC_DISALLOW_IN_FILE,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("dalgo.api_key_scope_seal",
+							   "Internal: the value the last top-level SET statement left in dalgo.api_key_scope.",
+							   "On a Citus worker dalgo.api_key_scope counts only while it equals this.",
+							   &api_key_scope_seal,
+							   "",
+							   PGC_SUSET,
+							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_NO_RESET_ALL | GUC_DISALLOW_IN_FILE,
+							   NULL, NULL, NULL);
 
 	DefineCustomStringVariable("dalgo.claims_authenticators",
 							   "Roles whose sessions may pass the caller's identity in request.jwt.claims (PostgREST's authenticator).",

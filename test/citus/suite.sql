@@ -1087,3 +1087,169 @@ SET LOCAL ROLE dalgo_authenticated;
 SELECT t.check('dalgo.export_organization() on a cluster', e IS NULL, e)
 	FROM (SELECT t.error_of(format($$SELECT dalgo.export_organization(%L)$$, :'org1')) e) x;
 COMMIT;
+
+-- ---- attacks on the identity sent to the workers ----
+-- asha's viewer key of org1 (viewer_key), her token (asha_token); asha is
+-- owner of org1 and viewer of org2.  Each attack tries to make a worker
+-- evaluate a policy with more than the coordinator grants.
+SELECT count(*) AS k_n1 FROM dalgo.sources WHERE organization_id = :'org1' \gset
+SELECT count(*) AS k_n2 FROM dalgo.sources WHERE organization_id = :'org2' \gset
+
+-- A reset runs no check hook: set_config(name, NULL, true) pushed down to a
+-- shard would drop the key's scope on that worker, leaving asha unscoped there.
+BEGIN;
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT dalgo.authenticate_api_key(:'viewer_key') AS key_org \gset
+SELECT count(*) AS reset_rows, coalesce(set_config('dalgo.api_key_scope', NULL, true), 'reset') AS reset_result
+	FROM dalgo.sources WHERE organization_id = :'org2' \gset
+SELECT t.check('a pushed-down reset of dalgo.api_key_scope does not open org2 to an org1 key',
+	(SELECT count(*) FROM dalgo.sources WHERE organization_id = :'org2') = 0,
+	(SELECT count(*) FROM dalgo.sources WHERE organization_id = :'org2')::text || ' org2 rows seen');
+SELECT count(*) AS reset_rows, coalesce(set_config('dalgo.api_key_scope', NULL, true), 'reset') AS reset_result
+	FROM dalgo.sources WHERE organization_id = :'org1' \gset
+SELECT t.check('... nor lets a viewer key write as its owner in org1 (42501)',
+	t.refused(format($$INSERT INTO dalgo.sources (organization_id, name, source_type) VALUES (%L, 'by reset key', 'csv')$$, :'org1')) = '42501',
+	t.error_of(format($$INSERT INTO dalgo.sources (organization_id, name, source_type) VALUES (%L, 'by reset key', 'csv')$$, :'org1')));
+COMMIT;
+SELECT t.check('... and nothing was written by the reset key',
+	(SELECT count(*) FROM dalgo.sources WHERE name = 'by reset key') = 0);
+DELETE FROM dalgo.sources WHERE name = 'by reset key';	-- (so that the checks below stand alone)
+-- The same reset of dalgo.user_id leaves nobody on the worker, not a weaker source.
+BEGIN;
+SET LOCAL ROLE dalgo_authenticated;
+SELECT dalgo.authenticate(:'asha_token') AS who \gset
+SELECT count(*) AS reset_rows, coalesce(set_config('dalgo.user_id', NULL, true), 'reset') AS reset_result
+	FROM dalgo.sources WHERE organization_id = :'org2' \gset
+SELECT t.check('a pushed-down reset of dalgo.user_id leaves nobody on that worker',
+	(SELECT count(*) FROM dalgo.sources WHERE organization_id = :'org2') = 0);
+COMMIT;
+
+-- A cursor's query runs on the workers at its first FETCH: the identity in
+-- force then counts, not the one before (token, DECLARE, API key, FETCH).
+BEGIN;
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT dalgo.authenticate(:'asha_token') AS who \gset
+DECLARE ca_cur CURSOR FOR SELECT count(*) AS cur_all, count(*) FILTER (WHERE organization_id = :'org2') AS cur_org2 FROM dalgo.sources;
+SELECT dalgo.authenticate_api_key(:'viewer_key') AS key_org \gset
+FETCH ca_cur \gset
+SELECT t.check('a cursor declared under a token and fetched under an org1 key sees org1 only',
+	:cur_org2 = 0 AND :cur_all = :k_n1, :'cur_all' || ' rows, ' || :'cur_org2' || ' of org2');
+COMMIT;
+
+-- The app's authenticator may set dalgo.user_id with set_config() (as on one
+-- node); Citus sends only SET statements, so dalgo sends this one.
+BEGIN;
+SET LOCAL dalgo.user_id = '00000000-0000-4000-a000-000000000001';
+SELECT set_config('dalgo.user_id', '00000000-0000-4000-a000-000000000002', true) AS ben \gset
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('dalgo.user_id changed by set_config() reaches the workers (ben, viewer of org1 only)',
+	(SELECT count(*) FROM dalgo.sources WHERE organization_id = :'org2') = 0
+	AND (SELECT count(*) FROM dalgo.sources) = :k_n1,
+	(SELECT count(*) FROM dalgo.sources)::text || ' rows');
+COMMIT;
+BEGIN;
+SELECT set_config('dalgo.user_id', '00000000-0000-4000-a000-000000000003', true) AS chen \gset
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('... and alone (chen, admin of org2)', (SELECT count(*) FROM dalgo.sources) = :k_n2,
+	(SELECT count(*) FROM dalgo.sources)::text || ' rows');
+COMMIT;
+
+-- Savepoints released and new connections opened afterwards (one per shard).
+BEGIN;
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT count(*) AS warm FROM dalgo.sources \gset
+SAVEPOINT a;
+SELECT dalgo.authenticate_api_key(:'viewer_key') AS key_org \gset
+SELECT count(*) AS in_savepoint FROM dalgo.sources WHERE organization_id = :'org1' \gset
+RELEASE SAVEPOINT a;
+SET LOCAL citus.force_max_query_parallelization = on;
+SELECT t.check('a key set in a released savepoint narrows connections opened later, in parallel',
+	(SELECT count(*) FROM dalgo.sources) = :k_n1
+	AND (SELECT count(*) FROM dalgo.sources WHERE organization_id = :'org2') = 0);
+SAVEPOINT b;
+SELECT dalgo.authenticate(:'asha_token') AS who \gset
+SELECT count(*) AS with_token FROM dalgo.sources \gset
+ROLLBACK TO SAVEPOINT b;
+-- (the rollback forgets the identity, as on one node; the key's scope stays)
+SELECT t.check('... a token rolled back to its savepoint: the workers see what the coordinator sees',
+	(SELECT count(*) FROM dalgo.sources) = CASE WHEN dalgo.current_user_id() IS NULL THEN 0 ELSE :k_n1 END
+	AND (SELECT count(*) FROM dalgo.sources WHERE organization_id = :'org2') = 0,
+	(SELECT count(*) FROM dalgo.sources)::text || ' rows; ' || :with_token || ' under the token');
+COMMIT;
+
+-- authenticate(token) after an API key keeps the key's scope; the other way
+-- round, the key's.
+BEGIN;
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT dalgo.authenticate_api_key(:'viewer_key') AS key_org \gset
+SELECT dalgo.authenticate(:'asha_token') AS who \gset
+SELECT t.check('a token after an API key: still the key''s organization and role on the workers',
+	(SELECT count(*) FROM dalgo.sources) = :k_n1
+	AND t.refused(format($$INSERT INTO dalgo.sources (organization_id, name, source_type) VALUES (%L, 'key then token', 'csv')$$, :'org1')) = '42501');
+COMMIT;
+
+-- RESET ALL (Citus sends it) and sign_out() leave nobody on the workers.
+BEGIN;
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT dalgo.authenticate_api_key(:'viewer_key') AS key_org \gset
+SELECT count(*) AS before_reset FROM dalgo.sources \gset
+RESET ALL;
+SET LOCAL ROLE dalgo_authenticated;
+SELECT t.check('RESET ALL: nobody on the workers', (SELECT count(*) FROM dalgo.sources) = 0 AND :before_reset = :k_n1);
+COMMIT;
+SET client_min_messages = error;	-- RESET ALL reset them
+SET dalgo.jwt_secret = 'a cluster suite secret of at least 32 bytes!';
+
+-- A DO block that commits: the identity ends with the first transaction.
+SET ROLE dalgo_authenticated;
+SELECT set_config('t.viewer_key', :'viewer_key', false) IS NOT NULL AS stored \gset
+DO $$
+DECLARE
+	n bigint;
+BEGIN
+	PERFORM dalgo.authenticate_api_key(current_setting('t.viewer_key'));
+	PERFORM count(*) FROM dalgo.sources;
+	COMMIT;
+	SELECT count(*) INTO n FROM dalgo.sources;
+	PERFORM set_config('t.after_commit', n::text, false);
+END $$;
+RESET ROLE;
+SELECT t.check('a DO block''s COMMIT ends the key''s identity on the workers too', current_setting('t.after_commit') = '0',
+	current_setting('t.after_commit'));
+RESET t.viewer_key;
+
+-- COPY FROM into a distributed table under a viewer key: refused (the shard
+-- has RLS; Citus copies row by row to the workers).
+BEGIN;
+SET LOCAL citus.propagate_set_commands = 'none';
+SET LOCAL ROLE dalgo_authenticated;
+SELECT dalgo.authenticate_api_key(:'viewer_key') AS key_org \gset
+\set ON_ERROR_STOP 0
+COPY dalgo.sources (organization_id, name, source_type) FROM STDIN;
+a0000000-0000-4000-8000-000000000001	copied by a key	csv
+\.
+\set ON_ERROR_STOP 1
+ROLLBACK;
+SELECT t.check('COPY FROM under a viewer key writes nothing', (SELECT count(*) FROM dalgo.sources WHERE name = 'copied by a key') = 0);
+
+-- Pushed-down calls that take a secret: the workers' logs never quote them.
+BEGIN;
+SET LOCAL ROLE dalgo_authenticated;
+SELECT coalesce(t.error_of(format($$SELECT count(*) FROM dalgo.sources WHERE dalgo.authenticate(%L) IS NOT NULL$$, :'asha_token')), '') AS pushed_token \gset
+SELECT coalesce(t.error_of(format($$SELECT count(*) FROM dalgo.sources WHERE dalgo.authenticate_api_key(%L) IS NOT NULL$$, :'viewer_key')), '') AS pushed_key \gset
+COMMIT;
+SELECT regexp_replace(current_setting('data_directory'), '/[^/]*$', '') AS run_dir \gset
+SELECT t.check('no token or API key in the logs of the coordinator and the workers',
+	(SELECT bool_and(position(:'asha_token' IN pg_read_file(:'run_dir' || '/' || n || '.log')) = 0
+					 AND position(:'viewer_key' IN pg_read_file(:'run_dir' || '/' || n || '.log')) = 0)
+	 FROM unnest(ARRAY['coord', 'w1', 'w2']) n),
+	(SELECT string_agg(n, ' ') FROM unnest(ARRAY['coord', 'w1', 'w2']) n
+	 WHERE position(:'asha_token' IN pg_read_file(:'run_dir' || '/' || n || '.log')) > 0
+		OR position(:'viewer_key' IN pg_read_file(:'run_dir' || '/' || n || '.log')) > 0));
+SELECT t.check('... nor in the errors the caller sees', position(:'asha_token' IN :'pushed_token') = 0
+	AND position(:'viewer_key' IN :'pushed_key') = 0, :'pushed_token' || ' / ' || :'pushed_key');

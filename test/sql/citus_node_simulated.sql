@@ -108,6 +108,37 @@ SET LOCAL dalgo.api_key_scope = '33333333-0000-4000-8000-0000000000e3 44444444-0
 SELECT dalgo.org_role('22222222-0000-4000-8000-0000000000e0') AS role_with_key_of_other_org;
 SELECT set_config('dalgo.api_key_scope', '', true);
 ROLLBACK;
+-- A reset runs no check hook: set_config(name, NULL) inside a query would
+-- drop the scope and free the key's user.  A scope that no SET statement
+-- left there grants nothing; a RESET of its own (as the coordinator sends
+-- it) and savepoints behave as usual.
+BEGIN;
+SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-0000000000e1';
+SET LOCAL dalgo.api_key_scope = '33333333-0000-4000-8000-0000000000e3 22222222-0000-4000-8000-0000000000e0 viewer';
+SELECT count(*) FROM (SELECT set_config('dalgo.api_key_scope', NULL, true)) s;
+SELECT dalgo.org_role('22222222-0000-4000-8000-0000000000e0') AS role_after_pushed_down_reset;
+SET LOCAL dalgo.api_key_scope = '33333333-0000-4000-8000-0000000000e3 22222222-0000-4000-8000-0000000000e0 viewer';
+SELECT dalgo.org_role('22222222-0000-4000-8000-0000000000e0') AS role_after_set_again;
+SELECT count(*) FROM (SELECT set_config('dalgo.user_id', NULL, true)) s;
+SELECT dalgo.current_user_id() AS user_after_pushed_down_reset;
+ROLLBACK;
+BEGIN;
+SET LOCAL dalgo.user_id = '11111111-0000-4000-8000-0000000000e1';
+SAVEPOINT s;
+SET LOCAL dalgo.api_key_scope = '33333333-0000-4000-8000-0000000000e3 22222222-0000-4000-8000-0000000000e0 viewer';
+ROLLBACK TO SAVEPOINT s;
+SELECT dalgo.org_role('22222222-0000-4000-8000-0000000000e0') AS role_after_rollback_to;
+SET LOCAL dalgo.api_key_scope = '33333333-0000-4000-8000-0000000000e3 22222222-0000-4000-8000-0000000000e0 viewer';
+SAVEPOINT s2;
+RESET dalgo.api_key_scope;
+SELECT dalgo.org_role('22222222-0000-4000-8000-0000000000e0') AS role_after_reset_statement;
+ROLLBACK TO SAVEPOINT s2;
+SELECT dalgo.org_role('22222222-0000-4000-8000-0000000000e0') AS role_after_reset_rolled_back;
+RELEASE SAVEPOINT s2;
+ROLLBACK;
+BEGIN;		-- the seals: superusers only, a reset too
+SELECT set_config('dalgo.api_key_scope_seal', NULL, true);
+ROLLBACK;
 BEGIN;
 SET LOCAL dalgo.api_key_scope = '33333333-0000-4000-8000-0000000000e3 22222222-0000-4000-8000-0000000000e0 superuser';
 ROLLBACK;
