@@ -18016,6 +18016,126 @@ BEGIN
 END
 $$;
 
+-- lead: soft_delete() and restore() find and lock their row with one
+-- helper, dalgo_internal.lock_lifecycle_row().
+-- A row of a table whose rows are soft-deleted, locked for soft_delete()
+-- or restore(): its organization and deleted_at, NULLs when there is none.
+-- Found first, then locked naming its organization: on a Citus cluster a
+-- row lock must be in one shard; there the reads also go over one
+-- connection per node, since the caller goes on to write tables that
+-- reference organizations (a reference table).
+CREATE FUNCTION dalgo_internal.lock_lifecycle_row(tbl regclass, id uuid, OUT organization_id uuid, OUT deleted_at timestamptz)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org_column text := CASE WHEN tbl = 'dalgo.organizations'::regclass THEN 'id' ELSE 'organization_id' END;
+BEGIN
+	IF dalgo_internal.citus_distributed('dalgo.sources') THEN
+		PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	END IF;
+	EXECUTE pg_catalog.format('SELECT %s FROM %s WHERE id OPERATOR(pg_catalog.=) $1', org_column, tbl)
+		INTO organization_id USING lock_lifecycle_row.id;
+	IF organization_id IS NOT NULL THEN
+		EXECUTE pg_catalog.format('SELECT %1$s, deleted_at FROM %2$s WHERE %1$s OPERATOR(pg_catalog.=) $2 '
+								  'AND id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE', org_column, tbl)
+			INTO organization_id, deleted_at USING lock_lifecycle_row.id, organization_id;
+	END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo_internal.lock_lifecycle_row(regclass, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.lock_lifecycle_row(regclass, uuid) IS
+	'Internal: the organization and deleted_at of a row of organizations, sources, transformations or outputs, locked FOR NO KEY UPDATE through its organization (one shard on a Citus cluster); NULLs when there is none';
+
+CREATE OR REPLACE FUNCTION dalgo.soft_delete(tbl regclass, id uuid) RETURNS timestamptz
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	need dalgo.member_role := dalgo_internal.soft_delete_role(tbl);
+	org_column text := CASE WHEN tbl = 'dalgo.organizations'::regclass THEN 'id' ELSE 'organization_id' END;
+	citus boolean := dalgo_internal.citus_distributed('dalgo.sources');
+	org uuid;
+	was timestamptz;
+	stamp timestamptz := now();
+BEGIN
+	IF need IS NULL THEN
+		RAISE EXCEPTION '% is not a table whose rows are soft-deleted', tbl
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'dalgo.soft_delete takes dalgo.organizations, dalgo.sources, dalgo.transformations or dalgo.outputs.';
+	END IF;
+	SELECT l.organization_id, l.deleted_at INTO org, was FROM dalgo_internal.lock_lifecycle_row(tbl, soft_delete.id) l;
+	IF org IS NULL OR was IS NOT NULL OR NOT dalgo.caller_may(org, need) THEN
+		RAISE EXCEPTION 'no live row % in % that you may delete', soft_delete.id, tbl
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = pg_catalog.format('Deleting a row of %s takes the %s role in its organization.', tbl, need);
+	END IF;
+	EXECUTE pg_catalog.format('UPDATE %1$s SET deleted_at = $2 WHERE %2$s OPERATOR(pg_catalog.=) $3 AND id OPERATOR(pg_catalog.=) $1',
+							  tbl, org_column)
+		USING soft_delete.id, stamp, org;
+	IF citus AND tbl = 'dalgo.organizations'::regclass THEN
+		-- The trigger of a reference table cannot reach the shards (cascade_soft_delete).
+		PERFORM dalgo_internal.cascade_organization(org, NULL, stamp);
+	END IF;
+	RETURN stamp;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dalgo.restore(tbl regclass, id uuid) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org_column text := CASE WHEN tbl = 'dalgo.organizations'::regclass THEN 'id' ELSE 'organization_id' END;
+	citus boolean := dalgo_internal.citus_distributed('dalgo.sources');
+	org uuid;
+	was timestamptz;
+	days integer := pg_catalog.current_setting('dalgo.restore_days')::integer;
+	allowed boolean;
+	parent_gone text;
+BEGIN
+	IF dalgo_internal.soft_delete_role(tbl) IS NULL THEN
+		RAISE EXCEPTION '% is not a table whose rows are restored', tbl
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'dalgo.restore takes dalgo.organizations, dalgo.sources, dalgo.transformations or dalgo.outputs.';
+	END IF;
+	SELECT l.organization_id, l.deleted_at INTO org, was FROM dalgo_internal.lock_lifecycle_row(tbl, restore.id) l;
+	-- An organization is brought back by its owners; a row in one by its admins.
+	IF tbl = 'dalgo.organizations'::regclass THEN
+		allowed := dalgo_internal.dormant_role(org) = 'owner'
+				   OR (dalgo.current_user_id() IS NULL AND dalgo.caller_may(org, 'viewer'));
+	ELSE
+		allowed := dalgo.caller_may(org, 'admin');
+	END IF;
+	IF org IS NULL OR was IS NULL OR NOT coalesce(allowed, false) THEN
+		RAISE EXCEPTION 'no deleted row % in % that you may restore', restore.id, tbl
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'dalgo.deleted_items(organization_id) lists what an admin may restore.';
+	END IF;
+	IF was < now() - pg_catalog.make_interval(days => days) THEN
+		RAISE EXCEPTION 'the restore window has passed: % was deleted at %, more than dalgo.restore_days (%) ago', restore.id, was, days
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'It is purged by dalgo.purge_deleted() and cannot come back.';
+	END IF;
+	IF tbl = 'dalgo.outputs'::regclass THEN
+		SELECT t.name INTO parent_gone FROM dalgo.outputs p
+			JOIN dalgo.transformations t ON t.organization_id = p.organization_id AND t.id = p.transformation_id
+			WHERE p.organization_id = org AND p.id = restore.id AND t.deleted_at IS NOT NULL;
+		IF parent_gone IS NOT NULL THEN
+			RAISE EXCEPTION 'the transformation "%" of this output is deleted', parent_gone
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  HINT = 'Restore the transformation first: that brings back the outputs it took with it.';
+		END IF;
+	END IF;
+	EXECUTE pg_catalog.format('UPDATE %1$s SET deleted_at = NULL WHERE %2$s OPERATOR(pg_catalog.=) $2 AND id OPERATOR(pg_catalog.=) $1',
+							  tbl, org_column)
+		USING restore.id, org;
+	IF citus AND tbl = 'dalgo.organizations'::regclass THEN
+		PERFORM dalgo_internal.cascade_organization(org, was, NULL);
+	END IF;
+END
+$$;
+
 -- lead: pg_dump dumps the rows of every dalgo table, the ones that the
 -- sections above added too (the same loop as sql/backup.sql; keep it last).
 DO $$

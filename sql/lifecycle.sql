@@ -196,6 +196,35 @@ REVOKE ALL ON FUNCTION dalgo_internal.dormant_role(uuid) FROM PUBLIC;
 COMMENT ON FUNCTION dalgo_internal.dormant_role(uuid) IS
 	'Internal: the caller''s role in an organization even while it is soft-deleted (live membership, active live user; superadmin: owner; API key: none)';
 
+-- A row of a table whose rows are soft-deleted, locked for soft_delete()
+-- or restore(): its organization and deleted_at, NULLs when there is none.
+-- Found first, then locked naming its organization: on a Citus cluster a
+-- row lock must be in one shard; there the reads also go over one
+-- connection per node, since the caller goes on to write tables that
+-- reference organizations (a reference table).
+CREATE FUNCTION dalgo_internal.lock_lifecycle_row(tbl regclass, id uuid, OUT organization_id uuid, OUT deleted_at timestamptz)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	org_column text := CASE WHEN tbl = 'dalgo.organizations'::regclass THEN 'id' ELSE 'organization_id' END;
+BEGIN
+	IF dalgo_internal.citus_distributed('dalgo.sources') THEN
+		PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+	END IF;
+	EXECUTE pg_catalog.format('SELECT %s FROM %s WHERE id OPERATOR(pg_catalog.=) $1', org_column, tbl)
+		INTO organization_id USING lock_lifecycle_row.id;
+	IF organization_id IS NOT NULL THEN
+		EXECUTE pg_catalog.format('SELECT %1$s, deleted_at FROM %2$s WHERE %1$s OPERATOR(pg_catalog.=) $2 '
+								  'AND id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE', org_column, tbl)
+			INTO organization_id, deleted_at USING lock_lifecycle_row.id, organization_id;
+	END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION dalgo_internal.lock_lifecycle_row(regclass, uuid) FROM PUBLIC;
+COMMENT ON FUNCTION dalgo_internal.lock_lifecycle_row(regclass, uuid) IS
+	'Internal: the organization and deleted_at of a row of organizations, sources, transformations or outputs, locked FOR NO KEY UPDATE through its organization (one shard on a Citus cluster); NULLs when there is none';
+
 CREATE FUNCTION dalgo.soft_delete(tbl regclass, id uuid) RETURNS timestamptz
 	LANGUAGE plpgsql SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
@@ -213,20 +242,7 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'dalgo.soft_delete takes dalgo.organizations, dalgo.sources, dalgo.transformations or dalgo.outputs.';
 	END IF;
-	IF citus THEN
-		-- Reads before writes to tables that reference organizations: one
-		-- connection per node.
-		PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
-	END IF;
-	-- Found first, then locked naming its organization: on a Citus cluster a
-	-- row lock must be in one shard.
-	EXECUTE pg_catalog.format('SELECT %s FROM %s WHERE id OPERATOR(pg_catalog.=) $1', org_column, tbl)
-		INTO org USING soft_delete.id;
-	IF org IS NOT NULL THEN
-		EXECUTE pg_catalog.format('SELECT %1$s, deleted_at FROM %2$s WHERE %1$s OPERATOR(pg_catalog.=) $2 '
-								  'AND id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE', org_column, tbl)
-			INTO org, was USING soft_delete.id, org;
-	END IF;
+	SELECT l.organization_id, l.deleted_at INTO org, was FROM dalgo_internal.lock_lifecycle_row(tbl, soft_delete.id) l;
 	IF org IS NULL OR was IS NOT NULL OR NOT dalgo.caller_may(org, need) THEN
 		RAISE EXCEPTION 'no live row % in % that you may delete', soft_delete.id, tbl
 			USING ERRCODE = 'insufficient_privilege',
@@ -308,17 +324,7 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'dalgo.restore takes dalgo.organizations, dalgo.sources, dalgo.transformations or dalgo.outputs.';
 	END IF;
-	IF citus THEN
-		PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
-	END IF;
-	-- Found first, then locked naming its organization (see soft_delete).
-	EXECUTE pg_catalog.format('SELECT %s FROM %s WHERE id OPERATOR(pg_catalog.=) $1', org_column, tbl)
-		INTO org USING restore.id;
-	IF org IS NOT NULL THEN
-		EXECUTE pg_catalog.format('SELECT %1$s, deleted_at FROM %2$s WHERE %1$s OPERATOR(pg_catalog.=) $2 '
-								  'AND id OPERATOR(pg_catalog.=) $1 FOR NO KEY UPDATE', org_column, tbl)
-			INTO org, was USING restore.id, org;
-	END IF;
+	SELECT l.organization_id, l.deleted_at INTO org, was FROM dalgo_internal.lock_lifecycle_row(tbl, restore.id) l;
 	-- An organization is brought back by its owners; a row in one by its admins.
 	IF tbl = 'dalgo.organizations'::regclass THEN
 		allowed := dalgo_internal.dormant_role(org) = 'owner'
