@@ -67,8 +67,11 @@ sub run_and_cancel
 	}
 	if ($h->pumpable)
 	{
-		$cancelled_at = [gettimeofday];
+		# Timed from the cancel's delivery: pg_cancel_backend() has returned
+		# (not from before the psql that sends it starts, which under load
+		# took a tenth of the second by itself).
 		$node->safe_psql('postgres', "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = '$name'");
+		$cancelled_at = [gettimeofday];
 	}
 	$h->finish;
 	my $end = [gettimeofday];
