@@ -360,10 +360,8 @@ dalgo_autonomous_main(Datum arg)
 static DalgoRole
 role_from_label(const char *label)
 {
-	static const char *const labels[DALGO_NUM_ROLES] = {"viewer", "member", "admin", "owner"};
-
 	for (int i = 0; i < DALGO_NUM_ROLES; i++)
-		if (strcmp(labels[i], label) == 0)
+		if (strcmp(dalgo_role_labels[i], label) == 0)
 			return (DalgoRole) (i + 1);
 	return DALGO_ROLE_NONE;
 }
@@ -474,7 +472,6 @@ dalgo_parse_api_key_scope(const char *text, pg_uuid_t *key_id, pg_uuid_t *org,
 bool
 dalgo_api_key_scope_text(char *buf, size_t size)
 {
-	static const char *const labels[DALGO_NUM_ROLES] = {"viewer", "member", "admin", "owner"};
 	char	   *key;
 	char	   *org;
 
@@ -482,7 +479,7 @@ dalgo_api_key_scope_text(char *buf, size_t size)
 		return false;
 	key = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&api_scope.key_id)));
 	org = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&api_scope.org)));
-	snprintf(buf, size, "%s %s %s", key, org, labels[api_scope.role - 1]);
+	snprintf(buf, size, "%s %s %s", key, org, dalgo_role_labels[api_scope.role - 1]);
 	pfree(key);
 	pfree(org);
 	return true;

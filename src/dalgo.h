@@ -116,6 +116,7 @@ extern void dalgo_citus_send_setting(const char *name, const char *value);
 /* membership.c */
 extern void dalgo_membership_init(void);
 extern bool dalgo_caller_may(const pg_uuid_t *org, DalgoRole min_role);
+extern const char *const dalgo_role_labels[DALGO_NUM_ROLES];
 
 /* recipe_emit.c */
 extern void dalgo_recipe_init(void);

@@ -73,7 +73,8 @@ typedef struct MembershipCache
 static MembershipCache cache;
 static MemoryContext cache_context = NULL;
 
-static const char *const role_labels[DALGO_NUM_ROLES] = {"viewer", "member", "admin", "owner"};
+/* The labels of dalgo.member_role, viewer..owner: DalgoRole r is dalgo_role_labels[r - 1]. */
+const char *const dalgo_role_labels[DALGO_NUM_ROLES] = {"viewer", "member", "admin", "owner"};
 
 /* Relcache callback: any change to the three membership tables invalidates. */
 static void
@@ -124,9 +125,9 @@ resolve_oids(void)
 	{
 		cache.role_oids[i] = GetSysCacheOid2(ENUMTYPOIDNAME, Anum_pg_enum_oid,
 											 ObjectIdGetDatum(typoid),
-											 CStringGetDatum(role_labels[i]));
+											 CStringGetDatum(dalgo_role_labels[i]));
 		if (!OidIsValid(cache.role_oids[i]))
-			elog(ERROR, "dalgo.member_role has no label \"%s\"", role_labels[i]);
+			elog(ERROR, "dalgo.member_role has no label \"%s\"", dalgo_role_labels[i]);
 	}
 }
 
