@@ -407,6 +407,17 @@ dalgo_api_key_scope_setting_value(void)
 	return request_setting(conf, &stale);
 }
 
+/* dalgo.user_id if it was set in this transaction (see request_setting). */
+static const char *
+user_id_request_setting(bool *stale)
+{
+	static struct config_string *conf = NULL;
+
+	if (conf == NULL)
+		conf = find_string_setting("dalgo.user_id");
+	return request_setting(conf, stale);
+}
+
 /*
  * Resolve the caller's identity from its sources; false means there is
  * none.  *source, when given, tells which source applied.
@@ -414,7 +425,6 @@ dalgo_api_key_scope_setting_value(void)
 static bool
 resolve_identity_from(pg_uuid_t *result, IdentitySource *source)
 {
-	static struct config_string *user_id_conf = NULL;
 	const char *value;
 	bool		stale;
 
@@ -425,13 +435,11 @@ resolve_identity_from(pg_uuid_t *result, IdentitySource *source)
 		return true;
 	}
 
-	if (user_id_conf == NULL)
-		user_id_conf = find_string_setting("dalgo.user_id");
 	*source = IDENTITY_SETTING;
 	/* On a worker, dalgo.user_id changed other than by a SET statement: nobody. */
 	if (carried_setting_tampered(dalgo_user_id_setting, user_id_seal))
 		return false;
-	value = request_setting(user_id_conf, &stale);
+	value = user_id_request_setting(&stale);
 	if (value != NULL)
 		return dalgo_parse_uuid(value, strlen(value), result);
 	if (stale && MyProc != NULL && MyProc->lxid != InvalidLocalTransactionId &&
@@ -702,7 +710,6 @@ carry_identity(void)
 	IdentitySource source = IDENTITY_NONE;
 	char		user_text[sizeof(carried_user)] = "";
 	char		scope_text[sizeof(carried_scope)] = "";
-	static struct config_string *user_id_conf = NULL;
 	bool		has_scope;
 	bool		stale;
 	const char *setting;
@@ -713,9 +720,7 @@ carry_identity(void)
 	 * statement (set_config() by the app's authenticator), which Citus does
 	 * not send.
 	 */
-	if (user_id_conf == NULL)
-		user_id_conf = find_string_setting("dalgo.user_id");
-	setting = request_setting(user_id_conf, &stale);
+	setting = user_id_request_setting(&stale);
 	unsealed = setting != NULL && strcmp(setting, user_id_seal ? user_id_seal : "") != 0;
 
 	/*
