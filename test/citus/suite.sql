@@ -15,6 +15,19 @@ LANGUAGE sql AS $$ SELECT CASE WHEN ok THEN 'ok - ' || name ELSE 'not ok - ' || 
 CREATE FUNCTION t.todo(name text, ok boolean, detail text DEFAULT '') RETURNS text
 LANGUAGE sql AS $$ SELECT CASE WHEN ok THEN 'ok - ' || name || ' # TODO passes now: update docs/scaling.md'
 	ELSE 'not ok - ' || name || ' # TODO ' || coalesce(detail, 'NULL') END $$;
+-- wait_for_row(q, tries): run q every 0.1 s, at most tries times, until it
+-- returns a row (what the coordinator's scheduler commits meanwhile is seen).
+CREATE FUNCTION t.wait_for_row(q text, tries integer) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+	n bigint;
+BEGIN
+	FOR i IN 1..tries LOOP
+		EXECUTE q;
+		GET DIAGNOSTICS n = ROW_COUNT;
+		EXIT WHEN n > 0;
+		PERFORM pg_sleep(0.1);
+	END LOOP;
+END $$;
 -- refused(sql): the statement raises an error (its SQLSTATE), or NULL when it ran.
 CREATE FUNCTION t.refused(q text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
@@ -216,16 +229,9 @@ INSERT INTO dalgo.schedules (organization_id, source_id, frequency)
 SELECT clock_timestamp() + interval '1 second' AS due \gset
 UPDATE dalgo.schedules SET next_run_at = :'due'
 	WHERE source_id = '33333333-0000-4000-8000-0000000000d1';
-DO $$
-BEGIN
-	FOR i IN 1..100 LOOP
-		PERFORM 1 FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d1'
-			AND status::text IN ('success', 'failed');
-		EXIT WHEN FOUND;
-		PERFORM pg_sleep(0.1);
-	END LOOP;
-	PERFORM pg_sleep(2);	-- time for a worker's scheduler to claim it too, were it to
-END $$;
+SELECT t.wait_for_row($q$SELECT 1 FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d1'
+	AND status::text IN ('success', 'failed')$q$, 100);
+SELECT pg_sleep(2);	-- time for a worker's scheduler to claim it too, were it to
 SELECT t.check('a due schedule syncs a postgres source, once, on the coordinator''s scheduler',
 	(SELECT count(*) FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d1') = 1
 	AND (SELECT status::text FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d1') = 'success'
@@ -246,16 +252,9 @@ INSERT INTO dalgo.schedules (organization_id, output_id, frequency)
 SELECT clock_timestamp() + interval '1 second' AS due \gset
 UPDATE dalgo.schedules SET next_run_at = :'due'
 	WHERE output_id = '66666666-0000-4000-8000-0000000000d1';
-DO $$
-BEGIN
-	FOR i IN 1..100 LOOP
-		PERFORM 1 FROM dalgo.transformation_runs WHERE transformation_id = '55555555-0000-4000-8000-0000000000d1'
-			AND status::text IN ('success', 'failed');
-		EXIT WHEN FOUND;
-		PERFORM pg_sleep(0.1);
-	END LOOP;
-	PERFORM pg_sleep(1);
-END $$;
+SELECT t.wait_for_row($q$SELECT 1 FROM dalgo.transformation_runs WHERE transformation_id = '55555555-0000-4000-8000-0000000000d1'
+	AND status::text IN ('success', 'failed')$q$, 100);
+SELECT pg_sleep(1);
 SELECT t.check('a due output schedule refreshes the output, on the coordinator''s scheduler',
 	(SELECT count(*) FROM dalgo.transformation_runs WHERE transformation_id = '55555555-0000-4000-8000-0000000000d1') = 1
 	AND (SELECT status::text FROM dalgo.transformation_runs WHERE transformation_id = '55555555-0000-4000-8000-0000000000d1') = 'success'
@@ -283,14 +282,7 @@ INSERT INTO dalgo.schedules (organization_id, source_id, frequency)
 SELECT clock_timestamp() + interval '1 second' AS due \gset
 UPDATE dalgo.schedules SET next_run_at = :'due'
 	WHERE source_id = '33333333-0000-4000-8000-0000000000d2';
-DO $$
-BEGIN
-	FOR i IN 1..150 LOOP
-		PERFORM 1 FROM dalgo.mail_messages WHERE kind = 'run_failed';
-		EXIT WHEN FOUND;
-		PERFORM pg_sleep(0.1);
-	END LOOP;
-END $$;
+SELECT t.wait_for_row($q$SELECT 1 FROM dalgo.mail_messages WHERE kind = 'run_failed'$q$, 150);
 SELECT t.check('a scheduled sync of a missing table fails',
 	(SELECT status::text FROM dalgo.sync_runs WHERE source_id = '33333333-0000-4000-8000-0000000000d2') = 'failed',
 	(SELECT string_agg(status || coalesce(': ' || error_message, ''), '; ') FROM dalgo.sync_runs
@@ -529,15 +521,8 @@ SET LOCAL citus.propagate_set_commands = 'none';
 SET LOCAL ROLE dalgo_authenticated;
 SELECT dalgo.refresh_output_now('66666666-0000-4000-8000-0000000000d2') AS now_run \gset
 COMMIT;
-DO $$
-BEGIN
-	FOR i IN 1..150 LOOP
-		PERFORM 1 FROM dalgo.transformation_runs WHERE transformation_id = '55555555-0000-4000-8000-0000000000d2'
-			AND status::text IN ('success', 'failed');
-		EXIT WHEN FOUND;
-		PERFORM pg_sleep(0.1);
-	END LOOP;
-END $$;
+SELECT t.wait_for_row($q$SELECT 1 FROM dalgo.transformation_runs WHERE transformation_id = '55555555-0000-4000-8000-0000000000d2'
+	AND status::text IN ('success', 'failed')$q$, 150);
 SELECT t.check('refresh_output_now() of a recipe with steps runs on the coordinator',
 	(SELECT status::text FROM dalgo.transformation_runs WHERE id = :'now_run') = 'success'
 	AND (SELECT count(*) FROM dalgo.read_warehouse_table(:'org1', 'big_view')) = 4,
